@@ -1,0 +1,173 @@
+"""The command line: parse, call the library, format, return an exit code. Only ``main`` exits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import signal
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+import optuna
+
+from tuner import __version__
+from tuner.errors import TunerError, UsageError
+from tuner.policy import BURST, CONFIRM, MeasurementPolicy
+from tuner.runner import SubprocessRunner
+from tuner.signature import cpu_signature
+from tuner.space import load as load_space
+from tuner.storage import DEFAULT_STORAGE, open_storage, redact
+from tuner.study import StudyConfig, StudyRun
+from tuner.summary import format_table, summarize, summarize_study
+from tuner.topology import core_set, parse_core_counts, physical_cores
+from tuner.workload import MODELS, Workload, parse_modes
+
+DEFAULT_BUDGET = "50m"
+MODE_WEIGHT = {"train": 3.0, "infer": 1.0}  # a train step costs about three inference steps
+
+
+def parse_duration(text: str) -> float:
+    """``'90s'``, ``'50m'``, ``'1h'``, ``'1h30m'`` or plain seconds -> seconds."""
+    match = re.fullmatch(r"\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s?)?\s*", text)
+    if not text.strip() or not match or not any(match.groups()):
+        raise UsageError(f"--budget: {text!r} is not a duration (e.g. 90s, 50m, 1h30m)")
+    hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise UsageError("--budget must be positive")
+    return float(total)
+
+
+def _log(line: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+
+def _tagged(tag: str) -> Callable[[str], None]:
+    return lambda line: _log(f"[{tag}] {line}")
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    available = len(physical_cores())
+    counts = parse_core_counts(args.cores, available)
+    modes = parse_modes(args.mode)
+    if args.trials < 1:
+        raise UsageError("--trials must be at least 1")
+    space = load_space(args.space, max(counts))
+    storage = open_storage(args.storage)
+    signature = cpu_signature()
+    budget = parse_duration(args.budget) if args.budget != "none" else None
+    plan = [(mode, n) for n in counts for mode in modes]
+    weights = sum(MODE_WEIGHT[mode] for mode, _ in plan)
+    runner = SubprocessRunner(python=args.python)
+    policy = MeasurementPolicy("confirm", CONFIRM.warmup, CONFIRM.timed, CONFIRM.timeout_s, rounds=args.rounds)
+    _log(
+        f"tuner {__version__}: {len(plan)} studies on {signature.model_name} ({signature.id}), "
+        f"storage {redact(args.storage)}" + (f", budget {args.budget}" if budget else "")
+    )
+    started = time.monotonic()
+    names = []
+    for index, (mode, n) in enumerate(plan, 1):
+        config = StudyConfig(
+            workload=Workload(args.model, mode, args.batch_size),
+            cores=core_set(n),
+            space=space,
+            signature=signature,
+            python=args.python,
+            trials=args.trials,
+            budget_s=None if budget is None else budget * MODE_WEIGHT[mode] / weights,
+            policy=BURST,
+            confirm_policy=policy,
+            candidates=args.candidates,
+            sampler=args.sampler,
+            pruner=args.pruner,
+            seed=args.seed,
+        )
+        _log(f"study {index}/{len(plan)}: {config.name} (elapsed {time.monotonic() - started:.0f} s)")
+        run = StudyRun(storage, config, runner, progress=_tagged(f"{mode} {n}c"))
+        verdict = run.run()
+        _log(f"[{mode} {n}c] verdict: {verdict.text()}")
+        names.append(config.name)
+    rows = [summarize_study(optuna.load_study(study_name=name, storage=storage)) for name in names]
+    print(format_table(rows))
+    print(f"\n{len(plan)} studies in {time.monotonic() - started:.0f} s; stored in {redact(args.storage)}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    storage = open_storage(args.storage, create=False)
+    summaries = summarize(storage)
+    if args.json:
+        print(json.dumps(summaries, indent=2))
+    elif not summaries:
+        print(f"no tuner studies in {redact(args.storage)}")
+    else:
+        print(format_table(summaries))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tuner", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"tuner {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tune = sub.add_parser("tune", help="search threading settings, then confirm the winners")
+    tune.add_argument("--model", default="resnet50", choices=MODELS)
+    tune.add_argument("--mode", default=None, help="train, infer or both (default both)")
+    tune.add_argument("--cores", default=None, help="core counts, e.g. 1,2,4 (default: 1, powers of two, all)")
+    tune.add_argument("--batch-size", type=int, default=32)
+    tune.add_argument("--trials", type=int, default=20, help="complete trials per study, baselines included")
+    tune.add_argument(
+        "--budget",
+        default=DEFAULT_BUDGET,
+        help=f"wall time for all studies, e.g. 50m or 1h30m, or 'none' (default {DEFAULT_BUDGET})",
+    )
+    tune.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna RDB URL (default {DEFAULT_STORAGE})")
+    tune.add_argument("--space", default="tensorflow", help="search-space name or TOML path")
+    tune.add_argument("--sampler", default="tpe", choices=("tpe", "random"))
+    tune.add_argument("--pruner", default="none", choices=("none", "median", "wilcoxon"))
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--candidates", type=int, default=2, help="top sampled settings to confirm")
+    tune.add_argument("--rounds", type=int, default=CONFIRM.rounds, help="interleaved confirmation rounds")
+    tune.add_argument("--python", default=sys.executable, help="interpreter of the target environment")
+    tune.set_defaults(func=cmd_tune)
+
+    show = sub.add_parser("show", help="what was found, from storage, without measuring")
+    show.add_argument("--storage", default=DEFAULT_STORAGE)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_show)
+    return parser
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # SIGTERM takes the same path as Ctrl-C: kill the worker, keep what finished
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    logging.getLogger("optuna").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return int(args.func(args))
+    except TunerError as error:
+        if args.debug:
+            raise
+        print(f"tuner: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tuner: interrupted; finished trials are kept, run the same command to resume", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Confirmation: noise makes the best trial the luckiest one, so re-measure before believing it.
+
+The top candidates and both baselines are measured interleaved (A B C A B C ...) for several rounds, each
+run a fresh process. The winner is chosen by median, and its speedups come with a 95% hierarchical
+bootstrap interval (resample rounds, then steps within each round), because rounds are the independent
+units and steps within one process are not.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tuner.measurement import Measurement
+from tuner.policy import MeasurementPolicy
+from tuner.runner import Runner, TrialSpec
+from tuner.settings import Settings
+from tuner.workload import Workload
+
+DEFAULT = "tf-default"
+HEURISTIC = "heuristic"
+RESAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str  # a baseline's name, or "trial N"
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class Interval:
+    value: float
+    low: float
+    high: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"value": self.value, "low": self.low, "high": self.high}
+
+
+def pooled_median(runs: Sequence[Sequence[float]]) -> float:
+    return statistics.median(rate for run in runs for rate in run)
+
+
+def bootstrap_ratio(top: Sequence[Sequence[float]], bottom: Sequence[Sequence[float]], seed: int = 0) -> Interval:
+    """Ratio of pooled medians of per-step rates, with a 95% hierarchical bootstrap interval."""
+    rng = random.Random(seed)
+
+    def resample(runs: Sequence[Sequence[float]]) -> float:
+        chosen = [runs[rng.randrange(len(runs))] for _ in runs]
+        return statistics.median(run[rng.randrange(len(run))] for run in chosen for _ in run)
+
+    ratios = sorted(resample(top) / resample(bottom) for _ in range(RESAMPLES))
+    return Interval(
+        pooled_median(top) / pooled_median(bottom),
+        ratios[int(0.025 * RESAMPLES)],
+        ratios[int(0.975 * RESAMPLES) - 1],
+    )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What confirmation concluded. ``recommended`` is tf-default unless the winner clearly beats it."""
+
+    rates: dict[str, list[list[float]]]  # candidate name -> per-round per-step images/sec
+    params: dict[str, dict[str, Any]]
+    winner: str
+    clear: bool
+    vs_default: Interval
+    vs_heuristic: Interval | None
+
+    @property
+    def recommended(self) -> str:
+        return self.winner if self.clear else DEFAULT
+
+    def median(self, name: str) -> float:
+        return pooled_median(self.rates[name])
+
+    def text(self) -> str:
+        gain = self.vs_default
+        span = f"{gain.value:.3f}x tf-default (95% CI {gain.low:.3f} to {gain.high:.3f})"
+        if self.winner == DEFAULT:
+            return "tf-default is fastest: recommend tf-default"
+        if self.clear:
+            return f"{self.winner} wins: {span}"
+        return f"no clear gain over tf-default: {self.winner} at {span}; recommend tf-default"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "winner": self.winner,
+            "recommended": self.recommended,
+            "recommended_params": self.params[self.recommended],
+            "clear": self.clear,
+            "text": self.text(),
+            "images_per_sec": {name: self.median(name) for name in self.rates},
+            "speedup_vs_tf_default": self.vs_default.to_dict(),
+            "speedup_vs_heuristic": self.vs_heuristic.to_dict() if self.vs_heuristic else None,
+            "rounds": min(len(runs) for runs in self.rates.values()),
+            "params": self.params,
+            "rates": self.rates,
+        }
+
+
+def decide(rates: dict[str, list[list[float]]], params: dict[str, dict[str, Any]], seed: int = 0) -> Verdict:
+    """Pick the winner by median and test it against the baselines."""
+    winner = max(rates, key=lambda name: pooled_median(rates[name]))
+    vs_default = bootstrap_ratio(rates[winner], rates[DEFAULT], seed)
+    vs_heuristic = bootstrap_ratio(rates[winner], rates[HEURISTIC], seed) if HEURISTIC in rates else None
+    return Verdict(rates, params, winner, winner != DEFAULT and vs_default.low > 1.0, vs_default, vs_heuristic)
+
+
+OnRun = Callable[[int, Candidate, Measurement], None]  # called after every run, so nothing is lost
+
+
+def confirm(
+    runner: Runner,
+    candidates: Sequence[Candidate],
+    workload: Workload,
+    cores: tuple[int, ...],
+    policy: MeasurementPolicy,
+    rounds: int,
+    done: dict[str, list[list[float]]] | None = None,
+    on_run: OnRun | None = None,
+    seed: int = 0,
+) -> Verdict:
+    """Measure ``candidates`` interleaved for ``rounds`` rounds; runs already in ``done`` are kept."""
+    rates: dict[str, list[list[float]]] = {c.name: list((done or {}).get(c.name, [])) for c in candidates}
+    for round_ in range(rounds):
+        for candidate in candidates:
+            if len(rates[candidate.name]) > round_:
+                continue
+            measurement = runner.run(TrialSpec(candidate.settings, workload, cores, policy))
+            rates[candidate.name].append(measurement.rates)
+            if on_run is not None:
+                on_run(round_, candidate, measurement)
+    return decide(rates, {c.name: c.settings.params() for c in candidates}, seed)

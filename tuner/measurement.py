@@ -1,0 +1,92 @@
+"""Frozen measurement records: raw step times kept, medians and spreads derived.
+
+Rates are per step (batch / step seconds); the headline is the median, spread is the MAD scaled to a
+standard deviation (x1.4826, as tf_cnn_benchmarks' jitter) and the coefficient of variation. A record whose
+spread is too wide is flagged unstable rather than silently trusted.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+UNSTABLE_CV = 0.10  # per-step rates spread more than 10%: the burst did not measure one steady state
+
+
+def median_abs_deviation(values: list[float]) -> float:
+    centre = statistics.median(values)
+    return statistics.median(abs(v - centre) for v in values)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One worker run: raw warm-up and timed step seconds plus what the runtime reported."""
+
+    batch_size: int
+    timed_seconds: tuple[float, ...]
+    warmup_seconds: tuple[float, ...] = ()
+    facts: dict[str, Any] = field(default_factory=dict, compare=False)
+    wall_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.timed_seconds or any(s <= 0 for s in self.timed_seconds):
+            raise ValueError("a measurement needs at least one positive timed step")
+
+    @property
+    def rates(self) -> list[float]:
+        """Images/sec of each timed step."""
+        return [self.batch_size / s for s in self.timed_seconds]
+
+    @property
+    def median_step_seconds(self) -> float:
+        return statistics.median(self.timed_seconds)
+
+    @property
+    def images_per_sec(self) -> float:
+        return self.batch_size / self.median_step_seconds
+
+    @property
+    def mad(self) -> float:
+        """Median absolute deviation of per-step images/sec."""
+        return median_abs_deviation(self.rates)
+
+    @property
+    def jitter(self) -> float:
+        """MAD scaled to estimate a standard deviation (x1.4826), in images/sec."""
+        return 1.4826 * self.mad
+
+    @property
+    def cv(self) -> float:
+        """Coefficient of variation of per-step images/sec (0 for a single step)."""
+        rates = self.rates
+        return statistics.stdev(rates) / statistics.mean(rates) if len(rates) > 1 else 0.0
+
+    @property
+    def unstable(self) -> bool:
+        return self.cv > UNSTABLE_CV
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as stored with a trial: raw values first, derived figures beside them."""
+        return {
+            "batch_size": self.batch_size,
+            "warmup_seconds": list(self.warmup_seconds),
+            "timed_seconds": list(self.timed_seconds),
+            "wall_seconds": self.wall_seconds,
+            "images_per_sec": self.images_per_sec,
+            "median_step_seconds": self.median_step_seconds,
+            "mad": self.mad,
+            "cv": self.cv,
+            "unstable": self.unstable,
+            "facts": self.facts,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Measurement:
+        return cls(
+            batch_size=int(data["batch_size"]),
+            timed_seconds=tuple(float(s) for s in data["timed_seconds"]),
+            warmup_seconds=tuple(float(s) for s in data.get("warmup_seconds", ())),
+            facts=dict(data.get("facts", {})),
+            wall_seconds=float(data.get("wall_seconds", 0.0)),
+        )

@@ -1,0 +1,59 @@
+"""A runner that replays scripted or recorded measurements: deterministic, instant, for tests and benches.
+
+It follows the real runner's contract (steps reported through ``on_step``, typed errors raised), so study,
+confirmation and CLI logic are tested without starting a framework.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+
+from tuner.measurement import Measurement
+from tuner.runner import StepCallback, TrialSpec
+
+Outcome = Sequence[float] | BaseException
+Script = Callable[[TrialSpec, int], Outcome]  # (trial, call number) -> step seconds, or an error to raise
+
+
+class ReplayRunner:
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.calls: list[TrialSpec] = []
+
+    @classmethod
+    def from_rates(cls, rate: Callable[[TrialSpec], float], noise: float = 0.0, seed: int = 0) -> ReplayRunner:
+        """Step times for ``rate(spec)`` images/sec, each step scaled by Gaussian noise of relative sd ``noise``."""
+        rng = random.Random(seed)
+
+        def script(spec: TrialSpec, _call: int) -> list[float]:
+            seconds = spec.workload.batch_size / rate(spec)
+            steps = spec.policy.warmup + spec.policy.timed
+            return [seconds * max(0.05, 1 + rng.gauss(0, noise)) for _ in range(steps)]
+
+        return cls(script)
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, float], default: float, noise: float = 0.0, seed: int = 0) -> ReplayRunner:
+        """Rates looked up by the settings' label (``Settings.label()``), ``default`` for the rest."""
+        return cls.from_rates(lambda spec: table.get(spec.settings.label(), default), noise, seed)
+
+    def run(self, spec: TrialSpec, on_step: StepCallback | None = None) -> Measurement:
+        outcome = self.script(spec, len(self.calls))
+        self.calls.append(spec)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        steps = list(outcome)
+        warmup, timed = steps[: spec.policy.warmup], steps[spec.policy.warmup :][: spec.policy.timed]
+        for phase, values in (("warmup", warmup), ("timed", timed)):
+            for index, seconds in enumerate(values):
+                if on_step is not None:
+                    on_step(phase, index, seconds)
+        facts = {
+            "replayed": True,
+            "framework": "replay",
+            "intra_op": spec.settings.intra_op,
+            "inter_op": spec.settings.inter_op,
+            "cpus": list(spec.cores),
+        }
+        return Measurement(spec.workload.batch_size, tuple(timed), tuple(warmup), facts, sum(steps))

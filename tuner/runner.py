@@ -1,0 +1,184 @@
+"""Runners take one trial and return a measurement. The real one starts a worker process per trial.
+
+The subprocess runner follows pyperf's worker discipline: explicit argv and no shell, its own process
+group, a hard timeout, the whole group killed on timeout, Ctrl-C, pruning or any exception, always reaped,
+and results on a dedicated pipe as JSON lines rather than parsed from log text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from tuner.errors import WorkerBadOutput, WorkerCrashed, WorkerError, WorkerExited, WorkerTimeout
+from tuner.measurement import Measurement
+from tuner.policy import MeasurementPolicy
+from tuner.settings import ENV_ALLOWLIST, Settings
+from tuner.workload import Workload
+
+WORKER = Path(__file__).resolve().parent / "worker.py"
+STDERR_TAIL = 2000
+
+StepCallback = Callable[[str, int, float], None]  # (phase, index, seconds); may raise to stop the trial
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything one measurement needs."""
+
+    settings: Settings
+    workload: Workload
+    cores: tuple[int, ...]
+    policy: MeasurementPolicy
+
+    def worker_spec(self) -> dict[str, Any]:
+        """The JSON the worker receives: validated values only."""
+        return {
+            **self.settings.framework_calls(),
+            "cores": list(self.cores),
+            "model": self.workload.model,
+            "mode": self.workload.mode,
+            "batch_size": self.workload.batch_size,
+            "warmup": self.policy.warmup,
+            "timed": self.policy.timed,
+        }
+
+
+class Runner(Protocol):
+    def run(self, spec: TrialSpec, on_step: StepCallback | None = None) -> Measurement:
+        """Measure ``spec``; raise a ``WorkerError`` subclass on failure."""
+        ...
+
+
+def kill_group(process: subprocess.Popen[bytes]) -> None:
+    """Kill the worker's whole process group and reap the worker."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _tail(stream: IO[bytes]) -> str:
+    stream.seek(0, os.SEEK_END)
+    size = stream.tell()
+    stream.seek(max(0, size - STDERR_TAIL))
+    return stream.read().decode(errors="replace").strip()
+
+
+class SubprocessRunner:
+    """Runs ``worker.py`` with ``python`` (the target environment's interpreter)."""
+
+    def __init__(self, python: str = sys.executable, parent_env: Mapping[str, str] | None = None) -> None:
+        self.python = python
+        self.parent_env = dict(os.environ if parent_env is None else parent_env)
+
+    def argv(self, spec: TrialSpec, channel_fd: int) -> list[str]:
+        return [self.python, str(WORKER), "--channel-fd", str(channel_fd), "--spec", json.dumps(spec.worker_spec())]
+
+    def run(self, spec: TrialSpec, on_step: StepCallback | None = None) -> Measurement:
+        env = spec.settings.environ(self.parent_env)
+        read_fd, write_fd = os.pipe()
+        started = time.monotonic()
+        with tempfile.TemporaryFile() as log:
+            try:
+                process = subprocess.Popen(
+                    self.argv(spec, write_fd),
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    pass_fds=(write_fd,),
+                    start_new_session=True,  # its own process group, so the whole group can be killed
+                )
+            except OSError as error:
+                os.close(read_fd)
+                raise WorkerExited(f"cannot start worker {self.python}: {error}") from None
+            finally:
+                os.close(write_fd)
+            try:
+                result = self._read(process, read_fd, started + spec.policy.timeout_s, on_step)
+                process.wait(timeout=max(0.1, started + spec.policy.timeout_s - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                kill_group(process)
+                raise WorkerTimeout(f"worker ran past {spec.policy.timeout_s:.0f} s", _tail(log)) from None
+            except WorkerError as error:
+                kill_group(process)
+                error.stderr_tail = error.stderr_tail or _tail(log)
+                raise
+            finally:
+                kill_group(process)  # also reaps any grandchildren left in the group
+                os.close(read_fd)
+            self._check_exit(process.returncode, result, log, spec.policy)
+        assert result is not None
+        facts = {k: v for k, v in result.items() if k not in ("event", "warmup_seconds", "timed_seconds")}
+        facts["child_env"] = {k: v for k, v in env.items() if k not in ENV_ALLOWLIST}
+        if facts.get("cpus") != list(spec.cores):
+            raise WorkerBadOutput(f"worker ran on CPUs {facts.get('cpus')}, not the requested {list(spec.cores)}")
+        return Measurement(
+            batch_size=spec.workload.batch_size,
+            timed_seconds=tuple(result["timed_seconds"]),
+            warmup_seconds=tuple(result["warmup_seconds"]),
+            facts=facts,
+            wall_seconds=time.monotonic() - started,
+        )
+
+    def _read(
+        self, process: subprocess.Popen[bytes], fd: int, deadline: float, on_step: StepCallback | None
+    ) -> dict[str, Any] | None:
+        """Read JSON lines from the channel until EOF; return the ``result`` event."""
+        buffer = b""
+        result = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise subprocess.TimeoutExpired(process.args, 0)
+            ready, _, _ = select.select([fd], [], [], min(remaining, 1.0))
+            if not ready:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return result
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                event = _decode(line)
+                if event.get("event") == "step" and on_step is not None:
+                    on_step(str(event["phase"]), int(event["index"]), float(event["seconds"]))
+                elif event.get("event") == "result":
+                    result = event
+
+    @staticmethod
+    def _check_exit(returncode: int, result: dict[str, Any] | None, log: IO[bytes], policy: MeasurementPolicy) -> None:
+        if returncode < 0:
+            name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
+            raise WorkerCrashed(f"worker killed by {name}", _tail(log))
+        if returncode > 0:
+            raise WorkerExited(f"worker exited with status {returncode}", _tail(log))
+        if result is None:
+            raise WorkerBadOutput("worker exited without a result on its channel", _tail(log))
+        timed = result.get("timed_seconds")
+        warmup = result.get("warmup_seconds")
+        if not isinstance(timed, list) or len(timed) != policy.timed or not isinstance(warmup, list):
+            raise WorkerBadOutput(f"worker result has no {policy.timed} timed steps", _tail(log))
+        if not all(isinstance(s, (int, float)) and s > 0 for s in timed + warmup):
+            raise WorkerBadOutput("worker result has non-positive or non-numeric step times", _tail(log))
+
+
+def _decode(line: bytes) -> dict[str, Any]:
+    try:
+        event = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise WorkerBadOutput(f"worker channel carried non-JSON: {line[:80]!r}") from None
+    if not isinstance(event, dict) or "event" not in event:
+        raise WorkerBadOutput(f"worker channel carried an unknown message: {line[:80]!r}")
+    return event

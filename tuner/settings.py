@@ -1,0 +1,141 @@
+"""The one place that maps knobs to the child's environment and framework calls.
+
+A ``Settings`` is frozen and validated on construction, so nothing user-supplied reaches a child except as
+checked values. The child's environment is built from an allowlist of the parent's plus the knobs' own
+variables: stray OMP_*, KMP_*, TF_* of the user's shell never leak into a measurement.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tuner.errors import InvalidSettings
+
+# Variables copied from the parent: enough to find programs, locale and temp space, nothing that tunes.
+ENV_ALLOWLIST = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ")
+# Fixed for every trial so that runs are comparable and the channel is the only output that matters.
+ENV_FIXED = {"TF_CPP_MIN_LOG_LEVEL": "1", "PYTHONDONTWRITEBYTECODE": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+DATA_FORMATS = {"NHWC": "channels_last", "NCHW": "channels_first"}
+_AFFINITY = re.compile(
+    r"^(disabled|none|((granularity=(fine|core|thread),)?(verbose,)?(compact|scatter|balanced)(,\d{1,3}){0,2}))$"
+)
+
+
+def _int(name: str, value: Any, low: int, high: int = 4096) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidSettings(f"{name} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def _blocktime(value: Any) -> str:
+    if value == "infinite":
+        return "infinite"
+    return str(_int("KMP_BLOCKTIME", value, 0, 2_147_483_647))
+
+
+def _affinity(value: Any) -> str:
+    if not isinstance(value, str) or not _AFFINITY.match(value):
+        raise InvalidSettings(f"KMP_AFFINITY {value!r} is not a supported affinity string")
+    return value
+
+
+def _onednn(value: Any) -> str:
+    if not isinstance(value, bool):
+        raise InvalidSettings(f"onednn must be true or false, got {value!r}")
+    return "1" if value else "0"
+
+
+# Knobs applied as environment variables: name -> validator returning the variable's text.
+ENV_KNOBS = {
+    "OMP_NUM_THREADS": lambda v: str(_int("OMP_NUM_THREADS", v, 1)),
+    "KMP_BLOCKTIME": _blocktime,
+    "KMP_AFFINITY": _affinity,
+    "onednn": _onednn,
+}
+ENV_NAMES = {"onednn": "TF_ENABLE_ONEDNN_OPTS"}
+FRAMEWORK_KNOBS = ("intra_op", "inter_op", "data_format")
+KNOBS = FRAMEWORK_KNOBS + tuple(ENV_KNOBS)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Threading and layout knobs for one trial. ``intra_op``/``inter_op`` of 0 let TensorFlow choose."""
+
+    intra_op: int = 0
+    inter_op: int = 0
+    data_format: str = "NHWC"
+    env_knobs: tuple[tuple[str, Any], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        _int("intra_op", self.intra_op, 0)
+        _int("inter_op", self.inter_op, 0)
+        if self.data_format not in DATA_FORMATS:
+            raise InvalidSettings(f"data_format must be NHWC or NCHW, got {self.data_format!r}")
+        for name, value in self.env_knobs:
+            if name not in ENV_KNOBS:
+                raise InvalidSettings(f"unknown knob {name!r}; known: {', '.join(KNOBS)}")
+            ENV_KNOBS[name](value)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> Settings:
+        """Build from a flat mapping of knob names, as Optuna's trial params are."""
+        unknown = sorted(set(params) - set(KNOBS))
+        if unknown:
+            raise InvalidSettings(f"unknown knob {unknown[0]!r}; known: {', '.join(KNOBS)}")
+        env = tuple(sorted((k, v) for k, v in params.items() if k in ENV_KNOBS))
+        framework = {k: v for k, v in params.items() if k in FRAMEWORK_KNOBS}
+        return cls(env_knobs=env, **framework)
+
+    @classmethod
+    def parse(cls, text: str) -> Settings:
+        """Parse ``'intra_op=2,inter_op=1,KMP_BLOCKTIME=30'``; values are typed, never evaluated."""
+        params: dict[str, Any] = {}
+        for item in filter(None, (part.strip() for part in text.split(";" if ";" in text else ","))):
+            name, sep, raw = item.partition("=")
+            if not sep or not name.strip():
+                raise InvalidSettings(f"settings item {item!r} is not name=value")
+            params[name.strip()] = _typed(raw.strip())
+        return cls.from_params(params)
+
+    def params(self) -> dict[str, Any]:
+        """The flat knob mapping (inverse of ``from_params``)."""
+        return {
+            "intra_op": self.intra_op,
+            "inter_op": self.inter_op,
+            "data_format": self.data_format,
+            **dict(self.env_knobs),
+        }
+
+    def label(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in self.params().items())
+
+    def knob_environ(self) -> dict[str, str]:
+        """Environment variables set by the knobs themselves."""
+        return {ENV_NAMES.get(k, k): ENV_KNOBS[k](v) for k, v in self.env_knobs}
+
+    def environ(self, parent: Mapping[str, str]) -> dict[str, str]:
+        """The child's whole environment: allowlisted parent variables, fixed ones, then the knobs."""
+        env = {k: parent[k] for k in ENV_ALLOWLIST if k in parent}
+        env.update(ENV_FIXED)
+        env.update(self.knob_environ())
+        return env
+
+    def framework_calls(self) -> dict[str, Any]:
+        """Values the worker applies through the framework before its first op."""
+        return {
+            "intra_op": self.intra_op,
+            "inter_op": self.inter_op,
+            "data_format": DATA_FORMATS[self.data_format],
+        }
+
+
+def _typed(raw: str) -> Any:
+    if re.fullmatch(r"-?\d+", raw):
+        return int(raw)
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    return raw

@@ -1,0 +1,232 @@
+"""Search spaces as data: TOML files in Optuna's distribution vocabulary.
+
+::
+
+    [knobs.intra_op]
+    type = "int"            # or "categorical" with choices = [...]
+    low = 0
+    high = "2*cores"        # bounds may refer to the study's core count: N, "cores", "N*cores"
+
+    constraints = ["inter_op_not_above_intra_op"]   # names of Python predicates, never evaluated text
+
+    [baselines.heuristic]
+    intra_op = "cores"
+
+Every error names the file and the key and is raised as one ``SearchSpaceError`` line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+
+from tuner.errors import InvalidSettings, SearchSpaceError
+from tuner.settings import KNOBS, Settings
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+_CORES = re.compile(r"^\s*(?:(\d+)\s*\*\s*)?cores(?:\s*\*\s*(\d+))?\s*$")
+TOP_KEYS = {"runtime", "description", "knobs", "constraints", "baselines"}
+INT_KEYS = {"type", "low", "high", "step", "log"}
+CATEGORICAL_KEYS = {"type", "choices"}
+MAX_VALUE = 1_000_000
+
+
+def _effective(params: Mapping[str, Any], name: str, cores: int) -> int:
+    value = int(params.get(name, 0))
+    return cores if value == 0 else value  # 0 lets TensorFlow choose: about one thread per core
+
+
+# Named constraints: a trial whose params break one is not measured. Add predicates here, by name.
+CONSTRAINTS: dict[str, Callable[[Mapping[str, Any], int], bool]] = {
+    "inter_op_not_above_intra_op": lambda p, c: _effective(p, "inter_op", c) <= _effective(p, "intra_op", c),
+    "omp_threads_match_intra_op": lambda p, c: p.get("OMP_NUM_THREADS") in (None, _effective(p, "intra_op", c)),
+}
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A parsed, validated space. Bounds stay symbolic until ``distributions(cores)``."""
+
+    path: Path
+    data: Mapping[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def hash(self) -> str:
+        """Hash of the parsed content (not the file bytes), so comments and layout do not matter."""
+        return hashlib.sha256(json.dumps(self.data, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def constraints(self) -> list[str]:
+        return list(self.data.get("constraints", []))
+
+    def distributions(self, cores: int) -> dict[str, BaseDistribution]:
+        return {name: _distribution(self.path, name, spec, cores) for name, spec in self.data["knobs"].items()}
+
+    def size(self, cores: int) -> int:
+        """How many distinct settings the space holds at this core count."""
+        total = 1
+        for dist in self.distributions(cores).values():
+            if isinstance(dist, CategoricalDistribution):
+                total *= len(dist.choices)
+            elif isinstance(dist, IntDistribution):
+                total *= (dist.high - dist.low) // dist.step + 1
+        return total
+
+    def suggest(self, trial: optuna.Trial, cores: int) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        for name, dist in self.distributions(cores).items():
+            if isinstance(dist, IntDistribution):
+                params[name] = trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+            elif isinstance(dist, CategoricalDistribution):
+                params[name] = trial.suggest_categorical(name, dist.choices)
+        return params
+
+    def violated(self, params: Mapping[str, Any], cores: int) -> str | None:
+        """The first named constraint that ``params`` break, or None."""
+        return next((c for c in self.constraints if not CONSTRAINTS[c](params, cores)), None)
+
+    def baselines(self, cores: int) -> dict[str, dict[str, Any]]:
+        """Baseline params by name, with symbolic values resolved for ``cores``."""
+        return {
+            name: {knob: _value(self.path, f"baselines.{name}.{knob}", v, cores) for knob, v in spec.items()}
+            for name, spec in self.data.get("baselines", {}).items()
+        }
+
+
+def _fail(path: Path, key: str, message: str) -> SearchSpaceError:
+    return SearchSpaceError(f"{path}: {key}: {message}")
+
+
+def _value(path: Path, key: str, raw: Any, cores: int) -> Any:
+    """A literal, or ``cores`` / ``N*cores`` resolved for the core count."""
+    if isinstance(raw, str) and (match := _CORES.match(raw)):
+        return int(match.group(1) or 1) * int(match.group(2) or 1) * cores
+    if isinstance(raw, (bool, int, str)):
+        return raw
+    raise _fail(path, key, f"{raw!r} is not a number, a string, true/false, 'cores' or 'N*cores'")
+
+
+def _bound(path: Path, key: str, raw: Any, cores: int) -> int:
+    value = _value(path, key, raw, cores)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(path, key, f"{raw!r} is not an integer, 'cores' or 'N*cores'")
+    if not 0 <= value <= MAX_VALUE:
+        raise _fail(path, key, f"{value} is outside 0..{MAX_VALUE}")
+    return value
+
+
+def _distribution(path: Path, name: str, spec: Mapping[str, Any], cores: int) -> BaseDistribution:
+    key = f"knobs.{name}"
+    if spec.get("type") == "int":
+        low = _bound(path, f"{key}.low", spec.get("low"), cores)
+        high = _bound(path, f"{key}.high", spec.get("high"), cores)
+        step = spec.get("step", 1)
+        log = spec.get("log", False)
+        if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+            raise _fail(path, f"{key}.step", f"{step!r} is not a positive integer")
+        if not isinstance(log, bool):
+            raise _fail(path, f"{key}.log", f"{log!r} is not true or false")
+        if low > high:
+            raise _fail(path, key, f"low {low} is above high {high} at {cores} cores")
+        if log and (low < 1 or step != 1):
+            raise _fail(path, key, "a log scale needs low >= 1 and step 1")
+        return IntDistribution(low, high - (high - low) % step, log=log, step=step)
+    choices = spec.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise _fail(path, f"{key}.choices", "a categorical knob needs a non-empty list of choices")
+    if any(isinstance(c, (list, dict, float)) for c in choices) or len(set(map(repr, choices))) < len(choices):
+        raise _fail(path, f"{key}.choices", "choices must be distinct strings, integers or booleans")
+    return CategoricalDistribution(choices)
+
+
+def _check_keys(path: Path, key: str, table: Any, allowed: set[str]) -> None:
+    if not isinstance(table, dict):
+        raise _fail(path, key, "must be a table")
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise _fail(path, f"{key}.{unknown[0]}" if key else unknown[0], f"unknown key; expected {sorted(allowed)}")
+
+
+def validate(path: Path, data: dict[str, Any], max_cores: int) -> None:
+    """Check the whole file at every core count from 1 to ``max_cores``; raise on the first problem."""
+    _check_keys(path, "", data, TOP_KEYS)
+    knobs = data.get("knobs")
+    if not isinstance(knobs, dict) or not knobs:
+        raise _fail(path, "knobs", "missing: declare at least one [knobs.NAME] table")
+    for name, spec in knobs.items():
+        if name not in KNOBS:
+            raise _fail(path, f"knobs.{name}", f"unknown knob; known: {', '.join(KNOBS)}")
+        if not isinstance(spec, dict) or spec.get("type") not in ("int", "categorical"):
+            raise _fail(path, f"knobs.{name}.type", "must be 'int' or 'categorical'")
+        _check_keys(path, f"knobs.{name}", spec, INT_KEYS if spec["type"] == "int" else CATEGORICAL_KEYS)
+    constraints = data.get("constraints", [])
+    if not isinstance(constraints, list):
+        raise _fail(path, "constraints", "must be a list of constraint names")
+    for name in constraints:
+        if name not in CONSTRAINTS:
+            raise _fail(path, "constraints", f"unknown constraint {name!r}; known: {', '.join(CONSTRAINTS)}")
+    baselines = data.get("baselines", {})
+    _check_keys(path, "baselines", baselines, set(baselines))
+    space = SearchSpace(path, data)
+    for cores in range(1, max_cores + 1):
+        dists = space.distributions(cores)
+        for base, params in space.baselines(cores).items():
+            _check_baseline(path, base, params, dists)
+
+
+def _check_baseline(path: Path, base: str, params: dict[str, Any], dists: dict[str, BaseDistribution]) -> None:
+    for knob, value in params.items():
+        dist = dists.get(knob)
+        if dist is None:
+            raise _fail(path, f"baselines.{base}.{knob}", "not a knob of this space")
+        if not _representable(dist, value) or not dist._contains(dist.to_internal_repr(value)):
+            raise _fail(path, f"baselines.{base}.{knob}", f"{value!r} is outside {dist}")
+    missing = sorted(set(dists) - set(params))
+    if missing:
+        raise _fail(path, f"baselines.{base}", f"no value for knob {missing[0]!r}")
+    try:
+        Settings.from_params(params)
+    except InvalidSettings as error:
+        raise _fail(path, f"baselines.{base}", str(error)) from None
+
+
+def _representable(dist: BaseDistribution, value: Any) -> bool:
+    if isinstance(dist, IntDistribution):
+        return isinstance(value, int) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(dist, CategoricalDistribution) and value in dist.choices
+
+
+def resolve_path(name_or_path: str) -> Path:
+    """A bare name means ``search_spaces/NAME.toml``; anything else is a path."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == "" and not candidate.exists():
+        candidate = SPACES_DIR / f"{name_or_path}.toml"
+    return candidate
+
+
+def load(name_or_path: str, max_cores: int) -> SearchSpace:
+    path = resolve_path(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SearchSpaceError(f"{path}: no such search-space file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SearchSpaceError(f"{path}: cannot read: {error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise SearchSpaceError(f"{path}: not valid TOML: {error}") from None
+    validate(path, data, max_cores)
+    return SearchSpace(path, data)

@@ -1,0 +1,61 @@
+"""Optuna RDB storage: a SQLite file by default, PostgreSQL when many machines share studies.
+
+Heartbeats are on, so a trial whose process was killed outright is failed by the next worker instead of
+staying RUNNING forever. URLs are shown with their password hidden.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import sqlalchemy.exc
+from sqlalchemy.engine import make_url
+
+from tuner.errors import StorageError
+
+DEFAULT_STORAGE = "sqlite:///studies/tuner.db"
+HEARTBEAT_S = 10
+GRACE_S = 60
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ***, for messages and metadata."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return "<unparseable storage URL>"
+
+
+def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
+    """Open the storage at ``url`` (a missing SQLite file is made only if ``create``); errors are one line."""
+    try:
+        parsed = make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        raise StorageError(f"storage URL {url!r} is not a database URL (e.g. {DEFAULT_STORAGE})") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        folder = Path(parsed.database).parent
+        if not create and not Path(parsed.database).exists():
+            raise StorageError(f"no storage at {redact(url)}: {parsed.database} does not exist")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StorageError(f"cannot create folder {folder} for storage {redact(url)}: {error.strerror}") from None
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=GRACE_S,
+            engine_kwargs=_engine_kwargs(parsed.get_backend_name()),
+        )
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as error:
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        raise StorageError(f"cannot open storage {redact(url)}: {reason}") from None
+
+
+def _engine_kwargs(backend: str) -> dict[str, object]:
+    if backend == "sqlite":
+        return {"connect_args": {"timeout": 30}}
+    if backend == "postgresql":
+        return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+    return {}

@@ -1,0 +1,347 @@
+"""One Optuna study per (model, mode, runtime, CPU signature, core count): search, then confirm.
+
+The trial path: the sampler proposes knobs -> ``Settings`` validates them -> the runner measures them in a
+pinned worker process -> the measurement (raw step times and runtime facts) is stored on the trial as user
+attributes and its median images/sec is the trial's value. Baselines are enqueued first. Failed trials are
+stored FAIL with their reason, never scored. The verdict from confirmation is stored on the study.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner import __version__
+from tuner.confirm import DEFAULT, Candidate, Verdict, confirm
+from tuner.errors import Pruned, TunerError, WorkerError
+from tuner.measurement import Measurement
+from tuner.policy import BURST, CONFIRM, MeasurementPolicy
+from tuner.runner import Runner, TrialSpec
+from tuner.settings import Settings
+from tuner.signature import CpuSignature
+from tuner.space import SearchSpace
+from tuner.workload import Workload
+
+Progress = Callable[[str], None]
+SEARCH_SHARE = 0.6  # of a study's budget; the rest is for confirmation
+MAX_FAILURES_IN_A_ROW = 3
+MAX_SKIPS_IN_A_ROW = 25  # sampler keeps proposing measured or forbidden settings: the space is exhausted
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    workload: Workload
+    cores: tuple[int, ...]  # the logical CPUs, one per physical core
+    space: SearchSpace
+    signature: CpuSignature
+    runtime: str = "tensorflow"
+    python: str = ""
+    trials: int = 20
+    budget_s: float | None = None
+    policy: MeasurementPolicy = BURST
+    confirm_policy: MeasurementPolicy = CONFIRM
+    candidates: int = 2
+    sampler: str = "tpe"
+    pruner: str = "none"
+    seed: int = 0
+    storage_url: str = field(default="", compare=False)
+
+    @property
+    def name(self) -> str:
+        w = self.workload
+        return f"{w.model}-{w.mode}-b{w.batch_size}-{self.runtime}-{len(self.cores)}c-{self.signature.id}"
+
+    def metadata(self) -> dict[str, Any]:
+        """Where and how this study measures; stored on the study when it is created."""
+        return {
+            "model": self.workload.model,
+            "mode": self.workload.mode,
+            "batch_size": self.workload.batch_size,
+            "runtime": self.runtime,
+            "python": self.python,
+            "cores": len(self.cores),
+            "core_set": list(self.cores),
+            "cpu": self.signature.to_dict(),
+            "space": self.space.name,
+            "space_hash": self.space.hash,
+            "policy": {"name": self.policy.name, "warmup": self.policy.warmup, "timed": self.policy.timed},
+            "tool_version": __version__,
+            "host": socket.gethostname(),
+            "created": _now(),
+        }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise TunerError(f"unknown sampler {name!r}; known: tpe, random")
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if name == "wilcoxon":
+        return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2)
+    raise TunerError(f"unknown pruner {name!r}; known: none, median, wilcoxon")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class StudyRun:
+    """Runs one study to its verdict; every step is stored as it happens, so a re-run resumes."""
+
+    def __init__(
+        self,
+        storage: optuna.storages.BaseStorage,
+        config: StudyConfig,
+        runner: Runner,
+        progress: Progress = lambda line: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.runner = runner
+        self.progress = progress
+        self.clock = clock
+        self.study = optuna.create_study(
+            storage=storage,
+            study_name=config.name,
+            direction="maximize",
+            sampler=make_sampler(config.sampler, config.seed),
+            pruner=make_pruner(config.pruner),
+            load_if_exists=True,
+        )
+        self._prepare()
+
+    # -- set-up -------------------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        attrs = self.study.user_attrs
+        meta = self.config.metadata()
+        if "tuner" not in attrs:
+            self.study.set_user_attr("tuner", meta)
+        elif attrs["tuner"].get("space_hash") != meta["space_hash"]:
+            raise TunerError(
+                f"study {self.config.name} was made with another version of search space "
+                f"{meta['space']} (hash {attrs['tuner'].get('space_hash')}, now {meta['space_hash']}); "
+                "use a new --storage or restore the space file"
+            )
+        self._fail_orphans()
+        queued = {
+            t.user_attrs.get("baseline")
+            for t in self.study.get_trials(deepcopy=False)
+            if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
+        }
+        for name, params in self.config.space.baselines(len(self.config.cores)).items():
+            if name not in queued:
+                self.study.enqueue_trial(params, user_attrs={"baseline": name}, skip_if_exists=False)
+
+    def _fail_orphans(self) -> None:
+        """Trials left RUNNING by a killed run on this host are failed now (other hosts: by heartbeat)."""
+        host = socket.gethostname()
+        storage = self.study._storage
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            owner = trial.user_attrs.get("owner", {})
+            pid = owner.get("pid")
+            if owner.get("host") == host and isinstance(pid, int) and not _alive(pid):
+                storage.set_trial_user_attr(trial._trial_id, "fail_reason", "orphaned")
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+                self.progress(f"trial {trial.number} was left running by a killed run: marked failed")
+        optuna.storages.fail_stale_trials(self.study)
+
+    # -- search -------------------------------------------------------------------------------------
+
+    def measured(self) -> list[FrozenTrial]:
+        return self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+    def _known(self) -> dict[str, int]:
+        return {Settings.from_params(t.params).label(): t.number for t in self.measured()}
+
+    def objective(self, trial: optuna.Trial) -> float:
+        cores = len(self.config.cores)
+        trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})
+        params = self.config.space.suggest(trial, cores)
+        settings = Settings.from_params(params)
+        duplicate = self._known().get(settings.label())
+        if duplicate is not None and "baseline" not in trial.user_attrs:
+            trial.set_user_attr("skip_reason", f"duplicate of trial {duplicate}")
+            raise optuna.TrialPruned(f"duplicate of trial {duplicate}")
+        broken = self.config.space.violated(params, cores)
+        if broken is not None:
+            trial.set_user_attr("skip_reason", f"constraint {broken}")
+            raise optuna.TrialPruned(f"breaks constraint {broken}")
+
+        def on_step(phase: str, index: int, seconds: float) -> None:
+            if phase == "timed":
+                trial.report(self.config.workload.batch_size / seconds, index)
+                if trial.should_prune():
+                    raise Pruned(f"pruned after timed step {index}")
+
+        label = trial.user_attrs.get("baseline") or settings.label()
+        self.progress(f"trial {trial.number}: measuring {label} ...")
+        spec = TrialSpec(settings, self.config.workload, self.config.cores, self.config.policy)
+        try:
+            measurement = self.runner.run(spec, on_step)
+        except Pruned as error:
+            trial.set_user_attr("skip_reason", "pruner")
+            raise optuna.TrialPruned(str(error)) from None
+        except WorkerError as error:
+            trial.set_user_attr("fail_reason", error.reason)
+            trial.set_user_attr("fail_message", str(error))
+            trial.set_user_attr("stderr_tail", error.stderr_tail[-1500:])
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted")
+            raise
+        trial.set_user_attr("measurement", measurement.to_dict())
+        return measurement.images_per_sec
+
+    def search(self, deadline: float | None) -> None:
+        """Run trials until enough are complete, the space is exhausted, or the deadline passes."""
+        cfg = self.config
+        size = cfg.space.size(len(cfg.cores))
+        failures = skips = 0
+        finished: list[FrozenTrial] = []
+        while True:
+            measured = self.measured()
+            distinct = len(self._known())
+            if len(measured) >= cfg.trials or distinct >= size:
+                break
+            if deadline is not None and self.clock() >= deadline:
+                self.progress(f"search budget spent after {len(measured)} complete trials")
+                break
+            if skips >= MAX_SKIPS_IN_A_ROW:
+                self.progress(f"sampler proposed only measured settings {skips} times: search ends")
+                break
+            self.study.optimize(
+                self.objective,
+                n_trials=1,
+                catch=(TunerError,),
+                callbacks=[lambda _study, trial: finished.append(trial)],
+            )
+            last = finished[-1]
+            failures = failures + 1 if last.state == TrialState.FAIL else 0
+            skips = skips + 1 if "skip_reason" in last.user_attrs and last.user_attrs["skip_reason"] != "pruner" else 0
+            self._report(last, len(measured) + (last.state == TrialState.COMPLETE), deadline)
+            if failures >= MAX_FAILURES_IN_A_ROW:
+                raise TunerError(
+                    f"{failures} trials in a row failed; last: {last.user_attrs.get('fail_reason')}: "
+                    f"{last.user_attrs.get('fail_message', '')}".strip()
+                )
+
+    def _report(self, trial: FrozenTrial, complete: int, deadline: float | None) -> None:
+        label = trial.user_attrs.get("baseline") or Settings.from_params(trial.params).label()
+        if trial.state == TrialState.COMPLETE:
+            m = Measurement.from_dict(trial.user_attrs["measurement"])
+            what = f"{m.images_per_sec:.2f} img/s (cv {m.cv:.1%}{', unstable' if m.unstable else ''})"
+        elif trial.state == TrialState.FAIL:
+            what = (
+                f"FAILED ({trial.user_attrs.get('fail_reason', 'error')}: {trial.user_attrs.get('fail_message', '')})"
+            )
+        else:
+            what = f"skipped ({trial.user_attrs.get('skip_reason', 'pruned')})"
+        best = f"best {self.study.best_value:.2f}" if self.measured() else "no best yet"
+        left = f", ~{_duration(deadline - self.clock())} left" if deadline is not None else ""
+        self.progress(f"trial {trial.number} [{complete}/{self.config.trials}] {label}: {what} | {best}{left}")
+
+    # -- confirmation -------------------------------------------------------------------------------
+
+    def candidates(self) -> list[Candidate]:
+        """Both baselines, then the best distinct sampled settings, by search value."""
+        chosen: dict[str, Candidate] = {}
+        trials = sorted(self.measured(), key=lambda t: -(t.value or 0.0))
+        for trial in trials:
+            if "baseline" in trial.user_attrs:
+                chosen.setdefault(
+                    trial.user_attrs["baseline"],
+                    Candidate(trial.user_attrs["baseline"], Settings.from_params(trial.params)),
+                )
+        labels = {c.settings.label() for c in chosen.values()}
+        for trial in trials:
+            settings = Settings.from_params(trial.params)
+            if len(chosen) >= len(self.config.space.baselines(1)) + self.config.candidates:
+                break
+            if settings.label() not in labels:
+                labels.add(settings.label())
+                chosen[f"trial {trial.number}"] = Candidate(f"trial {trial.number}", settings)
+        return list(chosen.values())
+
+    def confirm(self, deadline: float | None) -> Verdict:
+        candidates = self.candidates()
+        if DEFAULT not in {c.name for c in candidates}:
+            raise TunerError(
+                f"study {self.config.name}: the tf-default baseline has no complete trial to confirm against"
+            )
+        rounds = self._rounds(len(candidates), deadline)
+        key = [c.name for c in candidates]
+        stored = self.study.user_attrs.get("confirmation", {})
+        done = stored.get("rates", {}) if stored.get("candidates") == key else {}
+        record = {"candidates": key, "rates": done, "runs": stored.get("runs", []) if done else []}
+        self.progress(f"confirming {', '.join(key)}: {rounds} interleaved rounds")
+
+        def on_run(round_: int, candidate: Candidate, m: Measurement) -> None:
+            record["rates"].setdefault(candidate.name, []).append(m.rates)
+            record["runs"].append({"round": round_, "candidate": candidate.name, "measurement": m.to_dict()})
+            self.study.set_user_attr("confirmation", record)
+            self.progress(f"confirm round {round_ + 1}/{rounds} {candidate.name}: {m.images_per_sec:.2f} img/s")
+
+        verdict = confirm(
+            self.runner,
+            candidates,
+            self.config.workload,
+            self.config.cores,
+            self.config.confirm_policy,
+            rounds,
+            done,
+            on_run,
+            self.config.seed,
+        )
+        self.study.set_user_attr("verdict", {**verdict.to_dict(), "measured": _now(), "trials": len(self.measured())})
+        return verdict
+
+    def _rounds(self, configs: int, deadline: float | None) -> int:
+        """Rounds that fit the time left, judged from the search's wall times; at least 2."""
+        wanted = self.config.confirm_policy.rounds
+        walls = [float(t.user_attrs["measurement"]["wall_seconds"]) for t in self.measured()]
+        if deadline is None or not walls:
+            return wanted
+        scale = self.config.confirm_policy.timed / max(1, self.config.policy.timed)
+        per_run = statistics.median(walls) * (1 + 0.5 * (scale - 1))
+        fit = math.floor((deadline - self.clock()) / (configs * per_run))
+        return max(2, min(wanted, fit))
+
+    def run(self) -> Verdict:
+        start = self.clock()
+        budget = self.config.budget_s
+        self.search(None if budget is None else start + budget * SEARCH_SHARE)
+        return self.confirm(None if budget is None else start + budget)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s"

@@ -1,0 +1,139 @@
+"""What was found, read from storage without measuring: one summary per study, as a table or JSON."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from tuner.confirm import DEFAULT, HEURISTIC
+
+
+def summarize_study(study: optuna.Study) -> dict[str, Any]:
+    meta = study.user_attrs.get("tuner", {})
+    trials = study.get_trials(deepcopy=False)
+    counts = Counter(t.state.name.lower() for t in trials)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = max(complete, key=lambda t: t.value or 0.0, default=None)
+    searched = {t.user_attrs["baseline"]: t.value for t in complete if "baseline" in t.user_attrs}
+    verdict = study.user_attrs.get("verdict")
+    return {
+        "name": study.study_name,
+        "model": meta.get("model"),
+        "mode": meta.get("mode"),
+        "batch_size": meta.get("batch_size"),
+        "runtime": meta.get("runtime"),
+        "cores": meta.get("cores"),
+        "cpu": {"model_name": meta.get("cpu", {}).get("model_name"), "id": meta.get("cpu", {}).get("id")},
+        "framework_version": next(
+            (t.user_attrs["measurement"]["facts"].get("framework_version") for t in complete), None
+        ),
+        "trials": {state: counts.get(state, 0) for state in ("complete", "fail", "pruned", "running", "waiting")},
+        "best_trial": None
+        if best is None
+        else {"number": best.number, "images_per_sec": best.value, "params": best.params},
+        "search_baselines": searched,
+        "verdict": None
+        if verdict is None
+        else {
+            key: verdict.get(key)
+            for key in (
+                "winner",
+                "recommended",
+                "recommended_params",
+                "clear",
+                "text",
+                "images_per_sec",
+                "speedup_vs_tf_default",
+                "speedup_vs_heuristic",
+                "rounds",
+                "measured",
+            )
+        },
+    }
+
+
+def summarize(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
+    rows = []
+    for info in storage.get_all_studies():
+        study = optuna.load_study(study_name=info.study_name, storage=storage)
+        if "tuner" in study.user_attrs:
+            rows.append(summarize_study(study))
+    return sorted(rows, key=lambda r: (r["model"] or "", r["runtime"] or "", r["mode"] or "", r["cores"] or 0))
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _speedup(interval: dict[str, float] | None) -> str:
+    if not interval:
+        return "-"
+    return f"{interval['value']:.2f}x [{interval['low']:.2f}, {interval['high']:.2f}]"
+
+
+def table_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
+    header = [
+        "model",
+        "mode",
+        "cores",
+        "trials",
+        "tf-default",
+        "heuristic",
+        "tuned",
+        "tuned/default (95% CI)",
+        "tuned/heuristic (95% CI)",
+        "recommended settings",
+        "verdict",
+    ]
+    rows = [header]
+    for s in summaries:
+        v = s["verdict"]
+        trials = f"{s['trials']['complete']}+{s['trials']['fail']}F"
+        if v is None:
+            best = s["best_trial"]
+            rows.append(
+                [
+                    s["model"],
+                    s["mode"],
+                    str(s["cores"]),
+                    trials,
+                    _rate(s["search_baselines"].get(DEFAULT)),
+                    _rate(s["search_baselines"].get(HEURISTIC)),
+                    _rate(best and best["images_per_sec"]),
+                    "-",
+                    "-",
+                    "-",
+                    "not confirmed yet (search values)",
+                ]
+            )
+            continue
+        rates = v["images_per_sec"]
+        params = v["recommended_params"] or {}
+        rows.append(
+            [
+                s["model"],
+                s["mode"],
+                str(s["cores"]),
+                trials,
+                _rate(rates.get(DEFAULT)),
+                _rate(rates.get(HEURISTIC)),
+                _rate(rates.get(v["winner"])),
+                _speedup(v["speedup_vs_tf_default"]),
+                _speedup(v["speedup_vs_heuristic"]),
+                ",".join(f"{k}={val}" for k, val in params.items()),
+                v["text"],
+            ]
+        )
+    return rows
+
+
+def format_table(summaries: list[dict[str, Any]]) -> str:
+    """A plain-text table; images/sec are confirmed medians where a verdict exists."""
+    rows = table_rows(summaries)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)

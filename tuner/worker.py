@@ -1,0 +1,157 @@
+"""One trial, in a fresh process: pin, set threads, build the model, time the steps.
+
+This file runs inside the *target* Python environment, which may hold only the framework, so it imports
+nothing beyond the standard library at module level and the framework inside functions; it never imports
+the ``tuner`` package. The parent starts it as a script with explicit argv::
+
+    python worker.py --channel-fd N --spec '{"cores": [0, 1], "intra_op": 2, ...}'
+
+Every event goes to the dedicated channel (file descriptor N) as one JSON object per line: ``start``, one
+``step`` per warm-up and timed step (so the parent can prune mid-trial), and a final ``result`` with raw
+step times and what the runtime really applied, read back from it rather than echoed from the request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+IMAGE_SHAPES = {"resnet50": (224, 224, 3), "tiny": (32, 32, 3)}
+CLASSES = {"resnet50": 1000, "tiny": 10}
+
+
+class Channel:
+    """JSON lines on a file descriptor the parent reads; stdout and stderr stay free for logs."""
+
+    def __init__(self, fd: int) -> None:
+        self._file = os.fdopen(fd, "w", buffering=1)
+
+    def send(self, event: str, **payload: Any) -> None:
+        self._file.write(json.dumps({"event": event, **payload}) + "\n")
+        self._file.flush()
+
+
+def build_model(name: str, data_format: str) -> Any:
+    """Keras ResNet-50 without weights (no download) or the tiny test model, in the given layout."""
+    import keras
+
+    keras.backend.set_image_data_format(data_format)
+    height, width, channels = IMAGE_SHAPES[name]
+    shape = (height, width, channels) if data_format == "channels_last" else (channels, height, width)
+    if name == "resnet50":
+        return keras.applications.ResNet50(weights=None, input_shape=shape, classes=CLASSES[name])
+    layers = keras.layers
+    return keras.Sequential(
+        [
+            keras.Input(shape=shape),
+            layers.Conv2D(16, 3, padding="same", activation="relu"),
+            layers.Conv2D(32, 3, strides=2, padding="same", activation="relu"),
+            layers.Conv2D(32, 3, strides=2, padding="same", activation="relu"),
+            layers.GlobalAveragePooling2D(),
+            layers.Dense(CLASSES[name]),
+        ]
+    )
+
+
+def build_step(tf: Any, model: Any, mode: str, batch: int, name: str) -> Callable[[], float]:
+    """A compiled train or infer step on synthetic data made once, outside the timed loop."""
+    shape = (batch, *model.input_shape[1:])
+    images = tf.random.uniform(shape, dtype=tf.float32, seed=1)
+    labels = tf.random.uniform((batch,), maxval=CLASSES[name], dtype=tf.int32, seed=2)
+    if mode == "infer":
+
+        def forward() -> Any:
+            return tf.reduce_sum(model(images, training=False))
+
+        infer = tf.function(forward)
+
+        return lambda: float(infer().numpy())
+
+    import keras
+
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=name == "tiny")
+    optimizer = keras.optimizers.SGD(learning_rate=0.01)
+
+    def update() -> Any:
+        with tf.GradientTape() as tape:
+            loss = loss_fn(labels, model(images, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss
+
+    train = tf.function(update)
+    return lambda: float(train().numpy())
+
+
+def runtime_facts(tf: Any) -> dict[str, Any]:
+    """What the runtime really applied: read back from TensorFlow and from the process itself."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        onednn: bool | None = bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        onednn = None
+    return {
+        "framework": "tensorflow",
+        "framework_version": tf.__version__,
+        "onednn": onednn,
+        "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+        "threads": len(os.listdir("/proc/self/task")),
+        "cpus": sorted(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "pid": os.getpid(),
+    }
+
+
+def run(spec: dict[str, Any], channel: Channel) -> None:
+    os.sched_setaffinity(0, spec["cores"])  # before TensorFlow starts any thread
+    channel.send("start", pid=os.getpid(), cpus=sorted(os.sched_getaffinity(0)))
+    started = time.perf_counter()
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(spec["intra_op"])
+    tf.config.threading.set_inter_op_parallelism_threads(spec["inter_op"])
+    imported = time.perf_counter()
+    model = build_model(spec["model"], spec["data_format"])
+    step = build_step(tf, model, spec["mode"], spec["batch_size"], spec["model"])
+    built = time.perf_counter()
+    step()  # the first call traces and optimises the graph: timed apart, never counted
+    first = time.perf_counter() - built
+    channel.send("traced", seconds=first)
+    times: dict[str, list[float]] = {"warmup": [], "timed": []}
+    for phase in ("warmup", "timed"):
+        for index in range(spec[phase]):
+            begin = time.perf_counter()
+            step()
+            seconds = time.perf_counter() - begin
+            times[phase].append(seconds)
+            channel.send("step", phase=phase, index=index, seconds=seconds)
+    facts = runtime_facts(tf)
+    facts.update(
+        import_seconds=imported - started,
+        build_seconds=built - imported,
+        first_step_seconds=first,
+        warmup_seconds=times["warmup"],
+        timed_seconds=times["timed"],
+    )
+    channel.send("result", **facts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--channel-fd", type=int, required=True)
+    parser.add_argument("--spec", required=True, help="the trial as JSON")
+    args = parser.parse_args(argv)
+    run(json.loads(args.spec), Channel(args.channel_fd))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
