@@ -12,13 +12,14 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import NoReturn
 
 import optuna
 
 from tuner import __version__
 from tuner.errors import TunerError, UsageError
 from tuner.policy import BURST, CONFIRM, MeasurementPolicy
-from tuner.runner import SubprocessRunner
+from tuner.runner import Runner, SubprocessRunner
 from tuner.signature import cpu_signature
 from tuner.space import load as load_space
 from tuner.storage import DEFAULT_STORAGE, open_storage, redact
@@ -51,7 +52,7 @@ def _tagged(tag: str) -> Callable[[str], None]:
     return lambda line: _log(f"[{tag}] {line}")
 
 
-def cmd_tune(args: argparse.Namespace) -> int:
+def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
     available = len(physical_cores())
     counts = parse_core_counts(args.cores, available)
     modes = parse_modes(args.mode)
@@ -63,7 +64,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     budget = parse_duration(args.budget) if args.budget != "none" else None
     plan = [(mode, n) for n in counts for mode in modes]
     weights = sum(MODE_WEIGHT[mode] for mode, _ in plan)
-    runner = SubprocessRunner(python=args.python)
+    runner = runner or SubprocessRunner(python=args.python)
     policy = MeasurementPolicy("confirm", CONFIRM.warmup, CONFIRM.timed, CONFIRM.timeout_s, rounds=args.rounds)
     _log(
         f"tuner {__version__}: {len(plan)} studies on {signature.model_name} ({signature.id}), "
@@ -98,7 +99,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_show(args: argparse.Namespace) -> int:
+def cmd_show(args: argparse.Namespace, runner: Runner | None = None) -> int:
     storage = open_storage(args.storage, create=False)
     summaries = summarize(storage)
     if args.json:
@@ -110,11 +111,18 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """Bad arguments become a ``UsageError``: one line and exit 1, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tuner", description=__doc__)
+    parser = Parser(prog="tuner", description=__doc__)
     parser.add_argument("--version", action="version", version=f"tuner {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     tune = sub.add_parser("tune", help="search threading settings, then confirm the winners")
     tune.add_argument("--model", default="resnet50", choices=MODELS)
@@ -148,15 +156,19 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt  # SIGTERM takes the same path as Ctrl-C: kill the worker, keep what finished
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int:
+    """Run the CLI; ``runner`` replaces the subprocess runner (tests pass a replaying fake)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as error:
+        print(f"tuner: error: {error}", file=sys.stderr)
+        return 1
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     logging.getLogger("optuna").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        return int(args.func(args))
+        return int(args.func(args, runner))
     except TunerError as error:
         if args.debug:
             raise

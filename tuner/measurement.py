@@ -7,6 +7,7 @@ spread is too wide is flagged unstable rather than silently trusted.
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,8 +31,11 @@ class Measurement:
     wall_seconds: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.timed_seconds or any(s <= 0 for s in self.timed_seconds):
-            raise ValueError("a measurement needs at least one positive timed step")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be positive, got {self.batch_size}")
+        steps = (*self.timed_seconds, *self.warmup_seconds)
+        if not self.timed_seconds or any(not math.isfinite(s) or s <= 0 for s in steps):
+            raise ValueError("a measurement needs at least one positive timed step, all finite")
 
     @property
     def rates(self) -> list[float]:

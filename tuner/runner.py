@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import select
 import signal
@@ -29,6 +30,7 @@ from tuner.workload import Workload
 
 WORKER = Path(__file__).resolve().parent / "worker.py"
 STDERR_TAIL = 2000
+EXIT_GRACE_S = 30.0
 
 StepCallback = Callable[[str, int, float], None]  # (phase, index, seconds); may raise to stop the trial
 
@@ -100,14 +102,14 @@ class SubprocessRunner:
                     pass_fds=(write_fd,),
                     start_new_session=True,  # its own process group, so the whole group can be killed
                 )
-            except OSError as error:
+            except (OSError, ValueError) as error:
                 os.close(read_fd)
                 raise WorkerExited(f"cannot start worker {self.python}: {error}") from None
             finally:
                 os.close(write_fd)
             try:
                 result = self._read(process, read_fd, started + spec.policy.timeout_s, on_step)
-                process.wait(timeout=max(0.1, started + spec.policy.timeout_s - time.monotonic()))
+                exit_note = self._wait(process, result is not None, started + spec.policy.timeout_s)
             except subprocess.TimeoutExpired:
                 kill_group(process)
                 raise WorkerTimeout(f"worker ran past {spec.policy.timeout_s:.0f} s", _tail(log)) from None
@@ -118,12 +120,11 @@ class SubprocessRunner:
             finally:
                 kill_group(process)  # also reaps any grandchildren left in the group
                 os.close(read_fd)
-            self._check_exit(process.returncode, result, log, spec.policy)
-        assert result is not None
+            result = self._check(process.returncode, result, log, spec)
         facts = {k: v for k, v in result.items() if k not in ("event", "warmup_seconds", "timed_seconds")}
         facts["child_env"] = {k: v for k, v in env.items() if k not in ENV_ALLOWLIST}
-        if facts.get("cpus") != list(spec.cores):
-            raise WorkerBadOutput(f"worker ran on CPUs {facts.get('cpus')}, not the requested {list(spec.cores)}")
+        if exit_note:
+            facts["exit"] = exit_note
         return Measurement(
             batch_size=spec.workload.batch_size,
             timed_seconds=tuple(result["timed_seconds"]),
@@ -131,6 +132,19 @@ class SubprocessRunner:
             facts=facts,
             wall_seconds=time.monotonic() - started,
         )
+
+    @staticmethod
+    def _wait(process: subprocess.Popen[bytes], has_result: bool, deadline: float) -> str:
+        """Wait for the worker to exit. One that hangs at shutdown after its result is killed, result kept."""
+        limit = max(0.1, deadline - time.monotonic())
+        try:
+            process.wait(timeout=min(limit, EXIT_GRACE_S) if has_result else limit)
+        except subprocess.TimeoutExpired:
+            if not has_result:
+                raise
+            kill_group(process)
+            return f"killed {EXIT_GRACE_S:.0f} s after its result: it hung at shutdown"
+        return ""
 
     def _read(
         self, process: subprocess.Popen[bytes], fd: int, deadline: float, on_step: StepCallback | None
@@ -153,13 +167,14 @@ class SubprocessRunner:
             for line in lines:
                 event = _decode(line)
                 if event.get("event") == "step" and on_step is not None:
-                    on_step(str(event["phase"]), int(event["index"]), float(event["seconds"]))
+                    on_step(*_step(event))
                 elif event.get("event") == "result":
-                    result = event
+                    return event  # the last message; do not wait for EOF from a worker hanging at exit
 
     @staticmethod
-    def _check_exit(returncode: int, result: dict[str, Any] | None, log: IO[bytes], policy: MeasurementPolicy) -> None:
-        if returncode < 0:
+    def _check(returncode: int, result: dict[str, Any] | None, log: IO[bytes], spec: TrialSpec) -> dict[str, Any]:
+        """Turn the exit status and the result into typed errors, or the validated result."""
+        if returncode < 0 and result is None:
             name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
             raise WorkerCrashed(f"worker killed by {name}", _tail(log))
         if returncode > 0:
@@ -168,10 +183,26 @@ class SubprocessRunner:
             raise WorkerBadOutput("worker exited without a result on its channel", _tail(log))
         timed = result.get("timed_seconds")
         warmup = result.get("warmup_seconds")
-        if not isinstance(timed, list) or len(timed) != policy.timed or not isinstance(warmup, list):
-            raise WorkerBadOutput(f"worker result has no {policy.timed} timed steps", _tail(log))
-        if not all(isinstance(s, (int, float)) and s > 0 for s in timed + warmup):
-            raise WorkerBadOutput("worker result has non-positive or non-numeric step times", _tail(log))
+        if not isinstance(timed, list) or len(timed) != spec.policy.timed or not isinstance(warmup, list):
+            raise WorkerBadOutput(f"worker result has no {spec.policy.timed} timed steps", _tail(log))
+        if not all(_positive(s) for s in timed + warmup):
+            raise WorkerBadOutput("worker result has step times that are not finite positive numbers", _tail(log))
+        if result.get("cpus") != sorted(spec.cores):
+            raise WorkerBadOutput(
+                f"worker ran on CPUs {result.get('cpus')}, not the requested {sorted(spec.cores)}", _tail(log)
+            )
+        return result
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _step(event: dict[str, Any]) -> tuple[str, int, float]:
+    phase, index, seconds = event.get("phase"), event.get("index"), event.get("seconds")
+    if phase not in ("warmup", "timed") or not isinstance(index, int) or not _positive(seconds):
+        raise WorkerBadOutput(f"worker sent a malformed step event: {json.dumps(event)[:120]}")
+    return str(phase), index, float(seconds)  # type: ignore[arg-type]  # checked by _positive
 
 
 def _decode(line: bytes) -> dict[str, Any]:

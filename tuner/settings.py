@@ -21,7 +21,7 @@ ENV_FIXED = {"TF_CPP_MIN_LOG_LEVEL": "1", "PYTHONDONTWRITEBYTECODE": "1", "CUDA_
 
 DATA_FORMATS = {"NHWC": "channels_last", "NCHW": "channels_first"}
 _AFFINITY = re.compile(
-    r"^(disabled|none|((granularity=(fine|core|thread),)?(verbose,)?(compact|scatter|balanced)(,\d{1,3}){0,2}))$"
+    r"disabled|none|((granularity=(fine|core|thread),)?(verbose,)?(compact|scatter|balanced)(,\d{1,3}){0,2})"
 )
 
 
@@ -38,7 +38,7 @@ def _blocktime(value: Any) -> str:
 
 
 def _affinity(value: Any) -> str:
-    if not isinstance(value, str) or not _AFFINITY.match(value):
+    if not isinstance(value, str) or not _AFFINITY.fullmatch(value):
         raise InvalidSettings(f"KMP_AFFINITY {value!r} is not a supported affinity string")
     return value
 
@@ -73,7 +73,7 @@ class Settings:
     def __post_init__(self) -> None:
         _int("intra_op", self.intra_op, 0)
         _int("inter_op", self.inter_op, 0)
-        if self.data_format not in DATA_FORMATS:
+        if not isinstance(self.data_format, str) or self.data_format not in DATA_FORMATS:
             raise InvalidSettings(f"data_format must be NHWC or NCHW, got {self.data_format!r}")
         for name, value in self.env_knobs:
             if name not in ENV_KNOBS:
@@ -98,6 +98,8 @@ class Settings:
             name, sep, raw = item.partition("=")
             if not sep or not name.strip():
                 raise InvalidSettings(f"settings item {item!r} is not name=value")
+            if name.strip() in params:
+                raise InvalidSettings(f"knob {name.strip()!r} is given twice")
             params[name.strip()] = _typed(raw.strip())
         return cls.from_params(params)
 

@@ -55,7 +55,7 @@ def _cpuinfo(path: Path) -> tuple[dict[str, str], list[tuple[int, int]]]:
         text = ""
     for line in [*text.splitlines(), ""]:
         if not line.strip():
-            if block:
+            if "processor" in block:
                 first = first or block
                 cores.append((int(block.get("physical id", 0)), int(block.get("core id", len(cores)))))
             block = {}

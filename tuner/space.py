@@ -31,7 +31,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 
 from tuner.errors import InvalidSettings, SearchSpaceError
-from tuner.settings import KNOBS, Settings
+from tuner.settings import ENV_KNOBS, KNOBS, Settings
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 _CORES = re.compile(r"^\s*(?:(\d+)\s*\*\s*)?cores(?:\s*\*\s*(\d+))?\s*$")
@@ -148,7 +148,7 @@ def _distribution(path: Path, name: str, spec: Mapping[str, Any], cores: int) ->
     choices = spec.get("choices")
     if not isinstance(choices, list) or not choices:
         raise _fail(path, f"{key}.choices", "a categorical knob needs a non-empty list of choices")
-    if any(isinstance(c, (list, dict, float)) for c in choices) or len(set(map(repr, choices))) < len(choices):
+    if any(isinstance(c, (list, dict, float)) for c in choices) or len({(type(c), c) for c in choices}) < len(choices):
         raise _fail(path, f"{key}.choices", "choices must be distinct strings, integers or booleans")
     return CategoricalDistribution(choices)
 
@@ -173,19 +173,45 @@ def validate(path: Path, data: dict[str, Any], max_cores: int) -> None:
         if not isinstance(spec, dict) or spec.get("type") not in ("int", "categorical"):
             raise _fail(path, f"knobs.{name}.type", "must be 'int' or 'categorical'")
         _check_keys(path, f"knobs.{name}", spec, INT_KEYS if spec["type"] == "int" else CATEGORICAL_KEYS)
+    for key in ("runtime", "description"):
+        if not isinstance(data.get(key, ""), str):
+            raise _fail(path, key, "must be a string")
     constraints = data.get("constraints", [])
     if not isinstance(constraints, list):
         raise _fail(path, "constraints", "must be a list of constraint names")
     for name in constraints:
-        if name not in CONSTRAINTS:
+        if not isinstance(name, str) or name not in CONSTRAINTS:
             raise _fail(path, "constraints", f"unknown constraint {name!r}; known: {', '.join(CONSTRAINTS)}")
     baselines = data.get("baselines", {})
-    _check_keys(path, "baselines", baselines, set(baselines))
+    if not isinstance(baselines, dict):
+        raise _fail(path, "baselines", "must be a table of [baselines.NAME] tables")
+    for name, spec in baselines.items():
+        if not isinstance(spec, dict):
+            raise _fail(path, f"baselines.{name}", "must be a table of knob values")
+    if max_cores < 1:
+        raise SearchSpaceError(f"{path}: cannot validate for {max_cores} cores")
     space = SearchSpace(path, data)
     for cores in range(1, max_cores + 1):
         dists = space.distributions(cores)
+        _check_env_values(path, dists)
         for base, params in space.baselines(cores).items():
             _check_baseline(path, base, params, dists)
+
+
+def _check_env_values(path: Path, dists: dict[str, BaseDistribution]) -> None:
+    """Every value an environment knob can take must pass the knob's own validator."""
+    for name, dist in dists.items():
+        if name not in ENV_KNOBS:
+            continue
+        if isinstance(dist, CategoricalDistribution):
+            values: tuple[Any, ...] = dist.choices
+        elif isinstance(dist, IntDistribution):
+            values = (dist.low, dist.high)
+        for value in values:
+            try:
+                ENV_KNOBS[name](value)
+            except InvalidSettings as error:
+                raise _fail(path, f"knobs.{name}", str(error)) from None
 
 
 def _check_baseline(path: Path, base: str, params: dict[str, Any], dists: dict[str, BaseDistribution]) -> None:

@@ -6,6 +6,8 @@ staying RUNNING forever. URLs are shown with their password hidden.
 
 from __future__ import annotations
 
+import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -17,6 +19,7 @@ from tuner.errors import StorageError
 DEFAULT_STORAGE = "sqlite:///studies/tuner.db"
 HEARTBEAT_S = 10
 GRACE_S = 60
+CREATE_ATTEMPTS = 5
 
 
 def redact(url: str) -> str:
@@ -41,16 +44,25 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StorageError(f"cannot create folder {folder} for storage {redact(url)}: {error.strerror}") from None
-    try:
-        return optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=HEARTBEAT_S,
-            grace_period=GRACE_S,
-            engine_kwargs=_engine_kwargs(parsed.get_backend_name()),
-        )
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as error:
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        raise StorageError(f"cannot open storage {redact(url)}: {reason}") from None
+    for attempt in range(CREATE_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # heartbeats are marked experimental; they are what we need here
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    heartbeat_interval=HEARTBEAT_S,
+                    grace_period=GRACE_S,
+                    engine_kwargs=_engine_kwargs(parsed.get_backend_name()),
+                )
+        except sqlalchemy.exc.IntegrityError:
+            # Two processes creating the same fresh database race on its version table: the loser retries.
+            if attempt == CREATE_ATTEMPTS - 1:
+                raise StorageError(f"cannot open storage {redact(url)}: another process keeps creating it") from None
+            time.sleep(0.5 * (attempt + 1))
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as error:
+            reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+            raise StorageError(f"cannot open storage {redact(url)}: {reason}") from None
+    raise AssertionError("unreachable")
 
 
 def _engine_kwargs(backend: str) -> dict[str, object]:

@@ -13,6 +13,7 @@ import os
 import socket
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -172,7 +173,9 @@ class StudyRun:
                 storage.set_trial_user_attr(trial._trial_id, "fail_reason", "orphaned")
                 storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
                 self.progress(f"trial {trial.number} was left running by a killed run: marked failed")
-        optuna.storages.fail_stale_trials(self.study)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
 
     # -- search -------------------------------------------------------------------------------------
 
@@ -205,6 +208,7 @@ class StudyRun:
         label = trial.user_attrs.get("baseline") or settings.label()
         self.progress(f"trial {trial.number}: measuring {label} ...")
         spec = TrialSpec(settings, self.config.workload, self.config.cores, self.config.policy)
+        started = self.clock()
         try:
             measurement = self.runner.run(spec, on_step)
         except Pruned as error:
@@ -218,6 +222,7 @@ class StudyRun:
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted")
             raise
+        trial.set_user_attr("trial_seconds", self.clock() - started)
         trial.set_user_attr("measurement", measurement.to_dict())
         return measurement.images_per_sec
 
@@ -327,7 +332,7 @@ class StudyRun:
     def _rounds(self, configs: int, deadline: float | None) -> int:
         """Rounds that fit the time left, judged from the search's wall times; at least 2."""
         wanted = self.config.confirm_policy.rounds
-        walls = [float(t.user_attrs["measurement"]["wall_seconds"]) for t in self.measured()]
+        walls = [float(t.user_attrs["trial_seconds"]) for t in self.measured() if "trial_seconds" in t.user_attrs]
         if deadline is None or not walls:
             return wanted
         scale = self.config.confirm_policy.timed / max(1, self.config.policy.timed)

@@ -7,6 +7,7 @@ to the same N physical cores, so every trial of a study measures on the same sil
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def parse_core_counts(text: str | None, available: int) -> list[int]:
     counts: list[int] = []
     for item in text.split(","):
         item = item.strip()
-        if not item.isdigit() or int(item) < 1:
+        if not re.fullmatch(r"[0-9]+", item) or int(item) < 1:
             raise UsageError(f"--cores: {item!r} is not a positive core count (expected e.g. 1,2,4)")
         counts.append(int(item))
     too_many = [c for c in counts if c > available]

@@ -1,0 +1,78 @@
+"""A fake worker for the runner's tests: speaks worker.py's channel protocol, then misbehaves on request.
+
+    python fake_worker.py --channel-fd N --spec JSON --behaviour NAME [--pids FILE]
+
+Standard library only, no TensorFlow: starts in tens of milliseconds. Step times are ``(index + 1) / 100``
+for warm-up steps and ``(index + 1) / 10`` for timed ones, so the tests know them exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--channel-fd", type=int, required=True)
+    parser.add_argument("--spec", required=True)
+    parser.add_argument("--behaviour", default="ok")
+    parser.add_argument("--pids", help="start a grandchild and write both pids here as JSON")
+    args = parser.parse_args()
+    spec, behaviour = json.loads(args.spec), args.behaviour
+    channel = os.fdopen(args.channel_fd, "w", buffering=1)
+
+    def send(line: str) -> None:
+        channel.write(line + "\n")
+        channel.flush()
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the crash cases must not write core files
+    os.sched_setaffinity(0, spec["cores"])
+    if args.pids:  # a grandchild in the same process group: the runner must kill it too
+        sleeper = subprocess.Popen(["sleep", "1000"])
+        with open(args.pids + ".tmp", "w") as out:
+            json.dump({"child": os.getpid(), "grandchild": sleeper.pid}, out)
+        os.replace(args.pids + ".tmp", args.pids)
+    if behaviour in ("garbage", "no-event", "bad-step"):
+        send({"garbage": "hello", "no-event": '{"phase": "timed"}', "bad-step": '{"event": "step"}'}[behaviour])
+        time.sleep(1000)
+    times = {"warmup": [(i + 1) / 100 for i in range(spec["warmup"])]}
+    times["timed"] = [(i + 1) / 10 for i in range(spec["timed"])]
+    for phase in ("warmup", "timed"):
+        for index, seconds in enumerate(times[phase]):
+            send(json.dumps({"event": "step", "phase": phase, "index": index, "seconds": seconds}))
+            if behaviour == "hang" and phase == "timed":
+                print("fake worker: hanging", file=sys.stderr, flush=True)
+                time.sleep(1000)
+    print(f"fake worker: {behaviour}", file=sys.stderr, flush=True)
+    if behaviour == "abort":
+        os.abort()
+    if behaviour == "segv":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if behaviour == "exit3":
+        return 3
+    if behaviour == "no-result":
+        return 0
+    cpus = sorted(os.sched_getaffinity(0))
+    result = {
+        "event": "result",
+        "warmup_seconds": times["warmup"],
+        "timed_seconds": times["timed"][:-1] if behaviour == "short" else times["timed"],
+        "cpus": [cpu + 1 for cpu in cpus] if behaviour == "wrong-cpus" else cpus,
+        "environ": dict(os.environ),
+        "pid": os.getpid(),
+    }
+    if behaviour == "infinite":
+        result["timed_seconds"] = [float("inf")] * spec["timed"]
+    send(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The CLI with a replaying runner: tune then show, and bad input as one line and exit 1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tuner.cli import main, parse_duration
+from tuner.errors import UsageError
+from tuner.replay import ReplayRunner
+from tuner.runner import TrialSpec
+from tuner.storage import open_storage
+
+TINY = ["tune", "--model", "tiny", "--cores", "1", "--mode", "infer", "--trials", "6"]
+
+
+def fake_runner() -> ReplayRunner:
+    return ReplayRunner.from_rates(lambda spec: 900.0 + 100 * spec.settings.inter_op, noise=0.02)
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    # Bad input gets exactly one line on stderr, starting with the tool's name, and no traceback.
+    assert len(lines) == 1, err
+    assert lines[0].startswith("tuner: error: ") and "Traceback" not in err
+    return lines[0]
+
+
+def test_tune_then_show_json(storage_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*TINY, "--storage", storage_url], runner=fake_runner()) == 0
+    table = capsys.readouterr().out
+    # The summary table names both baselines and the tuned result.
+    assert "tf-default" in table and "heuristic" in table and "tiny" in table
+    assert main(["show", "--storage", storage_url, "--json"]) == 0
+    studies = json.loads(capsys.readouterr().out)
+    # One study, with at least the requested complete trials and a stored verdict.
+    assert len(studies) == 1
+    assert studies[0]["trials"]["complete"] >= 6
+    assert studies[0]["verdict"]["recommended_params"] is not None
+    assert studies[0]["cores"] == 1 and studies[0]["mode"] == "infer"
+
+
+def test_show_on_storage_without_studies_says_so(storage_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    open_storage(storage_url)
+    assert main(["show", "--storage", storage_url]) == 0
+    # An existing storage with no tuner study is not an error: it says there is nothing yet.
+    assert "no tuner studies" in capsys.readouterr().out
+
+
+def test_malformed_space_is_one_line_and_nothing_is_written(
+    tmp_path: Path, storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[knobs.intra_op]\ntype = "int"\nlow = 4\nhigh = 1\n')
+    assert main([*TINY, "--space", str(bad), "--storage", storage_url], runner=fake_runner()) == 1
+    line = one_error_line(capsys.readouterr().err)
+    # The line names the file and the key at fault.
+    assert str(bad) in line and "knobs.intra_op" in line
+    # The storage was never opened, so no database was created.
+    assert not Path(storage_url.removeprefix("sqlite:///")).exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["tune", "--cores", "4096"], "4096 cores asked for"),
+        (["tune", "--cores", "1,x"], "'x' is not a positive core count"),
+        (["tune", "--model", "vgg"], "invalid choice: 'vgg'"),
+        (["tune", "--mode", "fly"], "unknown mode 'fly'"),
+        (["tune", "--budget", "soon"], "'soon' is not a duration"),
+        (["tune", "--trials", "0"], "--trials must be at least 1"),
+        (["tune", "--storage", "nosuchdb://x", "--cores", "1"], "cannot open storage nosuchdb://x"),
+        (["show", "--storage", "sqlite:////nonexistent/dir/x.db"], "no storage at"),
+        (["show", "--storage", "not a url"], "is not a database URL"),
+        (["tune", "--space", "/nonexistent/space.toml", "--cores", "1"], "no such search-space file"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_1(args: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # Every kind of bad input ends the same way: exit code 1 and one line saying what is wrong.
+    assert main(args, runner=fake_runner()) == 1
+    assert expected in one_error_line(capsys.readouterr().err)
+
+
+def test_storage_password_is_never_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show", "--storage", "postgresql://user:hunter2@127.0.0.1:1/db"]) == 1
+    err = capsys.readouterr().err
+    # Credentials in a storage URL are masked in every message.
+    assert "hunter2" not in err and "***" in err
+
+
+def test_storage_in_a_folder_that_cannot_be_made(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    url = f"sqlite:///{blocker / 'sub' / 'x.db'}"
+    assert main([*TINY, "--storage", url], runner=fake_runner()) == 1
+    # The folder for the SQLite file cannot be created under a regular file: one line naming it.
+    assert "cannot create folder" in one_error_line(capsys.readouterr().err)
+
+
+def test_debug_shows_the_traceback() -> None:
+    # With --debug the typed error propagates, so a developer sees where it came from.
+    with pytest.raises(UsageError):
+        main(["--debug", "tune", "--cores", "0"], runner=fake_runner())
+
+
+def test_crashing_trials_end_with_one_line(storage_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from tuner.errors import WorkerExited
+
+    def script(spec: TrialSpec, call: int) -> BaseException:
+        return WorkerExited("worker exited with status 1", "ModuleNotFoundError: No module named 'tensorflow'")
+
+    assert main([*TINY, "--storage", storage_url], runner=ReplayRunner(script)) == 1
+    # A runtime that cannot run at all stops after three failures with the reason, not a traceback.
+    assert "3 trials in a row failed" in one_error_line(capsys.readouterr().err.splitlines()[-1])
+
+
+def test_parse_duration() -> None:
+    # Durations read as a person writes them.
+    assert parse_duration("90s") == 90 and parse_duration("50m") == 3000 and parse_duration("1h30m") == 5400
+    assert parse_duration("45") == 45

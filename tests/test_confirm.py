@@ -1,0 +1,190 @@
+"""Confirmation: interleaved re-measurement, a bootstrap interval, and tf-default unless a gain is clear."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from tuner.confirm import DEFAULT, HEURISTIC, Candidate, Verdict, bootstrap_ratio, confirm, decide
+from tuner.measurement import Measurement
+from tuner.policy import MeasurementPolicy
+from tuner.replay import ReplayRunner
+from tuner.runner import TrialSpec
+from tuner.settings import Settings
+from tuner.workload import Workload
+
+POLICY = MeasurementPolicy("test", warmup=1, timed=4, timeout_s=60.0)
+WORKLOAD = Workload("tiny", "infer", 32)
+CORES = (0, 1)
+
+A = Candidate(DEFAULT, Settings())
+B = Candidate(HEURISTIC, Settings(intra_op=2, inter_op=1, data_format="NCHW"))
+C = Candidate("trial 3", Settings(intra_op=1, inter_op=1))
+CANDIDATES = (A, B, C)
+
+
+def runner_for(rates: dict[str, float], noise: float, seed: int = 0) -> ReplayRunner:
+    """A replaying runner giving each candidate its images/sec (looked up by settings) with relative noise."""
+    by_settings = {c.settings: rates[c.name] for c in CANDIDATES}
+    return ReplayRunner.from_rates(lambda spec: by_settings[spec.settings], noise=noise, seed=seed)
+
+
+def run_confirm(runner: ReplayRunner, rounds: int = 3, **kwargs: object) -> Verdict:
+    return confirm(runner, CANDIDATES, WORKLOAD, CORES, POLICY, rounds, **kwargs)  # type: ignore[arg-type]
+
+
+# -- bootstrap -----------------------------------------------------------------------------------------
+
+
+def test_bootstrap_of_identical_data_contains_one() -> None:
+    runs = [[100.0, 101.0, 99.0, 100.5], [98.0, 102.0, 100.0, 99.5], [100.0, 100.0, 101.5, 99.0]]
+    interval = bootstrap_ratio(runs, runs)
+    # The same data against itself has a ratio of exactly 1, and the interval must not exclude it.
+    assert interval.value == pytest.approx(1.0)
+    assert interval.low <= 1.0 <= interval.high
+
+
+def test_bootstrap_interval_brackets_the_ratio() -> None:
+    top = [[110.0, 111.0, 109.0], [112.0, 108.0, 110.0]]
+    bottom = [[100.0, 101.0, 99.0], [102.0, 98.0, 100.0]]
+    interval = bootstrap_ratio(top, bottom)
+    # Pooled medians 110 and 100 give 1.1, and the interval lies around it, above 1 for this clear gap.
+    assert interval.value == pytest.approx(1.1)
+    assert 1.0 < interval.low <= interval.value <= interval.high
+
+
+def test_bootstrap_is_reproducible_by_seed() -> None:
+    top = [[110.0, 90.0, 105.0], [95.0, 115.0, 100.0]]
+    bottom = [[100.0, 101.0, 99.0], [97.0, 103.0, 100.0]]
+    # The same seed gives the same interval, so a stored verdict can be recomputed exactly.
+    assert bootstrap_ratio(top, bottom, seed=7) == bootstrap_ratio(top, bottom, seed=7)
+
+
+# -- verdicts ------------------------------------------------------------------------------------------
+
+
+def test_clearly_faster_candidate_wins() -> None:
+    verdict = run_confirm(runner_for({DEFAULT: 100.0, HEURISTIC: 100.0, "trial 3": 110.0}, noise=0.01))
+    # 10% faster with 1% noise over 3 rounds: the candidate wins and its gain is clear.
+    assert verdict.winner == "trial 3"
+    assert verdict.clear is True
+    assert verdict.recommended == "trial 3"
+    # The whole 95% interval lies above 1, around the true 1.1.
+    assert verdict.vs_default.low > 1.0
+    assert verdict.vs_default.value == pytest.approx(1.1, rel=0.02)
+    # With a heuristic among the candidates it is compared too.
+    assert verdict.vs_heuristic is not None
+    assert verdict.vs_heuristic.low > 1.0
+    # The text reports the win.
+    assert verdict.text().startswith("trial 3 wins: ")
+
+
+def test_small_gain_within_noise_is_not_clear() -> None:
+    verdict = run_confirm(runner_for({DEFAULT: 100.0, HEURISTIC: 99.0, "trial 3": 100.5}, noise=0.05))
+    # 0.5% faster under 5% noise cannot be told from luck: no clear gain, and tf-default is recommended.
+    assert verdict.clear is False
+    assert verdict.recommended == DEFAULT
+    assert verdict.vs_default.low <= 1.0
+    # Whatever won by median, the text says tf-default is the recommendation.
+    assert "recommend tf-default" in verdict.text()
+
+
+def test_default_fastest_is_never_clear() -> None:
+    verdict = run_confirm(runner_for({DEFAULT: 120.0, HEURISTIC: 100.0, "trial 3": 100.0}, noise=0.01))
+    # When tf-default itself wins there is nothing to recommend over it.
+    assert verdict.winner == DEFAULT
+    assert verdict.clear is False
+    assert verdict.recommended == DEFAULT
+    assert verdict.text() == "tf-default is fastest: recommend tf-default"
+
+
+def test_no_heuristic_gives_no_heuristic_interval() -> None:
+    rates = {DEFAULT: [[100.0, 100.0]], "trial 3": [[120.0, 121.0]]}
+    verdict = decide(rates, {DEFAULT: Settings().params(), "trial 3": C.settings.params()})
+    # Without a heuristic baseline there is no comparison against it.
+    assert verdict.vs_heuristic is None
+    assert verdict.to_dict()["speedup_vs_heuristic"] is None
+
+
+def test_to_dict_contains_recommended_params() -> None:
+    clear = run_confirm(runner_for({DEFAULT: 100.0, HEURISTIC: 100.0, "trial 3": 110.0}, noise=0.01))
+    data = clear.to_dict()
+    # The stored verdict carries the recommended settings themselves, so they can be applied without a lookup.
+    assert data["recommended"] == "trial 3"
+    assert data["recommended_params"] == C.settings.params()
+    # It also records rounds, per-candidate medians and the raw per-round rates.
+    assert data["rounds"] == 3
+    assert set(data["images_per_sec"]) == {DEFAULT, HEURISTIC, "trial 3"}
+    assert data["rates"] == clear.rates
+
+
+def test_to_dict_recommends_default_params_when_not_clear() -> None:
+    verdict = run_confirm(runner_for({DEFAULT: 100.0, HEURISTIC: 99.0, "trial 3": 100.5}, noise=0.05))
+    # Without a clear gain the recommended params are tf-default's, not the median winner's.
+    assert verdict.to_dict()["recommended_params"] == Settings().params()
+
+
+# -- confirm() -----------------------------------------------------------------------------------------
+
+
+def test_candidates_are_measured_interleaved() -> None:
+    runner = runner_for({DEFAULT: 100.0, HEURISTIC: 100.0, "trial 3": 100.0}, noise=0.0)
+    verdict = run_confirm(runner, rounds=3)
+    # A B C A B C A B C: drift in the machine hits every candidate alike rather than one block of runs.
+    assert [spec.settings for spec in runner.calls] == [A.settings, B.settings, C.settings] * 3
+    # Every run uses the confirmation's workload, cores and policy.
+    assert all(spec == TrialSpec(spec.settings, WORKLOAD, CORES, POLICY) for spec in runner.calls)
+    # Each candidate has one list of per-step rates per round, timed steps only.
+    assert all(len(runs) == 3 and all(len(r) == POLICY.timed for r in runs) for runs in verdict.rates.values())
+
+
+def test_done_rounds_are_reused_not_remeasured() -> None:
+    done = {
+        DEFAULT: [[90.0, 90.0, 90.0, 90.0]],
+        HEURISTIC: [[91.0, 91.0, 91.0, 91.0]],
+        "trial 3": [[92.0, 92.0, 92.0, 92.0]],
+    }
+    before = copy.deepcopy(done)
+    runner = runner_for({DEFAULT: 100.0, HEURISTIC: 100.0, "trial 3": 100.0}, noise=0.0)
+    verdict = run_confirm(runner, rounds=3, done=done)
+    # Round 0 was already measured, so only rounds 1 and 2 run, still interleaved.
+    assert [spec.settings for spec in runner.calls] == [A.settings, B.settings, C.settings] * 2
+    # The earlier round is kept as the first of each candidate's rounds.
+    assert verdict.rates[DEFAULT][0] == [90.0, 90.0, 90.0, 90.0]
+    assert verdict.rates["trial 3"][0] == [92.0, 92.0, 92.0, 92.0]
+    assert all(len(runs) == 3 for runs in verdict.rates.values())
+    # The caller's record of done rounds is not modified.
+    assert done == before
+
+
+def test_partially_done_rounds_fill_in_per_candidate() -> None:
+    done = {DEFAULT: [[100.0] * 4, [100.0] * 4]}
+    runner = runner_for({DEFAULT: 100.0, HEURISTIC: 100.0, "trial 3": 100.0}, noise=0.0)
+    run_confirm(runner, rounds=3, done=done)
+    # tf-default already has two rounds; the others catch up first, then all three measure round 2.
+    assert [spec.settings for spec in runner.calls] == [B.settings, C.settings] * 2 + [
+        A.settings,
+        B.settings,
+        C.settings,
+    ]
+
+
+def test_all_rounds_done_measures_nothing() -> None:
+    done = {c.name: [[100.0] * 4] * 2 for c in CANDIDATES}
+    runner = runner_for({DEFAULT: 100.0, HEURISTIC: 100.0, "trial 3": 100.0}, noise=0.0)
+    verdict = run_confirm(runner, rounds=2, done=done)
+    # A resumed confirmation that is already complete decides from stored rounds alone.
+    assert runner.calls == []
+    assert verdict.rates == done
+
+
+def test_on_run_is_called_after_every_new_run() -> None:
+    seen: list[tuple[int, str, Measurement]] = []
+    done = {c.name: [[100.0] * 4] for c in CANDIDATES}
+    runner = runner_for({DEFAULT: 100.0, HEURISTIC: 100.0, "trial 3": 100.0}, noise=0.0)
+    run_confirm(runner, rounds=2, done=done, on_run=lambda r, c, m: seen.append((r, c.name, m)))
+    # Only the new runs are reported, each with its round number, so a caller can store them as they come.
+    assert [(r, name) for r, name, _ in seen] == [(1, DEFAULT), (1, HEURISTIC), (1, "trial 3")]
+    # The measurement reported is the full record, with the policy's timed steps.
+    assert all(len(m.timed_seconds) == POLICY.timed for _, _, m in seen)

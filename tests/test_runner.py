@@ -1,0 +1,293 @@
+"""Tests for tuner.runner: the subprocess discipline, checked with a fake worker instead of TensorFlow.
+
+``FakeRunner`` keeps the real runner and only swaps the worker script for ``children/fake_worker.py``, which
+speaks the same channel protocol and then crashes, exits, hangs or lies on request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tuner.errors import (
+    Pruned,
+    WorkerBadOutput,
+    WorkerCrashed,
+    WorkerError,
+    WorkerExited,
+    WorkerTimeout,
+)
+from tuner.policy import MeasurementPolicy
+from tuner.runner import WORKER, SubprocessRunner, TrialSpec
+from tuner.settings import ENV_ALLOWLIST, ENV_FIXED, Settings
+from tuner.workload import Workload
+
+FAKE_WORKER = Path(__file__).resolve().parent / "children" / "fake_worker.py"
+CORES = tuple(sorted(os.sched_getaffinity(0)))[:1]
+POLICY = MeasurementPolicy("test", warmup=2, timed=3, timeout_s=10.0)
+HANG_POLICY = MeasurementPolicy("hang", warmup=2, timed=3, timeout_s=3.0)
+WARMUP = [0.01, 0.02]  # what fake_worker.py reports for POLICY: (index + 1) / 100
+TIMED = [0.1, 0.2, 0.3]  # (index + 1) / 10
+MINIMAL_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+
+class FakeRunner(SubprocessRunner):
+    """The real runner with the worker script swapped for the fake one."""
+
+    def __init__(self, behaviour: str, pids: Path | None = None, parent_env: dict[str, str] | None = None) -> None:
+        super().__init__(python=sys.executable, parent_env=MINIMAL_ENV if parent_env is None else parent_env)
+        self.behaviour = behaviour
+        self.pids = pids
+
+    def argv(self, spec: TrialSpec, channel_fd: int) -> list[str]:
+        python, _worker, *rest = super().argv(spec, channel_fd)
+        extra = ["--pids", str(self.pids)] if self.pids else []
+        return [python, str(FAKE_WORKER), *rest, "--behaviour", self.behaviour, *extra]
+
+
+def make_spec(policy: MeasurementPolicy = POLICY, settings: Settings | None = None) -> TrialSpec:
+    return TrialSpec(settings or Settings(intra_op=1, inter_op=1), Workload("tiny", "infer", 8), CORES, policy)
+
+
+def is_gone(pid: int, within: float = 3.0) -> bool:
+    """True once ``pid`` no longer exists or is a zombie (killed, waiting for its parent to reap it)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+
+
+def read_pids(path: Path) -> dict[str, int]:
+    pids: dict[str, int] = json.loads(path.read_text())
+    return pids
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_success_returns_raw_steps_and_reports_every_step_in_order() -> None:
+    steps: list[tuple[str, int, float]] = []
+    measurement = FakeRunner("ok").run(make_spec(), lambda *step: steps.append(step))
+    # The record keeps the raw step times exactly as the child sent them, warm-up apart from timed.
+    assert measurement.timed_seconds == tuple(TIMED)
+    assert measurement.warmup_seconds == tuple(WARMUP)
+    assert measurement.batch_size == 8
+    # on_step saw every warm-up step, then every timed step, in the order the child ran them.
+    expected = [("warmup", i, s) for i, s in enumerate(WARMUP)] + [("timed", i, s) for i, s in enumerate(TIMED)]
+    assert steps == expected
+    # The facts are the child's report, less the step lists: it ran on exactly the requested cores.
+    assert measurement.facts["cpus"] == list(CORES)
+    assert "timed_seconds" not in measurement.facts and "event" not in measurement.facts
+    # The wall time covers the whole run, so it is at least positive.
+    assert measurement.wall_seconds > 0
+
+
+def test_child_environment_is_allowlist_fixed_and_knobs_only() -> None:
+    parent = {**MINIMAL_ENV, "HOME": "/tmp/fake-home", "OMP_NUM_THREADS": "64", "KMP_BLOCKTIME": "200"}
+    settings = Settings(intra_op=1, inter_op=1, env_knobs=(("KMP_AFFINITY", "compact"),))
+    measurement = FakeRunner("ok", parent_env=parent).run(make_spec(settings=settings))
+    seen = measurement.facts["environ"]
+    # The parent's stray threading variables must not leak: they would silently change what is measured.
+    assert "OMP_NUM_THREADS" not in seen
+    assert "KMP_BLOCKTIME" not in seen
+    # Allowlisted variables pass through unchanged; the fixed ones and the knob's own variable are set.
+    assert seen["HOME"] == "/tmp/fake-home"
+    assert {k: seen.get(k) for k in ENV_FIXED} == ENV_FIXED
+    assert seen["KMP_AFFINITY"] == "compact"
+    # Nothing else reaches the child (Python itself may only add LC_CTYPE, which is allowlisted).
+    assert set(seen) <= set(ENV_ALLOWLIST) | set(ENV_FIXED) | {"KMP_AFFINITY"}
+    # The recorded child_env is the fixed and knob variables, the ones that can change a measurement.
+    assert measurement.facts["child_env"] == {**ENV_FIXED, "KMP_AFFINITY": "compact"}
+
+
+@pytest.mark.parametrize(("behaviour", "signal_name"), [("abort", "SIGABRT"), ("segv", "SIGSEGV")])
+def test_child_killed_by_signal_is_crashed(behaviour: str, signal_name: str) -> None:
+    with pytest.raises(WorkerCrashed) as caught:
+        FakeRunner(behaviour).run(make_spec())
+    # The message names the signal, so a segfault is told apart from an abort without reading logs.
+    assert signal_name in str(caught.value)
+    # The tail carries what the child printed to stderr just before it died.
+    assert f"fake worker: {behaviour}" in caught.value.stderr_tail
+    # A crash is a failed trial with its own reason, not a generic error.
+    assert caught.value.reason == "crashed"
+
+
+def test_nonzero_exit_is_exited_with_status_and_stderr() -> None:
+    with pytest.raises(WorkerExited) as caught:
+        FakeRunner("exit3").run(make_spec())
+    # The exit status is in the message.
+    assert "status 3" in str(caught.value)
+    # And the child's last words are kept for the report.
+    assert "fake worker: exit3" in caught.value.stderr_tail
+
+
+def test_hang_times_out_and_kills_the_whole_group(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pids.json"
+    steps: list[tuple[str, int, float]] = []
+    started = time.monotonic()
+    with pytest.raises(WorkerTimeout) as caught:
+        FakeRunner("hang", pids=pid_file).run(make_spec(HANG_POLICY), lambda *step: steps.append(step))
+    elapsed = time.monotonic() - started
+    # The runner waited for the policy's timeout, not for the child's 1000 s sleep, and not much longer.
+    assert HANG_POLICY.timeout_s - 0.5 <= elapsed < HANG_POLICY.timeout_s + 3
+    # The steps sent before the hang were still delivered, up to the first timed step.
+    assert steps[-1][:2] == ("timed", 0)
+    # The message gives the timeout and the tail what the child printed before hanging.
+    assert "3 s" in str(caught.value)
+    assert "fake worker: hanging" in caught.value.stderr_tail
+    pids = read_pids(pid_file)
+    # The child was killed and reaped, and so was its grandchild: the whole process group is gone.
+    assert is_gone(pids["child"])
+    assert is_gone(pids["grandchild"])
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "words"),
+    [
+        ("garbage", "non-JSON"),
+        ("no-event", "unknown message"),
+        ("no-result", "without a result"),
+        ("short", "3 timed steps"),
+        ("wrong-cpus", "not the requested"),
+    ],
+)
+def test_protocol_violations_are_bad_output(behaviour: str, words: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(WorkerBadOutput) as caught:
+        FakeRunner(behaviour).run(make_spec())
+    # Each violation is typed as bad output, with a message that says which rule was broken.
+    assert words in str(caught.value)
+    # Garbage and unknown messages are caught while the child still sleeps: the runner kills it at once.
+    assert time.monotonic() - started < POLICY.timeout_s / 2
+
+
+def test_step_event_missing_fields_is_bad_output() -> None:
+    # A step without phase/index/seconds breaks the protocol like any other malformed line.
+    with pytest.raises(WorkerBadOutput):
+        FakeRunner("bad-step").run(make_spec(), lambda *step: None)
+
+
+def test_infinite_step_times_are_bad_output() -> None:
+    # JSON 'Infinity' is not a step time; the runner should refuse it as it refuses zero or negative ones.
+    with pytest.raises(WorkerBadOutput):
+        FakeRunner("infinite").run(make_spec())
+
+
+def test_pruned_from_on_step_propagates_and_kills_the_group(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pids.json"
+
+    def prune(phase: str, index: int, seconds: float) -> None:
+        if phase == "timed":
+            raise Pruned("pruned at the first timed step")
+
+    started = time.monotonic()
+    with pytest.raises(Pruned):
+        FakeRunner("hang", pids=pid_file).run(make_spec(), prune)
+    # The runner stops as soon as the pruner says so, not at the timeout.
+    assert time.monotonic() - started < POLICY.timeout_s / 2
+    pids = read_pids(pid_file)
+    # The pruned child and its grandchild are both gone.
+    assert is_gone(pids["child"])
+    assert is_gone(pids["grandchild"])
+
+
+def test_keyboard_interrupt_from_on_step_propagates_and_leaves_no_process(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pids.json"
+
+    def interrupt(phase: str, index: int, seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        FakeRunner("hang", pids=pid_file).run(make_spec(), interrupt)
+    pids = read_pids(pid_file)
+    # Ctrl-C during a trial leaves neither the worker nor anything it started.
+    assert is_gone(pids["child"])
+    assert is_gone(pids["grandchild"])
+
+
+def test_missing_interpreter_is_exited_in_one_line() -> None:
+    before = open_fds()
+    with pytest.raises(WorkerExited) as caught:
+        SubprocessRunner(python="/nonexistent/python", parent_env=MINIMAL_ENV).run(make_spec())
+    # One line that names the interpreter, fit for the CLI's one-line error.
+    assert "/nonexistent/python" in str(caught.value)
+    assert "\n" not in str(caught.value)
+    # Both ends of the channel pipe were closed on the way out.
+    assert open_fds() == before
+
+
+@pytest.mark.parametrize("behaviour", ["ok", "exit3", "garbage", "wrong-cpus"])
+def test_no_file_descriptor_leaks(behaviour: str) -> None:
+    before = open_fds()
+    with contextlib.suppress(WorkerError):
+        FakeRunner(behaviour).run(make_spec())
+    # Every run, good or bad, closes the channel and the log it opened.
+    assert open_fds() == before
+
+
+def test_argv_is_explicit_and_spec_carries_validated_values_only() -> None:
+    settings = Settings(intra_op=2, inter_op=1, data_format="NCHW", env_knobs=(("KMP_BLOCKTIME", 0),))
+    spec = TrialSpec(settings, Workload("tiny", "train", 16), CORES, POLICY)
+    argv = SubprocessRunner(python="/opt/env/bin/python", parent_env=MINIMAL_ENV).argv(spec, 7)
+    # The interpreter given, then the worker script by absolute path: no shell in between.
+    assert argv[0] == "/opt/env/bin/python"
+    assert argv[1] == str(WORKER) and WORKER.is_absolute() and WORKER.name == "worker.py"
+    # The channel and the spec are passed as separate arguments, all of them strings.
+    assert argv[2:5] == ["--channel-fd", "7", "--spec"]
+    assert len(argv) == 6 and all(isinstance(arg, str) for arg in argv)
+    # The spec holds exactly the validated framework values and the trial's shape; env knobs go elsewhere.
+    assert json.loads(argv[5]) == {
+        "intra_op": 2,
+        "inter_op": 1,
+        "data_format": "channels_first",
+        "cores": list(CORES),
+        "model": "tiny",
+        "mode": "train",
+        "batch_size": 16,
+        "warmup": 2,
+        "timed": 3,
+    }
+
+
+def test_popen_gets_a_list_no_shell_own_session_and_built_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[Any, dict[str, Any]]] = []
+
+    def fake_popen(args: Any, **kwargs: Any) -> Any:
+        calls.append((args, kwargs))
+        raise OSError("not started")
+
+    monkeypatch.setattr(subprocess, "Popen", fake_popen)
+    settings = Settings(env_knobs=(("onednn", False),))
+    parent = {**MINIMAL_ENV, "OMP_NUM_THREADS": "9"}
+    with pytest.raises(WorkerExited):
+        SubprocessRunner(python=sys.executable, parent_env=parent).run(make_spec(settings=settings))
+    (args, kwargs) = calls[0]
+    # An explicit argv list and never a shell, so no value is ever parsed by sh.
+    assert isinstance(args, list) and args[1] == str(WORKER)
+    assert not kwargs.get("shell", False)
+    # Its own session (so its own process group to kill), no stdin, and the channel fd passed through.
+    assert kwargs["start_new_session"] is True
+    assert kwargs["stdin"] is subprocess.DEVNULL
+    assert kwargs["pass_fds"] == (int(args[3]),)
+    # The environment is the one the settings built, not the parent's.
+    assert kwargs["env"] == settings.environ(parent)

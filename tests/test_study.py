@@ -1,0 +1,201 @@
+"""Study logic with a replaying runner: baselines first, failures stored, resume, confirmation, budget."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import make_config
+from tuner.errors import TunerError, WorkerCrashed
+from tuner.replay import ReplayRunner
+from tuner.runner import TrialSpec
+from tuner.study import StudyRun
+
+FAST_LABEL = "intra_op=1,inter_op=1,data_format=NHWC"
+
+
+def rate(spec: TrialSpec) -> float:
+    """A landscape with one clearly best setting (20% over the rest)."""
+    return 1200.0 if spec.settings.label() == FAST_LABEL else 1000.0
+
+
+def states(study: optuna.Study) -> list[TrialState]:
+    return [t.state for t in study.get_trials()]
+
+
+def test_baselines_are_measured_first_with_raw_values_and_metadata(storage: optuna.storages.RDBStorage) -> None:
+    run = StudyRun(storage, make_config(trials=6), ReplayRunner.from_rates(rate, noise=0.01))
+    run.search(None)
+    trials = run.study.get_trials()
+    # The two baselines are enqueued before any sampled trial, with the space's values at 2 cores.
+    assert trials[0].user_attrs["baseline"] == "tf-default"
+    assert trials[0].params == {"intra_op": 0, "inter_op": 0, "data_format": "NHWC"}
+    assert trials[1].user_attrs["baseline"] == "heuristic"
+    assert trials[1].params == {"intra_op": 2, "inter_op": 1, "data_format": "NCHW"}
+    # Exactly the requested number of complete trials, each keeping its raw timed step times.
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 6
+    assert all(len(t.user_attrs["measurement"]["timed_seconds"]) == 4 for t in complete)
+    # The study records where it was measured.
+    meta = run.study.user_attrs["tuner"]
+    assert meta["cpu"]["id"] == run.config.signature.id
+    assert meta["cores"] == 2 and meta["core_set"] == [0, 1]
+    assert meta["space_hash"] == run.config.space.hash and meta["tool_version"]
+
+
+def test_failed_trial_is_stored_as_fail_with_reason_and_search_goes_on(storage: optuna.storages.RDBStorage) -> None:
+    def script(spec: TrialSpec, call: int) -> list[float] | BaseException:
+        if call == 2:
+            return WorkerCrashed("worker killed by SIGSEGV", "Segmentation fault")
+        return [0.032] * 5
+
+    run = StudyRun(storage, make_config(trials=5), ReplayRunner(script))
+    run.search(None)
+    failed = [t for t in run.study.get_trials() if t.state == TrialState.FAIL]
+    # The crash becomes one FAIL trial with its typed reason and stderr tail, never a score.
+    assert len(failed) == 1
+    assert failed[0].user_attrs["fail_reason"] == "crashed"
+    assert "Segmentation fault" in failed[0].user_attrs["stderr_tail"]
+    assert failed[0].value is None
+    # The study went on to the requested number of complete trials.
+    assert states(run.study).count(TrialState.COMPLETE) == 5
+
+
+def test_three_failures_in_a_row_stop_the_study(storage: optuna.storages.RDBStorage) -> None:
+    runner = ReplayRunner(lambda spec, call: WorkerCrashed("worker killed by SIGABRT"))
+    run = StudyRun(storage, make_config(trials=5), runner)
+    # Failing forever would waste the whole budget: after three in a row the study stops with the reason.
+    with pytest.raises(TunerError, match="3 trials in a row failed; last: crashed"):
+        run.search(None)
+    assert states(run.study).count(TrialState.FAIL) == 3
+
+
+def test_rerun_resumes_without_repeating_baselines(storage: optuna.storages.RDBStorage) -> None:
+    StudyRun(storage, make_config(trials=4), ReplayRunner.from_rates(rate)).search(None)
+    run = StudyRun(storage, make_config(trials=7), ReplayRunner.from_rates(rate))
+    run.search(None)
+    trials = run.study.get_trials()
+    baselines = [t.user_attrs.get("baseline") for t in trials if "baseline" in t.user_attrs]
+    # Resuming adds trials to the same study; the baselines were measured once, not re-enqueued.
+    assert sorted(baselines) == ["heuristic", "tf-default"]
+    assert states(run.study).count(TrialState.COMPLETE) == 7
+
+
+def test_trial_left_running_by_a_dead_process_is_failed_on_resume(storage: optuna.storages.RDBStorage) -> None:
+    run = StudyRun(storage, make_config(trials=3), ReplayRunner.from_rates(rate))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = run.study.ask()
+    orphan.set_user_attr("owner", {"host": socket.gethostname(), "pid": int(dead.stdout)})
+    # A new run on this host finds the RUNNING trial whose process is gone and marks it failed.
+    StudyRun(storage, make_config(trials=3), ReplayRunner.from_rates(rate))
+    frozen = run.study.get_trials()[orphan.number]
+    assert frozen.state == TrialState.FAIL
+    assert frozen.user_attrs["fail_reason"] == "orphaned"
+
+
+def test_running_trial_of_a_live_process_is_left_alone(storage: optuna.storages.RDBStorage) -> None:
+    run = StudyRun(storage, make_config(trials=3), ReplayRunner.from_rates(rate))
+    live = run.study.ask()
+    live.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})
+    StudyRun(storage, make_config(trials=3), ReplayRunner.from_rates(rate))
+    # Another worker still measuring must not have its trial failed under it.
+    assert run.study.get_trials()[live.number].state == TrialState.RUNNING
+
+
+def test_keyboard_interrupt_fails_the_running_trial_and_keeps_finished_ones(
+    storage: optuna.storages.RDBStorage,
+) -> None:
+    def script(spec: TrialSpec, call: int) -> list[float] | BaseException:
+        return KeyboardInterrupt() if call == 3 else [0.032] * 5
+
+    run = StudyRun(storage, make_config(trials=6), ReplayRunner(script))
+    with pytest.raises(KeyboardInterrupt):
+        run.search(None)
+    trials = run.study.get_trials()
+    # Three finished trials are kept; the interrupted one is FAIL with its reason; nothing stays RUNNING.
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 + [TrialState.FAIL]
+    assert trials[3].user_attrs["fail_reason"] == "interrupted"
+    # The same study then resumes to the requested count.
+    again = StudyRun(storage, make_config(trials=6), ReplayRunner.from_rates(rate))
+    again.search(None)
+    assert states(again.study).count(TrialState.COMPLETE) == 6
+    assert TrialState.RUNNING not in states(again.study)
+
+
+def test_confirmation_finds_the_fast_setting_and_stores_the_verdict(storage: optuna.storages.RDBStorage) -> None:
+    config = make_config(cores=1, trials=12)
+    runner = ReplayRunner.from_rates(rate, noise=0.01, seed=3)
+    verdict = StudyRun(storage, config, runner).run()
+    # The 20% faster setting wins, clearly, against both baselines.
+    assert verdict.params[verdict.winner] == {"intra_op": 1, "inter_op": 1, "data_format": "NHWC"}
+    assert verdict.clear and verdict.recommended == verdict.winner
+    assert verdict.vs_default.low > 1.1 and verdict.vs_heuristic is not None
+    stored = optuna.load_study(study_name=config.name, storage=storage).user_attrs["verdict"]
+    # The verdict is stored on the study with the recommended settings and the rounds measured.
+    assert stored["recommended_params"]["intra_op"] == 1 and stored["rounds"] == 3
+    assert set(stored["images_per_sec"]) >= {"tf-default", "heuristic"}
+
+
+def test_no_clear_gain_recommends_tf_default(storage: optuna.storages.RDBStorage) -> None:
+    runner = ReplayRunner.from_rates(lambda spec: 1000.0, noise=0.05, seed=5)
+    verdict = StudyRun(storage, make_config(cores=1, trials=6), runner).run()
+    # Every setting is the same speed: whatever won by luck is not clearly better, so tf-default is advised.
+    assert not verdict.clear
+    assert verdict.recommended == "tf-default"
+
+
+def test_search_stops_when_the_space_is_exhausted(storage: optuna.storages.RDBStorage) -> None:
+    config = make_config(cores=1, trials=50)
+    run = StudyRun(storage, config, ReplayRunner.from_rates(rate))
+    run.search(None)
+    labels = [t.params for t in run.study.get_trials() if t.state == TrialState.COMPLETE]
+    # One core holds 3 x 2 x 2 = 12 settings; each is measured once and the search ends there.
+    assert config.space.size(1) == 12
+    assert len(labels) == 12
+    assert len({tuple(sorted(p.items())) for p in labels}) == 12
+
+
+def test_changed_search_space_is_refused(storage: optuna.storages.RDBStorage, tmp_path: object) -> None:
+    StudyRun(storage, make_config(trials=2), ReplayRunner.from_rates(rate)).search(None)
+    config = make_config(trials=2)
+    changed = type(config.space)(config.space.path, {**config.space.data, "description": "edited"})
+    # Mixing trials from two different spaces in one study would corrupt it: refused with one line.
+    with pytest.raises(TunerError, match="another version of search space"):
+        StudyRun(storage, make_config(trials=2, space=changed), ReplayRunner.from_rates(rate))
+
+
+def test_budget_ends_the_search_and_sizes_confirmation(storage: optuna.storages.RDBStorage) -> None:
+    now = [0.0]
+
+    def clock() -> float:
+        return now[0]
+
+    def script(spec: TrialSpec, call: int) -> list[float]:
+        now[0] += 10.0  # every measurement costs 10 s of the fake clock
+        return [0.032] * 5
+
+    config = make_config(trials=30, budget_s=100.0)
+    run = StudyRun(storage, config, ReplayRunner(script), clock=clock)
+    verdict = run.run()
+    complete = states(run.study).count(TrialState.COMPLETE)
+    # 60% of 100 s goes to search at 10 s a trial: 6 trials, far fewer than the 30 asked for.
+    assert complete == 6
+    # Confirmation still gets its minimum of two interleaved rounds even when the budget is spent.
+    assert min(len(r) for r in verdict.rates.values()) == 2
+
+
+def test_median_pruner_stops_slow_trials_early(storage: optuna.storages.RDBStorage) -> None:
+    slow = {"intra_op=2,inter_op=2,data_format=NCHW", "intra_op=4,inter_op=2,data_format=NCHW"}
+    runner = ReplayRunner.from_rates(lambda spec: 100.0 if spec.settings.label() in slow else 1000.0)
+    run = StudyRun(storage, make_config(trials=12, pruner="median", sampler="random"), runner)
+    run.search(None)
+    pruned = [t for t in run.study.get_trials() if t.user_attrs.get("skip_reason") == "pruner"]
+    # Any trial the pruner stopped was one of the 10x slower settings, never a fast one.
+    assert all(f"intra_op={t.params['intra_op']}" in " ".join(slow) for t in pruned)
+    assert all(t.state == TrialState.PRUNED for t in pruned)

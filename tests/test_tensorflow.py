@@ -1,0 +1,97 @@
+"""Real TensorFlow in worker processes: the tiny model proves what the child really applied; one ResNet-50 burst."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tuner.policy import MeasurementPolicy
+from tuner.runner import SubprocessRunner, TrialSpec
+from tuner.settings import Settings
+from tuner.topology import physical_cores
+from tuner.workload import Workload
+
+pytestmark = pytest.mark.tensorflow
+QUICK = MeasurementPolicy("quick", warmup=1, timed=3, timeout_s=300.0)
+CORES = physical_cores()
+
+
+def test_child_runs_with_requested_threads_and_core_set() -> None:
+    cores = tuple(CORES[:2])
+    spec = TrialSpec(
+        Settings(intra_op=len(cores), inter_op=1, data_format="NHWC"), Workload("tiny", "train"), cores, QUICK
+    )
+    m = SubprocessRunner().run(spec)
+    # TensorFlow itself reports the pools we asked for, and the process ran on exactly the requested CPUs.
+    assert m.facts["intra_op"] == len(cores) and m.facts["inter_op"] == 1
+    assert m.facts["cpus"] == list(cores)
+    # Raw timed steps are kept, one per timed step of the policy, and the version is recorded.
+    assert len(m.timed_seconds) == 3 and m.facts["framework_version"].startswith("2.")
+    assert m.facts["threads"] >= 1 and isinstance(m.facts["onednn"], bool)
+
+
+def test_stray_shell_variables_do_not_reach_the_child() -> None:
+    cores = tuple(CORES[:1])
+    workload = Workload("tiny", "infer")
+    clean = SubprocessRunner(parent_env={"PATH": os.environ["PATH"]})
+    stray = SubprocessRunner(parent_env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "OMP_NUM_THREADS": "7"})
+    base = clean.run(TrialSpec(Settings(1, 1), workload, cores, QUICK))
+    leaked = stray.run(TrialSpec(Settings(1, 1), workload, cores, QUICK))
+    off = clean.run(TrialSpec(Settings(1, 1, env_knobs=(("onednn", False),)), workload, cores, QUICK))
+    # The user's TF_ENABLE_ONEDNN_OPTS=0 is dropped: oneDNN is as in a clean environment, and never recorded.
+    assert leaked.facts["onednn"] == base.facts["onednn"]
+    assert "OMP_NUM_THREADS" not in leaked.facts["child_env"]
+    assert "TF_ENABLE_ONEDNN_OPTS" not in leaked.facts["child_env"]
+    # The same variable set as a knob does reach the child, and TensorFlow reports oneDNN off.
+    assert off.facts["child_env"]["TF_ENABLE_ONEDNN_OPTS"] == "0" and off.facts["onednn"] is False
+
+
+def _count(db: Path, state: TrialState) -> int:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    return sum(
+        len(storage.get_all_trials(s._study_id, deepcopy=False, states=(state,))) for s in storage.get_all_studies()
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_mid_study_keeps_finished_trials_and_the_same_command_resumes(tmp_path: Path, sig: int) -> None:
+    db = tmp_path / "t.db"
+    cmd = [sys.executable, "-m", "tuner.cli", "tune", "--model", "tiny", "--cores", "1", "--mode", "infer",
+           "--trials", "6", "--rounds", "2", "--storage", f"sqlite:///{db}"]  # fmt: skip
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (db.exists() and _count(db, TrialState.COMPLETE) >= 2):
+        time.sleep(0.5)
+    time.sleep(1.0)  # land mid-trial: a worker is starting or measuring now
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=60)
+    finished = _count(db, TrialState.COMPLETE)
+    # The run stops promptly with exit 130, says how to resume, and leaves nothing RUNNING.
+    assert process.returncode == 130, err
+    assert "run the same command to resume" in err
+    assert _count(db, TrialState.RUNNING) == 0 and finished >= 2
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    # The same command resumes: every finished trial is still there and the study reaches its count and verdict.
+    assert again.returncode == 0, again.stderr
+    assert _count(db, TrialState.COMPLETE) >= max(6, finished)
+    assert "verdict:" in again.stderr
+
+
+@pytest.mark.resnet50
+def test_one_real_resnet50_inference_burst() -> None:
+    cores = tuple(CORES)
+    policy = MeasurementPolicy("resnet-test", warmup=1, timed=3, timeout_s=600.0)
+    m = SubprocessRunner().run(TrialSpec(Settings(), Workload("resnet50", "infer", 32), cores, policy))
+    # A real Keras ResNet-50 ran three timed batches of 32 on all cores; the trace is timed apart.
+    assert len(m.timed_seconds) == 3 and m.facts["first_step_seconds"] > 0
+    assert m.facts["cpus"] == list(cores)
+    # Sanity bounds only (the machine is shared): a 224x224 ResNet-50 batch takes between 0.05 s and 60 s.
+    assert 0.05 < m.median_step_seconds < 60

@@ -1,0 +1,123 @@
+"""Topology: one hardware thread per physical core, and core counts checked against what is allowed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tuner.errors import TopologyError, UsageError
+from tuner.topology import core_set, default_core_counts, parse_core_counts, physical_cores
+
+
+def fake_sys(root: Path, cpus: dict[int, tuple[int, int]]) -> Path:
+    """A /sys/devices/system/cpu tree: logical CPU -> (package id, core id)."""
+    for cpu, (package, core) in cpus.items():
+        topo = root / f"cpu{cpu}" / "topology"
+        topo.mkdir(parents=True)
+        (topo / "physical_package_id").write_text(f"{package}\n")
+        (topo / "core_id").write_text(f"{core}\n")
+    return root
+
+
+# One socket, two cores with two hardware threads each, siblings numbered apart as Linux usually does.
+SMT = {0: (0, 0), 1: (0, 1), 2: (0, 0), 3: (0, 1)}
+
+
+def test_smt_siblings_collapse_to_one_cpu_per_core(tmp_path: Path) -> None:
+    root = fake_sys(tmp_path, SMT)
+    # CPUs 0 and 2 share core 0, 1 and 3 share core 1: the lowest-numbered thread of each core is kept.
+    assert physical_cores([0, 1, 2, 3], root) == [0, 1]
+
+
+def test_adjacent_smt_siblings(tmp_path: Path) -> None:
+    root = fake_sys(tmp_path, {0: (0, 0), 1: (0, 0)})
+    # Two logical CPUs on one core are one physical core.
+    assert physical_cores([0, 1], root) == [0]
+
+
+def test_allowed_set_is_respected(tmp_path: Path) -> None:
+    root = fake_sys(tmp_path, SMT)
+    # Only allowed CPUs are used: with 0 and 1 excluded, their siblings 2 and 3 stand for the two cores.
+    assert physical_cores([2, 3], root) == [2, 3]
+    # Allowed CPUs on one core give that core once.
+    assert physical_cores({0, 2}, root) == [0]
+
+
+def test_same_core_id_on_two_sockets_is_two_cores(tmp_path: Path) -> None:
+    root = fake_sys(tmp_path, {0: (0, 0), 1: (1, 0)})
+    # core_id restarts on each package, so the package id is part of a core's identity.
+    assert physical_cores([0, 1], root) == [0, 1]
+
+
+def test_missing_topology_counts_each_cpu_as_a_core(tmp_path: Path) -> None:
+    # Without /sys topology files every logical CPU is taken as its own core rather than failing.
+    assert physical_cores([0, 1, 2], tmp_path) == [0, 1, 2]
+
+
+def test_real_machine_cores_are_allowed_cpus() -> None:
+    cores = physical_cores()
+    # On this machine the chosen CPUs are a non-empty subset of the process's affinity, one per core.
+    assert cores
+    assert set(cores) <= os.sched_getaffinity(0)
+    assert cores == sorted(cores)
+
+
+def test_core_set_takes_the_first_cores(tmp_path: Path) -> None:
+    root = fake_sys(tmp_path, SMT)
+    # A count N always maps to the same first N physical cores, never to SMT siblings.
+    assert core_set(1, [0, 1, 2, 3], root) == (0,)
+    assert core_set(2, [0, 1, 2, 3], root) == (0, 1)
+
+
+def test_core_set_too_many_names_the_count(tmp_path: Path) -> None:
+    root = fake_sys(tmp_path, SMT)
+    # Four logical CPUs are only two physical cores; asking for 3 fails, naming both numbers.
+    with pytest.raises(TopologyError, match="3 cores asked for, but this process may use only 2 physical cores"):
+        core_set(3, [0, 1, 2, 3], root)
+
+
+def test_core_set_zero_is_a_usage_error(tmp_path: Path) -> None:
+    root = fake_sys(tmp_path, SMT)
+    # Zero cores is bad input, not a topology limit.
+    with pytest.raises(UsageError):
+        core_set(0, [0, 1, 2, 3], root)
+
+
+@pytest.mark.parametrize(
+    ("available", "expected"),
+    [(1, [1]), (2, [1, 2]), (3, [1, 2, 3]), (6, [1, 2, 4, 6]), (8, [1, 2, 4, 8]), (9, [1, 2, 4, 8, 9])],
+)
+def test_default_core_counts(available: int, expected: list[int]) -> None:
+    # 1, the powers of two below the available count, and the count itself, without duplicates.
+    assert default_core_counts(available) == expected
+
+
+def test_parse_core_counts_none_gives_defaults() -> None:
+    # No --cores means the default ladder.
+    assert parse_core_counts(None, 6) == [1, 2, 4, 6]
+
+
+def test_parse_core_counts_sorts_and_dedups() -> None:
+    # Order and repeats in user input do not matter; spaces are ignored.
+    assert parse_core_counts("4, 1,2,4", 4) == [1, 2, 4]
+
+
+@pytest.mark.parametrize("text", ["a", "0", "-1", "", "1,,2", "1.5", "2x", "1,a"])
+def test_parse_core_counts_refuses_junk(text: str) -> None:
+    # Anything but positive integers is a usage error naming --cores.
+    with pytest.raises(UsageError, match="--cores"):
+        parse_core_counts(text, 4)
+
+
+def test_parse_core_counts_refuses_unicode_digits() -> None:
+    # A superscript two is not a core count and should be a UsageError, not a ValueError traceback.
+    with pytest.raises(UsageError):
+        parse_core_counts("²", 4)
+
+
+def test_parse_core_counts_too_many() -> None:
+    # More cores than available is a topology limit, and the message names the count asked for.
+    with pytest.raises(TopologyError, match="8 cores asked for, but only 4"):
+        parse_core_counts("1,8", 4)
