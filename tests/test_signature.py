@@ -6,8 +6,6 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
-
 from tuner.signature import ISA_FLAGS, CpuSignature, cpu_signature
 
 # Flags in the kernel's order (not ISA_FLAGS order), with some that do not matter for kernel choice.
