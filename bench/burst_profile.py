@@ -62,7 +62,8 @@ def main() -> int:
         warm = " ".join(f"{w:.2f}" for w in r["warmup_vs_timed"])  # type: ignore[attr-defined]
         print(
             f"{r['study']:58} {r['trials']:>3} {r['import_s']:>6.1f}s {r['build_s']:>5.1f}s "
-            f"{r['first_step_s']:>5.1f}s {r['step_s']:>5.2f}s {warm:>14} {r['burst_cv']:>6.1%} {r['timed_share']:>11.0%}"
+            f"{r['first_step_s']:>5.1f}s {r['step_s']:>5.2f}s {warm:>14} "
+            f"{r['burst_cv']:>6.1%} {r['timed_share']:>11.0%}"
         )
     if args.json:
         with open(args.json, "w") as out:
