@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tuner.cli import main, parse_duration
-from tuner.errors import UsageError
+from tuner.errors import UsageError, WorkerCrashed, WorkerExited
 from tuner.replay import ReplayRunner
 from tuner.runner import TrialSpec
 from tuner.storage import open_storage
@@ -105,15 +105,23 @@ def test_debug_shows_the_traceback() -> None:
         main(["--debug", "tune", "--cores", "0"], runner=fake_runner())
 
 
-def test_crashing_trials_end_with_one_line(storage_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from tuner.errors import WorkerExited
-
+def test_runtime_that_cannot_start_fails_at_the_probe(storage_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     def script(spec: TrialSpec, call: int) -> BaseException:
         return WorkerExited("worker exited with status 1", "ModuleNotFoundError: No module named 'tensorflow'")
 
     assert main([*TINY, "--storage", storage_url], runner=ReplayRunner(script)) == 1
-    # A runtime that cannot run at all stops after three failures with the reason, not a traceback.
-    assert "3 trials in a row failed" in one_error_line(capsys.readouterr().err.splitlines()[-1])
+    line = one_error_line(capsys.readouterr().err.splitlines()[-1])
+    # The one-trial probe fails before any study starts, and the line carries the worker's last stderr line.
+    assert "probe of runtime tensorflow failed" in line and "No module named 'tensorflow'" in line
+
+
+def test_crashing_trials_end_with_one_line(storage_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    def script(spec: TrialSpec, call: int) -> list[float] | BaseException:
+        return [0.01] if call == 0 else WorkerCrashed("worker killed by SIGSEGV", "Segmentation fault")
+
+    assert main([*TINY, "--storage", storage_url], runner=ReplayRunner(script)) == 1
+    # The probe passed, then every trial crashed: the study stops after three failures with the reason.
+    assert "3 trials in a row failed; last: crashed" in one_error_line(capsys.readouterr().err.splitlines()[-1])
 
 
 def test_parse_duration() -> None:

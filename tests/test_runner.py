@@ -266,6 +266,7 @@ def test_argv_is_explicit_and_spec_carries_validated_values_only() -> None:
         "batch_size": 16,
         "warmup": 2,
         "timed": 3,
+        "probe": False,
     }
 
 

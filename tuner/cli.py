@@ -17,14 +17,21 @@ from typing import NoReturn
 import optuna
 
 from tuner import __version__
+from tuner.doctor import report as doctor_report
+from tuner.envs import create as create_env
+from tuner.envs import read_manifest
 from tuner.errors import TunerError, UsageError
 from tuner.policy import BURST, CONFIRM, MeasurementPolicy
+from tuner.probe import probe
 from tuner.runner import Runner, SubprocessRunner
+from tuner.runtime import check_knobs
+from tuner.runtime import load as load_runtime
+from tuner.runtime import names as runtime_names
 from tuner.signature import cpu_signature
 from tuner.space import load as load_space
 from tuner.storage import DEFAULT_STORAGE, open_storage, redact
 from tuner.study import StudyConfig, StudyRun
-from tuner.summary import format_table, summarize, summarize_study
+from tuner.summary import format_importance_lines, format_importances, format_table, summarize, summarize_study
 from tuner.topology import core_set, parse_core_counts, physical_cores
 from tuner.workload import MODELS, Workload, parse_modes
 
@@ -58,18 +65,25 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
     modes = parse_modes(args.mode)
     if args.trials < 1:
         raise UsageError("--trials must be at least 1")
-    space = load_space(args.space, max(counts))
+    runtime = load_runtime(args.runtime)
+    space = load_space(args.space or runtime.space, max(counts))
+    inert = check_knobs(runtime, space.distributions(max(counts)), args.allow_inert)
+    python = args.python or runtime.python()
     storage = open_storage(args.storage)
     signature = cpu_signature()
     budget = parse_duration(args.budget) if args.budget != "none" else None
     plan = [(mode, n) for n in counts for mode in modes]
     weights = sum(MODE_WEIGHT[mode] for mode, _ in plan)
-    runner = runner or SubprocessRunner(python=args.python)
+    runner = runner or SubprocessRunner(python=python)
     policy = MeasurementPolicy("confirm", CONFIRM.warmup, CONFIRM.timed, CONFIRM.timeout_s, rounds=args.rounds)
     _log(
         f"tuner {__version__}: {len(plan)} studies on {signature.model_name} ({signature.id}), "
         f"storage {redact(args.storage)}" + (f", budget {args.budget}" if budget else "")
     )
+    facts = probe(runner, runtime, core_set(1))
+    _log(f"probe: {runtime.name} runs TensorFlow {facts['framework_version']}, oneDNN "
+         f"{'on' if facts['onednn'] else 'off'} (runtime {facts['onednn_runtime']}), OpenMP {facts['openmp'] or 'none'}"
+         + (f"; inert knobs searched anyway: {', '.join(inert)}" if inert else ""))  # fmt: skip
     started = time.monotonic()
     names = []
     for index, (mode, n) in enumerate(plan, 1):
@@ -78,7 +92,8 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
             cores=core_set(n),
             space=space,
             signature=signature,
-            python=args.python,
+            runtime=runtime.name,
+            python=python,
             trials=args.trials,
             budget_s=None if budget is None else budget * MODE_WEIGHT[mode] / weights,
             policy=BURST,
@@ -87,14 +102,18 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
             sampler=args.sampler,
             pruner=args.pruner,
             seed=args.seed,
+            probe=facts,
+            inert=tuple(inert),
         )
         _log(f"study {index}/{len(plan)}: {config.name} (elapsed {time.monotonic() - started:.0f} s)")
         run = StudyRun(storage, config, runner, progress=_tagged(f"{mode} {n}c"))
         verdict = run.run()
         _log(f"[{mode} {n}c] verdict: {verdict.text()}")
+        _log(f"[{mode} {n}c] importances: {format_importances(run.study.user_attrs.get('importances', {}))}")
         names.append(config.name)
     rows = [summarize_study(optuna.load_study(study_name=name, storage=storage)) for name in names]
     print(format_table(rows))
+    print(format_importance_lines(rows))
     print(f"\n{len(plan)} studies in {time.monotonic() - started:.0f} s; stored in {redact(args.storage)}")
     return 0
 
@@ -108,6 +127,36 @@ def cmd_show(args: argparse.Namespace, runner: Runner | None = None) -> int:
         print(f"no tuner studies in {redact(args.storage)}")
     else:
         print(format_table(summaries))
+        print(format_importance_lines(summaries))
+    return 0
+
+
+def cmd_env(args: argparse.Namespace, runner: Runner | None = None) -> int:
+    if args.action == "list":
+        for name in runtime_names():
+            runtime = load_runtime(name)
+            path = runtime.env_dir
+            if path is None:
+                print(f"{name:18} the tuner's own environment ({sys.executable})")
+                continue
+            manifest = read_manifest(path)
+            state = (
+                f"{path}: {manifest['size_bytes'] / 2**20:.0f} MiB, framework {manifest['framework_version']}, "
+                f"created {manifest['created']} in {manifest['seconds']:.0f} s"
+                if manifest
+                else f"not created (tuner env create {name})"
+            )
+            print(f"{name:18} {state}")
+        return 0
+    if args.name is None:
+        raise UsageError("tuner env create: name a runtime: " + ", ".join(runtime_names()))
+    report = create_env(load_runtime(args.name), args.with_python, log=_log)
+    print(report.line())
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace, runner: Runner | None = None) -> int:
+    print("\n".join(doctor_report()))
     return 0
 
 
@@ -136,19 +185,36 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"wall time for all studies, e.g. 50m or 1h30m, or 'none' (default {DEFAULT_BUDGET})",
     )
     tune.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna RDB URL (default {DEFAULT_STORAGE})")
-    tune.add_argument("--space", default="tensorflow", help="search-space name or TOML path")
+    tune.add_argument("--runtime", default="tensorflow", help="framework runtime: " + ", ".join(runtime_names()))
+    tune.add_argument("--space", default=None, help="search-space name or TOML path (default: the runtime's)")
+    tune.add_argument(
+        "--allow-inert",
+        action="append",
+        default=[],
+        metavar="KNOB",
+        help="search KNOB although the runtime ignores it (recorded as inert)",
+    )
     tune.add_argument("--sampler", default="tpe", choices=("tpe", "random"))
     tune.add_argument("--pruner", default="none", choices=("none", "median", "wilcoxon"))
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--candidates", type=int, default=2, help="top sampled settings to confirm")
     tune.add_argument("--rounds", type=int, default=CONFIRM.rounds, help="interleaved confirmation rounds")
-    tune.add_argument("--python", default=sys.executable, help="interpreter of the target environment")
+    tune.add_argument("--python", default=None, help="interpreter of the target environment (default: the runtime's)")
     tune.set_defaults(func=cmd_tune)
 
     show = sub.add_parser("show", help="what was found, from storage, without measuring")
     show.add_argument("--storage", default=DEFAULT_STORAGE)
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_show)
+
+    env = sub.add_parser("env", help="managed target environments for runtimes (under .envs/)")
+    env.add_argument("action", choices=("create", "list"))
+    env.add_argument("name", nargs="?", help="runtime whose environment to create")
+    env.add_argument("--with-python", default=sys.executable, help="interpreter to build it from")
+    env.set_defaults(func=cmd_env)
+
+    doctor = sub.add_parser("doctor", help="read-only: this CPU, what disturbs timings, which runtimes run here")
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 

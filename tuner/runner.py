@@ -43,6 +43,7 @@ class TrialSpec:
     workload: Workload
     cores: tuple[int, ...]
     policy: MeasurementPolicy
+    probe: bool = False  # also capture oneDNN's verbose runtime line (slows steps: never for timed trials)
 
     def worker_spec(self) -> dict[str, Any]:
         """The JSON the worker receives: validated values only."""
@@ -54,6 +55,7 @@ class TrialSpec:
             "batch_size": self.workload.batch_size,
             "warmup": self.policy.warmup,
             "timed": self.policy.timed,
+            "probe": self.probe,
         }
 
 

@@ -55,7 +55,8 @@ class StudyConfig:
     sampler: str = "tpe"
     pruner: str = "none"
     seed: int = 0
-    storage_url: str = field(default="", compare=False)
+    probe: dict[str, Any] = field(default_factory=dict, compare=False)  # what the runtime really loaded
+    inert: tuple[str, ...] = ()  # knobs searched although the runtime ignores them (--allow-inert)
 
     @property
     def name(self) -> str:
@@ -77,6 +78,8 @@ class StudyConfig:
             "space_hash": self.space.hash,
             "policy": {"name": self.policy.name, "warmup": self.policy.warmup, "timed": self.policy.timed},
             "tool_version": __version__,
+            "probe": self.probe,
+            "inert_knobs": list(self.inert),
             "host": socket.gethostname(),
             "created": _now(),
         }
@@ -344,7 +347,23 @@ class StudyRun:
         start = self.clock()
         budget = self.config.budget_s
         self.search(None if budget is None else start + budget * SEARCH_SHARE)
-        return self.confirm(None if budget is None else start + budget)
+        verdict = self.confirm(None if budget is None else start + budget)
+        self.store_importances()
+        return verdict
+
+    def store_importances(self) -> dict[str, float]:
+        """Which knobs mattered, by Optuna's fANOVA over the complete trials; stored on the study."""
+        varied = [name for name, d in self.config.space.distributions(len(self.config.cores)).items() if not d.single()]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                found = optuna.importance.get_param_importances(self.study, params=varied)
+        except (RuntimeError, ValueError) as error:  # too few trials, or a knob never varied
+            self.study.set_user_attr("importances", {"error": str(error)})
+            return {}
+        importances = {name: float(value) for name, value in found.items()}
+        self.study.set_user_attr("importances", importances)
+        return importances
 
 
 def _duration(seconds: float) -> str:

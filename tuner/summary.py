@@ -35,6 +35,9 @@ def summarize_study(study: optuna.Study) -> dict[str, Any]:
         if best is None
         else {"number": best.number, "images_per_sec": best.value, "params": best.params},
         "search_baselines": searched,
+        "importances": study.user_attrs.get("importances"),
+        "inert_knobs": meta.get("inert_knobs", []),
+        "probe": meta.get("probe", {}),
         "verdict": None
         if verdict is None
         else {
@@ -136,4 +139,21 @@ def format_table(summaries: list[dict[str, Any]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def format_importances(importances: dict[str, Any] | None) -> str:
+    if not importances:
+        return "not computed"
+    if "error" in importances:
+        return f"not computed ({importances['error']})"
+    return ", ".join(f"{name} {value:.2f}" for name, value in importances.items())
+
+
+def format_importance_lines(summaries: list[dict[str, Any]]) -> str:
+    """Which knobs mattered per study (fANOVA importances, summing to 1)."""
+    lines = ["", "What mattered (parameter importances, fANOVA):"]
+    for s in summaries:
+        inert = f"  [inert, searched anyway: {', '.join(s['inert_knobs'])}]" if s.get("inert_knobs") else ""
+        lines.append(f"  {s['name']}: {format_importances(s.get('importances'))}{inert}")
     return "\n".join(lines)

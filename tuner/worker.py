@@ -110,9 +110,73 @@ def runtime_facts(tf: Any) -> dict[str, Any]:
     }
 
 
+OPENMP_LIBS = ("libiomp5", "libgomp", "libomp")
+
+
+def openmp_facts() -> dict[str, Any]:
+    """Which OpenMP library the process really loaded and, through its own API, the values it uses."""
+    loaded: dict[str, str] = {}
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.split()[-1]
+            name = os.path.basename(path).split(".so")[0]
+            if name in OPENMP_LIBS:
+                loaded.setdefault(name, path)
+    facts: dict[str, Any] = {"openmp": None}
+    if not loaded:
+        return facts
+    name = next(lib for lib in OPENMP_LIBS if lib in loaded)
+    facts.update(openmp=name, openmp_path=loaded[name])
+    import ctypes
+
+    lib = ctypes.CDLL(loaded[name])
+    facts["omp_max_threads"] = int(lib.omp_get_max_threads())
+    if hasattr(lib, "kmp_get_blocktime"):
+        facts["kmp_blocktime"] = int(lib.kmp_get_blocktime())
+    return facts
+
+
+def thread_cpus() -> dict[str, int]:
+    """How many of the process's threads may run on each CPU list: shows whether threads were bound."""
+    counts: dict[str, int] = {}
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/status") as status:
+                for line in status:
+                    if line.startswith("Cpus_allowed_list:"):
+                        cpus = line.split(":", 1)[1].strip()
+                        counts[cpus] = counts.get(cpus, 0) + 1
+        except OSError:
+            continue  # the thread ended while we looked
+    return counts
+
+
+def onednn_runtime(log_path: str) -> str | None:
+    """The threading runtime oneDNN's verbose mode printed (``omp``, ``threadpool``, ...), if any."""
+    try:
+        with open(log_path, errors="replace") as log:
+            for line in log:
+                if "runtime:" in line:
+                    return line.split("runtime:", 1)[1].split(",")[0].split()[0].strip()
+    except OSError:
+        return None
+    return None
+
+
 def run(spec: dict[str, Any], channel: Channel) -> None:
     os.sched_setaffinity(0, spec["cores"])  # before TensorFlow starts any thread
     channel.send("start", pid=os.getpid(), cpus=sorted(os.sched_getaffinity(0)))
+    probe_log = None
+    if spec.get("probe"):
+        # Probe only: oneDNN's verbose mode prints its threading runtime on stdout, which goes to a file here
+        # (never used for timed trials: verbose output would slow every step).
+        import tempfile
+
+        os.environ["ONEDNN_VERBOSE"] = "1"
+        descriptor, probe_log = tempfile.mkstemp(prefix="onednn-", suffix=".log")
+        sys.stdout.flush()
+        os.dup2(descriptor, 1)
+        os.close(descriptor)
     started = time.perf_counter()
     import tensorflow as tf
 
@@ -134,6 +198,11 @@ def run(spec: dict[str, Any], channel: Channel) -> None:
             times[phase].append(seconds)
             channel.send("step", phase=phase, index=index, seconds=seconds)
     facts = runtime_facts(tf)
+    facts.update(openmp_facts(), thread_cpus=thread_cpus())
+    if probe_log is not None:
+        sys.stdout.flush()
+        facts["onednn_runtime"] = onednn_runtime(probe_log)
+        os.unlink(probe_log)
     facts.update(
         import_seconds=imported - started,
         build_seconds=built - imported,

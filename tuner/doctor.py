@@ -1,0 +1,106 @@
+"""Read-only advice before measuring: the CPU, what disturbs timings now, and which runtimes can run here.
+
+Nothing is changed: no governor, no affinity, no process is touched. It answers in seconds because it never
+imports a framework; a runtime counts as available when its interpreter exists and can find the package.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuner.errors import UsageError
+from tuner.runtime import Runtime, load, names
+from tuner.signature import cpu_signature
+from tuner.topology import physical_cores
+
+ONEDNN_DEFAULT_ISA = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")  # stock TF turns oneDNN on for these
+BUSY_SHARE = 0.10  # a process using more than 10% of one CPU disturbs measurements
+
+
+@dataclass(frozen=True)
+class Busy:
+    pid: int
+    name: str
+    cpu_share: float
+
+
+def _cpu_ticks() -> dict[int, tuple[str, int]]:
+    ticks: dict[int, tuple[str, int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ticks[int(entry.name)] = (name, int(fields[11]) + int(fields[12]))  # utime + stime
+    return ticks
+
+
+def busy_processes(interval: float = 0.5) -> list[Busy]:
+    """Processes that used more than BUSY_SHARE of a CPU over ``interval`` seconds (this one excluded)."""
+    before = _cpu_ticks()
+    time.sleep(interval)
+    after = _cpu_ticks()
+    hertz = os.sysconf("SC_CLK_TCK")
+    found = []
+    for pid, (name, ticks) in after.items():
+        if pid == os.getpid() or pid not in before:
+            continue
+        share = (ticks - before[pid][1]) / hertz / interval
+        if share > BUSY_SHARE:
+            found.append(Busy(pid, name, share))
+    return sorted(found, key=lambda b: -b.cpu_share)
+
+
+def availability(runtime: Runtime) -> str:
+    """'available (...)' or 'not available: why'."""
+    try:
+        python = runtime.python()
+    except UsageError as error:
+        reason = runtime.installable()
+        return f"not available: {reason or str(error).split(': ', 1)[-1]}"
+    package = runtime.framework
+    check = f"import importlib.util as u, sys; sys.exit(0 if u.find_spec({package!r}) else 3)"
+    try:
+        done = subprocess.run([python, "-c", check], capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as error:
+        return f"not available: cannot run {python}: {error}"
+    if done.returncode != 0:
+        return f"not available: {package} is not installed for {python}"
+    return f"available ({python})"
+
+
+def report() -> list[str]:
+    sig = cpu_signature()
+    allowed = physical_cores()
+    load1, load5, _ = os.getloadavg()
+    onednn = [flag for flag in ONEDNN_DEFAULT_ISA if flag in sig.isa]
+    lines = [
+        f"CPU            {sig.model_name} ({sig.vendor}, family {sig.family} model {sig.model}), signature {sig.id}",
+        f"cores          {sig.physical_cores} physical, {sig.logical_cpus} logical, {sig.sockets} socket(s), "
+        f"{sig.numa_nodes} NUMA node(s), SMT {'on' if sig.smt else 'off'}; this process may use "
+        f"{len(allowed)} physical core(s): CPUs {','.join(map(str, allowed))}",
+        f"ISA            {' '.join(sig.isa) or 'none of note'}",
+        "oneDNN         stock TensorFlow turns it on by default here ("
+        + (", ".join(onednn) + ")" if onednn else "no VNNI/BF16/AMX: set TF_ENABLE_ONEDNN_OPTS=1, knob onednn)"),
+        f"load average   {load1:.2f} (1 min), {load5:.2f} (5 min) on {sig.logical_cpus} CPUs",
+    ]
+    if load1 > 0.5:
+        lines.append("  warning: the machine is busy; measurements will be noisy. Interleave and repeat.")
+    busy = busy_processes()
+    lines.append(
+        "busy processes " + (", ".join(f"{b.name} (pid {b.pid}, {b.cpu_share:.0%} CPU)" for b in busy) or "none")
+    )
+    for name in names():
+        runtime = load(name)
+        lines.append(f"runtime        {name}: {runtime.description}")
+        lines.append(f"  {availability(runtime)}")
+        lines.append(f"  honours {', '.join(runtime.honours)}")
+    return lines

@@ -1,0 +1,117 @@
+"""Managed target environments (``.envs/NAME``): the Python a runtime's trials run in, with pinned packages.
+
+The controller (Optuna, SQLAlchemy) stays in the tuner's environment; a target environment holds only the
+framework, since the worker imports nothing else. Creation is idempotent: a manifest records what was
+installed, and an environment whose manifest matches and whose framework imports is left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tuner.errors import TunerError, UsageError
+from tuner.runtime import Runtime
+
+MANIFEST = "tuner-env.json"
+VERSION_PROBE = "import sys, tensorflow as tf; print(sys.version.split()[0], tf.__version__)"
+
+
+@dataclass(frozen=True)
+class EnvReport:
+    runtime: str
+    path: Path
+    created: bool  # False: it already existed and was up to date
+    seconds: float
+    size_bytes: int
+    python_version: str
+    framework_version: str
+
+    def line(self) -> str:
+        verb = f"created in {self.seconds:.0f} s" if self.created else "already up to date"
+        return (
+            f"{self.runtime}: {self.path} {verb}; {self.size_bytes / 2**20:.0f} MiB, "
+            f"Python {self.python_version}, framework {self.framework_version}"
+        )
+
+
+def folder_size(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            file = Path(root) / name
+            if not file.is_symlink():
+                total += file.stat().st_size
+    return total
+
+
+def _interpreter_version(python: str) -> str:
+    try:
+        out = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as error:
+        raise UsageError(f"cannot run interpreter {python}: {error}") from None
+    return out.stdout.strip()
+
+
+def _versions(python: Path) -> tuple[str, str] | None:
+    """Python and framework versions as the environment reports them, or None if the framework won't import."""
+    try:
+        out = subprocess.run([str(python), "-c", VERSION_PROBE], capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    parts = out.stdout.split()
+    return (parts[-2], parts[-1]) if out.returncode == 0 and len(parts) >= 2 else None
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((path / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def create(runtime: Runtime, with_python: str = sys.executable, log: Callable[[str], None] = print) -> EnvReport:
+    """Build (or confirm) the runtime's managed environment."""
+    path = runtime.env_dir
+    if path is None:
+        raise UsageError(f"runtime {runtime.name} runs in the tuner's own environment: nothing to create")
+    reason = runtime.installable(version=_interpreter_version(with_python))
+    if reason:
+        raise UsageError(reason)
+    manifest = read_manifest(path)
+    if manifest and manifest.get("packages") == list(runtime.packages):
+        versions = _versions(path / "bin" / "python")
+        if versions:
+            return EnvReport(runtime.name, path, False, 0.0, folder_size(path), *versions)
+    started = time.monotonic()
+    steps = [
+        [with_python, "-m", "venv", "--clear", str(path)],
+        [str(path / "bin" / "python"), "-m", "pip", "install", "--progress-bar", "off", *runtime.packages],
+    ]
+    for argv in steps:
+        log(f"$ {' '.join(argv)}")
+        done = subprocess.run(argv, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+            raise TunerError(f"creating {path} failed at {argv[2]} {argv[3]}: {tail}")
+    versions = _versions(path / "bin" / "python")
+    if versions is None:
+        raise TunerError(f"{path}: installed, but its framework does not import")
+    seconds = time.monotonic() - started
+    report = EnvReport(runtime.name, path, True, seconds, folder_size(path), *versions)
+    (path / MANIFEST).write_text(json.dumps({
+        "runtime": runtime.name, "packages": list(runtime.packages), "python_version": versions[0],
+        "framework_version": versions[1], "seconds": seconds, "size_bytes": report.size_bytes,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }, indent=2))  # fmt: skip
+    return report

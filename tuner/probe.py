@@ -1,0 +1,49 @@
+"""A one-trial probe before tuning: what the runtime really loads and applies, checked against its declaration.
+
+The probe runs the tiny model once with distinctive OpenMP values where the runtime claims to honour them,
+and reads back from the process which OpenMP library is loaded, oneDNN's threading runtime (from its
+verbose mode) and the values OpenMP reports. A runtime whose declaration the probe contradicts is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tuner.errors import TunerError, WorkerError
+from tuner.policy import MeasurementPolicy
+from tuner.runner import Runner, TrialSpec
+from tuner.runtime import OPENMP_KNOBS, Runtime
+from tuner.settings import Settings
+from tuner.workload import Workload
+
+PROBE = MeasurementPolicy("probe", warmup=0, timed=1, timeout_s=300.0)
+PROBE_BLOCKTIME = 7  # distinctive: no runtime defaults to it, so reading it back proves the variable was applied
+FACTS = ("framework_version", "onednn", "onednn_runtime", "openmp", "omp_max_threads", "kmp_blocktime", "python")
+
+
+def probe(runner: Runner, runtime: Runtime, cores: tuple[int, ...]) -> dict[str, Any]:
+    """Run the probe and verify the runtime's declaration; return the facts to store on its studies."""
+    openmp = [knob for knob in OPENMP_KNOBS if knob in runtime.honours]
+    knobs: tuple[tuple[str, Any], ...] = ()
+    if openmp:
+        knobs = (("KMP_BLOCKTIME", PROBE_BLOCKTIME), ("OMP_NUM_THREADS", 1))
+    spec = TrialSpec(Settings(env_knobs=knobs), Workload("tiny", "infer", 8), cores[:1], PROBE, probe=True)
+    try:
+        facts = runner.run(spec).facts
+    except WorkerError as error:
+        last = (error.stderr_tail.strip().splitlines() or [""])[-1]
+        detail = f": {last}" if last else ""
+        raise TunerError(f"probe of runtime {runtime.name} failed: {error}{detail}") from None
+    found = {key: facts.get(key) for key in FACTS}
+    if openmp and not found["openmp"]:
+        raise TunerError(
+            f"runtime {runtime.name} declares OpenMP knobs ({', '.join(openmp)}) but its process loaded no "
+            "OpenMP library: the environment holds another build"
+        )
+    if openmp and (found["kmp_blocktime"] != PROBE_BLOCKTIME or found["omp_max_threads"] != 1):
+        raise TunerError(
+            f"runtime {runtime.name}: OpenMP read back KMP_BLOCKTIME={found['kmp_blocktime']} and "
+            f"omp_max_threads={found['omp_max_threads']}, not the {PROBE_BLOCKTIME} and 1 that were set"
+        )
+    found["inert"] = [knob for knob in OPENMP_KNOBS if not found["openmp"]]
+    return found

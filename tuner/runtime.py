@@ -1,0 +1,132 @@
+"""Framework runtimes: a build, the Python environment its trials run in, its search space, its knobs.
+
+Runtimes are data (``runtimes/NAME.toml``): adding one is adding a file. Each declares the knobs it honours;
+a search space that varies any other knob is refused before the first trial, because searching a knob the
+runtime ignores only fits noise. A one-trial probe checks the declaration against what the process loaded.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from optuna.distributions import BaseDistribution
+
+from tuner.errors import SearchSpaceError, UsageError
+from tuner.settings import KNOBS
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNTIMES_DIR = ROOT / "runtimes"
+ENVS_DIR = ROOT / ".envs"
+OPENMP_KNOBS = ("OMP_NUM_THREADS", "KMP_BLOCKTIME", "KMP_AFFINITY")
+KEYS = {"name", "description", "framework", "space", "environment", "packages", "python", "machines", "honours"}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str
+    description: str
+    space: str
+    honours: tuple[str, ...]
+    environment: str = ""  # managed environment under .envs/; "" = the tuner's own interpreter
+    packages: tuple[str, ...] = ()
+    python_versions: tuple[str, ...] = ()
+    machines: tuple[str, ...] = ()
+    framework: str = "tensorflow"
+    path: Path = field(default=Path(), compare=False)
+
+    @property
+    def env_dir(self) -> Path | None:
+        return ENVS_DIR / self.environment if self.environment else None
+
+    def python(self) -> str:
+        """The interpreter trials run with; a managed environment must have been created first."""
+        if self.env_dir is None:
+            return sys.executable
+        python = self.env_dir / "bin" / "python"
+        if not python.exists():
+            raise UsageError(f"runtime {self.name}: its environment is missing; run: tuner env create {self.name}")
+        return str(python)
+
+    def installable(self, version: str | None = None, machine: str | None = None) -> str | None:
+        """Why this runtime cannot be installed for that Python and machine, or None if it can."""
+        version = version or ".".join(platform.python_version_tuple()[:2])
+        machine = machine or platform.machine()
+        if self.python_versions and version not in self.python_versions:
+            return (
+                f"{self.name} has wheels for CPython {', '.join(self.python_versions)} only, and this is "
+                f"CPython {version}: create it from a supported interpreter (tuner env create {self.name} "
+                f"--with-python /path/to/python{self.python_versions[-1]})"
+            )
+        if self.machines and machine not in self.machines:
+            return f"{self.name} has wheels for {', '.join(self.machines)} Linux only, and this machine is {machine}"
+        return None
+
+    def inert(self, distributions: Mapping[str, BaseDistribution]) -> list[str]:
+        """Knobs the space varies (more than one value) that this runtime does not honour."""
+        return [name for name, dist in distributions.items() if not dist.single() and name not in self.honours]
+
+
+def check_knobs(runtime: Runtime, distributions: Mapping[str, BaseDistribution], allowed: Iterable[str]) -> list[str]:
+    """Refuse a space varying a knob the runtime ignores, unless the user allowed it; return the inert knobs."""
+    inert = runtime.inert(distributions)
+    refused = [knob for knob in inert if knob not in set(allowed)]
+    if refused:
+        why = (
+            "no OpenMP runtime is loaded by this build, so OMP_*/KMP_* do nothing"
+            if refused[0] in OPENMP_KNOBS
+            else "this runtime does not apply it"
+        )
+        raise SearchSpaceError(
+            f"runtime {runtime.name} ignores knob {refused[0]} ({why}); searching it would only fit noise. "
+            f"Use a runtime that honours it, or pass --allow-inert {refused[0]} to search it anyway"
+        )
+    return inert
+
+
+def _strings(path: Path, key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UsageError(f"{path}: {key}: must be a list of strings")
+    return tuple(value)
+
+
+def load(name: str) -> Runtime:
+    """The runtime declared in ``runtimes/NAME.toml``."""
+    path = RUNTIMES_DIR / f"{name}.toml"
+    if not path.exists():
+        raise UsageError(f"unknown runtime {name!r}; known: {', '.join(names())}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise UsageError(f"{path}: cannot read runtime: {error}") from None
+    unknown = sorted(set(data) - KEYS)
+    if unknown:
+        raise UsageError(f"{path}: {unknown[0]}: unknown key; expected {sorted(KEYS)}")
+    honours = _strings(path, "honours", data.get("honours", []))
+    bad = [knob for knob in honours if knob not in KNOBS]
+    if bad:
+        raise UsageError(f"{path}: honours: unknown knob {bad[0]!r}")
+    for key in ("name", "description", "space", "environment", "framework"):
+        if not isinstance(data.get(key, ""), str):
+            raise UsageError(f"{path}: {key}: must be a string")
+    return Runtime(
+        name=data.get("name", name),
+        description=data.get("description", ""),
+        space=data.get("space", name),
+        honours=honours,
+        environment=data.get("environment", ""),
+        packages=_strings(path, "packages", data.get("packages", [])),
+        python_versions=_strings(path, "python", data.get("python", [])),
+        machines=_strings(path, "machines", data.get("machines", [])),
+        framework=data.get("framework", "tensorflow"),
+        path=path,
+    )
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in RUNTIMES_DIR.glob("*.toml"))
