@@ -128,3 +128,42 @@ def test_parse_duration() -> None:
     # Durations read as a person writes them.
     assert parse_duration("90s") == 90 and parse_duration("50m") == 3000 and parse_duration("1h30m") == 5400
     assert parse_duration("45") == 45
+
+
+def test_openmp_space_on_stock_tensorflow_is_refused(storage_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    args = [*TINY, "--space", "intel-tensorflow", "--storage", storage_url]
+    assert main(args, runner=fake_runner()) == 1
+    # Searching OpenMP knobs on a runtime that loads no OpenMP only fits noise: refused before any trial.
+    assert "ignores knob OMP_NUM_THREADS" in one_error_line(capsys.readouterr().err)
+    assert not Path(storage_url.removeprefix("sqlite:///")).exists()
+
+
+def test_allow_inert_records_the_knobs_and_show_prints_importances(
+    storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inert = ["--allow-inert", "OMP_NUM_THREADS", "--allow-inert", "KMP_BLOCKTIME", "--allow-inert", "KMP_AFFINITY"]
+    args = [*TINY, "--trials", "8", "--space", "intel-tensorflow", *inert, "--storage", storage_url]
+    assert main(args, runner=fake_runner()) == 0
+    capsys.readouterr()
+    assert main(["show", "--storage", storage_url, "--json"]) == 0
+    study = json.loads(capsys.readouterr().out)[0]
+    # The override is recorded on the study, so nobody mistakes those knobs' importances for real effects.
+    assert sorted(study["inert_knobs"]) == ["KMP_AFFINITY", "KMP_BLOCKTIME", "OMP_NUM_THREADS"]
+    # Importances were computed after the study and cover the knobs that varied, summing to 1.
+    assert set(study["importances"]) <= {"intra_op", "inter_op", "data_format", *study["inert_knobs"]}
+    assert abs(sum(study["importances"].values()) - 1.0) < 1e-6
+    assert main(["show", "--storage", storage_url]) == 0
+    assert "What mattered" in capsys.readouterr().out
+
+
+def test_env_create_for_own_environment_runtime_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    # Stock TensorFlow runs in the tuner's own environment: there is nothing to create, and it says so.
+    assert main(["env", "create", "tensorflow"]) == 1
+    assert "nothing to create" in one_error_line(capsys.readouterr().err)
+
+
+def test_env_list_names_every_runtime(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["env", "list"]) == 0
+    out = capsys.readouterr().out
+    # Each runtime appears once, with its environment or how to create it.
+    assert all(out.count(name) >= 1 for name in ("tensorflow ", "tensorflow-eigen", "intel-tensorflow"))

@@ -131,8 +131,10 @@ def test_to_dict_recommends_default_params_when_not_clear() -> None:
 def test_candidates_are_measured_interleaved() -> None:
     runner = runner_for({DEFAULT: 100.0, HEURISTIC: 100.0, "trial 3": 100.0}, noise=0.0)
     verdict = run_confirm(runner, rounds=3)
-    # A B C A B C A B C: drift in the machine hits every candidate alike rather than one block of runs.
-    assert [spec.settings for spec in runner.calls] == [A.settings, B.settings, C.settings] * 3
+    # A B C, B C A, C A B: interleaved so drift hits every candidate alike, and rotated so that no candidate
+    # always runs first in its round.
+    a, b, c = A.settings, B.settings, C.settings
+    assert [spec.settings for spec in runner.calls] == [a, b, c, b, c, a, c, a, b]
     # Every run uses the confirmation's workload, cores and policy.
     assert all(spec == TrialSpec(spec.settings, WORKLOAD, CORES, POLICY) for spec in runner.calls)
     # Each candidate has one list of per-step rates per round, timed steps only.
@@ -148,8 +150,9 @@ def test_done_rounds_are_reused_not_remeasured() -> None:
     before = copy.deepcopy(done)
     runner = runner_for({DEFAULT: 100.0, HEURISTIC: 100.0, "trial 3": 100.0}, noise=0.0)
     verdict = run_confirm(runner, rounds=3, done=done)
-    # Round 0 was already measured, so only rounds 1 and 2 run, still interleaved.
-    assert [spec.settings for spec in runner.calls] == [A.settings, B.settings, C.settings] * 2
+    # Round 0 was already measured, so only rounds 1 and 2 run, still interleaved and rotated.
+    a, b, c = A.settings, B.settings, C.settings
+    assert [spec.settings for spec in runner.calls] == [b, c, a, c, a, b]
     # The earlier round is kept as the first of each candidate's rounds.
     assert verdict.rates[DEFAULT][0] == [90.0, 90.0, 90.0, 90.0]
     assert verdict.rates["trial 3"][0] == [92.0, 92.0, 92.0, 92.0]
@@ -162,12 +165,10 @@ def test_partially_done_rounds_fill_in_per_candidate() -> None:
     done = {DEFAULT: [[100.0] * 4, [100.0] * 4]}
     runner = runner_for({DEFAULT: 100.0, HEURISTIC: 100.0, "trial 3": 100.0}, noise=0.0)
     run_confirm(runner, rounds=3, done=done)
-    # tf-default already has two rounds; the others catch up first, then all three measure round 2.
-    assert [spec.settings for spec in runner.calls] == [B.settings, C.settings] * 2 + [
-        A.settings,
-        B.settings,
-        C.settings,
-    ]
+    # tf-default already has two rounds; the others catch up first (round 1 starts from B), then all three
+    # measure round 2, which starts from C.
+    a, b, c = A.settings, B.settings, C.settings
+    assert [spec.settings for spec in runner.calls] == [b, c, b, c, c, a, b]
 
 
 def test_all_rounds_done_measures_nothing() -> None:
@@ -185,6 +186,7 @@ def test_on_run_is_called_after_every_new_run() -> None:
     runner = runner_for({DEFAULT: 100.0, HEURISTIC: 100.0, "trial 3": 100.0}, noise=0.0)
     run_confirm(runner, rounds=2, done=done, on_run=lambda r, c, m: seen.append((r, c.name, m)))
     # Only the new runs are reported, each with its round number, so a caller can store them as they come.
-    assert [(r, name) for r, name, _ in seen] == [(1, DEFAULT), (1, HEURISTIC), (1, "trial 3")]
+    # Round 1 starts from the second candidate (the order rotates each round).
+    assert [(r, name) for r, name, _ in seen] == [(1, HEURISTIC), (1, "trial 3"), (1, DEFAULT)]
     # The measurement reported is the full record, with the policy's timed steps.
     assert all(len(m.timed_seconds) == POLICY.timed for _, _, m in seen)

@@ -30,7 +30,9 @@ def test_median_of_even_count() -> None:
     m = Measurement(10, (0.1, 0.2, 0.3, 0.4))
     # With an even count the median is the mean of the middle two.
     assert m.median_step_seconds == pytest.approx(0.25)
-    assert m.images_per_sec == pytest.approx(40.0)
+    # images/sec is the median of the per-step rates (100, 50, 33.3, 25): the mean of 50 and 33.3, the same
+    # statistic confirmation pools, not batch / median step time (40).
+    assert m.images_per_sec == pytest.approx((50 + 100 / 3) / 2)
 
 
 def test_warmup_does_not_count() -> None:

@@ -15,6 +15,7 @@ from types import FrameType
 from typing import NoReturn
 
 import optuna
+import sqlalchemy.exc
 
 from tuner import __version__
 from tuner.doctor import report as doctor_report
@@ -85,7 +86,8 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
          f"{'on' if facts['onednn'] else 'off'} (runtime {facts['onednn_runtime']}), OpenMP {facts['openmp'] or 'none'}"
          + (f"; inert knobs searched anyway: {', '.join(inert)}" if inert else ""))  # fmt: skip
     started = time.monotonic()
-    names = []
+    names: list[str] = []
+    failed: list[str] = []
     for index, (mode, n) in enumerate(plan, 1):
         config = StudyConfig(
             workload=Workload(args.model, mode, args.batch_size),
@@ -106,8 +108,13 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
             inert=tuple(inert),
         )
         _log(f"study {index}/{len(plan)}: {config.name} (elapsed {time.monotonic() - started:.0f} s)")
-        run = StudyRun(storage, config, runner, progress=_tagged(f"{mode} {n}c"))
-        verdict = run.run()
+        try:
+            run = StudyRun(storage, config, runner, progress=_tagged(f"{mode} {n}c"))
+            verdict = run.run()
+        except TunerError as error:  # one study failing does not throw away the others
+            failed.append(f"{config.name}: {error}")
+            _log(f"[{mode} {n}c] study failed: {error}")
+            continue
         _log(f"[{mode} {n}c] verdict: {verdict.text()}")
         _log(f"[{mode} {n}c] importances: {format_importances(run.study.user_attrs.get('importances', {}))}")
         names.append(config.name)
@@ -115,6 +122,8 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
     print(format_table(rows))
     print(format_importance_lines(rows))
     print(f"\n{len(plan)} studies in {time.monotonic() - started:.0f} s; stored in {redact(args.storage)}")
+    if failed:
+        raise TunerError(f"{len(failed)} of {len(plan)} studies failed; first: {failed[0]}")
     return 0
 
 
@@ -239,6 +248,12 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int
         if args.debug:
             raise
         print(f"tuner: error: {error}", file=sys.stderr)
+        return 1
+    except (sqlalchemy.exc.SQLAlchemyError, OSError) as error:
+        if args.debug:
+            raise
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        print(f"tuner: error: {type(error).__name__}: {reason}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("tuner: interrupted; finished trials are kept, run the same command to resume", file=sys.stderr)

@@ -23,6 +23,7 @@ from tuner.workload import Workload
 DEFAULT = "tf-default"
 HEURISTIC = "heuristic"
 RESAMPLES = 2000
+MIN_ROUNDS = 3  # fewer paired rounds cannot support a "clear" verdict
 
 
 @dataclass(frozen=True)
@@ -45,20 +46,27 @@ def pooled_median(runs: Sequence[Sequence[float]]) -> float:
     return statistics.median(rate for run in runs for rate in run)
 
 
-def bootstrap_ratio(top: Sequence[Sequence[float]], bottom: Sequence[Sequence[float]], seed: int = 0) -> Interval:
-    """Ratio of pooled medians of per-step rates, with a 95% hierarchical bootstrap interval."""
+def bootstrap_ratio(
+    top: Sequence[Sequence[float]], bottom: Sequence[Sequence[float]], seed: int = 0, alpha: float = 0.05
+) -> Interval:
+    """Ratio of pooled medians of per-step rates, with a (1 - alpha) paired hierarchical bootstrap interval.
+
+    Rounds are paired (round i of both was measured back to back), so the same round indices are drawn for
+    both sides, then steps within each drawn round; drift that hits both sides of a round cancels.
+    """
     rng = random.Random(seed)
+    pairs = min(len(top), len(bottom))
 
-    def resample(runs: Sequence[Sequence[float]]) -> float:
-        chosen = [runs[rng.randrange(len(runs))] for _ in runs]
-        return statistics.median(run[rng.randrange(len(run))] for run in chosen for _ in run)
+    def median_of(runs: Sequence[Sequence[float]], rounds: list[int]) -> float:
+        return statistics.median(runs[i][rng.randrange(len(runs[i]))] for i in rounds for _ in runs[i])
 
-    ratios = sorted(resample(top) / resample(bottom) for _ in range(RESAMPLES))
-    return Interval(
-        pooled_median(top) / pooled_median(bottom),
-        ratios[int(0.025 * RESAMPLES)],
-        ratios[int(0.975 * RESAMPLES) - 1],
-    )
+    ratios = []
+    for _ in range(RESAMPLES):
+        rounds = [rng.randrange(pairs) for _ in range(pairs)]
+        ratios.append(median_of(top, rounds) / median_of(bottom, rounds))
+    ratios.sort()
+    low = max(0, int(alpha / 2 * RESAMPLES))
+    return Interval(pooled_median(top) / pooled_median(bottom), ratios[low], ratios[RESAMPLES - 1 - low])
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,8 @@ class Verdict:
             return "tf-default is fastest: recommend tf-default"
         if self.clear:
             return f"{self.winner} wins: {span}"
+        if min(len(r) for r in self.rates.values()) < MIN_ROUNDS:
+            return f"too few rounds to be sure: {self.winner} at {span}; recommend tf-default"
         return f"no clear gain over tf-default: {self.winner} at {span}; recommend tf-default"
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,11 +115,20 @@ class Verdict:
 
 
 def decide(rates: dict[str, list[list[float]]], params: dict[str, dict[str, Any]], seed: int = 0) -> Verdict:
-    """Pick the winner by median and test it against the baselines."""
+    """Pick the winner by median and test it against tf-default.
+
+    The winner is the best of several candidates measured on the same data, so "clear" uses a Bonferroni
+    interval (alpha / number of challengers) and needs at least MIN_ROUNDS paired rounds; the reported
+    interval is the plain 95% one.
+    """
     winner = max(rates, key=lambda name: pooled_median(rates[name]))
     vs_default = bootstrap_ratio(rates[winner], rates[DEFAULT], seed)
     vs_heuristic = bootstrap_ratio(rates[winner], rates[HEURISTIC], seed) if HEURISTIC in rates else None
-    return Verdict(rates, params, winner, winner != DEFAULT and vs_default.low > 1.0, vs_default, vs_heuristic)
+    challengers = max(1, len(rates) - 1)
+    strict = bootstrap_ratio(rates[winner], rates[DEFAULT], seed, alpha=0.05 / challengers)
+    enough = min(len(rates[winner]), len(rates[DEFAULT])) >= MIN_ROUNDS
+    clear = winner != DEFAULT and enough and strict.low > 1.0
+    return Verdict(rates, params, winner, clear, vs_default, vs_heuristic)
 
 
 OnRun = Callable[[int, Candidate, Measurement], None]  # called after every run, so nothing is lost
@@ -129,7 +148,9 @@ def confirm(
     """Measure ``candidates`` interleaved for ``rounds`` rounds; runs already in ``done`` are kept."""
     rates: dict[str, list[list[float]]] = {c.name: list((done or {}).get(c.name, [])) for c in candidates}
     for round_ in range(rounds):
-        for candidate in candidates:
+        # Rotate the order each round, so that no candidate always runs first (or after the same neighbour).
+        shift = round_ % len(candidates)
+        for candidate in [*candidates[shift:], *candidates[:shift]]:
             if len(rates[candidate.name]) > round_:
                 continue
             measurement = runner.run(TrialSpec(candidate.settings, workload, cores, policy))

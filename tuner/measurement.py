@@ -48,7 +48,8 @@ class Measurement:
 
     @property
     def images_per_sec(self) -> float:
-        return self.batch_size / self.median_step_seconds
+        """Median of the per-step rates (the same figure confirmation pools and compares)."""
+        return statistics.median(self.rates)
 
     @property
     def mad(self) -> float:

@@ -8,6 +8,7 @@ and results on a dedicated pipe as JSON lines rather than parsed from log text.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -30,6 +31,7 @@ from tuner.workload import Workload
 
 WORKER = Path(__file__).resolve().parent / "worker.py"
 STDERR_TAIL = 2000
+HOST_LOCK = Path(tempfile.gettempdir()) / "tuner-measure.lock"
 EXIT_GRACE_S = 30.0
 
 StepCallback = Callable[[str, int, float], None]  # (phase, index, seconds); may raise to stop the trial
@@ -90,6 +92,12 @@ class SubprocessRunner:
         return [self.python, str(WORKER), "--channel-fd", str(channel_fd), "--spec", json.dumps(spec.worker_spec())]
 
     def run(self, spec: TrialSpec, on_step: StepCallback | None = None) -> Measurement:
+        # One measurement at a time on this host: two tuners timing on the same cores would disturb both.
+        with open(HOST_LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._run(spec, on_step)
+
+    def _run(self, spec: TrialSpec, on_step: StepCallback | None) -> Measurement:
         env = spec.settings.environ(self.parent_env)
         read_fd, write_fd = os.pipe()
         started = time.monotonic()

@@ -17,7 +17,14 @@ from tuner.errors import InvalidSettings
 # Variables copied from the parent: enough to find programs, locale and temp space, nothing that tunes.
 ENV_ALLOWLIST = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ")
 # Fixed for every trial so that runs are comparable and the channel is the only output that matters.
-ENV_FIXED = {"TF_CPP_MIN_LOG_LEVEL": "1", "PYTHONDONTWRITEBYTECODE": "1", "CUDA_VISIBLE_DEVICES": ""}
+# KERAS_HOME points away from ~/.keras, whose keras.json could change the backend or float type.
+ENV_FIXED = {
+    "TF_CPP_MIN_LOG_LEVEL": "1",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "CUDA_VISIBLE_DEVICES": "",
+    "KERAS_BACKEND": "tensorflow",
+    "KERAS_HOME": "/tmp/tuner-keras-home",
+}
 
 DATA_FORMATS = {"NHWC": "channels_last", "NCHW": "channels_first"}
 _AFFINITY = re.compile(

@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner import __version__
 from tuner.confirm import DEFAULT, Candidate, Verdict, confirm
-from tuner.errors import Pruned, TunerError, WorkerError
+from tuner.errors import Interrupted, Pruned, TunerError, WorkerBadOutput, WorkerCrashed, WorkerExited, WorkerTimeout
 from tuner.measurement import Measurement
 from tuner.policy import BURST, CONFIRM, MeasurementPolicy
 from tuner.runner import Runner, TrialSpec
@@ -36,6 +36,8 @@ from tuner.workload import Workload
 Progress = Callable[[str], None]
 SEARCH_SHARE = 0.6  # of a study's budget; the rest is for confirmation
 MAX_FAILURES_IN_A_ROW = 3
+WORKER_FAILURES = {e.reason for e in (WorkerCrashed, WorkerExited, WorkerTimeout, WorkerBadOutput)}
+ORPHAN_AGE_S = 600  # a RUNNING trial with no owner and no heartbeat this old was abandoned before it began
 MAX_SKIPS_IN_A_ROW = 25  # sampler keeps proposing measured or forbidden settings: the space is exhausted
 
 
@@ -140,6 +142,10 @@ class StudyRun:
             pruner=make_pruner(config.pruner),
             load_if_exists=True,
         )
+        # A resumed study must not replay the sampler's first proposals: offset the seed by the trials so far.
+        done = len(self.study.get_trials(deepcopy=False))
+        if done:
+            self.study.sampler = make_sampler(config.sampler, config.seed + done)
         self._prepare()
 
     # -- set-up -------------------------------------------------------------------------------------
@@ -172,7 +178,11 @@ class StudyRun:
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             owner = trial.user_attrs.get("owner", {})
             pid = owner.get("pid")
-            if owner.get("host") == host and isinstance(pid, int) and not _alive(pid):
+            started = trial.datetime_start
+            age = (datetime.now() - started).total_seconds() if started else 0.0
+            if (owner.get("host") == host and isinstance(pid, int) and not _alive(pid)) or (
+                not owner and age > ORPHAN_AGE_S
+            ):
                 storage.set_trial_user_attr(trial._trial_id, "fail_reason", "orphaned")
                 storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
                 self.progress(f"trial {trial.number} was left running by a killed run: marked failed")
@@ -188,15 +198,41 @@ class StudyRun:
     def _known(self) -> dict[str, int]:
         return {Settings.from_params(t.params).label(): t.number for t in self.measured()}
 
+    def _failing(self) -> dict[str, int]:
+        """Settings whose worker failed (crash, exit, timeout, bad output): proposing them again is a skip."""
+        return {
+            Settings.from_params(t.params).label(): t.number
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            if t.user_attrs.get("fail_reason") in WORKER_FAILURES and t.params
+        }
+
     def objective(self, trial: optuna.Trial) -> float:
-        cores = len(self.config.cores)
         trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})
+        try:
+            return self._measure(trial)
+        except Pruned as error:
+            trial.set_user_attr("skip_reason", "pruner")
+            raise optuna.TrialPruned(str(error)) from None
+        except TunerError as error:
+            trial.set_user_attr("fail_reason", error.reason)
+            trial.set_user_attr("fail_message", str(error))
+            trial.set_user_attr("stderr_tail", getattr(error, "stderr_tail", "")[-1500:])
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", Interrupted.reason)
+            raise
+
+    def _measure(self, trial: optuna.Trial) -> float:
+        cores = len(self.config.cores)
         params = self.config.space.suggest(trial, cores)
         settings = Settings.from_params(params)
-        duplicate = self._known().get(settings.label())
-        if duplicate is not None and "baseline" not in trial.user_attrs:
-            trial.set_user_attr("skip_reason", f"duplicate of trial {duplicate}")
-            raise optuna.TrialPruned(f"duplicate of trial {duplicate}")
+        baseline = trial.user_attrs.get("baseline")
+        seen = self._known().get(settings.label())
+        failed = self._failing().get(settings.label())
+        for reason, number in (("duplicate of", seen), ("known to fail, as", failed)):
+            if number is not None and baseline is None:
+                trial.set_user_attr("skip_reason", f"{reason} trial {number}")
+                raise optuna.TrialPruned(f"{reason} trial {number}")
         broken = self.config.space.violated(params, cores)
         if broken is not None:
             trial.set_user_attr("skip_reason", f"constraint {broken}")
@@ -205,26 +241,13 @@ class StudyRun:
         def on_step(phase: str, index: int, seconds: float) -> None:
             if phase == "timed":
                 trial.report(self.config.workload.batch_size / seconds, index)
-                if trial.should_prune():
+                if baseline is None and trial.should_prune():  # baselines are always measured in full
                     raise Pruned(f"pruned after timed step {index}")
 
-        label = trial.user_attrs.get("baseline") or settings.label()
-        self.progress(f"trial {trial.number}: measuring {label} ...")
+        self.progress(f"trial {trial.number}: measuring {baseline or settings.label()} ...")
         spec = TrialSpec(settings, self.config.workload, self.config.cores, self.config.policy)
         started = self.clock()
-        try:
-            measurement = self.runner.run(spec, on_step)
-        except Pruned as error:
-            trial.set_user_attr("skip_reason", "pruner")
-            raise optuna.TrialPruned(str(error)) from None
-        except WorkerError as error:
-            trial.set_user_attr("fail_reason", error.reason)
-            trial.set_user_attr("fail_message", str(error))
-            trial.set_user_attr("stderr_tail", error.stderr_tail[-1500:])
-            raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted")
-            raise
+        measurement = self.runner.run(spec, on_step)
         trial.set_user_attr("trial_seconds", self.clock() - started)
         trial.set_user_attr("measurement", measurement.to_dict())
         return measurement.images_per_sec
@@ -237,7 +260,7 @@ class StudyRun:
         finished: list[FrozenTrial] = []
         while True:
             measured = self.measured()
-            distinct = len(self._known())
+            distinct = len(set(self._known()) | set(self._failing()))
             if len(measured) >= cfg.trials or distinct >= size:
                 break
             if deadline is not None and self.clock() >= deadline:

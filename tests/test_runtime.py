@@ -1,0 +1,64 @@
+"""Runtimes as data: declarations, refusing knobs a runtime ignores, and where a runtime cannot install."""
+
+from __future__ import annotations
+
+import pytest
+
+from tuner.errors import SearchSpaceError, UsageError
+from tuner.runtime import OPENMP_KNOBS, check_knobs, load, names
+from tuner.space import load as load_space
+
+
+def test_every_declared_runtime_loads_with_its_space() -> None:
+    # The three runtimes of the reference table are declared as files, each with a loadable search space.
+    assert {"tensorflow", "tensorflow-eigen", "intel-tensorflow"} <= set(names())
+    for name in names():
+        runtime = load(name)
+        space = load_space(runtime.space, 4)
+        # A runtime's own space never varies a knob the runtime ignores.
+        assert runtime.inert(space.distributions(4)) == []
+
+
+def test_stock_tensorflow_declares_no_openmp_knob() -> None:
+    # Stock TensorFlow runs oneDNN on its Eigen pool: the OpenMP variables are not honoured (DESIGN.md).
+    assert not set(OPENMP_KNOBS) & set(load("tensorflow").honours)
+    assert set(OPENMP_KNOBS) <= set(load("intel-tensorflow").honours)
+
+
+def test_openmp_space_on_stock_runtime_is_refused_in_one_line() -> None:
+    space = load_space("intel-tensorflow", 2)
+    with pytest.raises(SearchSpaceError) as caught:
+        check_knobs(load("tensorflow"), space.distributions(2), allowed=[])
+    message = str(caught.value)
+    # One line naming the runtime, the first inert knob and why, and the override.
+    assert "\n" not in message
+    assert "runtime tensorflow ignores knob OMP_NUM_THREADS" in message
+    assert "no OpenMP runtime is loaded" in message and "--allow-inert" in message
+
+
+def test_allowing_inert_knobs_returns_them_for_the_record() -> None:
+    space = load_space("intel-tensorflow", 2)
+    inert = check_knobs(load("tensorflow"), space.distributions(2), allowed=list(OPENMP_KNOBS))
+    # With an explicit override the search may go on, and the knobs come back to be recorded as inert.
+    assert sorted(inert) == sorted(OPENMP_KNOBS)
+
+
+def test_eigen_runtime_fixes_onednn_off_and_nhwc() -> None:
+    space = load_space(load("tensorflow-eigen").space, 2)
+    dists = space.distributions(2)
+    # The table's 'no optimisation' rows: oneDNN off in every trial and baseline, NHWC only.
+    assert dists["onednn"].single() and dists["data_format"].single()
+    assert all(params["onednn"] is False for params in space.baselines(2).values())
+
+
+def test_installable_says_exactly_why_not() -> None:
+    runtime = load("intel-tensorflow")
+    # intel-tensorflow 2.14 has wheels for CPython 3.9 to 3.11 on x86-64 only: other cases say so and what works.
+    assert runtime.installable("3.11", "x86_64") is None
+    assert "CPython 3.9, 3.10, 3.11 only" in (runtime.installable("3.12", "x86_64") or "")
+    assert "x86_64 Linux only" in (runtime.installable("3.11", "aarch64") or "")
+
+
+def test_unknown_runtime_is_one_line() -> None:
+    with pytest.raises(UsageError, match="unknown runtime 'pytorch'; known: "):
+        load("pytorch")
