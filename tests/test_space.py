@@ -334,3 +334,14 @@ def test_suggest_in_memory_study_stays_in_space(tensorflow: SearchSpace) -> None
         assert all(dists[k]._contains(dists[k].to_internal_repr(v)) for k, v in params.items())
     # The study records the space's own distributions, so Optuna's samplers see the declared space.
     assert study.trials[0].distributions == dists
+
+
+def test_baseline_breaking_a_constraint_is_refused(tmp_path: Path) -> None:
+    text = (
+        'constraints = ["inter_op_not_above_intra_op"]\n'
+        '[knobs.intra_op]\ntype = "int"\nlow = 1\nhigh = 4\n'
+        '[knobs.inter_op]\ntype = "int"\nlow = 1\nhigh = 4\n'
+        "[baselines.b]\nintra_op = 1\ninter_op = 3\n"
+    )
+    # A baseline the constraints forbid would be skipped on every run and never measured: refused at load.
+    assert "baselines.b: breaks constraint inter_op_not_above_intra_op" in load_error(write(tmp_path, text))

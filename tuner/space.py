@@ -196,6 +196,9 @@ def validate(path: Path, data: dict[str, Any], max_cores: int) -> None:
         _check_env_values(path, dists)
         for base, params in space.baselines(cores).items():
             _check_baseline(path, base, params, dists)
+            broken = space.violated(params, cores)
+            if broken:
+                raise _fail(path, f"baselines.{base}", f"breaks constraint {broken} at {cores} cores")
 
 
 def _check_env_values(path: Path, dists: dict[str, BaseDistribution]) -> None:
