@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,20 @@ TIMED = [0.1, 0.2, 0.3]  # (index + 1) / 10
 MINIMAL_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
 
+PRIVATE_LOCK = Path(tempfile.gettempdir()) / f"tuner-test-lock-{os.getpid()}"
+
+
 class FakeRunner(SubprocessRunner):
     """The real runner with the worker script swapped for the fake one."""
 
     def __init__(self, behaviour: str, pids: Path | None = None, parent_env: dict[str, str] | None = None) -> None:
-        super().__init__(python=sys.executable, parent_env=MINIMAL_ENV if parent_env is None else parent_env)
+        # A private lock: these tests time the runner's mechanics, not a measurement, so a tuner measuring on
+        # this host meanwhile must not make them wait.
+        super().__init__(
+            python=sys.executable,
+            parent_env=MINIMAL_ENV if parent_env is None else parent_env,
+            lock=PRIVATE_LOCK,
+        )
         self.behaviour = behaviour
         self.pids = pids
 
@@ -228,7 +238,7 @@ def test_keyboard_interrupt_from_on_step_propagates_and_leaves_no_process(tmp_pa
 def test_missing_interpreter_is_exited_in_one_line() -> None:
     before = open_fds()
     with pytest.raises(WorkerExited) as caught:
-        SubprocessRunner(python="/nonexistent/python", parent_env=MINIMAL_ENV).run(make_spec())
+        SubprocessRunner(python="/nonexistent/python", parent_env=MINIMAL_ENV, lock=PRIVATE_LOCK).run(make_spec())
     # One line that names the interpreter, fit for the CLI's one-line error.
     assert "/nonexistent/python" in str(caught.value)
     assert "\n" not in str(caught.value)
@@ -281,7 +291,7 @@ def test_popen_gets_a_list_no_shell_own_session_and_built_env(monkeypatch: pytes
     settings = Settings(env_knobs=(("onednn", False),))
     parent = {**MINIMAL_ENV, "OMP_NUM_THREADS": "9"}
     with pytest.raises(WorkerExited):
-        SubprocessRunner(python=sys.executable, parent_env=parent).run(make_spec(settings=settings))
+        SubprocessRunner(python=sys.executable, parent_env=parent, lock=PRIVATE_LOCK).run(make_spec(settings=settings))
     (args, kwargs) = calls[0]
     # An explicit argv list and never a shell, so no value is ever parsed by sh.
     assert isinstance(args, list) and args[1] == str(WORKER)

@@ -170,7 +170,7 @@ def test_changed_search_space_is_refused(storage: optuna.storages.RDBStorage, tm
         StudyRun(storage, make_config(trials=2, space=changed), ReplayRunner.from_rates(rate))
 
 
-def test_budget_ends_the_search_and_sizes_confirmation(storage: optuna.storages.RDBStorage) -> None:
+def test_budget_ends_the_search_and_leaves_room_for_confirmation(storage: optuna.storages.RDBStorage) -> None:
     now = [0.0]
 
     def clock() -> float:
@@ -180,14 +180,29 @@ def test_budget_ends_the_search_and_sizes_confirmation(storage: optuna.storages.
         now[0] += 10.0  # every measurement costs 10 s of the fake clock
         return [0.032] * 5
 
-    config = make_config(trials=30, budget_s=100.0)
+    config = make_config(trials=30, budget_s=300.0)
     run = StudyRun(storage, config, ReplayRunner(script), clock=clock)
     verdict = run.run()
     complete = states(run.study).count(TrialState.COMPLETE)
-    # 60% of 100 s goes to search at 10 s a trial: 6 trials, far fewer than the 30 asked for.
-    assert complete == 6
-    # Confirmation still gets its minimum of two interleaved rounds even when the budget is spent.
-    assert min(len(r) for r in verdict.rates.values()) == 2
+    # Confirmation needs 4 settings x 3 rounds x 10 s = 120 s, so the search stops once 180 s are spent:
+    # 18 trials, fewer than the 30 asked for.
+    assert complete == 18
+    # Confirmation got its three interleaved rounds, and the study ended on its budget.
+    assert min(len(r) for r in verdict.rates.values()) == 3
+    assert now[0] == 300.0
+
+
+def test_budget_never_skips_the_baselines(storage: optuna.storages.RDBStorage) -> None:
+    now = [0.0]
+
+    def script(spec: TrialSpec, call: int) -> list[float]:
+        now[0] += 50.0
+        return [0.032] * 5
+
+    run = StudyRun(storage, make_config(trials=30, budget_s=60.0), ReplayRunner(script), clock=lambda: now[0])
+    verdict = run.run()
+    # Even a budget too small for anything measures both baselines and confirms them: a verdict needs them.
+    assert {"tf-default", "heuristic"} <= set(verdict.rates)
 
 
 def test_median_pruner_stops_slow_trials_early(storage: optuna.storages.RDBStorage) -> None:

@@ -29,7 +29,8 @@ class MeasurementPolicy:
 
 
 BURST = MeasurementPolicy("burst", warmup=2, timed=5, timeout_s=600.0)
-CONFIRM = MeasurementPolicy("confirm", warmup=2, timed=10, timeout_s=900.0, rounds=3)
+# Rounds, not steps, are the independent units of confirmation: same burst length, three rounds at least.
+CONFIRM = MeasurementPolicy("confirm", warmup=2, timed=5, timeout_s=900.0, rounds=3)
 # tf_cnn_benchmarks' conventions: 10 warm-up batches not counted, then 100 timed batches.
 FULL = MeasurementPolicy("full", warmup=10, timed=100, timeout_s=3600.0)
 

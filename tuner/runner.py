@@ -84,16 +84,19 @@ def _tail(stream: IO[bytes]) -> str:
 class SubprocessRunner:
     """Runs ``worker.py`` with ``python`` (the target environment's interpreter)."""
 
-    def __init__(self, python: str = sys.executable, parent_env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, python: str = sys.executable, parent_env: Mapping[str, str] | None = None, lock: Path = HOST_LOCK
+    ) -> None:
         self.python = python
         self.parent_env = dict(os.environ if parent_env is None else parent_env)
+        self.lock = lock  # the host-wide measurement lock; tests of the runner's mechanics use their own
 
     def argv(self, spec: TrialSpec, channel_fd: int) -> list[str]:
         return [self.python, str(WORKER), "--channel-fd", str(channel_fd), "--spec", json.dumps(spec.worker_spec())]
 
     def run(self, spec: TrialSpec, on_step: StepCallback | None = None) -> Measurement:
         # One measurement at a time on this host: two tuners timing on the same cores would disturb both.
-        with open(HOST_LOCK, "a") as lock:
+        with open(self.lock, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             return self._run(spec, on_step)
 

@@ -23,7 +23,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import __version__
-from tuner.confirm import DEFAULT, Candidate, Verdict, confirm
+from tuner.confirm import DEFAULT, MIN_ROUNDS, Candidate, Verdict, confirm
 from tuner.errors import Interrupted, Pruned, TunerError, WorkerBadOutput, WorkerCrashed, WorkerExited, WorkerTimeout
 from tuner.measurement import Measurement
 from tuner.policy import BURST, CONFIRM, MeasurementPolicy
@@ -34,7 +34,6 @@ from tuner.space import SearchSpace
 from tuner.workload import Workload
 
 Progress = Callable[[str], None]
-SEARCH_SHARE = 0.6  # of a study's budget; the rest is for confirmation
 MAX_FAILURES_IN_A_ROW = 3
 WORKER_FAILURES = {e.reason for e in (WorkerCrashed, WorkerExited, WorkerTimeout, WorkerBadOutput)}
 ORPHAN_AGE_S = 600  # a RUNNING trial with no owner and no heartbeat this old was abandoned before it began
@@ -255,7 +254,8 @@ class StudyRun:
         return measurement.images_per_sec
 
     def search(self, deadline: float | None) -> None:
-        """Run trials until enough are complete, the space is exhausted, or the deadline passes."""
+        """Run trials until enough are complete, the space is exhausted, or only the time that confirmation
+        needs is left before ``deadline`` (the end of the study's budget)."""
         cfg = self.config
         size = cfg.space.size(len(cfg.cores))
         failures = skips = 0
@@ -265,8 +265,14 @@ class StudyRun:
             distinct = len(set(self._known()) | set(self._failing()))
             if len(measured) >= cfg.trials or distinct >= size:
                 break
-            if deadline is not None and self.clock() >= deadline:
-                self.progress(f"search budget spent after {len(measured)} complete trials")
+            if (
+                deadline is not None
+                and self._baselines_done()
+                and self.clock() + self._confirm_cost(MIN_ROUNDS) >= deadline
+            ):
+                self.progress(
+                    f"search ends after {len(measured)} complete trials: the rest of the budget is confirmation's"
+                )
                 break
             if skips >= MAX_SKIPS_IN_A_ROW:
                 self.progress(f"sampler proposed only measured settings {skips} times: search ends")
@@ -357,21 +363,37 @@ class StudyRun:
         self.study.set_user_attr("verdict", {**verdict.to_dict(), "measured": _now(), "trials": len(self.measured())})
         return verdict
 
-    def _rounds(self, configs: int, deadline: float | None) -> int:
-        """Rounds that fit the time left, judged from the search's wall times; at least 2."""
-        wanted = self.config.confirm_policy.rounds
+    def _baselines_done(self) -> bool:
+        """Every baseline has a complete trial: the budget may end the search only after that."""
+        done = {t.user_attrs.get("baseline") for t in self.measured()}
+        return set(self.config.space.data.get("baselines", {})) <= done
+
+    def _run_seconds(self) -> float:
+        """Expected wall time of one confirmation run, from the search trials' measured wall times."""
         walls = [float(t.user_attrs["trial_seconds"]) for t in self.measured() if "trial_seconds" in t.user_attrs]
-        if deadline is None or not walls:
+        if not walls:
+            return 0.0
+        extra_steps = self.config.confirm_policy.timed - self.config.policy.timed
+        step = statistics.median(t.user_attrs["measurement"]["median_step_seconds"] for t in self.measured())
+        return statistics.median(walls) + max(0, extra_steps) * float(step)
+
+    def _confirm_cost(self, rounds: int) -> float:
+        configs = len(self.config.space.data.get("baselines", {})) + self.config.candidates
+        return configs * rounds * self._run_seconds()
+
+    def _rounds(self, configs: int, deadline: float | None) -> int:
+        """Rounds that fit the time left; never fewer than MIN_ROUNDS, which a clear verdict needs."""
+        wanted = max(MIN_ROUNDS, self.config.confirm_policy.rounds)
+        per_run = self._run_seconds()
+        if deadline is None or per_run <= 0:
             return wanted
-        scale = self.config.confirm_policy.timed / max(1, self.config.policy.timed)
-        per_run = statistics.median(walls) * (1 + 0.5 * (scale - 1))
         fit = math.floor((deadline - self.clock()) / (configs * per_run))
-        return max(2, min(wanted, fit))
+        return max(MIN_ROUNDS, min(wanted, fit))
 
     def run(self) -> Verdict:
         start = self.clock()
         budget = self.config.budget_s
-        self.search(None if budget is None else start + budget * SEARCH_SHARE)
+        self.search(None if budget is None else start + budget)
         verdict = self.confirm(None if budget is None else start + budget)
         self.store_importances()
         return verdict
