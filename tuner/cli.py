@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -249,6 +250,9 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int
             raise
         print(f"tuner: error: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader went away (`tuner show | head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (sqlalchemy.exc.SQLAlchemyError, OSError) as error:
         if args.debug:
             raise

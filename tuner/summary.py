@@ -77,14 +77,22 @@ def _speedup(interval: dict[str, float] | None) -> str:
     return f"{interval['value']:.2f}x [{interval['low']:.2f}, {interval['high']:.2f}]"
 
 
+def _others(baselines: dict[str, float]) -> str:
+    """Baselines beyond tf-default and heuristic (Intel's advice, say), as 'name rate' pairs."""
+    rest = [f"{name} {rate:.2f}" for name, rate in baselines.items() if name not in (DEFAULT, HEURISTIC)]
+    return ", ".join(rest) or "-"
+
+
 def table_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
     header = [
         "model",
+        "runtime",
         "mode",
         "cores",
         "trials",
         "tf-default",
         "heuristic",
+        "other baselines",
         "tuned",
         "tuned/default (95% CI)",
         "tuned/heuristic (95% CI)",
@@ -100,11 +108,13 @@ def table_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
             rows.append(
                 [
                     s["model"],
+                    s["runtime"],
                     s["mode"],
                     str(s["cores"]),
                     trials,
                     _rate(s["search_baselines"].get(DEFAULT)),
                     _rate(s["search_baselines"].get(HEURISTIC)),
+                    _others(s["search_baselines"]),
                     _rate(best and best["images_per_sec"]),
                     "-",
                     "-",
@@ -118,11 +128,13 @@ def table_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
         rows.append(
             [
                 s["model"],
+                s["runtime"],
                 s["mode"],
                 str(s["cores"]),
                 trials,
                 _rate(rates.get(DEFAULT)),
                 _rate(rates.get(HEURISTIC)),
+                _others({k: r for k, r in rates.items() if k in s["search_baselines"]}),
                 _rate(rates.get(v["winner"])),
                 _speedup(v["speedup_vs_tf_default"]),
                 _speedup(v["speedup_vs_heuristic"]),
