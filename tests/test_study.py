@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -225,3 +226,11 @@ def test_wilcoxon_pruner_runs_and_never_prunes_baselines(storage: optuna.storage
     # the slow NCHW heuristic included, are always measured in full.
     assert not [t for t in trials if t.state == TrialState.FAIL]
     assert all(t.state == TrialState.COMPLETE for t in trials if "baseline" in t.user_attrs)
+
+
+def test_resuming_on_another_core_set_is_refused(storage: optuna.storages.RDBStorage) -> None:
+    StudyRun(storage, make_config(cores=1, trials=2), ReplayRunner.from_rates(rate)).search(None)
+    moved = dataclasses.replace(make_config(cores=1, trials=2), cores=(1,))
+    # Trials timed on CPU 0 and on CPU 1 are not one experiment: the study refuses to mix them.
+    with pytest.raises(TunerError, match="was measured with core_set"):
+        StudyRun(storage, moved, ReplayRunner.from_rates(rate))

@@ -162,6 +162,13 @@ class StudyRun:
                 f"{meta['space']} (hash {attrs['tuner'].get('space_hash')}, now {meta['space_hash']}); "
                 "use a new --storage or restore the space file"
             )
+        else:
+            for key in ("core_set", "policy"):
+                if attrs["tuner"].get(key) != meta[key]:
+                    raise TunerError(
+                        f"study {self.config.name} was measured with {key} {attrs['tuner'].get(key)}, not "
+                        f"{meta[key]}: its trials would not be comparable; use a new --storage"
+                    )
         self._fail_orphans()
         queued = {
             t.user_attrs.get("baseline")
