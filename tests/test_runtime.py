@@ -33,7 +33,7 @@ def test_openmp_space_on_stock_runtime_is_refused_in_one_line() -> None:
     # One line naming the runtime, the first inert knob and why, and the override.
     assert "\n" not in message
     assert "runtime tensorflow ignores knob OMP_NUM_THREADS" in message
-    assert "no OpenMP runtime is loaded" in message and "--allow-inert" in message
+    assert "runs oneDNN without OpenMP" in message and "--allow-inert" in message
 
 
 def test_allowing_inert_knobs_returns_them_for_the_record() -> None:
@@ -62,3 +62,30 @@ def test_installable_says_exactly_why_not() -> None:
 def test_unknown_runtime_is_one_line() -> None:
     with pytest.raises(UsageError, match="unknown runtime 'pytorch'; known: "):
         load("pytorch")
+
+
+def test_environment_must_be_a_plain_folder_name(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    import tuner.runtime as runtime_module
+
+    folder = Path(str(tmp_path))
+    (folder / "evil.toml").write_text('environment = "../../etc"\nspace = "tensorflow"\n')
+    monkeypatch.setattr(runtime_module, "RUNTIMES_DIR", folder)
+    # `env create` clears the environment's folder, so a path that leaves .envs/ is refused at load.
+    with pytest.raises(UsageError, match="must be a plain folder name"):
+        load("evil")
+
+
+def test_half_built_environment_is_not_used(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    import tuner.runtime as runtime_module
+
+    envs = Path(str(tmp_path))
+    (envs / "intel-tensorflow" / "bin").mkdir(parents=True)
+    (envs / "intel-tensorflow" / "bin" / "python").write_text("")
+    monkeypatch.setattr(runtime_module, "ENVS_DIR", envs)
+    # An interpreter without the manifest that `env create` writes last is an interrupted build.
+    with pytest.raises(UsageError, match="environment is incomplete; run: tuner env create intel-tensorflow"):
+        load("intel-tensorflow").python()

@@ -17,6 +17,7 @@ from typing import NoReturn
 
 import optuna
 import sqlalchemy.exc
+from optuna.distributions import CategoricalDistribution
 
 from tuner import __version__
 from tuner.doctor import report as doctor_report
@@ -82,9 +83,15 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
         f"tuner {__version__}: {len(plan)} studies on {signature.model_name} ({signature.id}), "
         f"storage {redact(args.storage)}" + (f", budget {args.budget}" if budget else "")
     )
-    facts = probe(runner, runtime, core_set(1))
-    _log(f"probe: {runtime.name} runs TensorFlow {facts['framework_version']}, oneDNN "
-         f"{'on' if facts['onednn'] else 'off'} (runtime {facts['onednn_runtime']}), OpenMP {facts['openmp'] or 'none'}"
+    fixed = {
+        name: dist.choices[0]
+        for name, dist in space.distributions(1).items()
+        if isinstance(dist, CategoricalDistribution) and dist.single()
+    }
+    facts = probe(runner, runtime, core_set(1), fixed)
+    onednn = {True: "on", False: "off"}.get(facts["onednn"], "unknown")
+    _log(f"probe: {runtime.name} runs TensorFlow {facts['framework_version']}, oneDNN {onednn} "
+         f"(runtime {facts['onednn_runtime']}), OpenMP {facts['openmp'] or 'none'}"
          + (f"; inert knobs searched anyway: {', '.join(inert)}" if inert else ""))  # fmt: skip
     started = time.monotonic()
     names: list[str] = []
@@ -256,8 +263,14 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int
     except (sqlalchemy.exc.SQLAlchemyError, OSError) as error:
         if args.debug:
             raise
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        reason = (str(getattr(error, "orig", None) or error).strip().splitlines() or [""])[0]
         print(f"tuner: error: {type(error).__name__}: {reason}", file=sys.stderr)
+        return 1
+    except Exception as error:  # a bug: still one line, and --debug shows where
+        if args.debug:
+            raise
+        reason = (str(error).strip().splitlines() or [""])[0]
+        print(f"tuner: error: unexpected {type(error).__name__}: {reason} (run with --debug)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("tuner: interrupted; finished trials are kept, run the same command to resume", file=sys.stderr)

@@ -88,8 +88,12 @@ def report() -> list[str]:
         f"{sig.numa_nodes} NUMA node(s), SMT {'on' if sig.smt else 'off'}; this process may use "
         f"{len(allowed)} physical core(s): CPUs {','.join(map(str, allowed))}",
         f"ISA            {' '.join(sig.isa) or 'none of note'}",
-        "oneDNN         stock TensorFlow turns it on by default here ("
-        + (", ".join(onednn) + ")" if onednn else "no VNNI/BF16/AMX: set TF_ENABLE_ONEDNN_OPTS=1, knob onednn)"),
+        "oneDNN         "
+        + (
+            f"stock TensorFlow turns it on by default here ({', '.join(onednn)})"
+            if onednn
+            else "off by default in stock TensorFlow here (no VNNI/BF16/AMX): knob onednn=true turns it on"
+        ),
         f"load average   {load1:.2f} (1 min), {load5:.2f} (5 min) on {sig.logical_cpus} CPUs",
     ]
     if load1 > 0.5:
@@ -99,7 +103,11 @@ def report() -> list[str]:
         "busy processes " + (", ".join(f"{b.name} (pid {b.pid}, {b.cpu_share:.0%} CPU)" for b in busy) or "none")
     )
     for name in names():
-        runtime = load(name)
+        try:
+            runtime = load(name)
+        except UsageError as error:  # one bad runtime file does not hide the others
+            lines.append(f"runtime        {name}: unreadable: {error}")
+            continue
         lines.append(f"runtime        {name}: {runtime.description}")
         lines.append(f"  {availability(runtime)}")
         lines.append(f"  honours {', '.join(runtime.honours)}")

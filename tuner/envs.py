@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import TunerError, UsageError
-from tuner.runtime import Runtime
+from tuner.runtime import MANIFEST, Runtime
 
-MANIFEST = "tuner-env.json"
 VERSION_PROBE = "import sys, tensorflow as tf; print(sys.version.split()[0], tf.__version__)"
 
 
@@ -77,7 +76,12 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
         data = json.loads((path / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return data if isinstance(data, dict) else None
+    fields: dict[str, type | tuple[type, ...]] = {
+        "packages": list, "framework_version": str, "size_bytes": int, "seconds": (int, float), "created": str,
+    }  # fmt: skip
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), t) for k, t in fields.items()):
+        return None  # unreadable or foreign: treated as absent, so `env create` rebuilds
+    return data
 
 
 def create(runtime: Runtime, with_python: str = sys.executable, log: Callable[[str], None] = print) -> EnvReport:
@@ -109,9 +113,11 @@ def create(runtime: Runtime, with_python: str = sys.executable, log: Callable[[s
         raise TunerError(f"{path}: installed, but its framework does not import")
     seconds = time.monotonic() - started
     report = EnvReport(runtime.name, path, True, seconds, folder_size(path), *versions)
-    (path / MANIFEST).write_text(json.dumps({
+    partial = path / f"{MANIFEST}.partial"
+    partial.write_text(json.dumps({
         "runtime": runtime.name, "packages": list(runtime.packages), "python_version": versions[0],
         "framework_version": versions[1], "seconds": seconds, "size_bytes": report.size_bytes,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }, indent=2))  # fmt: skip
+    os.replace(partial, path / MANIFEST)  # the marker that the build finished, written atomically
     return report

@@ -21,13 +21,20 @@ PROBE_BLOCKTIME = 7  # distinctive: no runtime defaults to it, so reading it bac
 FACTS = ("framework_version", "onednn", "onednn_runtime", "openmp", "omp_max_threads", "kmp_blocktime", "python")
 
 
-def probe(runner: Runner, runtime: Runtime, cores: tuple[int, ...]) -> dict[str, Any]:
-    """Run the probe and verify the runtime's declaration; return the facts to store on its studies."""
+def probe(
+    runner: Runner, runtime: Runtime, cores: tuple[int, ...], fixed: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Run the probe and verify the runtime's declaration; return the facts to store on its studies.
+
+    ``fixed`` holds the knobs every trial of the space has (oneDNN off for plain Eigen), so the probe
+    reports the runtime as the trials will run it.
+    """
     openmp = [knob for knob in OPENMP_KNOBS if knob in runtime.honours]
-    knobs: tuple[tuple[str, Any], ...] = ()
+    params = dict(fixed or {})
     if openmp:
-        knobs = (("KMP_BLOCKTIME", PROBE_BLOCKTIME), ("OMP_NUM_THREADS", 1))
-    spec = TrialSpec(Settings(env_knobs=knobs), Workload("tiny", "infer", 8), cores[:1], PROBE, probe=True)
+        params.update(KMP_BLOCKTIME=PROBE_BLOCKTIME, OMP_NUM_THREADS=1)
+    settings = Settings.from_params(params)
+    spec = TrialSpec(settings, Workload("tiny", "infer", 8), cores[:1], PROBE, probe=True)
     try:
         facts = runner.run(spec).facts
     except WorkerError as error:

@@ -8,6 +8,7 @@ runtime ignores only fits noise. A one-trial probe checks the declaration agains
 from __future__ import annotations
 
 import platform
+import re
 import sys
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -24,6 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNTIMES_DIR = ROOT / "runtimes"
 ENVS_DIR = ROOT / ".envs"
 OPENMP_KNOBS = ("OMP_NUM_THREADS", "KMP_BLOCKTIME", "KMP_AFFINITY")
+MANIFEST = "tuner-env.json"  # written when an environment's build has finished
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 KEYS = {"name", "description", "framework", "space", "environment", "packages", "python", "machines", "honours"}
 
 
@@ -51,6 +54,8 @@ class Runtime:
         python = self.env_dir / "bin" / "python"
         if not python.exists():
             raise UsageError(f"runtime {self.name}: its environment is missing; run: tuner env create {self.name}")
+        if not (self.env_dir / MANIFEST).exists():  # written last: without it the build did not finish
+            raise UsageError(f"runtime {self.name}: its environment is incomplete; run: tuner env create {self.name}")
         return str(python)
 
     def installable(self, version: str | None = None, machine: str | None = None) -> str | None:
@@ -78,9 +83,9 @@ def check_knobs(runtime: Runtime, distributions: Mapping[str, BaseDistribution],
     refused = [knob for knob in inert if knob not in set(allowed)]
     if refused:
         why = (
-            "no OpenMP runtime is loaded by this build, so OMP_*/KMP_* do nothing"
+            "this build runs oneDNN without OpenMP, so OMP_*/KMP_* do nothing; the probe checks it"
             if refused[0] in OPENMP_KNOBS
-            else "this runtime does not apply it"
+            else "this runtime does not declare it"
         )
         raise SearchSpaceError(
             f"runtime {runtime.name} ignores knob {refused[0]} ({why}); searching it would only fit noise. "
@@ -98,7 +103,7 @@ def _strings(path: Path, key: str, value: Any) -> tuple[str, ...]:
 def load(name: str) -> Runtime:
     """The runtime declared in ``runtimes/NAME.toml``."""
     path = RUNTIMES_DIR / f"{name}.toml"
-    if not path.exists():
+    if not SAFE_NAME.fullmatch(name) or not path.exists():
         raise UsageError(f"unknown runtime {name!r}; known: {', '.join(names())}")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -114,6 +119,9 @@ def load(name: str) -> Runtime:
     for key in ("name", "description", "space", "environment", "framework"):
         if not isinstance(data.get(key, ""), str):
             raise UsageError(f"{path}: {key}: must be a string")
+    environment = data.get("environment", "")
+    if environment and not SAFE_NAME.fullmatch(environment):
+        raise UsageError(f"{path}: environment: {environment!r} must be a plain folder name under .envs/")
     return Runtime(
         name=data.get("name", name),
         description=data.get("description", ""),

@@ -14,9 +14,11 @@ step times and what the runtime really applied, read back from it rather than ec
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -111,6 +113,7 @@ def runtime_facts(tf: Any) -> dict[str, Any]:
 
 
 OPENMP_LIBS = ("libiomp5", "libgomp", "libomp")
+VERBOSE_RUNTIME = re.compile(r"^(?:onednn|dnnl)_verbose,.*\bruntime:([^,\s]+)")
 
 
 def openmp_facts() -> dict[str, Any]:
@@ -129,10 +132,13 @@ def openmp_facts() -> dict[str, Any]:
     facts.update(openmp=name, openmp_path=loaded[name])
     import ctypes
 
-    lib = ctypes.CDLL(loaded[name])
-    facts["omp_max_threads"] = int(lib.omp_get_max_threads())
-    if hasattr(lib, "kmp_get_blocktime"):
-        facts["kmp_blocktime"] = int(lib.kmp_get_blocktime())
+    try:
+        lib = ctypes.CDLL(loaded[name])
+        facts["omp_max_threads"] = int(lib.omp_get_max_threads())
+        if hasattr(lib, "kmp_get_blocktime"):
+            facts["kmp_blocktime"] = int(lib.kmp_get_blocktime())
+    except (OSError, AttributeError) as error:  # a diagnostic must never fail the measurement
+        facts["openmp_error"] = str(error)
     return facts
 
 
@@ -156,8 +162,9 @@ def onednn_runtime(log_path: str) -> str | None:
     try:
         with open(log_path, errors="replace") as log:
             for line in log:
-                if "runtime:" in line:
-                    return line.split("runtime:", 1)[1].split(",")[0].split()[0].strip()
+                found = VERBOSE_RUNTIME.search(line)
+                if found:
+                    return found.group(1)
     except OSError:
         return None
     return None
@@ -174,6 +181,7 @@ def run(spec: dict[str, Any], channel: Channel) -> None:
 
         os.environ["ONEDNN_VERBOSE"] = "1"
         descriptor, probe_log = tempfile.mkstemp(prefix="onednn-", suffix=".log")
+        atexit.register(os.unlink, probe_log)
         sys.stdout.flush()
         os.dup2(descriptor, 1)
         os.close(descriptor)
@@ -200,9 +208,11 @@ def run(spec: dict[str, Any], channel: Channel) -> None:
     facts = runtime_facts(tf)
     facts.update(openmp_facts(), thread_cpus=thread_cpus())
     if probe_log is not None:
+        import ctypes
+
         sys.stdout.flush()
+        ctypes.CDLL(None).fflush(None)  # oneDNN prints through C stdio: flush its buffer too
         facts["onednn_runtime"] = onednn_runtime(probe_log)
-        os.unlink(probe_log)
     facts.update(
         import_seconds=imported - started,
         build_seconds=built - imported,
@@ -218,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channel-fd", type=int, required=True)
     parser.add_argument("--spec", required=True, help="the trial as JSON")
     args = parser.parse_args(argv)
+    if args.channel_fd < 3:
+        parser.error("--channel-fd must not be stdin, stdout or stderr")
     run(json.loads(args.spec), Channel(args.channel_fd))
     return 0
 
