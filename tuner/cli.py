@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from tuner.doctor import report as doctor_report
 from tuner.envs import create as create_env
 from tuner.envs import read_manifest
 from tuner.errors import TunerError, UsageError
-from tuner.policy import BURST, CONFIRM, MeasurementPolicy
+from tuner.policy import BURST, CONFIRM
 from tuner.probe import probe
 from tuner.runner import Runner, SubprocessRunner
 from tuner.runtime import check_knobs
@@ -78,7 +79,7 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
     plan = [(mode, n) for n in counts for mode in modes]
     weights = sum(MODE_WEIGHT[mode] for mode, _ in plan)
     runner = runner or SubprocessRunner(python=python)
-    policy = MeasurementPolicy("confirm", CONFIRM.warmup, CONFIRM.timed, CONFIRM.timeout_s, rounds=args.rounds)
+    policy = dataclasses.replace(CONFIRM, rounds=args.rounds)
     _log(
         f"tuner {__version__}: {len(plan)} studies on {signature.model_name} ({signature.id}), "
         f"storage {redact(args.storage)}" + (f", budget {args.budget}" if budget else "")

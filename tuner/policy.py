@@ -33,5 +33,3 @@ BURST = MeasurementPolicy("burst", warmup=2, timed=5, timeout_s=600.0)
 CONFIRM = MeasurementPolicy("confirm", warmup=2, timed=5, timeout_s=900.0, rounds=3)
 # tf_cnn_benchmarks' conventions: 10 warm-up batches not counted, then 100 timed batches.
 FULL = MeasurementPolicy("full", warmup=10, timed=100, timeout_s=3600.0)
-
-POLICIES = {policy.name: policy for policy in (BURST, CONFIRM, FULL)}
