@@ -302,3 +302,16 @@ def test_popen_gets_a_list_no_shell_own_session_and_built_env(monkeypatch: pytes
     assert kwargs["pass_fds"] == (int(args[3]),)
     # The environment is the one the settings built, not the parent's.
     assert kwargs["env"] == settings.environ(parent)
+
+
+def test_worker_hanging_after_its_result_is_killed_and_the_result_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tuner.runner as runner_module
+
+    monkeypatch.setattr(runner_module, "EXIT_GRACE_S", 1.0)
+    started = time.monotonic()
+    measurement = FakeRunner("hang-at-exit").run(make_spec())
+    # The result arrived complete, so the measurement stands; the hang costs the grace period, not the
+    # whole timeout, and is recorded on the measurement.
+    assert len(measurement.timed_seconds) == POLICY.timed
+    assert "hung at shutdown" in measurement.facts["exit"]
+    assert time.monotonic() - started < POLICY.timeout_s

@@ -71,6 +71,8 @@ def main() -> int:
     if behaviour == "infinite":
         result["timed_seconds"] = [float("inf")] * spec["timed"]
     send(json.dumps(result))
+    if behaviour == "hang-at-exit":
+        time.sleep(1000)  # like a framework whose threads never join at shutdown
     return 0
 
 
