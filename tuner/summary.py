@@ -83,6 +83,12 @@ def _others(baselines: dict[str, float]) -> str:
     return ", ".join(rest) or "-"
 
 
+def _rates(rates: dict[str, Any], baselines: dict[str, Any], tuned: str) -> list[str]:
+    """The tf-default, heuristic, other-baselines and tuned cells."""
+    others = {name: rate for name, rate in rates.items() if name in baselines}
+    return [_rate(rates.get(DEFAULT)), _rate(rates.get(HEURISTIC)), _others(others), _rate(rates.get(tuned))]
+
+
 def table_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
     header = [
         "model",
@@ -102,46 +108,24 @@ def table_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
     rows = [header]
     for s in summaries:
         v = s["verdict"]
-        trials = f"{s['trials']['complete']}+{s['trials']['fail']}F"
-        if v is None:
-            best = s["best_trial"]
-            rows.append(
-                [
-                    s["model"],
-                    s["runtime"],
-                    s["mode"],
-                    str(s["cores"]),
-                    trials,
-                    _rate(s["search_baselines"].get(DEFAULT)),
-                    _rate(s["search_baselines"].get(HEURISTIC)),
-                    _others(s["search_baselines"]),
-                    _rate(best and best["images_per_sec"]),
-                    "-",
-                    "-",
-                    "-",
-                    "not confirmed yet (search values)",
-                ]
-            )
+        head = [
+            s["model"],
+            s["runtime"],
+            s["mode"],
+            str(s["cores"]),
+            f"{s['trials']['complete']}+{s['trials']['fail']}F",
+        ]
+        if v is None:  # searched but not confirmed: show the search's own values, and say so
+            searched, best = s["search_baselines"], s["best_trial"]
+            rates = {**searched, "best": best and best["images_per_sec"]}
+            rows.append([*head, *_rates(rates, searched, "best"), "-", "-", "-", "not confirmed yet (search values)"])
             continue
-        rates = v["images_per_sec"]
         params = v["recommended_params"] or {}
-        rows.append(
-            [
-                s["model"],
-                s["runtime"],
-                s["mode"],
-                str(s["cores"]),
-                trials,
-                _rate(rates.get(DEFAULT)),
-                _rate(rates.get(HEURISTIC)),
-                _others({k: r for k, r in rates.items() if k in s["search_baselines"]}),
-                _rate(rates.get(v["winner"])),
-                _speedup(v["speedup_vs_tf_default"]),
-                _speedup(v["speedup_vs_heuristic"]),
-                ",".join(f"{k}={val}" for k, val in params.items()),
-                v["text"],
-            ]
-        )
+        rows.append([
+            *head, *_rates(v["images_per_sec"], s["search_baselines"], v["winner"]),
+            _speedup(v["speedup_vs_tf_default"]), _speedup(v["speedup_vs_heuristic"]),
+            ",".join(f"{k}={val}" for k, val in params.items()), v["text"],
+        ])  # fmt: skip
     return rows
 
 
