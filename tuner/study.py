@@ -377,11 +377,12 @@ class StudyRun:
 
     def _run_seconds(self) -> float:
         """Expected wall time of one confirmation run, from the search trials' measured wall times."""
-        walls = [float(t.user_attrs["trial_seconds"]) for t in self.measured() if "trial_seconds" in t.user_attrs]
+        measured = self.measured()
+        walls = [float(t.user_attrs["trial_seconds"]) for t in measured if "trial_seconds" in t.user_attrs]
         if not walls:
             return 0.0
         extra_steps = self.config.confirm_policy.timed - self.config.policy.timed
-        step = statistics.median(t.user_attrs["measurement"]["median_step_seconds"] for t in self.measured())
+        step = statistics.median(t.user_attrs["measurement"]["median_step_seconds"] for t in measured)
         return statistics.median(walls) + max(0, extra_steps) * float(step)
 
     def _confirm_cost(self, rounds: int) -> float:
