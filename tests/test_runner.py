@@ -57,8 +57,8 @@ class FakeRunner(SubprocessRunner):
         self.behaviour = behaviour
         self.pids = pids
 
-    def argv(self, spec: TrialSpec, channel_fd: int) -> list[str]:
-        python, _worker, *rest = super().argv(spec, channel_fd)
+    def argv(self, worker_spec: dict[str, Any], channel_fd: int) -> list[str]:
+        python, _worker, *rest = super().argv(worker_spec, channel_fd)
         extra = ["--pids", str(self.pids)] if self.pids else []
         return [python, str(FAKE_WORKER), *rest, "--behaviour", self.behaviour, *extra]
 
@@ -258,7 +258,7 @@ def test_no_file_descriptor_leaks(behaviour: str) -> None:
 def test_argv_is_explicit_and_spec_carries_validated_values_only() -> None:
     settings = Settings(intra_op=2, inter_op=1, data_format="NCHW", env_knobs=(("KMP_BLOCKTIME", 0),))
     spec = TrialSpec(settings, Workload("tiny", "train", 16), CORES, POLICY)
-    argv = SubprocessRunner(python="/opt/env/bin/python", parent_env=MINIMAL_ENV).argv(spec, 7)
+    argv = SubprocessRunner(python="/opt/env/bin/python", parent_env=MINIMAL_ENV).argv(spec.worker_spec(), 7)
     # The interpreter given, then the worker script by absolute path: no shell in between.
     assert argv[0] == "/opt/env/bin/python"
     assert argv[1] == str(WORKER) and WORKER.is_absolute() and WORKER.name == "worker.py"
@@ -267,6 +267,9 @@ def test_argv_is_explicit_and_spec_carries_validated_values_only() -> None:
     assert len(argv) == 6 and all(isinstance(arg, str) for arg in argv)
     # The spec holds exactly the validated framework values and the trial's shape; env knobs go elsewhere.
     assert json.loads(argv[5]) == {
+        "task": "measure",
+        "device": "cpu",
+        "replicas": 1,
         "intra_op": 2,
         "inter_op": 1,
         "data_format": "channels_first",

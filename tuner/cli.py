@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -18,19 +19,21 @@ from typing import NoReturn
 
 import optuna
 import sqlalchemy.exc
-from optuna.distributions import CategoricalDistribution
 
-from tuner import __version__
+from tuner import __version__, benchmark, table
+from tuner.confirm import DEFAULT, HEURISTIC
 from tuner.doctor import report as doctor_report
 from tuner.envs import create as create_env
 from tuner.envs import read_manifest
 from tuner.errors import TunerError, UsageError
+from tuner.pipeline import MODE_WEIGHT, Job, tuned_settings
 from tuner.policy import BURST, CONFIRM
-from tuner.probe import probe
+from tuner.probe import fixed_knobs, probe
 from tuner.runner import Runner, SubprocessRunner
 from tuner.runtime import check_knobs
 from tuner.runtime import load as load_runtime
 from tuner.runtime import names as runtime_names
+from tuner.settings import Settings
 from tuner.signature import cpu_signature
 from tuner.space import load as load_space
 from tuner.storage import DEFAULT_STORAGE, open_storage, redact
@@ -40,7 +43,7 @@ from tuner.topology import core_set, parse_core_counts, physical_cores
 from tuner.workload import MODELS, Workload, parse_modes
 
 DEFAULT_BUDGET = "50m"
-MODE_WEIGHT = {"train": 3.0, "infer": 1.0}  # a train step costs about three inference steps
+RUN_BUDGET = "60m"
 
 
 def parse_duration(text: str) -> float:
@@ -84,12 +87,7 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
         f"tuner {__version__}: {len(plan)} studies on {signature.model_name} ({signature.id}), "
         f"storage {redact(args.storage)}" + (f", budget {args.budget}" if budget else "")
     )
-    fixed = {
-        name: dist.choices[0]
-        for name, dist in space.distributions(1).items()
-        if isinstance(dist, CategoricalDistribution) and dist.single()
-    }
-    facts = probe(runner, runtime, core_set(1), fixed)
+    facts = probe(runner, runtime, core_set(1), fixed_knobs(space))
     onednn = {True: "on", False: "off"}.get(facts["onednn"], "unknown")
     _log(f"probe: {runtime.name} runs TensorFlow {facts['framework_version']}, oneDNN {onednn} "
          f"(runtime {facts['onednn_runtime']}), OpenMP {facts['openmp'] or 'none'}"
@@ -133,6 +131,154 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
     print(f"\n{len(plan)} studies in {time.monotonic() - started:.0f} s; stored in {redact(args.storage)}")
     if failed:
         raise TunerError(f"{len(failed)} of {len(plan)} studies failed; first: {failed[0]}")
+    return 0
+
+
+def _named_settings(
+    wanted: list[str],
+    space_baselines: dict[str, dict[str, object]],
+    storage: optuna.storages.BaseStorage,
+    study_name: str,
+) -> list[tuple[str, Settings]]:
+    """``--settings`` values -> (label, settings): a baseline's name, ``tuned`` (from the stored study), or a
+    settings string such as ``'intra_op=2,inter_op=1'``."""
+    named: list[tuple[str, Settings]] = []
+    for text in wanted:
+        if text in space_baselines:
+            named.append((text, Settings.from_params(space_baselines[text])))
+        elif text == "tuned":
+            known = {s.study_name for s in storage.get_all_studies()}
+            if study_name not in known:
+                raise UsageError(f"--settings tuned: no study {study_name} in storage; tune it first (tuner tune)")
+            found = tuned_settings(optuna.load_study(study_name=study_name, storage=storage))
+            if found is None:
+                raise UsageError(f"--settings tuned: study {study_name} has no sampled setting measured yet")
+            named.append(("tuned", found))
+        else:
+            named.append((f"custom {text}", Settings.parse(text)))
+    labels = [label for label, _ in named]
+    if len(set(labels)) != len(labels):
+        raise UsageError("--settings: the same settings were named twice")
+    return named
+
+
+def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int:
+    available = len(physical_cores())
+    counts = parse_core_counts(args.cores, available)
+    modes = parse_modes(args.mode)
+    runtime = load_runtime(args.runtime)
+    space = load_space(args.space or runtime.space, max(counts))
+    gpus = parse_core_counts(args.gpus, 64) if args.device == "gpu" else [args.replicas]
+    if args.device == "cpu" and not 1 <= args.replicas <= 8:
+        raise UsageError("--replicas must be from 1 to 8")
+    batch = args.batch_size or (benchmark.GPU_BATCH if args.device == "gpu" else benchmark.CPU_BATCH)
+    bench = benchmark.policy(args.warmup, args.timed, args.rounds)
+    storage = open_storage(args.storage)
+    signature = cpu_signature()
+    runner = runner or SubprocessRunner(python=runtime.python())
+    visible = None
+    if args.device == "gpu":
+        facts = probe(runner, runtime, core_set(1), fixed_knobs(space))
+        visible = int(facts.get("gpus") or 0)
+    run_id = benchmark.new_run_id()
+    for n in counts:
+        cores = core_set(n)
+        for mode in modes:
+            study_name = StudyConfig(
+                Workload(args.model, mode, benchmark.CPU_BATCH), cores, space, signature, runtime.name
+            ).name
+            wanted = args.settings or [DEFAULT, HEURISTIC, "tuned"]
+            if args.settings is None and study_name not in {s.study_name for s in storage.get_all_studies()}:
+                wanted = [DEFAULT, HEURISTIC]
+                _log(f"no study {study_name} yet, so no tuned settings to benchmark (tuner tune or tuner run)")
+            named = _named_settings(wanted, space.baselines(n), storage, study_name)
+            if args.device == "gpu":  # the host's tuned threads, the GPUs' layout
+                named = [(label, dataclasses.replace(s, data_format="NCHW")) for label, s in named]
+            for count in gpus:
+                target = benchmark.Target(runtime.name, Workload(args.model, mode, batch), cores, args.device, count)
+                if visible is not None and visible < count:
+                    reason = f"TensorFlow in runtime {runtime.name} sees {visible} GPU" + (
+                        " (this build has no CUDA, or no GPU is attached)" if visible == 0 else ""
+                    )
+                    benchmark.store(storage, benchmark.skip_record(target, reason, signature))
+                    print(f"{target.describe()}: skipped: {reason}")
+                    continue
+                _log(f"benchmark {target.describe()}: {', '.join(label for label, _ in named)}, "
+                     f"{bench.rounds} x ({bench.warmup} warm-up + {bench.timed} timed batches)")  # fmt: skip
+                runs = benchmark.measure(runner, target, named, bench, progress=_tagged(f"{mode} {n}c"))
+                for label, settings in named:
+                    record = benchmark.make_record(target, label, settings, runs[label], signature, run_id)
+                    benchmark.store(storage, record)
+                    print(
+                        f"{target.describe()} {label}: {record['images_per_sec']:.2f} images/sec "
+                        f"({record['ms_per_image']:.2f} ms/image, step {record['step_seconds'] * 1000:.0f} ms, "
+                        f"per-step rates cv {record['rate_cv']:.1%}) [{settings.label()}]"
+                    )
+    return 0
+
+
+def _write_table(args: argparse.Namespace, storage: optuna.storages.BaseStorage) -> None:
+    frame, notes = table.build(benchmark.records(storage))
+    text = table.render(frame, notes, args.format)
+    if args.output:
+        path = args.output
+        tmp = f"{path}.tmp-{os.getpid()}"
+        try:
+            with open(tmp, "w", encoding="utf-8") as out:
+                out.write(text + "\n")
+            os.replace(tmp, path)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise UsageError(f"--output: cannot write {path}: {error.strerror}") from None
+        print(f"table written to {path}")
+    else:
+        print(text)
+
+
+def cmd_table(args: argparse.Namespace, runner: Runner | None = None) -> int:
+    table.check_format(args.format)  # a bad --format fails before storage is opened
+    _write_table(args, open_storage(args.storage, create=False))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
+    available = len(physical_cores())
+    counts = parse_core_counts(args.cores, available)
+    modes = parse_modes(args.mode)
+    wanted = [name.strip() for name in args.runtimes.split(",")] if args.runtimes else runtime_names()
+    runtimes = [load_runtime(name) for name in wanted]
+    for runtime in runtimes:
+        load_space(runtime.space, max(counts))  # a broken space fails now, not an hour in
+    table.check_format(args.format)
+    budget = parse_duration(args.budget) if args.budget != "none" else None
+    storage = open_storage(args.storage)
+    signature = cpu_signature()
+    _log(
+        f"tuner {__version__} run: runtimes {', '.join(r.name for r in runtimes)}; cores {counts}; "
+        f"{', '.join(modes)}; on {signature.model_name} ({signature.id}); storage {redact(args.storage)}"
+        + (f"; budget {args.budget}" if budget else "")
+    )
+    job = Job(
+        storage=storage,
+        signature=signature,
+        runtimes=runtimes,
+        counts=counts,
+        modes=modes,
+        budget_s=budget,
+        model=args.model,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        create_envs=not args.no_env_create,
+        runner=runner,
+        log=_log,
+    )
+    job.run()
+    _write_table(args, storage)
+    for note in job.notes:
+        print(f"note: {note}")
+    if job.failures:
+        raise TunerError(f"{len(job.failures)} part(s) of the job failed; first: {job.failures[0]}")
     return 0
 
 
@@ -219,6 +365,53 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--rounds", type=int, default=CONFIRM.rounds, help="interleaved confirmation rounds")
     tune.add_argument("--python", default=None, help="interpreter of the target environment (default: the runtime's)")
     tune.set_defaults(func=cmd_tune)
+
+    run = sub.add_parser("run", help="the main job: tune every runtime and core count, benchmark, print the table")
+    run.add_argument(
+        "--budget", default=RUN_BUDGET, help=f"wall time for the whole job, or 'none' (default {RUN_BUDGET})"
+    )
+    run.add_argument(
+        "--runtimes", default=None, help="comma-separated runtimes (default: all: " + ", ".join(runtime_names()) + ")"
+    )
+    run.add_argument("--cores", default=None, help="core counts, e.g. 1,2 (default: 1, powers of two, all)")
+    run.add_argument("--mode", default=None, help="train, infer or both (default both)")
+    run.add_argument("--model", default="resnet50", choices=MODELS)
+    run.add_argument("--batch-size", type=int, default=benchmark.CPU_BATCH)
+    run.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna RDB URL (default {DEFAULT_STORAGE})")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--no-env-create", action="store_true", help="skip runtimes whose environment is missing")
+    run.add_argument("--format", default="markdown", help="table format: " + ", ".join(table.FORMATS))
+    run.add_argument("--output", default=None, help="write the table to this file")
+    run.set_defaults(func=cmd_run)
+
+    bench = sub.add_parser("benchmark", help="the full benchmark (tf_cnn_benchmarks' conventions) of named settings")
+    bench.add_argument("--runtime", default="tensorflow", help="framework runtime: " + ", ".join(runtime_names()))
+    bench.add_argument("--space", default=None, help=argparse.SUPPRESS)
+    bench.add_argument("--cores", default=None, help="core counts (for GPU targets: the host's)")
+    bench.add_argument("--mode", default=None, help="train, infer or both (default both)")
+    bench.add_argument("--model", default="resnet50", choices=MODELS)
+    bench.add_argument(
+        "--settings",
+        action="append",
+        default=None,
+        help="tf-default, heuristic (or another baseline), tuned (from the stored study), or a settings string "
+        "such as 'intra_op=2;inter_op=1' (repeatable; default tf-default, heuristic and tuned)",
+    )
+    bench.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
+    bench.add_argument("--gpus", default="1", help="GPU counts, one replica per GPU (e.g. 1,2)")
+    bench.add_argument("--replicas", type=int, default=1, help="on CPU: split it into this many logical devices")
+    bench.add_argument("--batch-size", type=int, default=None, help="per replica (default 32 on CPU, 64 per GPU)")
+    bench.add_argument("--warmup", type=int, default=benchmark.FULL_WARMUP)
+    bench.add_argument("--timed", type=int, default=benchmark.FULL_TIMED)
+    bench.add_argument("--rounds", type=int, default=1, help="interleaved rounds (timed batches each)")
+    bench.add_argument("--storage", default=DEFAULT_STORAGE)
+    bench.set_defaults(func=cmd_benchmark)
+
+    tab = sub.add_parser("table", help="the reference table from stored benchmark results (measures nothing)")
+    tab.add_argument("--format", default="markdown", help="markdown, csv or html")
+    tab.add_argument("--output", default=None, help="write to this file instead of stdout")
+    tab.add_argument("--storage", default=DEFAULT_STORAGE)
+    tab.set_defaults(func=cmd_table)
 
     show = sub.add_parser("show", help="what was found, from storage, without measuring")
     show.add_argument("--storage", default=DEFAULT_STORAGE)

@@ -29,11 +29,14 @@ class Measurement:
     warmup_seconds: tuple[float, ...] = ()
     facts: dict[str, Any] = field(default_factory=dict, compare=False)
     wall_seconds: float = 0.0
+    timed_wall_seconds: float = 0.0  # the timed loop's wall time as the worker clocked it (0: not recorded)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch size must be positive, got {self.batch_size}")
         steps = (*self.timed_seconds, *self.warmup_seconds)
+        if not math.isfinite(self.timed_wall_seconds) or self.timed_wall_seconds < 0:
+            raise ValueError("the timed loop's wall time must be finite and not negative")
         if not self.timed_seconds or any(not math.isfinite(s) or s <= 0 for s in steps):
             raise ValueError("a measurement needs at least one positive timed step, all finite")
 
@@ -50,6 +53,16 @@ class Measurement:
     def images_per_sec(self) -> float:
         """Median of the per-step rates (the same figure confirmation pools and compares)."""
         return statistics.median(self.rates)
+
+    @property
+    def loop_seconds(self) -> float:
+        """Wall time of the timed loop: the worker's clock, or the sum of step times where it was not kept."""
+        return self.timed_wall_seconds if self.timed_wall_seconds > 0 else math.fsum(self.timed_seconds)
+
+    @property
+    def loop_images_per_sec(self) -> float:
+        """tf_cnn_benchmarks' figure: timed batches x batch size / wall time of the timed loop."""
+        return len(self.timed_seconds) * self.batch_size / self.loop_seconds
 
     @property
     def mad(self) -> float:
@@ -78,6 +91,7 @@ class Measurement:
             "warmup_seconds": list(self.warmup_seconds),
             "timed_seconds": list(self.timed_seconds),
             "wall_seconds": self.wall_seconds,
+            "timed_wall_seconds": self.timed_wall_seconds,
             "images_per_sec": self.images_per_sec,
             "median_step_seconds": self.median_step_seconds,
             "mad": self.mad,
@@ -94,4 +108,5 @@ class Measurement:
             warmup_seconds=tuple(float(s) for s in data.get("warmup_seconds", ())),
             facts=dict(data.get("facts", {})),
             wall_seconds=float(data.get("wall_seconds", 0.0)),
+            timed_wall_seconds=float(data.get("timed_wall_seconds", 0.0)),
         )

@@ -9,16 +9,37 @@ from __future__ import annotations
 
 from typing import Any
 
+from optuna.distributions import CategoricalDistribution
+
 from tuner.errors import TunerError, WorkerError
 from tuner.policy import MeasurementPolicy
 from tuner.runner import Runner, TrialSpec
 from tuner.runtime import OPENMP_KNOBS, Runtime
 from tuner.settings import Settings
+from tuner.space import SearchSpace
 from tuner.workload import Workload
 
 PROBE = MeasurementPolicy("probe", warmup=0, timed=1, timeout_s=300.0)
 PROBE_BLOCKTIME = 7  # distinctive: no runtime defaults to it, so reading it back proves the variable was applied
-FACTS = ("framework_version", "onednn", "onednn_runtime", "openmp", "omp_max_threads", "kmp_blocktime", "python")
+FACTS = (
+    "framework_version",
+    "onednn",
+    "onednn_runtime",
+    "openmp",
+    "omp_max_threads",
+    "kmp_blocktime",
+    "python",
+    "gpus",
+)
+
+
+def fixed_knobs(space: SearchSpace) -> dict[str, Any]:
+    """Knobs with a single choice in ``space`` (oneDNN off for plain Eigen): every trial runs with them."""
+    return {
+        name: dist.choices[0]
+        for name, dist in space.distributions(1).items()
+        if isinstance(dist, CategoricalDistribution) and dist.single()
+    }
 
 
 def probe(

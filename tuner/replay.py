@@ -8,18 +8,35 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from tuner.measurement import Measurement
-from tuner.runner import StepCallback, TrialSpec
+from tuner.runner import StepCallback, TaskSpec, TrialSpec
 
 Outcome = Sequence[float] | BaseException
 Script = Callable[[TrialSpec, int], Outcome]  # (trial, call number) -> step seconds, or an error to raise
 
 
+# What the fake reports for worker tasks unless told otherwise: made-up but plausible yardsticks for tests.
+FAKE_TASKS: dict[str, dict[str, Any]] = {
+    "flops": {"flops_per_image": {"infer": 8.0e9, "train": 24.0e9}},
+    "matmul": {"size": 4096, "gflops": [100.0, 101.0, 99.0]},
+}
+
+
 class ReplayRunner:
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, tasks: Mapping[str, dict[str, Any]] | None = None) -> None:
         self.script = script
         self.calls: list[TrialSpec] = []
+        self.tasks = dict(FAKE_TASKS if tasks is None else tasks)
+        self.task_calls: list[TaskSpec] = []
+
+    def compute(self, spec: TaskSpec) -> dict[str, Any]:
+        self.task_calls.append(spec)
+        outcome = self.tasks[spec.task]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return {"event": "result", "framework": "replay", "cpus": list(spec.cores), **outcome}
 
     @classmethod
     def from_rates(cls, rate: Callable[[TrialSpec], float], noise: float = 0.0, seed: int = 0) -> ReplayRunner:
@@ -27,7 +44,7 @@ class ReplayRunner:
         rng = random.Random(seed)
 
         def script(spec: TrialSpec, _call: int) -> list[float]:
-            seconds = spec.workload.batch_size / rate(spec)
+            seconds = spec.global_batch / rate(spec)
             steps = spec.policy.warmup + spec.policy.timed
             return [seconds * max(0.05, 1 + rng.gauss(0, noise)) for _ in range(steps)]
 
@@ -56,4 +73,5 @@ class ReplayRunner:
             "inter_op": spec.settings.inter_op,
             "cpus": list(spec.cores),
         }
-        return Measurement(spec.workload.batch_size, tuple(timed), tuple(warmup), facts, sum(steps))
+        facts["replicas"] = spec.replicas
+        return Measurement(spec.global_batch, tuple(timed), tuple(warmup), facts, sum(steps))

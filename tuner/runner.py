@@ -46,10 +46,23 @@ class TrialSpec:
     cores: tuple[int, ...]
     policy: MeasurementPolicy
     probe: bool = False  # also capture oneDNN's verbose runtime line (slows steps: never for timed trials)
+    device: str = "cpu"  # "gpu": one replica per GPU; the cores still run the host side
+    replicas: int = 1  # >1 on "cpu": the CPU split into logical devices (tests the multi-replica path)
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "gpu") or not 1 <= self.replicas <= 64:
+            raise ValueError(f"bad target: device {self.device!r}, {self.replicas} replicas")
+
+    @property
+    def global_batch(self) -> int:
+        return self.workload.batch_size * self.replicas
 
     def worker_spec(self) -> dict[str, Any]:
         """The JSON the worker receives: validated values only."""
         return {
+            "task": "measure",
+            "device": self.device,
+            "replicas": self.replicas,
             **self.settings.framework_calls(),
             "cores": list(self.cores),
             "model": self.workload.model,
@@ -61,9 +74,32 @@ class TrialSpec:
         }
 
 
+@dataclass(frozen=True)
+class TaskSpec:
+    """A worker task that is not a timed trial: ``flops`` (count the model's FLOPs per image) or ``matmul``
+    (a large fp32 matmul's GFLOP/s on ``cores``)."""
+
+    task: str
+    settings: Settings
+    cores: tuple[int, ...]
+    model: str = "resnet50"
+    timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.task not in ("flops", "matmul"):
+            raise ValueError(f"unknown worker task {self.task!r}")
+
+    def worker_spec(self) -> dict[str, Any]:
+        return {**self.settings.framework_calls(), "task": self.task, "cores": list(self.cores), "model": self.model}
+
+
 class Runner(Protocol):
     def run(self, spec: TrialSpec, on_step: StepCallback | None = None) -> Measurement:
         """Measure ``spec``; raise a ``WorkerError`` subclass on failure."""
+        ...
+
+    def compute(self, spec: TaskSpec) -> dict[str, Any]:
+        """Run a non-timed-trial task in a worker and return its result event."""
         ...
 
 
@@ -91,23 +127,70 @@ class SubprocessRunner:
         self.parent_env = dict(os.environ if parent_env is None else parent_env)
         self.lock = lock  # the host-wide measurement lock; tests of the runner's mechanics use their own
 
-    def argv(self, spec: TrialSpec, channel_fd: int) -> list[str]:
-        return [self.python, str(WORKER), "--channel-fd", str(channel_fd), "--spec", json.dumps(spec.worker_spec())]
+    def argv(self, worker_spec: dict[str, Any], channel_fd: int) -> list[str]:
+        return [self.python, str(WORKER), "--channel-fd", str(channel_fd), "--spec", json.dumps(worker_spec)]
 
     def run(self, spec: TrialSpec, on_step: StepCallback | None = None) -> Measurement:
+        started = time.monotonic()
+        result, env = self._locked(spec.worker_spec(), spec.settings, spec.cores, spec.policy.timeout_s, on_step)
+        timed = result.get("timed_seconds")
+        warmup = result.get("warmup_seconds")
+        if not isinstance(timed, list) or len(timed) != spec.policy.timed or not isinstance(warmup, list):
+            raise WorkerBadOutput(f"worker result has no {spec.policy.timed} timed steps", result.get("_tail", ""))
+        if not all(_positive(s) for s in timed + warmup):
+            raise WorkerBadOutput(
+                "worker result has step times that are not finite positive numbers", result.get("_tail", "")
+            )
+        loop = result.get("timed_wall_seconds", 0.0)
+        facts = {
+            k: v
+            for k, v in result.items()
+            if k not in ("event", "warmup_seconds", "timed_seconds", "timed_wall_seconds", "_tail")
+        }
+        facts["child_env"] = {k: v for k, v in env.items() if k not in ENV_ALLOWLIST}
+        return Measurement(
+            batch_size=spec.global_batch,
+            timed_seconds=tuple(timed),
+            warmup_seconds=tuple(warmup),
+            facts=facts,
+            wall_seconds=time.monotonic() - started,
+            timed_wall_seconds=float(loop) if _positive(loop) else 0.0,
+        )
+
+    def compute(self, spec: TaskSpec) -> dict[str, Any]:
+        result, _ = self._locked(spec.worker_spec(), spec.settings, spec.cores, spec.timeout_s, None)
+        result.pop("_tail", None)
+        return result
+
+    def _locked(
+        self,
+        worker_spec: dict[str, Any],
+        settings: Settings,
+        cores: tuple[int, ...],
+        timeout_s: float,
+        on_step: StepCallback | None,
+    ) -> tuple[dict[str, Any], dict[str, str]]:
         # One measurement at a time on this host: two tuners timing on the same cores would disturb both.
         with open(self.lock, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            return self._run(spec, on_step)
+            return self._execute(worker_spec, settings, cores, timeout_s, on_step)
 
-    def _run(self, spec: TrialSpec, on_step: StepCallback | None) -> Measurement:
-        env = spec.settings.environ(self.parent_env)
+    def _execute(
+        self,
+        worker_spec: dict[str, Any],
+        settings: Settings,
+        cores: tuple[int, ...],
+        timeout_s: float,
+        on_step: StepCallback | None,
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """Start the worker, read its channel, and return its validated result event and the environment."""
+        env = settings.environ(self.parent_env)
         read_fd, write_fd = os.pipe()
         started = time.monotonic()
         with tempfile.TemporaryFile() as log:
             try:
                 process = subprocess.Popen(
-                    self.argv(spec, write_fd),
+                    self.argv(worker_spec, write_fd),
                     env=env,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
@@ -121,11 +204,11 @@ class SubprocessRunner:
             finally:
                 os.close(write_fd)
             try:
-                result = self._read(process, read_fd, started + spec.policy.timeout_s, on_step)
-                exit_note = self._wait(process, result is not None, started + spec.policy.timeout_s)
+                result = self._read(process, read_fd, started + timeout_s, on_step)
+                exit_note = self._wait(process, result is not None, started + timeout_s)
             except subprocess.TimeoutExpired:
                 kill_group(process)
-                raise WorkerTimeout(f"worker ran past {spec.policy.timeout_s:.0f} s", _tail(log)) from None
+                raise WorkerTimeout(f"worker ran past {timeout_s:.0f} s", _tail(log)) from None
             except WorkerError as error:
                 kill_group(process)
                 error.stderr_tail = error.stderr_tail or _tail(log)
@@ -133,18 +216,11 @@ class SubprocessRunner:
             finally:
                 kill_group(process)  # also reaps any grandchildren left in the group
                 os.close(read_fd)
-            result = self._check(process.returncode, result, log, spec)
-        facts = {k: v for k, v in result.items() if k not in ("event", "warmup_seconds", "timed_seconds")}
-        facts["child_env"] = {k: v for k, v in env.items() if k not in ENV_ALLOWLIST}
+            result = self._check(process.returncode, result, log, cores)
+            result["_tail"] = _tail(log)
         if exit_note:
-            facts["exit"] = exit_note
-        return Measurement(
-            batch_size=spec.workload.batch_size,
-            timed_seconds=tuple(result["timed_seconds"]),
-            warmup_seconds=tuple(result["warmup_seconds"]),
-            facts=facts,
-            wall_seconds=time.monotonic() - started,
-        )
+            result["exit"] = exit_note
+        return result, env
 
     @staticmethod
     def _wait(process: subprocess.Popen[bytes], has_result: bool, deadline: float) -> str:
@@ -185,8 +261,10 @@ class SubprocessRunner:
                     return event  # the last message; do not wait for EOF from a worker hanging at exit
 
     @staticmethod
-    def _check(returncode: int, result: dict[str, Any] | None, log: IO[bytes], spec: TrialSpec) -> dict[str, Any]:
-        """Turn the exit status and the result into typed errors, or the validated result."""
+    def _check(
+        returncode: int, result: dict[str, Any] | None, log: IO[bytes], cores: tuple[int, ...]
+    ) -> dict[str, Any]:
+        """Turn the exit status and the result into typed errors, or the result."""
         if returncode < 0 and result is None:
             name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
             raise WorkerCrashed(f"worker killed by {name}", _tail(log))
@@ -194,15 +272,9 @@ class SubprocessRunner:
             raise WorkerExited(f"worker exited with status {returncode}", _tail(log))
         if result is None:
             raise WorkerBadOutput("worker exited without a result on its channel", _tail(log))
-        timed = result.get("timed_seconds")
-        warmup = result.get("warmup_seconds")
-        if not isinstance(timed, list) or len(timed) != spec.policy.timed or not isinstance(warmup, list):
-            raise WorkerBadOutput(f"worker result has no {spec.policy.timed} timed steps", _tail(log))
-        if not all(_positive(s) for s in timed + warmup):
-            raise WorkerBadOutput("worker result has step times that are not finite positive numbers", _tail(log))
-        if result.get("cpus") != sorted(spec.cores):
+        if result.get("cpus") != sorted(cores):
             raise WorkerBadOutput(
-                f"worker ran on CPUs {result.get('cpus')}, not the requested {sorted(spec.cores)}", _tail(log)
+                f"worker ran on CPUs {result.get('cpus')}, not the requested {sorted(cores)}", _tail(log)
             )
         return result
 

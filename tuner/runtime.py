@@ -27,7 +27,18 @@ ENVS_DIR = ROOT / ".envs"
 OPENMP_KNOBS = ("OMP_NUM_THREADS", "KMP_BLOCKTIME", "KMP_AFFINITY")
 MANIFEST = "tuner-env.json"  # written when an environment's build has finished
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-KEYS = {"name", "description", "framework", "space", "environment", "packages", "python", "machines", "honours"}
+KEYS = {
+    "name",
+    "label",
+    "description",
+    "framework",
+    "space",
+    "environment",
+    "packages",
+    "python",
+    "machines",
+    "honours",
+}
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,7 @@ class Runtime:
     machines: tuple[str, ...] = ()
     framework: str = "tensorflow"
     path: Path = field(default=Path(), compare=False)
+    label: str = ""  # how the benchmark table names it, like the reference table's first column
 
     @property
     def env_dir(self) -> Path | None:
@@ -116,7 +128,7 @@ def load(name: str) -> Runtime:
     bad = [knob for knob in honours if knob not in KNOBS]
     if bad:
         raise UsageError(f"{path}: honours: unknown knob {bad[0]!r}")
-    for key in ("name", "description", "space", "environment", "framework"):
+    for key in ("name", "label", "description", "space", "environment", "framework"):
         if not isinstance(data.get(key, ""), str):
             raise UsageError(f"{path}: {key}: must be a string")
     environment = data.get("environment", "")
@@ -133,6 +145,7 @@ def load(name: str) -> Runtime:
         machines=_strings(path, "machines", data.get("machines", [])),
         framework=data.get("framework", "tensorflow"),
         path=path,
+        label=data.get("label", "") or data.get("name", name),
     )
 
 

@@ -260,9 +260,14 @@ class StudyRun:
         trial.set_user_attr("measurement", measurement.to_dict())
         return measurement.images_per_sec
 
-    def search(self, deadline: float | None) -> None:
+    def sampled(self) -> list[FrozenTrial]:
+        """Complete trials of settings the sampler proposed (not baselines)."""
+        return [t for t in self.measured() if "baseline" not in t.user_attrs]
+
+    def search(self, deadline: float | None, stop_at: float | None = None) -> None:
         """Run trials until enough are complete, the space is exhausted, or only the time that confirmation
-        needs is left before ``deadline`` (the end of the study's budget)."""
+        needs is left before ``deadline`` (the end of the study's budget). Past ``stop_at`` (a soft end,
+        which leaves the rest to a longer benchmark) it stops once one sampled setting is measured."""
         cfg = self.config
         size = cfg.space.size(len(cfg.cores))
         failures = skips = 0
@@ -275,11 +280,15 @@ class StudyRun:
             if (
                 deadline is not None
                 and self._baselines_done()
+                and (stop_at is None or self.sampled())  # with a soft end: one sampled setting at least
                 and self.clock() + self._confirm_cost(MIN_ROUNDS) >= deadline
             ):
                 self.progress(
                     f"search ends after {len(measured)} complete trials: the rest of the budget is confirmation's"
                 )
+                break
+            if stop_at is not None and self.clock() >= stop_at and self._baselines_done() and self.sampled():
+                self.progress(f"search ends after {len(measured)} complete trials: its share of the budget is spent")
                 break
             if skips >= MAX_SKIPS_IN_A_ROW:
                 self.progress(f"sampler proposed only measured settings {skips} times: search ends")
@@ -337,13 +346,14 @@ class StudyRun:
                 chosen[f"trial {trial.number}"] = Candidate(f"trial {trial.number}", settings)
         return list(chosen.values())
 
-    def confirm(self, deadline: float | None) -> Verdict:
+    def confirm(self, deadline: float | None, rounds: int | None = None) -> Verdict:
+        """Confirm the candidates for ``rounds`` rounds, or as many as fit before ``deadline`` (at least 3)."""
         candidates = self.candidates()
         if DEFAULT not in {c.name for c in candidates}:
             raise TunerError(
                 f"study {self.config.name}: the tf-default baseline has no complete trial to confirm against"
             )
-        rounds = self._rounds(len(candidates), deadline)
+        rounds = rounds or self._rounds(len(candidates), deadline)
         key = [c.name for c in candidates]
         stored = self.study.user_attrs.get("confirmation", {})
         done = stored.get("rates", {}) if stored.get("candidates") == key else {}
@@ -384,6 +394,17 @@ class StudyRun:
         extra_steps = self.config.confirm_policy.timed - self.config.policy.timed
         step = statistics.median(t.user_attrs["measurement"]["median_step_seconds"] for t in measured)
         return statistics.median(walls) + max(0, extra_steps) * float(step)
+
+    def cost_model(self) -> tuple[float, float] | None:
+        """(seconds per run outside the counted steps, seconds per step), from the measured search trials:
+        what planning a longer benchmark of these settings needs. None before any trial."""
+        measured = [t for t in self.measured() if "trial_seconds" in t.user_attrs]
+        if not measured:
+            return None
+        wall = statistics.median(float(t.user_attrs["trial_seconds"]) for t in measured)
+        step = statistics.median(float(t.user_attrs["measurement"]["median_step_seconds"]) for t in measured)
+        steps = self.config.policy.warmup + self.config.policy.timed
+        return max(0.0, wall - steps * step), step
 
     def _confirm_cost(self, rounds: int) -> float:
         configs = len(self.config.space.data.get("baselines", {})) + self.config.candidates

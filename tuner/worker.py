@@ -9,19 +9,23 @@ the ``tuner`` package. The parent starts it as a script with explicit argv::
 Every event goes to the dedicated channel (file descriptor N) as one JSON object per line: ``start``, one
 ``step`` per warm-up and timed step (so the parent can prune mid-trial), and a final ``result`` with raw
 step times and what the runtime really applied, read back from it rather than echoed from the request.
+
+Tasks (``"task"`` in the spec): ``measure`` (default: time train or infer steps, on one CPU replica or
+several through ``tf.distribute.MirroredStrategy``), ``flops`` (count the model's FLOPs per image from its
+graphs) and ``matmul`` (a large fp32 matmul's GFLOP/s on the same core set: the hardware yardstick).
 """
 
 from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import json
 import os
 import platform
 import re
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 IMAGE_SHAPES = {"resnet50": (224, 224, 3), "tiny": (32, 32, 3)}
@@ -61,34 +65,83 @@ def build_model(name: str, data_format: str) -> Any:
     )
 
 
-def build_step(tf: Any, model: Any, mode: str, batch: int, name: str) -> Callable[[], float]:
-    """A compiled train or infer step on synthetic data made once, outside the timed loop."""
+def build_step(tf: Any, model: Any, mode: str, batch: int, name: str, strategy: Any = None) -> Any:
+    """A compiled (``tf.function``) train or infer step on synthetic data made once, outside the timed loop.
+
+    With a ``tf.distribute`` strategy each replica gets its own ``batch`` (global batch = batch x replicas),
+    gradients are all-reduced by the optimizer, and the step returns the summed loss over replicas.
+    """
     shape = (batch, *model.input_shape[1:])
-    images = tf.random.uniform(shape, dtype=tf.float32, seed=1)
-    labels = tf.random.uniform((batch,), maxval=CLASSES[name], dtype=tf.int32, seed=2)
-    if mode == "infer":
 
-        def forward() -> Any:
-            return tf.reduce_sum(model(images, training=False))
-
-        infer = tf.function(forward)
-
-        return lambda: float(infer().numpy())
+    def make_inputs(_context: Any = None) -> tuple[Any, Any]:
+        images = tf.random.uniform(shape, dtype=tf.float32, seed=1)
+        labels = tf.random.uniform((batch,), maxval=CLASSES[name], dtype=tf.int32, seed=2)
+        return images, labels
 
     import keras
 
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=name == "tiny")
-    optimizer = keras.optimizers.SGD(learning_rate=0.01)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=name == "tiny", reduction="none")
+    replicas = 1 if strategy is None else strategy.num_replicas_in_sync
+    if strategy is None:
+        inputs = make_inputs()
+    else:
+        inputs = strategy.experimental_distribute_values_from_function(make_inputs)
+        with strategy.scope():
+            optimizer = keras.optimizers.SGD(learning_rate=0.01)
+    if strategy is None:
+        optimizer = keras.optimizers.SGD(learning_rate=0.01)
 
-    def update() -> Any:
+    def forward(batch_inputs: tuple[Any, Any]) -> Any:
+        return tf.reduce_sum(model(batch_inputs[0], training=False))
+
+    def update(batch_inputs: tuple[Any, Any]) -> Any:
+        images, labels = batch_inputs
         with tf.GradientTape() as tape:
-            loss = loss_fn(labels, model(images, training=True))
+            per_example = loss_fn(labels, model(images, training=True))
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=batch * replicas)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return loss
 
-    train = tf.function(update)
-    return lambda: float(train().numpy())
+    body = forward if mode == "infer" else update
+
+    def one_step() -> Any:
+        if strategy is None:
+            return body(inputs)
+        return strategy.reduce("SUM", strategy.run(body, args=(inputs,)), axis=None)
+
+    return tf.function(one_step)
+
+
+def make_strategy(tf: Any, device: str, replicas: int) -> Any:
+    """None for one CPU replica; else a MirroredStrategy over GPUs, or over the CPU split into logical
+    devices (how the multi-replica path is tested without a GPU). Must run before TensorFlow initialises."""
+    if device == "cpu" and replicas == 1:
+        return None
+    if device == "cpu":
+        cpus = tf.config.list_physical_devices("CPU")
+        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * replicas)
+        names = [d.name for d in tf.config.list_logical_devices("CPU")][:replicas]
+    else:
+        gpus = tf.config.list_physical_devices("GPU")
+        if len(gpus) < replicas:
+            raise SystemExit(f"asked for {replicas} GPUs, TensorFlow sees {len(gpus)}")
+        names = [f"/gpu:{i}" for i in range(replicas)]
+    return tf.distribute.MirroredStrategy(devices=names)
+
+
+def count_flops(tf: Any, model: Any, name: str) -> dict[str, float]:
+    """FLOPs per image of the forward pass and of one training step, counted from their graphs by
+    TensorFlow's profiler (registered per-op statistics: convolutions, their gradients, matmuls)."""
+    from tensorflow.python.profiler.model_analyzer import profile
+    from tensorflow.python.profiler.option_builder import ProfileOptionBuilder
+
+    options = ProfileOptionBuilder(ProfileOptionBuilder.float_operation()).with_empty_output().build()
+    counted = {}
+    for mode in ("infer", "train"):
+        graph = build_step(tf, model, mode, 1, name).get_concrete_function().graph
+        counted[mode] = float(profile(graph=graph, options=options).total_float_ops)
+    return counted
 
 
 def runtime_facts(tf: Any) -> dict[str, Any]:
@@ -107,6 +160,7 @@ def runtime_facts(tf: Any) -> dict[str, Any]:
         "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
         "threads": len(os.listdir("/proc/self/task")),
         "cpus": sorted(os.sched_getaffinity(0)),
+        "gpus": len(tf.config.list_physical_devices("GPU")),
         "python": platform.python_version(),
         "pid": os.getpid(),
     }
@@ -190,23 +244,40 @@ def run(spec: dict[str, Any], channel: Channel) -> None:
 
     tf.config.threading.set_intra_op_parallelism_threads(spec["intra_op"])
     tf.config.threading.set_inter_op_parallelism_threads(spec["inter_op"])
+    task = spec.get("task", "measure")
+    if task == "matmul":
+        channel.send("result", **matmul_peak(tf, spec), **runtime_facts(tf))
+        return
+    strategy = make_strategy(tf, spec.get("device", "cpu"), spec.get("replicas", 1))
     imported = time.perf_counter()
-    model = build_model(spec["model"], spec["data_format"])
-    step = build_step(tf, model, spec["mode"], spec["batch_size"], spec["model"])
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = build_model(spec["model"], spec["data_format"])
+    if task == "flops":
+        channel.send("result", flops_per_image=count_flops(tf, model, spec["model"]), **runtime_facts(tf))
+        return
+    compiled = build_step(tf, model, spec["mode"], spec["batch_size"], spec["model"], strategy)
+
+    def step() -> float:
+        return float(compiled().numpy())
+
     built = time.perf_counter()
     step()  # the first call traces and optimises the graph: timed apart, never counted
     first = time.perf_counter() - built
     channel.send("traced", seconds=first)
     times: dict[str, list[float]] = {"warmup": [], "timed": []}
+    loop_started = 0.0
     for phase in ("warmup", "timed"):
+        loop_started = time.perf_counter()  # ends as the start of the timed loop
         for index in range(spec[phase]):
             begin = time.perf_counter()
             step()
             seconds = time.perf_counter() - begin
             times[phase].append(seconds)
             channel.send("step", phase=phase, index=index, seconds=seconds)
+    timed_wall = time.perf_counter() - loop_started  # the timed loop's wall time, as tf_cnn_benchmarks counts
     facts = runtime_facts(tf)
     facts.update(openmp_facts(), thread_cpus=thread_cpus())
+    facts.update(replicas=1 if strategy is None else strategy.num_replicas_in_sync)
     if probe_log is not None:
         import ctypes
 
@@ -219,8 +290,26 @@ def run(spec: dict[str, Any], channel: Channel) -> None:
         first_step_seconds=first,
         warmup_seconds=times["warmup"],
         timed_seconds=times["timed"],
+        timed_wall_seconds=timed_wall,
     )
     channel.send("result", **facts)
+
+
+def matmul_peak(tf: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """GFLOP/s of a large fp32 matmul on this core set: the yardstick for how close a model gets to the
+    hardware. One untimed call, then ``timed`` calls; the best is the peak, the median its typical value."""
+    size = int(spec.get("size", 4096))
+    a = tf.random.uniform((size, size), dtype=tf.float32, seed=1)
+    b = tf.random.uniform((size, size), dtype=tf.float32, seed=2)
+    product = tf.function(lambda: tf.reduce_sum(tf.linalg.matmul(a, b)))
+    product().numpy()
+    seconds = []
+    for _ in range(int(spec.get("timed", 5))):
+        begin = time.perf_counter()
+        product().numpy()
+        seconds.append(time.perf_counter() - begin)
+    flops = 2.0 * size**3
+    return {"size": size, "matmul_seconds": seconds, "gflops": [flops / s / 1e9 for s in seconds]}
 
 
 def main(argv: list[str] | None = None) -> int:

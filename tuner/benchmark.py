@@ -1,0 +1,295 @@
+"""The full benchmark, with tf_cnn_benchmarks' conventions, and the records it stores.
+
+A benchmark measures named settings (tf-default, heuristic, tuned, or any ``--settings`` string) on one
+target: a runtime, a device (the CPU on a core set, or one replica per GPU) and a workload. Warm-up batches
+are run and not counted, then timed batches; images/sec = timed batches x batch size / wall time of the
+timed loop, summed over rounds when a benchmark is split into interleaved rounds (A B C A B C ...: drift
+then hits every setting alike). Step time is its inverse per image (ms/image, as the reference table
+prints it); the spread of per-step rates is kept beside it.
+
+Records are stored in the study storage as trials of one Optuna study, ``BENCH_STUDY``: a complete trial
+per measured record (its value the headline figure, the record in its user attributes), a failed one per
+skipped target with its reason. ``tuner table`` reads them and never measures. Two yardsticks are stored
+the same way: the model's FLOPs per image, counted from its graph, and a large matmul's GFLOP/s per core
+set, so every CPU row can say how close it comes to what the hardware can do.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import statistics
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from tuner import __version__
+from tuner.errors import TunerError
+from tuner.measurement import Measurement, median_abs_deviation
+from tuner.policy import MeasurementPolicy
+from tuner.runner import Runner, TaskSpec, TrialSpec
+from tuner.settings import Settings
+from tuner.signature import CpuSignature
+from tuner.workload import Workload
+
+BENCH_STUDY = "tuner-benchmarks"
+CPU_BATCH = 32
+GPU_BATCH = 64  # per GPU, as the reference table
+FULL_WARMUP = 10
+FULL_TIMED = 100
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a benchmark runs: ``cores`` always (the host side of a GPU run too); ``replicas`` > 1 splits
+    the work with MirroredStrategy, one replica per GPU (or per logical CPU device, to test that path)."""
+
+    runtime: str
+    workload: Workload
+    cores: tuple[int, ...]
+    device: str = "cpu"
+    replicas: int = 1
+
+    def describe(self) -> str:
+        where = f"{len(self.cores)} cores" if self.device == "cpu" else f"{self.replicas} GPU"
+        if self.device == "cpu" and self.replicas > 1:
+            where += f" as {self.replicas} replicas"
+        return f"{self.runtime} {self.workload.model} {self.workload.mode} on {where}"
+
+    def key(self) -> dict[str, Any]:
+        return {
+            "runtime": self.runtime,
+            "device": self.device,
+            "cores": len(self.cores),
+            "core_set": list(self.cores),
+            "gpus": self.replicas if self.device == "gpu" else 0,
+            "replicas": self.replicas,
+            "model": self.workload.model,
+            "mode": self.workload.mode,
+            "batch_size": self.workload.batch_size,
+            "global_batch": self.workload.batch_size * self.replicas,
+        }
+
+
+def policy(
+    warmup: int = FULL_WARMUP, timed: int = FULL_TIMED, rounds: int = 1, step_s: float = 60.0
+) -> MeasurementPolicy:
+    """A benchmark policy; its timeout allows ``step_s`` per batch plus start-up and tracing."""
+    return MeasurementPolicy("full", warmup, timed, timeout_s=900.0 + (warmup + timed) * step_s, rounds=rounds)
+
+
+def memory_gib() -> float:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def provenance(signature: CpuSignature) -> dict[str, Any]:
+    """Where and when: stored on every record."""
+    return {
+        "cpu": signature.to_dict(),
+        "memory_gib": memory_gib(),
+        "host": socket.gethostname(),
+        "measured": _now(),
+        "tool_version": __version__,
+    }
+
+
+def make_record(
+    target: Target,
+    label: str,
+    settings: Settings,
+    runs: Sequence[Measurement],
+    signature: CpuSignature,
+    run_id: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One benchmark record from the rounds measured for ``label`` on ``target``."""
+    if not runs:
+        raise ValueError(f"no runs to make a record of {label}")
+    images = sum(len(m.timed_seconds) * m.batch_size for m in runs)
+    loop = math.fsum(m.loop_seconds for m in runs)
+    rates = [rate for m in runs for rate in m.rates]
+    mean = statistics.mean(rates)
+    facts = runs[0].facts
+    images_per_sec = images / loop
+    return {
+        "kind": "benchmark",
+        **target.key(),
+        "label": label,
+        "settings": settings.params(),
+        "settings_text": settings.label(),
+        "images_per_sec": images_per_sec,
+        "ms_per_image": 1000.0 / images_per_sec,
+        "step_seconds": statistics.median(s for m in runs for s in m.timed_seconds),
+        "rate_median": statistics.median(rates),
+        "rate_jitter": 1.4826 * median_abs_deviation(rates),
+        "rate_cv": statistics.stdev(rates) / mean if len(rates) > 1 else 0.0,
+        "rounds": len(runs),
+        "warmup": len(runs[0].warmup_seconds),
+        "timed": len(runs[0].timed_seconds),
+        "round_rates": [m.rates for m in runs],
+        "round_images_per_sec": [m.loop_images_per_sec for m in runs],
+        "framework_version": facts.get("framework_version"),
+        "onednn": facts.get("onednn"),
+        "openmp": facts.get("openmp"),
+        "run_id": run_id,
+        **provenance(signature),
+        **(extra or {}),
+    }
+
+
+def skip_record(target: Target, reason: str, signature: CpuSignature) -> dict[str, Any]:
+    return {"kind": "benchmark", **target.key(), "label": "", "skipped": reason, **provenance(signature)}
+
+
+# -- storage ------------------------------------------------------------------------------------------
+
+
+def _study(storage: optuna.storages.BaseStorage) -> optuna.Study:
+    study = optuna.create_study(storage=storage, study_name=BENCH_STUDY, direction="maximize", load_if_exists=True)
+    if "tuner_benchmarks" not in study.user_attrs:
+        study.set_user_attr("tuner_benchmarks", 1)
+    return study
+
+
+def store(storage: optuna.storages.BaseStorage, record: dict[str, Any]) -> None:
+    """Add one record as one trial: a single insert, so a crash never leaves half a record."""
+    skipped = "skipped" in record
+    value = None if skipped else float(record.get("value", record.get("images_per_sec", 0.0)))
+    trial = optuna.trial.create_trial(
+        state=TrialState.FAIL if skipped else TrialState.COMPLETE,
+        value=value,
+        user_attrs={"record": record},
+    )
+    _study(storage).add_trial(trial)
+
+
+def records(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
+    """Every stored record, oldest first; none if no benchmark was ever stored."""
+    names = {s.study_name for s in storage.get_all_studies()}
+    if BENCH_STUDY not in names:
+        return []
+    study = optuna.load_study(study_name=BENCH_STUDY, storage=storage)
+    return [t.user_attrs["record"] for t in study.get_trials(deepcopy=False) if "record" in t.user_attrs]
+
+
+# -- measuring ----------------------------------------------------------------------------------------
+
+
+def measure(
+    runner: Runner,
+    target: Target,
+    named: Sequence[tuple[str, Settings]],
+    bench: MeasurementPolicy,
+    progress: Progress = lambda line: None,
+) -> dict[str, list[Measurement]]:
+    """Measure every named setting for ``bench.rounds`` interleaved rounds, order rotated each round."""
+    runs: dict[str, list[Measurement]] = {label: [] for label, _ in named}
+    for round_ in range(bench.rounds):
+        shift = round_ % len(named)
+        for label, settings in [*named[shift:], *named[:shift]]:
+            spec = TrialSpec(
+                settings, target.workload, target.cores, bench, device=target.device, replicas=target.replicas
+            )
+            measurement = runner.run(spec)
+            runs[label].append(measurement)
+            progress(
+                f"round {round_ + 1}/{bench.rounds} {label}: {measurement.loop_images_per_sec:.2f} img/s "
+                f"({len(measurement.timed_seconds)} timed batches, cv {measurement.cv:.1%})"
+            )
+    return runs
+
+
+def flops_per_image(
+    storage: optuna.storages.BaseStorage,
+    runner: Runner,
+    model: str,
+    settings: Settings,
+    cores: tuple[int, ...],
+    signature: CpuSignature,
+) -> dict[str, float]:
+    """FLOPs per image for inference and one training step, counted once per model and stored."""
+    for record in records(storage):
+        if record.get("kind") == "flops" and record.get("model") == model:
+            return {mode: float(v) for mode, v in record["flops_per_image"].items()}
+    result = runner.compute(TaskSpec("flops", settings, cores, model=model))
+    counted = result.get("flops_per_image")
+    if not isinstance(counted, dict) or not all(
+        isinstance(counted.get(mode), (int, float)) and counted[mode] > 0 for mode in ("infer", "train")
+    ):
+        raise TunerError(f"the FLOP count of {model} came back malformed: {counted!r}")
+    flops = {mode: float(counted[mode]) for mode in ("infer", "train")}
+    store(
+        storage,
+        {
+            "kind": "flops",
+            "model": model,
+            "flops_per_image": flops,
+            "value": flops["infer"],
+            "framework_version": result.get("framework_version"),
+            "counted_by": "tf.profiler float_operation over the step's graph at batch 1",
+            **provenance(signature),
+        },
+    )
+    return flops
+
+
+def matmul_peak(
+    storage: optuna.storages.BaseStorage,
+    runner: Runner,
+    runtime: str,
+    settings: Settings,
+    cores: tuple[int, ...],
+    signature: CpuSignature,
+) -> float:
+    """Best GFLOP/s of a 4096x4096 fp32 matmul in ``runtime`` on ``cores``, measured once and stored."""
+    for record in records(storage):
+        if (
+            record.get("kind") == "matmul"
+            and record.get("runtime") == runtime
+            and record.get("cores") == len(cores)
+            and record.get("cpu", {}).get("id") == signature.id
+        ):
+            return float(record["peak_gflops"])
+    result = runner.compute(TaskSpec("matmul", settings, cores))
+    gflops = result.get("gflops")
+    if not isinstance(gflops, list) or not gflops or not all(isinstance(g, (int, float)) and g > 0 for g in gflops):
+        raise TunerError(f"the matmul yardstick came back malformed: {gflops!r}")
+    peak = float(max(gflops))
+    store(
+        storage,
+        {
+            "kind": "matmul",
+            "runtime": runtime,
+            "cores": len(cores),
+            "core_set": list(cores),
+            "size": result.get("size"),
+            "gflops": gflops,
+            "peak_gflops": peak,
+            "value": peak,
+            "framework_version": result.get("framework_version"),
+            **provenance(signature),
+        },
+    )
+    return peak
+
+
+def new_run_id() -> str:
+    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"

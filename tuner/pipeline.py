@@ -1,0 +1,318 @@
+"""The main job, ``tuner run``: for each runtime and core count, tune train and infer, benchmark, tabulate.
+
+One wall-time budget covers everything (environment set-up, probes, yardsticks, every study). Each study
+gets a share of the time still left, weighted by what its steps cost (training about three inference
+steps; one core about twice two cores), so a study that overruns takes from the ones after it, not from
+the budget. Within a study: the search (baselines first) gets about half its share; the rest is the
+benchmark, which is also the confirmation: tf-default, the heuristic, the other baselines and the best
+sampled setting measured in interleaved rounds, with as many timed batches as the share allows (the full
+10 + 100 when it fits). The verdict, with its 95% interval, comes from those rounds; the benchmark records
+are made from the same runs. Everything is stored as it is measured, so the same command resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from tuner.benchmark import FULL_TIMED, FULL_WARMUP, Target, make_record, matmul_peak, records, skip_record, store
+from tuner.benchmark import flops_per_image as count_flops
+from tuner.benchmark import policy as bench_policy
+from tuner.confirm import DEFAULT
+from tuner.envs import create as create_env
+from tuner.errors import TunerError
+from tuner.measurement import Measurement
+from tuner.policy import BURST, CONFIRM, MeasurementPolicy
+from tuner.probe import fixed_knobs, probe
+from tuner.runner import Runner, SubprocessRunner
+from tuner.runtime import MANIFEST, Runtime
+from tuner.settings import Settings
+from tuner.signature import CpuSignature
+from tuner.space import SearchSpace
+from tuner.space import load as load_space
+from tuner.study import StudyConfig, StudyRun
+from tuner.topology import core_set
+from tuner.workload import Workload
+
+Log = Callable[[str], None]
+MODE_WEIGHT = {"train": 3.0, "infer": 1.0}  # a train step costs about three inference steps
+SEARCH_SHARE = 0.5  # of a study's share: the search's; the rest goes to the benchmark-confirmation
+MIN_TIMED = 3
+BUDGET_SLACK = 0.05
+TUNED = "tuned"
+
+
+def plan_benchmark(time_left: float, configs: int, overhead_s: float, step_s: float) -> MeasurementPolicy:
+    """The longest benchmark that fits ``time_left`` for ``configs`` settings: three interleaved rounds if
+    at all possible (fewer cannot give a clear verdict), tf_cnn_benchmarks' 10 + 100 batches split over
+    them when that fits, else fewer timed batches, never fewer than ``MIN_TIMED`` per round."""
+    for rounds in (3, 2, 1):
+        per_run = time_left / (rounds * configs)
+        steps = math.floor((per_run - overhead_s) / max(step_s, 1e-9))
+        full_timed = math.ceil(FULL_TIMED / rounds)
+        if steps >= FULL_WARMUP + full_timed:
+            return bench_policy(FULL_WARMUP, full_timed, rounds, step_s=10 * step_s + 1)
+        warmup = min(FULL_WARMUP, max(2, steps // 5))
+        if steps - warmup >= MIN_TIMED:
+            return bench_policy(warmup, min(full_timed, steps - warmup), rounds, step_s=10 * step_s + 1)
+    return bench_policy(2, MIN_TIMED, 1, step_s=10 * step_s + 1)
+
+
+def study_records(
+    study: optuna.Study, target: Target, signature: CpuSignature
+) -> list[tuple[str, Settings, list[Measurement], dict[str, Any]]]:
+    """Benchmark records' parts from a study's stored confirmation runs: every baseline under its own name,
+    and the best sampled candidate as ``tuned``; each carries what the verdict recommends."""
+    confirmation = study.user_attrs.get("confirmation", {})
+    verdict = study.user_attrs.get("verdict", {})
+    runs: dict[str, list[Measurement]] = {}
+    for run in confirmation.get("runs", []):
+        runs.setdefault(run["candidate"], []).append(Measurement.from_dict(run["measurement"]))
+    params = verdict.get("params", {})
+    best = best_sampled(verdict)
+    recommended = verdict.get("recommended", DEFAULT)
+    recommended_label = TUNED if recommended == best else recommended
+    parts = []
+    for name, measured in runs.items():
+        if name not in params or (name.startswith("trial ") and name != best):
+            continue
+        label = TUNED if name == best else name
+        extra = {
+            "study": study.study_name,
+            "candidate": name,
+            "recommended": recommended_label,
+            "verdict": verdict.get("text"),
+        }
+        parts.append((label, Settings.from_params(params[name]), measured, extra))
+    return parts
+
+
+def best_sampled(verdict: dict[str, Any]) -> str | None:
+    """The confirmed sampled candidate ("trial N") with the highest median in a stored verdict."""
+    medians = verdict.get("images_per_sec", {})
+    sampled = [name for name in verdict.get("params", {}) if name.startswith("trial ") and name in medians]
+    return max(sampled, key=lambda name: medians[name], default=None)
+
+
+def tuned_settings(study: optuna.Study) -> Settings | None:
+    """The tuned settings of a study: its best confirmed sampled setting, else its best sampled trial."""
+    verdict = study.user_attrs.get("verdict", {})
+    best = best_sampled(verdict)
+    if best is not None:
+        return Settings.from_params(verdict["params"][best])
+    sampled = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if "baseline" not in t.user_attrs
+    ]
+    top = max(sampled, key=lambda t: t.value or 0.0, default=None)
+    return None if top is None else Settings.from_params(top.params)
+
+
+@dataclass
+class Job:
+    storage: optuna.storages.BaseStorage
+    signature: CpuSignature
+    runtimes: Sequence[Runtime]
+    counts: Sequence[int]
+    modes: Sequence[str]
+    budget_s: float | None
+    model: str = "resnet50"
+    batch_size: int = 32
+    seed: int = 0
+    create_envs: bool = True
+    runner: Runner | None = None  # tests pass a replaying fake; else one subprocess runner per runtime
+    log: Log = print
+    clock: Callable[[], float] = time.monotonic
+    notes: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    # -- preparation ------------------------------------------------------------------------------------
+
+    def _runner(self, runtime: Runtime) -> Runner:
+        return self.runner or SubprocessRunner(python=runtime.python())
+
+    def _ready(self, runtime: Runtime) -> bool:
+        """The runtime's environment exists, or is built now (its time counts against the budget)."""
+        if runtime.env_dir is None or (runtime.env_dir / MANIFEST).exists() or self.runner is not None:
+            return True
+        reason = runtime.installable()
+        if reason is not None:
+            self.notes.append(f"runtime {runtime.name} skipped: {reason}")
+            self.log(f"runtime {runtime.name} skipped: {reason}")
+            return False
+        if not self.create_envs:
+            self.notes.append(f"runtime {runtime.name} skipped: its environment is not created (tuner env create)")
+            return False
+        self.log(f"runtime {runtime.name}: creating its environment (counts against the budget)")
+        report = create_env(runtime, log=self.log)
+        self.log(report.line())
+        return True
+
+    def _baseline(self, space: SearchSpace, cores: int, name: str) -> Settings:
+        baselines = space.baselines(cores)
+        return Settings.from_params({**baselines.get(name, baselines[DEFAULT]), "data_format": "NHWC"})
+
+    # -- the job ----------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        started = self.clock()
+        # Plan against a little less than the budget: floors (every baseline measured, three short rounds)
+        # and the table at the end need some slack.
+        deadline = None if self.budget_s is None else started + self.budget_s * (1 - BUDGET_SLACK)
+        prepared: list[tuple[Runtime, SearchSpace, dict[str, Any], Runner]] = []
+        for runtime in self.runtimes:
+            try:
+                if not self._ready(runtime):
+                    continue
+                space = load_space(runtime.space, max(self.counts))
+                runner = self._runner(runtime)
+                facts = probe(runner, runtime, core_set(1), fixed_knobs(space))
+            except TunerError as error:
+                self._fail(f"runtime {runtime.name}", error)
+                continue
+            self.log(
+                f"probe: {runtime.name} runs TensorFlow {facts['framework_version']}, oneDNN "
+                f"{ {True: 'on', False: 'off'}.get(facts['onednn'], 'unknown') }, OpenMP {facts['openmp'] or 'none'}, "
+                f"{facts.get('gpus') or 0} GPU"
+            )
+            prepared.append((runtime, space, facts, runner))
+        if not prepared:
+            raise TunerError("no runtime could run here: " + "; ".join(self.notes + self.failures))
+        self._yardsticks(prepared)
+        cells = [(r, n, mode) for r in prepared for n in self.counts for mode in self.modes]
+        weights = [MODE_WEIGHT[mode] * max(self.counts) / n for _, n, mode in cells]
+        for index, ((runtime, space, facts, runner), n, mode) in enumerate(cells):
+            share = None
+            if deadline is not None:
+                share = max(0.0, deadline - self.clock()) * weights[index] / sum(weights[index:])
+            tag = f"{runtime.name} {mode} {n}c"
+            left = "" if deadline is None else f", {_minutes(deadline - self.clock())} of the budget left"
+            self.log(f"study {index + 1}/{len(cells)}: {tag}" + (f", share {_minutes(share)}" if share else "") + left)
+            try:
+                self._cell(runtime, space, facts, runner, n, mode, share)
+            except TunerError as error:
+                self._fail(tag, error)
+        self._gpu_rows([(runtime, facts) for runtime, _, facts, _ in prepared])
+        spent = self.clock() - started
+        over = (
+            ""
+            if self.budget_s is None or spent <= self.budget_s
+            else f" (over the budget by {spent - self.budget_s:.0f} s)"
+        )
+        self.log(f"job done in {spent:.0f} s{over}")
+
+    def _fail(self, what: str, error: TunerError) -> None:
+        self.failures.append(f"{what}: {error}")
+        self.log(f"{what} failed: {error}")
+
+    def _yardsticks(self, prepared: Sequence[tuple[Runtime, SearchSpace, dict[str, Any], Runner]]) -> None:
+        """FLOPs per image (once, from the first runtime's graph) and the matmul peak per runtime and cores."""
+        runtime, space, _, runner = prepared[0]
+        try:
+            flops = count_flops(
+                self.storage, runner, self.model, self._baseline(space, 1, DEFAULT), core_set(1), self.signature
+            )
+            self.log(
+                f"{self.model}: {flops['infer'] / 1e9:.2f} GFLOP/image inference, {flops['train'] / 1e9:.2f} training"
+            )
+        except TunerError as error:
+            self._fail("FLOP count", error)
+        for runtime, space, _, runner in prepared:
+            for n in self.counts:
+                try:
+                    peak = matmul_peak(
+                        self.storage,
+                        runner,
+                        runtime.name,
+                        self._baseline(space, n, "heuristic"),
+                        core_set(n),
+                        self.signature,
+                    )
+                    self.log(f"matmul peak, {runtime.name} on {n} cores: {peak:.0f} GFLOP/s")
+                except TunerError as error:
+                    self._fail(f"matmul peak {runtime.name} {n}c", error)
+
+    def _cell(
+        self,
+        runtime: Runtime,
+        space: SearchSpace,
+        facts: dict[str, Any],
+        runner: Runner,
+        n: int,
+        mode: str,
+        share: float | None,
+    ) -> None:
+        workload = Workload(self.model, mode, self.batch_size)
+        cores = core_set(n)
+        config = StudyConfig(
+            workload=workload,
+            cores=cores,
+            space=space,
+            signature=self.signature,
+            runtime=runtime.name,
+            python=getattr(runner, "python", ""),
+            trials=20,
+            budget_s=share,
+            policy=BURST,
+            confirm_policy=CONFIRM,
+            candidates=1,
+            seed=self.seed,
+            probe=facts,
+        )
+        tag = f"{runtime.name} {mode} {n}c"
+        run = StudyRun(
+            self.storage, config, runner, progress=lambda line: self.log(f"[{tag}] {line}"), clock=self.clock
+        )
+        start = self.clock()
+        end = None if share is None else start + share
+        run.search(end, stop_at=None if share is None else start + SEARCH_SHARE * share)
+        cost = run.cost_model()
+        configs = len(run.candidates())
+        if end is None or cost is None:
+            bench = bench_policy(rounds=3, timed=math.ceil(FULL_TIMED / 3))
+        else:
+            bench = plan_benchmark(end - self.clock(), configs, *cost)
+        self.log(
+            f"[{tag}] benchmark-confirmation: {configs} settings x {bench.rounds} rounds x "
+            f"({bench.warmup} warm-up + {bench.timed} timed batches)"
+        )
+        run.config = dataclasses.replace(run.config, confirm_policy=bench)
+        verdict = run.confirm(None, rounds=bench.rounds)
+        run.store_importances()
+        self.log(f"[{tag}] verdict: {verdict.text()}")
+        self._store_records(run.study, Target(runtime.name, workload, cores))
+
+    def _store_records(self, study: optuna.Study, target: Target) -> None:
+        stored = {(r.get("run_id"), r.get("label")) for r in records(self.storage) if r.get("kind") == "benchmark"}
+        runs = len(study.user_attrs.get("confirmation", {}).get("runs", []))
+        run_id = f"{study.study_name}:{runs}"  # the same confirmation runs always give the same records
+        for label, settings, measured, extra in study_records(study, target, self.signature):
+            if (run_id, label) not in stored:
+                store(self.storage, make_record(target, label, settings, measured, self.signature, run_id, extra))
+
+    def _gpu_rows(self, prepared: Sequence[tuple[Runtime, dict[str, Any]]]) -> None:
+        """GPU targets need a GPU that TensorFlow sees; otherwise each row is skipped with the reason."""
+        if any(facts.get("gpus") for _, facts in prepared):
+            self.notes.append("GPUs are visible: run `tuner benchmark --device gpu --gpus 1,2` for the GPU rows")
+            return
+        runtime = prepared[0][0]
+        seen = ", ".join(f"{r.name}: {f.get('gpus') or 0}" for r, f in prepared)
+        reason = f"no GPU visible to TensorFlow (GPUs seen per runtime: {seen})"
+        for mode in self.modes:
+            target = Target(runtime.name, Workload(self.model, mode, 64), core_set(max(self.counts)), "gpu", 1)
+            store(self.storage, skip_record(target, reason, self.signature))
+        self.log(f"GPU rows skipped: {reason}")
+
+
+def _minutes(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s"

@@ -1,0 +1,195 @@
+"""The reference table, rebuilt from stored benchmark records (never measured here), through pandas.
+
+One row per target (runtime, CPU and core count or GPUs, model, mode, batch size), with the reference
+table's columns first: runtime, CPU, memory, GPU, batch size, mode, images/sec (ms/image) with the
+recommended settings. Then tf-default, heuristic and tuned images/sec side by side, the tuned speedups
+(with a 95% interval where they were measured interleaved in rounds), the achieved GFLOP/s as a share of
+the matmul peak on the same core set, and the tuned settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from tuner.confirm import DEFAULT, HEURISTIC, bootstrap_ratio
+from tuner.errors import UsageError
+from tuner.runtime import load as load_runtime
+from tuner.runtime import names as runtime_names
+
+FORMATS = ("markdown", "csv", "html")
+TUNED = "tuned"
+MODE_NAMES = {"train": "train", "infer": "infer"}
+
+
+def _group_key(record: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        record.get("cpu", {}).get("id"),
+        record.get("runtime"),
+        record.get("device"),
+        record.get("cores"),
+        record.get("gpus"),
+        record.get("replicas"),
+        record.get("model"),
+        record.get("batch_size"),
+        record.get("mode"),
+    )
+
+
+def _runtime_label(name: str) -> str:
+    if name in runtime_names():
+        return load_runtime(name).label
+    return name
+
+
+def _ratio(top: dict[str, Any] | None, bottom: dict[str, Any] | None) -> str:
+    """Speedup of ``top`` over ``bottom``; with a 95% paired bootstrap interval when both were measured in
+    the same interleaved run with two rounds or more, else the plain ratio."""
+    if top is None or bottom is None:
+        return "-"
+    value = top["images_per_sec"] / bottom["images_per_sec"]
+    paired = top.get("run_id") == bottom.get("run_id") and min(top["rounds"], bottom["rounds"]) >= 2
+    if not paired:
+        return f"{value:.2f}x"
+    interval = bootstrap_ratio(top["round_rates"], bottom["round_rates"])
+    return f"{value:.2f}x [{interval.low:.2f}, {interval.high:.2f}]"
+
+
+def _rate(record: dict[str, Any] | None) -> str:
+    return "-" if record is None else f"{record['images_per_sec']:.2f}"
+
+
+def _share(record: dict[str, Any] | None, flops: dict[str, float] | None, peak: float | None) -> str:
+    if record is None or not flops or not peak or record.get("device") != "cpu":
+        return "-"
+    achieved = record["images_per_sec"] * flops[record["mode"]] / 1e9
+    return f"{achieved:.0f} ({achieved / peak:.0%})"
+
+
+def _recommended(group: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The record of the settings a confirmed verdict recommends (tf-default unless tuned clearly won)."""
+    tuned = group.get(TUNED)
+    if tuned is not None and tuned.get("recommended") == TUNED:
+        return tuned
+    return group.get(DEFAULT) or tuned or group.get(HEURISTIC)
+
+
+def build(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
+    """The table, and notes (skipped targets, what the columns mean) to print under it."""
+    flops = {r["model"]: r["flops_per_image"] for r in records if r.get("kind") == "flops"}
+    peaks: dict[tuple[Any, Any], float] = {}
+    for r in records:
+        if r.get("kind") == "matmul":
+            key = (r.get("cpu", {}).get("id"), r.get("cores"))
+            peaks[key] = max(peaks.get(key, 0.0), float(r["peak_gflops"]))
+    groups: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
+    skipped: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in sorted((r for r in records if r.get("kind") == "benchmark"), key=lambda r: r.get("measured", "")):
+        if "skipped" in r:
+            skipped[_group_key(r)] = r
+            continue
+        skipped.pop(_group_key(r), None)
+        groups.setdefault(_group_key(r), {})[r["label"]] = r  # the latest record of each label wins
+    rows = []
+    for key in sorted(groups, key=_sort_key):
+        group = groups[key]
+        any_record = next(iter(group.values()))
+        main = _recommended(group)
+        tuned = group.get(TUNED)
+        model = any_record["model"]
+        peak = peaks.get((key[0], any_record["cores"]))
+        gpu = any_record["gpus"] if any_record["device"] == "gpu" else 0
+        cpu = any_record.get("cpu", {})
+        rows.append(
+            {
+                "runtime": _runtime_label(any_record["runtime"]),
+                "CPU": f"{_cores(any_record['cores'])} ({cpu.get('model_name', '?')})",
+                "memory": f"{any_record.get('memory_gib', 0):.0f}G",
+                "GPU": gpu,
+                "batch size": any_record["global_batch"],
+                "mode": MODE_NAMES.get(any_record["mode"], any_record["mode"]),
+                "images/sec (ms/image)": "-"
+                if main is None
+                else f"{main['images_per_sec']:.2f} ({main['ms_per_image']:.2f}ms)",
+                "tf-default": _rate(group.get(DEFAULT)),
+                "heuristic": _rate(group.get(HEURISTIC)),
+                "tuned": _rate(tuned),
+                "tuned/tf-default": _ratio(tuned, group.get(DEFAULT)),
+                "tuned/heuristic": _ratio(tuned, group.get(HEURISTIC)),
+                "GFLOP/s tf-default (% peak)": _share(group.get(DEFAULT), flops.get(model), peak),
+                "GFLOP/s heuristic (% peak)": _share(group.get(HEURISTIC), flops.get(model), peak),
+                "GFLOP/s tuned (% peak)": _share(tuned, flops.get(model), peak),
+                "tuned settings": "-" if tuned is None else tuned["settings_text"],
+                "timed batches": _batches(main),
+                "recommended": "-" if main is None else main["label"],
+            }
+        )
+    notes = [
+        f"skipped: {r['runtime']} {r['mode']} on {r['gpus'] or r['replicas']} GPU: {r['skipped']}"
+        for r in skipped.values()
+    ]
+    for (cpu_id, cores), peak in sorted(peaks.items(), key=lambda item: (str(item[0][0]), item[0][1] or 0)):
+        notes.append(f"matmul peak (4096x4096 fp32, best runtime) on {cores} cores of CPU {cpu_id}: {peak:.0f} GFLOP/s")
+    for model, counted in sorted(flops.items()):
+        notes.append(
+            f"{model}: {counted['infer'] / 1e9:.3g} GFLOP per image for inference, {counted['train'] / 1e9:.3g} "
+            "for a training step (counted from the graphs)"
+        )
+    return pd.DataFrame(rows), notes
+
+
+def _batches(record: dict[str, Any] | None) -> str:
+    if record is None:
+        return "-"
+    return f"{record['rounds']}x({record['warmup']}+{record['timed']})"
+
+
+def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    cpu_id, runtime, device, cores, gpus, replicas, model, batch, mode = key
+    order = {"tensorflow-eigen": 0, "tensorflow": 1, "intel-tensorflow": 2}
+    return (
+        str(cpu_id),
+        device != "cpu",
+        order.get(runtime, 9),
+        str(runtime),
+        cores or 0,
+        gpus or 0,
+        replicas or 0,
+        str(model),
+        batch or 0,
+        mode != "train",
+    )
+
+
+def check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+
+
+def render(frame: pd.DataFrame, notes: Sequence[str], fmt: str) -> str:
+    check_format(fmt)
+    if frame.empty:
+        return "no benchmark results stored yet (run: tuner run, or tuner benchmark)"
+    if fmt == "csv":
+        return str(frame.to_csv(index=False)).rstrip("\n")
+    if fmt == "html":
+        items = "".join(f"<li>{_escape(note)}</li>" for note in notes)
+        return str(frame.to_html(index=False, escape=True)) + (f"\n<ul>{items}</ul>" if notes else "")
+    text = str(frame.to_markdown(index=False))
+    legend = (
+        "\nimages/sec: timed batches x batch size / wall time of the timed loop (tf_cnn_benchmarks); ms/image "
+        "is its inverse, as the reference table prints it. Speedups: 95% paired bootstrap interval where "
+        "measured interleaved in rounds. GFLOP/s: images/sec x FLOPs per image; % of the matmul peak on the "
+        "same cores. Timed batches: rounds x (warm-up + timed)."
+    )
+    return text + "\n" + legend + "".join(f"\n- {note}" for note in notes)
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _cores(count: int) -> str:
+    return f"{count} core" + ("" if count == 1 else "s")
