@@ -167,3 +167,83 @@ def test_env_list_names_every_runtime(capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out
     # Each runtime appears once, with its environment or how to create it.
     assert all(out.count(name) >= 1 for name in ("tensorflow ", "tensorflow-eigen", "intel-tensorflow"))
+
+
+RUN = ["run", "--model", "tiny", "--runtimes", "tensorflow,tensorflow-eigen", "--cores", "1", "--budget", "5m"]
+
+
+def test_run_prints_the_table_then_table_rereads_it_in_every_format(
+    tmp_path: Path, storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*RUN, "--storage", storage_url], runner=fake_runner()) == 0
+    out = capsys.readouterr().out
+    # The main job ends with the table: one row per runtime x mode, the reference's columns first.
+    rows = [line for line in out.splitlines() if line.startswith("| CPU (")]
+    assert len(rows) == 4, out
+    assert out.startswith("| runtime ") and "images/sec (ms/image)" in out
+    assert "no optimisation" in out and "CPU (oneDNN)" in out
+    # `tuner table` reads the same records back without measuring (no runner is given).
+    assert main(["table", "--storage", storage_url]) == 0
+    assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("| CPU (")] == rows
+    csv_path, html_path = tmp_path / "t.csv", tmp_path / "t.html"
+    assert main(["table", "--storage", storage_url, "--format", "csv", "--output", str(csv_path)]) == 0
+    assert main(["table", "--storage", storage_url, "--format", "html", "--output", str(html_path)]) == 0
+    # CSV: a header and four rows; HTML: a table element. Nothing partial is left beside them.
+    assert len(csv_path.read_text().strip().splitlines()) == 5
+    assert "<table" in html_path.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["studies.db", "t.csv", "t.html"]
+
+
+def test_benchmark_gpu_without_a_gpu_skips_with_the_reason_and_succeeds(
+    storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["benchmark", "--model", "tiny", "--device", "gpu", "--gpus", "1,2", "--cores", "1", "--mode", "train"]
+    assert main([*argv, "--storage", storage_url], runner=fake_runner()) == 0
+    out = capsys.readouterr().out
+    # One line per GPU count, each saying why it was skipped; no GPU measurement was attempted.
+    skipped = [line for line in out.splitlines() if "skipped" in line]
+    assert len(skipped) == 2 and all("sees 0 GPU" in line for line in skipped)
+    # The table lists the skipped targets as notes.
+    assert main(["table", "--storage", storage_url]) == 0
+    assert "skipped" in capsys.readouterr().out
+
+
+def test_benchmark_named_settings_and_a_settings_string(storage_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    runner = fake_runner()
+    argv = ["benchmark", "--model", "tiny", "--cores", "1", "--mode", "infer", "--warmup", "1", "--timed", "5"]
+    argv += ["--rounds", "2", "--settings", "tf-default", "--settings", "intra_op=1;inter_op=2"]
+    assert main([*argv, "--storage", storage_url], runner=runner) == 0
+    out = capsys.readouterr().out
+    # Two settings x two interleaved rounds, each run of 1 warm-up + 5 timed batches.
+    assert len(runner.calls) == 4 and all(c.policy.timed == 5 and c.policy.warmup == 1 for c in runner.calls)
+    assert [c.settings.inter_op for c in runner.calls] == [0, 2, 2, 0]
+    assert "tf-default:" in out and "custom intra_op=1;inter_op=2:" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["benchmark", "--settings", "tuned", "--cores", "1"], "no study"),
+        (["benchmark", "--settings", "intra_op=banana", "--cores", "1"], "intra_op"),
+        (["benchmark", "--cores", "999"], "cores"),
+        (["benchmark", "--model", "vgg"], "vgg"),
+        (["table", "--format", "xlsx"], "--format"),
+        (["run", "--runtimes", "nonesuch"], "nonesuch"),
+        (["run", "--budget", "soon"], "budget"),
+    ],
+)
+def test_bad_benchmark_table_and_run_input_is_one_line(
+    argv: list[str], expected: str, storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*argv, "--storage", storage_url], runner=fake_runner()) == 1
+    # One line naming what is wrong, and no measurement was taken.
+    assert expected in one_error_line(capsys.readouterr().err)
+
+
+def test_table_on_a_missing_storage_is_one_line_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'none.db'}"
+    assert main(["table", "--storage", url]) == 1
+    assert "does not exist" in one_error_line(capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []

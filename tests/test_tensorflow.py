@@ -95,3 +95,36 @@ def test_one_real_resnet50_inference_burst() -> None:
     assert m.facts["cpus"] == list(cores)
     # Sanity bounds only (the machine is shared): a 224x224 ResNet-50 batch takes between 0.05 s and 60 s.
     assert 0.05 < m.median_step_seconds < 60
+
+
+@pytest.mark.parametrize("mode", ["train", "infer"])
+def test_multi_replica_path_on_logical_cpu_devices(tmp_path: Path, mode: str) -> None:
+    """The GPU code path (MirroredStrategy, one replica per device, batch per replica) on the CPU split into
+    two logical devices, through the real CLI: what `tuner benchmark --device gpu` runs, minus the GPUs."""
+    from tuner import benchmark
+    from tuner.cli import main
+    from tuner.storage import open_storage
+
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    argv = ["benchmark", "--model", "tiny", "--cores", str(min(2, len(CORES))), "--mode", mode, "--replicas", "2"]
+    argv += ["--batch-size", "8", "--warmup", "1", "--timed", "3", "--settings", "tf-default", "--storage", url]
+    assert main(argv) == 0
+    (record,) = benchmark.records(open_storage(url, create=False))
+    # Two replicas of 8: the global batch is 16 and the rate counts all 16 images of each step.
+    assert record["replicas"] == 2 and record["global_batch"] == 16 and record["batch_size"] == 8
+    rates = record["round_rates"][0]
+    assert len(rates) == 3 and record["images_per_sec"] > 0
+    # The strategy really ran two replicas in sync (read back from TensorFlow, not echoed).
+    assert record["replicas_in_sync"] == 2
+
+
+def test_flops_and_matmul_tasks_measure_from_the_graph_and_the_hardware() -> None:
+    from tuner.runner import TaskSpec
+
+    runner = SubprocessRunner()
+    flops = runner.compute(TaskSpec("flops", Settings(), tuple(CORES[:1]), model="tiny"))["flops_per_image"]
+    # Counted from the graphs: a training step (forward, two gradient passes) costs two to four forwards.
+    assert flops["infer"] > 1e5 and 2 * flops["infer"] < flops["train"] < 4 * flops["infer"]
+    peak = runner.compute(TaskSpec("matmul", Settings(intra_op=1, inter_op=1), tuple(CORES[:1])))
+    # Five timed 4096x4096 matmuls on one core, each a positive GFLOP/s figure below 10 TFLOP/s.
+    assert len(peak["gflops"]) == 5 and all(0 < g < 10_000 for g in peak["gflops"]) and peak["cpus"] == CORES[:1]

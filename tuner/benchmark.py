@@ -147,6 +147,7 @@ def make_record(
         "round_rates": [m.rates for m in runs],
         "round_images_per_sec": [m.loop_images_per_sec for m in runs],
         "framework_version": facts.get("framework_version"),
+        "replicas_in_sync": facts.get("replicas"),  # read back from the strategy, not echoed
         "onednn": facts.get("onednn"),
         "openmp": facts.get("openmp"),
         "run_id": run_id,

@@ -171,7 +171,9 @@ def check_format(fmt: str) -> None:
 def render(frame: pd.DataFrame, notes: Sequence[str], fmt: str) -> str:
     check_format(fmt)
     if frame.empty:
-        return "no benchmark results stored yet (run: tuner run, or tuner benchmark)"
+        return "no benchmark results stored yet (run: tuner run, or tuner benchmark)" + "".join(
+            f"\n- {note}" for note in notes
+        )
     if fmt == "csv":
         return str(frame.to_csv(index=False)).rstrip("\n")
     if fmt == "html":

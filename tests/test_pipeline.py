@@ -1,0 +1,128 @@
+"""The main job on a fake clock: every runtime x core count x mode tuned and benchmarked within the budget."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import optuna
+import pytest
+
+from tuner import benchmark
+from tuner.measurement import Measurement
+from tuner.pipeline import Job
+from tuner.replay import ReplayRunner
+from tuner.runner import StepCallback, TaskSpec, TrialSpec
+from tuner.runtime import load
+from tuner.signature import cpu_signature
+
+START_S = 8.0  # process start, import and trace of every fake run
+TASK_S = 5.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ClockedRunner(ReplayRunner):
+    """Replays rates and advances the fake clock by what each run would have taken."""
+
+    def __init__(self, clock: Clock) -> None:
+        def rate(spec: TrialSpec) -> float:
+            base = 10.0 if spec.workload.mode == "train" else 30.0  # train steps cost three inference steps
+            bonus = 1.1 if spec.settings.inter_op == 2 else 1.0
+            return base * len(spec.cores) * bonus
+
+        super().__init__(ReplayRunner.from_rates(rate, noise=0.02).script)
+        self.clock = clock
+
+    def run(self, spec: TrialSpec, on_step: StepCallback | None = None) -> Measurement:
+        measurement = super().run(spec, on_step)
+        self.clock.now += START_S + sum(measurement.timed_seconds) + sum(measurement.warmup_seconds)
+        return measurement
+
+    def compute(self, spec: TaskSpec) -> dict[str, object]:
+        self.clock.now += TASK_S
+        return super().compute(spec)
+
+
+@pytest.mark.parametrize("budget_min", [30, 90])
+def test_job_tunes_and_benchmarks_every_cell_within_its_budget(
+    storage: optuna.storages.RDBStorage, budget_min: int
+) -> None:
+    clock = Clock()
+    lines: list[str] = []
+    runtimes = [load("tensorflow-eigen"), load("tensorflow")]
+    job = Job(
+        storage=storage,
+        signature=cpu_signature(),
+        runtimes=runtimes,
+        counts=[1, 2],
+        modes=["train", "infer"],
+        budget_s=budget_min * 60.0,
+        model="tiny",
+        runner=ClockedRunner(clock),
+        log=lines.append,
+        clock=clock,
+    )
+    job.run()
+    spent = clock.now - 1000.0
+    # The whole job (probes, yardsticks, eight studies) ends within its budget, and uses most of it.
+    assert 0.7 * budget_min * 60 <= spent <= budget_min * 60, lines[-5:]
+    assert job.failures == []
+    records = benchmark.records(storage)
+    rows = Counter(
+        (r["runtime"], r["cores"], r["mode"]) for r in records if r.get("kind") == "benchmark" and "skipped" not in r
+    )
+    # Every runtime x cores x mode has tf-default, heuristic and tuned records.
+    assert len(rows) == 8 and set(rows.values()) == {3}
+    labels = {r["label"] for r in records if r.get("kind") == "benchmark" and "skipped" not in r}
+    assert labels == {"tf-default", "heuristic", "tuned"}
+    # Each benchmark is also its study's confirmation: every study has a stored verdict.
+    studies = [s for s in storage.get_all_studies() if s.study_name != benchmark.BENCH_STUDY]
+    assert len(studies) == 8
+    assert all("verdict" in optuna.load_study(study_name=s.study_name, storage=storage).user_attrs for s in studies)
+    # Yardsticks: FLOPs counted once, a matmul peak per runtime and core count.
+    kinds = Counter(r["kind"] for r in records)
+    assert kinds["flops"] == 1 and kinds["matmul"] == 4
+    # No GPU here: each GPU row is a skip with its reason, and the job still succeeded.
+    skipped = [r for r in records if "skipped" in r]
+    assert {r["mode"] for r in skipped} == {"train", "infer"} and all("no GPU" in r["skipped"] for r in skipped)
+    # Progress says what runs now and how much of the budget is left.
+    assert any("study 3/8" in line and "of the budget left" in line for line in lines)
+    # A longer budget buys longer benchmarks: more timed batches per round on the same settings.
+    timed = [r["timed"] * r["rounds"] for r in records if r.get("label") == "tf-default"]
+    assert min(timed) >= 3
+    if budget_min == 90:
+        assert max(timed) >= 30
+
+
+def test_rerunning_the_job_does_not_duplicate_records(storage: optuna.storages.RDBStorage) -> None:
+    clock = Clock()
+
+    def job() -> Job:
+        return Job(
+            storage=storage,
+            signature=cpu_signature(),
+            runtimes=[load("tensorflow")],
+            counts=[1],
+            modes=["infer"],
+            budget_s=600.0,
+            model="tiny",
+            runner=ClockedRunner(clock),
+            log=lambda line: None,
+            clock=clock,
+        )
+
+    job().run()
+    first = benchmark.records(storage)
+    job().run()
+    second = benchmark.records(storage)
+    keys = [(r.get("run_id"), r.get("label")) for r in second if r.get("kind") == "benchmark" and "skipped" not in r]
+    # A record is made once per confirmation: a re-run either adds new runs (new records) or adds nothing.
+    assert len(keys) == len(set(keys))
+    # Yardsticks are read back, not measured again.
+    assert Counter(r["kind"] for r in second)["matmul"] == Counter(r["kind"] for r in first)["matmul"] == 1
