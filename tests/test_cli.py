@@ -188,8 +188,12 @@ def test_run_prints_the_table_then_table_rereads_it_in_every_format(
     csv_path, html_path = tmp_path / "t.csv", tmp_path / "t.html"
     assert main(["table", "--storage", storage_url, "--format", "csv", "--output", str(csv_path)]) == 0
     assert main(["table", "--storage", storage_url, "--format", "html", "--output", str(html_path)]) == 0
-    # CSV: a header and four rows; HTML: a table element. Nothing partial is left beside them.
-    assert len(csv_path.read_text().strip().splitlines()) == 5
+    # CSV: a header, four measured rows, and the GPU rows (1 and 2 GPUs, train and infer) skipped with the
+    # reason in the note column; HTML: a table element. Nothing partial is left beside them.
+    lines = csv_path.read_text().strip().splitlines()
+    assert len([line for line in lines if line.startswith("CPU (")]) == 4
+    skipped = [line for line in lines if ",skipped," in line]
+    assert len(skipped) == 4 and all("no GPU visible" in line for line in skipped)
     assert "<table" in html_path.read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["studies.db", "t.csv", "t.html"]
 

@@ -90,7 +90,8 @@ def test_job_tunes_and_benchmarks_every_cell_within_its_budget(
     assert kinds["flops"] == 1 and kinds["matmul"] == 4
     # No GPU here: each GPU row is a skip with its reason, and the job still succeeded.
     skipped = [r for r in records if "skipped" in r]
-    assert {r["mode"] for r in skipped} == {"train", "infer"} and all("no GPU" in r["skipped"] for r in skipped)
+    assert sorted((r["mode"], r["gpus"]) for r in skipped) == [("infer", 1), ("infer", 2), ("train", 1), ("train", 2)]
+    assert all("no GPU visible" in r["skipped"] for r in skipped)
     # Progress says what runs now and how much of the budget is left.
     assert any("study 3/8" in line and "of the budget left" in line for line in lines)
     # A longer budget buys longer benchmarks: more timed batches per round on the same settings.
@@ -117,12 +118,52 @@ def test_rerunning_the_job_does_not_duplicate_records(storage: optuna.storages.R
             clock=clock,
         )
 
-    job().run()
+    first_job = job()
+    first_job.run()
     first = benchmark.records(storage)
-    job().run()
+    again = job()
+    lines: list[str] = []
+    again.log = lines.append
+    again.run()
     second = benchmark.records(storage)
-    keys = [(r.get("run_id"), r.get("label")) for r in second if r.get("kind") == "benchmark" and "skipped" not in r]
-    # A record is made once per confirmation: a re-run either adds new runs (new records) or adds nothing.
-    assert len(keys) == len(set(keys))
+    measured = [r for r in second if r.get("kind") == "benchmark" and "skipped" not in r]
+    # The finished study is kept, not searched and benchmarked again: no new measured record.
+    assert any("already benchmarked: kept" in line for line in lines)
+    assert measured == [r for r in first if r.get("kind") == "benchmark" and "skipped" not in r]
     # Yardsticks are read back, not measured again.
     assert Counter(r["kind"] for r in second)["matmul"] == Counter(r["kind"] for r in first)["matmul"] == 1
+
+
+def test_gpu_rows_run_one_replica_per_visible_gpu_with_the_tuned_host_threads(
+    storage: optuna.storages.RDBStorage,
+) -> None:
+    clock = Clock()
+    runner = ClockedRunner(clock)
+    runner.tasks["devices"] = {"gpus": 2}  # as if TensorFlow saw two GPUs
+    job = Job(
+        storage=storage,
+        signature=cpu_signature(),
+        runtimes=[load("tensorflow")],
+        counts=[1],
+        modes=["infer"],
+        budget_s=900.0,
+        model="tiny",
+        runner=runner,
+        log=lambda line: None,
+        clock=clock,
+    )
+    job.run()
+    gpu = [r for r in benchmark.records(storage) if r.get("device") == "gpu"]
+    # One row per GPU count (1 and 2), measured, none skipped.
+    assert sorted(r["replicas"] for r in gpu) == [1, 2] and not any("skipped" in r for r in gpu)
+    # Batch 64 per GPU, NCHW, and the tuned host settings of the CPU study on the same cores.
+    assert [r["global_batch"] for r in sorted(gpu, key=lambda r: r["replicas"])] == [64, 128]
+    cpu_tuned = next(r for r in benchmark.records(storage) if r.get("label") == "tuned" and r["device"] == "cpu")
+    for record in gpu:
+        assert record["label"] == "tuned" and record["settings"]["data_format"] == "NCHW"
+        assert record["settings"]["intra_op"] == cpu_tuned["settings"]["intra_op"]
+    specs = [c for c in runner.calls if c.device == "gpu"]
+    # The worker was asked for GPU replicas with the full benchmark's 10 + 100 batches.
+    assert {(c.replicas, c.policy.warmup, c.policy.timed) for c in specs} == {(1, 10, 100), (2, 10, 100)}
+    # Asking which GPUs exist is the only task that may see them.
+    assert [t.gpus for t in runner.task_calls if t.task == "devices"] == [True]

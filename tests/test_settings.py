@@ -265,3 +265,12 @@ def test_unhashable_data_format_is_invalid_settings() -> None:
     # A list (as a TOML baseline could give) is a bad value and should be reported as InvalidSettings.
     with pytest.raises(InvalidSettings):
         Settings.from_params({"data_format": ["NHWC"]})
+
+
+def test_gpus_are_hidden_from_cpu_runs_and_passed_through_for_gpu_runs() -> None:
+    parent = {"PATH": "/bin", "CUDA_VISIBLE_DEVICES": "1,3"}
+    # A CPU measurement never sees a GPU, whatever the shell says.
+    assert Settings().environ(parent)["CUDA_VISIBLE_DEVICES"] == ""
+    # A GPU run gets the user's choice of GPUs; with none chosen, TensorFlow sees them all.
+    assert Settings().environ(parent, gpus=True)["CUDA_VISIBLE_DEVICES"] == "1,3"
+    assert "CUDA_VISIBLE_DEVICES" not in Settings().environ({"PATH": "/bin"}, gpus=True)

@@ -234,3 +234,23 @@ def test_resuming_on_another_core_set_is_refused(storage: optuna.storages.RDBSto
     # Trials timed on CPU 0 and on CPU 1 are not one experiment: the study refuses to mix them.
     with pytest.raises(TunerError, match="was measured with core_set"):
         StudyRun(storage, moved, ReplayRunner.from_rates(rate))
+
+
+def test_confirmation_rounds_are_reused_only_when_measured_the_same_way(storage: optuna.storages.RDBStorage) -> None:
+    runner = ReplayRunner.from_rates(rate, noise=0.01)
+    run = StudyRun(storage, make_config(trials=4, candidates=1), runner)
+    run.search(None)
+    run.confirm(None, rounds=3)
+    first = run.study.user_attrs["confirmation"]
+    calls = len(runner.calls)
+    run.confirm(None, rounds=3)
+    # Same candidates, same policy: the stored rounds stand and nothing is measured again.
+    assert len(runner.calls) == calls and run.study.user_attrs["confirmation"]["id"] == first["id"]
+    longer = dataclasses.replace(run.config.confirm_policy, timed=6)
+    run.config = dataclasses.replace(run.config, confirm_policy=longer)
+    run.confirm(None, rounds=3)
+    second = run.study.user_attrs["confirmation"]
+    # Another policy: a new confirmation with its own id; rounds of 4 timed steps are not mixed with 6.
+    assert second["id"] != first["id"] and second["policy"] == {"warmup": longer.warmup, "timed": 6}
+    assert len(runner.calls) == calls + 3 * len(first["candidates"])
+    assert {len(run["measurement"]["timed_seconds"]) for run in second["runs"]} == {6}

@@ -292,5 +292,17 @@ def matmul_peak(
     return peak
 
 
+def visible_gpus(runner: Runner, settings: Settings, cores: tuple[int, ...]) -> int:
+    """How many GPUs TensorFlow in the runner's environment sees (asked with the GPUs not hidden)."""
+    return int(runner.compute(TaskSpec("devices", settings, cores[:1], gpus=True)).get("gpus") or 0)
+
+
+def gpu_skip_reason(runtime: str, visible: int, wanted: int) -> str | None:
+    if visible >= wanted:
+        return None
+    why = " (its build has no CUDA, or no GPU is attached)" if visible == 0 else ""
+    return f"TensorFlow in runtime {runtime} sees {visible} GPU{'' if visible == 1 else 's'}{why}"
+
+
 def new_run_id() -> str:
     return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"

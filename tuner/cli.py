@@ -26,7 +26,7 @@ from tuner.doctor import report as doctor_report
 from tuner.envs import create as create_env
 from tuner.envs import read_manifest
 from tuner.errors import TunerError, UsageError
-from tuner.pipeline import MODE_WEIGHT, Job, tuned_settings
+from tuner.pipeline import MODE_WEIGHT, Job, stored_tuned
 from tuner.policy import BURST, CONFIRM
 from tuner.probe import fixed_knobs, probe
 from tuner.runner import Runner, SubprocessRunner
@@ -147,12 +147,12 @@ def _named_settings(
         if text in space_baselines:
             named.append((text, Settings.from_params(space_baselines[text])))
         elif text == "tuned":
-            known = {s.study_name for s in storage.get_all_studies()}
-            if study_name not in known:
-                raise UsageError(f"--settings tuned: no study {study_name} in storage; tune it first (tuner tune)")
-            found = tuned_settings(optuna.load_study(study_name=study_name, storage=storage))
+            found = stored_tuned(storage, study_name)
             if found is None:
-                raise UsageError(f"--settings tuned: study {study_name} has no sampled setting measured yet")
+                raise UsageError(
+                    f"--settings tuned: no study {study_name} with a measured sampled setting in storage; "
+                    "tune it first (tuner tune or tuner run)"
+                )
             named.append(("tuned", found))
         else:
             named.append((f"custom {text}", Settings.parse(text)))
@@ -178,28 +178,24 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
     runner = runner or SubprocessRunner(python=runtime.python())
     visible = None
     if args.device == "gpu":
-        facts = probe(runner, runtime, core_set(1), fixed_knobs(space))
-        visible = int(facts.get("gpus") or 0)
+        visible = benchmark.visible_gpus(runner, Settings.from_params(fixed_knobs(space)), core_set(1))
     run_id = benchmark.new_run_id()
     for n in counts:
         cores = core_set(n)
         for mode in modes:
-            study_name = StudyConfig(
-                Workload(args.model, mode, benchmark.CPU_BATCH), cores, space, signature, runtime.name
-            ).name
+            host_batch = batch if args.device == "cpu" else benchmark.CPU_BATCH  # GPU rows: the host's study
+            study_name = StudyConfig(Workload(args.model, mode, host_batch), cores, space, signature, runtime.name).name
             wanted = args.settings or [DEFAULT, HEURISTIC, "tuned"]
-            if args.settings is None and study_name not in {s.study_name for s in storage.get_all_studies()}:
+            if args.settings is None and stored_tuned(storage, study_name) is None:
                 wanted = [DEFAULT, HEURISTIC]
-                _log(f"no study {study_name} yet, so no tuned settings to benchmark (tuner tune or tuner run)")
+                _log(f"study {study_name} has no tuned settings yet, so none are benchmarked (tuner tune or run)")
             named = _named_settings(wanted, space.baselines(n), storage, study_name)
             if args.device == "gpu":  # the host's tuned threads, the GPUs' layout
                 named = [(label, dataclasses.replace(s, data_format="NCHW")) for label, s in named]
             for count in gpus:
                 target = benchmark.Target(runtime.name, Workload(args.model, mode, batch), cores, args.device, count)
-                if visible is not None and visible < count:
-                    reason = f"TensorFlow in runtime {runtime.name} sees {visible} GPU" + (
-                        " (this build has no CUDA, or no GPU is attached)" if visible == 0 else ""
-                    )
+                reason = None if visible is None else benchmark.gpu_skip_reason(runtime.name, visible, count)
+                if reason is not None:
                     benchmark.store(storage, benchmark.skip_record(target, reason, signature))
                     print(f"{target.describe()}: skipped: {reason}")
                     continue

@@ -21,7 +21,20 @@ from typing import Any
 
 import optuna
 
-from tuner.benchmark import FULL_TIMED, FULL_WARMUP, Target, make_record, matmul_peak, records, skip_record, store
+from tuner.benchmark import (
+    FULL_TIMED,
+    FULL_WARMUP,
+    GPU_BATCH,
+    Target,
+    make_record,
+    matmul_peak,
+    measure,
+    new_run_id,
+    records,
+    skip_record,
+    store,
+    visible_gpus,
+)
 from tuner.benchmark import flops_per_image as count_flops
 from tuner.benchmark import policy as bench_policy
 from tuner.confirm import DEFAULT
@@ -52,16 +65,22 @@ def plan_benchmark(time_left: float, configs: int, overhead_s: float, step_s: fl
     """The longest benchmark that fits ``time_left`` for ``configs`` settings: three interleaved rounds if
     at all possible (fewer cannot give a clear verdict), tf_cnn_benchmarks' 10 + 100 batches split over
     them when that fits, else fewer timed batches, never fewer than ``MIN_TIMED`` per round."""
+
+    def planned(warmup: int, timed: int, rounds: int) -> MeasurementPolicy:
+        # A run that takes three times its expected length is stuck: kill it rather than eat the budget.
+        timeout = 120.0 + 3 * (overhead_s + (warmup + timed) * step_s)
+        return MeasurementPolicy("full", warmup, timed, timeout_s=timeout, rounds=rounds)
+
     for rounds in (3, 2, 1):
         per_run = time_left / (rounds * configs)
         steps = math.floor((per_run - overhead_s) / max(step_s, 1e-9))
         full_timed = math.ceil(FULL_TIMED / rounds)
         if steps >= FULL_WARMUP + full_timed:
-            return bench_policy(FULL_WARMUP, full_timed, rounds, step_s=10 * step_s + 1)
+            return planned(FULL_WARMUP, full_timed, rounds)
         warmup = min(FULL_WARMUP, max(2, steps // 5))
         if steps - warmup >= MIN_TIMED:
-            return bench_policy(warmup, min(full_timed, steps - warmup), rounds, step_s=10 * step_s + 1)
-    return bench_policy(2, MIN_TIMED, 1, step_s=10 * step_s + 1)
+            return planned(warmup, min(full_timed, steps - warmup), rounds)
+    return planned(2, MIN_TIMED, 1)
 
 
 def study_records(
@@ -93,6 +112,12 @@ def study_records(
     return parts
 
 
+def confirmation_id(study: optuna.Study) -> str:
+    """Names one confirmation's runs: a new confirmation, or more rounds of it, is another id."""
+    confirmation = study.user_attrs.get("confirmation", {})
+    return f"{study.study_name}:{confirmation.get('id', '')}:{len(confirmation.get('runs', []))}"
+
+
 def best_sampled(verdict: dict[str, Any]) -> str | None:
     """The confirmed sampled candidate ("trial N") with the highest median in a stored verdict."""
     medians = verdict.get("images_per_sec", {})
@@ -113,6 +138,13 @@ def tuned_settings(study: optuna.Study) -> Settings | None:
     ]
     top = max(sampled, key=lambda t: t.value or 0.0, default=None)
     return None if top is None else Settings.from_params(top.params)
+
+
+def stored_tuned(storage: optuna.storages.BaseStorage, study_name: str) -> Settings | None:
+    """The tuned settings of the named study in ``storage``; None if it does not exist or has none yet."""
+    if study_name not in {s.study_name for s in storage.get_all_studies()}:
+        return None
+    return tuned_settings(optuna.load_study(study_name=study_name, storage=storage))
 
 
 @dataclass
@@ -187,8 +219,15 @@ class Job:
             raise TunerError("no runtime could run here: " + "; ".join(self.notes + self.failures))
         self._yardsticks(prepared)
         cells = [(r, n, mode) for r in prepared for n in self.counts for mode in self.modes]
-        weights = [MODE_WEIGHT[mode] * max(self.counts) / n for _, n, mode in cells]
+        done = [self._complete(self._config(r[0], r[1], r[2], r[3], n, mode, None).name) for r, n, mode in cells]
+        weights = [
+            0.0 if finished else MODE_WEIGHT[mode] * max(self.counts) / n
+            for (_, n, mode), finished in zip(cells, done, strict=True)
+        ]
         for index, ((runtime, space, facts, runner), n, mode) in enumerate(cells):
+            if done[index]:
+                self.log(f"study {index + 1}/{len(cells)}: {runtime.name} {mode} {n}c is already benchmarked: kept")
+                continue
             share = None
             if deadline is not None:
                 share = max(0.0, deadline - self.clock()) * weights[index] / sum(weights[index:])
@@ -199,7 +238,7 @@ class Job:
                 self._cell(runtime, space, facts, runner, n, mode, share)
             except TunerError as error:
                 self._fail(tag, error)
-        self._gpu_rows([(runtime, facts) for runtime, _, facts, _ in prepared])
+        self._gpu_rows(prepared)
         spent = self.clock() - started
         over = (
             ""
@@ -239,7 +278,7 @@ class Job:
                 except TunerError as error:
                     self._fail(f"matmul peak {runtime.name} {n}c", error)
 
-    def _cell(
+    def _config(
         self,
         runtime: Runtime,
         space: SearchSpace,
@@ -248,12 +287,10 @@ class Job:
         n: int,
         mode: str,
         share: float | None,
-    ) -> None:
-        workload = Workload(self.model, mode, self.batch_size)
-        cores = core_set(n)
-        config = StudyConfig(
-            workload=workload,
-            cores=cores,
+    ) -> StudyConfig:
+        return StudyConfig(
+            workload=Workload(self.model, mode, self.batch_size),
+            cores=core_set(n),
             space=space,
             signature=self.signature,
             runtime=runtime.name,
@@ -266,6 +303,29 @@ class Job:
             seed=self.seed,
             probe=facts,
         )
+
+    def _complete(self, study_name: str) -> bool:
+        """The study has a verdict and the benchmark records of that very confirmation are stored."""
+        if study_name not in {s.study_name for s in self.storage.get_all_studies()}:
+            return False
+        study = optuna.load_study(study_name=study_name, storage=self.storage)
+        if "verdict" not in study.user_attrs:
+            return False
+        run_id = confirmation_id(study)
+        return any(r.get("run_id") == run_id for r in records(self.storage) if r.get("kind") == "benchmark")
+
+    def _cell(
+        self,
+        runtime: Runtime,
+        space: SearchSpace,
+        facts: dict[str, Any],
+        runner: Runner,
+        n: int,
+        mode: str,
+        share: float | None,
+    ) -> None:
+        config = self._config(runtime, space, facts, runner, n, mode, share)
+        workload, cores = config.workload, config.cores
         tag = f"{runtime.name} {mode} {n}c"
         run = StudyRun(
             self.storage, config, runner, progress=lambda line: self.log(f"[{tag}] {line}"), clock=self.clock
@@ -291,24 +351,47 @@ class Job:
 
     def _store_records(self, study: optuna.Study, target: Target) -> None:
         stored = {(r.get("run_id"), r.get("label")) for r in records(self.storage) if r.get("kind") == "benchmark"}
-        runs = len(study.user_attrs.get("confirmation", {}).get("runs", []))
-        run_id = f"{study.study_name}:{runs}"  # the same confirmation runs always give the same records
+        run_id = confirmation_id(study)  # the same confirmation runs always give the same records
         for label, settings, measured, extra in study_records(study, target, self.signature):
             if (run_id, label) not in stored:
                 store(self.storage, make_record(target, label, settings, measured, self.signature, run_id, extra))
 
-    def _gpu_rows(self, prepared: Sequence[tuple[Runtime, dict[str, Any]]]) -> None:
-        """GPU targets need a GPU that TensorFlow sees; otherwise each row is skipped with the reason."""
-        if any(facts.get("gpus") for _, facts in prepared):
-            self.notes.append("GPUs are visible: run `tuner benchmark --device gpu --gpus 1,2` for the GPU rows")
+    def _gpu_rows(self, prepared: Sequence[tuple[Runtime, SearchSpace, dict[str, Any], Runner]]) -> None:
+        """GPU targets: 1 to N visible GPUs, one replica each, batch 64 per GPU, NCHW, the tuned host threads
+        of the largest core count. A runtime whose TensorFlow sees no GPU gets each row skipped with why."""
+        host = core_set(max(self.counts))
+        visible: dict[str, int] = {}
+        for runtime, space, _, runner in prepared:
+            try:
+                visible[runtime.name] = visible_gpus(runner, Settings.from_params(fixed_knobs(space)), host)
+            except TunerError as error:
+                self._fail(f"GPU check {runtime.name}", error)
+        if not any(visible.values()):
+            seen = ", ".join(f"{name}: {count}" for name, count in visible.items())
+            reason = f"no GPU visible to TensorFlow in any runtime (GPUs seen: {seen})"
+            for mode in self.modes:
+                for count in (1, 2):  # the reference table's GPU rows
+                    target = Target(prepared[0][0].name, Workload(self.model, mode, GPU_BATCH), host, "gpu", count)
+                    store(self.storage, skip_record(target, reason, self.signature))
+            self.log(f"GPU rows skipped: {reason}")
             return
-        runtime = prepared[0][0]
-        seen = ", ".join(f"{r.name}: {f.get('gpus') or 0}" for r, f in prepared)
-        reason = f"no GPU visible to TensorFlow (GPUs seen per runtime: {seen})"
-        for mode in self.modes:
-            target = Target(runtime.name, Workload(self.model, mode, 64), core_set(max(self.counts)), "gpu", 1)
-            store(self.storage, skip_record(target, reason, self.signature))
-        self.log(f"GPU rows skipped: {reason}")
+        for runtime, space, _, runner in prepared:
+            for mode in self.modes:
+                for count in range(1, visible.get(runtime.name, 0) + 1):
+                    target = Target(runtime.name, Workload(self.model, mode, GPU_BATCH), host, "gpu", count)
+                    study = self._config(runtime, space, {}, runner, max(self.counts), mode, None).name
+                    tuned = stored_tuned(self.storage, study)
+                    settings = dataclasses.replace(
+                        tuned or self._baseline(space, len(host), DEFAULT), data_format="NCHW"
+                    )
+                    label = TUNED if tuned is not None else DEFAULT
+                    try:
+                        runs = measure(runner, target, [(label, settings)], bench_policy(), self.log)
+                    except TunerError as error:
+                        self._fail(target.describe(), error)
+                        continue
+                    record = make_record(target, label, settings, runs[label], self.signature, new_run_id())
+                    store(self.storage, record)
 
 
 def _minutes(seconds: float | None) -> str:

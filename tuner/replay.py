@@ -21,6 +21,7 @@ Script = Callable[[TrialSpec, int], Outcome]  # (trial, call number) -> step sec
 FAKE_TASKS: dict[str, dict[str, Any]] = {
     "flops": {"flops_per_image": {"infer": 8.0e9, "train": 24.0e9}},
     "matmul": {"size": 4096, "gflops": [100.0, 101.0, 99.0]},
+    "devices": {"gpus": 0},
 }
 
 

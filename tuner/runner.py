@@ -76,17 +76,18 @@ class TrialSpec:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A worker task that is not a timed trial: ``flops`` (count the model's FLOPs per image) or ``matmul``
-    (a large fp32 matmul's GFLOP/s on ``cores``)."""
+    """A worker task that is not a timed trial: ``flops`` (count the model's FLOPs per image), ``matmul``
+    (a large fp32 matmul's GFLOP/s on ``cores``) or ``devices`` (what TensorFlow sees, GPUs included)."""
 
     task: str
     settings: Settings
     cores: tuple[int, ...]
     model: str = "resnet50"
     timeout_s: float = 600.0
+    gpus: bool = False  # let the worker see the GPUs (hidden from every CPU measurement)
 
     def __post_init__(self) -> None:
-        if self.task not in ("flops", "matmul"):
+        if self.task not in ("flops", "matmul", "devices"):
             raise ValueError(f"unknown worker task {self.task!r}")
 
     def worker_spec(self) -> dict[str, Any]:
@@ -132,7 +133,9 @@ class SubprocessRunner:
 
     def run(self, spec: TrialSpec, on_step: StepCallback | None = None) -> Measurement:
         started = time.monotonic()
-        result, env = self._locked(spec.worker_spec(), spec.settings, spec.cores, spec.policy.timeout_s, on_step)
+        result, env = self._locked(
+            spec.worker_spec(), spec.settings, spec.cores, spec.policy.timeout_s, on_step, spec.device == "gpu"
+        )
         timed = result.get("timed_seconds")
         warmup = result.get("warmup_seconds")
         if not isinstance(timed, list) or len(timed) != spec.policy.timed or not isinstance(warmup, list):
@@ -158,7 +161,7 @@ class SubprocessRunner:
         )
 
     def compute(self, spec: TaskSpec) -> dict[str, Any]:
-        result, _ = self._locked(spec.worker_spec(), spec.settings, spec.cores, spec.timeout_s, None)
+        result, _ = self._locked(spec.worker_spec(), spec.settings, spec.cores, spec.timeout_s, None, spec.gpus)
         result.pop("_tail", None)
         return result
 
@@ -169,11 +172,12 @@ class SubprocessRunner:
         cores: tuple[int, ...],
         timeout_s: float,
         on_step: StepCallback | None,
+        gpus: bool = False,
     ) -> tuple[dict[str, Any], dict[str, str]]:
         # One measurement at a time on this host: two tuners timing on the same cores would disturb both.
         with open(self.lock, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            return self._execute(worker_spec, settings, cores, timeout_s, on_step)
+            return self._execute(worker_spec, settings, cores, timeout_s, on_step, gpus)
 
     def _execute(
         self,
@@ -182,9 +186,10 @@ class SubprocessRunner:
         cores: tuple[int, ...],
         timeout_s: float,
         on_step: StepCallback | None,
+        gpus: bool = False,
     ) -> tuple[dict[str, Any], dict[str, str]]:
         """Start the worker, read its channel, and return its validated result event and the environment."""
-        env = settings.environ(self.parent_env)
+        env = settings.environ(self.parent_env, gpus)
         read_fd, write_fd = os.pipe()
         started = time.monotonic()
         with tempfile.TemporaryFile() as log:

@@ -126,10 +126,15 @@ class Settings:
         """Environment variables set by the knobs themselves."""
         return {ENV_NAMES.get(k, k): ENV_KNOBS[k](v) for k, v in self.env_knobs}
 
-    def environ(self, parent: Mapping[str, str]) -> dict[str, str]:
-        """The child's whole environment: allowlisted parent variables, fixed ones, then the knobs."""
+    def environ(self, parent: Mapping[str, str], gpus: bool = False) -> dict[str, str]:
+        """The child's whole environment: allowlisted parent variables, fixed ones, then the knobs. GPUs are
+        hidden (``CUDA_VISIBLE_DEVICES=""``) unless ``gpus``: then the parent's choice of GPUs passes."""
         env = {k: parent[k] for k in ENV_ALLOWLIST if k in parent}
         env.update(ENV_FIXED)
+        if gpus:
+            del env["CUDA_VISIBLE_DEVICES"]
+            if "CUDA_VISIBLE_DEVICES" in parent:
+                env["CUDA_VISIBLE_DEVICES"] = parent["CUDA_VISIBLE_DEVICES"]
         env.update(self.knob_environ())
         return env
 

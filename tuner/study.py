@@ -13,6 +13,7 @@ import os
 import socket
 import statistics
 import time
+import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -356,8 +357,18 @@ class StudyRun:
         rounds = rounds or self._rounds(len(candidates), deadline)
         key = [c.name for c in candidates]
         stored = self.study.user_attrs.get("confirmation", {})
-        done = stored.get("rates", {}) if stored.get("candidates") == key else {}
-        record = {"candidates": key, "rates": done, "runs": stored.get("runs", []) if done else []}
+        policy = self.config.confirm_policy
+        shape = {"warmup": policy.warmup, "timed": policy.timed}
+        # Rounds already measured are kept only for the same candidates measured the same way.
+        same = stored.get("candidates") == key and stored.get("policy", shape) == shape
+        done = stored.get("rates", {}) if same else {}
+        record = {
+            "id": stored.get("id") if done and stored.get("id") else uuid.uuid4().hex[:12],
+            "candidates": key,
+            "policy": shape,
+            "rates": done,
+            "runs": stored.get("runs", []) if done else [],
+        }
         self.progress(f"confirming {', '.join(key)}: {rounds} interleaved rounds")
 
         def on_run(round_: int, candidate: Candidate, m: Measurement) -> None:

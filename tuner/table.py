@@ -49,12 +49,12 @@ def _ratio(top: dict[str, Any] | None, bottom: dict[str, Any] | None) -> str:
     the same interleaved run with two rounds or more, else the plain ratio."""
     if top is None or bottom is None:
         return "-"
-    value = top["images_per_sec"] / bottom["images_per_sec"]
     paired = top.get("run_id") == bottom.get("run_id") and min(top["rounds"], bottom["rounds"]) >= 2
     if not paired:
-        return f"{value:.2f}x"
+        return f"{top['images_per_sec'] / bottom['images_per_sec']:.2f}x"
+    # The ratio of pooled per-step medians, the figure its interval is about (as the verdict states it).
     interval = bootstrap_ratio(top["round_rates"], bottom["round_rates"])
-    return f"{value:.2f}x [{interval.low:.2f}, {interval.high:.2f}]"
+    return f"{interval.value:.2f}x [{interval.low:.2f}, {interval.high:.2f}]"
 
 
 def _rate(record: dict[str, Any] | None) -> str:
@@ -69,11 +69,9 @@ def _share(record: dict[str, Any] | None, flops: dict[str, float] | None, peak: 
 
 
 def _recommended(group: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """The record of the settings a confirmed verdict recommends (tf-default unless tuned clearly won)."""
-    tuned = group.get(TUNED)
-    if tuned is not None and tuned.get("recommended") == TUNED:
-        return tuned
-    return group.get(DEFAULT) or tuned or group.get(HEURISTIC)
+    """The record of the settings a confirmed verdict recommends (tf-default unless another clearly won)."""
+    recommended = next((r["recommended"] for r in group.values() if r.get("recommended")), DEFAULT)
+    return group.get(recommended) or group.get(DEFAULT) or group.get(TUNED) or group.get(HEURISTIC)
 
 
 def build(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
@@ -124,12 +122,24 @@ def build(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
                 "tuned settings": "-" if tuned is None else tuned["settings_text"],
                 "timed batches": _batches(main),
                 "recommended": "-" if main is None else main["label"],
+                "note": "",
             }
         )
-    notes = [
-        f"skipped: {r['runtime']} {r['mode']} on {r['gpus'] or r['replicas']} GPU: {r['skipped']}"
-        for r in skipped.values()
-    ]
+    for key in sorted(skipped, key=_sort_key):
+        r = skipped[key]
+        rows.append(
+            {
+                "runtime": "GPU (" + _runtime_label(r["runtime"]) + ")" if r["device"] == "gpu" else r["runtime"],
+                "CPU": f"{_cores(r['cores'])} ({r.get('cpu', {}).get('model_name', '?')})",
+                "memory": f"{r.get('memory_gib', 0):.0f}G",
+                "GPU": r["gpus"],
+                "batch size": r["global_batch"],
+                "mode": MODE_NAMES.get(r["mode"], r["mode"]),
+                "images/sec (ms/image)": "skipped",
+                "note": r["skipped"],
+            }
+        )
+    notes = []
     for (cpu_id, cores), peak in sorted(peaks.items(), key=lambda item: (str(item[0][0]), item[0][1] or 0)):
         notes.append(f"matmul peak (4096x4096 fp32, best runtime) on {cores} cores of CPU {cpu_id}: {peak:.0f} GFLOP/s")
     for model, counted in sorted(flops.items()):
@@ -137,7 +147,7 @@ def build(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
             f"{model}: {counted['infer'] / 1e9:.3g} GFLOP per image for inference, {counted['train'] / 1e9:.3g} "
             "for a training step (counted from the graphs)"
         )
-    return pd.DataFrame(rows), notes
+    return pd.DataFrame(rows).fillna("-"), notes
 
 
 def _batches(record: dict[str, Any] | None) -> str:

@@ -12,7 +12,8 @@ step times and what the runtime really applied, read back from it rather than ec
 
 Tasks (``"task"`` in the spec): ``measure`` (default: time train or infer steps, on one CPU replica or
 several through ``tf.distribute.MirroredStrategy``), ``flops`` (count the model's FLOPs per image from its
-graphs) and ``matmul`` (a large fp32 matmul's GFLOP/s on the same core set: the hardware yardstick).
+graphs), ``matmul`` (a large fp32 matmul's GFLOP/s on the same core set: the hardware yardstick) and
+``devices`` (the runtime facts alone, GPUs seen included).
 """
 
 from __future__ import annotations
@@ -245,6 +246,9 @@ def run(spec: dict[str, Any], channel: Channel) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(spec["intra_op"])
     tf.config.threading.set_inter_op_parallelism_threads(spec["inter_op"])
     task = spec.get("task", "measure")
+    if task == "devices":
+        channel.send("result", **runtime_facts(tf))
+        return
     if task == "matmul":
         channel.send("result", **matmul_peak(tf, spec), **runtime_facts(tf))
         return
