@@ -128,3 +128,57 @@ def test_flops_and_matmul_tasks_measure_from_the_graph_and_the_hardware() -> Non
     peak = runner.compute(TaskSpec("matmul", Settings(intra_op=1, inter_op=1), tuple(CORES[:1])))
     # Five timed 4096x4096 matmuls on one core, each a positive GFLOP/s figure below 10 TFLOP/s.
     assert len(peak["gflops"]) == 5 and all(0 < g < 10_000 for g in peak["gflops"]) and peak["cpus"] == CORES[:1]
+
+
+def test_benchmark_on_gpu_without_one_skips_with_the_reason(tmp_path: Path) -> None:
+    """The real command on a machine whose TensorFlow sees no GPU (tensorflow-cpu has no CUDA)."""
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    argv = ["benchmark", "--device", "gpu", "--gpus", "1,2", "--mode", "train", "--cores", "1", "--storage", url]
+    done = subprocess.run([sys.executable, "-m", "tuner.cli", *argv], capture_output=True, text=True, timeout=300)
+    # Exit 0, one line per GPU count saying why it was skipped.
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if "skipped" in line]
+    assert len(lines) == 2 and all("sees 0 GPUs" in line for line in lines)
+
+
+THREADS_PROBE = """
+import collections, os
+import tensorflow as tf
+x = tf.random.uniform((256, 256))
+for _ in range(3):
+    tf.linalg.matmul(x, x).numpy()
+names = collections.Counter(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+print(names["tf_Compute"], names["python"])
+"""
+
+
+def test_recommended_shell_exports_make_tensorflow_use_the_threads(tmp_path: Path) -> None:
+    """Paste `tuner recommend --format shell` into a shell: a TensorFlow program then runs the recommended
+    pools. TensorFlow names its inter-op threads tf_Compute; intra-op (Eigen) threads keep the name python."""
+    from tests.conftest import make_config
+    from tuner.replay import ReplayRunner
+    from tuner.storage import open_storage
+    from tuner.study import StudyRun
+
+    winner = "intra_op=3,inter_op=2,data_format=NHWC"
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    config = make_config(cores=2, trials=40, candidates=1, workload=Workload("tiny", "infer", 32))
+    fake = ReplayRunner.from_rates(lambda spec: 1300.0 if spec.settings.label() == winner else 1000.0, noise=0.01)
+    StudyRun(open_storage(url), config, fake).run()
+    argv = ["recommend", "--cores", "2", "--mode", "infer", "--model", "tiny", "--format", "shell", "--storage", url]
+    shell = subprocess.run([sys.executable, "-m", "tuner.cli", *argv], capture_output=True, text=True, timeout=120)
+    assert shell.returncode == 0, shell.stderr
+    (tmp_path / "probe.py").write_text(THREADS_PROBE)
+    clean = {"PATH": os.environ["PATH"], "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+    def threads(extra: str = "") -> tuple[int, int]:
+        script = f"{shell.stdout}\n{extra}\nexec {sys.executable} {tmp_path / 'probe.py'}\n"
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, env=clean)
+        inter, python = (int(v) for v in done.stdout.split())
+        return inter, python
+
+    inter, python = threads()
+    _, python_one = threads("export TF_NUM_INTRAOP_THREADS=1")
+    # Two inter-op threads; and the intra-op pool is three threads, two more than with an intra-op pool of one
+    # (TensorFlow keeps a few other threads named python, whose number depends on the CPUs).
+    assert inter == 2 and python - python_one == 2

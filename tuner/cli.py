@@ -14,13 +14,14 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
 import optuna
 import sqlalchemy.exc
 
-from tuner import __version__, benchmark, table
+from tuner import __version__, benchmark, recommend, table, transfer
 from tuner.confirm import DEFAULT, HEURISTIC
 from tuner.doctor import report as doctor_report
 from tuner.envs import create as create_env
@@ -117,12 +118,17 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
         _log(f"study {index}/{len(plan)}: {config.name} (elapsed {time.monotonic() - started:.0f} s)")
         try:
             run = StudyRun(storage, config, runner, progress=_tagged(f"{mode} {n}c"))
-            verdict = run.run()
+            if args.no_confirm:  # a fleet worker: search only; one final `tuner tune` confirms
+                run.search(None if config.budget_s is None else time.monotonic() + config.budget_s)
+                run.store_importances()
+            else:
+                verdict = run.run()
         except TunerError as error:  # one study failing does not throw away the others
             failed.append(f"{config.name}: {error}")
             _log(f"[{mode} {n}c] study failed: {error}")
             continue
-        _log(f"[{mode} {n}c] verdict: {verdict.text()}")
+        if not args.no_confirm:
+            _log(f"[{mode} {n}c] verdict: {verdict.text()}")
         _log(f"[{mode} {n}c] importances: {format_importances(run.study.user_attrs.get('importances', {}))}")
         names.append(config.name)
     rows = [summarize_study(optuna.load_study(study_name=name, storage=storage)) for name in names]
@@ -278,6 +284,39 @@ def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
     return 0
 
 
+def cmd_recommend(args: argparse.Namespace, runner: Runner | None = None) -> int:
+    recommend.check_format(args.format)  # a bad --format fails before storage is opened
+    if args.cores is not None and not 1 <= args.cores <= 4096:
+        raise UsageError("--cores must be from 1 to 4096")
+    modes = parse_modes(args.mode)
+    mode = modes[0] if len(modes) == 1 else None
+    storage = open_storage(args.storage, create=False)
+    found = recommend.recommend(
+        storage, cpu_signature(), args.cpu, args.cores, mode, load_runtime(args.runtime).name, args.model
+    )
+    print(recommend.render(found, args.format))
+    if any(r.borrowed for r in found) and args.format != "json":
+        print("tuner: note: no verdict for this CPU; the advice above is BORROWED (see its source)", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, runner: Runner | None = None) -> int:
+    data = transfer.export(open_storage(args.storage, create=False))
+    transfer.write(data, Path(args.output))
+    trials = sum(len(study["trials"]) for study in data["studies"])
+    print(f"exported {len(data['studies'])} studies ({trials} trials) from {redact(args.storage)} to {args.output}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace, runner: Runner | None = None) -> int:
+    data = transfer.read(Path(args.file))  # validated whole before the storage is touched
+    imported, skipped = transfer.import_into(open_storage(args.storage), data)
+    print(f"imported {len(imported)} studies into {redact(args.storage)}")
+    for name in skipped:
+        print(f"kept {name}: it already exists in the target")
+    return 0
+
+
 def cmd_show(args: argparse.Namespace, runner: Runner | None = None) -> int:
     storage = open_storage(args.storage, create=False)
     summaries = summarize(storage)
@@ -359,6 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--candidates", type=int, default=2, help="top sampled settings to confirm")
     tune.add_argument("--rounds", type=int, default=CONFIRM.rounds, help="interleaved confirmation rounds")
+    tune.add_argument(
+        "--no-confirm",
+        action="store_true",
+        help="search only (for many workers sharing a study); run once more without it to confirm",
+    )
     tune.add_argument("--python", default=None, help="interpreter of the target environment (default: the runtime's)")
     tune.set_defaults(func=cmd_tune)
 
@@ -408,6 +452,26 @@ def build_parser() -> argparse.ArgumentParser:
     tab.add_argument("--output", default=None, help="write to this file instead of stdout")
     tab.add_argument("--storage", default=DEFAULT_STORAGE)
     tab.set_defaults(func=cmd_table)
+
+    rec = sub.add_parser("recommend", help="best known settings for this (or another) CPU, from stored verdicts")
+    rec.add_argument("--cores", type=int, default=None, help="core count (default: every one with a verdict)")
+    rec.add_argument("--mode", default=None, help="train or infer (default: both)")
+    rec.add_argument("--cpu", default=None, help="a CPU model name, as /proc/cpuinfo prints it (default: this one)")
+    rec.add_argument("--runtime", default="tensorflow", help="framework runtime: " + ", ".join(runtime_names()))
+    rec.add_argument("--model", default="resnet50", choices=MODELS)
+    rec.add_argument("--format", default="text", help="text, shell, python or json")
+    rec.add_argument("--storage", default=DEFAULT_STORAGE)
+    rec.set_defaults(func=cmd_recommend)
+
+    exp = sub.add_parser("export", help="write every tuner study and benchmark record to one JSON file")
+    exp.add_argument("--output", required=True)
+    exp.add_argument("--storage", default=DEFAULT_STORAGE)
+    exp.set_defaults(func=cmd_export)
+
+    imp = sub.add_parser("import", help="add the studies of an export file to a storage (validated first)")
+    imp.add_argument("file")
+    imp.add_argument("--storage", default=DEFAULT_STORAGE)
+    imp.set_defaults(func=cmd_import)
 
     show = sub.add_parser("show", help="what was found, from storage, without measuring")
     show.add_argument("--storage", default=DEFAULT_STORAGE)

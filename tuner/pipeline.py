@@ -369,9 +369,10 @@ class Job:
         if not any(visible.values()):
             seen = ", ".join(f"{name}: {count}" for name, count in visible.items())
             reason = f"no GPU visible to TensorFlow in any runtime (GPUs seen: {seen})"
+            stock = "tensorflow" if "tensorflow" in visible else prepared[0][0].name
             for mode in self.modes:
                 for count in (1, 2):  # the reference table's GPU rows
-                    target = Target(prepared[0][0].name, Workload(self.model, mode, GPU_BATCH), host, "gpu", count)
+                    target = Target(stock, Workload(self.model, mode, GPU_BATCH), host, "gpu", count)
                     store(self.storage, skip_record(target, reason, self.signature))
             self.log(f"GPU rows skipped: {reason}")
             return

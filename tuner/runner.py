@@ -14,6 +14,7 @@ import math
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -177,7 +178,11 @@ class SubprocessRunner:
         # One measurement at a time on this host: two tuners timing on the same cores would disturb both.
         with open(self.lock, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            return self._execute(worker_spec, settings, cores, timeout_s, on_step, gpus)
+            held = time.time()
+            result, env = self._execute(worker_spec, settings, cores, timeout_s, on_step, gpus)
+            # When this process measured, by the wall clock: shows that no two measurements overlapped.
+            result["host_lock"] = {"host": socket.gethostname(), "from": held, "to": time.time()}
+            return result, env
 
     def _execute(
         self,

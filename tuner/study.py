@@ -38,6 +38,7 @@ Progress = Callable[[str], None]
 MAX_FAILURES_IN_A_ROW = 3
 WORKER_FAILURES = {e.reason for e in (WorkerCrashed, WorkerExited, WorkerTimeout, WorkerBadOutput)}
 ORPHAN_AGE_S = 600  # a RUNNING trial with no owner and no heartbeat this old was abandoned before it began
+SHARED_POLL_S = 2.0  # how often a worker waiting on other workers' last trials looks again
 MAX_SKIPS_IN_A_ROW = 25  # sampler keeps proposing measured or forbidden settings: the space is exhausted
 
 
@@ -131,8 +132,10 @@ class StudyRun:
         runner: Runner,
         progress: Progress = lambda line: None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.config = config
+        self.sleep = sleep
         self.runner = runner
         self.progress = progress
         self.clock = clock
@@ -232,6 +235,15 @@ class StudyRun:
             raise
 
     def _measure(self, trial: optuna.Trial) -> float:
+        ahead = [
+            t
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+            if t.number < trial.number
+        ]
+        if len(ahead) >= self.config.trials:
+            # Several workers share this study: the trials before this one already make the count.
+            trial.set_user_attr("skip_reason", "surplus: the study's trials are taken by other workers")
+            raise optuna.TrialPruned("surplus")
         cores = len(self.config.cores)
         params = self.config.space.suggest(trial, cores)
         settings = Settings.from_params(params)
@@ -278,6 +290,13 @@ class StudyRun:
             distinct = len(set(self._known()) | set(self._failing()))
             if len(measured) >= cfg.trials or distinct >= size:
                 break
+            running = len(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+            if len(measured) + running >= cfg.trials:
+                # Workers elsewhere are measuring the last trials: wait for them rather than overshoot; if
+                # one fails (or its worker dies and its heartbeat stops), this worker takes its place.
+                self._fail_orphans()
+                self.sleep(SHARED_POLL_S)
+                continue
             if (
                 deadline is not None
                 and self._baselines_done()

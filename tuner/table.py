@@ -129,7 +129,7 @@ def build(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
         r = skipped[key]
         rows.append(
             {
-                "runtime": "GPU (" + _runtime_label(r["runtime"]) + ")" if r["device"] == "gpu" else r["runtime"],
+                "runtime": f"GPU ({r['runtime']})" if r["device"] == "gpu" else r["runtime"],
                 "CPU": f"{_cores(r['cores'])} ({r.get('cpu', {}).get('model_name', '?')})",
                 "memory": f"{r.get('memory_gib', 0):.0f}G",
                 "GPU": r["gpus"],

@@ -1,0 +1,106 @@
+"""Studies shared by several workers on a real PostgreSQL server (`.ci/run` starts one on loopback).
+
+Set TUNER_TEST_POSTGRES to a URL whose role may create databases; each test gets a fresh database. Without
+it these tests are skipped, except under CI, where a missing server is a failure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
+
+from tuner.storage import open_storage
+
+SERVER = os.environ.get("TUNER_TEST_POSTGRES", "")
+if not SERVER and os.environ.get("CI"):
+    raise RuntimeError("CI must provide TUNER_TEST_POSTGRES (see .ci/run)")
+pytestmark = pytest.mark.tensorflow
+TRIALS = 8
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh storage: a SQLite file, or a new database on the PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'shared.db'}"
+        return
+    if not SERVER:
+        pytest.skip("no PostgreSQL server (set TUNER_TEST_POSTGRES)")
+    name = f"tuner_test_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(SERVER, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(SERVER).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _tune(url: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "tuner.cli", "tune", "--model", "tiny", "--cores", "1", "--mode", "infer",
+            "--trials", str(TRIALS), "--budget", "none", "--storage", url, *extra]  # fmt: skip
+
+
+def test_three_workers_share_one_study_and_a_killed_one_leaves_nothing_running(shared_url: str) -> None:
+    pg_url = shared_url
+    started = time.monotonic()
+    workers = [
+        subprocess.Popen(_tune(pg_url, "--no-confirm"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    storage = open_storage(pg_url)
+    deadline = time.monotonic() + 240
+    # Kill one worker outright (no chance to clean up) once the study is under way.
+    while time.monotonic() < deadline:
+        studies = storage.get_all_studies()
+        if studies and len(storage.get_all_trials(studies[0]._study_id, states=(TrialState.COMPLETE,))) >= 2:
+            break
+        time.sleep(0.5)
+    workers[0].send_signal(signal.SIGKILL)
+    outputs = [w.communicate(timeout=300) for w in workers]
+    shared_s = time.monotonic() - started
+    print(f"three workers, one killed: {TRIALS} trials in {shared_s:.1f} s")
+    # The two survivors finish normally.
+    assert [w.returncode for w in workers[1:]] == [0, 0], [err for _, err in outputs[1:]]
+    (study,) = storage.get_all_studies()
+    trials = storage.get_all_trials(study._study_id)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    # Exactly the requested number of complete trials, none left RUNNING (the killed worker's trial is failed
+    # as orphaned), and no trial number used twice.
+    assert len(complete) == TRIALS
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert len({t.number for t in trials}) == len(trials)
+    # Several workers measured; the host lock kept their measurements from overlapping on this host.
+    assert len({t.user_attrs["owner"]["pid"] for t in complete}) >= 2
+    windows = sorted(
+        (w["from"], w["to"]) for w in (t.user_attrs["measurement"]["facts"]["host_lock"] for t in complete)
+    )
+    assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(windows))
+    # One more run of the same command (without --no-confirm) confirms and stores the verdict.
+    final = subprocess.run(_tune(pg_url), capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr
+    assert "verdict" in optuna.load_study(study_name=study.study_name, storage=storage).user_attrs
+    # The password in the URL is never printed, nor stored in the study's metadata.
+    secret = make_url(pg_url).password
+    if not secret:
+        return  # SQLite: no credentials to hide
+    printed = "".join(out + err for out, err in outputs) + final.stdout + final.stderr
+    assert secret not in printed and "***" in printed
+    stored = json.dumps([s.user_attrs for s in storage.get_all_studies()])
+    assert secret not in stored

@@ -1,0 +1,232 @@
+"""Recommendations: the confirmed verdicts in storage, looked up by CPU signature, core count and mode.
+
+An exact match is a study measured on the same CPU signature (or, with ``--cpu``, the same model name)
+and core count. Without one, advice may be borrowed from the nearest signature: same vendor and the same
+ISA family (the features that change kernel choice: AVX2, AVX-512, VNNI, BF16, AMX), nearest core count;
+it is then labelled borrowed, with the CPU it came from. Nothing usable is an error, never a guess.
+
+Outputs apply the settings before TensorFlow starts: shell ``export`` lines (TensorFlow reads
+``TF_NUM_INTRAOP_THREADS`` and ``TF_NUM_INTEROP_THREADS`` when its own setting is 0, OpenMP builds read
+``OMP_*``/``KMP_*``), a Python snippet with the ``tf.config.threading`` calls, or JSON with provenance.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from tuner.errors import TunerError, UsageError
+from tuner.settings import DATA_FORMATS, Settings
+from tuner.signature import CpuSignature
+
+FORMATS = ("text", "shell", "python", "json")
+# The ISA features that decide which kernels run: a CPU with another set is not a stand-in.
+ISA_FAMILY = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    model: str
+    mode: str
+    cores: int
+    runtime: str
+    settings: Settings
+    recommended: str  # which candidate the verdict chose: tf-default unless another clearly won
+    cpu: dict[str, Any]  # the signature the study was measured on
+    borrowed: bool
+    framework_version: str | None
+    speedup: dict[str, float] | None  # the winner over tf-default, with its 95% interval
+    verdict: str
+    measured: str | None
+    study: str
+
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "mode": self.mode,
+            "cores": self.cores,
+            "runtime": self.runtime,
+            "recommended": self.recommended,
+            "settings": self.settings.params(),
+            "environment": environment(self.settings),
+            "cpu": self.cpu,
+            "borrowed": self.borrowed,
+            "framework_version": self.framework_version,
+            "speedup_vs_tf_default": self.speedup,
+            "verdict": self.verdict,
+            "measured": self.measured,
+            "study": self.study,
+        }
+
+    def source(self) -> str:
+        where = f"{self.cores} cores of {self.cpu.get('model_name')} ({self.cpu.get('id')})"
+        return ("BORROWED from " if self.borrowed else "measured on ") + where
+
+
+def environment(settings: Settings) -> dict[str, str | None]:
+    """Variables that apply ``settings`` before TensorFlow starts; None means: leave it unset (TF's default)."""
+    env: dict[str, str | None] = {
+        "TF_NUM_INTRAOP_THREADS": str(settings.intra_op) if settings.intra_op else None,
+        "TF_NUM_INTEROP_THREADS": str(settings.inter_op) if settings.inter_op else None,
+    }
+    env.update(settings.knob_environ())
+    return env
+
+
+def isa_family(cpu: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(flag for flag in ISA_FAMILY if flag in cpu.get("isa", ()))
+
+
+def verdicts(storage: optuna.storages.BaseStorage) -> list[Recommendation]:
+    """Every study in storage with a confirmed verdict, as an (exact) recommendation."""
+    found = []
+    for info in storage.get_all_studies():
+        attrs = info.user_attrs
+        meta, verdict = attrs.get("tuner"), attrs.get("verdict")
+        if not meta or not verdict or not verdict.get("recommended_params"):
+            continue
+        found.append(
+            Recommendation(
+                model=meta.get("model"),
+                mode=meta.get("mode"),
+                cores=int(meta.get("cores", 0)),
+                runtime=meta.get("runtime", "tensorflow"),
+                settings=Settings.from_params(verdict["recommended_params"]),
+                recommended=verdict.get("recommended", "tf-default"),
+                cpu=meta.get("cpu", {}),
+                borrowed=False,
+                framework_version=(meta.get("probe") or {}).get("framework_version"),
+                speedup=verdict.get("speedup_vs_tf_default"),
+                verdict=verdict.get("text", ""),
+                measured=verdict.get("measured"),
+                study=info.study_name,
+            )
+        )
+    return found
+
+
+def recommend(
+    storage: optuna.storages.BaseStorage,
+    signature: CpuSignature,
+    cpu_name: str | None = None,
+    cores: int | None = None,
+    mode: str | None = None,
+    runtime: str = "tensorflow",
+    model: str = "resnet50",
+) -> list[Recommendation]:
+    """The best known settings per core count and mode for the CPU asked for (default: this machine's)."""
+    pool = [
+        r for r in verdicts(storage) if r.runtime == runtime and r.model == model and (mode is None or r.mode == mode)
+    ]
+    if cpu_name is not None:
+        exact = [r for r in pool if r.cpu.get("model_name", "").strip().lower() == cpu_name.strip().lower()]
+    else:
+        exact = [r for r in pool if r.cpu.get("id") == signature.id]
+    if cores is not None:
+        exact = [r for r in exact if r.cores == cores]
+    if exact:
+        return _latest(exact)
+    # Borrowed: only from the same vendor and ISA family, and only when a core count and a CPU were asked.
+    if cpu_name is not None:
+        like = [r for r in pool if r.cpu.get("model_name") and _similar_name(r.cpu["model_name"], cpu_name)]
+    else:
+        mine = {"vendor": signature.vendor, "isa": list(signature.isa)}
+        like = [r for r in pool if r.cpu.get("vendor") == mine["vendor"] and isa_family(r.cpu) == isa_family(mine)]
+    if like:
+        wanted = cores if cores is not None else signature.physical_cores
+        nearest = min(abs(r.cores - wanted) for r in like)
+        chosen = [r for r in like if abs(r.cores - wanted) == nearest]
+        return [_borrow(r) for r in _latest(chosen)]
+    what = f"{model} {runtime}" + (f" {mode}" if mode else "") + (f" on {cores} cores" if cores else "")
+    cpu = cpu_name or f"{signature.model_name} ({signature.id})"
+    raise TunerError(f"no confirmed verdict for {what} of {cpu}, nor of a CPU of the same vendor and ISA family")
+
+
+def _similar_name(stored: str, asked: str) -> bool:
+    """Same vendor word and family word (e.g. 'Intel Xeon', 'AMD EPYC'): the only stand-in a name allows."""
+    return stored.lower().split()[:2] == asked.lower().split()[:2]
+
+
+def _borrow(r: Recommendation) -> Recommendation:
+    return Recommendation(**{**r.__dict__, "borrowed": True})
+
+
+def _latest(found: Sequence[Recommendation]) -> list[Recommendation]:
+    """One recommendation per (cores, mode): the most recently confirmed."""
+    best: dict[tuple[int, str], Recommendation] = {}
+    for r in sorted(found, key=lambda r: r.measured or ""):
+        best[(r.cores, r.mode)] = r
+    return [best[key] for key in sorted(best)]
+
+
+def check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+
+
+def render(found: Sequence[Recommendation], fmt: str) -> str:
+    check_format(fmt)
+    if fmt == "json":
+        return json.dumps([r.provenance() for r in found], indent=2)
+    if fmt == "text":
+        return "\n".join(_text(r) for r in found)
+    if len(found) != 1:
+        choices = ", ".join(f"--cores {r.cores} --mode {r.mode}" for r in found)
+        raise UsageError(f"--format {fmt} applies one recommendation; {len(found)} match: choose one of {choices}")
+    return _shell(found[0]) if fmt == "shell" else _python(found[0])
+
+
+def _gain(r: Recommendation) -> str:
+    if not r.speedup:
+        return ""
+    s = r.speedup
+    return f"{s['value']:.2f}x tf-default [{s['low']:.2f}, {s['high']:.2f}]"
+
+
+def _text(r: Recommendation) -> str:
+    return (
+        f"{r.model} {r.mode} on {r.cores} cores ({r.runtime}): {r.recommended}: {r.settings.label()} "
+        f"-- {r.verdict}; {r.source()}, measured {r.measured}"
+    )
+
+
+def _shell(r: Recommendation) -> str:
+    lines = [
+        f"# tuner recommend: {r.model} {r.mode}, {r.runtime} (TensorFlow {r.framework_version}); {r.source()}",
+        f"# verdict ({r.measured}): {r.verdict}",
+    ]
+    for name, value in environment(r.settings).items():
+        lines.append(f"unset {name}" if value is None else f"export {name}={shlex.quote(value)}")
+    lines.append(
+        "# or in the program, before TensorFlow runs anything: "
+        f"tf.config.threading.set_intra_op_parallelism_threads({r.settings.intra_op}); "
+        f"tf.config.threading.set_inter_op_parallelism_threads({r.settings.inter_op})"
+    )
+    lines.append(f'# data format: keras.backend.set_image_data_format("{DATA_FORMATS[r.settings.data_format]}")')
+    return "\n".join(lines)
+
+
+def _python(r: Recommendation) -> str:
+    env = {k: v for k, v in environment(r.settings).items() if v is not None and not k.startswith("TF_NUM_")}
+    lines = [
+        f"# tuner recommend: {r.model} {r.mode}, {r.runtime} (TensorFlow {r.framework_version}); {r.source()}",
+        f"# verdict ({r.measured}): {r.verdict}",
+        "# Run this before anything imports TensorFlow: threads cannot change once it has started.",
+        "import os",
+        "",
+    ]
+    lines += [f"os.environ[{k!r}] = {v!r}" for k, v in env.items()]
+    lines += [
+        "import keras",
+        "import tensorflow as tf",
+        "",
+        f"tf.config.threading.set_intra_op_parallelism_threads({r.settings.intra_op})",
+        f"tf.config.threading.set_inter_op_parallelism_threads({r.settings.inter_op})",
+        f'keras.backend.set_image_data_format("{DATA_FORMATS[r.settings.data_format]}")',
+    ]
+    return "\n".join(lines)

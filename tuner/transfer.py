@@ -1,0 +1,181 @@
+"""Export and import: studies and benchmark records moved between storages as one JSON file.
+
+The file holds every tuner study (its attributes: metadata, confirmation, verdict) and the benchmark
+study, each with its finished trials (COMPLETE, PRUNED, FAIL; never RUNNING or WAITING) with params,
+distributions, values, intermediate values and user attributes. Import validates the whole file before
+writing anything; a study that already exists in the target is left alone and reported, so importing
+twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import distribution_to_json, json_to_distribution
+from optuna.trial import TrialState
+
+from tuner import __version__
+from tuner.benchmark import BENCH_STUDY
+from tuner.errors import TunerError, UsageError
+
+FORMAT = "tuner-export"
+VERSION = 1
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+MAX_BYTES = 512 * 2**20
+
+
+class ImportRefused(UsageError):
+    """A malformed or foreign export file."""
+
+
+def _ours(attrs: dict[str, Any], name: str) -> bool:
+    return "tuner" in attrs or name == BENCH_STUDY
+
+
+def export(storage: optuna.storages.BaseStorage) -> dict[str, Any]:
+    studies = []
+    for info in storage.get_all_studies():
+        if not _ours(info.user_attrs, info.study_name):
+            continue
+        trials = storage.get_all_trials(info._study_id, deepcopy=False, states=FINISHED)
+        studies.append(
+            {
+                "name": info.study_name,
+                "direction": info.direction.name.lower(),
+                "user_attrs": info.user_attrs,
+                "trials": [
+                    {
+                        "state": t.state.name,
+                        "value": t.value,
+                        "params": t.params,
+                        "distributions": {k: json.loads(distribution_to_json(d)) for k, d in t.distributions.items()},
+                        "intermediate_values": {str(k): v for k, v in t.intermediate_values.items()},
+                        "user_attrs": t.user_attrs,
+                        "start": t.datetime_start.isoformat() if t.datetime_start else None,
+                        "complete": t.datetime_complete.isoformat() if t.datetime_complete else None,
+                    }
+                    for t in trials
+                ],
+            }
+        )
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "exported": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tool_version": __version__,
+        "studies": studies,
+    }
+
+
+def write(data: dict[str, Any], path: Path) -> None:
+    """Write atomically: a crash leaves the old file or none, never half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=1, allow_nan=False), encoding="utf-8")
+        os.replace(tmp, path)
+    except (OSError, ValueError) as error:
+        tmp.unlink(missing_ok=True)
+        raise TunerError(f"cannot write {path}: {getattr(error, 'strerror', None) or error}") from None
+
+
+def read(path: Path) -> dict[str, Any]:
+    """Load and validate an export file; any fault is one ``ImportRefused`` naming what is wrong."""
+    try:
+        if path.stat().st_size > MAX_BYTES:
+            raise ImportRefused(f"{path}: larger than {MAX_BYTES // 2**20} MiB; not a tuner export")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ImportRefused(f"cannot read {path}: {error.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ImportRefused(f"{path}: not JSON ({error})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ImportRefused(f'{path}: not a tuner export (no "format": "{FORMAT}")')
+    if data.get("version") != VERSION:
+        raise ImportRefused(f"{path}: export version {data.get('version')!r}; this tuner reads version {VERSION}")
+    studies = data.get("studies")
+    if not isinstance(studies, list):
+        raise ImportRefused(f'{path}: "studies" must be a list')
+    names = set()
+    for index, study in enumerate(studies):
+        _check_study(path, index, study)
+        if study["name"] in names:
+            raise ImportRefused(f"{path}: study {study['name']!r} appears twice")
+        names.add(study["name"])
+    return data
+
+
+def _check_study(path: Path, index: int, study: Any) -> None:
+    where = f"{path}: studies[{index}]"
+    if not isinstance(study, dict):
+        raise ImportRefused(f"{where}: must be an object")
+    name = study.get("name")
+    if not isinstance(name, str) or not name or len(name) > 512:
+        raise ImportRefused(f"{where}.name: must be a non-empty string")
+    if study.get("direction") not in ("maximize", "minimize"):
+        raise ImportRefused(f"{where}.direction: must be maximize or minimize")
+    attrs = study.get("user_attrs")
+    if not isinstance(attrs, dict) or not _ours(attrs, name):
+        raise ImportRefused(f"{where} ({name}): not a tuner study (no tuner metadata)")
+    trials = study.get("trials")
+    if not isinstance(trials, list):
+        raise ImportRefused(f"{where}.trials: must be a list")
+    for number, trial in enumerate(trials):
+        try:
+            _frozen(trial)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ImportRefused(f"{where}.trials[{number}] ({name}): {error}") from None
+
+
+def _frozen(trial: dict[str, Any]) -> optuna.trial.FrozenTrial:
+    """An export trial as Optuna's trial, validated by Optuna itself (params against distributions)."""
+    if not isinstance(trial, dict):
+        raise TypeError("must be an object")
+    state = TrialState[trial["state"]]
+    if state not in FINISHED:
+        raise ValueError(f"state {trial['state']} is not a finished state")
+    value = trial.get("value")
+    if state == TrialState.COMPLETE and not isinstance(value, (int, float)):
+        raise ValueError("a COMPLETE trial needs a numeric value")
+    distributions = {k: json_to_distribution(json.dumps(v)) for k, v in dict(trial["distributions"]).items()}
+    params = dict(trial["params"])
+    if not isinstance(trial.get("user_attrs", {}), dict):
+        raise TypeError("user_attrs must be an object")
+    stamp = {k: datetime.fromisoformat(trial[k]) if trial.get(k) else None for k in ("start", "complete")}
+    created = optuna.trial.create_trial(
+        state=state,
+        value=float(value) if state == TrialState.COMPLETE and isinstance(value, (int, float)) else None,
+        params=params,
+        distributions=distributions,
+        user_attrs=dict(trial.get("user_attrs", {})),
+        intermediate_values={int(k): float(v) for k, v in dict(trial.get("intermediate_values", {})).items()},
+    )
+    return _with_times(created, stamp["start"], stamp["complete"])
+
+
+def _with_times(
+    trial: optuna.trial.FrozenTrial, start: datetime | None, complete: datetime | None
+) -> optuna.trial.FrozenTrial:
+    trial.datetime_start = start or trial.datetime_start
+    trial.datetime_complete = complete or trial.datetime_complete
+    return trial
+
+
+def import_into(storage: optuna.storages.BaseStorage, data: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Create the studies the target lacks; return (imported, skipped because they exist)."""
+    existing = {s.study_name for s in storage.get_all_studies()}
+    imported, skipped = [], []
+    for study in data["studies"]:
+        if study["name"] in existing:
+            skipped.append(study["name"])
+            continue
+        created = optuna.create_study(storage=storage, study_name=study["name"], direction=study["direction"])
+        for key, value in study["user_attrs"].items():
+            created.set_user_attr(key, value)
+        created.add_trials([_frozen(trial) for trial in study["trials"]])
+        imported.append(study["name"])
+    return imported, skipped
