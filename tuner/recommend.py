@@ -64,7 +64,7 @@ class Recommendation:
         }
 
     def source(self) -> str:
-        where = f"{self.cores} cores of {self.cpu.get('model_name')} ({self.cpu.get('id')})"
+        where = f"{_cores(self.cores)} of {self.cpu.get('model_name')} ({self.cpu.get('id')})"
         return ("BORROWED from " if self.borrowed else "measured on ") + where
 
 
@@ -190,7 +190,7 @@ def _gain(r: Recommendation) -> str:
 
 def _text(r: Recommendation) -> str:
     return (
-        f"{r.model} {r.mode} on {r.cores} cores ({r.runtime}): {r.recommended}: {r.settings.label()} "
+        f"{r.model} {r.mode} on {_cores(r.cores)} ({r.runtime}): {r.recommended}: {r.settings.label()} "
         f"-- {r.verdict}; {r.source()}, measured {r.measured}"
     )
 
@@ -230,3 +230,7 @@ def _python(r: Recommendation) -> str:
         f'keras.backend.set_image_data_format("{DATA_FORMATS[r.settings.data_format]}")',
     ]
     return "\n".join(lines)
+
+
+def _cores(count: int) -> str:
+    return f"{count} core" + ("" if count == 1 else "s")
