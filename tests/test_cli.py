@@ -251,3 +251,20 @@ def test_table_on_a_missing_storage_is_one_line_and_creates_nothing(
     assert main(["table", "--storage", url]) == 1
     assert "does not exist" in one_error_line(capsys.readouterr().err)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_benchmark_keeps_its_finished_rounds_marked_partial(
+    storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def script(spec: TrialSpec, call: int) -> list[float] | BaseException:
+        # Two settings, order rotated each round (A B, B A): the fourth run (tf-default) is interrupted.
+        return KeyboardInterrupt() if call == 3 else [0.01] * (spec.policy.warmup + spec.policy.timed)
+
+    argv = ["benchmark", "--model", "tiny", "--cores", "1", "--mode", "infer", "--warmup", "1", "--timed", "3"]
+    argv += ["--rounds", "3", "--settings", "tf-default", "--settings", "heuristic", "--storage", storage_url]
+    assert main(argv, runner=ReplayRunner(script)) == 130
+    capsys.readouterr()
+    assert main(["table", "--storage", storage_url, "--format", "csv"]) == 0
+    out = capsys.readouterr().out
+    # The finished runs are stored (one of tf-default, two of heuristic) and the row says it was cut short.
+    assert "tf-default: 1 of 3 rounds (interrupted)" in out and "heuristic: 2 of 3 rounds (interrupted)" in out

@@ -200,9 +200,13 @@ def measure(
     named: Sequence[tuple[str, Settings]],
     bench: MeasurementPolicy,
     progress: Progress = lambda line: None,
+    runs: dict[str, list[Measurement]] | None = None,
 ) -> dict[str, list[Measurement]]:
-    """Measure every named setting for ``bench.rounds`` interleaved rounds, order rotated each round."""
-    runs: dict[str, list[Measurement]] = {label: [] for label, _ in named}
+    """Measure every named setting for ``bench.rounds`` interleaved rounds, order rotated each round.
+    Runs are added to ``runs`` as they finish, so a caller keeps what was measured if it is interrupted."""
+    runs = {label: [] for label, _ in named} if runs is None else runs
+    for label, _ in named:
+        runs.setdefault(label, [])
     for round_ in range(bench.rounds):
         shift = round_ % len(named)
         for label, settings in [*named[shift:], *named[:shift]]:

@@ -27,6 +27,7 @@ from tuner.doctor import report as doctor_report
 from tuner.envs import create as create_env
 from tuner.envs import read_manifest
 from tuner.errors import TunerError, UsageError
+from tuner.measurement import Measurement
 from tuner.pipeline import MODE_WEIGHT, Job, stored_tuned
 from tuner.policy import BURST, CONFIRM
 from tuner.probe import fixed_knobs, probe
@@ -207,7 +208,19 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
                     continue
                 _log(f"benchmark {target.describe()}: {', '.join(label for label, _ in named)}, "
                      f"{bench.rounds} x ({bench.warmup} warm-up + {bench.timed} timed batches)")  # fmt: skip
-                runs = benchmark.measure(runner, target, named, bench, progress=_tagged(f"{mode} {n}c"))
+                runs: dict[str, list[Measurement]] = {}
+                try:
+                    benchmark.measure(runner, target, named, bench, _tagged(f"{mode} {n}c"), runs)
+                except (KeyboardInterrupt, TunerError):
+                    # Keep the finished rounds, marked partial, before giving up.
+                    for label, settings in named:
+                        if runs.get(label):
+                            partial = {"partial": f"{len(runs[label])} of {bench.rounds} rounds"}
+                            record = benchmark.make_record(
+                                target, label, settings, runs[label], signature, run_id, partial
+                            )
+                            benchmark.store(storage, record)
+                    raise
                 for label, settings in named:
                     record = benchmark.make_record(target, label, settings, runs[label], signature, run_id)
                     benchmark.store(storage, record)

@@ -122,7 +122,9 @@ def build(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
                 "tuned settings": "-" if tuned is None else tuned["settings_text"],
                 "timed batches": _batches(main),
                 "recommended": "-" if main is None else main["label"],
-                "note": "",
+                "note": "; ".join(
+                    f"{label}: {r['partial']} (interrupted)" for label, r in group.items() if "partial" in r
+                ),
             }
         )
     for key in sorted(skipped, key=_sort_key):
