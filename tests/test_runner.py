@@ -24,6 +24,7 @@ from tuner.errors import (
     WorkerCrashed,
     WorkerError,
     WorkerExited,
+    WorkerOutOfMemory,
     WorkerTimeout,
 )
 from tuner.policy import MeasurementPolicy
@@ -46,13 +47,20 @@ PRIVATE_LOCK = Path(tempfile.gettempdir()) / f"tuner-test-lock-{os.getpid()}"
 class FakeRunner(SubprocessRunner):
     """The real runner with the worker script swapped for the fake one."""
 
-    def __init__(self, behaviour: str, pids: Path | None = None, parent_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        behaviour: str,
+        pids: Path | None = None,
+        parent_env: dict[str, str] | None = None,
+        memory_limit: int | None = None,
+    ) -> None:
         # A private lock: these tests time the runner's mechanics, not a measurement, so a tuner measuring on
         # this host meanwhile must not make them wait.
         super().__init__(
             python=sys.executable,
             parent_env=MINIMAL_ENV if parent_env is None else parent_env,
             lock=PRIVATE_LOCK,
+            memory_limit=memory_limit,
         )
         self.behaviour = behaviour
         self.pids = pids
@@ -318,3 +326,59 @@ def test_worker_hanging_after_its_result_is_killed_and_the_result_kept(monkeypat
     assert len(measurement.timed_seconds) == POLICY.timed
     assert "hung at shutdown" in measurement.facts["exit"]
     assert time.monotonic() - started < POLICY.timeout_s
+
+
+def test_a_worker_out_of_memory_is_its_own_failure_and_leaves_no_process(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    runner = FakeRunner("oom", pids=pids, memory_limit=1024 * 2**20)
+    with pytest.raises(WorkerOutOfMemory) as caught:
+        runner.run(make_spec())
+    # The allocation failed under the 1 GiB limit: reported as out-of-memory with the child's own words.
+    assert caught.value.reason == "out-of-memory" and "MemoryError" in caught.value.stderr_tail
+    # The worker and the grandchild it started are gone.
+    assert all(is_gone(pid) for pid in json.loads(pids.read_text()).values())
+
+
+class OneBadTrial(FakeRunner):
+    """Behaves on every run but the second, which misbehaves as ``bad``."""
+
+    def __init__(self, bad: str, pids: Path) -> None:
+        super().__init__("ok", memory_limit=1024 * 2**20)
+        self.bad, self.bad_pids, self.count = bad, pids, 0
+
+    def argv(self, worker_spec: dict[str, Any], channel_fd: int) -> list[str]:
+        self.count += 1
+        self.behaviour, self.pids = (self.bad, self.bad_pids) if self.count == 2 else ("ok", None)
+        return super().argv(worker_spec, channel_fd)
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ("segv", "crashed"),
+        ("abort", "crashed"),
+        ("hang", "timeout"),
+        ("oom", "out-of-memory"),
+        ("garbage", "bad-output"),
+    ],
+)
+def test_a_failing_trial_is_stored_with_its_reason_and_the_study_goes_on(
+    bad: str, reason: str, tmp_path: Path, storage: Any
+) -> None:
+    from optuna.trial import TrialState
+
+    from tests.conftest import make_config
+    from tuner.study import StudyRun
+
+    pids = tmp_path / "pids"
+    quick = MeasurementPolicy("quick", warmup=1, timed=3, timeout_s=5.0)
+    run = StudyRun(storage, make_config(cores=1, trials=3, policy=quick), OneBadTrial(bad, pids))
+    run.search(None)
+    trials = run.study.get_trials()
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    # The second run failed: one FAIL trial with the typed reason (never a score), and the study went on to
+    # its three complete trials.
+    assert [t.user_attrs["fail_reason"] for t in failed] == [reason]
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 3
+    # The failed worker and the grandchild it started are gone.
+    assert all(is_gone(pid) for pid in json.loads(pids.read_text()).values())

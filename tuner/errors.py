@@ -65,6 +65,12 @@ class WorkerExited(WorkerError):
     reason = "exited"
 
 
+class WorkerOutOfMemory(WorkerError):
+    """The worker ran out of memory (its allocation failed under the memory limit)."""
+
+    reason = "out-of-memory"
+
+
 class WorkerTimeout(WorkerError):
     """The worker ran past the policy's timeout and was killed."""
 

@@ -12,6 +12,7 @@ import fcntl
 import json
 import math
 import os
+import resource
 import select
 import signal
 import socket
@@ -24,7 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from tuner.errors import WorkerBadOutput, WorkerCrashed, WorkerError, WorkerExited, WorkerTimeout
+from tuner.errors import (
+    WorkerBadOutput,
+    WorkerCrashed,
+    WorkerError,
+    WorkerExited,
+    WorkerOutOfMemory,
+    WorkerTimeout,
+)
 from tuner.measurement import Measurement
 from tuner.policy import MeasurementPolicy
 from tuner.settings import ENV_ALLOWLIST, Settings
@@ -34,6 +42,8 @@ WORKER = Path(__file__).resolve().parent / "worker.py"
 STDERR_TAIL = 2000
 HOST_LOCK = Path(tempfile.gettempdir()) / "tuner-measure.lock"
 EXIT_GRACE_S = 30.0
+# What a worker's stderr shows when an allocation failed: Python's, C++'s (TensorFlow) and the C library's.
+OOM_SIGNS = ("MemoryError", "std::bad_alloc", "Cannot allocate memory", "OOM when allocating")
 
 StepCallback = Callable[[str, int, float], None]  # (phase, index, seconds); may raise to stop the trial
 
@@ -123,8 +133,13 @@ class SubprocessRunner:
     """Runs ``worker.py`` with ``python`` (the target environment's interpreter)."""
 
     def __init__(
-        self, python: str = sys.executable, parent_env: Mapping[str, str] | None = None, lock: Path = HOST_LOCK
+        self,
+        python: str = sys.executable,
+        parent_env: Mapping[str, str] | None = None,
+        lock: Path = HOST_LOCK,
+        memory_limit: int | None = None,
     ) -> None:
+        self.memory_limit = memory_limit  # bytes of address space for the worker (RLIMIT_AS); None: no limit
         self.python = python
         self.parent_env = dict(os.environ if parent_env is None else parent_env)
         self.lock = lock  # the host-wide measurement lock; tests of the runner's mechanics use their own
@@ -207,6 +222,7 @@ class SubprocessRunner:
                     stderr=log,
                     pass_fds=(write_fd,),
                     start_new_session=True,  # its own process group, so the whole group can be killed
+                    preexec_fn=self._limit_memory if self.memory_limit else None,
                 )
             except (OSError, ValueError) as error:
                 os.close(read_fd)
@@ -231,6 +247,11 @@ class SubprocessRunner:
         if exit_note:
             result["exit"] = exit_note
         return result, env
+
+    def _limit_memory(self) -> None:
+        """In the child, before exec: cap its address space, so a runaway allocation fails there."""
+        assert self.memory_limit is not None
+        resource.setrlimit(resource.RLIMIT_AS, (self.memory_limit, self.memory_limit))
 
     @staticmethod
     def _wait(process: subprocess.Popen[bytes], has_result: bool, deadline: float) -> str:
@@ -279,7 +300,10 @@ class SubprocessRunner:
             name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
             raise WorkerCrashed(f"worker killed by {name}", _tail(log))
         if returncode > 0:
-            raise WorkerExited(f"worker exited with status {returncode}", _tail(log))
+            tail = _tail(log)
+            if any(sign in tail for sign in OOM_SIGNS):
+                raise WorkerOutOfMemory(f"worker ran out of memory (exit status {returncode})", tail)
+            raise WorkerExited(f"worker exited with status {returncode}", tail)
         if result is None:
             raise WorkerBadOutput("worker exited without a result on its channel", _tail(log))
         if result.get("cpus") != sorted(cores):

@@ -25,7 +25,16 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner import __version__
 from tuner.confirm import DEFAULT, MIN_ROUNDS, Candidate, Verdict, confirm
-from tuner.errors import Interrupted, Pruned, TunerError, WorkerBadOutput, WorkerCrashed, WorkerExited, WorkerTimeout
+from tuner.errors import (
+    Interrupted,
+    Pruned,
+    TunerError,
+    WorkerBadOutput,
+    WorkerCrashed,
+    WorkerExited,
+    WorkerOutOfMemory,
+    WorkerTimeout,
+)
 from tuner.measurement import Measurement
 from tuner.policy import BURST, CONFIRM, MeasurementPolicy
 from tuner.runner import Runner, TrialSpec
@@ -36,7 +45,7 @@ from tuner.workload import Workload
 
 Progress = Callable[[str], None]
 MAX_FAILURES_IN_A_ROW = 3
-WORKER_FAILURES = {e.reason for e in (WorkerCrashed, WorkerExited, WorkerTimeout, WorkerBadOutput)}
+WORKER_FAILURES = {e.reason for e in (WorkerCrashed, WorkerExited, WorkerTimeout, WorkerBadOutput, WorkerOutOfMemory)}
 ORPHAN_AGE_S = 600  # a RUNNING trial with no owner and no heartbeat this old was abandoned before it began
 SHARED_POLL_S = 2.0  # how often a worker waiting on other workers' last trials looks again
 MAX_SKIPS_IN_A_ROW = 25  # sampler keeps proposing measured or forbidden settings: the space is exhausted

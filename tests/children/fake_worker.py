@@ -57,6 +57,9 @@ def main() -> int:
         os.kill(os.getpid(), signal.SIGSEGV)
     if behaviour == "exit3":
         return 3
+    if behaviour == "oom":
+        hoard = [bytearray(256 * 2**20) for _ in range(64)]  # 16 GiB: more than any limit the tests set
+        print(len(hoard))
     if behaviour == "no-result":
         return 0
     cpus = sorted(os.sched_getaffinity(0))
