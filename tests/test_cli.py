@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 
@@ -284,14 +283,14 @@ def test_signals_at_random_moments_never_lose_a_trial_and_the_command_resumes(tm
     def counts(db: Path) -> dict[TrialState, int]:
         found: dict[TrialState, int] = {}
         if db.exists():
-            storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+            storage = open_storage(f"sqlite:///{db}", create=False)  # retries while the schema is being made
             for study in storage.get_all_studies():
                 for trial in storage.get_all_trials(study._study_id, deepcopy=False):
                     found[trial.state] = found.get(trial.state, 0) + 1
         return found
 
     def verdicts(db: Path) -> int:
-        storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+        storage = open_storage(f"sqlite:///{db}", create=False)
         return sum("verdict" in study.user_attrs for study in storage.get_all_studies())
 
     for attempt in range(8):

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 
@@ -55,7 +54,9 @@ def test_stray_shell_variables_do_not_reach_the_child() -> None:
 
 
 def _count(db: Path, state: TrialState) -> int:
-    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    from tuner.storage import open_storage
+
+    storage = open_storage(f"sqlite:///{db}", create=False)  # retries while the tool is creating the schema
     return sum(
         len(storage.get_all_trials(s._study_id, deepcopy=False, states=(state,))) for s in storage.get_all_studies()
     )

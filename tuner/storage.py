@@ -54,8 +54,12 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
                     grace_period=GRACE_S,
                     engine_kwargs=_engine_kwargs(parsed.get_backend_name()),
                 )
-        except sqlalchemy.exc.IntegrityError:
-            # Two processes creating the same fresh database race on its version table: the loser retries.
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as error:
+            # Two processes creating the same fresh database race on its tables ("already exists") or its
+            # version row: the loser retries. Any other operational error is a real one.
+            if isinstance(error, sqlalchemy.exc.OperationalError) and "already exists" not in str(error):
+                reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+                raise StorageError(f"cannot open storage {redact(url)}: {reason}") from None
             if attempt == CREATE_ATTEMPTS - 1:
                 raise StorageError(f"cannot open storage {redact(url)}: another process keeps creating it") from None
             time.sleep(0.5 * (attempt + 1))
