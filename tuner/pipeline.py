@@ -49,7 +49,7 @@ from tuner.settings import Settings
 from tuner.signature import CpuSignature
 from tuner.space import SearchSpace
 from tuner.space import load as load_space
-from tuner.study import StudyConfig, StudyRun
+from tuner.study import StudyConfig, StudyRun, duration
 from tuner.topology import core_set
 from tuner.workload import Workload
 
@@ -232,8 +232,8 @@ class Job:
             if deadline is not None:
                 share = max(0.0, deadline - self.clock()) * weights[index] / sum(weights[index:])
             tag = f"{runtime.name} {mode} {n}c"
-            left = "" if deadline is None else f", {_minutes(deadline - self.clock())} of the budget left"
-            self.log(f"study {index + 1}/{len(cells)}: {tag}" + (f", share {_minutes(share)}" if share else "") + left)
+            left = "" if deadline is None else f", {duration(deadline - self.clock())} of the budget left"
+            self.log(f"study {index + 1}/{len(cells)}: {tag}" + (f", share {duration(share)}" if share else "") + left)
             try:
                 self._cell(runtime, space, facts, runner, n, mode, share)
             except TunerError as error:
@@ -393,10 +393,3 @@ class Job:
                         continue
                     record = make_record(target, label, settings, runs[label], self.signature, new_run_id())
                     store(self.storage, record)
-
-
-def _minutes(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = max(0, int(seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s"

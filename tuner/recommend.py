@@ -23,6 +23,7 @@ import optuna
 from tuner.errors import TunerError, UsageError
 from tuner.settings import DATA_FORMATS, Settings
 from tuner.signature import CpuSignature
+from tuner.topology import cores_text
 
 FORMATS = ("text", "shell", "python", "json")
 # The ISA features that decide which kernels run: a CPU with another set is not a stand-in.
@@ -64,7 +65,7 @@ class Recommendation:
         }
 
     def source(self) -> str:
-        where = f"{_cores(self.cores)} of {self.cpu.get('model_name')} ({self.cpu.get('id')})"
+        where = f"{cores_text(self.cores)} of {self.cpu.get('model_name')} ({self.cpu.get('id')})"
         return ("BORROWED from " if self.borrowed else "measured on ") + where
 
 
@@ -190,7 +191,7 @@ def _gain(r: Recommendation) -> str:
 
 def _text(r: Recommendation) -> str:
     return (
-        f"{r.model} {r.mode} on {_cores(r.cores)} ({r.runtime}): {r.recommended}: {r.settings.label()} "
+        f"{r.model} {r.mode} on {cores_text(r.cores)} ({r.runtime}): {r.recommended}: {r.settings.label()} "
         f"-- {r.verdict}; {r.source()}, measured {r.measured}"
     )
 
@@ -230,7 +231,3 @@ def _python(r: Recommendation) -> str:
         f'keras.backend.set_image_data_format("{DATA_FORMATS[r.settings.data_format]}")',
     ]
     return "\n".join(lines)
-
-
-def _cores(count: int) -> str:
-    return f"{count} core" + ("" if count == 1 else "s")

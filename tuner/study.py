@@ -350,7 +350,7 @@ class StudyRun:
         else:
             what = f"skipped ({trial.user_attrs.get('skip_reason', 'pruned')})"
         best = f"best {self.study.best_value:.2f}" if self.measured() else "no best yet"
-        left = f", ~{_duration(deadline - self.clock())} left" if deadline is not None else ""
+        left = f", ~{duration(deadline - self.clock())} left" if deadline is not None else ""
         self.progress(f"trial {trial.number} [{complete}/{self.config.trials}] {label}: {what} | {best}{left}")
 
     # -- confirmation -------------------------------------------------------------------------------
@@ -492,6 +492,7 @@ def compute_importances(study: optuna.Study, params: list[str], seed: int = 0) -
     return {name: float(value) for name, value in found.items()}
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """'12m05s': how progress lines show time left."""
     seconds = max(0, int(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s"

@@ -18,6 +18,7 @@ from tuner.confirm import DEFAULT, HEURISTIC, bootstrap_ratio
 from tuner.errors import UsageError
 from tuner.runtime import load as load_runtime
 from tuner.runtime import names as runtime_names
+from tuner.topology import cores_text
 
 FORMATS = ("markdown", "csv", "html")
 TUNED = "tuned"
@@ -103,7 +104,7 @@ def build(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
         rows.append(
             {
                 "runtime": _runtime_label(any_record["runtime"]),
-                "CPU": f"{_cores(any_record['cores'])} ({cpu.get('model_name', '?')})",
+                "CPU": f"{cores_text(any_record['cores'])} ({cpu.get('model_name', '?')})",
                 "memory": f"{any_record.get('memory_gib', 0):.0f}G",
                 "GPU": gpu,
                 "batch size": any_record["global_batch"],
@@ -132,7 +133,7 @@ def build(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
         rows.append(
             {
                 "runtime": f"GPU ({r['runtime']})" if r["device"] == "gpu" else r["runtime"],
-                "CPU": f"{_cores(r['cores'])} ({r.get('cpu', {}).get('model_name', '?')})",
+                "CPU": f"{cores_text(r['cores'])} ({r.get('cpu', {}).get('model_name', '?')})",
                 "memory": f"{r.get('memory_gib', 0):.0f}G",
                 "GPU": r["gpus"],
                 "batch size": r["global_batch"],
@@ -203,7 +204,3 @@ def render(frame: pd.DataFrame, notes: Sequence[str], fmt: str) -> str:
 
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _cores(count: int) -> str:
-    return f"{count} core" + ("" if count == 1 else "s")

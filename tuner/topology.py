@@ -73,3 +73,8 @@ def parse_core_counts(text: str | None, available: int) -> list[int]:
             f"--cores: {too_many[0]} cores asked for, but only {available} physical cores are available"
         )
     return sorted(set(counts))
+
+
+def cores_text(count: int) -> str:
+    """'1 core', '2 cores': how tables and recommendations name a core count."""
+    return f"{count} core" + ("" if count == 1 else "s")
