@@ -9,19 +9,17 @@ import json
 import logging
 import os
 import re
-import signal
 import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import NoReturn
 
 import optuna
 import sqlalchemy.exc
 
-from tuner import __version__, benchmark, recommend, table, transfer
+from tuner import __version__, benchmark, interrupt, recommend, table, transfer
 from tuner.confirm import DEFAULT, HEURISTIC
 from tuner.doctor import report as doctor_report
 from tuner.envs import create as create_env
@@ -502,8 +500,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # SIGTERM takes the same path as Ctrl-C: kill the worker, keep what finished
+# Commands that write no study, or write only atomically: a signal may stop them anywhere.
+STOP_ANYWHERE = (cmd_table, cmd_recommend, cmd_export, cmd_show, cmd_env, cmd_doctor)
+
+
+def _interrupted(error: BaseException) -> bool:
+    """True when a KeyboardInterrupt (Ctrl-C or SIGTERM) is behind ``error``, e.g. Optuna's trial cleanup
+    failing with UnboundLocalError because the interrupt landed half-way through it."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__context__
+    return False
 
 
 def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int:
@@ -516,9 +525,14 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     logging.getLogger("optuna").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        return int(args.func(args, runner))
+        # SIGTERM takes the same path as Ctrl-C. Commands that write studies stop only at safe places (see
+        # tuner.interrupt); the read-only ones may stop anywhere.
+        with interrupt.handling():
+            if args.func in STOP_ANYWHERE:
+                with interrupt.interruptible():
+                    return int(args.func(args, runner))
+            return int(args.func(args, runner))
     except TunerError as error:
         if args.debug:
             raise
@@ -534,6 +548,9 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int
         print(f"tuner: error: {type(error).__name__}: {reason}", file=sys.stderr)
         return 1
     except Exception as error:  # a bug: still one line, and --debug shows where
+        if _interrupted(error):  # Ctrl-C landed inside a library's cleanup, which then failed on its own
+            print("tuner: interrupted; finished trials are kept, run the same command to resume", file=sys.stderr)
+            return 130
         if args.debug:
             raise
         reason = (str(error).strip().splitlines() or [""])[0]
@@ -542,8 +559,6 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int
     except KeyboardInterrupt:
         print("tuner: interrupted; finished trials are kept, run the same command to resume", file=sys.stderr)
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuner import interrupt
 from tuner.errors import UsageError
 from tuner.runtime import Runtime, load, names
 from tuner.signature import cpu_signature
@@ -46,7 +47,8 @@ def _cpu_ticks() -> dict[int, tuple[str, int]]:
 def busy_processes(interval: float = 0.5) -> list[Busy]:
     """Processes that used more than BUSY_SHARE of a CPU over ``interval`` seconds (this one excluded)."""
     before = _cpu_ticks()
-    time.sleep(interval)
+    with interrupt.interruptible():
+        time.sleep(interval)
     after = _cpu_ticks()
     hertz = os.sysconf("SC_CLK_TCK")
     found = []

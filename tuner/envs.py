@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tuner import interrupt
 from tuner.errors import TunerError, UsageError
 from tuner.runtime import MANIFEST, Runtime
 
@@ -104,7 +105,8 @@ def create(runtime: Runtime, with_python: str = sys.executable, log: Callable[[s
     ]
     for argv in steps:
         log(f"$ {' '.join(argv)}")
-        done = subprocess.run(argv, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+        with interrupt.interruptible():  # subprocess.run kills pip if Ctrl-C lands here
+            done = subprocess.run(argv, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
         if done.returncode != 0:
             tail = " | ".join(done.stderr.strip().splitlines()[-3:])
             raise TunerError(f"creating {path} failed at {argv[2]} {argv[3]}: {tail}")

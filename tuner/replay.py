@@ -10,6 +10,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from tuner import interrupt
 from tuner.measurement import Measurement
 from tuner.runner import StepCallback, TaskSpec, TrialSpec
 
@@ -57,7 +58,8 @@ class ReplayRunner:
         return cls.from_rates(lambda spec: table.get(spec.settings.label(), default), noise, seed)
 
     def run(self, spec: TrialSpec, on_step: StepCallback | None = None) -> Measurement:
-        outcome = self.script(spec, len(self.calls))
+        with interrupt.interruptible():  # a script that sleeps stands for a worker being waited on
+            outcome = self.script(spec, len(self.calls))
         self.calls.append(spec)
         if isinstance(outcome, BaseException):
             raise outcome

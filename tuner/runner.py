@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from tuner import interrupt
 from tuner.errors import (
     WorkerBadOutput,
     WorkerCrashed,
@@ -258,7 +259,8 @@ class SubprocessRunner:
         """Wait for the worker to exit. One that hangs at shutdown after its result is killed, result kept."""
         limit = max(0.1, deadline - time.monotonic())
         try:
-            process.wait(timeout=min(limit, EXIT_GRACE_S) if has_result else limit)
+            with interrupt.interruptible():
+                process.wait(timeout=min(limit, EXIT_GRACE_S) if has_result else limit)
         except subprocess.TimeoutExpired:
             if not has_result:
                 raise
@@ -276,7 +278,8 @@ class SubprocessRunner:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise subprocess.TimeoutExpired(process.args, 0)
-            ready, _, _ = select.select([fd], [], [], min(remaining, 1.0))
+            with interrupt.interruptible():  # Ctrl-C here: the caller kills the group and fails the trial
+                ready, _, _ = select.select([fd], [], [], min(remaining, 1.0))
             if not ready:
                 continue
             chunk = os.read(fd, 65536)

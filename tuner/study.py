@@ -23,7 +23,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import __version__
+from tuner import __version__, interrupt
 from tuner.confirm import DEFAULT, MIN_ROUNDS, Candidate, Verdict, confirm
 from tuner.errors import (
     Interrupted,
@@ -295,6 +295,7 @@ class StudyRun:
         failures = skips = 0
         finished: list[FrozenTrial] = []
         while True:
+            interrupt.checkpoint()  # between trials: a Ctrl-C received during Optuna's bookkeeping stops here
             measured = self.measured()
             distinct = len(set(self._known()) | set(self._failing()))
             if len(measured) >= cfg.trials or distinct >= size:
@@ -304,7 +305,8 @@ class StudyRun:
                 # Workers elsewhere are measuring the last trials: wait for them rather than overshoot; if
                 # one fails (or its worker dies and its heartbeat stops), this worker takes its place.
                 self._fail_orphans()
-                self.sleep(SHARED_POLL_S)
+                with interrupt.interruptible():
+                    self.sleep(SHARED_POLL_S)
                 continue
             if (
                 deadline is not None

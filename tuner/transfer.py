@@ -79,8 +79,9 @@ def write(data: dict[str, Any], path: Path) -> None:
         tmp.write_text(json.dumps(data, indent=1, allow_nan=False), encoding="utf-8")
         os.replace(tmp, path)
     except (OSError, ValueError) as error:
-        tmp.unlink(missing_ok=True)
         raise TunerError(f"cannot write {path}: {getattr(error, 'strerror', None) or error}") from None
+    finally:
+        tmp.unlink(missing_ok=True)  # gone after the replace; left by an error or Ctrl-C otherwise
 
 
 def read(path: Path) -> dict[str, Any]:
