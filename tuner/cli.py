@@ -19,7 +19,7 @@ from typing import NoReturn
 import optuna
 import sqlalchemy.exc
 
-from tuner import __version__, benchmark, interrupt, recommend, table, transfer
+from tuner import __version__, benchmark, interrupt, recommend, report, table, transfer
 from tuner.confirm import DEFAULT, HEURISTIC
 from tuner.doctor import report as doctor_report
 from tuner.envs import create as create_env
@@ -234,24 +234,42 @@ def _write_table(args: argparse.Namespace, storage: optuna.storages.BaseStorage)
     frame, notes = table.build(benchmark.records(storage))
     text = table.render(frame, notes, args.format)
     if args.output:
-        path = args.output
-        tmp = f"{path}.tmp-{os.getpid()}"
-        try:
-            with open(tmp, "w", encoding="utf-8") as out:
-                out.write(text + "\n")
-            os.replace(tmp, path)
-        except OSError as error:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise UsageError(f"--output: cannot write {path}: {error.strerror}") from None
-        print(f"table written to {path}")
+        _write_file(args.output, text + "\n")
+        print(f"table written to {args.output}")
     else:
         print(text)
+
+
+def _write_file(path: str, text: str) -> None:
+    """Write atomically: an error or Ctrl-C leaves the old file or none, never half of one."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except OSError as error:
+        raise UsageError(f"--output: cannot write {path}: {error.strerror}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # gone after the replace
 
 
 def cmd_table(args: argparse.Namespace, runner: Runner | None = None) -> int:
     table.check_format(args.format)  # a bad --format fails before storage is opened
     _write_table(args, open_storage(args.storage, create=False))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, runner: Runner | None = None) -> int:
+    folder = os.path.dirname(args.output)
+    if folder and not os.path.isdir(folder):  # before any work
+        raise UsageError(f"--output: folder {folder} does not exist")
+    storage = open_storage(args.storage, create=False)
+    _log(f"building the report from {redact(args.storage)} ...")
+    document, figures = report.build(storage, redact(args.storage))
+    _write_file(args.output, document)
+    size = len(document.encode()) / 2**20
+    print(f"report written to {args.output}: {len(figures)} figures, {size:.1f} MiB, opens offline in a browser")
     return 0
 
 
@@ -288,6 +306,7 @@ def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
     )
     job.run()
     _write_table(args, storage)
+    print(f"figures of every study: tuner report --storage {redact(args.storage)}")
     for note in job.notes:
         print(f"note: {note}")
     if job.failures:
@@ -464,6 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
     tab.add_argument("--storage", default=DEFAULT_STORAGE)
     tab.set_defaults(func=cmd_table)
 
+    rep = sub.add_parser("report", help="every study and benchmark as one self-contained HTML page of figures")
+    rep.add_argument("--output", default="studies/report.html", help="HTML file (default studies/report.html)")
+    rep.add_argument("--storage", default=DEFAULT_STORAGE)
+    rep.set_defaults(func=cmd_report)
+
     rec = sub.add_parser("recommend", help="best known settings for this (or another) CPU, from stored verdicts")
     rec.add_argument("--cores", type=int, default=None, help="core count (default: every one with a verdict)")
     rec.add_argument("--mode", default=None, help="train or infer (default: both)")
@@ -501,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands that write no study, or write only atomically: a signal may stop them anywhere.
-STOP_ANYWHERE = (cmd_table, cmd_recommend, cmd_export, cmd_show, cmd_env, cmd_doctor)
+STOP_ANYWHERE = (cmd_table, cmd_report, cmd_recommend, cmd_export, cmd_show, cmd_env, cmd_doctor)
 
 
 def _interrupted(error: BaseException) -> bool:

@@ -1,0 +1,249 @@
+"""`tuner report`: one self-contained HTML page of figures, rendered from a storage the fake runner filled,
+then loaded in headless Chromium (Debian's chromium + chromium-driver; .ci/run installs them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tuner import report
+from tuner.cli import main
+from tuner.errors import WorkerCrashed
+from tuner.replay import ReplayRunner
+from tuner.runner import TrialSpec
+from tuner.storage import open_storage
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+SCREENSHOTS = Path(os.environ.get("TUNER_SCREENSHOTS", "")) if os.environ.get("TUNER_SCREENSHOTS") else None
+
+TUNE = ["tune", "--model", "tiny", "--trials", "8", "--budget", "none"]
+INERT = ["--allow-inert", "OMP_NUM_THREADS", "--allow-inert", "KMP_BLOCKTIME", "--allow-inert", "KMP_AFFINITY"]
+
+
+def rate(spec: TrialSpec) -> float:
+    """A made-up landscape: inter_op 1 is fastest, two cores scale by 1.8, training is 3x slower."""
+    base = 900.0 + 100 * (spec.settings.inter_op == 1) - 20 * abs(spec.settings.intra_op - len(spec.cores))
+    return base * (1.8 if len(spec.cores) == 2 else 1.0) / (3 if spec.workload.mode == "train" else 1)
+
+
+def crashing(spec: TrialSpec, call: int) -> list[float] | BaseException:
+    """The runtime probe (the first run) works; every trial after it crashes."""
+    return [0.01] * (spec.policy.warmup + spec.policy.timed) if call == 0 else WorkerCrashed("killed by SIGSEGV")
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """Studies at 1 and 2 cores in both modes, an OpenMP-knob study, a study whose every trial crashed, and
+    benchmark records of tf-default, heuristic and tuned at both core counts."""
+    folder = tmp_path_factory.mktemp("report")
+    url = f"sqlite:///{folder / 'studies.db'}"
+    runner = ReplayRunner.from_rates(rate, noise=0.02)
+    assert main([*TUNE, "--cores", "1,2", "--mode", "train,infer", "--storage", url], runner=runner) == 0
+    # Its own batch size: study names do not include the space, and this one searches another.
+    knobs = [*TUNE, "--cores", "2", "--mode", "infer", "--batch-size", "64", "--space", "intel-tensorflow", *INERT]
+    assert main([*knobs, "--storage", url], runner=runner) == 0
+    # Every trial crashes: the command fails, and leaves a study with no complete trial.
+    assert main([*TUNE, "--cores", "1", "--mode", "infer", "--batch-size", "16", "--storage", url],
+                runner=ReplayRunner(crashing)) == 1  # fmt: skip
+    bench = ["benchmark", "--model", "tiny", "--cores", "1,2", "--mode", "train,infer", "--warmup", "1"]
+    bench += ["--timed", "4", "--rounds", "2", "--settings", "tf-default", "--settings", "heuristic"]
+    assert main([*bench, "--settings", "tuned", "--storage", url], runner=runner) == 0
+    output = folder / "report.html"
+    assert main(["report", "--storage", url, "--output", str(output)]) == 0
+    return url, output
+
+
+def expected_titles(url: str) -> list[str]:
+    """What the page must show, in order, for the filled storage."""
+    _, titles = report.build(open_storage(url, create=False), url)
+    return titles
+
+
+def test_the_report_has_every_figure_with_noise_and_axis_labels(filled: tuple[str, Path]) -> None:
+    url, output = filled
+    titles = expected_titles(url)
+    # Per runtime and CPU: bars of the three settings and scaling; per study with complete trials: history,
+    # importances and the intra x inter heat map; and KMP_BLOCKTIME only where it was searched.
+    assert sum(t.startswith("Images/sec by setting") for t in titles) == 1
+    assert sum(t.startswith("Scaling") for t in titles) == 1
+    assert sum(t.startswith("Optimisation history") for t in titles) == 5
+    assert sum(t.startswith("Parameter importances") for t in titles) == 5
+    assert sum(t.startswith("Images/sec over intra_op x inter_op") for t in titles) == 5
+    assert sum(t == "Images/sec against KMP_BLOCKTIME" for t in titles) == 1
+    page = output.read_text()
+    # Every figure's title carries a second line about noise (a CV, with n), and its axes have units.
+    assert page.count("noise: per-step CV of") + page.count("error bars: 95% bootstrap interval") >= len(titles)
+    assert "images/sec" in page and "intra_op threads (0 = TensorFlow chooses)" in page
+    assert "KMP_BLOCKTIME (ms)" in page and "cores (pinned)" in page
+
+
+def test_the_report_is_self_contained(filled: tuple[str, Path]) -> None:
+    _, output = filled
+    page = output.read_text()
+    # No script or stylesheet is fetched: plotly.js is inline, once, and no tag points at the network.
+    assert not re.search(r"<script[^>]+src=", page) and not re.search(r"<link[^>]+href=", page)
+    assert page.count("Plotly.newPlot") >= 10 and page.count("plotly.js v") >= 1
+
+
+def test_a_study_without_complete_trials_is_a_sentence(filled: tuple[str, Path]) -> None:
+    _, output = filled
+    page = output.read_text()
+    # The crashed study is listed, with a sentence in place of its figures.
+    assert "0 complete of" in page and "No complete trial yet: nothing to plot for this study." in page
+
+
+def test_empty_and_missing_storage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    open_storage(empty)
+    output = tmp_path / "r.html"
+    assert main(["report", "--storage", empty, "--output", str(output)]) == 0
+    # A storage without studies gives a page that says so, not an empty chart or a crash.
+    assert "No studies or benchmark records in this storage yet" in output.read_text()
+    capsys.readouterr()
+    missing = tmp_path / "none.db"
+    assert main(["report", "--storage", f"sqlite:///{missing}", "--output", str(tmp_path / "m.html")]) == 1
+    # A storage that does not exist is one line naming it, and nothing is created.
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not exist" in err
+    assert not missing.exists() and not (tmp_path / "m.html").exists()
+
+
+def test_an_unwritable_output_is_one_line(
+    filled: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, _ = filled
+    assert main(["report", "--storage", url, "--output", str(tmp_path / "no" / "such" / "r.html")]) == 1
+    # The folder is named; no partial file is left anywhere.
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no/such" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_median_interval_covers_the_median_and_widens_with_spread() -> None:
+    tight = [[10.0, 10.1, 9.9]] * 4
+    loose = [[8.0, 12.0, 10.0], [9.0, 11.0, 10.5], [7.0, 13.0, 10.0], [10.0, 10.0, 9.0]]
+    value, low, high = report.median_interval(tight)
+    # The interval contains the pooled median; noisier rounds give a wider one.
+    assert low <= value <= high
+    loose_value, loose_low, loose_high = report.median_interval(loose)
+    assert loose_low <= loose_value <= loose_high and (loose_high - loose_low) > (high - low)
+
+
+def _need_browser() -> None:
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        if os.environ.get("CI"):
+            pytest.fail("CI must install chromium and chromium-driver (.ci/run does)")
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+
+
+@pytest.mark.browser
+def test_the_report_renders_in_headless_chromium(filled: tuple[str, Path], tmp_path: Path) -> None:
+    _need_browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    url, output = filled
+    titles = expected_titles(url)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1300,900",
+    ):
+        options.add_argument(flag)
+    options.add_argument("--host-resolver-rules=MAP * ~NOTFOUND")  # offline: any network fetch would fail
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        driver.get(output.as_uri())
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            drawn = driver.execute_script("return document.querySelectorAll('.js-plotly-plot .main-svg').length")
+            if drawn >= len(titles):
+                break
+            time.sleep(0.5)
+        shown = driver.execute_script(
+            "return Array.from(document.querySelectorAll('.js-plotly-plot')).map(p => {"
+            " const t = p.querySelector('.gtitle'); return t ? t.textContent : null; })"
+        )
+        axes = driver.execute_script(
+            "return Array.from(document.querySelectorAll('.js-plotly-plot')).map(p =>"
+            " [p.querySelector('.xtitle'), p.querySelector('.ytitle')].filter(e => e && e.textContent).length)"
+        )
+        marks = driver.execute_script(
+            "return Array.from(document.querySelectorAll('.js-plotly-plot')).map(p =>"
+            " p.querySelectorAll('.point, .bars path, .scatterlayer path, .heatmaplayer image, .hm').length)"
+        )
+        logs = driver.get_log("browser")
+        screenshot = tmp_path / "report.png"
+        height = driver.execute_script("return document.body.scrollHeight")
+        driver.set_window_size(1300, min(int(height), 16000))
+        driver.save_screenshot(str(screenshot))
+        if SCREENSHOTS is not None:
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            shutil.copy(screenshot, SCREENSHOTS / "report.png")
+    finally:
+        driver.quit()
+    # No console errors, and no warnings about failed loads (the page must not reach for the network).
+    assert [entry for entry in logs if entry["level"] in ("SEVERE", "WARNING")] == []
+    # Every figure rendered, in order, with the title the report gave it (first line; the noise line follows).
+    assert len(shown) == len(titles)
+    for title, text in zip(titles, shown, strict=True):
+        assert text is not None and text.startswith(title), (title, text)
+        assert "noise" in text or "error bars" in text
+    # Each figure has both axis titles drawn and something plotted in it.
+    assert all(count == 2 for count in axes), axes
+    assert all(count > 0 for count in marks), marks
+    assert screenshot.stat().st_size > 50_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_optuna_dashboard_reads_the_studies(filled: tuple[str, Path]) -> None:
+    url, _ = filled
+    dashboard = Path(sys.executable).parent / "optuna-dashboard"
+    port = _free_port()
+    process = subprocess.Popen(
+        [str(dashboard), url, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        studies = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and studies is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as response:
+                    studies = json.load(response)["study_summaries"]
+            except OSError:
+                time.sleep(0.5)
+        assert studies is not None, "optuna-dashboard did not answer"
+        # The dashboard lists every tuner study and opens each one, trials and user attributes included.
+        names = {s["study_name"] for s in studies}
+        assert sum(name.startswith("tiny-") for name in names) == 6
+        for study in studies:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}", timeout=30) as r:
+                detail = json.load(r)
+            assert "trials" in detail
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

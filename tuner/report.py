@@ -1,0 +1,372 @@
+"""`tuner report`: every study and benchmark in storage as one self-contained HTML page.
+
+The page opens from disk with no network: plotly.js is embedded once and each figure carries its data.
+Per CPU signature and runtime it shows the table of `tuner table`; images/sec of tf-default, heuristic and
+tuned with 95% intervals per core count and mode; images/sec against cores; and for each study its
+optimisation history, parameter importances (Optuna's visualisation module, seeded fANOVA), a heat map of
+images/sec over intra_op x inter_op, and images/sec against KMP_BLOCKTIME where that knob was searched.
+Every figure's title says how noisy its data were; a study with no complete trial gets a sentence instead.
+"""
+
+from __future__ import annotations
+
+import html
+import random
+import statistics
+import warnings
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import optuna
+import plotly.graph_objects as go
+import plotly.offline
+from optuna.trial import FrozenTrial, TrialState
+
+from tuner import __version__, benchmark, table
+from tuner.confirm import DEFAULT, HEURISTIC
+from tuner.topology import cores_text
+
+LABELS = (DEFAULT, HEURISTIC, table.TUNED)
+COLOURS = {DEFAULT: "#7f7f7f", HEURISTIC: "#ff7f0e", table.TUNED: "#1f77b4"}
+RESAMPLES = 1000
+RATE = "images/sec"
+MIN_IMPORTANCE_TRIALS = 3  # fANOVA needs a few distinct points; fewer gets a sentence
+
+
+# -- statistics ---------------------------------------------------------------------------------------
+
+
+def median_interval(rounds: Sequence[Sequence[float]], seed: int = 0) -> tuple[float, float, float]:
+    """Pooled median of per-step rates with a 95% hierarchical bootstrap interval (rounds, then steps):
+    the same resampling confirmation uses for ratios, here for one setting's images/sec."""
+    steps = [rate for run in rounds for rate in run]
+    value = statistics.median(steps)
+    if len(rounds) < 2 and len(steps) < 2:
+        return value, value, value
+    rng = random.Random(seed)
+    medians = []
+    for _ in range(RESAMPLES):
+        drawn = [rounds[rng.randrange(len(rounds))] for _ in rounds]
+        medians.append(statistics.median(run[rng.randrange(len(run))] for run in drawn for _ in run))
+    medians.sort()
+    return value, medians[int(0.025 * RESAMPLES)], medians[int(0.975 * RESAMPLES) - 1]
+
+
+def _cv_text(cvs: Sequence[float], what: str) -> str:
+    if not cvs:
+        return f"noise: no {what} recorded"
+    return (
+        f"noise: per-step CV of {what} median {statistics.median(cvs):.1%} "
+        f"(range {min(cvs):.1%} to {max(cvs):.1%}, n={len(cvs)})"
+    )
+
+
+def _trial_cv(trial: FrozenTrial) -> float | None:
+    cv = trial.user_attrs.get("measurement", {}).get("cv")
+    return float(cv) if isinstance(cv, int | float) else None
+
+
+# -- figures ------------------------------------------------------------------------------------------
+
+
+def _title(fig: go.Figure, title: str, noise: str, x: str, y: str) -> go.Figure:
+    """A title whose second line says how noisy the data were, and axis labels with units."""
+    fig.update_layout(
+        title={"text": f"{html.escape(title)}<br><sup>{html.escape(noise)}</sup>"},
+        xaxis_title=x,
+        yaxis_title=y,
+        template="plotly_white",
+        height=420,
+        margin={"t": 90},
+    )
+    return fig
+
+
+def bars(records: Sequence[dict[str, Any]], heading: str) -> go.Figure | None:
+    """tf-default, heuristic and tuned images/sec per core count and mode, 95% intervals as error bars."""
+    latest: dict[tuple[int, str, str], dict[str, Any]] = {}
+    for r in sorted(records, key=lambda r: r.get("measured", "")):
+        if r.get("device") == "cpu" and r.get("label") in LABELS:
+            latest[(r["cores"], r["mode"], r["label"])] = r
+    if not latest:
+        return None
+    targets = sorted({(cores, mode) for cores, mode, _ in latest}, key=lambda t: (t[0], t[1] != "train"))
+    fig = go.Figure()
+    cvs = [r["rate_cv"] for r in latest.values() if isinstance(r.get("rate_cv"), int | float)]
+    rounds = sorted({r["rounds"] for r in latest.values()})
+    for label in LABELS:
+        xs, ys, lows, highs = [], [], [], []
+        for cores, mode in targets:
+            record = latest.get((cores, mode, label))
+            if record is None:
+                continue
+            value, low, high = median_interval(record["round_rates"])
+            xs.append(f"{cores_text(cores)}, {mode}")
+            ys.append(value)
+            lows.append(value - low)
+            highs.append(high - value)
+        if xs:
+            fig.add_trace(
+                go.Bar(
+                    name=label,
+                    x=xs,
+                    y=ys,
+                    marker_color=COLOURS[label],
+                    error_y={"type": "data", "symmetric": False, "array": highs, "arrayminus": lows},
+                )
+            )
+    fig.update_layout(barmode="group")
+    noise = (
+        f"error bars: 95% bootstrap interval over {'/'.join(map(str, rounds))} round(s); "
+        + _cv_text(cvs, "benchmark runs")[len("noise: ") :]
+    )
+    return _title(fig, f"Images/sec by setting: {heading}", noise, "cores and mode", f"{RATE} (median)")
+
+
+def scaling(records: Sequence[dict[str, Any]], heading: str) -> go.Figure | None:
+    """Images/sec against the number of cores, one line per mode and setting."""
+    latest: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for r in sorted(records, key=lambda r: r.get("measured", "")):
+        if r.get("device") == "cpu" and r.get("label") in LABELS:
+            latest[(r["mode"], r["label"], r["cores"])] = r
+    if not latest:
+        return None
+    fig = go.Figure()
+    for mode in sorted({m for m, _, _ in latest}, key=lambda m: m != "train"):
+        for label in LABELS:
+            points = sorted((c, r) for (m, lab, c), r in latest.items() if m == mode and lab == label)
+            if points:
+                fig.add_trace(
+                    go.Scatter(
+                        name=f"{mode}, {label}",
+                        x=[c for c, _ in points],
+                        y=[r["images_per_sec"] for _, r in points],
+                        mode="lines+markers",
+                        line={"color": COLOURS[label], "dash": "solid" if mode == "train" else "dot"},
+                    )
+                )
+    counts = sorted({c for _, _, c in latest})
+    fig.update_xaxes(tickvals=counts)
+    cvs = [r["rate_cv"] for r in latest.values() if isinstance(r.get("rate_cv"), int | float)]
+    noise = _cv_text(cvs, "benchmark runs")
+    if len(counts) == 1:
+        noise += "; one core count measured, so no slope yet"
+    return _title(fig, f"Scaling: {heading}", noise, "cores (pinned)", f"{RATE} (timed loop)")
+
+
+def history(study: optuna.Study, complete: Sequence[FrozenTrial]) -> go.Figure:
+    fig = optuna.visualization.plot_optimization_history(study, target_name=RATE)
+    fig.update_xaxes(tickformat="d", dtick=1 if max(t.number for t in complete) < 15 else None)  # whole trials
+    cvs = [cv for t in complete if (cv := _trial_cv(t)) is not None]
+    return _title(
+        fig, f"Optimisation history ({len(complete)} complete trials)", _cv_text(cvs, "trials"), "trial number", RATE
+    )
+
+
+def importances(study: optuna.Study, complete: Sequence[FrozenTrial], searched: list[str]) -> go.Figure | str:
+    if len(complete) < MIN_IMPORTANCE_TRIALS or not searched:
+        return (
+            f"Parameter importances need {MIN_IMPORTANCE_TRIALS} complete trials of searched knobs; "
+            f"this study has {len(complete)}."
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            fig = optuna.visualization.plot_param_importances(
+                study,
+                evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+                params=searched,
+                target_name=RATE,
+            )
+        except (ValueError, RuntimeError) as error:  # e.g. every trial the same setting
+            return f"Parameter importances could not be computed: {error}"
+    cvs = [cv for t in complete if (cv := _trial_cv(t)) is not None]
+    noise = _cv_text(cvs, "trials")
+    if len(complete) < 10:
+        noise += f"; fANOVA on {len(complete)} trials is a rough guide"
+    return _title(fig, "Parameter importances (fANOVA, seeded)", noise, "importance (share of variance)", "knob")
+
+
+def heatmap(complete: Sequence[FrozenTrial]) -> go.Figure | str:
+    """Best images/sec in each intra_op x inter_op cell (over the other knobs), trial counts as text."""
+    cells: dict[tuple[int, int], list[float]] = {}
+    for t in complete:
+        if "intra_op" in t.params and "inter_op" in t.params and t.value is not None:
+            cells.setdefault((int(t.params["intra_op"]), int(t.params["inter_op"])), []).append(t.value)
+    if not cells:
+        return "No complete trial has both intra_op and inter_op: no heat map."
+    intras = sorted({i for i, _ in cells})
+    inters = sorted({j for _, j in cells})
+    z = [[max(cells[(i, j)]) if (i, j) in cells else None for i in intras] for j in inters]
+    text = [[f"{len(cells[(i, j)])} trial(s)" if (i, j) in cells else "" for i in intras] for j in inters]
+    fig = go.Figure(
+        go.Heatmap(
+            x=[str(i) for i in intras],
+            y=[str(j) for j in inters],
+            z=z,
+            text=text,
+            texttemplate="%{z:.1f}",
+            hovertemplate="intra_op %{x}, inter_op %{y}: %{z:.2f} images/sec (%{text})<extra></extra>",
+            colorscale="Viridis",
+            colorbar={"title": {"text": RATE}},
+        )
+    )
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(type="category")
+    cvs = [cv for t in complete if (cv := _trial_cv(t)) is not None]
+    return _title(
+        fig,
+        "Images/sec over intra_op x inter_op (best trial per cell)",
+        _cv_text(cvs, "trials") + "; blank cells were not measured",
+        "intra_op threads (0 = TensorFlow chooses)",
+        "inter_op threads (0 = TensorFlow chooses)",
+    )
+
+
+def blocktime(study: optuna.Study, complete: Sequence[FrozenTrial]) -> go.Figure:
+    fig = optuna.visualization.plot_slice(study, params=["KMP_BLOCKTIME"], target_name=RATE)
+    cvs = [cv for t in complete if (cv := _trial_cv(t)) is not None]
+    return _title(fig, "Images/sec against KMP_BLOCKTIME", _cv_text(cvs, "trials"), "KMP_BLOCKTIME (ms)", RATE)
+
+
+# -- the page -----------------------------------------------------------------------------------------
+
+
+class Page:
+    """Collects sections and figures; each figure becomes a div whose data and drawing code are inline."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.figures: list[str] = []  # titles, in order (the browser test checks them)
+
+    def text(self, markup: str) -> None:
+        self.parts.append(markup)
+
+    def sentence(self, words: str) -> None:
+        self.parts.append(f'<p class="empty">{html.escape(words)}</p>')
+
+    def figure(self, fig: go.Figure | str | None, missing: str = "") -> None:
+        if fig is None:
+            self.sentence(missing)
+            return
+        if isinstance(fig, str):
+            self.sentence(fig)
+            return
+        self.figures.append(str(fig.layout.title.text).split("<br>")[0])
+        div_id = f"figure-{len(self.figures)}"
+        self.parts.append(
+            fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False})
+        )
+
+
+def _group_name(runtime: str, cpu: dict[str, Any]) -> str:
+    return f"{table._runtime_label(runtime)} on {cpu.get('model_name', '?')} (CPU {cpu.get('id', '?')})"
+
+
+def _study_meta(study: optuna.Study) -> dict[str, Any] | None:
+    meta = study.user_attrs.get("tuner")
+    return meta if isinstance(meta, dict) else None
+
+
+def _searched(complete: Sequence[FrozenTrial]) -> list[str]:
+    """Knobs that took more than one value among complete trials."""
+    names = sorted({name for t in complete for name in t.params})
+    return [n for n in names if len({repr(t.params.get(n)) for t in complete}) > 1]
+
+
+def _study_section(page: Page, study: optuna.Study, meta: dict[str, Any]) -> None:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    all_trials = study.get_trials(deepcopy=False)
+    verdict = study.user_attrs.get("verdict", {})
+    cores = cores_text(int(meta.get("cores", 0)))
+    heading = f"{meta.get('model')} {meta.get('mode')}, {cores}, batch {meta.get('batch_size')}"
+    page.text(f'<h3 id="{html.escape(study.study_name)}">{html.escape(heading)}</h3>')
+    facts = [
+        f"study <code>{html.escape(study.study_name)}</code>",
+        f"{len(complete)} complete of {len(all_trials)} trials",
+        f"space {html.escape(str(meta.get('space')))}",
+        f"TensorFlow {html.escape(str(meta.get('probe', {}).get('framework_version', '?')))}",
+    ]
+    page.text(f"<p>{' · '.join(facts)}</p>")
+    if verdict.get("text"):
+        page.text(f"<p><b>Verdict:</b> {html.escape(str(verdict['text']))}</p>")
+    if not complete:
+        page.sentence("No complete trial yet: nothing to plot for this study.")
+        return
+    searched = _searched(complete)
+    page.figure(history(study, complete))
+    page.figure(importances(study, complete, searched))
+    page.figure(heatmap(complete))
+    if "KMP_BLOCKTIME" in searched:
+        page.figure(blocktime(study, complete))
+
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+.wide { overflow-x: auto; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: left; }
+th { background: #f3f3f3; }
+p.empty { color: #666; font-style: italic; }
+code { background: #f3f3f3; padding: 0 0.2em; }
+h2 { border-bottom: 2px solid #1f77b4; padding-bottom: 0.2em; margin-top: 2em; }
+"""
+
+
+def build(storage: optuna.storages.BaseStorage, source: str) -> tuple[str, list[str]]:
+    """The whole page, and the titles of its figures in order."""
+    page = Page()
+    records = benchmark.records(storage)
+    studies = []
+    for summary in storage.get_all_studies():
+        if summary.study_name == benchmark.BENCH_STUDY:
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        meta = _study_meta(study)
+        if meta is not None:
+            studies.append((study, meta))
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for study, meta in studies:
+        key = (str(meta.get("cpu", {}).get("id")), str(meta.get("runtime")))
+        groups.setdefault(key, {"cpu": meta.get("cpu", {}), "studies": [], "records": []})["studies"].append(
+            (study, meta)
+        )
+    for r in records:
+        if r.get("kind") == "benchmark":
+            key = (str(r.get("cpu", {}).get("id")), str(r.get("runtime")))
+            groups.setdefault(key, {"cpu": r.get("cpu", {}), "studies": [], "records": []})["records"].append(r)
+    yardsticks = [r for r in records if r.get("kind") in ("flops", "matmul")]
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    benchmarks = sum(r.get("kind") == "benchmark" for r in records)
+    page.text(
+        f"<h1>tuner report</h1><p>{len(studies)} studies and {benchmarks} benchmark records from "
+        f"<code>{html.escape(source)}</code>, "
+        f"written {now} by tuner {__version__}. Images/sec are medians of per-step rates of ResNet-50 (or the "
+        "model named) on synthetic data; each figure's second title line says how noisy its data were.</p>"
+    )
+    if not groups:
+        page.sentence("No studies or benchmark records in this storage yet (run: tuner run).")
+    ordered_groups = sorted(groups.items(), key=lambda item: (item[0][0], table._runtime_label(item[0][1])))
+    for (cpu_id, runtime), group in ordered_groups:
+        heading = _group_name(runtime, group["cpu"])
+        page.text(f"<h2>{html.escape(heading)}</h2>")
+        isa = ", ".join(group["cpu"].get("isa", [])) or "?"
+        page.text(f"<p>CPU signature {html.escape(cpu_id)}: {html.escape(isa)}</p>")
+        if group["records"]:
+            frame, notes = table.build([*group["records"], *yardsticks])
+            page.text(f'<div class="wide">{table.render(frame, notes, "html")}</div>')
+        else:
+            page.sentence("No benchmark records for this runtime and CPU yet (run: tuner run, or tuner benchmark).")
+        page.figure(bars(group["records"], heading), "No CPU benchmark records: no bars of the three settings.")
+        page.figure(scaling(group["records"], heading), "No CPU benchmark records: no scaling plot.")
+        by_target = sorted(group["studies"], key=lambda sm: (int(sm[1].get("cores", 0)), sm[1].get("mode") != "train"))
+        for study, meta in by_target:
+            _study_section(page, study, meta)
+    body = "\n".join(page.parts)
+    script = plotly.offline.get_plotlyjs()
+    document = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>tuner report</title>'
+        f"<style>{CSS}</style><script>{script}</script></head><body>\n{body}\n</body></html>\n"
+    )
+    return document, page.figures
