@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import optuna
 import pytest
 
 from tuner import report
@@ -105,11 +106,14 @@ def test_a_study_without_complete_trials_is_a_sentence(filled: tuple[str, Path])
 
 def test_empty_and_missing_storage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
-    open_storage(empty)
+    optuna.create_study(study_name="someone-elses", storage=open_storage(empty))
     output = tmp_path / "r.html"
     assert main(["report", "--storage", empty, "--output", str(output)]) == 0
-    # A storage without studies gives a page that says so, not an empty chart or a crash.
-    assert "No studies or benchmark records in this storage yet" in output.read_text()
+    # A storage without tuner studies gives a page that says so (and names the study it left out), not an
+    # empty chart or a crash.
+    page = output.read_text()
+    assert "No studies or benchmark records in this storage yet" in page
+    assert "Left out: 1 Optuna studies not made by tuner (someone-elses)" in page
     capsys.readouterr()
     missing = tmp_path / "none.db"
     assert main(["report", "--storage", f"sqlite:///{missing}", "--output", str(tmp_path / "m.html")]) == 1

@@ -40,6 +40,7 @@ MIN_IMPORTANCE_TRIALS = 3  # fANOVA needs a few distinct points; fewer gets a se
 def median_interval(rounds: Sequence[Sequence[float]], seed: int = 0) -> tuple[float, float, float]:
     """Pooled median of per-step rates with a 95% hierarchical bootstrap interval (rounds, then steps):
     the same resampling confirmation uses for ratios, here for one setting's images/sec."""
+    rounds = [run for run in rounds if run]
     steps = [rate for run in rounds for rate in run]
     value = statistics.median(steps)
     if len(rounds) < 2 and len(steps) < 2:
@@ -319,6 +320,7 @@ def build(storage: optuna.storages.BaseStorage, source: str) -> tuple[str, list[
     page = Page()
     records = benchmark.records(storage)
     studies = []
+    foreign: list[str] = []
     for summary in storage.get_all_studies():
         if summary.study_name == benchmark.BENCH_STUDY:
             continue
@@ -326,6 +328,8 @@ def build(storage: optuna.storages.BaseStorage, source: str) -> tuple[str, list[
         meta = _study_meta(study)
         if meta is not None:
             studies.append((study, meta))
+        else:
+            foreign.append(summary.study_name)
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for study, meta in studies:
         key = (str(meta.get("cpu", {}).get("id")), str(meta.get("runtime")))
@@ -345,6 +349,8 @@ def build(storage: optuna.storages.BaseStorage, source: str) -> tuple[str, list[
         f"written {now} by tuner {__version__}. Images/sec are medians of per-step rates of ResNet-50 (or the "
         "model named) on synthetic data; each figure's second title line says how noisy its data were.</p>"
     )
+    if foreign:
+        page.sentence(f"Left out: {len(foreign)} Optuna studies not made by tuner ({', '.join(sorted(foreign)[:5])}).")
     if not groups:
         page.sentence("No studies or benchmark records in this storage yet (run: tuner run).")
     ordered_groups = sorted(groups.items(), key=lambda item: (item[0][0], table._runtime_label(item[0][1])))
