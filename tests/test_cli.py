@@ -316,3 +316,18 @@ def test_signals_at_random_moments_never_lose_a_trial_and_the_command_resumes(tm
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert counts(db).get(TrialState.COMPLETE, 0) >= 12 and verdicts(db) == 1
+
+
+def test_inference_bursts_warm_up_once_and_training_twice(storage_url: str) -> None:
+    runner = fake_runner()
+    argv = ["tune", "--model", "tiny", "--cores", "1", "--mode", "train,infer", "--trials", "4", "--rounds", "2"]
+    assert main([*argv, "--storage", storage_url], runner=runner) == 0
+    storage = open_storage(storage_url, create=False)
+    policies = {s.user_attrs["tuner"]["mode"]: s.user_attrs["tuner"]["policy"] for s in storage.get_all_studies()}
+    # The stored policy says what each study ran: one warm-up step after the trace for inference (its next step
+    # is already settled), two for training; the same five timed steps.
+    assert policies["infer"]["warmup"] == 1 and policies["train"]["warmup"] == 2
+    assert policies["infer"]["timed"] == policies["train"]["timed"] == 5
+    # Every search and confirmation run used its mode's warm-up (the one-step runtime probe has none).
+    runs = {(spec.workload.mode, spec.policy.warmup) for spec in runner.calls if spec.policy.name != "probe"}
+    assert runs == {("infer", 1), ("train", 2)}

@@ -27,7 +27,7 @@ from tuner.envs import read_manifest
 from tuner.errors import TunerError, UsageError
 from tuner.measurement import Measurement
 from tuner.pipeline import MODE_WEIGHT, Job, stored_tuned
-from tuner.policy import BURST, CONFIRM
+from tuner.policy import BURST, CONFIRM, for_mode
 from tuner.probe import fixed_knobs, probe
 from tuner.runner import Runner, SubprocessRunner
 from tuner.runtime import check_knobs
@@ -105,8 +105,8 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
             python=python,
             trials=args.trials,
             budget_s=None if budget is None else budget * MODE_WEIGHT[mode] / weights,
-            policy=BURST,
-            confirm_policy=policy,
+            policy=for_mode(BURST, mode),
+            confirm_policy=for_mode(policy, mode),
             candidates=args.candidates,
             sampler=args.sampler,
             pruner=args.pruner,

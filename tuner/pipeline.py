@@ -41,7 +41,7 @@ from tuner.confirm import DEFAULT
 from tuner.envs import create as create_env
 from tuner.errors import TunerError
 from tuner.measurement import Measurement
-from tuner.policy import BURST, CONFIRM, MeasurementPolicy
+from tuner.policy import BURST, CONFIRM, MeasurementPolicy, for_mode
 from tuner.probe import fixed_knobs, probe
 from tuner.runner import Runner, SubprocessRunner
 from tuner.runtime import MANIFEST, Runtime
@@ -297,8 +297,8 @@ class Job:
             python=getattr(runner, "python", ""),
             trials=20,
             budget_s=share,
-            policy=BURST,
-            confirm_policy=CONFIRM,
+            policy=for_mode(BURST, mode),
+            confirm_policy=for_mode(CONFIRM, mode),
             candidates=1,
             seed=self.seed,
             probe=facts,
