@@ -11,8 +11,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import grid as grid_script
+import quality
 import search_cost
 
+from tuner.settings import Settings
 from tuner.space import load as load_space
 
 
@@ -58,3 +60,26 @@ def test_search_cost_runs_every_sampler_and_exhaustive_budgets_always_reach(
     # A budget as large as the grid always finds the optimum, in 1 to 12 trials.
     assert all(v["reached"] == 1.0 and 1 <= v["median"] <= 12 for v in measured.values())
     assert "median" in capsys.readouterr().out
+
+
+def test_quality_measures_coinciding_settings_once_and_reports_them_as_the_same() -> None:
+    default = Settings.from_params({"intra_op": 0, "inter_op": 0, "data_format": "NHWC"})
+    best = Settings.from_params({"intra_op": 2, "inter_op": 1, "data_format": "NHWC"})
+    heuristic = Settings.from_params({"intra_op": 2, "inter_op": 1, "data_format": "NCHW"})
+    named = {"tf-default": default, "heuristic": heuristic, "grid optimum": best, "tuned": best}
+    unique, alias = quality.candidates(named)
+    # The tuner found the grid optimum: three settings are measured, and "tuned" is the grid optimum's runs.
+    assert [c.name for c in unique] == ["tf-default", "heuristic", "grid optimum"]
+    assert alias["tuned"] == "grid optimum"
+    rates = {
+        "tf-default": [[10.0, 10.1, 9.9]] * 3,
+        "heuristic": [[8.0, 8.1, 7.9]] * 3,
+        "grid optimum": [[11.0, 11.1, 10.9]] * 3,
+    }
+    ratios = quality.ratios(rates, alias)
+    # Against itself the ratio is exactly 1 and says so; against the others it is the ratio of medians.
+    assert ratios["grid optimum"]["same_setting"] and ratios["grid optimum"]["value"] == 1.0
+    assert ratios["tf-default"]["value"] == pytest.approx(1.1) and ratios["heuristic"]["value"] == pytest.approx(
+        1.1 / 0.8
+    )
+    assert ratios["tf-default"]["low"] <= 1.1 <= ratios["tf-default"]["high"]
