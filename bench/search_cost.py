@@ -1,6 +1,7 @@
 """Search cost on a recorded grid: how many trials each sampler needs to come within 2% of the optimum.
 
     python bench/search_cost.py bench/results/grid-tensorflow-infer-2c.json [...] [--seeds 50] [--budget 30]
+    python bench/search_cost.py GRID... --samplers gp --seeds 10 --output bench/results/search_cost_gp.json
 
 The grid (bench/grid.py) holds every setting's recorded per-step rates. A replayed trial's value is the
 median of as many rates resampled from that setting's record as a burst times, so each seed sees noise
@@ -182,8 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("grids", nargs="+", type=Path)
     parser.add_argument("--seeds", type=int, default=50)
     parser.add_argument("--budget", type=int, default=30)
+    parser.add_argument("--samplers", default=None, help="comma list (default all): tpe,random,cmaes,gp,nelder-mead")
     parser.add_argument("--output", type=Path, default=Path("bench/results/search_cost.json"))
     args = parser.parse_args(argv)
+    wanted = args.samplers.split(",") if args.samplers else list(samplers(0))
+    unknown = set(wanted) - set(samplers(0))
+    if unknown:
+        parser.error(f"unknown sampler(s): {', '.join(sorted(unknown))}")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore")
     results: dict[str, Any] = {}
@@ -195,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         space = load_space(data["space"], data["cores"])
         named = list(space.baselines(data["cores"]).values())
         for start, baselines in (("alone", []), ("baselines", named)):
-            for name in samplers(0):
+            for name in wanted:
                 counts: list[float] = []
                 unavailable = None
                 for seed in range(args.seeds):
