@@ -54,18 +54,19 @@ def median_interval(rounds: Sequence[Sequence[float]], seed: int = 0) -> tuple[f
     return value, medians[int(0.025 * RESAMPLES)], medians[int(0.975 * RESAMPLES) - 1]
 
 
-def _cv_text(cvs: Sequence[float], what: str) -> str:
+def _cv_text(cvs: Sequence[float], what: str, prefix: str = "noise: ") -> str:
     if not cvs:
-        return f"noise: no {what} recorded"
+        return f"{prefix}no {what} recorded"
     return (
-        f"noise: per-step CV of {what} median {statistics.median(cvs):.1%} "
+        f"{prefix}per-step CV of {what} median {statistics.median(cvs):.1%} "
         f"(range {min(cvs):.1%} to {max(cvs):.1%}, n={len(cvs)})"
     )
 
 
-def _trial_cv(trial: FrozenTrial) -> float | None:
-    cv = trial.user_attrs.get("measurement", {}).get("cv")
-    return float(cv) if isinstance(cv, int | float) else None
+def _trials_noise(complete: Sequence[FrozenTrial]) -> str:
+    """The noise line of a study's figures: the per-step CV its complete trials recorded."""
+    cvs = [t.user_attrs.get("measurement", {}).get("cv") for t in complete]
+    return _cv_text([float(cv) for cv in cvs if isinstance(cv, int | float)], "trials")
 
 
 # -- figures ------------------------------------------------------------------------------------------
@@ -84,17 +85,26 @@ def _title(fig: go.Figure, title: str, noise: str, x: str, y: str) -> go.Figure:
     return fig
 
 
-def bars(records: Sequence[dict[str, Any]], heading: str) -> go.Figure | None:
-    """tf-default, heuristic and tuned images/sec per core count and mode, 95% intervals as error bars."""
+def _latest_cpu(records: Sequence[dict[str, Any]]) -> dict[tuple[int, str, str], dict[str, Any]]:
+    """The latest CPU record of each (cores, mode, setting) among tf-default, heuristic and tuned."""
     latest: dict[tuple[int, str, str], dict[str, Any]] = {}
     for r in sorted(records, key=lambda r: r.get("measured", "")):
         if r.get("device") == "cpu" and r.get("label") in LABELS:
             latest[(r["cores"], r["mode"], r["label"])] = r
+    return latest
+
+
+def _records_cvs(latest: dict[tuple[int, str, str], dict[str, Any]]) -> list[float]:
+    return [r["rate_cv"] for r in latest.values() if isinstance(r.get("rate_cv"), int | float)]
+
+
+def bars(records: Sequence[dict[str, Any]], heading: str) -> go.Figure | None:
+    """tf-default, heuristic and tuned images/sec per core count and mode, 95% intervals as error bars."""
+    latest = _latest_cpu(records)
     if not latest:
         return None
     targets = sorted({(cores, mode) for cores, mode, _ in latest}, key=lambda t: (t[0], t[1] != "train"))
     fig = go.Figure()
-    cvs = [r["rate_cv"] for r in latest.values() if isinstance(r.get("rate_cv"), int | float)]
     rounds = sorted({r["rounds"] for r in latest.values()})
     for label in LABELS:
         xs, ys, lows, highs = [], [], [], []
@@ -118,25 +128,21 @@ def bars(records: Sequence[dict[str, Any]], heading: str) -> go.Figure | None:
                 )
             )
     fig.update_layout(barmode="group")
-    noise = (
-        f"error bars: 95% bootstrap interval over {'/'.join(map(str, rounds))} round(s); "
-        + _cv_text(cvs, "benchmark runs")[len("noise: ") :]
+    noise = f"error bars: 95% bootstrap interval over {'/'.join(map(str, rounds))} round(s); " + _cv_text(
+        _records_cvs(latest), "benchmark runs", prefix=""
     )
     return _title(fig, f"Images/sec by setting: {heading}", noise, "cores and mode", f"{RATE} (median)")
 
 
 def scaling(records: Sequence[dict[str, Any]], heading: str) -> go.Figure | None:
     """Images/sec against the number of cores, one line per mode and setting."""
-    latest: dict[tuple[str, str, int], dict[str, Any]] = {}
-    for r in sorted(records, key=lambda r: r.get("measured", "")):
-        if r.get("device") == "cpu" and r.get("label") in LABELS:
-            latest[(r["mode"], r["label"], r["cores"])] = r
+    latest = _latest_cpu(records)
     if not latest:
         return None
     fig = go.Figure()
-    for mode in sorted({m for m, _, _ in latest}, key=lambda m: m != "train"):
+    for mode in sorted({m for _, m, _ in latest}, key=lambda m: m != "train"):
         for label in LABELS:
-            points = sorted((c, r) for (m, lab, c), r in latest.items() if m == mode and lab == label)
+            points = sorted((c, r) for (c, m, lab), r in latest.items() if m == mode and lab == label)
             if points:
                 fig.add_trace(
                     go.Scatter(
@@ -147,25 +153,23 @@ def scaling(records: Sequence[dict[str, Any]], heading: str) -> go.Figure | None
                         line={"color": COLOURS[label], "dash": "solid" if mode == "train" else "dot"},
                     )
                 )
-    counts = sorted({c for _, _, c in latest})
+    counts = sorted({c for c, _, _ in latest})
     fig.update_xaxes(tickvals=counts)
-    cvs = [r["rate_cv"] for r in latest.values() if isinstance(r.get("rate_cv"), int | float)]
-    noise = _cv_text(cvs, "benchmark runs")
+    noise = _cv_text(_records_cvs(latest), "benchmark runs")
     if len(counts) == 1:
         noise += "; one core count measured, so no slope yet"
     return _title(fig, f"Scaling: {heading}", noise, "cores (pinned)", f"{RATE} (timed loop)")
 
 
-def history(study: optuna.Study, complete: Sequence[FrozenTrial]) -> go.Figure:
+def history(study: optuna.Study, complete: Sequence[FrozenTrial], noise: str) -> go.Figure:
     fig = optuna.visualization.plot_optimization_history(study, target_name=RATE)
     fig.update_xaxes(tickformat="d", dtick=1 if max(t.number for t in complete) < 15 else None)  # whole trials
-    cvs = [cv for t in complete if (cv := _trial_cv(t)) is not None]
-    return _title(
-        fig, f"Optimisation history ({len(complete)} complete trials)", _cv_text(cvs, "trials"), "trial number", RATE
-    )
+    return _title(fig, f"Optimisation history ({len(complete)} complete trials)", noise, "trial number", RATE)
 
 
-def importances(study: optuna.Study, complete: Sequence[FrozenTrial], searched: list[str]) -> go.Figure | str:
+def importances(
+    study: optuna.Study, complete: Sequence[FrozenTrial], searched: list[str], noise: str
+) -> go.Figure | str:
     if len(complete) < MIN_IMPORTANCE_TRIALS or not searched:
         return (
             f"Parameter importances need {MIN_IMPORTANCE_TRIALS} complete trials of searched knobs; "
@@ -182,14 +186,12 @@ def importances(study: optuna.Study, complete: Sequence[FrozenTrial], searched: 
             )
         except (ValueError, RuntimeError) as error:  # e.g. every trial the same setting
             return f"Parameter importances could not be computed: {error}"
-    cvs = [cv for t in complete if (cv := _trial_cv(t)) is not None]
-    noise = _cv_text(cvs, "trials")
     if len(complete) < 10:
         noise += f"; fANOVA on {len(complete)} trials is a rough guide"
     return _title(fig, "Parameter importances (fANOVA, seeded)", noise, "importance (share of variance)", "knob")
 
 
-def heatmap(complete: Sequence[FrozenTrial]) -> go.Figure | str:
+def heatmap(complete: Sequence[FrozenTrial], noise: str) -> go.Figure | str:
     """Best images/sec in each intra_op x inter_op cell (over the other knobs), trial counts as text."""
     cells: dict[tuple[int, int], list[float]] = {}
     for t in complete:
@@ -215,20 +217,18 @@ def heatmap(complete: Sequence[FrozenTrial]) -> go.Figure | str:
     )
     fig.update_xaxes(type="category")
     fig.update_yaxes(type="category")
-    cvs = [cv for t in complete if (cv := _trial_cv(t)) is not None]
     return _title(
         fig,
         "Images/sec over intra_op x inter_op (best trial per cell)",
-        _cv_text(cvs, "trials") + "; blank cells were not measured",
+        noise + "; blank cells were not measured",
         "intra_op threads (0 = TensorFlow chooses)",
         "inter_op threads (0 = TensorFlow chooses)",
     )
 
 
-def blocktime(study: optuna.Study, complete: Sequence[FrozenTrial]) -> go.Figure:
+def blocktime(study: optuna.Study, noise: str) -> go.Figure:
     fig = optuna.visualization.plot_slice(study, params=["KMP_BLOCKTIME"], target_name=RATE)
-    cvs = [cv for t in complete if (cv := _trial_cv(t)) is not None]
-    return _title(fig, "Images/sec against KMP_BLOCKTIME", _cv_text(cvs, "trials"), "KMP_BLOCKTIME (ms)", RATE)
+    return _title(fig, "Images/sec against KMP_BLOCKTIME", noise, "KMP_BLOCKTIME (ms)", RATE)
 
 
 # -- the page -----------------------------------------------------------------------------------------
@@ -296,11 +296,12 @@ def _study_section(page: Page, study: optuna.Study, meta: dict[str, Any]) -> Non
         page.sentence("No complete trial yet: nothing to plot for this study.")
         return
     searched = _searched(complete)
-    page.figure(history(study, complete))
-    page.figure(importances(study, complete, searched))
-    page.figure(heatmap(complete))
+    noise = _trials_noise(complete)
+    page.figure(history(study, complete, noise))
+    page.figure(importances(study, complete, searched, noise))
+    page.figure(heatmap(complete, noise))
     if "KMP_BLOCKTIME" in searched:
-        page.figure(blocktime(study, complete))
+        page.figure(blocktime(study, noise))
 
 
 CSS = """
