@@ -11,7 +11,6 @@ they are measured, so an interrupted run resumes where it stopped. Prints the ta
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import random
 import statistics
@@ -19,8 +18,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-
-from optuna.distributions import CategoricalDistribution, IntDistribution
 
 from tuner.policy import BURST
 from tuner.runner import SubprocessRunner, TrialSpec
@@ -35,13 +32,7 @@ from tuner.workload import Workload
 
 def grid(space: SearchSpace, cores: int) -> list[dict[str, Any]]:
     """Every setting of the space at this core count that breaks no constraint."""
-    axes: dict[str, list[Any]] = {}
-    for name, dist in space.distributions(cores).items():
-        if isinstance(dist, CategoricalDistribution):
-            axes[name] = list(dist.choices)
-        elif isinstance(dist, IntDistribution):
-            axes[name] = list(range(dist.low, dist.high + 1, dist.step))
-    points = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+    points = space.grid(cores, limit=10**6) or []
     return [p for p in points if space.violated(p, cores) is None]
 
 

@@ -43,6 +43,8 @@ def make_config(cores: int = 2, trials: int = 8, **overrides: object) -> StudyCo
         "policy": FAST,
         "confirm_policy": FAST_CONFIRM,
         "seed": 1,
+        # As the probe reads it on a CPU where TensorFlow turns oneDNN on by itself (AVX-512 VNNI/BF16).
+        "probe": {"onednn": True},
     }
     values.update(overrides)
     return StudyConfig(**values)  # type: ignore[arg-type]

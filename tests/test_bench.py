@@ -19,11 +19,11 @@ from tuner.space import load as load_space
 
 
 def synthetic_grid(tmp_path: Path) -> Path:
-    """The stock space on 1 core (12 settings): one clear optimum, the rest 10% to 40% slower."""
+    """The stock space on 1 core (36 settings): one clear optimum, the rest 10% to 40% slower."""
     space = load_space("tensorflow", 1)
     points = []
     for params in grid_script.grid(space, 1):
-        best = params == {"intra_op": 2, "inter_op": 1, "data_format": "NHWC"}
+        best = params == {"intra_op": 2, "inter_op": 1, "data_format": "NHWC", "onednn": True}
         rate = 100.0 if best else 60.0 + 5 * params["intra_op"] + 3 * params["inter_op"]
         points.append({"params": params, "rates": [rate * f for f in (0.99, 1.0, 1.01, 1.0, 0.995)]})
     path = tmp_path / "grid.json"
@@ -33,15 +33,15 @@ def synthetic_grid(tmp_path: Path) -> Path:
 
 def test_grid_enumerates_every_setting_once() -> None:
     points = grid_script.grid(load_space("tensorflow", 2), 2)
-    # intra 0..4 x inter 0..2 x two layouts, all distinct.
-    assert len(points) == 5 * 3 * 2 == len({json.dumps(p, sort_keys=True) for p in points})
+    # intra 0..4 x inter 0..2 x two layouts x oneDNN default/on/off, all distinct.
+    assert len(points) == 5 * 3 * 2 * 3 == len({json.dumps(p, sort_keys=True) for p in points})
 
 
 def test_trials_to_target_counts_until_the_pick_is_truly_good(tmp_path: Path) -> None:
     data = json.loads(synthetic_grid(tmp_path).read_text())
     replay = search_cost.Replay(data, seed=0)
-    good = {"intra_op": 2, "inter_op": 1, "data_format": "NHWC"}
-    poor = {"intra_op": 0, "inter_op": 0, "data_format": "NHWC"}
+    good = {"intra_op": 2, "inter_op": 1, "data_format": "NHWC", "onednn": True}
+    poor = {"intra_op": 0, "inter_op": 0, "data_format": "NHWC", "onednn": "default"}
     # The pick becomes good at the second measured setting; a noisy-high poor setting would not count.
     assert search_cost.trials_to_target([(poor, 60.0), (good, 100.0)], replay) == 2
     assert search_cost.trials_to_target([(poor, 70.0), (good, 50.0)], replay) is None
@@ -52,13 +52,13 @@ def test_search_cost_runs_every_sampler_and_exhaustive_budgets_always_reach(
 ) -> None:
     path = synthetic_grid(tmp_path)
     out = tmp_path / "cost.json"
-    assert search_cost.main([str(path), "--seeds", "3", "--budget", "12", "--output", str(out)]) == 0
+    assert search_cost.main([str(path), "--seeds", "3", "--budget", "36", "--output", str(out)]) == 0
     results = json.loads(out.read_text())
     measured = {k: v for k, v in results.items() if "unavailable" not in v}
     # TPE, random and the simplex ran, alone and after the baselines.
     assert {k.split("/")[-1] for k in measured} >= {"tpe", "random", "nelder-mead"}
-    # A budget as large as the grid always finds the optimum, in 1 to 12 trials.
-    assert all(v["reached"] == 1.0 and 1 <= v["median"] <= 12 for v in measured.values())
+    # A budget as large as the grid always finds the optimum, in 1 to 36 trials.
+    assert all(v["reached"] == 1.0 and 1 <= v["median"] <= 36 for v in measured.values())
     assert "median" in capsys.readouterr().out
 
 

@@ -224,9 +224,10 @@ def test_benchmark_named_settings_and_a_settings_string(storage_url: str, capsys
     argv += ["--rounds", "2", "--settings", "tf-default", "--settings", "intra_op=1;inter_op=2"]
     assert main([*argv, "--storage", storage_url], runner=runner) == 0
     out = capsys.readouterr().out
+    runs = [c for c in runner.calls if not c.probe]  # the runtime's one-step probe comes first
     # Two settings x two interleaved rounds, each run of 1 warm-up + 5 timed batches.
-    assert len(runner.calls) == 4 and all(c.policy.timed == 5 and c.policy.warmup == 1 for c in runner.calls)
-    assert [c.settings.inter_op for c in runner.calls] == [0, 2, 2, 0]
+    assert len(runs) == 4 and all(c.policy.timed == 5 and c.policy.warmup == 1 for c in runs)
+    assert [c.settings.inter_op for c in runs] == [0, 2, 2, 0]
     assert "tf-default:" in out and "custom intra_op=1;inter_op=2:" in out
 
 
@@ -263,8 +264,9 @@ def test_interrupted_benchmark_keeps_its_finished_rounds_marked_partial(
     storage_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     def script(spec: TrialSpec, call: int) -> list[float] | BaseException:
-        # Two settings, order rotated each round (A B, B A): the fourth run (tf-default) is interrupted.
-        return KeyboardInterrupt() if call == 3 else [0.01] * (spec.policy.warmup + spec.policy.timed)
+        # The probe, then two settings, order rotated each round (A B, B A): the fourth run (tf-default) is
+        # interrupted.
+        return KeyboardInterrupt() if call == 4 else [0.01] * (spec.policy.warmup + spec.policy.timed)
 
     argv = ["benchmark", "--model", "tiny", "--cores", "1", "--mode", "infer", "--warmup", "1", "--timed", "3"]
     argv += ["--rounds", "3", "--settings", "tf-default", "--settings", "heuristic", "--storage", storage_url]

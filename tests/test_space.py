@@ -69,6 +69,7 @@ def test_tensorflow_distributions_at_one_core(tensorflow: SearchSpace) -> None:
         "intra_op": IntDistribution(0, 2),
         "inter_op": IntDistribution(0, 1),
         "data_format": CategoricalDistribution(["NHWC", "NCHW"]),
+        "onednn": CategoricalDistribution(["default", True, False]),
     }
 
 
@@ -81,18 +82,20 @@ def test_tensorflow_distributions_at_two_cores(tensorflow: SearchSpace) -> None:
 
 
 def test_tensorflow_baselines_are_resolved(tensorflow: SearchSpace) -> None:
-    # tf-default is all zeros and NHWC; heuristic's intra_op is "cores", resolved to the core count.
+    # tf-default is all zeros, NHWC and oneDNN as TensorFlow chooses; heuristic's intra_op is "cores",
+    # resolved to the core count; onednn-on is tf-default with oneDNN forced on.
     assert tensorflow.baselines(2) == {
-        "tf-default": {"intra_op": 0, "inter_op": 0, "data_format": "NHWC"},
-        "heuristic": {"intra_op": 2, "inter_op": 1, "data_format": "NCHW"},
+        "tf-default": {"intra_op": 0, "inter_op": 0, "data_format": "NHWC", "onednn": "default"},
+        "heuristic": {"intra_op": 2, "inter_op": 1, "data_format": "NCHW", "onednn": "default"},
+        "onednn-on": {"intra_op": 0, "inter_op": 0, "data_format": "NHWC", "onednn": True},
     }
     assert tensorflow.baselines(1)["heuristic"]["intra_op"] == 1
 
 
 def test_tensorflow_size(tensorflow: SearchSpace) -> None:
-    # 3 intra x 2 inter x 2 layouts at one core; 5 x 3 x 2 at two.
-    assert tensorflow.size(1) == 12
-    assert tensorflow.size(2) == 30
+    # 3 intra x 2 inter x 2 layouts x 3 oneDNN switches at one core; 5 x 3 x 2 x 3 at two.
+    assert tensorflow.size(1) == 36
+    assert tensorflow.size(2) == 90
 
 
 def test_tensorflow_declares_no_constraints(tensorflow: SearchSpace) -> None:
@@ -317,7 +320,7 @@ def test_omp_constraint(tmp_path: Path) -> None:
 
 
 def test_suggest_with_fixed_trial(tensorflow: SearchSpace) -> None:
-    fixed = {"intra_op": 3, "inter_op": 1, "data_format": "NCHW"}
+    fixed = {"intra_op": 3, "inter_op": 1, "data_format": "NCHW", "onednn": True}
     # Every knob is suggested by name, so a fixed trial gets back exactly its params.
     assert tensorflow.suggest(optuna.trial.FixedTrial(fixed), 2) == fixed
 

@@ -30,7 +30,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tuner import __version__
-from tuner.errors import TunerError
+from tuner.errors import Interrupted, TunerError, WorkerError
 from tuner.measurement import Measurement, median_abs_deviation
 from tuner.policy import MeasurementPolicy
 from tuner.runner import Runner, TaskSpec, TrialSpec
@@ -156,8 +156,9 @@ def make_record(
     }
 
 
-def skip_record(target: Target, reason: str, signature: CpuSignature) -> dict[str, Any]:
-    return {"kind": "benchmark", **target.key(), "label": "", "skipped": reason, **provenance(signature)}
+def skip_record(target: Target, reason: str, signature: CpuSignature, label: str = "") -> dict[str, Any]:
+    """A target (``label`` ""), or one setting of it, that was not measured, and why."""
+    return {"kind": "benchmark", **target.key(), "label": label, "skipped": reason, **provenance(signature)}
 
 
 # -- storage ------------------------------------------------------------------------------------------
@@ -201,19 +202,31 @@ def measure(
     bench: MeasurementPolicy,
     progress: Progress = lambda line: None,
     runs: dict[str, list[Measurement]] | None = None,
+    failed: dict[str, str] | None = None,
 ) -> dict[str, list[Measurement]]:
     """Measure every named setting for ``bench.rounds`` interleaved rounds, order rotated each round.
-    Runs are added to ``runs`` as they finish, so a caller keeps what was measured if it is interrupted."""
+    Runs are added to ``runs`` as they finish, so a caller keeps what was measured if it is interrupted.
+    With ``failed``, a setting whose worker fails is noted there with its reason and left out of later
+    rounds while the others go on; without it, the first failure is raised."""
     runs = {label: [] for label, _ in named} if runs is None else runs
     for label, _ in named:
         runs.setdefault(label, [])
     for round_ in range(bench.rounds):
         shift = round_ % len(named)
         for label, settings in [*named[shift:], *named[:shift]]:
+            if failed is not None and label in failed:
+                continue
             spec = TrialSpec(
                 settings, target.workload, target.cores, bench, device=target.device, replicas=target.replicas
             )
-            measurement = runner.run(spec)
+            try:
+                measurement = runner.run(spec)
+            except WorkerError as error:
+                if failed is None or isinstance(error, Interrupted):
+                    raise
+                failed[label] = str(error)
+                progress(f"round {round_ + 1}/{bench.rounds} {label}: FAILED ({error.reason}: {error})")
+                continue
             runs[label].append(measurement)
             progress(
                 f"round {round_ + 1}/{bench.rounds} {label}: {measurement.loop_images_per_sec:.2f} img/s "
@@ -256,6 +269,14 @@ def flops_per_image(
     return flops
 
 
+def yardstick_settings(cores: int, honours: Sequence[str]) -> Settings:
+    """The matmul yardstick's settings: every core, and oneDNN forced on where the runtime honours the knob.
+    Plain Eigen's matmul does not use a second core (measured on AVX2: 78 GFLOP/s on 1 and on 2 cores, 170 on
+    2 with oneDNN on), so a yardstick measured as the rows run would make rows exceed 100% of "peak"."""
+    knobs = {"intra_op": cores, "inter_op": 1, "data_format": "NHWC"}
+    return Settings.from_params({**knobs, **({"onednn": True} if "onednn" in honours else {})})
+
+
 def matmul_peak(
     storage: optuna.storages.BaseStorage,
     runner: Runner,
@@ -264,13 +285,15 @@ def matmul_peak(
     cores: tuple[int, ...],
     signature: CpuSignature,
 ) -> float:
-    """Best GFLOP/s of a 4096x4096 fp32 matmul in ``runtime`` on ``cores``, measured once and stored."""
+    """Best GFLOP/s of a 4096x4096 fp32 matmul in ``runtime`` on ``cores`` with ``settings`` (see
+    ``yardstick_settings``), measured once and stored with the settings and whether oneDNN really ran."""
     for record in records(storage):
         if (
             record.get("kind") == "matmul"
             and record.get("runtime") == runtime
             and record.get("cores") == len(cores)
             and record.get("cpu", {}).get("id") == signature.id
+            and record.get("settings_text") == settings.label()
         ):
             return float(record["peak_gflops"])
     result = runner.compute(TaskSpec("matmul", settings, cores))
@@ -289,6 +312,8 @@ def matmul_peak(
             "gflops": gflops,
             "peak_gflops": peak,
             "value": peak,
+            "settings_text": settings.label(),
+            "onednn": result.get("onednn"),  # read back: the yardstick's own path, not the rows'
             "framework_version": result.get("framework_version"),
             **provenance(signature),
         },

@@ -20,6 +20,7 @@ import optuna
 import sqlalchemy.exc
 
 from tuner import __version__, benchmark, interrupt, recommend, report, table, transfer
+from tuner.capability import NOT_RUNNABLE, Capabilities, plan_baselines, unrunnable
 from tuner.confirm import DEFAULT, HEURISTIC
 from tuner.doctor import report as doctor_report
 from tuner.envs import create as create_env
@@ -184,7 +185,11 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
     visible = None
     if args.device == "gpu":
         visible = benchmark.visible_gpus(runner, Settings.from_params(fixed_knobs(space)), core_set(1))
+        caps = Capabilities()  # GPU rows run NCHW on the GPU: the CPU's limits do not apply
+    else:
+        caps = Capabilities.from_probe(probe(runner, runtime, core_set(1), fixed_knobs(space)))
     run_id = benchmark.new_run_id()
+    failures: list[str] = []
     for n in counts:
         cores = core_set(n)
         for mode in modes:
@@ -194,9 +199,21 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
             if args.settings is None and stored_tuned(storage, study_name) is None:
                 wanted = [DEFAULT, HEURISTIC]
                 _log(f"study {study_name} has no tuned settings yet, so none are benchmarked (tuner tune or run)")
-            named = _named_settings(wanted, space.baselines(n), storage, study_name)
+            # A baseline that cannot run here is stored as such, and its runnable part is measured instead
+            # (heuristic -> heuristic-nhwc); any other setting that cannot run is stored as such and failed.
+            plan = plan_baselines(space.baselines(n), caps)
+            not_runnable = {name: note for name, note in plan.not_runnable().items() if name in wanted}
+            stand_ins = [f for name in not_runnable for f in plan.runnable if f.startswith(f"{name}-")]
+            runnable = [w for w in wanted if w not in not_runnable] + stand_ins
+            named = _named_settings(runnable, {**space.baselines(n), **plan.runnable}, storage, study_name)
             if args.device == "gpu":  # the host's tuned threads, the GPUs' layout
                 named = [(label, dataclasses.replace(s, data_format="NCHW")) for label, s in named]
+            for label, settings in list(named):
+                broken = unrunnable(settings.params(), caps)
+                if broken is not None:
+                    named.remove((label, settings))
+                    not_runnable[label] = f"{NOT_RUNNABLE}: {broken[1]}"
+                    failures.append(f"{label} ({mode} {n}c): {not_runnable[label]}")
             for count in gpus:
                 target = benchmark.Target(runtime.name, Workload(args.model, mode, batch), cores, args.device, count)
                 reason = None if visible is None else benchmark.gpu_skip_reason(runtime.name, visible, count)
@@ -204,11 +221,17 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
                     benchmark.store(storage, benchmark.skip_record(target, reason, signature))
                     print(f"{target.describe()}: skipped: {reason}")
                     continue
+                for label, note in not_runnable.items():
+                    benchmark.store(storage, benchmark.skip_record(target, note, signature, label))
+                    print(f"{target.describe()} {label}: {note}")
+                if not named:
+                    continue
                 _log(f"benchmark {target.describe()}: {', '.join(label for label, _ in named)}, "
                      f"{bench.rounds} x ({bench.warmup} warm-up + {bench.timed} timed batches)")  # fmt: skip
                 runs: dict[str, list[Measurement]] = {}
+                failed: dict[str, str] = {}
                 try:
-                    benchmark.measure(runner, target, named, bench, _tagged(f"{mode} {n}c"), runs)
+                    benchmark.measure(runner, target, named, bench, _tagged(f"{mode} {n}c"), runs, failed)
                 except (KeyboardInterrupt, TunerError):
                     # Keep the finished rounds, marked partial, before giving up.
                     for label, settings in named:
@@ -220,13 +243,29 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
                             benchmark.store(storage, record)
                     raise
                 for label, settings in named:
-                    record = benchmark.make_record(target, label, settings, runs[label], signature, run_id)
+                    if label in failed:
+                        benchmark.store(
+                            storage, benchmark.skip_record(target, f"failed: {failed[label]}", signature, label)
+                        )
+                        print(f"{target.describe()} {label}: FAILED: {failed[label]}")
+                        failures.append(f"{label} ({mode} {n}c): {failed[label]}")
+                        continue
+                    if label not in runs or not runs[label]:
+                        continue
+                    extra = (
+                        {"partial": f"{len(runs[label])} of {bench.rounds} rounds"}
+                        if len(runs[label]) < bench.rounds
+                        else None
+                    )
+                    record = benchmark.make_record(target, label, settings, runs[label], signature, run_id, extra)
                     benchmark.store(storage, record)
                     print(
                         f"{target.describe()} {label}: {record['images_per_sec']:.2f} images/sec "
                         f"({record['ms_per_image']:.2f} ms/image, step {record['step_seconds'] * 1000:.0f} ms, "
                         f"per-step rates cv {record['rate_cv']:.1%}) [{settings.label()}]"
                     )
+    if failures:
+        raise TunerError(f"{len(failures)} setting(s) could not be measured: " + "; ".join(failures))
     return 0
 
 

@@ -6,6 +6,8 @@ never classified by matching message text.
 
 from __future__ import annotations
 
+import re
+
 
 class TunerError(Exception):
     """Base of every error the tool expects and reports as one clear line."""
@@ -44,13 +46,60 @@ class TopologyError(TunerError):
 
 
 class WorkerError(TunerError):
-    """A trial's worker process failed; carries the tail of its stderr."""
+    """A trial's worker process failed; carries the tail of its stderr, and says why in one line: the
+    message, then the worker's own last meaningful stderr line (see ``cause``)."""
 
     reason = "worker"
+    explained_by_stderr = True  # a timeout or an interrupt is not explained by the worker's last words
 
     def __init__(self, message: str, stderr_tail: str = "") -> None:
         super().__init__(message)
+        self.message = message
         self.stderr_tail = stderr_tail
+
+    def __str__(self) -> str:
+        why = cause(self.stderr_tail) if self.explained_by_stderr else ""
+        return f"{self.message}: {why}" if why else self.message
+
+
+CAUSE_CHARS = 240
+_EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt))(?::\s*(.*))?$")
+_NOISE = (
+    "Traceback (most recent call last)",
+    'File "',
+    "Detected at node",
+    "[[{{node",
+    "During handling of the above exception",
+    "The above exception was the direct cause",
+    "Current thread 0x",
+    "Thread 0x",
+    "Extension modules:",
+)
+
+
+def cause(stderr: str, limit: int = CAUSE_CHARS) -> str:
+    """The worker's reason for failing, from its stderr: the last exception's name and message, or where
+    that message is only a heading ("Graph execution error:") the last meaningful line after it; else the
+    last meaningful line. Tracebacks, source lines and TensorFlow's node markers are passed over."""
+    raw = stderr.splitlines()
+    lines = [
+        line.strip()
+        for line in raw
+        if line.strip() and not line.startswith((" ", "\t")) and not line.strip().startswith(_NOISE)
+    ]
+    if not lines:
+        return ""
+    text = lines[-1]
+    for index in range(len(lines) - 1, -1, -1):
+        found = _EXCEPTION.match(lines[index])
+        if found:
+            name, message = found.group(1), (found.group(2) or "").strip()
+            after = lines[index + 1 :]
+            if (not message or message.endswith(":")) and after:
+                message = after[-1]
+            text = f"{name}: {message}" if message else name
+            break
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class WorkerCrashed(WorkerError):
@@ -75,6 +124,7 @@ class WorkerTimeout(WorkerError):
     """The worker ran past the policy's timeout and was killed."""
 
     reason = "timeout"
+    explained_by_stderr = False
 
 
 class WorkerBadOutput(WorkerError):
@@ -87,6 +137,7 @@ class Interrupted(WorkerError):
     """The user interrupted (SIGINT/SIGTERM) while a worker ran; it was killed."""
 
     reason = "interrupted"
+    explained_by_stderr = False
 
 
 class Pruned(TunerError):

@@ -34,6 +34,7 @@ from tuner.benchmark import (
     skip_record,
     store,
     visible_gpus,
+    yardstick_settings,
 )
 from tuner.benchmark import flops_per_image as count_flops
 from tuner.benchmark import policy as bench_policy
@@ -263,17 +264,11 @@ class Job:
             )
         except TunerError as error:
             self._fail("FLOP count", error)
-        for runtime, space, _, runner in prepared:
+        for runtime, _, _, runner in prepared:
             for n in self.counts:
                 try:
-                    peak = matmul_peak(
-                        self.storage,
-                        runner,
-                        runtime.name,
-                        self._baseline(space, n, "heuristic"),
-                        core_set(n),
-                        self.signature,
-                    )
+                    settings = yardstick_settings(n, runtime.honours)
+                    peak = matmul_peak(self.storage, runner, runtime.name, settings, core_set(n), self.signature)
                     self.log(f"matmul peak, {runtime.name} on {n} cores: {peak:.0f} GFLOP/s")
                 except TunerError as error:
                     self._fail(f"matmul peak {runtime.name} {n}c", error)

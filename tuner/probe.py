@@ -58,10 +58,8 @@ def probe(
     spec = TrialSpec(settings, Workload("tiny", "infer", 8), cores[:1], PROBE, probe=True)
     try:
         facts = runner.run(spec).facts
-    except WorkerError as error:
-        last = (error.stderr_tail.strip().splitlines() or [""])[-1]
-        detail = f": {last}" if last else ""
-        raise TunerError(f"probe of runtime {runtime.name} failed: {error}{detail}") from None
+    except WorkerError as error:  # its message carries the worker's own reason
+        raise TunerError(f"probe of runtime {runtime.name} failed: {error}") from None
     found = {key: facts.get(key) for key in FACTS}
     if openmp and not found["openmp"]:
         raise TunerError(

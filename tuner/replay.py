@@ -11,8 +11,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tuner import interrupt
+from tuner.errors import WorkerExited
 from tuner.measurement import Measurement
 from tuner.runner import StepCallback, TaskSpec, TrialSpec
+from tuner.settings import ONEDNN_DEFAULT, Settings
 
 Outcome = Sequence[float] | BaseException
 Script = Callable[[TrialSpec, int], Outcome]  # (trial, call number) -> step seconds, or an error to raise
@@ -26,9 +28,29 @@ FAKE_TASKS: dict[str, dict[str, Any]] = {
 }
 
 
+# What stock TensorFlow's worker prints when asked for NCHW with oneDNN off (measured on an AVX2-only CPU).
+NCHW_WITHOUT_ONEDNN = (
+    "tensorflow.python.framework.errors_impl.UnimplementedError: Graph execution error:\n\n"
+    "Detected at node sequential_1/conv2d_1/convolution defined at (most recent call last):\n"
+    '  File "worker.py", line 268, in run\n\n'
+    "The Conv2D op currently only supports the NHWC tensor format on the CPU. The op was given the format: NCHW\n"
+    "\t [[{{node sequential_1/conv2d_1/convolution}}]] [Op:__inference_one_step_145]\n"
+)
+
+
 class ReplayRunner:
-    def __init__(self, script: Script, tasks: Mapping[str, dict[str, Any]] | None = None) -> None:
+    """``onednn_default`` mimics a CPU: True where TensorFlow turns oneDNN on by itself (AVX-512 VNNI/BF16),
+    False where it leaves it off (AVX2 only: then NCHW without oneDNN fails as the real worker does), None
+    to report nothing about oneDNN."""
+
+    def __init__(
+        self,
+        script: Script,
+        tasks: Mapping[str, dict[str, Any]] | None = None,
+        onednn_default: bool | None = True,
+    ) -> None:
         self.script = script
+        self.onednn_default = onednn_default
         self.calls: list[TrialSpec] = []
         self.tasks = dict(FAKE_TASKS if tasks is None else tasks)
         self.task_calls: list[TaskSpec] = []
@@ -38,7 +60,12 @@ class ReplayRunner:
         outcome = self.tasks[spec.task]
         if isinstance(outcome, BaseException):
             raise outcome
-        return {"event": "result", "framework": "replay", "cpus": list(spec.cores), **outcome}
+        onednn = self._onednn(spec.settings)
+        return {"event": "result", "framework": "replay", "cpus": list(spec.cores), "onednn": onednn, **outcome}
+
+    def _onednn(self, settings: Settings) -> bool | None:
+        value = dict(settings.env_knobs).get("onednn", ONEDNN_DEFAULT)
+        return self.onednn_default if value == ONEDNN_DEFAULT else bool(value)
 
     @classmethod
     def from_rates(cls, rate: Callable[[TrialSpec], float], noise: float = 0.0, seed: int = 0) -> ReplayRunner:
@@ -63,6 +90,9 @@ class ReplayRunner:
         self.calls.append(spec)
         if isinstance(outcome, BaseException):
             raise outcome
+        onednn = self._onednn(spec.settings)
+        if spec.settings.data_format == "NCHW" and onednn is False:
+            raise WorkerExited("worker exited with status 1", NCHW_WITHOUT_ONEDNN)
         steps = list(outcome)
         warmup, timed = steps[: spec.policy.warmup], steps[spec.policy.warmup :][: spec.policy.timed]
         for phase, values in (("warmup", warmup), ("timed", timed)):
@@ -75,6 +105,7 @@ class ReplayRunner:
             "intra_op": spec.settings.intra_op,
             "inter_op": spec.settings.inter_op,
             "cpus": list(spec.cores),
+            "onednn": onednn,
         }
         facts["replicas"] = spec.replicas
         return Measurement(spec.global_batch, tuple(timed), tuple(warmup), facts, sum(steps))

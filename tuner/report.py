@@ -261,8 +261,13 @@ class Page:
         )
 
 
-def _group_name(runtime: str, cpu: dict[str, Any]) -> str:
-    return f"{table._runtime_label(runtime)} on {cpu.get('model_name', '?')} (CPU {cpu.get('id', '?')})"
+def _group_name(runtime: str, group: dict[str, Any]) -> str:
+    """Named from what was read back (a tf-default record, else a study's probe), never from the name alone."""
+    facts = next((r for r in group["records"] if r.get("label") == DEFAULT and "skipped" not in r), None)
+    if facts is None:
+        facts = next((meta.get("probe") for _, meta in group["studies"] if isinstance(meta.get("probe"), dict)), None)
+    cpu = group["cpu"]
+    return f"{table.runtime_label(runtime, facts)} on {cpu.get('model_name', '?')} (CPU {cpu.get('id', '?')})"
 
 
 def _study_meta(study: optuna.Study) -> dict[str, Any] | None:
@@ -354,9 +359,9 @@ def build(storage: optuna.storages.BaseStorage, source: str) -> tuple[str, list[
         page.sentence(f"Left out: {len(foreign)} Optuna studies not made by tuner ({', '.join(sorted(foreign)[:5])}).")
     if not groups:
         page.sentence("No studies or benchmark records in this storage yet (run: tuner run).")
-    ordered_groups = sorted(groups.items(), key=lambda item: (item[0][0], table._runtime_label(item[0][1])))
+    ordered_groups = sorted(groups.items(), key=lambda item: (item[0][0], _group_name(item[0][1], item[1])))
     for (cpu_id, runtime), group in ordered_groups:
-        heading = _group_name(runtime, group["cpu"])
+        heading = _group_name(runtime, group)
         page.text(f"<h2>{html.escape(heading)}</h2>")
         isa = ", ".join(group["cpu"].get("isa", [])) or "?"
         page.text(f"<p>CPU signature {html.escape(cpu_id)}: {html.escape(isa)}</p>")

@@ -8,7 +8,7 @@ variables: stray OMP_*, KMP_*, TF_* of the user's shell never leak into a measur
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,14 +50,19 @@ def _affinity(value: Any) -> str:
     return value
 
 
-def _onednn(value: Any) -> str:
+ONEDNN_DEFAULT = "default"  # TF_ENABLE_ONEDNN_OPTS left unset: TensorFlow's own per-CPU choice
+
+
+def _onednn(value: Any) -> str | None:
+    if value == ONEDNN_DEFAULT:
+        return None
     if not isinstance(value, bool):
-        raise InvalidSettings(f"onednn must be true or false, got {value!r}")
+        raise InvalidSettings(f"onednn must be true, false or {ONEDNN_DEFAULT!r}, got {value!r}")
     return "1" if value else "0"
 
 
-# Knobs applied as environment variables: name -> validator returning the variable's text.
-ENV_KNOBS = {
+# Knobs applied as environment variables: name -> validator returning the variable's text (None: left unset).
+ENV_KNOBS: dict[str, Callable[[Any], str | None]] = {
     "OMP_NUM_THREADS": lambda v: str(_int("OMP_NUM_THREADS", v, 1)),
     "KMP_BLOCKTIME": _blocktime,
     "KMP_AFFINITY": _affinity,
@@ -123,8 +128,9 @@ class Settings:
         return ",".join(f"{k}={v}" for k, v in self.params().items())
 
     def knob_environ(self) -> dict[str, str]:
-        """Environment variables set by the knobs themselves."""
-        return {ENV_NAMES.get(k, k): ENV_KNOBS[k](v) for k, v in self.env_knobs}
+        """Environment variables set by the knobs themselves (a knob at its "default" sets none)."""
+        values = {ENV_NAMES.get(k, k): ENV_KNOBS[k](v) for k, v in self.env_knobs}
+        return {name: text for name, text in values.items() if text is not None}
 
     def environ(self, parent: Mapping[str, str], gpus: bool = False) -> dict[str, str]:
         """The child's whole environment: allowlisted parent variables, fixed ones, then the knobs. GPUs are

@@ -18,6 +18,7 @@ Every error names the file and the key and is raised as one ``SearchSpaceError``
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -39,6 +40,7 @@ TOP_KEYS = {"runtime", "description", "knobs", "constraints", "baselines"}
 INT_KEYS = {"type", "low", "high", "step", "log"}
 CATEGORICAL_KEYS = {"type", "choices"}
 MAX_VALUE = 1_000_000
+GRID_LIMIT = 100_000  # spaces larger than this are not enumerated
 
 
 def _effective(params: Mapping[str, Any], name: str, cores: int) -> int:
@@ -85,6 +87,18 @@ class SearchSpace:
             elif isinstance(dist, IntDistribution):
                 total *= (dist.high - dist.low) // dist.step + 1
         return total
+
+    def grid(self, cores: int, limit: int = GRID_LIMIT) -> list[dict[str, Any]] | None:
+        """Every setting of the space at this core count, or None when there are more than ``limit``."""
+        if self.size(cores) > limit:
+            return None
+        values: dict[str, list[Any]] = {}
+        for name, dist in self.distributions(cores).items():
+            if isinstance(dist, CategoricalDistribution):
+                values[name] = list(dist.choices)
+            elif isinstance(dist, IntDistribution):
+                values[name] = list(range(dist.low, dist.high + 1, dist.step))
+        return [dict(zip(values, combo, strict=True)) for combo in itertools.product(*values.values())]
 
     def suggest(self, trial: optuna.Trial, cores: int) -> dict[str, Any]:
         params: dict[str, Any] = {}

@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import __version__, interrupt
+from tuner.capability import Capabilities, narrow, plan_baselines, unrunnable
 from tuner.confirm import DEFAULT, MIN_ROUNDS, Candidate, Verdict, confirm
 from tuner.errors import (
     Interrupted,
@@ -160,11 +161,15 @@ class StudyRun:
         done = len(self.study.get_trials(deepcopy=False))
         if done:
             self.study.sampler = make_sampler(config.sampler, config.seed + done)
-        self._prepare()
+        self.caps = Capabilities.from_probe(config.probe)
+        # The space and baselines as they can run here (the probe's read-back): see tuner/capability.py.
+        self.space, excluded = narrow(config.space, self.caps, len(config.cores))
+        self.baselines = plan_baselines(config.space.baselines(len(config.cores)), self.caps)
+        self._prepare(excluded)
 
     # -- set-up -------------------------------------------------------------------------------------
 
-    def _prepare(self) -> None:
+    def _prepare(self, excluded: list[str]) -> None:
         attrs = self.study.user_attrs
         meta = self.config.metadata()
         if "tuner" not in attrs:
@@ -182,13 +187,18 @@ class StudyRun:
                         f"study {self.config.name} was measured with {key} {attrs['tuner'].get(key)}, not "
                         f"{meta[key]}: its trials would not be comparable; use a new --storage"
                     )
+        runnable = {"capabilities": self.caps.to_dict(), "excluded": excluded, "baselines": self.baselines.notes}
+        if attrs.get("runnable") != runnable:
+            self.study.set_user_attr("runnable", runnable)
+            for line in [*excluded, *(f"baseline {name}: {note}" for name, note in self.baselines.notes.items())]:
+                self.progress(line)
         self._fail_orphans()
         queued = {
             t.user_attrs.get("baseline")
             for t in self.study.get_trials(deepcopy=False)
             if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
         }
-        for name, params in self.config.space.baselines(len(self.config.cores)).items():
+        for name, params in self.baselines.runnable.items():
             if name not in queued:
                 self.study.enqueue_trial(params, user_attrs={"baseline": name}, skip_if_exists=False)
 
@@ -217,12 +227,12 @@ class StudyRun:
         return self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
     def _known(self) -> dict[str, int]:
-        return {Settings.from_params(t.params).label(): t.number for t in self.measured()}
+        return {self.caps.label(t.params): t.number for t in self.measured()}
 
     def _failing(self) -> dict[str, int]:
         """Settings whose worker failed (crash, exit, timeout, bad output): proposing them again is a skip."""
         return {
-            Settings.from_params(t.params).label(): t.number
+            self.caps.label(t.params): t.number
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
             if t.user_attrs.get("fail_reason") in WORKER_FAILURES and t.params
         }
@@ -254,19 +264,23 @@ class StudyRun:
             trial.set_user_attr("skip_reason", "surplus: the study's trials are taken by other workers")
             raise optuna.TrialPruned("surplus")
         cores = len(self.config.cores)
-        params = self.config.space.suggest(trial, cores)
+        params = self.space.suggest(trial, cores)
         settings = Settings.from_params(params)
         baseline = trial.user_attrs.get("baseline")
-        seen = self._known().get(settings.label())
-        failed = self._failing().get(settings.label())
+        seen = self._known().get(self.caps.label(params))
+        failed = self._failing().get(self.caps.label(params))
         for reason, number in (("duplicate of", seen), ("known to fail, as", failed)):
             if number is not None and baseline is None:
                 trial.set_user_attr("skip_reason", f"{reason} trial {number}")
                 raise optuna.TrialPruned(f"{reason} trial {number}")
-        broken = self.config.space.violated(params, cores)
+        broken = self.space.violated(params, cores)
         if broken is not None:
             trial.set_user_attr("skip_reason", f"constraint {broken}")
             raise optuna.TrialPruned(f"breaks constraint {broken}")
+        cannot = unrunnable(params, self.caps)
+        if cannot is not None:
+            trial.set_user_attr("skip_reason", f"not runnable here: {cannot[1]}")
+            raise optuna.TrialPruned(f"not runnable here: {cannot[1]}")
 
         def on_step(phase: str, index: int, seconds: float) -> None:
             if phase == "timed":
@@ -282,6 +296,21 @@ class StudyRun:
         trial.set_user_attr("measurement", measurement.to_dict())
         return measurement.images_per_sec
 
+    def distinct_settings(self) -> int:
+        """How many distinct settings can be measured here: the grid less what breaks a constraint or cannot
+        run, counting settings that run alike once (the raw size when the grid is too large to list)."""
+        cores = len(self.config.cores)
+        grid = self.space.grid(cores)
+        if grid is None:
+            return self.space.size(cores)
+        return len(
+            {
+                self.caps.label(p)
+                for p in grid
+                if self.space.violated(p, cores) is None and unrunnable(p, self.caps) is None
+            }
+        )
+
     def sampled(self) -> list[FrozenTrial]:
         """Complete trials of settings the sampler proposed (not baselines)."""
         return [t for t in self.measured() if "baseline" not in t.user_attrs]
@@ -291,7 +320,7 @@ class StudyRun:
         needs is left before ``deadline`` (the end of the study's budget). Past ``stop_at`` (a soft end,
         which leaves the rest to a longer benchmark) it stops once one sampled setting is measured."""
         cfg = self.config
-        size = cfg.space.size(len(cfg.cores))
+        size = self.distinct_settings()
         failures = skips = 0
         finished: list[FrozenTrial] = []
         while True:
@@ -331,7 +360,10 @@ class StudyRun:
                 callbacks=[lambda _study, trial: finished.append(trial)],
             )
             last = finished[-1]
-            failures = failures + 1 if last.state == TrialState.FAIL else 0
+            # Skips measure nothing: only a complete trial breaks a run of failures.
+            failures = (
+                failures + 1 if last.state == TrialState.FAIL else 0 if last.state == TrialState.COMPLETE else failures
+            )
             skips = skips + 1 if "skip_reason" in last.user_attrs and last.user_attrs["skip_reason"] != "pruner" else 0
             self._report(last, len(measured) + (last.state == TrialState.COMPLETE), deadline)
             if failures >= MAX_FAILURES_IN_A_ROW:
@@ -370,7 +402,7 @@ class StudyRun:
         labels = {c.settings.label() for c in chosen.values()}
         for trial in trials:
             settings = Settings.from_params(trial.params)
-            if len(chosen) >= len(self.config.space.baselines(1)) + self.config.candidates:
+            if len(chosen) >= len(self.baselines.runnable) + self.config.candidates:
                 break
             if settings.label() not in labels:
                 labels.add(settings.label())
@@ -422,9 +454,11 @@ class StudyRun:
         return verdict
 
     def _baselines_done(self) -> bool:
-        """Every baseline has a complete trial: the budget may end the search only after that."""
-        done = {t.user_attrs.get("baseline") for t in self.measured()}
-        return set(self.config.space.data.get("baselines", {})) <= done
+        """Every baseline that can run here has a finished trial, complete or failed: the budget may end the
+        search only after that, and a failing baseline never holds it up."""
+        finished = (TrialState.COMPLETE, TrialState.FAIL)
+        done = {t.user_attrs.get("baseline") for t in self.study.get_trials(deepcopy=False, states=finished)}
+        return set(self.baselines.runnable) <= done
 
     def _run_seconds(self) -> float:
         """Expected wall time of one confirmation run, from the search trials' measured wall times."""
@@ -448,7 +482,7 @@ class StudyRun:
         return max(0.0, wall - steps * step), step
 
     def _confirm_cost(self, rounds: int) -> float:
-        configs = len(self.config.space.data.get("baselines", {})) + self.config.candidates
+        configs = len(self.baselines.runnable) + self.config.candidates
         return configs * rounds * self._run_seconds()
 
     def _rounds(self, configs: int, deadline: float | None) -> int:
@@ -470,7 +504,7 @@ class StudyRun:
 
     def store_importances(self) -> dict[str, float]:
         """Which knobs mattered over the complete trials; stored on the study (``tuner show`` prints them)."""
-        space = self.config.space.distributions(len(self.config.cores))
+        space = self.space.distributions(len(self.config.cores))
         varied = [name for name, dist in space.items() if not dist.single()]
         try:
             importances = compute_importances(self.study, varied, self.config.seed)

@@ -22,6 +22,7 @@ from tuner.topology import cores_text
 
 FORMATS = ("markdown", "csv", "html")
 TUNED = "tuned"
+HEURISTIC_NHWC = f"{HEURISTIC}-nhwc"  # the heuristic's runnable part where NCHW cannot run (tuner/capability.py)
 MODE_NAMES = {"train": "train", "infer": "infer"}
 
 
@@ -39,10 +40,26 @@ def _group_key(record: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def _runtime_label(name: str) -> str:
-    if name in runtime_names():
-        return load_runtime(name).label
-    return name
+def _declared_label(name: str) -> str:
+    return load_runtime(name).label if name in runtime_names() else name
+
+
+def runtime_label(name: str, facts: dict[str, Any] | None = None) -> str:
+    """How a row names its runtime, like the reference table's first column, from what the worker read back
+    (``onednn``, ``openmp`` of a record), never from the runtime's name alone: stock TensorFlow on a CPU where
+    it leaves oneDNN off is 'CPU (no optimisation)'. The runtime's name is added where the read-back differs
+    from what the runtime declares. Without read-back facts, the declared label."""
+    declared = _declared_label(name)
+    facts = facts or {}
+    if facts.get("openmp"):
+        found = "CPU (oneDNN on OpenMP)"
+    elif facts.get("onednn") is True:
+        found = "CPU (oneDNN)"
+    elif facts.get("onednn") is False:
+        found = "CPU (no optimisation)"
+    else:
+        return declared
+    return found if found == declared else f"{found} [{name}]"
 
 
 def _ratio(top: dict[str, Any] | None, bottom: dict[str, Any] | None) -> str:
@@ -85,25 +102,37 @@ def build(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
             peaks[key] = max(peaks.get(key, 0.0), float(r["peak_gflops"]))
     groups: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
     skipped: dict[tuple[Any, ...], dict[str, Any]] = {}
+    unmeasured: dict[tuple[Any, ...], dict[str, str]] = {}  # settings of a target that were not measured, why
     for r in sorted((r for r in records if r.get("kind") == "benchmark"), key=lambda r: r.get("measured", "")):
+        if "skipped" in r and r.get("label"):
+            unmeasured.setdefault(_group_key(r), {})[r["label"]] = r["skipped"]
+            groups.get(_group_key(r), {}).pop(r["label"], None)
+            continue
         if "skipped" in r:
             skipped[_group_key(r)] = r
             continue
+        unmeasured.get(_group_key(r), {}).pop(r["label"], None)
         skipped.pop(_group_key(r), None)
         groups.setdefault(_group_key(r), {})[r["label"]] = r  # the latest record of each label wins
     rows = []
     for key in sorted(groups, key=_sort_key):
         group = groups[key]
+        if not group:
+            continue
         any_record = next(iter(group.values()))
         main = _recommended(group)
         tuned = group.get(TUNED)
+        not_run = unmeasured.get(key, {})
+        # Where the reference heuristic cannot run (NCHW without oneDNN), its runnable NHWC part stands in.
+        heuristic = group.get(HEURISTIC) or group.get(HEURISTIC_NHWC)
+        stand_in = heuristic is not None and HEURISTIC not in group
         model = any_record["model"]
         peak = peaks.get((key[0], any_record["cores"]))
         gpu = any_record["gpus"] if any_record["device"] == "gpu" else 0
         cpu = any_record.get("cpu", {})
         rows.append(
             {
-                "runtime": _runtime_label(any_record["runtime"]),
+                "runtime": runtime_label(any_record["runtime"], group.get(DEFAULT, any_record)),
                 "CPU": f"{cores_text(any_record['cores'])} ({cpu.get('model_name', '?')})",
                 "memory": f"{any_record.get('memory_gib', 0):.0f}G",
                 "GPU": gpu,
@@ -113,18 +142,21 @@ def build(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
                 if main is None
                 else f"{main['images_per_sec']:.2f} ({main['ms_per_image']:.2f}ms)",
                 "tf-default": _rate(group.get(DEFAULT)),
-                "heuristic": _rate(group.get(HEURISTIC)),
+                "heuristic": (_rate(heuristic) + (" (NHWC)" if stand_in else ""))
+                if heuristic is not None or HEURISTIC not in not_run
+                else "not runnable here",
                 "tuned": _rate(tuned),
                 "tuned/tf-default": _ratio(tuned, group.get(DEFAULT)),
-                "tuned/heuristic": _ratio(tuned, group.get(HEURISTIC)),
+                "tuned/heuristic": _ratio(tuned, heuristic),
                 "GFLOP/s tf-default (% peak)": _share(group.get(DEFAULT), flops.get(model), peak),
-                "GFLOP/s heuristic (% peak)": _share(group.get(HEURISTIC), flops.get(model), peak),
+                "GFLOP/s heuristic (% peak)": _share(heuristic, flops.get(model), peak),
                 "GFLOP/s tuned (% peak)": _share(tuned, flops.get(model), peak),
                 "tuned settings": "-" if tuned is None else tuned["settings_text"],
                 "timed batches": _batches(main),
                 "recommended": "-" if main is None else main["label"],
                 "note": "; ".join(
-                    f"{label}: {r['partial']} (interrupted)" for label, r in group.items() if "partial" in r
+                    [f"{label}: {r['partial']} (interrupted)" for label, r in group.items() if "partial" in r]
+                    + [f"{label}: {why}" for label, why in not_run.items()]
                 ),
             }
         )
@@ -132,7 +164,7 @@ def build(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
         r = skipped[key]
         rows.append(
             {
-                "runtime": f"GPU ({r['runtime']})" if r["device"] == "gpu" else r["runtime"],
+                "runtime": f"GPU ({r['runtime']})" if r["device"] == "gpu" else runtime_label(r["runtime"]),
                 "CPU": f"{cores_text(r['cores'])} ({r.get('cpu', {}).get('model_name', '?')})",
                 "memory": f"{r.get('memory_gib', 0):.0f}G",
                 "GPU": r["gpus"],
@@ -144,7 +176,10 @@ def build(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
         )
     notes = []
     for (cpu_id, cores), peak in sorted(peaks.items(), key=lambda item: (str(item[0][0]), item[0][1] or 0)):
-        notes.append(f"matmul peak (4096x4096 fp32, best runtime) on {cores} cores of CPU {cpu_id}: {peak:.0f} GFLOP/s")
+        notes.append(
+            f"matmul peak (4096x4096 fp32, best runtime, oneDNN on where it runs) on {cores} cores of CPU {cpu_id}: "
+            f"{peak:.0f} GFLOP/s"
+        )
     for model, counted in sorted(flops.items()):
         notes.append(
             f"{model}: {counted['infer'] / 1e9:.3g} GFLOP per image for inference, {counted['train'] / 1e9:.3g} "

@@ -1,0 +1,168 @@
+"""What a runtime can run on this CPU, read back by the probe: the space and the baselines follow it.
+
+Stock TensorFlow turns oneDNN on by itself only on CPUs with AVX-512 VNNI/BF16, AVX-VNNI or AMX; elsewhere it
+runs plain Eigen, which has no NCHW convolution on CPU ("Conv2D op currently only supports the NHWC tensor
+format on the CPU"). Which settings can run is therefore a fact of the machine, not of the search-space file.
+The rules here are named predicates over a setting's knobs and the probe's facts. Before a study starts, a
+knob value that can never run is taken out of its space, a baseline that cannot run is set aside with its
+reason (and its runnable part measured under another name), and a sampled combination that cannot run is
+skipped unmeasured; each is logged once and stored on the study.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from optuna.distributions import CategoricalDistribution
+
+from tuner.errors import SearchSpaceError
+from tuner.settings import ONEDNN_DEFAULT, Settings
+from tuner.space import SearchSpace
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """The probe's read-back that decides what can run. ``onednn_default`` is whether oneDNN ran with the
+    probe's settings (TF_ENABLE_ONEDNN_OPTS unset unless the space fixes it); None when unknown, and then
+    nothing is taken out."""
+
+    onednn_default: bool | None = None
+    openmp: str | None = None
+
+    @classmethod
+    def from_probe(cls, facts: Mapping[str, Any]) -> Capabilities:
+        onednn = facts.get("onednn")
+        openmp = facts.get("openmp")
+        return cls(
+            onednn_default=onednn if isinstance(onednn, bool) else None,
+            openmp=openmp if isinstance(openmp, str) else None,
+        )
+
+    def onednn(self, params: Mapping[str, Any]) -> bool | None:
+        """Whether oneDNN runs with these knobs: an explicit on/off, else TensorFlow's choice on this CPU."""
+        value = params.get("onednn", ONEDNN_DEFAULT)
+        return self.onednn_default if value == ONEDNN_DEFAULT else bool(value)
+
+    def effective(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``params`` with ``onednn = "default"`` replaced by what it means here, so that two settings that
+        run alike (default and explicit on, on a CPU where TensorFlow turns oneDNN on) count as one."""
+        resolved = dict(params)
+        if resolved.get("onednn") == ONEDNN_DEFAULT and self.onednn_default is not None:
+            resolved["onednn"] = self.onednn_default
+        return resolved
+
+    def label(self, params: Mapping[str, Any]) -> str:
+        return Settings.from_params(self.effective(params)).label()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"onednn_default": self.onednn_default, "openmp": self.openmp}
+
+
+Rule = Callable[[Mapping[str, Any], Capabilities], str | None]  # why these knobs cannot run here, or None
+
+
+def _nchw_needs_onednn(params: Mapping[str, Any], caps: Capabilities) -> str | None:
+    if params.get("data_format") != "NCHW" or caps.onednn(params) is not False:
+        return None
+    how = "by default on this CPU" if params.get("onednn", ONEDNN_DEFAULT) == ONEDNN_DEFAULT else "in this setting"
+    return f"NCHW needs oneDNN (plain Eigen has no NCHW convolution on CPU), and oneDNN is off {how}"
+
+
+@dataclass(frozen=True)
+class Repair:
+    """How a rule's runnable part of a setting is made, and the suffix that names it (heuristic-nhwc)."""
+
+    suffix: str
+    change: Callable[[Mapping[str, Any]], dict[str, Any]]
+
+
+RULES: dict[str, Rule] = {"nchw_needs_onednn": _nchw_needs_onednn}
+REPAIRS: dict[str, Repair] = {"nchw_needs_onednn": Repair("nhwc", lambda p: {**p, "data_format": "NHWC"})}
+
+
+def unrunnable(params: Mapping[str, Any], caps: Capabilities) -> tuple[str, str] | None:
+    """(rule, reason) of the first rule these knobs break on this machine, or None if they can run."""
+    for name, rule in RULES.items():
+        reason = rule(params, caps)
+        if reason is not None:
+            return name, reason
+    return None
+
+
+def narrow(space: SearchSpace, caps: Capabilities, cores: int) -> tuple[SearchSpace, list[str]]:
+    """``space`` without the categorical choices that cannot run with any value of the other categorical
+    knobs (integer knobs decide nothing here), and one line per choice taken out, saying why."""
+    dists = space.distributions(cores)
+    categorical = {n: list(d.choices) for n, d in dists.items() if isinstance(d, CategoricalDistribution)}
+    names = list(categorical)
+    combos = [dict(zip(names, values, strict=True)) for values in itertools.product(*categorical.values())]
+    excluded: list[str] = []
+    knobs = {name: dict(spec) for name, spec in space.data["knobs"].items()}
+    for name in names:
+        kept = []
+        for choice in categorical[name]:
+            reasons = [unrunnable(c, caps) for c in combos if c[name] == choice]
+            if reasons and all(reasons):
+                excluded.append(f"{name}={_text(choice)} taken out: {reasons[0][1]}")  # type: ignore[index]
+            else:
+                kept.append(choice)
+        if not kept:
+            raise SearchSpaceError(f"{space.path}: knobs.{name}: no choice can run on this machine ({excluded[-1]})")
+        if len(kept) < len(categorical[name]):
+            knobs[name]["choices"] = kept
+    if not excluded:
+        return space, []
+    return SearchSpace(space.path, {**space.data, "knobs": knobs}), excluded
+
+
+@dataclass(frozen=True)
+class BaselinePlan:
+    """The baselines a study measures here, and why the others are not measured."""
+
+    runnable: dict[str, dict[str, Any]]
+    notes: dict[str, str] = field(default_factory=dict)  # baseline name -> "not runnable here: ..." / "same as"
+
+    def not_runnable(self) -> dict[str, str]:
+        return {name: note for name, note in self.notes.items() if note.startswith(NOT_RUNNABLE)}
+
+
+NOT_RUNNABLE = "not runnable here"
+
+
+def plan_baselines(baselines: Mapping[str, Mapping[str, Any]], caps: Capabilities) -> BaselinePlan:
+    """Each baseline that can run here, in order; one that cannot is noted with its reason and replaced by
+    its runnable part under a suffixed name (the reference heuristic in NCHW becomes ``heuristic-nhwc``);
+    one that runs exactly as an earlier baseline here (oneDNN on where it is on by default) is noted as the
+    same and measured once."""
+    runnable: dict[str, dict[str, Any]] = {}
+    notes: dict[str, str] = {}
+    seen: dict[str, str] = {}
+
+    def add(name: str, params: dict[str, Any]) -> None:
+        label = caps.label(params)
+        if label in seen:
+            notes[name] = f"same as {seen[label]} on this CPU"
+            return
+        seen[label] = name
+        runnable[name] = params
+
+    for name, params in baselines.items():
+        broken = unrunnable(params, caps)
+        if broken is None:
+            add(name, dict(params))
+            continue
+        rule, reason = broken
+        notes[name] = f"{NOT_RUNNABLE}: {reason}"
+        repair = REPAIRS.get(rule)
+        if repair is not None:
+            fixed = repair.change(params)
+            if unrunnable(fixed, caps) is None:
+                add(f"{name}-{repair.suffix}", fixed)
+    return BaselinePlan(runnable, notes)
+
+
+def _text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
