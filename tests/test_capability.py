@@ -1,0 +1,188 @@
+"""What can run here, from the probe: the stock space and its baselines on an AVX2-only CPU (oneDNN off by
+default, NCHW impossible) and on an AVX-512 one (oneDNN on by default), with the replaying runner standing
+in for each CPU, through the study and the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import make_config
+from tuner.capability import Capabilities, narrow, plan_baselines, unrunnable
+from tuner.cli import main
+from tuner.errors import WorkerExited
+from tuner.replay import NCHW_WITHOUT_ONEDNN, ReplayRunner
+from tuner.runner import TrialSpec
+from tuner.space import load
+from tuner.study import StudyRun
+
+AVX2 = Capabilities(onednn_default=False)
+AVX512 = Capabilities(onednn_default=True)
+TINY = ["--model", "tiny", "--cores", "1", "--mode", "infer"]
+
+
+def onednn_rate(spec: TrialSpec) -> float:
+    """As measured on the AVX2 machine: oneDNN on is 1.25x plain Eigen, threads matter little."""
+    onednn = dict(spec.settings.env_knobs).get("onednn", "default")
+    return 1250.0 if onednn is True else 1000.0
+
+
+def unknown_cpu_runner() -> ReplayRunner:
+    """A CPU whose probe reports nothing about oneDNN, and where NCHW fails in the worker all the same."""
+
+    def script(spec: TrialSpec, _call: int) -> list[float] | BaseException:
+        if spec.settings.data_format == "NCHW":
+            return WorkerExited("worker exited with status 1", NCHW_WITHOUT_ONEDNN)
+        return [0.032] * (spec.policy.warmup + spec.policy.timed)
+
+    return ReplayRunner(script, onednn_default=None)
+
+
+def avx2_runner(noise: float = 0.01) -> ReplayRunner:
+    runner = ReplayRunner.from_rates(onednn_rate, noise=noise, seed=7)
+    runner.onednn_default = False  # TensorFlow leaves oneDNN off; NCHW without it fails like the real worker
+    return runner
+
+
+def test_heuristic_is_not_runnable_without_onednn_and_its_nhwc_part_stands_in() -> None:
+    plan = plan_baselines(load("tensorflow", 2).baselines(2), AVX2)
+    # The reference heuristic is NCHW with oneDNN left to TensorFlow, which leaves it off here: set aside
+    # with the reason, and its same threads in NHWC are measured under a name that says so.
+    assert "not runnable here: NCHW needs oneDNN" in plan.notes["heuristic"]
+    assert "off by default on this CPU" in plan.notes["heuristic"]
+    assert list(plan.runnable) == ["tf-default", "heuristic-nhwc", "onednn-on"]
+    assert plan.runnable["heuristic-nhwc"] == {"intra_op": 2, "inter_op": 1, "data_format": "NHWC", "onednn": "default"}
+
+
+def test_onednn_on_baseline_is_measured_once_where_it_is_the_default() -> None:
+    plan = plan_baselines(load("tensorflow", 2).baselines(2), AVX512)
+    # oneDNN is on by default here, so forcing it on runs exactly as tf-default: noted, not measured twice.
+    assert list(plan.runnable) == ["tf-default", "heuristic"]
+    assert plan.notes == {"onednn-on": "same as tf-default on this CPU"}
+
+
+def test_unknown_capabilities_take_nothing_out() -> None:
+    plan = plan_baselines(load("tensorflow", 2).baselines(2), Capabilities())
+    # Without the probe's read-back nothing is assumed impossible: every baseline is measured.
+    assert list(plan.runnable) == ["tf-default", "heuristic", "onednn-on"] and plan.notes == {}
+
+
+def test_rule_reads_explicit_and_default_onednn() -> None:
+    # NCHW runs with oneDNN forced on anywhere; with it off, or left to TensorFlow on an AVX2 CPU, it cannot.
+    assert unrunnable({"data_format": "NCHW", "onednn": True}, AVX2) is None
+    assert unrunnable({"data_format": "NCHW", "onednn": False}, AVX512) is not None
+    assert unrunnable({"data_format": "NCHW", "onednn": "default"}, AVX2) is not None
+    assert unrunnable({"data_format": "NCHW"}, AVX512) is None
+
+
+def test_a_choice_that_can_never_run_is_taken_out_with_its_reason(tmp_path: Path) -> None:
+    path = tmp_path / "layout.toml"
+    path.write_text('[knobs.intra_op]\ntype = "int"\nlow = 0\nhigh = "cores"\n\n'
+                    '[knobs.data_format]\ntype = "categorical"\nchoices = ["NHWC", "NCHW"]\n')  # fmt: skip
+    space = load(str(path), 2)
+    narrowed, excluded = narrow(space, AVX2, 2)
+    # No oneDNN knob and oneDNN off by default: NCHW can never run, so the space loses it, saying why.
+    assert narrowed.distributions(2)["data_format"].choices == ("NHWC",)
+    assert len(excluded) == 1 and excluded[0].startswith("data_format=NCHW taken out: NCHW needs oneDNN")
+    # On a CPU with oneDNN on by default the same space is kept whole.
+    assert narrow(space, AVX512, 2) == (space, [])
+    # The stock space keeps NCHW on AVX2, since oneDNN can be forced on; only the combinations are skipped.
+    stock = load("tensorflow", 2)
+    assert narrow(stock, AVX2, 2) == (stock, [])
+
+
+def test_study_on_avx2_measures_no_impossible_setting_and_finds_onednn(storage: optuna.storages.RDBStorage) -> None:
+    config = make_config(cores=1, trials=10, probe={"onednn": False})
+    run = StudyRun(storage, config, avx2_runner())
+    verdict = run.run()
+    trials = run.study.get_trials()
+    # Nothing failed: no NCHW-without-oneDNN setting ever reached a worker; those proposals were skipped.
+    assert [t for t in trials if t.state == TrialState.FAIL] == []
+    skipped = [t.user_attrs.get("skip_reason", "") for t in trials if t.state == TrialState.PRUNED]
+    assert any(reason.startswith("not runnable here: NCHW needs oneDNN") for reason in skipped)
+    # The heuristic is stored as not runnable; its NHWC part and oneDNN-on were measured as baselines.
+    assert run.study.user_attrs["runnable"]["baselines"]["heuristic"].startswith("not runnable here")
+    measured = {t.user_attrs.get("baseline") for t in trials if t.state == TrialState.COMPLETE}
+    assert {"tf-default", "heuristic-nhwc", "onednn-on"} <= measured
+    # oneDNN on is 1.25x here: the verdict recommends a setting with oneDNN forced on, clearly.
+    assert verdict.clear and verdict.params[verdict.recommended]["onednn"] is True
+    assert verdict.vs_default.low > 1.15
+
+
+def test_failing_baseline_counts_as_done_for_the_budget(storage: optuna.storages.RDBStorage) -> None:
+    now = [0.0]
+
+    def script(spec: TrialSpec, call: int) -> list[float] | BaseException:
+        now[0] += 10.0
+        if spec.settings.intra_op == 1 and spec.settings.inter_op == 1:  # the heuristic's threads always crash
+            return RuntimeError("unreachable")
+        return [0.032] * 5
+
+    def crashing(spec: TrialSpec, call: int) -> list[float] | BaseException:
+        from tuner.errors import WorkerCrashed
+
+        outcome = script(spec, call)
+        return WorkerCrashed("worker killed by SIGSEGV") if isinstance(outcome, RuntimeError) else outcome
+
+    config = make_config(cores=1, trials=30, budget_s=200.0)
+    run = StudyRun(storage, config, ReplayRunner(crashing), clock=lambda: now[0])
+    run.run()
+    # The heuristic failed, yet counts as done: the search stopped for confirmation, and the study ended
+    # within its budget instead of searching on for a baseline that can never complete.
+    assert any(t.user_attrs.get("baseline") == "heuristic" and t.state == TrialState.FAIL for t in run.study.trials)
+    assert now[0] <= 200.0
+
+
+def test_tune_on_avx2_prints_what_cannot_run_and_why(storage_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["tune", *TINY, "--trials", "8", "--budget", "none", "--storage", storage_url]
+    assert main(argv, runner=avx2_runner()) == 0
+    err = capsys.readouterr().err
+    # The heuristic is named as not runnable here, with the reason, once; no trial failed.
+    assert err.count("baseline heuristic: not runnable here: NCHW needs oneDNN") == 1
+    assert "FAILED" not in err
+
+
+def test_a_failing_trial_prints_the_workers_reason(storage_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["tune", *TINY, "--trials", "4", "--budget", "none", "--storage", storage_url]
+    # Nothing known in advance, so NCHW is tried and the worker fails: each such line says why.
+    assert main(argv, runner=unknown_cpu_runner()) == 0
+    err = capsys.readouterr().err
+    failed = [line for line in err.splitlines() if "FAILED" in line]
+    assert failed and all("UnimplementedError: The Conv2D op currently only supports the NHWC" in f for f in failed)
+
+
+def test_benchmark_on_avx2_measures_what_it_can_and_tabulates_it(
+    storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["benchmark", *TINY, "--warmup", "1", "--timed", "3", "--storage", storage_url]
+    # Default settings: the heuristic cannot run here, which is not a failure; its NHWC part is measured.
+    assert main(argv, runner=avx2_runner()) == 0
+    out = capsys.readouterr().out
+    assert "heuristic: not runnable here: NCHW needs oneDNN" in out
+    assert "tf-default:" in out and "heuristic-nhwc:" in out
+    assert main(["table", "--storage", storage_url, "--format", "csv"]) == 0
+    table = capsys.readouterr().out
+    # The row is named from the read-back (oneDNN off), not from the runtime's name; the heuristic column
+    # shows the NHWC stand-in, and the note says why the heuristic itself was not measured.
+    assert "CPU (no optimisation) [tensorflow]" in table
+    assert "(NHWC)" in table and "heuristic: not runnable here" in table
+
+
+def test_benchmark_keeps_every_result_and_names_the_failure(
+    storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runner = unknown_cpu_runner()  # the impossible setting is not known in advance: it fails in the worker
+    argv = ["benchmark", *TINY, "--warmup", "1", "--timed", "3", "--rounds", "2", "--storage", storage_url]
+    argv += ["--settings", "tf-default", "--settings", "data_format=NCHW"]
+    assert main(argv, runner=runner) == 1
+    captured = capsys.readouterr()
+    # tf-default was measured in both rounds and printed; the failing setting is named with the worker's reason.
+    assert "tf-default:" in captured.out
+    last = [line for line in captured.err.splitlines() if line.startswith("tuner: error:")]
+    assert len(last) == 1 and "data_format=NCHW" in last[0] and "Conv2D" in last[0]
+    assert main(["table", "--storage", storage_url, "--format", "csv"]) == 0
+    # The measured setting is in the table; the failed one is a note, not a figure.
+    assert "failed: worker exited with status 1" in capsys.readouterr().out
