@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
+from tuner.errors import WorkerExited
 from tuner.policy import MeasurementPolicy
 from tuner.runner import SubprocessRunner, TrialSpec
 from tuner.settings import Settings
@@ -51,6 +52,21 @@ def test_stray_shell_variables_do_not_reach_the_child() -> None:
     assert "TF_ENABLE_ONEDNN_OPTS" not in leaked.facts["child_env"]
     # The same variable set as a knob does reach the child, and TensorFlow reports oneDNN off.
     assert off.facts["child_env"]["TF_ENABLE_ONEDNN_OPTS"] == "0" and off.facts["onednn"] is False
+
+
+def test_both_onednn_paths_run_on_any_cpu() -> None:
+    """Forced off, oneDNN is off whatever the CPU (the AVX2 machine's default); forced on, it is on (the
+    AVX-512 machine's default). So both paths of the stock space run here, whichever CPU CI lands on."""
+    cores = tuple(CORES[:1])
+    workload = Workload("tiny", "infer")
+    runner = SubprocessRunner()
+    with pytest.raises(WorkerExited) as failed:
+        runner.run(TrialSpec(Settings(1, 1, "NCHW", env_knobs=(("onednn", False),)), workload, cores, QUICK))
+    # Plain Eigen has no NCHW convolution: the worker fails, and its one line says why.
+    assert "NHWC tensor format on the CPU" in str(failed.value)
+    on = runner.run(TrialSpec(Settings(1, 1, "NCHW", env_knobs=(("onednn", True),)), workload, cores, QUICK))
+    # With oneDNN forced on, NCHW runs, and TensorFlow reports oneDNN on.
+    assert on.facts["onednn"] is True and on.facts["child_env"]["TF_ENABLE_ONEDNN_OPTS"] == "1"
 
 
 def _count(db: Path, state: TrialState) -> int:
