@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from tuner.errors import TopologyError, UsageError
-from tuner.topology import core_set, default_core_counts, parse_core_counts, physical_cores
+from tuner.topology import (
+    core_set,
+    cpu_quota,
+    default_core_counts,
+    notes,
+    parse_core_counts,
+    physical_cores,
+    quota_warning,
+)
 
 
 def fake_sys(root: Path, cpus: dict[int, tuple[int, int]]) -> Path:
@@ -121,3 +129,72 @@ def test_parse_core_counts_too_many() -> None:
     # More cores than available is a topology limit, and the message names the count asked for.
     with pytest.raises(TopologyError, match="8 cores asked for, but only 4"):
         parse_core_counts("1,8", 4)
+
+
+# -- faults from real machines -------------------------------------------------------------------------
+
+
+def test_round_robin_numbering_across_two_sockets_keeps_a_core_set_in_one_package(tmp_path: Path) -> None:
+    # Even CPUs on package 0, odd on package 1, as some BIOSes number them.
+    root = fake_sys(tmp_path, {cpu: (cpu % 2, cpu // 2) for cpu in range(8)})
+    # Cores are ordered by package first, so a 2-core (and a 4-core) set stays inside package 0.
+    assert core_set(2, range(8), root) == (0, 2)
+    assert core_set(4, range(8), root) == (0, 2, 4, 6)
+
+
+def test_core_id_restarting_per_die_is_two_cores(tmp_path: Path) -> None:
+    root = fake_sys(tmp_path, {0: (0, 0), 1: (0, 0), 2: (0, 1), 3: (0, 1)})
+    for cpu, die in ((0, 0), (1, 1), (2, 0), (3, 1)):
+        (root / f"cpu{cpu}" / "topology" / "die_id").write_text(f"{die}\n")
+    # core_id 0 on die 0 and on die 1 are different cores: four cores, not two.
+    assert physical_cores(range(4), root) == [0, 2, 1, 3]
+
+
+def test_missing_topology_files_are_said_not_hidden(tmp_path: Path) -> None:
+    root = fake_sys(tmp_path, {0: (0, 0), 1: (0, 0)})
+    # CPUs 2 and 3 have no topology files: each is taken as a core, after the known ones, and the notes say so.
+    assert physical_cores(range(4), root) == [0, 2, 3]
+    (note,) = notes(range(4), root)
+    assert "CPUs 2,3" in note and "may be counted as two" in note
+    assert notes([0, 1], root) == []
+
+
+def test_two_socket_64_core_smt_machine(tmp_path: Path) -> None:
+    # 2 packages x 32 cores x 2 threads; Linux numbers the first threads 0-63, their siblings 64-127.
+    cpus = {cpu: ((cpu % 64) // 32, cpu % 32) for cpu in range(128)}
+    root = fake_sys(tmp_path, cpus)
+    cores = physical_cores(range(128), root)
+    # One hardware thread per core: 64 cores, the first 32 on package 0.
+    assert len(cores) == 64 and cores[:32] == list(range(32)) and cores[32:] == list(range(32, 64))
+    assert core_set(32, range(128), root) == tuple(range(32))
+
+
+def _cgroup(tmp_path: Path, quotas: dict[str, str]) -> tuple[Path, Path]:
+    root = tmp_path / "cgroup"
+    for folder, text in quotas.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        (root / folder / "cpu.max").write_text(text + "\n")
+    proc = tmp_path / "proc-cgroup"
+    proc.write_text("0::/docker/abc\n")
+    return root, proc
+
+
+def test_cgroup_quota_is_read_and_warned_about(tmp_path: Path) -> None:
+    root, proc = _cgroup(tmp_path, {"docker/abc": "150000 100000", "docker": "max 100000"})
+    # docker --cpus 1.5: the container's own cpu.max says 1.5 CPUs' time.
+    assert cpu_quota(root, proc) == 1.5
+    # Two cores measured under 1.5 CPUs' time would be throttled: a warning; one core would not.
+    warning = quota_warning(2, 1.5)
+    assert warning is not None and "1.5 CPUs" in warning
+    assert quota_warning(1, 1.5) is None
+
+
+def test_quota_of_a_parent_group_counts_and_no_quota_is_none(tmp_path: Path) -> None:
+    root, proc = _cgroup(tmp_path, {"docker/abc": "max 100000", "docker": "100000 100000"})
+    # The tightest limit on the way to the root applies.
+    assert cpu_quota(root, proc) == 1.0
+    root, proc = _cgroup(tmp_path / "free", {"docker/abc": "max 100000"})
+    assert cpu_quota(root, proc) is None
+    # No cgroup v2 line at all (v1 or none): no quota known.
+    (tmp_path / "v1").write_text("4:cpu,cpuacct:/\n")
+    assert cpu_quota(root, tmp_path / "v1") is None

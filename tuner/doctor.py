@@ -16,7 +16,8 @@ from tuner import interrupt
 from tuner.errors import UsageError
 from tuner.runtime import Runtime, load, names
 from tuner.signature import cpu_signature
-from tuner.topology import physical_cores
+from tuner.topology import cpu_quota, physical_cores, quota_warning
+from tuner.topology import notes as topology_notes
 
 ONEDNN_DEFAULT_ISA = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")  # stock TF turns oneDNN on for these
 BUSY_SHARE = 0.10  # a process using more than 10% of one CPU disturbs measurements
@@ -83,12 +84,16 @@ def report() -> list[str]:
     sig = cpu_signature()
     allowed = physical_cores()
     load1, load5, _ = os.getloadavg()
+    quota = cpu_quota()
     onednn = [flag for flag in ONEDNN_DEFAULT_ISA if flag in sig.isa]
     lines = [
         f"CPU            {sig.model_name} ({sig.vendor}, family {sig.family} model {sig.model}), signature {sig.id}",
         f"cores          {sig.physical_cores} physical, {sig.logical_cpus} logical, {sig.sockets} socket(s), "
         f"{sig.numa_nodes} NUMA node(s), SMT {'on' if sig.smt else 'off'}; this process may use "
         f"{len(allowed)} physical core(s): CPUs {','.join(map(str, allowed))}",
+        *(f"  warning: {note}" for note in topology_notes()),
+        f"CPU quota      {'none' if quota is None else f'{quota:g} CPUs (cgroup cpu.max)'}",
+        *(f"  warning: {line}" for line in [quota_warning(len(allowed), quota)] if line),
         f"ISA            {' '.join(sig.isa) or 'none of note'}",
         "oneDNN         "
         + (

@@ -42,6 +42,8 @@ from tuner.runner import Runner, TrialSpec
 from tuner.settings import Settings
 from tuner.signature import CpuSignature
 from tuner.space import SearchSpace
+from tuner.topology import cpu_quota, quota_warning
+from tuner.topology import notes as topology_notes
 from tuner.workload import Workload
 
 Progress = Callable[[str], None]
@@ -93,6 +95,8 @@ class StudyConfig:
             "tool_version": __version__,
             "probe": self.probe,
             "inert_knobs": list(self.inert),
+            "cpu_quota": cpu_quota(),
+            "topology_notes": topology_notes(self.cores),
             "host": socket.gethostname(),
             "created": _now(),
         }
@@ -192,6 +196,9 @@ class StudyRun:
             self.study.set_user_attr("runnable", runnable)
             for line in [*excluded, *(f"baseline {name}: {note}" for name, note in self.baselines.notes.items())]:
                 self.progress(line)
+        for warning in [quota_warning(len(self.config.cores), cpu_quota()), *topology_notes(self.config.cores)]:
+            if warning:
+                self.progress(f"warning: {warning}")
         self._fail_orphans()
         queued = {
             t.user_attrs.get("baseline")

@@ -1,7 +1,11 @@
 """Which cores a trial may use: physical cores of this process's allowed set, one hardware thread each.
 
-The topology comes from /sys (core_id and physical_package_id per logical CPU). A core count N always maps
-to the same N physical cores, so every trial of a study measures on the same silicon.
+The topology comes from /sys (physical_package_id, die_id and core_id per logical CPU; core_id restarts on
+each package and die). Cores are ordered by package, die and core, not by CPU number, so a study on N cores
+stays inside one package where N fits (CPUs numbered round-robin across sockets would otherwise span both). A
+core count N always maps to the same N physical cores, so every trial of a study measures on the same silicon.
+Where the topology files are missing, each logical CPU is taken as a core and ``notes`` says so; a cgroup CPU
+quota (``cpu.max``, as ``docker --cpus`` sets) that would throttle trials is read by ``cpu_quota``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from pathlib import Path
 from tuner.errors import TopologyError, UsageError
 
 SYS_CPU = Path("/sys/devices/system/cpu")
+CGROUP = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
 
 
 def _read_int(path: Path, default: int) -> int:
@@ -23,15 +29,73 @@ def _read_int(path: Path, default: int) -> int:
         return default
 
 
+def _core_key(cpu: int, root: Path) -> tuple[int, int, int] | None:
+    """(package, die, core) of a logical CPU; None where its topology files are missing."""
+    topo = root / f"cpu{cpu}" / "topology"
+    core = _read_int(topo / "core_id", -1)
+    if core < 0:
+        return None
+    return _read_int(topo / "physical_package_id", 0), _read_int(topo / "die_id", 0), core
+
+
 def physical_cores(allowed: Iterable[int] | None = None, root: Path = SYS_CPU) -> list[int]:
-    """One logical CPU (the lowest-numbered) per physical core in ``allowed``, in core order."""
+    """One logical CPU (the lowest-numbered) per physical core in ``allowed``, ordered by package, die and
+    core. A CPU without topology files is taken as a core of its own (see ``notes``)."""
     cpus = sorted(os.sched_getaffinity(0) if allowed is None else allowed)
-    first: dict[tuple[int, int], int] = {}
+    first: dict[tuple[int, int, int], int] = {}
     for cpu in cpus:
-        topo = root / f"cpu{cpu}" / "topology"
-        key = (_read_int(topo / "physical_package_id", 0), _read_int(topo / "core_id", cpu))
+        key = _core_key(cpu, root) or (-1, 0, cpu)  # unknown: its own core, after no known one
         first.setdefault(key, cpu)
-    return sorted(first.values())
+    return [cpu for _, cpu in sorted(first.items(), key=lambda item: (item[0][0] < 0, item[0]))]
+
+
+def notes(allowed: Iterable[int] | None = None, root: Path = SYS_CPU) -> list[str]:
+    """What the topology cannot vouch for: logical CPUs without topology files (SMT siblings may then be
+    counted as cores), and a core set that must span packages."""
+    cpus = sorted(os.sched_getaffinity(0) if allowed is None else allowed)
+    unknown = [cpu for cpu in cpus if _core_key(cpu, root) is None]
+    found = []
+    if unknown:
+        found.append(
+            f"no topology files for CPUs {','.join(map(str, unknown))} under {root}: each is taken as a physical "
+            "core, so hardware threads of one core may be counted as two"
+        )
+    return found
+
+
+def cpu_quota(cgroup: Path = CGROUP, proc: Path = PROC_CGROUP) -> float | None:
+    """CPUs' worth of time this process's cgroup (v2) may use, the tightest ``cpu.max`` from its own group up
+    to the root; None without a quota. ``docker --cpus 1.5`` gives 1.5: trials on 2 cores would be throttled."""
+    try:
+        lines = proc.read_text().splitlines()
+    except OSError:
+        return None
+    path = next((line.split("::", 1)[1] for line in lines if line.startswith("0::")), None)
+    if path is None:
+        return None
+    folder = (cgroup / path.lstrip("/")).resolve()
+    quotas = []
+    while True:
+        try:
+            quota, period = (folder / "cpu.max").read_text().split()[:2]
+            if quota != "max" and int(period) > 0:
+                quotas.append(int(quota) / int(period))
+        except (OSError, ValueError):
+            pass
+        if folder == cgroup.resolve() or folder == folder.parent:
+            break
+        folder = folder.parent
+    return min(quotas) if quotas else None
+
+
+def quota_warning(cores: int, quota: float | None) -> str | None:
+    """A line when a quota would throttle a study on ``cores`` cores, else None."""
+    if quota is None or quota >= cores:
+        return None
+    return (
+        f"a cgroup CPU quota allows {quota:g} CPUs' time, fewer than the {cores} cores measured: trials will be "
+        "throttled and slower than the hardware (cpu.max; docker --cpus)"
+    )
 
 
 def core_set(count: int, allowed: Iterable[int] | None = None, root: Path = SYS_CPU) -> tuple[int, ...]:
