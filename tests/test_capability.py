@@ -143,6 +143,10 @@ def test_tune_on_avx2_prints_what_cannot_run_and_why(storage_url: str, capsys: p
     # The heuristic is named as not runnable here, with the reason, once; no trial failed.
     assert err.count("baseline heuristic: not runnable here: NCHW needs oneDNN") == 1
     assert "FAILED" not in err
+    assert main(["show", "--storage", storage_url]) == 0
+    shown = capsys.readouterr().out
+    # show says so too: in the heuristic column, and as a line naming the reason.
+    assert "not runnable here" in shown and "baseline heuristic: not runnable here: NCHW needs oneDNN" in shown
 
 
 def test_a_failing_trial_prints_the_workers_reason(storage_url: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -116,6 +116,7 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
             inert=tuple(inert),
         )
         _log(f"study {index}/{len(plan)}: {config.name} (elapsed {time.monotonic() - started:.0f} s)")
+        study_started = time.monotonic()
         try:
             run = StudyRun(storage, config, runner, progress=_tagged(f"{mode} {n}c"))
             if args.no_confirm:  # a fleet worker: search only; one final `tuner tune` confirms
@@ -127,6 +128,10 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
             failed.append(f"{config.name}: {error}")
             _log(f"[{mode} {n}c] study failed: {error}")
             continue
+        spent = time.monotonic() - study_started
+        if config.budget_s is not None and spent > config.budget_s:
+            # The baselines and three confirmation rounds are always measured: say what that cost.
+            _log(f"[{mode} {n}c] study overran its share of {config.budget_s:.0f} s by {spent - config.budget_s:.0f} s")
         if not args.no_confirm:
             _log(f"[{mode} {n}c] verdict: {verdict.text()}")
         _log(f"[{mode} {n}c] importances: {format_importances(run.study.user_attrs.get('importances', {}))}")

@@ -8,6 +8,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from tuner.capability import NOT_RUNNABLE
 from tuner.confirm import DEFAULT, HEURISTIC
 
 
@@ -37,6 +38,9 @@ def summarize_study(study: optuna.Study) -> dict[str, Any]:
         "search_baselines": searched,
         "importances": study.user_attrs.get("importances"),
         "inert_knobs": meta.get("inert_knobs", []),
+        # What the probe's read-back ruled out on this CPU (tuner/capability.py): baselines and choices.
+        "baseline_notes": study.user_attrs.get("runnable", {}).get("baselines", {}),
+        "excluded": study.user_attrs.get("runnable", {}).get("excluded", []),
         "probe": meta.get("probe", {}),
         "verdict": None
         if verdict is None
@@ -83,10 +87,13 @@ def _others(baselines: dict[str, float]) -> str:
     return ", ".join(rest) or "-"
 
 
-def _rates(rates: dict[str, Any], baselines: dict[str, Any], tuned: str) -> list[str]:
-    """The tf-default, heuristic, other-baselines and tuned cells."""
+def _rates(rates: dict[str, Any], baselines: dict[str, Any], tuned: str, notes: dict[str, str]) -> list[str]:
+    """The tf-default, heuristic, other-baselines and tuned cells; a baseline that cannot run here says so."""
     others = {name: rate for name, rate in rates.items() if name in baselines}
-    return [_rate(rates.get(DEFAULT)), _rate(rates.get(HEURISTIC)), _others(others), _rate(rates.get(tuned))]
+    heuristic = _rate(rates.get(HEURISTIC))
+    if HEURISTIC not in rates and notes.get(HEURISTIC, "").startswith(NOT_RUNNABLE):
+        heuristic = NOT_RUNNABLE
+    return [_rate(rates.get(DEFAULT)), heuristic, _others(others), _rate(rates.get(tuned))]
 
 
 def table_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
@@ -118,11 +125,12 @@ def table_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
         if v is None:  # searched but not confirmed: show the search's own values, and say so
             searched, best = s["search_baselines"], s["best_trial"]
             rates = {**searched, "best": best and best["images_per_sec"]}
-            rows.append([*head, *_rates(rates, searched, "best"), "-", "-", "-", "not confirmed yet (search values)"])
+            cells = _rates(rates, searched, "best", s.get("baseline_notes", {}))
+            rows.append([*head, *cells, "-", "-", "-", "not confirmed yet (search values)"])
             continue
         params = v["recommended_params"] or {}
         rows.append([
-            *head, *_rates(v["images_per_sec"], s["search_baselines"], v["winner"]),
+            *head, *_rates(v["images_per_sec"], s["search_baselines"], v["winner"], s.get("baseline_notes", {})),
             _speedup(v["speedup_vs_tf_default"]), _speedup(v["speedup_vs_heuristic"]),
             ",".join(f"{k}={val}" for k, val in params.items()), v["text"],
         ])  # fmt: skip
@@ -152,4 +160,11 @@ def format_importance_lines(summaries: list[dict[str, Any]]) -> str:
     for s in summaries:
         inert = f"  [inert, searched anyway: {', '.join(s['inert_knobs'])}]" if s.get("inert_knobs") else ""
         lines.append(f"  {s['name']}: {format_importances(s.get('importances'))}{inert}")
+    ruled_out = [
+        f"  {s['name']}: {line}"
+        for s in summaries
+        for line in [*(f"baseline {b}: {n}" for b, n in s.get("baseline_notes", {}).items()), *s.get("excluded", [])]
+    ]
+    if ruled_out:
+        lines += ["", "Not measured on this CPU (probe read-back):", *ruled_out]
     return "\n".join(lines)
