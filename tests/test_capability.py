@@ -136,6 +136,26 @@ def test_failing_baseline_counts_as_done_for_the_budget(storage: optuna.storages
     assert now[0] <= 200.0
 
 
+def test_interrupted_tf_default_is_measured_again_before_the_budget_ends_the_search(
+    storage: optuna.storages.RDBStorage,
+) -> None:
+    now = [0.0]
+
+    def script(spec: TrialSpec, call: int) -> list[float] | BaseException:
+        now[0] += 10.0
+        return KeyboardInterrupt() if call == 0 else [0.032] * 5  # Ctrl-C during the first tf-default run
+
+    runner = ReplayRunner(script)
+    with pytest.raises(KeyboardInterrupt):
+        StudyRun(storage, make_config(cores=1, trials=30, budget_s=60.0), runner, clock=lambda: now[0]).run()
+    run = StudyRun(storage, make_config(cores=1, trials=30, budget_s=60.0), runner, clock=lambda: now[0])
+    verdict = run.run()
+    # An interrupted baseline is not "done": it is measured again on resume, so confirmation has tf-default.
+    assert "tf-default" in verdict.rates
+    done = [t for t in run.study.trials if t.user_attrs.get("baseline") == "tf-default"]
+    assert [t.state for t in done] == [TrialState.FAIL, TrialState.COMPLETE]
+
+
 def test_tune_on_avx2_prints_what_cannot_run_and_why(storage_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["tune", *TINY, "--trials", "8", "--budget", "none", "--storage", storage_url]
     assert main(argv, runner=avx2_runner()) == 0

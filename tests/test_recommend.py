@@ -107,11 +107,14 @@ def test_export_then_import_moves_studies_and_records_and_twice_changes_nothing(
     copy_url = f"sqlite:///{tmp_path / 'copy.db'}"
     assert main(["import", str(path), "--storage", copy_url]) == 0
     copy = open_storage(copy_url, create=False)
-    # Same studies, same finished trials with their values and attributes, same benchmark records.
+    # Same studies, same finished trials with their values and attributes, same benchmark records; each
+    # imported study also says where it came from, and its import finished.
     for info in source.get_all_studies():
         a = optuna.load_study(study_name=info.study_name, storage=source)
         b = optuna.load_study(study_name=info.study_name, storage=copy)
-        assert a.user_attrs == b.user_attrs
+        copied = dict(b.user_attrs)
+        assert copied.pop("imported")["file"] == str(path) and copied.pop("tuner_importing") is False
+        assert a.user_attrs == copied
         assert [(t.state, t.value, t.params, t.user_attrs) for t in a.trials if t.state.is_finished()] == [
             (t.state, t.value, t.params, t.user_attrs) for t in b.trials
         ]

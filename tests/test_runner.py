@@ -132,10 +132,14 @@ def test_child_environment_is_allowlist_fixed_and_knobs_only() -> None:
     assert seen["HOME"] == "/tmp/fake-home"
     assert {k: seen.get(k) for k in ENV_FIXED} == ENV_FIXED
     assert seen["KMP_AFFINITY"] == "compact"
-    # Nothing else reaches the child (Python itself may only add LC_CTYPE, which is allowlisted).
-    assert set(seen) <= set(ENV_ALLOWLIST) | set(ENV_FIXED) | {"KMP_AFFINITY"}
+    # Nothing else reaches the child (Python itself may only add LC_CTYPE, which is allowlisted), but the
+    # run's own private Keras folder: fresh for this run, so no shared keras.json can change the model.
+    assert set(seen) <= set(ENV_ALLOWLIST) | set(ENV_FIXED) | {"KMP_AFFINITY", "KERAS_HOME"}
+    assert os.path.basename(seen["KERAS_HOME"]).startswith("tuner-keras-") and not os.path.exists(seen["KERAS_HOME"])
     # The recorded child_env is the fixed and knob variables, the ones that can change a measurement.
-    assert measurement.facts["child_env"] == {**ENV_FIXED, "KMP_AFFINITY": "compact"}
+    child_env = dict(measurement.facts["child_env"])
+    assert child_env.pop("KERAS_HOME") == seen["KERAS_HOME"]
+    assert child_env == {**ENV_FIXED, "KMP_AFFINITY": "compact"}
 
 
 @pytest.mark.parametrize(("behaviour", "signal_name"), [("abort", "SIGABRT"), ("segv", "SIGSEGV")])
@@ -311,8 +315,8 @@ def test_popen_gets_a_list_no_shell_own_session_and_built_env(monkeypatch: pytes
     assert kwargs["start_new_session"] is True
     assert kwargs["stdin"] is subprocess.DEVNULL
     assert kwargs["pass_fds"] == (int(args[3]),)
-    # The environment is the one the settings built, not the parent's.
-    assert kwargs["env"] == settings.environ(parent)
+    # The environment is the one the settings built, not the parent's, with the run's private Keras folder.
+    assert kwargs["env"] == settings.environ(parent, keras_home=kwargs["env"]["KERAS_HOME"])
 
 
 def test_worker_hanging_after_its_result_is_killed_and_the_result_kept(monkeypatch: pytest.MonkeyPatch) -> None:

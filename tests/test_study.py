@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import socket
 import subprocess
 import sys
 
@@ -14,6 +12,7 @@ from optuna.trial import TrialState
 
 from tests.conftest import make_config
 from tuner.errors import TunerError, WorkerCrashed
+from tuner.owner import identity as owner_identity
 from tuner.replay import ReplayRunner
 from tuner.runner import TrialSpec
 from tuner.study import StudyRun
@@ -94,7 +93,7 @@ def test_trial_left_running_by_a_dead_process_is_failed_on_resume(storage: optun
     run = StudyRun(storage, make_config(trials=3), ReplayRunner.from_rates(rate))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     orphan = run.study.ask()
-    orphan.set_user_attr("owner", {"host": socket.gethostname(), "pid": int(dead.stdout)})
+    orphan.set_user_attr("owner", {**owner_identity(), "pid": int(dead.stdout), "start": None})
     # A new run on this host finds the RUNNING trial whose process is gone and marks it failed.
     StudyRun(storage, make_config(trials=3), ReplayRunner.from_rates(rate))
     frozen = run.study.get_trials()[orphan.number]
@@ -105,7 +104,7 @@ def test_trial_left_running_by_a_dead_process_is_failed_on_resume(storage: optun
 def test_running_trial_of_a_live_process_is_left_alone(storage: optuna.storages.RDBStorage) -> None:
     run = StudyRun(storage, make_config(trials=3), ReplayRunner.from_rates(rate))
     live = run.study.ask()
-    live.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})
+    live.set_user_attr("owner", owner_identity())
     StudyRun(storage, make_config(trials=3), ReplayRunner.from_rates(rate))
     # Another worker still measuring must not have its trial failed under it.
     assert run.study.get_trials()[live.number].state == TrialState.RUNNING

@@ -177,7 +177,7 @@ def test_recommended_shell_exports_make_tensorflow_use_the_threads(tmp_path: Pat
     from tuner.storage import open_storage
     from tuner.study import StudyRun
 
-    winner = "intra_op=3,inter_op=2,data_format=NHWC"
+    winner = "intra_op=3,inter_op=2,data_format=NHWC,onednn=True"
     url = f"sqlite:///{tmp_path / 'r.db'}"
     config = make_config(cores=2, trials=40, candidates=1, workload=Workload("tiny", "infer", 32))
     fake = ReplayRunner.from_rates(lambda spec: 1300.0 if spec.settings.label() == winner else 1000.0, noise=0.01)

@@ -157,16 +157,20 @@ def test_missing_topology_files_are_said_not_hidden(tmp_path: Path) -> None:
     (note,) = notes(range(4), root)
     assert "CPUs 2,3" in note and "may be counted as two" in note
     assert notes([0, 1], root) == []
+    # A CPU without files is never merged with a known core whose core_id happens to equal its number.
+    root = fake_sys(tmp_path / "collide", {0: (0, 1)})
+    assert physical_cores([0, 1], root) == [0, 1]
 
 
 def test_two_socket_64_core_smt_machine(tmp_path: Path) -> None:
-    # 2 packages x 32 cores x 2 threads; Linux numbers the first threads 0-63, their siblings 64-127.
-    cpus = {cpu: ((cpu % 64) // 32, cpu % 32) for cpu in range(128)}
+    # 2 packages x 32 cores x 2 threads, CPUs numbered round-robin across the packages (even: package 0),
+    # the first threads 0-63 and their siblings 64-127.
+    cpus = {cpu: (cpu % 2, (cpu % 64) // 2) for cpu in range(128)}
     root = fake_sys(tmp_path, cpus)
     cores = physical_cores(range(128), root)
-    # One hardware thread per core: 64 cores, the first 32 on package 0.
-    assert len(cores) == 64 and cores[:32] == list(range(32)) and cores[32:] == list(range(32, 64))
-    assert core_set(32, range(128), root) == tuple(range(32))
+    # One hardware thread per core: 64 cores, package 0's 32 first; a 32-core set is package 0 alone.
+    assert len(cores) == 64 and cores[:32] == list(range(0, 64, 2)) and cores[32:] == list(range(1, 64, 2))
+    assert core_set(32, range(128), root) == tuple(range(0, 64, 2))
 
 
 def _cgroup(tmp_path: Path, quotas: dict[str, str]) -> tuple[Path, Path]:

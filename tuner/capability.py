@@ -44,7 +44,11 @@ class Capabilities:
     def onednn(self, params: Mapping[str, Any]) -> bool | None:
         """Whether oneDNN runs with these knobs: an explicit on/off, else TensorFlow's choice on this CPU."""
         value = params.get("onednn", ONEDNN_DEFAULT)
-        return self.onednn_default if value == ONEDNN_DEFAULT else bool(value)
+        if value == ONEDNN_DEFAULT:
+            return self.onednn_default
+        if not isinstance(value, bool):
+            raise ValueError(f"onednn must be true, false or {ONEDNN_DEFAULT!r}, not {value!r}")
+        return value
 
     def effective(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """``params`` with ``onednn = "default"`` replaced by what it means here, so that two settings that
@@ -105,8 +109,9 @@ def narrow(space: SearchSpace, caps: Capabilities, cores: int) -> tuple[SearchSp
         kept = []
         for choice in categorical[name]:
             reasons = [unrunnable(c, caps) for c in combos if c[name] == choice]
-            if reasons and all(reasons):
-                excluded.append(f"{name}={_text(choice)} taken out: {reasons[0][1]}")  # type: ignore[index]
+            first = reasons[0] if reasons else None
+            if first is not None and all(reasons):
+                excluded.append(f"{name}={_text(choice)} taken out: {first[1]}")
             else:
                 kept.append(choice)
         if not kept:
@@ -124,6 +129,7 @@ class BaselinePlan:
 
     runnable: dict[str, dict[str, Any]]
     notes: dict[str, str] = field(default_factory=dict)  # baseline name -> "not runnable here: ..." / "same as"
+    stand_ins: dict[str, str] = field(default_factory=dict)  # a baseline that cannot run -> its runnable part
 
     def not_runnable(self) -> dict[str, str]:
         return {name: note for name, note in self.notes.items() if note.startswith(NOT_RUNNABLE)}
@@ -139,6 +145,7 @@ def plan_baselines(baselines: Mapping[str, Mapping[str, Any]], caps: Capabilitie
     same and measured once."""
     runnable: dict[str, dict[str, Any]] = {}
     notes: dict[str, str] = {}
+    stand_ins: dict[str, str] = {}
     seen: dict[str, str] = {}
 
     def add(name: str, params: dict[str, Any]) -> None:
@@ -160,8 +167,9 @@ def plan_baselines(baselines: Mapping[str, Mapping[str, Any]], caps: Capabilitie
         if repair is not None:
             fixed = repair.change(params)
             if unrunnable(fixed, caps) is None:
-                add(f"{name}-{repair.suffix}", fixed)
-    return BaselinePlan(runnable, notes)
+                stand_ins[name] = f"{name}-{repair.suffix}"
+                add(stand_ins[name], fixed)
+    return BaselinePlan(runnable, notes, stand_ins)
 
 
 def _text(value: Any) -> str:

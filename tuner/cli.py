@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import logging
@@ -19,7 +18,7 @@ from typing import NoReturn
 import optuna
 import sqlalchemy.exc
 
-from tuner import __version__, benchmark, interrupt, recommend, report, table, transfer
+from tuner import __version__, atomic, benchmark, interrupt, recommend, report, table, transfer
 from tuner.capability import NOT_RUNNABLE, Capabilities, plan_baselines, unrunnable
 from tuner.confirm import DEFAULT, HEURISTIC
 from tuner.doctor import report as doctor_report
@@ -34,10 +33,11 @@ from tuner.runner import Runner, SubprocessRunner
 from tuner.runtime import check_knobs
 from tuner.runtime import load as load_runtime
 from tuner.runtime import names as runtime_names
+from tuner.sanitize import one_line
 from tuner.settings import Settings
 from tuner.signature import cpu_signature
 from tuner.space import load as load_space
-from tuner.storage import DEFAULT_STORAGE, open_storage, redact
+from tuner.storage import DEFAULT_STORAGE, open_storage, redact, storage_cause
 from tuner.study import StudyConfig, StudyRun
 from tuner.summary import format_importance_lines, format_importances, format_table, summarize, summarize_study
 from tuner.topology import core_set, parse_core_counts, physical_cores
@@ -184,6 +184,9 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
         raise UsageError("--replicas must be from 1 to 8")
     batch = args.batch_size or (benchmark.GPU_BATCH if args.device == "gpu" else benchmark.CPU_BATCH)
     bench = benchmark.policy(args.warmup, args.timed, args.rounds)
+    for text in args.settings or []:  # refused settings strings fail before the storage is created
+        if text not in space.baselines(max(counts)) and text != "tuned":
+            Settings.parse(text)
     storage = open_storage(args.storage)
     signature = cpu_signature()
     runner = runner or SubprocessRunner(python=runtime.python())
@@ -208,7 +211,7 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
             # (heuristic -> heuristic-nhwc); any other setting that cannot run is stored as such and failed.
             plan = plan_baselines(space.baselines(n), caps)
             not_runnable = {name: note for name, note in plan.not_runnable().items() if name in wanted}
-            stand_ins = [f for name in not_runnable for f in plan.runnable if f.startswith(f"{name}-")]
+            stand_ins = [plan.stand_ins[name] for name in not_runnable if plan.stand_ins.get(name) in plan.runnable]
             runnable = [w for w in wanted if w not in not_runnable] + stand_ins
             named = _named_settings(runnable, {**space.baselines(n), **plan.runnable}, storage, study_name)
             if args.device == "gpu":  # the host's tuned threads, the GPUs' layout
@@ -240,7 +243,7 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
                 except (KeyboardInterrupt, TunerError):
                     # Keep the finished rounds, marked partial, before giving up.
                     for label, settings in named:
-                        if runs.get(label):
+                        if runs.get(label) and label not in failed:
                             partial = {"partial": f"{len(runs[label])} of {bench.rounds} rounds"}
                             record = benchmark.make_record(
                                 target, label, settings, runs[label], signature, run_id, partial
@@ -285,17 +288,11 @@ def _write_table(args: argparse.Namespace, storage: optuna.storages.BaseStorage)
 
 
 def _write_file(path: str, text: str) -> None:
-    """Write atomically: an error or Ctrl-C leaves the old file or none, never half of one."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+    """Write atomically (tuner/atomic.py): an error or Ctrl-C leaves the old file or none."""
     try:
-        with open(tmp, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(tmp, path)
+        atomic.write_text(path, text)
     except OSError as error:
         raise UsageError(f"--output: cannot write {path}: {error.strerror}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)  # gone after the replace
 
 
 def cmd_table(args: argparse.Namespace, runner: Runner | None = None) -> int:
@@ -366,7 +363,15 @@ def cmd_recommend(args: argparse.Namespace, runner: Runner | None = None) -> int
     mode = modes[0] if len(modes) == 1 else None
     storage = open_storage(args.storage, create=False)
     found = recommend.recommend(
-        storage, cpu_signature(), args.cpu, args.cores, mode, load_runtime(args.runtime).name, args.model
+        storage,
+        cpu_signature(),
+        args.cpu,
+        args.cores,
+        mode,
+        load_runtime(args.runtime).name,
+        args.model,
+        prefer_imported=args.prefer_imported,
+        warn=lambda line: print(f"tuner: warning: {line}", file=sys.stderr),
     )
     print(recommend.render(found, args.format))
     if any(r.borrowed for r in found) and args.format != "json":
@@ -384,10 +389,14 @@ def cmd_export(args: argparse.Namespace, runner: Runner | None = None) -> int:
 
 def cmd_import(args: argparse.Namespace, runner: Runner | None = None) -> int:
     data = transfer.read(Path(args.file))  # validated whole before the storage is touched
-    imported, skipped = transfer.import_into(open_storage(args.storage), data)
+    imported, kept, refused = transfer.import_into(open_storage(args.storage), data, args.file)
     print(f"imported {len(imported)} studies into {redact(args.storage)}")
-    for name in skipped:
-        print(f"kept {name}: it already exists in the target")
+    for name in kept:
+        print(f"kept {one_line(name)}: it already exists in the target")
+    for line in refused:
+        print(f"tuner: warning: refused {line}", file=sys.stderr)
+    if refused:
+        raise TunerError(f"{len(refused)} malformed studies were not imported (the others were); first: {refused[0]}")
     return 0
 
 
@@ -539,6 +548,11 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--runtime", default="tensorflow", help="framework runtime: " + ", ".join(runtime_names()))
     rec.add_argument("--model", default="resnet50", choices=MODELS)
     rec.add_argument("--format", default="text", help="text, shell, python or json")
+    rec.add_argument(
+        "--prefer-imported",
+        action="store_true",
+        help="use imported verdicts before this storage's own (default: own first, imported ones say so)",
+    )
     rec.add_argument("--storage", default=DEFAULT_STORAGE)
     rec.set_defaults(func=cmd_recommend)
 
@@ -609,11 +623,15 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int
     except BrokenPipeError:  # the reader went away (`tuner show | head`): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (sqlalchemy.exc.SQLAlchemyError, OSError) as error:
+    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
         if args.debug:
             raise
-        reason = (str(getattr(error, "orig", None) or error).strip().splitlines() or [""])[0]
-        print(f"tuner: error: {type(error).__name__}: {reason}", file=sys.stderr)
+        print(f"tuner: error: storage: {one_line(storage_cause(error), 300)}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        if args.debug:
+            raise
+        print(f"tuner: error: {type(error).__name__}: {one_line(error, 300)}", file=sys.stderr)
         return 1
     except Exception as error:  # a bug: still one line, and --debug shows where
         if _interrupted(error):  # Ctrl-C landed inside a library's cleanup, which then failed on its own

@@ -96,9 +96,10 @@ def cause(stderr: str, limit: int = CAUSE_CHARS) -> str:
             name, message = found.group(1), (found.group(2) or "").strip()
             after = lines[index + 1 :]
             if (not message or message.endswith(":")) and after:
-                message = after[-1]
+                message = after[0]  # the first line after a heading says what went wrong
             text = f"{name}: {message}" if message else name
             break
+    text = "".join(char if char.isprintable() else " " for char in text).replace("|", "/")
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
 from tuner.errors import TunerError, UsageError
+from tuner.records import MalformedRecord, StoredVerdict, StudyMeta
+from tuner.sanitize import one_line
 from tuner.settings import DATA_FORMATS, Settings
 from tuner.signature import CpuSignature
 from tuner.topology import cores_text
 
 FORMATS = ("text", "shell", "python", "json")
+Warn = Callable[[str], None]
 # The ISA features that decide which kernels run: a CPU with another set is not a stand-in.
 ISA_FAMILY = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
 
@@ -45,6 +48,7 @@ class Recommendation:
     verdict: str
     measured: str | None
     study: str
+    imported: str | None = None  # the export file it came from, when it was imported rather than measured here
 
     def provenance(self) -> dict[str, Any]:
         return {
@@ -62,19 +66,24 @@ class Recommendation:
             "verdict": self.verdict,
             "measured": self.measured,
             "study": self.study,
+            "imported": self.imported,
         }
 
     def source(self) -> str:
+        """Where the advice comes from, as one printable line (stored names may come from anywhere)."""
         where = f"{cores_text(self.cores)} of {self.cpu.get('model_name')} ({self.cpu.get('id')})"
-        return ("BORROWED from " if self.borrowed else "measured on ") + where
+        origin = f"; IMPORTED from {self.imported}" if self.imported else ""
+        return one_line(("BORROWED from " if self.borrowed else "measured on ") + where + origin)
 
 
 def environment(settings: Settings) -> dict[str, str | None]:
-    """Variables that apply ``settings`` before TensorFlow starts; None means: leave it unset (TF's default)."""
+    """Variables that apply ``settings`` before TensorFlow starts; None means: leave it unset (TF's default).
+    Names and values come from validated ``Settings`` only, never from stored text."""
     env: dict[str, str | None] = {
         "TF_NUM_INTRAOP_THREADS": str(settings.intra_op) if settings.intra_op else None,
         "TF_NUM_INTEROP_THREADS": str(settings.inter_op) if settings.inter_op else None,
     }
+    env.update(dict.fromkeys(settings.knob_unset()))
     env.update(settings.knob_environ())
     return env
 
@@ -83,29 +92,38 @@ def isa_family(cpu: dict[str, Any]) -> tuple[str, ...]:
     return tuple(flag for flag in ISA_FAMILY if flag in cpu.get("isa", ()))
 
 
-def verdicts(storage: optuna.storages.BaseStorage) -> list[Recommendation]:
-    """Every study in storage with a confirmed verdict, as an (exact) recommendation."""
+def verdicts(storage: optuna.storages.BaseStorage, warn: Warn = lambda line: None) -> list[Recommendation]:
+    """Every study in storage with a confirmed verdict, as an (exact) recommendation. A study whose stored
+    metadata or verdict is malformed is skipped with one ``warn`` line; the others are still used."""
     found = []
     for info in storage.get_all_studies():
         attrs = info.user_attrs
-        meta, verdict = attrs.get("tuner"), attrs.get("verdict")
-        if not meta or not verdict or not verdict.get("recommended_params"):
+        if "tuner" not in attrs or "verdict" not in attrs:
+            continue
+        try:
+            meta = StudyMeta.from_dict(attrs["tuner"])
+            verdict = StoredVerdict.from_dict(attrs["verdict"])
+            imported = attrs.get("imported")
+            source = one_line(imported.get("file", "?"), 80) if isinstance(imported, dict) else None
+        except MalformedRecord as error:
+            warn(f"study {one_line(info.study_name, 80)} skipped: {one_line(error)}")
             continue
         found.append(
             Recommendation(
-                model=meta.get("model"),
-                mode=meta.get("mode"),
-                cores=int(meta.get("cores", 0)),
-                runtime=meta.get("runtime", "tensorflow"),
-                settings=Settings.from_params(verdict["recommended_params"]),
-                recommended=verdict.get("recommended", "tf-default"),
-                cpu=meta.get("cpu", {}),
+                model=meta.model,
+                mode=meta.mode,
+                cores=meta.cores,
+                runtime=meta.runtime,
+                settings=verdict.settings,
+                recommended=verdict.recommended,
+                cpu=dict(meta.cpu),
                 borrowed=False,
-                framework_version=(meta.get("probe") or {}).get("framework_version"),
-                speedup=verdict.get("speedup_vs_tf_default"),
-                verdict=verdict.get("text", ""),
-                measured=verdict.get("measured"),
+                framework_version=meta.probe.get("framework_version"),
+                speedup=dict(verdict.speedup) if verdict.speedup else None,
+                verdict=verdict.text,
+                measured=verdict.measured,
                 study=info.study_name,
+                imported=source,
             )
         )
     return found
@@ -119,10 +137,15 @@ def recommend(
     mode: str | None = None,
     runtime: str = "tensorflow",
     model: str = "resnet50",
+    prefer_imported: bool = False,
+    warn: Warn = lambda line: None,
 ) -> list[Recommendation]:
-    """The best known settings per core count and mode for the CPU asked for (default: this machine's)."""
+    """The best known settings per core count and mode for the CPU asked for (default: this machine's).
+    Studies measured here win over imported ones (whatever their dates), unless ``prefer_imported``."""
     pool = [
-        r for r in verdicts(storage) if r.runtime == runtime and r.model == model and (mode is None or r.mode == mode)
+        r
+        for r in verdicts(storage, warn)
+        if r.runtime == runtime and r.model == model and (mode is None or r.mode == mode)
     ]
     if cpu_name is not None:
         exact = [r for r in pool if r.cpu.get("model_name", "").strip().lower() == cpu_name.strip().lower()]
@@ -131,7 +154,7 @@ def recommend(
     if cores is not None:
         exact = [r for r in exact if r.cores == cores]
     if exact:
-        return _latest(exact)
+        return _latest(exact, prefer_imported)
     # Borrowed: only from the same vendor and ISA family, and only when a core count and a CPU were asked.
     if cpu_name is not None:
         like = [r for r in pool if r.cpu.get("model_name") and _similar_name(r.cpu["model_name"], cpu_name)]
@@ -142,7 +165,7 @@ def recommend(
         wanted = cores if cores is not None else signature.physical_cores
         nearest = min(abs(r.cores - wanted) for r in like)
         chosen = [r for r in like if abs(r.cores - wanted) == nearest]
-        return [_borrow(r) for r in _latest(chosen)]
+        return [_borrow(r) for r in _latest(chosen, prefer_imported)]
     what = f"{model} {runtime}" + (f" {mode}" if mode else "") + (f" on {cores} cores" if cores else "")
     cpu = cpu_name or f"{signature.model_name} ({signature.id})"
     raise TunerError(f"no confirmed verdict for {what} of {cpu}, nor of a CPU of the same vendor and ISA family")
@@ -157,10 +180,11 @@ def _borrow(r: Recommendation) -> Recommendation:
     return Recommendation(**{**r.__dict__, "borrowed": True})
 
 
-def _latest(found: Sequence[Recommendation]) -> list[Recommendation]:
-    """One recommendation per (cores, mode): the most recently confirmed."""
+def _latest(found: Sequence[Recommendation], prefer_imported: bool = False) -> list[Recommendation]:
+    """One recommendation per (cores, mode): this storage's own verdicts before imported ones (or the other
+    way round with ``prefer_imported``), then the most recently confirmed."""
     best: dict[tuple[int, str], Recommendation] = {}
-    for r in sorted(found, key=lambda r: r.measured or ""):
+    for r in sorted(found, key=lambda r: ((r.imported is None) == prefer_imported, r.measured or "")):
         best[(r.cores, r.mode)] = r
     return [best[key] for key in sorted(best)]
 
@@ -190,17 +214,24 @@ def _gain(r: Recommendation) -> str:
 
 
 def _text(r: Recommendation) -> str:
-    return (
+    return one_line(
         f"{r.model} {r.mode} on {cores_text(r.cores)} ({r.runtime}): {r.recommended}: {r.settings.label()} "
-        f"-- {r.verdict}; {r.source()}, measured {r.measured}"
+        f"-- {r.verdict}; {r.source()}, measured {r.measured}",
+        limit=1000,
     )
 
 
-def _shell(r: Recommendation) -> str:
-    lines = [
-        f"# tuner recommend: {r.model} {r.mode}, {r.runtime} (TensorFlow {r.framework_version}); {r.source()}",
-        f"# verdict ({r.measured}): {r.verdict}",
+def _provenance(r: Recommendation) -> list[str]:
+    """Comment lines: each stored string made one printable line, so none can end the comment."""
+    return [
+        "# " + one_line(f"tuner recommend: {r.model} {r.mode}, {r.runtime} (TensorFlow {r.framework_version})"),
+        "# " + r.source(),
+        "# " + one_line(f"verdict ({r.measured}): {r.verdict}"),
     ]
+
+
+def _shell(r: Recommendation) -> str:
+    lines = _provenance(r)
     for name, value in environment(r.settings).items():
         lines.append(f"unset {name}" if value is None else f"export {name}={shlex.quote(value)}")
     lines.append(
@@ -214,14 +245,15 @@ def _shell(r: Recommendation) -> str:
 
 def _python(r: Recommendation) -> str:
     env = {k: v for k, v in environment(r.settings).items() if v is not None and not k.startswith("TF_NUM_")}
+    unset = set(r.settings.knob_unset())
     lines = [
-        f"# tuner recommend: {r.model} {r.mode}, {r.runtime} (TensorFlow {r.framework_version}); {r.source()}",
-        f"# verdict ({r.measured}): {r.verdict}",
+        *_provenance(r),
         "# Run this before anything imports TensorFlow: threads cannot change once it has started.",
         "import os",
         "",
     ]
     lines += [f"os.environ[{k!r}] = {v!r}" for k, v in env.items()]
+    lines += [f"os.environ.pop({k!r}, None)" for k, v in environment(r.settings).items() if v is None and k in unset]
     lines += [
         "import keras",
         "import tensorflow as tf",

@@ -8,6 +8,7 @@ and results on a dedicated pipe as JSON lines rather than parsed from log text.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import json
 import math
@@ -16,6 +17,7 @@ import resource
 import select
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -27,6 +29,7 @@ from typing import IO, Any, Protocol
 
 from tuner import interrupt
 from tuner.errors import (
+    TunerError,
     WorkerBadOutput,
     WorkerCrashed,
     WorkerError,
@@ -43,6 +46,7 @@ WORKER = Path(__file__).resolve().parent / "worker.py"
 STDERR_TAIL = 2000
 HOST_LOCK = Path(tempfile.gettempdir()) / "tuner-measure.lock"
 EXIT_GRACE_S = 30.0
+PR_SET_PDEATHSIG = 1  # prctl option, linux/prctl.h
 # What a worker's stderr shows when an allocation failed: Python's, C++'s (TensorFlow) and the C library's.
 OOM_SIGNS = ("MemoryError", "std::bad_alloc", "Cannot allocate memory", "OOM when allocating")
 
@@ -116,6 +120,41 @@ class Runner(Protocol):
         ...
 
 
+def open_lock(path: Path) -> int:
+    """A descriptor of the host lock file, for ``flock``; one line (``WorkerError``) if it is unsafe.
+
+    Opened read-only (``flock`` needs no more, so a lock file another user created serves every user),
+    never through a symbolic link (``O_NOFOLLOW``: a link planted in /tmp cannot make the tool create or
+    touch another file), never blocking on open (``O_NONBLOCK``: a FIFO in its place cannot hang the tool),
+    and it must be a regular file. Created, world-readable, only if missing."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    for _ in range(3):
+        try:
+            descriptor = os.open(path, flags)
+        except FileNotFoundError:
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+            continue
+        except OSError as error:
+            raise WorkerExited(
+                f"cannot use the measurement lock {path}: {error.strerror} (a link, or not ours?)"
+            ) from None
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            os.close(descriptor)
+            raise TunerError(f"the measurement lock {path} is not a regular file: remove it and run again")
+        return descriptor
+    raise TunerError(f"cannot create the measurement lock {path}")
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this (child) process when its parent dies; exit now if it already has."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def kill_group(process: subprocess.Popen[bytes]) -> None:
     """Kill the worker's whole process group and reap the worker."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -139,11 +178,14 @@ class SubprocessRunner:
         parent_env: Mapping[str, str] | None = None,
         lock: Path = HOST_LOCK,
         memory_limit: int | None = None,
+        note: Callable[[str], None] = lambda line: print(f"tuner: {line}", file=sys.stderr, flush=True),
     ) -> None:
         self.memory_limit = memory_limit  # bytes of address space for the worker (RLIMIT_AS); None: no limit
         self.python = python
         self.parent_env = dict(os.environ if parent_env is None else parent_env)
         self.lock = lock  # the host-wide measurement lock; tests of the runner's mechanics use their own
+        self.note = note  # how a wait for the lock is announced (once per wait)
+        self.parent_pid = os.getpid()
 
     def argv(self, worker_spec: dict[str, Any], channel_fd: int) -> list[str]:
         return [self.python, str(WORKER), "--channel-fd", str(channel_fd), "--spec", json.dumps(worker_spec)]
@@ -192,13 +234,22 @@ class SubprocessRunner:
         gpus: bool = False,
     ) -> tuple[dict[str, Any], dict[str, str]]:
         # One measurement at a time on this host: two tuners timing on the same cores would disturb both.
-        with open(self.lock, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        descriptor = open_lock(self.lock)
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.note(f"waiting for another measurement on this host (lock {self.lock})")
+                with interrupt.interruptible():  # Ctrl-C while waiting stops at once
+                    fcntl.flock(descriptor, fcntl.LOCK_EX)
             held = time.time()
-            result, env = self._execute(worker_spec, settings, cores, timeout_s, on_step, gpus)
+            with tempfile.TemporaryDirectory(prefix="tuner-keras-") as keras_home:
+                result, env = self._execute(worker_spec, settings, cores, timeout_s, on_step, gpus, keras_home)
             # When this process measured, by the wall clock: shows that no two measurements overlapped.
             result["host_lock"] = {"host": socket.gethostname(), "from": held, "to": time.time()}
             return result, env
+        finally:
+            os.close(descriptor)
 
     def _execute(
         self,
@@ -208,9 +259,10 @@ class SubprocessRunner:
         timeout_s: float,
         on_step: StepCallback | None,
         gpus: bool = False,
+        keras_home: str = "",
     ) -> tuple[dict[str, Any], dict[str, str]]:
         """Start the worker, read its channel, and return its validated result event and the environment."""
-        env = settings.environ(self.parent_env, gpus)
+        env = settings.environ(self.parent_env, gpus, keras_home)
         read_fd, write_fd = os.pipe()
         started = time.monotonic()
         with tempfile.TemporaryFile() as log:
@@ -223,7 +275,7 @@ class SubprocessRunner:
                     stderr=log,
                     pass_fds=(write_fd,),
                     start_new_session=True,  # its own process group, so the whole group can be killed
-                    preexec_fn=self._limit_memory if self.memory_limit else None,
+                    preexec_fn=self._child_setup,
                 )
             except (OSError, ValueError) as error:
                 os.close(read_fd)
@@ -249,10 +301,12 @@ class SubprocessRunner:
             result["exit"] = exit_note
         return result, env
 
-    def _limit_memory(self) -> None:
-        """In the child, before exec: cap its address space, so a runaway allocation fails there."""
-        assert self.memory_limit is not None
-        resource.setrlimit(resource.RLIMIT_AS, (self.memory_limit, self.memory_limit))
+    def _child_setup(self) -> None:
+        """In the child, before exec: die with the tool (a ``kill -9`` of the tool must not leave a worker
+        measuring after the lock is released), and cap the address space so a runaway allocation fails."""
+        _die_with_parent(self.parent_pid)
+        if self.memory_limit:
+            resource.setrlimit(resource.RLIMIT_AS, (self.memory_limit, self.memory_limit))
 
     @staticmethod
     def _wait(process: subprocess.Popen[bytes], has_result: bool, deadline: float) -> str:

@@ -17,13 +17,11 @@ from tuner.errors import InvalidSettings
 # Variables copied from the parent: enough to find programs, locale and temp space, nothing that tunes.
 ENV_ALLOWLIST = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ")
 # Fixed for every trial so that runs are comparable and the channel is the only output that matters.
-# KERAS_HOME points away from ~/.keras, whose keras.json could change the backend or float type.
 ENV_FIXED = {
     "TF_CPP_MIN_LOG_LEVEL": "1",
     "PYTHONDONTWRITEBYTECODE": "1",
     "CUDA_VISIBLE_DEVICES": "",
     "KERAS_BACKEND": "tensorflow",
-    "KERAS_HOME": "/tmp/tuner-keras-home",
 }
 
 DATA_FORMATS = {"NHWC": "channels_last", "NCHW": "channels_first"}
@@ -132,11 +130,19 @@ class Settings:
         values = {ENV_NAMES.get(k, k): ENV_KNOBS[k](v) for k, v in self.env_knobs}
         return {name: text for name, text in values.items() if text is not None}
 
-    def environ(self, parent: Mapping[str, str], gpus: bool = False) -> dict[str, str]:
+    def knob_unset(self) -> list[str]:
+        """Variables the knobs leave unset on purpose (a knob at its "default"): a launcher must unset them."""
+        return [ENV_NAMES.get(k, k) for k, v in self.env_knobs if ENV_KNOBS[k](v) is None]
+
+    def environ(self, parent: Mapping[str, str], gpus: bool = False, keras_home: str = "") -> dict[str, str]:
         """The child's whole environment: allowlisted parent variables, fixed ones, then the knobs. GPUs are
-        hidden (``CUDA_VISIBLE_DEVICES=""``) unless ``gpus``: then the parent's choice of GPUs passes."""
+        hidden (``CUDA_VISIBLE_DEVICES=""``) unless ``gpus``: then the parent's choice of GPUs passes.
+        ``keras_home`` is the run's private, empty Keras folder: neither ~/.keras nor a shared folder that
+        someone else made first can switch the backend or the float type."""
         env = {k: parent[k] for k in ENV_ALLOWLIST if k in parent}
         env.update(ENV_FIXED)
+        if keras_home:
+            env["KERAS_HOME"] = keras_home
         if gpus:
             del env["CUDA_VISIBLE_DEVICES"]
             if "CUDA_VISIBLE_DEVICES" in parent:

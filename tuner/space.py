@@ -32,7 +32,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 
 from tuner.errors import InvalidSettings, SearchSpaceError
-from tuner.settings import ENV_KNOBS, KNOBS, Settings
+from tuner.settings import KNOBS, Settings
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 _CORES = re.compile(r"^\s*(?:(\d+)\s*\*\s*)?cores(?:\s*\*\s*(\d+))?\s*$")
@@ -207,7 +207,7 @@ def validate(path: Path, data: dict[str, Any], max_cores: int) -> None:
     space = SearchSpace(path, data)
     for cores in range(1, max_cores + 1):
         dists = space.distributions(cores)
-        _check_env_values(path, dists)
+        _check_values(path, dists)
         for base, params in space.baselines(cores).items():
             _check_baseline(path, base, params, dists)
             broken = space.violated(params, cores)
@@ -215,18 +215,17 @@ def validate(path: Path, data: dict[str, Any], max_cores: int) -> None:
                 raise _fail(path, f"baselines.{base}", f"breaks constraint {broken} at {cores} cores")
 
 
-def _check_env_values(path: Path, dists: dict[str, BaseDistribution]) -> None:
-    """Every value an environment knob can take must pass the knob's own validator."""
+def _check_values(path: Path, dists: dict[str, BaseDistribution]) -> None:
+    """Every value any knob can take (each choice; an integer knob's bounds) must pass ``Settings``, so a
+    bad choice or a huge bound is refused when the file loads, never half-way through a study."""
     for name, dist in dists.items():
-        if name not in ENV_KNOBS:
-            continue
         if isinstance(dist, CategoricalDistribution):
             values: tuple[Any, ...] = dist.choices
         elif isinstance(dist, IntDistribution):
             values = (dist.low, dist.high)
         for value in values:
             try:
-                ENV_KNOBS[name](value)
+                Settings.from_params({name: value})
             except InvalidSettings as error:
                 raise _fail(path, f"knobs.{name}", str(error)) from None
 

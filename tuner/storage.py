@@ -22,11 +22,17 @@ GRACE_S = 60
 CREATE_ATTEMPTS = 5
 
 
+SECRET_KEYS = {"password", "passwd", "pwd", "pass", "sslpassword", "secret", "token", "access_token"}
+
+
 def redact(url: str) -> str:
-    """The URL with any password replaced by ***, for messages and metadata."""
+    """The URL with any password replaced by ***, in the user part and in the query
+    (``?password=...``), for messages, metadata and the report; an unparseable URL is never echoed."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (sqlalchemy.exc.ArgumentError, ValueError):
+        parsed = make_url(url)
+        query = {k: ("***" if k.lower() in SECRET_KEYS else v) for k, v in parsed.query.items()}
+        return str(parsed.set(query=query).render_as_string(hide_password=True))
+    except (sqlalchemy.exc.ArgumentError, ValueError, TypeError):
         return "<unparseable storage URL>"
 
 
@@ -35,7 +41,7 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
     try:
         parsed = make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError):
-        raise StorageError(f"storage URL {url!r} is not a database URL (e.g. {DEFAULT_STORAGE})") from None
+        raise StorageError(f"the storage URL is not a database URL (e.g. {DEFAULT_STORAGE})") from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         folder = Path(parsed.database).parent
         if not create and not Path(parsed.database).exists():
@@ -58,15 +64,44 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
             # Two processes creating the same fresh database race on its tables ("already exists") or its
             # version row: the loser retries. Any other operational error is a real one.
             if isinstance(error, sqlalchemy.exc.OperationalError) and "already exists" not in str(error):
-                reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+                reason = storage_cause(error)
                 raise StorageError(f"cannot open storage {redact(url)}: {reason}") from None
             if attempt == CREATE_ATTEMPTS - 1:
                 raise StorageError(f"cannot open storage {redact(url)}: another process keeps creating it") from None
             time.sleep(0.5 * (attempt + 1))
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, RuntimeError) as error:
-            reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+            reason = storage_cause(error)
             raise StorageError(f"cannot open storage {redact(url)}: {reason}") from None
     raise AssertionError("unreachable")
+
+
+# What the database's own message says, mapped to what the user can do about it.
+_CAUSES = (
+    ("disk is full", "the disk is full"),
+    ("no space left", "the disk is full"),
+    ("readonly database", "the storage is read-only"),
+    ("read-only", "the storage is read-only"),
+    ("not a database", "the file is not a database (corrupted, or not a tuner storage)"),
+    ("malformed", "the database file is corrupted"),
+    ("unable to open database", "the database file cannot be opened"),
+    ("could not connect", "the database server cannot be reached"),
+    ("connection refused", "the database server cannot be reached"),
+    ("password authentication failed", "the database refused the user or password"),
+)
+
+
+def storage_cause(error: BaseException) -> str:
+    """The real reason behind a storage failure, from the innermost database error in the chain (Optuna
+    wraps a full disk, a read-only file and a corrupted one alike as 'invalid data in the commit')."""
+    seen: BaseException | None = error
+    innermost = error
+    while seen is not None:
+        innermost = getattr(seen, "orig", None) or seen
+        seen = seen.__cause__ or seen.__context__
+    text = (str(innermost).strip().splitlines() or [""])[0]
+    lowered = text.lower()
+    plain = next((cause for sign, cause in _CAUSES if sign in lowered), None)
+    return f"{plain} ({text})" if plain else text
 
 
 def _engine_kwargs(backend: str) -> dict[str, object]:

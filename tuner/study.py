@@ -9,7 +9,6 @@ stored FAIL with their reason, never scored. The verdict from confirmation is st
 from __future__ import annotations
 
 import math
-import os
 import socket
 import statistics
 import time
@@ -37,6 +36,8 @@ from tuner.errors import (
     WorkerTimeout,
 )
 from tuner.measurement import Measurement
+from tuner.owner import gone as owner_gone
+from tuner.owner import identity as owner_identity
 from tuner.policy import BURST, CONFIRM, MeasurementPolicy
 from tuner.runner import Runner, TrialSpec
 from tuner.settings import Settings
@@ -126,16 +127,6 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
     raise TunerError(f"unknown pruner {name!r}; known: none, median, wilcoxon")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class StudyRun:
     """Runs one study to its verdict; every step is stored as it happens, so a re-run resumes."""
 
@@ -165,6 +156,7 @@ class StudyRun:
         done = len(self.study.get_trials(deepcopy=False))
         if done:
             self.study.sampler = make_sampler(config.sampler, config.seed + done)
+        self._current = -1  # the trial being measured, to tell whether another process finished it
         self.caps = Capabilities.from_probe(config.probe)
         # The space and baselines as they can run here (the probe's read-back): see tuner/capability.py.
         self.space, excluded = narrow(config.space, self.caps, len(config.cores))
@@ -211,16 +203,12 @@ class StudyRun:
 
     def _fail_orphans(self) -> None:
         """Trials left RUNNING by a killed run on this host are failed now (other hosts: by heartbeat)."""
-        host = socket.gethostname()
         storage = self.study._storage
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             owner = trial.user_attrs.get("owner", {})
-            pid = owner.get("pid")
             started = trial.datetime_start
             age = (datetime.now() - started).total_seconds() if started else 0.0
-            if (owner.get("host") == host and isinstance(pid, int) and not _alive(pid)) or (
-                not owner and age > ORPHAN_AGE_S
-            ):
+            if (isinstance(owner, dict) and owner and owner_gone(owner)) or (not owner and age > ORPHAN_AGE_S):
                 storage.set_trial_user_attr(trial._trial_id, "fail_reason", "orphaned")
                 storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
                 self.progress(f"trial {trial.number} was left running by a killed run: marked failed")
@@ -245,7 +233,8 @@ class StudyRun:
         }
 
     def objective(self, trial: optuna.Trial) -> float:
-        trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})
+        self._current = trial.number
+        trial.set_user_attr("owner", owner_identity())
         try:
             return self._measure(trial)
         except Pruned as error:
@@ -360,12 +349,21 @@ class StudyRun:
             if skips >= MAX_SKIPS_IN_A_ROW:
                 self.progress(f"sampler proposed only measured settings {skips} times: search ends")
                 break
-            self.study.optimize(
-                self.objective,
-                n_trials=1,
-                catch=(TunerError,),
-                callbacks=[lambda _study, trial: finished.append(trial)],
-            )
+            try:
+                self.study.optimize(
+                    self.objective,
+                    n_trials=1,
+                    catch=(TunerError,),
+                    callbacks=[lambda _study, trial: finished.append(trial)],
+                )
+            except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+                # Another process finished this trial while it ran (a worker that took us for dead): that
+                # trial is lost, not the study. Anything else is a real error.
+                taken = self.study.get_trials(deepcopy=False)[self._current]
+                if taken.state == TrialState.RUNNING:
+                    raise
+                self.progress(f"trial {taken.number} was marked {taken.state.name} by another process: skipped")
+                continue
             last = finished[-1]
             # Skips measure nothing: only a complete trial breaks a run of failures.
             failures = (
@@ -406,13 +404,13 @@ class StudyRun:
                     trial.user_attrs["baseline"],
                     Candidate(trial.user_attrs["baseline"], Settings.from_params(trial.params)),
                 )
-        labels = {c.settings.label() for c in chosen.values()}
+        labels = {self.caps.label(c.settings.params()) for c in chosen.values()}
         for trial in trials:
             settings = Settings.from_params(trial.params)
             if len(chosen) >= len(self.baselines.runnable) + self.config.candidates:
                 break
-            if settings.label() not in labels:
-                labels.add(settings.label())
+            if self.caps.label(trial.params) not in labels:
+                labels.add(self.caps.label(trial.params))
                 chosen[f"trial {trial.number}"] = Candidate(f"trial {trial.number}", settings)
         return list(chosen.values())
 
@@ -457,15 +455,25 @@ class StudyRun:
             on_run,
             self.config.seed,
         )
-        self.study.set_user_attr("verdict", {**verdict.to_dict(), "measured": _now(), "trials": len(self.measured())})
+        stored = verdict.to_dict()
+        # What the recommendation means on this CPU ("default" oneDNN resolved), so it holds where it is used.
+        stored["recommended_params"] = self.caps.effective(stored["recommended_params"])
+        self.study.set_user_attr("verdict", {**stored, "measured": _now(), "trials": len(self.measured())})
         return verdict
 
     def _baselines_done(self) -> bool:
         """Every baseline that can run here has a finished trial, complete or failed: the budget may end the
         search only after that, and a failing baseline never holds it up."""
-        finished = (TrialState.COMPLETE, TrialState.FAIL)
-        done = {t.user_attrs.get("baseline") for t in self.study.get_trials(deepcopy=False, states=finished)}
-        return set(self.baselines.runnable) <= done
+        trials = self.study.get_trials(deepcopy=False)
+        pending = {t.user_attrs.get("baseline") for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
+        done = {
+            t.user_attrs.get("baseline")
+            for t in trials
+            if t.state == TrialState.COMPLETE
+            or (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") in WORKER_FAILURES)
+        }
+        # An interrupted or orphaned baseline is not done: it is queued again and measured first.
+        return set(self.baselines.runnable) <= done - pending
 
     def _run_seconds(self) -> float:
         """Expected wall time of one confirmation run, from the search trials' measured wall times."""

@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 
 from tuner.capability import NOT_RUNNABLE
 from tuner.confirm import DEFAULT, HEURISTIC
+from tuner.sanitize import one_line
 
 
 def summarize_study(study: optuna.Study) -> dict[str, Any]:
@@ -138,8 +139,9 @@ def table_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
 
 
 def format_table(summaries: list[dict[str, Any]]) -> str:
-    """A plain-text table; images/sec are confirmed medians where a verdict exists."""
-    rows = table_rows(summaries)
+    """A plain-text table; images/sec are confirmed medians where a verdict exists. Every cell is one
+    printable line: stored text may come from another machine and must not drive the terminal."""
+    rows = [[one_line(cell, 300) for cell in row] for row in table_rows(summaries)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
@@ -159,12 +161,12 @@ def format_importance_lines(summaries: list[dict[str, Any]]) -> str:
     lines = ["", "What mattered (parameter importances, fANOVA):"]
     for s in summaries:
         inert = f"  [inert, searched anyway: {', '.join(s['inert_knobs'])}]" if s.get("inert_knobs") else ""
-        lines.append(f"  {s['name']}: {format_importances(s.get('importances'))}{inert}")
+        lines.append(one_line(f"  {s['name']}: {format_importances(s.get('importances'))}{inert}", 1000))
     ruled_out = [
         f"  {s['name']}: {line}"
         for s in summaries
         for line in [*(f"baseline {b}: {n}" for b, n in s.get("baseline_notes", {}).items()), *s.get("excluded", [])]
     ]
     if ruled_out:
-        lines += ["", "Not measured on this CPU (probe read-back):", *ruled_out]
+        lines += ["", "Not measured on this CPU (probe read-back):", *(one_line(line, 1000) for line in ruled_out)]
     return "\n".join(lines)

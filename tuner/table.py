@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from tuner.capability import NOT_RUNNABLE
 from tuner.confirm import DEFAULT, HEURISTIC, bootstrap_ratio
 from tuner.errors import UsageError
 from tuner.runtime import load as load_runtime
@@ -115,9 +116,11 @@ def build(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
         skipped.pop(_group_key(r), None)
         groups.setdefault(_group_key(r), {})[r["label"]] = r  # the latest record of each label wins
     rows = []
-    for key in sorted(groups, key=_sort_key):
-        group = groups[key]
-        if not group:
+    for key in sorted(set(groups) | set(unmeasured), key=_sort_key):
+        group = groups.get(key, {})
+        if not group:  # every setting of this target failed or could not run: a row that says so
+            r = next(r for r in records if r.get("kind") == "benchmark" and _group_key(r) == key)
+            rows.append(_skipped_row(r, "; ".join(f"{label}: {why}" for label, why in unmeasured[key].items())))
             continue
         any_record = next(iter(group.values()))
         main = _recommended(group)
@@ -144,7 +147,7 @@ def build(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
                 "tf-default": _rate(group.get(DEFAULT)),
                 "heuristic": (_rate(heuristic) + (" (NHWC)" if stand_in else ""))
                 if heuristic is not None or HEURISTIC not in not_run
-                else "not runnable here",
+                else (NOT_RUNNABLE if not_run[HEURISTIC].startswith(NOT_RUNNABLE) else "failed"),
                 "tuned": _rate(tuned),
                 "tuned/tf-default": _ratio(tuned, group.get(DEFAULT)),
                 "tuned/heuristic": _ratio(tuned, heuristic),
@@ -161,19 +164,7 @@ def build(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
             }
         )
     for key in sorted(skipped, key=_sort_key):
-        r = skipped[key]
-        rows.append(
-            {
-                "runtime": f"GPU ({r['runtime']})" if r["device"] == "gpu" else runtime_label(r["runtime"]),
-                "CPU": f"{cores_text(r['cores'])} ({r.get('cpu', {}).get('model_name', '?')})",
-                "memory": f"{r.get('memory_gib', 0):.0f}G",
-                "GPU": r["gpus"],
-                "batch size": r["global_batch"],
-                "mode": MODE_NAMES.get(r["mode"], r["mode"]),
-                "images/sec (ms/image)": "skipped",
-                "note": r["skipped"],
-            }
-        )
+        rows.append(_skipped_row(skipped[key], skipped[key]["skipped"]))
     notes = []
     for (cpu_id, cores), peak in sorted(peaks.items(), key=lambda item: (str(item[0][0]), item[0][1] or 0)):
         notes.append(
@@ -186,6 +177,20 @@ def build(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
             "for a training step (counted from the graphs)"
         )
     return pd.DataFrame(rows).fillna("-"), notes
+
+
+def _skipped_row(r: dict[str, Any], note: str) -> dict[str, Any]:
+    """A target with no measured setting: why, in the note."""
+    return {
+        "runtime": f"GPU ({r['runtime']})" if r["device"] == "gpu" else runtime_label(r["runtime"]),
+        "CPU": f"{cores_text(r['cores'])} ({r.get('cpu', {}).get('model_name', '?')})",
+        "memory": f"{r.get('memory_gib', 0):.0f}G",
+        "GPU": r["gpus"],
+        "batch size": r["global_batch"],
+        "mode": MODE_NAMES.get(r["mode"], r["mode"]),
+        "images/sec (ms/image)": "skipped",
+        "note": note,
+    }
 
 
 def _batches(record: dict[str, Any] | None) -> str:

@@ -51,7 +51,7 @@ def physical_cores(allowed: Iterable[int] | None = None, root: Path = SYS_CPU) -
 
 def notes(allowed: Iterable[int] | None = None, root: Path = SYS_CPU) -> list[str]:
     """What the topology cannot vouch for: logical CPUs without topology files (SMT siblings may then be
-    counted as cores), and a core set that must span packages."""
+    counted as cores)."""
     cpus = sorted(os.sched_getaffinity(0) if allowed is None else allowed)
     unknown = [cpu for cpu in cpus if _core_key(cpu, root) is None]
     found = []

@@ -3,14 +3,20 @@
 The file holds every tuner study (its attributes: metadata, confirmation, verdict) and the benchmark
 study, each with its finished trials (COMPLETE, PRUNED, FAIL; never RUNNING or WAITING) with params,
 distributions, values, intermediate values and user attributes. Import validates the whole file before
-writing anything; a study that already exists in the target is left alone and reported, so importing
-twice changes nothing.
+writing anything, and every study's attributes against the stored schema (``tuner/records.py``): a study
+that breaks it is refused with one line and the others are imported. A study that already exists in the
+target is left alone and reported, so importing twice changes nothing.
+
+Import is atomic per study: the study is created marked as importing, its trials are added, then its other
+attributes, and last the ones that make it a tuner study with a verdict (``tuner``, ``verdict``) and the
+mark cleared; every imported study also gets ``imported`` (the file and the date), so recommendations can
+prefer this machine's own verdicts. A Ctrl-C stops between studies (or between batches of a large one);
+running the same import again deletes a study left marked as importing and imports it whole.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,14 +25,19 @@ import optuna
 from optuna.distributions import distribution_to_json, json_to_distribution
 from optuna.trial import TrialState
 
-from tuner import __version__
+from tuner import __version__, atomic, interrupt
 from tuner.benchmark import BENCH_STUDY
 from tuner.errors import TunerError, UsageError
+from tuner.records import MalformedRecord, check_shape, check_study
+from tuner.sanitize import one_line
 
 FORMAT = "tuner-export"
 VERSION = 1
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 MAX_BYTES = 512 * 2**20
+IMPORTING = "tuner_importing"  # set while a study is being imported; a study still marked was cut short
+LAST = ("tuner", "verdict")  # written last: a reader sees the study as a finished tuner study only then
+CHUNK = 500  # trials added per batch, with a chance to stop between batches
 
 
 class ImportRefused(UsageError):
@@ -73,15 +84,11 @@ def export(storage: optuna.storages.BaseStorage) -> dict[str, Any]:
 
 
 def write(data: dict[str, Any], path: Path) -> None:
-    """Write atomically: a crash leaves the old file or none, never half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Write atomically (tuner/atomic.py): a crash leaves the old file or none, never half a file."""
     try:
-        tmp.write_text(json.dumps(data, indent=1, allow_nan=False), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic.write_text(path, json.dumps(data, indent=1, allow_nan=False))
     except (OSError, ValueError) as error:
         raise TunerError(f"cannot write {path}: {getattr(error, 'strerror', None) or error}") from None
-    finally:
-        tmp.unlink(missing_ok=True)  # gone after the replace; left by an error or Ctrl-C otherwise
 
 
 def read(path: Path) -> dict[str, Any]:
@@ -146,6 +153,10 @@ def _frozen(trial: dict[str, Any]) -> optuna.trial.FrozenTrial:
     params = dict(trial["params"])
     if not isinstance(trial.get("user_attrs", {}), dict):
         raise TypeError("user_attrs must be an object")
+    try:
+        check_shape(trial.get("user_attrs", {}), "user_attrs")
+    except MalformedRecord as error:
+        raise ValueError(str(error)) from None
     stamp = {k: datetime.fromisoformat(trial[k]) if trial.get(k) else None for k in ("start", "complete")}
     created = optuna.trial.create_trial(
         state=state,
@@ -166,17 +177,45 @@ def _with_times(
     return trial
 
 
-def import_into(storage: optuna.storages.BaseStorage, data: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Create the studies the target lacks; return (imported, skipped because they exist)."""
-    existing = {s.study_name for s in storage.get_all_studies()}
-    imported, skipped = [], []
+def import_into(
+    storage: optuna.storages.BaseStorage, data: dict[str, Any], source: str = ""
+) -> tuple[list[str], list[str], list[str]]:
+    """Create the studies the target lacks, each atomically; return (imported, kept because they exist,
+    refused as malformed: one line each). ``source`` (the file) is recorded on every imported study."""
+    existing = {s.study_name: s.user_attrs for s in storage.get_all_studies()}
+    imported, kept, refused = [], [], []
+    stamp = {"file": one_line(source, 200), "at": datetime.now(UTC).isoformat(timespec="seconds")}
     for study in data["studies"]:
-        if study["name"] in existing:
-            skipped.append(study["name"])
+        interrupt.checkpoint()  # a Ctrl-C stops here, between studies
+        name = study["name"]
+        if name in existing and not existing[name].get(IMPORTING):
+            kept.append(name)
             continue
-        created = optuna.create_study(storage=storage, study_name=study["name"], direction=study["direction"])
-        for key, value in study["user_attrs"].items():
+        try:
+            check_study(name, study["user_attrs"])
+        except MalformedRecord as error:
+            refused.append(one_line(error, 300))
+            continue
+        if name in existing:  # an import of it was cut short: redo it whole
+            optuna.delete_study(study_name=name, storage=storage)
+        _import_study(storage, study, stamp)
+        imported.append(name)
+    return imported, kept, refused
+
+
+def _import_study(storage: optuna.storages.BaseStorage, study: dict[str, Any], stamp: dict[str, str]) -> None:
+    created = optuna.create_study(storage=storage, study_name=study["name"], direction=study["direction"])
+    created.set_user_attr(IMPORTING, True)
+    trials = [_frozen(trial) for trial in study["trials"]]
+    for start in range(0, len(trials), CHUNK):
+        interrupt.checkpoint()  # a large study stops between batches; it stays marked and is redone next time
+        created.add_trials(trials[start : start + CHUNK])
+    attrs = study["user_attrs"]
+    for key, value in attrs.items():
+        if key not in LAST and key != IMPORTING:
             created.set_user_attr(key, value)
-        created.add_trials([_frozen(trial) for trial in study["trials"]])
-        imported.append(study["name"])
-    return imported, skipped
+    created.set_user_attr("imported", stamp)
+    for key in LAST:
+        if key in attrs:
+            created.set_user_attr(key, attrs[key])
+    created.set_user_attr(IMPORTING, False)

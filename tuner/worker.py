@@ -167,6 +167,13 @@ def runtime_facts(tf: Any) -> dict[str, Any]:
     }
 
 
+def keras_facts() -> dict[str, Any]:
+    """Keras's float type and dtype policy as the model ran: a keras.json could have changed them."""
+    import keras
+
+    return {"floatx": keras.backend.floatx(), "dtype_policy": keras.config.dtype_policy().name}
+
+
 OPENMP_LIBS = ("libiomp5", "libgomp", "libomp")
 VERBOSE_RUNTIME = re.compile(r"^(?:onednn|dnnl)_verbose,.*\bruntime:([^,\s]+)")
 
@@ -280,7 +287,7 @@ def run(spec: dict[str, Any], channel: Channel) -> None:
             channel.send("step", phase=phase, index=index, seconds=seconds)
     timed_wall = time.perf_counter() - loop_started  # the timed loop's wall time, as tf_cnn_benchmarks counts
     facts = runtime_facts(tf)
-    facts.update(openmp_facts(), thread_cpus=thread_cpus())
+    facts.update(openmp_facts(), thread_cpus=thread_cpus(), **keras_facts())
     facts.update(replicas=1 if strategy is None else strategy.num_replicas_in_sync)
     if probe_log is not None:
         import ctypes

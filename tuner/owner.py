@@ -1,0 +1,68 @@
+"""Who is measuring a trial, in a form that survives containers: host, boot, PID namespace, pid, start time.
+
+A trial left RUNNING by a killed tool is failed at once by the next run on the same host, but only when
+that run can really tell the owner is gone: the same host name is not enough (containers share it), nor is
+a missing pid (another PID namespace numbers processes its own way; after a reboot pids are reused). So the
+owner records the boot id and the PID namespace beside the pid, and the process's start time. When they do
+not all match this process's, nothing is decided here: Optuna's heartbeat fails the trial once it stops.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, /proc/PID/stat field 22); None if it is gone."""
+    stat = _read(f"/proc/{pid}/stat")
+    if stat is None:
+        return None
+    try:
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def identity() -> dict[str, Any]:
+    """This process as a trial's owner."""
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "boot_id": _read("/proc/sys/kernel/random/boot_id"),
+        "pid_ns": _pid_namespace(),
+        "start": start_ticks(os.getpid()),
+    }
+
+
+def gone(owner: Mapping[str, Any]) -> bool:
+    """True only when this process can tell that ``owner`` no longer runs: same host, boot and PID
+    namespace, and no process with its pid (or one with that pid that started at another time)."""
+    me = identity()
+    pid = owner.get("pid")
+    if owner.get("host") != me["host"] or not isinstance(pid, int) or isinstance(pid, bool):
+        return False
+    recorded = "boot_id" in owner or "pid_ns" in owner  # older records had host and pid only
+    if recorded and (owner.get("boot_id") != me["boot_id"] or owner.get("pid_ns") != me["pid_ns"]):
+        return False  # another boot or another container: its pids mean nothing here
+    started = start_ticks(pid)
+    if started is None:
+        return True
+    return isinstance(owner.get("start"), int) and owner["start"] != started  # pid reused by another process

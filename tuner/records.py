@@ -1,0 +1,173 @@
+"""The schema of what tuner stores on a study: checked when a study is imported and when it is read.
+
+A study's user attributes are the real API of the storage: export files and shared PostgreSQL studies carry
+them between machines, so they are untrusted input. ``StudyMeta`` (the ``tuner`` attribute: where and how a
+study measured) and ``StoredVerdict`` (the ``verdict`` attribute: what confirmation concluded) are frozen
+records built only through ``from_dict``, which checks types, ISO dates, lengths and nesting depth, and the
+settings through ``Settings``. A malformed study is reported by ``check_study`` as one line and skipped by
+its readers, never fatal for the rest of the storage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from tuner.errors import InvalidSettings, TunerError
+from tuner.settings import Settings
+
+MAX_DEPTH = 12  # nesting of any stored attribute (a verdict's rates are 4 deep)
+MAX_TEXT = 4096  # characters in any one stored string
+MAX_ITEMS = 200_000  # entries in any one list or mapping
+MODES = ("train", "infer")
+
+
+class MalformedRecord(TunerError):
+    """A stored or imported study attribute that does not match the schema."""
+
+    reason = "malformed"
+
+
+def check_shape(value: Any, where: str, depth: int = 0) -> None:
+    """JSON-like data within the depth, length and size limits; raise ``MalformedRecord`` naming where."""
+    if depth > MAX_DEPTH:
+        raise MalformedRecord(f"{where}: nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, str):
+        if len(value) > MAX_TEXT:
+            raise MalformedRecord(f"{where}: a string of {len(value)} characters (at most {MAX_TEXT})")
+    elif isinstance(value, Mapping):
+        if len(value) > MAX_ITEMS:
+            raise MalformedRecord(f"{where}: {len(value)} entries (at most {MAX_ITEMS})")
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise MalformedRecord(f"{where}: a key that is not a string")
+            check_shape(item, f"{where}.{key[:40]}", depth + 1)
+    elif isinstance(value, list):
+        if len(value) > MAX_ITEMS:
+            raise MalformedRecord(f"{where}: {len(value)} entries (at most {MAX_ITEMS})")
+        for index, item in enumerate(value):
+            check_shape(item, f"{where}[{index}]", depth + 1)
+    elif value is not None and not isinstance(value, (bool, int, float)):
+        raise MalformedRecord(f"{where}: {type(value).__name__} is not JSON data")
+
+
+def _get(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str, optional: bool = False) -> Any:
+    value = data.get(key)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise MalformedRecord(f"{where}.{key}: must be a number, not {value!r}")
+    if not isinstance(value, kind):
+        name = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise MalformedRecord(f"{where}.{key}: must be {name}, not {type(value).__name__}")
+    return value
+
+
+def _date(data: Mapping[str, Any], key: str, where: str) -> str | None:
+    value: str | None = _get(data, key, str, where, optional=True)
+    if value is not None:
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            raise MalformedRecord(f"{where}.{key}: {value[:40]!r} is not an ISO date") from None
+    return value
+
+
+def _settings(params: Any, where: str) -> Settings:
+    if not isinstance(params, Mapping):
+        raise MalformedRecord(f"{where}: settings must be an object")
+    try:
+        return Settings.from_params(params)
+    except (InvalidSettings, TypeError) as error:
+        raise MalformedRecord(f"{where}: {error}") from None
+
+
+@dataclass(frozen=True)
+class StudyMeta:
+    """The ``tuner`` attribute of a study: what, where and how it measured."""
+
+    model: str
+    mode: str
+    batch_size: int
+    runtime: str
+    cores: int
+    cpu: Mapping[str, Any]
+    probe: Mapping[str, Any]
+    created: str | None
+    raw: Mapping[str, Any]
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "tuner") -> StudyMeta:
+        if not isinstance(data, Mapping):
+            raise MalformedRecord(f"{where}: must be an object")
+        check_shape(data, where)
+        mode = _get(data, "mode", str, where)
+        if mode not in MODES:
+            raise MalformedRecord(f"{where}.mode: must be train or infer, not {mode[:20]!r}")
+        cores = _get(data, "cores", int, where)
+        batch = _get(data, "batch_size", int, where)
+        if not 1 <= cores <= 4096 or not 1 <= batch <= 1_000_000:
+            raise MalformedRecord(f"{where}: cores {cores} or batch size {batch} out of range")
+        cpu = _get(data, "cpu", Mapping, where)
+        for key in ("model_name", "id", "vendor"):
+            _get(cpu, key, str, f"{where}.cpu", optional=True)
+        probe = data.get("probe") or {}
+        if not isinstance(probe, Mapping):
+            raise MalformedRecord(f"{where}.probe: must be an object")
+        _get(probe, "framework_version", str, f"{where}.probe", optional=True)
+        return cls(
+            model=_get(data, "model", str, where),
+            mode=mode,
+            batch_size=batch,
+            runtime=_get(data, "runtime", str, where),
+            cores=cores,
+            cpu=cpu,
+            probe=probe,
+            created=_date(data, "created", where),
+            raw=data,
+        )
+
+
+@dataclass(frozen=True)
+class StoredVerdict:
+    """The ``verdict`` attribute of a study: the recommended settings, validated, and how sure it is."""
+
+    recommended: str
+    settings: Settings
+    clear: bool
+    text: str
+    measured: str | None
+    speedup: Mapping[str, float] | None
+    raw: Mapping[str, Any]
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "verdict") -> StoredVerdict:
+        if not isinstance(data, Mapping):
+            raise MalformedRecord(f"{where}: must be an object")
+        check_shape(data, where)
+        speedup = data.get("speedup_vs_tf_default")
+        if speedup is not None:
+            if not isinstance(speedup, Mapping):
+                raise MalformedRecord(f"{where}.speedup_vs_tf_default: must be an object")
+            for key in ("value", "low", "high"):
+                _get(speedup, key, (int, float), f"{where}.speedup_vs_tf_default")
+        return cls(
+            recommended=_get(data, "recommended", str, where),
+            settings=_settings(data.get("recommended_params"), f"{where}.recommended_params"),
+            clear=_get(data, "clear", bool, where),
+            text=_get(data, "text", str, where),
+            measured=_date(data, "measured", where),
+            speedup=speedup,
+            raw=data,
+        )
+
+
+def check_study(name: str, attrs: Mapping[str, Any]) -> None:
+    """Every stored attribute within the limits, and the metadata and verdict (where present) valid."""
+    check_shape(dict(attrs), f"study {name[:80]!r}")
+    if "tuner" in attrs:
+        StudyMeta.from_dict(attrs["tuner"], f"study {name[:80]!r}: tuner")
+    if "verdict" in attrs:
+        StoredVerdict.from_dict(attrs["verdict"], f"study {name[:80]!r}: verdict")

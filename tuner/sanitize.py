@@ -1,0 +1,31 @@
+"""Stored text made safe to print or to put in a comment: one line, printable, of bounded length.
+
+Everything in storage may come from another machine (an imported export file, a shared PostgreSQL study), so
+a CPU model name, a version, a verdict or a date is untrusted text. Before it reaches a terminal, a shell
+comment or a Python comment it passes through ``one_line``: control characters (newlines, carriage returns,
+terminal escape sequences, other C0/C1 codes and Unicode line separators) become spaces, runs of spaces
+collapse, and the result is capped. Values that become code never come from here: they are rebuilt from
+validated ``Settings`` and quoted (``shlex.quote``, ``repr``).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any
+
+MAX_CHARS = 200
+_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+
+
+def _unsafe(char: str) -> bool:
+    # Cc: C0/C1 controls and DEL; Zl/Zp: line and paragraph separators; Cf: format characters (bidi overrides).
+    return unicodedata.category(char) in ("Cc", "Zl", "Zp", "Cf")
+
+
+def one_line(value: Any, limit: int = MAX_CHARS) -> str:
+    """``value`` as one printable line of at most ``limit`` characters (``...`` marks a cut)."""
+    text = _ESCAPE.sub(" ", str(value))
+    text = "".join(" " if _unsafe(char) else char for char in text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
