@@ -177,10 +177,13 @@ def test_recommended_shell_exports_make_tensorflow_use_the_threads(tmp_path: Pat
     from tuner.storage import open_storage
     from tuner.study import StudyRun
 
-    winner = "intra_op=3,inter_op=2,data_format=NHWC,onednn=True"
+    def winner(spec: TrialSpec) -> bool:
+        return (spec.settings.intra_op, spec.settings.inter_op, spec.settings.data_format) == (3, 2, "NHWC")
+
     url = f"sqlite:///{tmp_path / 'r.db'}"
-    config = make_config(cores=2, trials=40, candidates=1, workload=Workload("tiny", "infer", 32))
-    fake = ReplayRunner.from_rates(lambda spec: 1300.0 if spec.settings.label() == winner else 1000.0, noise=0.01)
+    # Enough trials to measure every distinct setting of the 2-core space (60 here): the winner is found.
+    config = make_config(cores=2, trials=70, candidates=1, workload=Workload("tiny", "infer", 32))
+    fake = ReplayRunner.from_rates(lambda spec: 1300.0 if winner(spec) else 1000.0, noise=0.01)
     StudyRun(open_storage(url), config, fake).run()
     argv = ["recommend", "--cores", "2", "--mode", "infer", "--model", "tiny", "--format", "shell", "--storage", url]
     shell = subprocess.run([sys.executable, "-m", "tuner.cli", *argv], capture_output=True, text=True, timeout=120)
