@@ -63,6 +63,10 @@ def _log(line: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
 
+def _warn(line: str) -> None:
+    print(f"tuner: warning: {line}", file=sys.stderr, flush=True)
+
+
 def _tagged(tag: str) -> Callable[[str], None]:
     return lambda line: _log(f"[{tag}] {line}")
 
@@ -307,7 +311,7 @@ def cmd_report(args: argparse.Namespace, runner: Runner | None = None) -> int:
         raise UsageError(f"--output: folder {folder} does not exist")
     storage = open_storage(args.storage, create=False)
     _log(f"building the report from {redact(args.storage)} ...")
-    document, figures = report.build(storage, redact(args.storage))
+    document, figures = report.build(storage, redact(args.storage), _warn)
     _write_file(args.output, document)
     size = len(document.encode()) / 2**20
     print(f"report written to {args.output}: {len(figures)} figures, {size:.1f} MiB, opens offline in a browser")
@@ -371,7 +375,7 @@ def cmd_recommend(args: argparse.Namespace, runner: Runner | None = None) -> int
         load_runtime(args.runtime).name,
         args.model,
         prefer_imported=args.prefer_imported,
-        warn=lambda line: print(f"tuner: warning: {line}", file=sys.stderr),
+        warn=_warn,
     )
     print(recommend.render(found, args.format))
     if any(r.borrowed for r in found) and args.format != "json":
@@ -402,7 +406,7 @@ def cmd_import(args: argparse.Namespace, runner: Runner | None = None) -> int:
 
 def cmd_show(args: argparse.Namespace, runner: Runner | None = None) -> int:
     storage = open_storage(args.storage, create=False)
-    summaries = summarize(storage)
+    summaries = summarize(storage, _warn)
     if args.json:
         print(json.dumps(summaries, indent=2))
     elif not summaries:

@@ -184,7 +184,7 @@ def _latest(found: Sequence[Recommendation], prefer_imported: bool = False) -> l
     """One recommendation per (cores, mode): this storage's own verdicts before imported ones (or the other
     way round with ``prefer_imported``), then the most recently confirmed."""
     best: dict[tuple[int, str], Recommendation] = {}
-    for r in sorted(found, key=lambda r: ((r.imported is None) == prefer_imported, r.measured or "")):
+    for r in sorted(found, key=lambda r: ((r.imported is None) != prefer_imported, r.measured or "")):
         best[(r.cores, r.mode)] = r
     return [best[key] for key in sorted(best)]
 

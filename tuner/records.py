@@ -10,12 +10,13 @@ its readers, never fatal for the rest of the storage.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from tuner.errors import InvalidSettings, TunerError
+from tuner.sanitize import one_line
 from tuner.settings import Settings
 
 MAX_DEPTH = 12  # nesting of any stored attribute (a verdict's rates are 4 deep)
@@ -113,7 +114,7 @@ class StudyMeta:
         cpu = _get(data, "cpu", Mapping, where)
         for key in ("model_name", "id", "vendor"):
             _get(cpu, key, str, f"{where}.cpu", optional=True)
-        probe = data.get("probe") or {}
+        probe = data.get("probe", {})
         if not isinstance(probe, Mapping):
             raise MalformedRecord(f"{where}.probe: must be an object")
         _get(probe, "framework_version", str, f"{where}.probe", optional=True)
@@ -162,6 +163,22 @@ class StoredVerdict:
             speedup=speedup,
             raw=data,
         )
+
+
+def tuner_studies(storage: Any, warn: Callable[[str], None]) -> list[Any]:
+    """The studies of ``storage`` (an Optuna storage) that tuner made and that match the schema, as
+    ``FrozenStudy`` summaries; each malformed one is one ``warn`` line and left out, never fatal."""
+    found = []
+    for info in storage.get_all_studies():
+        if "tuner" not in info.user_attrs:
+            continue
+        try:
+            check_study(info.study_name, info.user_attrs)
+        except MalformedRecord as error:
+            warn(f"study {one_line(info.study_name, 80)} skipped: {one_line(error)}")
+            continue
+        found.append(info)
+    return found
 
 
 def check_study(name: str, attrs: Mapping[str, Any]) -> None:

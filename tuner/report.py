@@ -14,7 +14,7 @@ import html
 import random
 import statistics
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner import __version__, benchmark, table
 from tuner.confirm import DEFAULT, HEURISTIC
+from tuner.records import tuner_studies
 from tuner.topology import cores_text
 
 LABELS = (DEFAULT, HEURISTIC, table.TUNED)
@@ -321,21 +322,28 @@ h2 { border-bottom: 2px solid #1f77b4; padding-bottom: 0.2em; margin-top: 2em; }
 """
 
 
-def build(storage: optuna.storages.BaseStorage, source: str) -> tuple[str, list[str]]:
-    """The whole page, and the titles of its figures in order."""
+def build(
+    storage: optuna.storages.BaseStorage, source: str, warn: Callable[[str], None] = lambda line: None
+) -> tuple[str, list[str]]:
+    """The whole page, and the titles of its figures in order. A study whose stored attributes break the
+    schema (tuner/records.py) is ``warn``ed about and left out."""
     page = Page()
     records = benchmark.records(storage)
     studies = []
+    valid = {info.study_name for info in tuner_studies(storage, warn)}
     foreign: list[str] = []
     for summary in storage.get_all_studies():
-        if summary.study_name == benchmark.BENCH_STUDY:
+        if summary.study_name == benchmark.BENCH_STUDY or (
+            "tuner" in summary.user_attrs and summary.study_name not in valid
+        ):
+            continue
+        if summary.study_name not in valid:
+            foreign.append(summary.study_name)
             continue
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         meta = _study_meta(study)
         if meta is not None:
             studies.append((study, meta))
-        else:
-            foreign.append(summary.study_name)
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for study, meta in studies:
         key = (str(meta.get("cpu", {}).get("id")), str(meta.get("runtime")))

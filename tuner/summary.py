@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -10,6 +11,7 @@ from optuna.trial import TrialState
 
 from tuner.capability import NOT_RUNNABLE
 from tuner.confirm import DEFAULT, HEURISTIC
+from tuner.records import tuner_studies
 from tuner.sanitize import one_line
 
 
@@ -63,12 +65,13 @@ def summarize_study(study: optuna.Study) -> dict[str, Any]:
     }
 
 
-def summarize(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
+def summarize(
+    storage: optuna.storages.BaseStorage, warn: Callable[[str], None] = lambda line: None
+) -> list[dict[str, Any]]:
+    """One summary per tuner study; a study whose stored attributes break the schema is ``warn``ed about."""
     rows = []
-    for info in storage.get_all_studies():
-        study = optuna.load_study(study_name=info.study_name, storage=storage)
-        if "tuner" in study.user_attrs:
-            rows.append(summarize_study(study))
+    for info in tuner_studies(storage, warn):
+        rows.append(summarize_study(optuna.load_study(study_name=info.study_name, storage=storage)))
     return sorted(rows, key=lambda r: (r["model"] or "", r["runtime"] or "", r["mode"] or "", r["cores"] or 0))
 
 

@@ -1,0 +1,217 @@
+"""Shared results are untrusted input: crafted export files, with the replaying runner and real bash/ast checks.
+
+An attacker controls every string of an export file. Imported, none may become a shell or Python statement,
+change which verdict is recommended without saying so, or break the readers for the genuine studies.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from tests.conftest import make_config
+from tuner import interrupt, recommend, transfer
+from tuner.cli import main
+from tuner.replay import ReplayRunner
+from tuner.runner import TrialSpec
+from tuner.signature import cpu_signature
+from tuner.storage import open_storage
+from tuner.study import StudyRun
+from tuner.workload import Workload
+
+SIGNATURE = cpu_signature()
+EVIL = "x\nid; touch /tmp/tuner-pwned #\r\x1b[2J\x1b]0;title\x07'\"$(reboot)`ls`\u2028import os; os.system('id')"
+TINY = ["--cores", "2", "--mode", "infer", "--model", "tiny"]
+
+
+def rate(spec: TrialSpec) -> float:
+    fast = (spec.settings.intra_op, spec.settings.inter_op) == (2, 2)
+    return 1300.0 if fast else 1000.0
+
+
+def tuned(url: str) -> optuna.storages.RDBStorage:
+    storage = open_storage(url)
+    config = make_config(cores=2, trials=8, candidates=1, workload=Workload("tiny", "infer", 32))
+    StudyRun(storage, config, ReplayRunner.from_rates(rate, noise=0.01)).run()
+    return storage
+
+
+def exported(tmp_path: Path, storage_url: str) -> dict[str, Any]:
+    tuned(storage_url)
+    path = tmp_path / "export.json"
+    assert main(["export", "--output", str(path), "--storage", storage_url]) == 0
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def poison(study: dict[str, Any]) -> None:
+    """Every stored string an attacker can choose, in the metadata and the verdict, set to EVIL."""
+    meta, verdict = study["user_attrs"]["tuner"], study["user_attrs"]["verdict"]
+    meta["cpu"]["model_name"] = EVIL
+    meta["cpu"]["vendor"] = EVIL
+    meta["probe"]["framework_version"] = EVIL
+    meta["runtime_note"] = EVIL
+    verdict["text"] = EVIL
+    verdict["recommended"] = EVIL
+    verdict["measured"] = "2099-01-01T00:00:00+00:00"  # later than any genuine verdict
+
+
+def write(tmp_path: Path, data: dict[str, Any], name: str = "crafted.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_crafted_strings_never_become_statements(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = exported(tmp_path, f"sqlite:///{tmp_path / 'source.db'}")
+    poison(data["studies"][0])
+    data["studies"][0]["name"] = "crafted-" + data["studies"][0]["name"]
+    target = f"sqlite:///{tmp_path / 'target.db'}"
+    assert main(["import", str(write(tmp_path, data)), "--storage", target]) == 0
+    capsys.readouterr()
+    assert main(["recommend", *TINY, "--format", "shell", "--storage", target]) == 0
+    shell = capsys.readouterr().out
+    # bash parses it, and it holds exactly comments, unset/export of known variables: nothing else runs.
+    assert subprocess.run(["bash", "-n"], input=shell, text=True).returncode == 0
+    statements = [line for line in shell.splitlines() if line and not line.startswith("#")]
+    assert statements and all(line.split()[0] in ("export", "unset") for line in statements)
+    names = {line.split()[1].split("=")[0] for line in statements}
+    assert names <= {"TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS"}
+    # No control character or escape code survives into the output.
+    assert "\x1b" not in shell and "\r" not in shell and "\u2028" not in shell
+    capsys.readouterr()
+    assert main(["recommend", *TINY, "--format", "python", "--storage", target]) == 0
+    python = capsys.readouterr().out
+    tree = ast.parse(python)
+    # Python: only the os import, environment assignments, the two imports and three framework calls.
+    kinds = [type(node).__name__ for node in tree.body]
+    assert kinds[0] == "Import" and set(kinds) <= {"Import", "Assign", "Expr"}
+    calls = [ast.unparse(node.value.func) for node in tree.body if isinstance(node, ast.Expr)]  # type: ignore[attr-defined]
+    assert all(
+        call.startswith(("tf.config.threading.set_", "keras.backend.set_image_data_format", "os.environ.pop"))
+        for call in calls
+    )
+    assert "os.system" not in "".join(ast.unparse(node) for node in tree.body)
+
+
+def test_imported_verdict_does_not_replace_this_machines_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = exported(tmp_path, f"sqlite:///{tmp_path / 'source.db'}")
+    study = data["studies"][0]
+    study["name"] = "other-" + study["name"]
+    study["user_attrs"]["verdict"]["measured"] = "2099-01-01T00:00:00+00:00"
+    study["user_attrs"]["verdict"]["recommended_params"] = {"intra_op": 1, "inter_op": 1, "data_format": "NHWC"}
+    own = f"sqlite:///{tmp_path / 'own.db'}"
+    tuned(own)
+    assert main(["import", str(write(tmp_path, data)), "--storage", own]) == 0
+    storage = open_storage(own, create=False)
+    (found,) = recommend.recommend(storage, SIGNATURE, cores=2, mode="infer", model="tiny")
+    # This machine's own verdict wins over an imported one, however late its date.
+    assert found.imported is None and found.settings.intra_op != 1
+    (other,) = recommend.recommend(storage, SIGNATURE, cores=2, mode="infer", model="tiny", prefer_imported=True)
+    # Asked for, the imported one is used, and it says so.
+    assert other.settings.intra_op == 1 and "IMPORTED from" in other.source()
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        ("probe", None),
+        ("cores", "many"),
+        ("mode", ["train"]),
+        ("cpu", "x"),
+        ("created", "yesterday"),
+    ],
+)
+def test_malformed_imported_study_is_refused_and_the_rest_still_work(
+    tmp_path: Path, where: str, value: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = exported(tmp_path, f"sqlite:///{tmp_path / 'source.db'}")
+    bad = json.loads(json.dumps(data["studies"][0]))
+    bad["name"] = "bad-" + bad["name"]
+    bad["user_attrs"]["tuner"][where] = value
+    data["studies"].append(bad)
+    target = f"sqlite:///{tmp_path / 'target.db'}"
+    tuned(target)
+    # The malformed study is refused with a line naming it; the import ends with exit 1.
+    assert main(["import", str(write(tmp_path, data)), "--storage", target]) == 1
+    err = capsys.readouterr().err
+    assert f"bad-{data['studies'][0]['name']}" in err and f"tuner.{where}" in err
+    # The genuine studies still show, recommend and report.
+    for argv in (["show"], ["recommend", *TINY], ["report", "--output", str(tmp_path / "r.html")]):
+        assert main([*argv, "--storage", target]) == 0, argv
+
+
+def test_poison_already_in_storage_is_skipped_with_one_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    storage = tuned(url)
+    # Another worker of a shared PostgreSQL study wrote garbage straight into it (no import to stop it).
+    study = optuna.create_study(storage=storage, study_name="poisoned")
+    study.set_user_attr("tuner", {"model": "tiny", "mode": "infer", "cores": "many"})
+    study.set_user_attr("verdict", {"recommended": "x", "recommended_params": {"intra_op": "$(id)"}})
+    nested: Any = "deep"
+    for _ in range(900):
+        nested = [nested]
+    deep = optuna.create_study(storage=storage, study_name="deep")
+    deep.set_user_attr("tuner", storage.get_all_studies()[0].user_attrs["tuner"])
+    deep.set_user_attr("verdict", nested)
+    assert main(["recommend", *TINY, "--storage", url]) == 0
+    err = capsys.readouterr().err
+    # Each malformed study is one warning line; the genuine verdict is still recommended.
+    assert err.count("tuner: warning: study") == 2 and "poisoned" in err and "deep" in err
+    # show and report skip them too, and still show the genuine study.
+    assert main(["show", "--storage", url]) == 0
+    shown = capsys.readouterr()
+    assert "tiny" in shown.out and "poisoned" in shown.err
+    assert main(["report", "--storage", url, "--output", str(tmp_path / "r.html")]) == 0
+
+
+def test_interrupted_import_resumes_and_never_leaves_half_a_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = exported(tmp_path, f"sqlite:///{tmp_path / 'source.db'}")
+    path = write(tmp_path, data)
+    target = f"sqlite:///{tmp_path / 'target.db'}"
+    batches = [0]
+    real = optuna.Study.add_trials
+
+    def interrupted_add(self: optuna.Study, trials: Any) -> None:
+        batches[0] += 1
+        real(self, trials[:3])
+        raise KeyboardInterrupt  # as a SIGTERM would, half-way through the study's trials
+
+    monkeypatch.setattr(optuna.Study, "add_trials", interrupted_add)
+    assert main(["import", str(path), "--storage", target]) == 130
+    storage = open_storage(target, create=False)
+    half = [s for s in storage.get_all_studies() if s.user_attrs.get(transfer.IMPORTING)]
+    # The cut study is marked as importing and has no tuner metadata or verdict, so no reader uses it.
+    assert len(half) == 1 and "tuner" not in half[0].user_attrs and "verdict" not in half[0].user_attrs
+    assert main(["recommend", *TINY, "--storage", target]) == 1
+    monkeypatch.setattr(optuna.Study, "add_trials", real)
+    capsys.readouterr()
+    # Running the same import again redoes that study whole: every trial, then its verdict.
+    assert main(["import", str(path), "--storage", target]) == 0
+    again = optuna.load_study(study_name=half[0].study_name, storage=open_storage(target, create=False))
+    source = next(s for s in data["studies"] if s["name"] == half[0].study_name)
+    assert len(again.trials) == len(source["trials"]) and "verdict" in again.user_attrs
+    assert again.user_attrs[transfer.IMPORTING] is False
+
+
+def test_first_ctrl_c_stops_an_import_between_studies(tmp_path: Path) -> None:
+    data = exported(tmp_path, f"sqlite:///{tmp_path / 'source.db'}")
+    target = open_storage(f"sqlite:///{tmp_path / 'target.db'}")
+    with interrupt.handling():
+        interrupt._pending = 2  # a SIGINT already received: the import stops at its first checkpoint
+        with pytest.raises(KeyboardInterrupt):
+            transfer.import_into(target, data, "export.json")
+    # Nothing was written.
+    assert target.get_all_studies() == []
