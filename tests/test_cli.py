@@ -333,3 +333,12 @@ def test_inference_bursts_warm_up_once_and_training_twice(storage_url: str) -> N
     # Every search and confirmation run used its mode's warm-up (the one-step runtime probe has none).
     runs = {(spec.workload.mode, spec.policy.warmup) for spec in runner.calls if spec.policy.name != "probe"}
     assert runs == {("infer", 1), ("train", 2)}
+
+
+def test_refused_settings_string_creates_no_storage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "never.db"
+    argv = ["benchmark", "--model", "tiny", "--cores", "1", "--settings", "intra_op=2;KMP_AFFINITY=$(id)"]
+    assert main([*argv, "--storage", f"sqlite:///{db}"], runner=fake_runner()) == 1
+    # One line naming the bad value, and no storage file was created for a command that did nothing.
+    assert "KMP_AFFINITY" in one_error_line(capsys.readouterr().err)
+    assert not db.exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,7 @@ import pytest
 
 from tuner.errors import (
     Pruned,
+    TunerError,
     WorkerBadOutput,
     WorkerCrashed,
     WorkerError,
@@ -28,7 +30,7 @@ from tuner.errors import (
     WorkerTimeout,
 )
 from tuner.policy import MeasurementPolicy
-from tuner.runner import WORKER, SubprocessRunner, TrialSpec
+from tuner.runner import WORKER, SubprocessRunner, TrialSpec, open_lock
 from tuner.settings import ENV_ALLOWLIST, ENV_FIXED, Settings
 from tuner.workload import Workload
 
@@ -386,3 +388,76 @@ def test_a_failing_trial_is_stored_with_its_reason_and_the_study_goes_on(
     assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 3
     # The failed worker and the grandchild it started are gone.
     assert all(is_gone(pid) for pid in json.loads(pids.read_text()).values())
+
+
+# -- the host lock and the worker's life -----------------------------------------------------------------
+
+
+def test_lock_path_planted_as_a_link_or_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    link = tmp_path / "lock-link"
+    link.symlink_to(victim)
+    # A symbolic link in the lock's place: refused with one line, and its target is never created.
+    with pytest.raises(TunerError, match="cannot use the measurement lock"):
+        open_lock(link)
+    assert not victim.exists()
+    fifo = tmp_path / "lock-fifo"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    # A FIFO in its place: refused at once instead of blocking for ever on open.
+    with pytest.raises(TunerError, match="not a regular file"):
+        open_lock(fifo)
+    assert time.monotonic() - started < 2.0
+
+
+def test_a_lock_made_by_one_user_serves_every_user(tmp_path: Path) -> None:
+    import fcntl
+
+    lock = tmp_path / "tuner-measure.lock"
+    descriptor = open_lock(lock)
+    try:
+        # Made readable by everyone, and opened read-only (flock needs no more): another user, who could not
+        # open it for appending, opens and locks the same file.
+        assert os.stat(lock).st_mode & 0o777 == 0o644
+        assert fcntl.fcntl(descriptor, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(descriptor)
+
+
+def test_waiting_for_the_lock_is_announced_once(tmp_path: Path) -> None:
+    lock = tmp_path / "lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(1.5)", str(lock)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    notes: list[str] = []
+    runner = FakeRunner("ok")
+    runner.lock, runner.note = lock, notes.append
+    measurement = runner.run(make_spec())
+    holder.wait()
+    # The runner waited for the other measurement, said so once, then measured.
+    assert notes == [f"waiting for another measurement on this host (lock {lock})"]
+    assert measurement.timed_seconds == tuple(TIMED)
+
+
+def test_worker_dies_when_the_tool_is_killed_outright(tmp_path: Path) -> None:
+    pids = tmp_path / "pids.json"
+    script = tmp_path / "tool.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
+        "from tests.test_runner import FakeRunner, make_spec\n"
+        f"FakeRunner('hang', pids=__import__('pathlib').Path({str(pids)!r})).run(make_spec())\n"
+    )
+    tool = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not pids.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker = json.loads(pids.read_text())["child"]
+    tool.send_signal(signal.SIGKILL)
+    tool.wait()
+    # kill -9 of the tool leaves no worker measuring on, unlocked, beside the next run.
+    assert is_gone(worker, within=5.0)

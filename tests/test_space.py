@@ -348,3 +348,19 @@ def test_baseline_breaking_a_constraint_is_refused(tmp_path: Path) -> None:
     )
     # A baseline the constraints forbid would be skipped on every run and never measured: refused at load.
     assert "baselines.b: breaks constraint inter_op_not_above_intra_op" in load_error(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("spec", "names"),
+    [
+        ('[knobs.data_format]\ntype = "categorical"\nchoices = ["NHWC", "NCWH"]\n', "data_format"),
+        ('[knobs.intra_op]\ntype = "int"\nlow = 0\nhigh = "cores*1000"\n', "intra_op"),
+        ('[knobs.onednn]\ntype = "categorical"\nchoices = [true, "yes"]\n', "onednn"),
+    ],
+)
+def test_every_choice_and_bound_is_checked_when_the_file_loads(tmp_path: Path, spec: str, names: str) -> None:
+    path = write(tmp_path, spec)
+    # A misspelt layout, a bound past what Settings accepts, a bad switch: refused at load, naming the knob,
+    # before any trial could be stored with it.
+    with pytest.raises(SearchSpaceError, match=f"knobs.{names}"):
+        load(str(path), 8)

@@ -36,6 +36,24 @@ def test_child_runs_with_requested_threads_and_core_set() -> None:
     # Raw timed steps are kept, one per timed step of the policy, and the version is recorded.
     assert len(m.timed_seconds) == 3 and m.facts["framework_version"].startswith("2.")
     assert m.facts["threads"] >= 1 and isinstance(m.facts["onednn"], bool)
+    # Keras ran in float32 from the run's own empty Keras folder, and the trial records it.
+    assert m.facts["floatx"] == "float32" and m.facts["dtype_policy"] == "float32"
+
+
+def test_a_keras_folder_planted_in_tmp_changes_nothing(tmp_path: Path) -> None:
+    planted = Path("/tmp/tuner-keras-home")  # the folder every worker once shared: whoever made it first won
+    planted.mkdir(exist_ok=True)
+    (planted / "keras.json").write_text('{"floatx": "float16", "backend": "tensorflow"}')
+    home = tmp_path / "home" / ".keras"
+    home.mkdir(parents=True)
+    (home / "keras.json").write_text('{"floatx": "float16", "backend": "tensorflow"}')
+    try:
+        runner = SubprocessRunner(parent_env={**os.environ, "HOME": str(tmp_path / "home")})
+        m = runner.run(TrialSpec(Settings(1, 1), Workload("tiny", "infer"), tuple(CORES[:1]), QUICK))
+    finally:
+        (planted / "keras.json").unlink()
+    # Neither a planted shared folder nor the user's ~/.keras switches the model to float16.
+    assert m.facts["floatx"] == "float32"
 
 
 def test_stray_shell_variables_do_not_reach_the_child() -> None:

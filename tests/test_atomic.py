@@ -1,0 +1,45 @@
+"""Atomic writes under unguessable names: a planted link cannot redirect them, a failure leaves no debris."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tuner import atomic
+
+
+def test_write_replaces_whole_and_leaves_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "report.html"
+    target.write_text("old")
+    atomic.write_text(target, "new")
+    # The target holds the new text, readable by others, and nothing else is left in the folder.
+    assert target.read_text() == "new" and os.stat(target).st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+
+
+def test_planted_links_at_old_predictable_names_are_never_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    target = tmp_path / "out.json"
+    # The names the tool once used for its temporary files, planted as links to another file.
+    for name in (f"out.json.tmp-{os.getpid()}", f".out.json.tmp-{os.getpid()}"):
+        (tmp_path / name).symlink_to(victim)
+    atomic.write_text(target, "data")
+    # The other file is untouched; the data went to the target.
+    assert victim.read_text() == "precious" and target.read_text() == "data"
+
+
+def test_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "t.txt"
+    target.write_text("old")
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError):
+        atomic.write_text(target, "new")
+    # A full disk leaves the old file whole and no temporary behind.
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["t.txt"]
