@@ -256,3 +256,20 @@ def test_confirmation_rounds_are_reused_only_when_measured_the_same_way(storage:
     assert second["id"] != first["id"] and second["policy"] == {"warmup": longer.warmup, "timed": 6}
     assert len(runner.calls) == calls + 3 * len(first["candidates"])
     assert {len(run["measurement"]["timed_seconds"]) for run in second["runs"]} == {6}
+
+
+def test_trial_failed_by_another_process_while_it_ran_costs_that_trial_only(
+    storage: optuna.storages.RDBStorage,
+) -> None:
+    def script(spec: TrialSpec, call: int) -> list[float]:
+        if call == 2:  # another tuner (another container, say) takes this running trial for orphaned
+            running = storage.get_all_trials(storage.get_all_studies()[0]._study_id, states=(TrialState.RUNNING,))
+            storage.set_trial_user_attr(running[0]._trial_id, "fail_reason", "orphaned")
+            storage.set_trial_state_values(running[0]._trial_id, TrialState.FAIL)
+        return [0.032] * 5
+
+    run = StudyRun(storage, make_config(trials=5), ReplayRunner(script))
+    run.search(None)
+    # That one trial stays FAIL as the other process left it; the study goes on to its five complete trials.
+    assert states(run.study).count(TrialState.COMPLETE) == 5
+    assert [t.user_attrs.get("fail_reason") for t in run.study.trials if t.state == TrialState.FAIL] == ["orphaned"]

@@ -98,6 +98,11 @@ def test_crafted_strings_never_become_statements(tmp_path: Path, capsys: pytest.
         for call in calls
     )
     assert "os.system" not in "".join(ast.unparse(node) for node in tree.body)
+    capsys.readouterr()
+    assert main(["show", "--storage", target]) == 0
+    shown = capsys.readouterr().out
+    # show prints the crafted strings as plain text on their own row: no escape code reaches the terminal.
+    assert "\x1b" not in shown and "\r" not in shown and "tuner-pwned" in shown
 
 
 def test_imported_verdict_does_not_replace_this_machines_own(

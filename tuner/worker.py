@@ -171,7 +171,9 @@ def keras_facts() -> dict[str, Any]:
     """Keras's float type and dtype policy as the model ran: a keras.json could have changed them."""
     import keras
 
-    return {"floatx": keras.backend.floatx(), "dtype_policy": keras.config.dtype_policy().name}
+    config = getattr(keras, "config", None)  # Keras 3; Keras 2 (intel-tensorflow 2.14) keeps it in mixed_precision
+    policy = config.dtype_policy() if config is not None else keras.mixed_precision.global_policy()
+    return {"floatx": keras.backend.floatx(), "dtype_policy": policy.name}
 
 
 OPENMP_LIBS = ("libiomp5", "libgomp", "libomp")
