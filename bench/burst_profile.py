@@ -5,7 +5,7 @@ process import, model build and first-step (trace) seconds, each warm-up step re
 median, the per-burst coefficient of variation, and the share of trial wall time spent in timed steps.
 Writes the same figures as JSON.
 
-    .venv/bin/python bench/burst_profile.py [--storage sqlite:///studies/tuner.db] [--json out.json]
+    .venv/bin/python -m bench.burst_profile [--storage sqlite:///studies/tuner.db] [--json out.json]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import argparse
 import json
 import statistics
 import sys
+from typing import TypedDict
 
 import optuna
 from optuna.trial import TrialState
@@ -22,7 +23,19 @@ from tuner.measurement import Measurement
 from tuner.storage import DEFAULT_STORAGE, open_storage
 
 
-def profile(study: optuna.Study) -> dict[str, object] | None:
+class Profile(TypedDict):
+    study: str
+    trials: int
+    import_s: float
+    build_s: float
+    first_step_s: float
+    step_s: float
+    warmup_vs_timed: list[float]
+    burst_cv: float
+    timed_share: float
+
+
+def profile(study: optuna.Study) -> Profile | None:
     records = [
         Measurement.from_dict(t.user_attrs["measurement"])
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -45,13 +58,15 @@ def profile(study: optuna.Study) -> dict[str, object] | None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.burst_profile", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--storage", default=DEFAULT_STORAGE)
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = open_storage(args.storage, create=False)
-    rows = []
+    rows: list[Profile] = []
     for info in storage.get_all_studies():
         row = profile(optuna.load_study(study_name=info.study_name, storage=storage))
         if row is not None:
@@ -59,7 +74,7 @@ def main() -> int:
     print(f"{'study':58} {'n':>3} {'import':>7} {'build':>6} {'trace':>6} {'step':>6} {'warm-up/timed':>14} "
           f"{'cv':>6} {'timed share':>11}")  # fmt: skip
     for r in rows:
-        warm = " ".join(f"{w:.2f}" for w in r["warmup_vs_timed"])  # type: ignore[attr-defined]
+        warm = " ".join(f"{w:.2f}" for w in r["warmup_vs_timed"])
         print(
             f"{r['study']:58} {r['trials']:>3} {r['import_s']:>6.1f}s {r['build_s']:>5.1f}s "
             f"{r['first_step_s']:>5.1f}s {r['step_s']:>5.2f}s {warm:>14} "

@@ -1,7 +1,7 @@
 """Measure every point of a search space once: the reference optimum, and the recorded grid that
-bench/search_cost.py replays.
+``python -m bench.search_cost`` replays.
 
-    python bench/grid.py --mode infer --cores 2 [--runtime tensorflow] [--output bench/results/grid-infer-2c.json]
+    python -m bench.grid --mode infer --cores 2 [--runtime tensorflow] [--output bench/results/grid-infer-2c.json]
 
 Each point is one burst (the search's policy: a fresh pinned process, 2 warm-up + 5 timed steps), in a
 seeded shuffled order so that drift does not line up with any knob. Points are written to the JSON file as
@@ -37,7 +37,9 @@ def grid(space: SearchSpace, cores: int) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.grid", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--mode", default="infer", choices=("train", "infer"))
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--runtime", default="tensorflow")

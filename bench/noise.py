@@ -1,7 +1,7 @@
 """Noise: one setting measured again and again, as bursts and as full runs, and how many interleaved
 confirmation rounds a 95% interval narrower than 3% needs on this machine.
 
-    python bench/noise.py [--mode infer] [--cores 2] [--bursts 10] [--full 4] [--full-timed 100]
+    python -m bench.noise [--mode infer] [--cores 2] [--bursts 10] [--full 4] [--full-timed 100]
 
 Bursts are the search's (2 warm-up + 5 timed), full runs the benchmark's (10 + 100 by default); each run
 is a fresh pinned process with tf-default settings, bursts and full runs interleaved. Reported: the CV of
@@ -59,7 +59,9 @@ def replay_widths(bursts: list[list[float]], paired: bool) -> dict[int, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.noise", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--mode", default="infer", choices=("train", "infer"))
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--bursts", type=int, default=10)

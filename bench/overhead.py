@@ -1,8 +1,8 @@
 """Where a study's wall time goes: timed steps against process start, imports, model build, graph
 tracing, warm-up and the tuner's own work, from the trials stored in a storage (no new measurement).
 
-    python bench/overhead.py [--storage sqlite:///studies/tuner.db]
-    python bench/overhead.py --ab infer [--cores 2] [--pairs 8]     # a cut, before and after, interleaved
+    python -m bench.overhead [--storage sqlite:///studies/tuner.db]
+    python -m bench.overhead --ab infer [--cores 2] [--pairs 8]     # a cut, before and after, interleaved
 
 Per complete trial the worker reports its import, build, first-step (trace), warm-up and timed seconds;
 the runner adds the trial's wall time. What is left is the interpreter's start and exit and the parent's
@@ -101,7 +101,9 @@ def ab(mode: str, cores: int, pairs: int, output: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.overhead", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--storage", default="sqlite:///studies/tuner.db")
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--ab", choices=("train", "infer"), default=None, help="measure a cut, before and after")

@@ -6,7 +6,7 @@ objective reports them, and a pruned trial is credited with the timed steps it w
 measurement is made. Printed per study and pruner: trials pruned, seconds saved as a share of the search's
 wall time, and how many pruned trials were good (within 2% of the study's best).
 
-    .venv/bin/python bench/pruner_replay.py [--storage sqlite:///studies/tuner.db] [--json out.json]
+    .venv/bin/python -m bench.pruner_replay [--storage sqlite:///studies/tuner.db] [--json out.json]
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ def replay(trials: list[optuna.trial.FrozenTrial], pruner: str) -> dict[str, obj
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.pruner_replay", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--storage", default=DEFAULT_STORAGE)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()

@@ -1,8 +1,8 @@
 """Quality: is the tuner's answer the fastest setting there is? Its pick against tf-default, the heuristic
 and the grid optimum, all re-measured interleaved in one run.
 
-    python bench/grid.py --mode infer --cores 2          # first: the whole grid, once (the reference optimum)
-    python bench/quality.py --mode infer --cores 2 [--trials 20] [--rounds 5] [--timed 8]
+    python -m bench.grid --mode infer --cores 2          # first: the whole grid, once (the reference optimum)
+    python -m bench.quality --mode infer --cores 2 [--trials 20] [--rounds 5] [--timed 8]
 
 1. The tuner searches as a user would: `tuner tune --no-confirm` with a normal budget (--trials complete
    trials, baselines included), stock TensorFlow, into its own SQLite file next to the output. Its pick is
@@ -91,7 +91,9 @@ def ratios(rates: dict[str, list[list[float]]], alias: dict[str, str]) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.quality", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--mode", default="infer", choices=("train", "infer"))
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--runtime", default="tensorflow")
@@ -106,9 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     grid_path = args.grid or Path(f"bench/results/grid-{tag}.json")
     output = args.output or Path(f"bench/results/quality-{tag}.json")
     if not grid_path.exists():
-        print(
-            f"{grid_path} is missing: run bench/grid.py --mode {args.mode} --cores {args.cores} first", file=sys.stderr
-        )
+        first = f"python -m bench.grid --mode {args.mode} --cores {args.cores}"
+        print(f"{grid_path} is missing: run {first} first", file=sys.stderr)
         return 1
     grid = json.loads(grid_path.read_text())
     runtime = load_runtime(args.runtime)

@@ -3,7 +3,7 @@
 Nothing in the file is typed by hand: the table is the run's own stdout, the CPU comes from the tool's
 signature, the timing from the run's log. Usage (after `tuner run ... > OUT 2> LOG`)::
 
-    python bench/record_run.py --command 'tuner run --budget 60m' --stdout OUT --log LOG \\
+    python -m bench.record_run --command 'tuner run --budget 60m' --stdout OUT --log LOG \\
         --started 2026-11-29T09:37:08Z --commit 760466d --output studies/dev-machine-2cores.md
 """
 
@@ -22,7 +22,9 @@ DONE = re.compile(r"job done in (\d+) s(.*)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.record_run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--command", required=True)
     parser.add_argument("--stdout", required=True, type=Path)
     parser.add_argument("--log", required=True, type=Path)

@@ -1,9 +1,9 @@
 """Search cost on a recorded grid: how many trials each sampler needs to come within 2% of the optimum.
 
-    python bench/search_cost.py bench/results/grid-tensorflow-infer-2c.json [...] [--seeds 50] [--budget 30]
-    python bench/search_cost.py GRID... --samplers gp --seeds 10 --output bench/results/search_cost_gp.json
+    python -m bench.search_cost bench/results/grid-tensorflow-infer-2c.json [...] [--seeds 50] [--budget 30]
+    python -m bench.search_cost GRID... --samplers gp --seeds 10 --output bench/results/search_cost_gp.json
 
-The grid (bench/grid.py) holds every setting's recorded per-step rates. A replayed trial's value is the
+The grid (``python -m bench.grid``) holds every setting's recorded per-step rates. A replayed trial's value is the
 median of as many rates resampled from that setting's record as a burst times, so each seed sees noise
 as large as the machine's. A sampler "gets there" at the first trial after which the setting it would pick
 (best observed value so far) is truly, by the grid's medians, within 2% of the grid optimum. Counted
@@ -15,6 +15,7 @@ GP (if PyTorch is installed), and a Nelder-Mead simplex over the knobs' grid ind
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import random
@@ -22,28 +23,36 @@ import statistics
 import sys
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.distributions import CategoricalDistribution, IntDistribution
 
+from tuner.capability import Capabilities
 from tuner.settings import Settings
 from tuner.space import load as load_space
+from tuner.study import make_sampler
 
 WITHIN = 0.98
 Pick = Callable[[dict[str, Any]], float]  # params -> a noisy measured value
+# The tool's duplicate key (a setting's label as StudyRun compares them). Without a probe "onednn: default"
+# stays a setting of its own, as it is in the recorded grid.
+SAME_SETTING = Capabilities()
 
 
 class Replay:
     def __init__(self, data: dict[str, Any], seed: int) -> None:
-        self.points = {Settings.from_params(p["params"]).label(): p for p in data["points"] if "rates" in p}
-        self.true = {label: statistics.median(p["rates"]) for label, p in self.points.items()}
+        self.points: dict[str, dict[str, Any]] = {
+            Settings.from_params(p["params"]).label(): p for p in data["points"] if "rates" in p
+        }
+        self.true: dict[str, float] = {label: statistics.median(p["rates"]) for label, p in self.points.items()}
         self.optimum = max(self.true.values())
         self.rng = random.Random(seed)
 
     def measure(self, params: dict[str, Any]) -> float:
-        rates = self.points[Settings.from_params(params).label()]["rates"]
+        rates: list[float] = self.points[Settings.from_params(params).label()]["rates"]
         return statistics.median(self.rng.choice(rates) for _ in rates)
 
     def good(self, params: dict[str, Any]) -> bool:
@@ -74,7 +83,7 @@ def run_optuna(sampler: optuna.samplers.BaseSampler, data: dict[str, Any], repla
         attempts += 1
         trial = study.ask()
         params = space.suggest(trial, data["cores"])
-        label = Settings.from_params(params).label()
+        label = SAME_SETTING.label(params)
         if label in seen:  # the tool skips a setting it has measured: no new measurement
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             continue
@@ -158,28 +167,26 @@ def run_simplex(data: dict[str, Any], replay: Replay, budget: int, seed: int,
 
 
 def samplers(seed: int) -> dict[str, Callable[[], optuna.samplers.BaseSampler] | None]:
+    """Factories by name, None where not installed or not an Optuna sampler. The tool's samplers come from its
+    own factory, so they are the ones `tuner tune --sampler` runs; the others exist only here."""
     found: dict[str, Callable[[], optuna.samplers.BaseSampler] | None] = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=4),
-        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+        "tpe": partial(make_sampler, "tpe", seed),
+        "random": partial(make_sampler, "random", seed),
+        "cmaes": None,
+        "gp": None,
+        "nelder-mead": None,  # run by run_simplex
     }
-    try:
-        import cmaes  # noqa: F401
-
+    if importlib.util.find_spec("cmaes") is not None:
         found["cmaes"] = lambda: optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    except ImportError:
-        found["cmaes"] = None
-    try:
-        import torch  # noqa: F401
-
+    if importlib.util.find_spec("torch") is not None:
         found["gp"] = lambda: optuna.samplers.GPSampler(seed=seed)
-    except ImportError:
-        found["gp"] = None
-    found["nelder-mead"] = None  # run by run_simplex
     return found
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.search_cost", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("grids", nargs="+", type=Path)
     parser.add_argument("--seeds", type=int, default=50)
     parser.add_argument("--budget", type=int, default=30)

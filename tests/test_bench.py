@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-
-import grid as grid_script
-import quality
-import search_cost
-
+from bench import grid, quality, search_cost
 from tuner.settings import Settings
 from tuner.space import load as load_space
 
@@ -22,7 +16,7 @@ def synthetic_grid(tmp_path: Path) -> Path:
     """The stock space on 1 core (36 settings): one clear optimum, the rest 10% to 40% slower."""
     space = load_space("tensorflow", 1)
     points = []
-    for params in grid_script.grid(space, 1):
+    for params in grid.grid(space, 1):
         best = params == {"intra_op": 2, "inter_op": 1, "data_format": "NHWC", "onednn": True}
         rate = 100.0 if best else 60.0 + 5 * params["intra_op"] + 3 * params["inter_op"]
         points.append({"params": params, "rates": [rate * f for f in (0.99, 1.0, 1.01, 1.0, 0.995)]})
@@ -32,7 +26,7 @@ def synthetic_grid(tmp_path: Path) -> Path:
 
 
 def test_grid_enumerates_every_setting_once() -> None:
-    points = grid_script.grid(load_space("tensorflow", 2), 2)
+    points = grid.grid(load_space("tensorflow", 2), 2)
     # intra 0..4 x inter 0..2 x two layouts x oneDNN default/on/off, all distinct.
     assert len(points) == 5 * 3 * 2 * 3 == len({json.dumps(p, sort_keys=True) for p in points})
 

@@ -23,16 +23,17 @@ import statistics
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from tuner import __version__
+from tuner.confirm import interleave
 from tuner.errors import Interrupted, TunerError, WorkerError
-from tuner.measurement import Measurement, median_abs_deviation
+from tuner.measurement import Measurement, coefficient_of_variation, median_abs_deviation
 from tuner.policy import MeasurementPolicy
+from tuner.records import utc_now
 from tuner.runner import Runner, TaskSpec, TrialSpec
 from tuner.settings import Settings
 from tuner.signature import CpuSignature
@@ -78,7 +79,7 @@ class Target:
         }
 
 
-def policy(
+def full_policy(
     warmup: int = FULL_WARMUP, timed: int = FULL_TIMED, rounds: int = 1, step_s: float = 60.0
 ) -> MeasurementPolicy:
     """A benchmark policy; its timeout allows ``step_s`` per batch plus start-up and tracing."""
@@ -96,17 +97,13 @@ def memory_gib() -> float:
     return 0.0
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 def provenance(signature: CpuSignature) -> dict[str, Any]:
     """Where and when: stored on every record."""
     return {
         "cpu": signature.to_dict(),
         "memory_gib": memory_gib(),
         "host": socket.gethostname(),
-        "measured": _now(),
+        "measured": utc_now(),
         "tool_version": __version__,
     }
 
@@ -126,7 +123,6 @@ def make_record(
     images = sum(len(m.timed_seconds) * m.batch_size for m in runs)
     loop = math.fsum(m.loop_seconds for m in runs)
     rates = [rate for m in runs for rate in m.rates]
-    mean = statistics.mean(rates)
     facts = runs[0].facts
     images_per_sec = images / loop
     return {
@@ -140,7 +136,7 @@ def make_record(
         "step_seconds": statistics.median(s for m in runs for s in m.timed_seconds),
         "rate_median": statistics.median(rates),
         "rate_jitter": 1.4826 * median_abs_deviation(rates),
-        "rate_cv": statistics.stdev(rates) / mean if len(rates) > 1 else 0.0,
+        "rate_cv": coefficient_of_variation(rates),
         "rounds": len(runs),
         "warmup": len(runs[0].warmup_seconds),
         "timed": len(runs[0].timed_seconds),
@@ -211,27 +207,22 @@ def measure(
     runs = {label: [] for label, _ in named} if runs is None else runs
     for label, _ in named:
         runs.setdefault(label, [])
-    for round_ in range(bench.rounds):
-        shift = round_ % len(named)
-        for label, settings in [*named[shift:], *named[:shift]]:
-            if failed is not None and label in failed:
-                continue
-            spec = TrialSpec(
-                settings, target.workload, target.cores, bench, device=target.device, replicas=target.replicas
-            )
-            try:
-                measurement = runner.run(spec)
-            except WorkerError as error:
-                if failed is None or isinstance(error, Interrupted):
-                    raise
-                failed[label] = str(error)
-                progress(f"round {round_ + 1}/{bench.rounds} {label}: FAILED ({error.reason}: {error})")
-                continue
-            runs[label].append(measurement)
-            progress(
-                f"round {round_ + 1}/{bench.rounds} {label}: {measurement.loop_images_per_sec:.2f} img/s "
-                f"({len(measurement.timed_seconds)} timed batches, cv {measurement.cv:.1%})"
-            )
+    given_up = failed if failed is not None else {}
+    for round_, (label, settings) in interleave(named, bench.rounds, lambda item, _round: item[0] in given_up):
+        spec = TrialSpec(settings, target.workload, target.cores, bench, device=target.device, replicas=target.replicas)
+        try:
+            measurement = runner.run(spec)
+        except WorkerError as error:
+            if failed is None or isinstance(error, Interrupted):
+                raise
+            failed[label] = str(error)
+            progress(f"round {round_ + 1}/{bench.rounds} {label}: FAILED ({error.reason}: {error})")
+            continue
+        runs[label].append(measurement)
+        progress(
+            f"round {round_ + 1}/{bench.rounds} {label}: {measurement.loop_images_per_sec:.2f} img/s "
+            f"({len(measurement.timed_seconds)} timed batches, cv {measurement.cv:.1%})"
+        )
     return runs
 
 

@@ -20,14 +20,15 @@ import sqlalchemy.exc
 
 from tuner import __version__, atomic, benchmark, interrupt, recommend, report, table, transfer
 from tuner.capability import NOT_RUNNABLE, Capabilities, plan_baselines, unrunnable
-from tuner.confirm import DEFAULT, HEURISTIC
+from tuner.confirm import DEFAULT, HEURISTIC, TUNED
 from tuner.doctor import report as doctor_report
 from tuner.envs import create as create_env
 from tuner.envs import read_manifest
 from tuner.errors import TunerError, UsageError
 from tuner.measurement import Measurement
-from tuner.pipeline import MODE_WEIGHT, Job, stored_tuned
-from tuner.policy import BURST, CONFIRM, for_mode
+from tuner.pipeline import Job, stored_tuned
+from tuner.plan import StudyOptions, prepare
+from tuner.policy import CONFIRM
 from tuner.probe import fixed_knobs, probe
 from tuner.runner import Runner, SubprocessRunner
 from tuner.runtime import check_knobs
@@ -38,9 +39,10 @@ from tuner.settings import Settings
 from tuner.signature import cpu_signature
 from tuner.space import load as load_space
 from tuner.storage import DEFAULT_STORAGE, open_storage, redact, storage_cause
-from tuner.study import StudyConfig, StudyRun
-from tuner.summary import format_importance_lines, format_importances, format_table, summarize, summarize_study
+from tuner.study import StudyConfig
+from tuner.summary import format_importance_lines, format_table, summarize, summarize_study
 from tuner.topology import core_set, parse_core_counts, physical_cores
+from tuner.tune import TuneJob
 from tuner.workload import MODELS, Workload, parse_modes
 
 DEFAULT_BUDGET = "50m"
@@ -72,80 +74,44 @@ def _tagged(tag: str) -> Callable[[str], None]:
 
 
 def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
-    available = len(physical_cores())
-    counts = parse_core_counts(args.cores, available)
+    counts = parse_core_counts(args.cores, len(physical_cores()))
     modes = parse_modes(args.mode)
-    if args.trials < 1:
-        raise UsageError("--trials must be at least 1")
+    for flag, value in (("--trials", args.trials), ("--candidates", args.candidates), ("--rounds", args.rounds)):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1")
+    options = StudyOptions(
+        trials=args.trials,
+        candidates=args.candidates,
+        confirm_policy=dataclasses.replace(CONFIRM, rounds=args.rounds),
+        sampler=args.sampler,
+        pruner=args.pruner,
+        seed=args.seed,
+    )
     runtime = load_runtime(args.runtime)
     space = load_space(args.space or runtime.space, max(counts))
     inert = check_knobs(runtime, space.distributions(max(counts)), args.allow_inert)
-    python = args.python or runtime.python()
+    runner = runner or SubprocessRunner(python=args.python or runtime.python())
     storage = open_storage(args.storage)
     signature = cpu_signature()
     budget = parse_duration(args.budget) if args.budget != "none" else None
-    plan = [(mode, n) for n in counts for mode in modes]
-    weights = sum(MODE_WEIGHT[mode] for mode, _ in plan)
-    runner = runner or SubprocessRunner(python=python)
-    policy = dataclasses.replace(CONFIRM, rounds=args.rounds)
     _log(
-        f"tuner {__version__}: {len(plan)} studies on {signature.model_name} ({signature.id}), "
+        f"tuner {__version__}: {len(counts) * len(modes)} studies on {signature.model_name} ({signature.id}), "
         f"storage {redact(args.storage)}" + (f", budget {args.budget}" if budget else "")
     )
-    facts = probe(runner, runtime, core_set(1), fixed_knobs(space))
-    onednn = {True: "on", False: "off"}.get(facts["onednn"], "unknown")
-    _log(f"probe: {runtime.name} runs TensorFlow {facts['framework_version']}, oneDNN {onednn} "
-         f"(runtime {facts['onednn_runtime']}), OpenMP {facts['openmp'] or 'none'}"
-         + (f"; inert knobs searched anyway: {', '.join(inert)}" if inert else ""))  # fmt: skip
+    ready = prepare(runtime, runner, max(counts), space, inert)
+    _log(ready.describe())
+    job = TuneJob(storage, signature, ready, counts, modes, budget, args.model, args.batch_size, options,
+                  search_only=args.no_confirm, log=_log)  # fmt: skip
     started = time.monotonic()
-    names: list[str] = []
-    failed: list[str] = []
-    for index, (mode, n) in enumerate(plan, 1):
-        config = StudyConfig(
-            workload=Workload(args.model, mode, args.batch_size),
-            cores=core_set(n),
-            space=space,
-            signature=signature,
-            runtime=runtime.name,
-            python=python,
-            trials=args.trials,
-            budget_s=None if budget is None else budget * MODE_WEIGHT[mode] / weights,
-            policy=for_mode(BURST, mode),
-            confirm_policy=for_mode(policy, mode),
-            candidates=args.candidates,
-            sampler=args.sampler,
-            pruner=args.pruner,
-            seed=args.seed,
-            probe=facts,
-            inert=tuple(inert),
-        )
-        _log(f"study {index}/{len(plan)}: {config.name} (elapsed {time.monotonic() - started:.0f} s)")
-        study_started = time.monotonic()
-        try:
-            run = StudyRun(storage, config, runner, progress=_tagged(f"{mode} {n}c"))
-            if args.no_confirm:  # a fleet worker: search only; one final `tuner tune` confirms
-                run.search(None if config.budget_s is None else time.monotonic() + config.budget_s)
-                run.store_importances()
-            else:
-                verdict = run.run()
-        except TunerError as error:  # one study failing does not throw away the others
-            failed.append(f"{config.name}: {error}")
-            _log(f"[{mode} {n}c] study failed: {error}")
-            continue
-        spent = time.monotonic() - study_started
-        if config.budget_s is not None and spent > config.budget_s:
-            # The baselines and three confirmation rounds are always measured: say what that cost.
-            _log(f"[{mode} {n}c] study overran its share of {config.budget_s:.0f} s by {spent - config.budget_s:.0f} s")
-        if not args.no_confirm:
-            _log(f"[{mode} {n}c] verdict: {verdict.text()}")
-        _log(f"[{mode} {n}c] importances: {format_importances(run.study.user_attrs.get('importances', {}))}")
-        names.append(config.name)
-    rows = [summarize_study(optuna.load_study(study_name=name, storage=storage)) for name in names]
+    job.run()
+    rows = [summarize_study(optuna.load_study(study_name=name, storage=storage)) for name in job.studies]
     print(format_table(rows))
     print(format_importance_lines(rows))
-    print(f"\n{len(plan)} studies in {time.monotonic() - started:.0f} s; stored in {redact(args.storage)}")
-    if failed:
-        raise TunerError(f"{len(failed)} of {len(plan)} studies failed; first: {failed[0]}")
+    print(
+        f"\n{len(counts) * len(modes)} studies in {time.monotonic() - started:.0f} s; stored in {redact(args.storage)}"
+    )
+    if job.failures:
+        raise TunerError(f"{len(job.failures)} of {len(counts) * len(modes)} studies failed; first: {job.failures[0]}")
     return 0
 
 
@@ -161,14 +127,14 @@ def _named_settings(
     for text in wanted:
         if text in space_baselines:
             named.append((text, Settings.from_params(space_baselines[text])))
-        elif text == "tuned":
+        elif text == TUNED:
             found = stored_tuned(storage, study_name)
             if found is None:
                 raise UsageError(
                     f"--settings tuned: no study {study_name} with a measured sampled setting in storage; "
                     "tune it first (tuner tune or tuner run)"
                 )
-            named.append(("tuned", found))
+            named.append((TUNED, found))
         else:
             named.append((f"custom {text}", Settings.parse(text)))
     labels = [label for label, _ in named]
@@ -187,9 +153,9 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
     if args.device == "cpu" and not 1 <= args.replicas <= 8:
         raise UsageError("--replicas must be from 1 to 8")
     batch = args.batch_size or (benchmark.GPU_BATCH if args.device == "gpu" else benchmark.CPU_BATCH)
-    bench = benchmark.policy(args.warmup, args.timed, args.rounds)
+    bench = benchmark.full_policy(args.warmup, args.timed, args.rounds)
     for text in args.settings or []:  # refused settings strings fail before the storage is created
-        if text not in space.baselines(max(counts)) and text != "tuned":
+        if text not in space.baselines(max(counts)) and text != TUNED:
             Settings.parse(text)
     storage = open_storage(args.storage)
     signature = cpu_signature()
@@ -207,7 +173,7 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
         for mode in modes:
             host_batch = batch if args.device == "cpu" else benchmark.CPU_BATCH  # GPU rows: the host's study
             study_name = StudyConfig(Workload(args.model, mode, host_batch), cores, space, signature, runtime.name).name
-            wanted = args.settings or [DEFAULT, HEURISTIC, "tuned"]
+            wanted = args.settings or [DEFAULT, HEURISTIC, TUNED]
             if args.settings is None and stored_tuned(storage, study_name) is None:
                 wanted = [DEFAULT, HEURISTIC]
                 _log(f"study {study_name} has no tuned settings yet, so none are benchmarked (tuner tune or run)")

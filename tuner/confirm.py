@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import random
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from tuner.measurement import Measurement
 from tuner.policy import MeasurementPolicy
@@ -20,8 +20,9 @@ from tuner.runner import Runner, TrialSpec
 from tuner.settings import Settings
 from tuner.workload import Workload
 
-DEFAULT = "tf-default"
-HEURISTIC = "heuristic"
+DEFAULT = "tf-default"  # the names of candidates, everywhere: TensorFlow's defaults,
+HEURISTIC = "heuristic"  # the reference table's hand-picked settings,
+TUNED = "tuned"  # and the best confirmed sampled setting, as benchmark records and tables call it
 RESAMPLES = 2000
 MIN_ROUNDS = 3  # fewer paired rounds cannot support a "clear" verdict
 
@@ -132,6 +133,18 @@ def decide(rates: dict[str, list[list[float]]], params: dict[str, dict[str, Any]
 
 
 OnRun = Callable[[int, Candidate, Measurement], None]  # called after every run, so nothing is lost
+T = TypeVar("T")
+
+
+def interleave(items: Sequence[T], rounds: int, done: Callable[[T, int], bool]) -> Iterator[tuple[int, T]]:
+    """(round, item) for every item in every round, the order rotated each round (A B C, B C A, C A B), so
+    that no item always runs first or after the same neighbour; pairs for which ``done`` is true are
+    skipped (measured already, or given up). Confirmation and the benchmark both measure in this order."""
+    for round_ in range(rounds):
+        shift = round_ % len(items)
+        for item in [*items[shift:], *items[:shift]]:
+            if not done(item, round_):
+                yield round_, item
 
 
 def confirm(
@@ -147,14 +160,9 @@ def confirm(
 ) -> Verdict:
     """Measure ``candidates`` interleaved for ``rounds`` rounds; runs already in ``done`` are kept."""
     rates: dict[str, list[list[float]]] = {c.name: list((done or {}).get(c.name, [])) for c in candidates}
-    for round_ in range(rounds):
-        # Rotate the order each round, so that no candidate always runs first (or after the same neighbour).
-        shift = round_ % len(candidates)
-        for candidate in [*candidates[shift:], *candidates[:shift]]:
-            if len(rates[candidate.name]) > round_:
-                continue
-            measurement = runner.run(TrialSpec(candidate.settings, workload, cores, policy))
-            rates[candidate.name].append(measurement.rates)
-            if on_run is not None:
-                on_run(round_, candidate, measurement)
+    for round_, candidate in interleave(candidates, rounds, lambda c, r: len(rates[c.name]) > r):
+        measurement = runner.run(TrialSpec(candidate.settings, workload, cores, policy))
+        rates[candidate.name].append(measurement.rates)
+        if on_run is not None:
+            on_run(round_, candidate, measurement)
     return decide(rates, {c.name: c.settings.params() for c in candidates}, seed)

@@ -21,6 +21,12 @@ class UsageError(TunerError):
     reason = "usage"
 
 
+def check_choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
+    """A flag's value is one of ``allowed``, else one ``UsageError`` line naming the flag and the choices."""
+    if value not in allowed:
+        raise UsageError(f"{flag} must be one of {', '.join(allowed)}, not {value!r}")
+
+
 class SearchSpaceError(TunerError):
     """A malformed search-space file; the message names the file and the key."""
 

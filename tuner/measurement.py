@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 UNSTABLE_CV = 0.10  # per-step rates spread more than 10%: the burst did not measure one steady state
+
+
+def coefficient_of_variation(values: Sequence[float]) -> float:
+    """Sample standard deviation over the mean; 0 for fewer than two values."""
+    return statistics.stdev(values) / statistics.mean(values) if len(values) > 1 else 0.0
 
 
 def median_abs_deviation(values: list[float]) -> float:
@@ -78,7 +84,7 @@ class Measurement:
     def cv(self) -> float:
         """Coefficient of variation of per-step images/sec (0 for a single step)."""
         rates = self.rates
-        return statistics.stdev(rates) / statistics.mean(rates) if len(rates) > 1 else 0.0
+        return coefficient_of_variation(rates)
 
     @property
     def unstable(self) -> bool:

@@ -26,6 +26,7 @@ from tuner.benchmark import (
     FULL_WARMUP,
     GPU_BATCH,
     Target,
+    full_policy,
     make_record,
     matmul_peak,
     measure,
@@ -37,8 +38,7 @@ from tuner.benchmark import (
     yardstick_settings,
 )
 from tuner.benchmark import flops_per_image as count_flops
-from tuner.benchmark import policy as bench_policy
-from tuner.confirm import DEFAULT
+from tuner.confirm import DEFAULT, TUNED
 from tuner.envs import create as create_env
 from tuner.errors import TunerError
 from tuner.measurement import Measurement
@@ -59,7 +59,6 @@ MODE_WEIGHT = {"train": 3.0, "infer": 1.0}  # a train step costs about three inf
 SEARCH_SHARE = 0.5  # of a study's share: the search's; the rest goes to the benchmark-confirmation
 MIN_TIMED = 3
 BUDGET_SLACK = 0.05
-TUNED = "tuned"
 
 
 def plan_benchmark(time_left: float, configs: int, overhead_s: float, step_s: float) -> MeasurementPolicy:
@@ -331,7 +330,7 @@ class Job:
         cost = run.cost_model()
         configs = len(run.candidates())
         if end is None or cost is None:
-            bench = bench_policy(rounds=3, timed=math.ceil(FULL_TIMED / 3))
+            bench = full_policy(rounds=3, timed=math.ceil(FULL_TIMED / 3))
         else:
             bench = plan_benchmark(end - self.clock(), configs, *cost)
         self.log(
@@ -382,7 +381,7 @@ class Job:
                     )
                     label = TUNED if tuned is not None else DEFAULT
                     try:
-                        runs = measure(runner, target, [(label, settings)], bench_policy(), self.log)
+                        runs = measure(runner, target, [(label, settings)], full_policy(), self.log)
                     except TunerError as error:
                         self._fail(target.describe(), error)
                         continue

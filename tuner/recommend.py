@@ -20,7 +20,7 @@ from typing import Any
 
 import optuna
 
-from tuner.errors import TunerError, UsageError
+from tuner.errors import TunerError, UsageError, check_choice
 from tuner.records import MalformedRecord, StoredVerdict, StudyMeta
 from tuner.sanitize import one_line
 from tuner.settings import DATA_FORMATS, Settings
@@ -190,8 +190,7 @@ def _latest(found: Sequence[Recommendation], prefer_imported: bool = False) -> l
 
 
 def check_format(fmt: str) -> None:
-    if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    check_choice("--format", fmt, FORMATS)
 
 
 def render(found: Sequence[Recommendation], fmt: str) -> str:

@@ -12,12 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from tuner.errors import InvalidSettings, TunerError
 from tuner.sanitize import one_line
 from tuner.settings import Settings
+
+
+def utc_now() -> str:
+    """The timestamp every stored record carries: UTC, ISO 8601, to the second."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
 
 MAX_DEPTH = 12  # nesting of any stored attribute (a verdict's rates are 4 deep)
 MAX_TEXT = 4096  # characters in any one stored string

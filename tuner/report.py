@@ -24,12 +24,12 @@ import plotly.offline
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner import __version__, benchmark, table
-from tuner.confirm import DEFAULT, HEURISTIC
+from tuner.confirm import DEFAULT, HEURISTIC, TUNED
 from tuner.records import tuner_studies
 from tuner.topology import cores_text
 
-LABELS = (DEFAULT, HEURISTIC, table.TUNED)
-COLOURS = {DEFAULT: "#7f7f7f", HEURISTIC: "#ff7f0e", table.TUNED: "#1f77b4"}
+LABELS = (DEFAULT, HEURISTIC, TUNED)
+COLOURS = {DEFAULT: "#7f7f7f", HEURISTIC: "#ff7f0e", TUNED: "#1f77b4"}
 RESAMPLES = 1000
 RATE = "images/sec"
 MIN_IMPORTANCE_TRIALS = 3  # fANOVA needs a few distinct points; fewer gets a sentence

@@ -20,9 +20,14 @@ from optuna.distributions import BaseDistribution
 
 from tuner.errors import SearchSpaceError, UsageError
 from tuner.settings import KNOBS
+from tuner.space import CHECKOUT, shipped
 
-ROOT = Path(__file__).resolve().parent.parent
-RUNTIMES_DIR = ROOT / "runtimes"
+RUNTIMES_DIR = shipped("runtimes")
+# Managed environments (.envs/) are working data, never inside the installed package. From a checkout (an
+# editable install, as the README and CI install it) they stay where they always were, in the repository
+# root beside runtimes/; installed from a wheel, where runtimes/ lies in site-packages, they go to .envs/ in
+# the working directory, so `tuner env create` and `tuner run` must then start from the same folder.
+ROOT = CHECKOUT if RUNTIMES_DIR == CHECKOUT / "runtimes" else Path.cwd()
 ENVS_DIR = ROOT / ".envs"
 OPENMP_KNOBS = ("OMP_NUM_THREADS", "KMP_BLOCKTIME", "KMP_AFFINITY")
 MANIFEST = "tuner-env.json"  # written when an environment's build has finished

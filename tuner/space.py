@@ -18,6 +18,7 @@ Every error names the file and the key and is raised as one ``SearchSpaceError``
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import itertools
 import json
 import math
@@ -34,7 +35,24 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, IntD
 from tuner.errors import InvalidSettings, SearchSpaceError
 from tuner.settings import KNOBS, Settings
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+CHECKOUT = Path(__file__).resolve().parent.parent  # the repository, when tuner runs from a checkout
+
+
+def shipped(folder: str) -> Path:
+    """The data folder ``runtimes`` or ``search_spaces`` that comes with tuner.
+
+    Both stay at the top of the repository; pyproject.toml installs them as tuner.runtimes and
+    tuner.search_spaces, so a wheel carries them inside the package, read here through importlib.resources.
+    An editable install (the README's and CI's) or a bare checkout reads the repository's folders instead:
+    setuptools' editable finder cannot import a mapped folder without an ``__init__.py`` (pypa/setuptools#4943).
+    """
+    installed = importlib.resources.files("tuner").joinpath(folder)
+    if isinstance(installed, Path) and installed.is_dir():
+        return installed
+    return CHECKOUT / folder
+
+
+SPACES_DIR = shipped("search_spaces")
 _CORES = re.compile(r"^\s*(?:(\d+)\s*\*\s*)?cores(?:\s*\*\s*(\d+))?\s*$")
 TOP_KEYS = {"runtime", "description", "knobs", "constraints", "baselines"}
 INT_KEYS = {"type", "low", "high", "step", "log"}

@@ -16,7 +16,7 @@ import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -39,6 +39,7 @@ from tuner.measurement import Measurement
 from tuner.owner import gone as owner_gone
 from tuner.owner import identity as owner_identity
 from tuner.policy import BURST, CONFIRM, MeasurementPolicy
+from tuner.records import utc_now
 from tuner.runner import Runner, TrialSpec
 from tuner.settings import Settings
 from tuner.signature import CpuSignature
@@ -99,12 +100,8 @@ class StudyConfig:
             "cpu_quota": cpu_quota(),
             "topology_notes": topology_notes(self.cores),
             "host": socket.gethostname(),
-            "created": _now(),
+            "created": utc_now(),
         }
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -458,7 +455,7 @@ class StudyRun:
         stored = verdict.to_dict()
         # What the recommendation means on this CPU ("default" oneDNN resolved), so it holds where it is used.
         stored["recommended_params"] = self.caps.effective(stored["recommended_params"])
-        self.study.set_user_attr("verdict", {**stored, "measured": _now(), "trials": len(self.measured())})
+        self.study.set_user_attr("verdict", {**stored, "measured": utc_now(), "trials": len(self.measured())})
         return verdict
 
     def _baselines_done(self) -> bool:

@@ -15,14 +15,13 @@ from typing import Any
 import pandas as pd
 
 from tuner.capability import NOT_RUNNABLE
-from tuner.confirm import DEFAULT, HEURISTIC, bootstrap_ratio
-from tuner.errors import UsageError
+from tuner.confirm import DEFAULT, HEURISTIC, TUNED, bootstrap_ratio
+from tuner.errors import check_choice
 from tuner.runtime import load as load_runtime
 from tuner.runtime import names as runtime_names
 from tuner.topology import cores_text
 
 FORMATS = ("markdown", "csv", "html")
-TUNED = "tuned"
 HEURISTIC_NHWC = f"{HEURISTIC}-nhwc"  # the heuristic's runnable part where NCHW cannot run (tuner/capability.py)
 MODE_NAMES = {"train": "train", "infer": "infer"}
 
@@ -217,8 +216,7 @@ def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def check_format(fmt: str) -> None:
-    if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    check_choice("--format", fmt, FORMATS)
 
 
 def render(frame: pd.DataFrame, notes: Sequence[str], fmt: str) -> str:
