@@ -249,8 +249,7 @@ def test_confirmation_rounds_are_reused_only_when_measured_the_same_way(storage:
     # Same candidates, same policy: the stored rounds stand and nothing is measured again.
     assert len(runner.calls) == calls and run.study.user_attrs["confirmation"]["id"] == first["id"]
     longer = dataclasses.replace(run.config.confirm_policy, timed=6)
-    run.config = dataclasses.replace(run.config, confirm_policy=longer)
-    run.confirm(None, rounds=3)
+    run.confirm(None, rounds=3, policy=longer)  # as `tuner run` passes its benchmark's policy
     second = run.study.user_attrs["confirmation"]
     # Another policy: a new confirmation with its own id; rounds of 4 timed steps are not mixed with 6.
     assert second["id"] != first["id"] and second["policy"] == {"warmup": longer.warmup, "timed": 6}

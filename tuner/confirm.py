@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import random
 import statistics
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+import optuna
 
 from tuner.measurement import Measurement
 from tuner.policy import MeasurementPolicy
@@ -130,6 +133,35 @@ def decide(rates: dict[str, list[list[float]]], params: dict[str, dict[str, Any]
     enough = min(len(rates[winner]), len(rates[DEFAULT])) >= MIN_ROUNDS
     clear = winner != DEFAULT and enough and strict.low > 1.0
     return Verdict(rates, params, winner, clear, vs_default, vs_heuristic)
+
+
+class ConfirmationLog:
+    """A study's confirmation runs, stored on it (attribute ``confirmation``) as each is measured, so that a
+    re-run resumes. Rounds already stored count only for the same candidates measured the same way; else a
+    new confirmation (a new id) starts."""
+
+    def __init__(self, study: optuna.Study, names: list[str], policy: MeasurementPolicy) -> None:
+        stored = study.user_attrs.get("confirmation", {})
+        shape = {"warmup": policy.warmup, "timed": policy.timed}
+        same = stored.get("candidates") == names and stored.get("policy", shape) == shape
+        done = stored.get("rates", {}) if same else {}
+        self.study = study
+        self.record: dict[str, Any] = {
+            "id": stored.get("id") if done and stored.get("id") else uuid.uuid4().hex[:12],
+            "candidates": names,
+            "policy": shape,
+            "rates": done,
+            "runs": stored.get("runs", []) if done else [],
+        }
+
+    def rates(self) -> dict[str, list[list[float]]]:
+        """Per-step rates of the rounds already measured, by candidate."""
+        return {name: [list(run) for run in runs] for name, runs in self.record["rates"].items()}
+
+    def add(self, round_: int, name: str, measurement: Measurement) -> None:
+        self.record["rates"].setdefault(name, []).append(measurement.rates)
+        self.record["runs"].append({"round": round_, "candidate": name, "measurement": measurement.to_dict()})
+        self.study.set_user_attr("confirmation", self.record)
 
 
 OnRun = Callable[[int, Candidate, Measurement], None]  # called after every run, so nothing is lost

@@ -42,20 +42,19 @@ from tuner.confirm import DEFAULT, TUNED
 from tuner.envs import create as create_env
 from tuner.errors import TunerError
 from tuner.measurement import Measurement
-from tuner.policy import BURST, CONFIRM, MeasurementPolicy, for_mode
-from tuner.probe import fixed_knobs, probe
+from tuner.plan import Prepared, StudyOptions, prepare, share, study_config, weight
+from tuner.policy import CONFIRM, MeasurementPolicy
+from tuner.probe import fixed_knobs
 from tuner.runner import Runner, SubprocessRunner
 from tuner.runtime import MANIFEST, Runtime
 from tuner.settings import Settings
 from tuner.signature import CpuSignature
 from tuner.space import SearchSpace
-from tuner.space import load as load_space
 from tuner.study import StudyConfig, StudyRun, duration
 from tuner.topology import core_set
 from tuner.workload import Workload
 
 Log = Callable[[str], None]
-MODE_WEIGHT = {"train": 3.0, "infer": 1.0}  # a train step costs about three inference steps
 SEARCH_SHARE = 0.5  # of a study's share: the search's; the rest goes to the benchmark-confirmation
 MIN_TIMED = 3
 BUDGET_SLACK = 0.05
@@ -165,6 +164,11 @@ class Job:
     notes: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
+    @property
+    def options(self) -> StudyOptions:
+        """Each study: 20 trials, the best sampled setting confirmed against the baselines."""
+        return StudyOptions(trials=20, candidates=1, confirm_policy=CONFIRM, seed=self.seed)
+
     # -- preparation ------------------------------------------------------------------------------------
 
     def _runner(self, runtime: Runtime) -> Runner:
@@ -198,44 +202,37 @@ class Job:
         # Plan against a little less than the budget: floors (every baseline measured, three short rounds)
         # and the table at the end need some slack.
         deadline = None if self.budget_s is None else started + self.budget_s * (1 - BUDGET_SLACK)
-        prepared: list[tuple[Runtime, SearchSpace, dict[str, Any], Runner]] = []
+        prepared: list[Prepared] = []
         for runtime in self.runtimes:
             try:
                 if not self._ready(runtime):
                     continue
-                space = load_space(runtime.space, max(self.counts))
-                runner = self._runner(runtime)
-                facts = probe(runner, runtime, core_set(1), fixed_knobs(space))
+                prepared.append(prepare(runtime, self._runner(runtime), max(self.counts)))
             except TunerError as error:
                 self._fail(f"runtime {runtime.name}", error)
                 continue
-            self.log(
-                f"probe: {runtime.name} runs TensorFlow {facts['framework_version']}, oneDNN "
-                f"{ {True: 'on', False: 'off'}.get(facts['onednn'], 'unknown') }, OpenMP {facts['openmp'] or 'none'}, "
-                f"{facts.get('gpus') or 0} GPU"
-            )
-            prepared.append((runtime, space, facts, runner))
+            self.log(prepared[-1].describe())
         if not prepared:
             raise TunerError("no runtime could run here: " + "; ".join(self.notes + self.failures))
         self._yardsticks(prepared)
-        cells = [(r, n, mode) for r in prepared for n in self.counts for mode in self.modes]
-        done = [self._complete(self._config(r[0], r[1], r[2], r[3], n, mode, None).name) for r, n, mode in cells]
+        cells = [(ready, n, mode) for ready in prepared for n in self.counts for mode in self.modes]
+        done = [self._complete(self._config(ready, n, mode, None).name) for ready, n, mode in cells]
         weights = [
-            0.0 if finished else MODE_WEIGHT[mode] * max(self.counts) / n
+            0.0 if finished else weight(mode, n, max(self.counts))
             for (_, n, mode), finished in zip(cells, done, strict=True)
         ]
-        for index, ((runtime, space, facts, runner), n, mode) in enumerate(cells):
+        for index, (ready, n, mode) in enumerate(cells):
+            tag = f"{ready.runtime.name} {mode} {n}c"
             if done[index]:
-                self.log(f"study {index + 1}/{len(cells)}: {runtime.name} {mode} {n}c is already benchmarked: kept")
+                self.log(f"study {index + 1}/{len(cells)}: {tag} is already benchmarked: kept")
                 continue
-            share = None
-            if deadline is not None:
-                share = max(0.0, deadline - self.clock()) * weights[index] / sum(weights[index:])
-            tag = f"{runtime.name} {mode} {n}c"
+            budget = share(None if deadline is None else deadline - self.clock(), weights[index:])
             left = "" if deadline is None else f", {duration(deadline - self.clock())} of the budget left"
-            self.log(f"study {index + 1}/{len(cells)}: {tag}" + (f", share {duration(share)}" if share else "") + left)
+            self.log(
+                f"study {index + 1}/{len(cells)}: {tag}" + (f", share {duration(budget)}" if budget else "") + left
+            )
             try:
-                self._cell(runtime, space, facts, runner, n, mode, share)
+                self._cell(ready, n, mode, budget)
             except TunerError as error:
                 self._fail(tag, error)
         self._gpu_rows(prepared)
@@ -251,52 +248,35 @@ class Job:
         self.failures.append(f"{what}: {error}")
         self.log(f"{what} failed: {error}")
 
-    def _yardsticks(self, prepared: Sequence[tuple[Runtime, SearchSpace, dict[str, Any], Runner]]) -> None:
+    def _yardsticks(self, prepared: Sequence[Prepared]) -> None:
         """FLOPs per image (once, from the first runtime's graph) and the matmul peak per runtime and cores."""
-        runtime, space, _, runner = prepared[0]
+        first = prepared[0]
         try:
             flops = count_flops(
-                self.storage, runner, self.model, self._baseline(space, 1, DEFAULT), core_set(1), self.signature
+                self.storage,
+                first.runner,
+                self.model,
+                self._baseline(first.space, 1, DEFAULT),
+                core_set(1),
+                self.signature,
             )
             self.log(
                 f"{self.model}: {flops['infer'] / 1e9:.2f} GFLOP/image inference, {flops['train'] / 1e9:.2f} training"
             )
         except TunerError as error:
             self._fail("FLOP count", error)
-        for runtime, _, _, runner in prepared:
+        for ready in prepared:
+            name = ready.runtime.name
             for n in self.counts:
                 try:
-                    settings = yardstick_settings(n, runtime.honours)
-                    peak = matmul_peak(self.storage, runner, runtime.name, settings, core_set(n), self.signature)
-                    self.log(f"matmul peak, {runtime.name} on {n} cores: {peak:.0f} GFLOP/s")
+                    settings = yardstick_settings(n, ready.runtime.honours)
+                    peak = matmul_peak(self.storage, ready.runner, name, settings, core_set(n), self.signature)
+                    self.log(f"matmul peak, {name} on {n} cores: {peak:.0f} GFLOP/s")
                 except TunerError as error:
-                    self._fail(f"matmul peak {runtime.name} {n}c", error)
+                    self._fail(f"matmul peak {name} {n}c", error)
 
-    def _config(
-        self,
-        runtime: Runtime,
-        space: SearchSpace,
-        facts: dict[str, Any],
-        runner: Runner,
-        n: int,
-        mode: str,
-        share: float | None,
-    ) -> StudyConfig:
-        return StudyConfig(
-            workload=Workload(self.model, mode, self.batch_size),
-            cores=core_set(n),
-            space=space,
-            signature=self.signature,
-            runtime=runtime.name,
-            python=getattr(runner, "python", ""),
-            trials=20,
-            budget_s=share,
-            policy=for_mode(BURST, mode),
-            confirm_policy=for_mode(CONFIRM, mode),
-            candidates=1,
-            seed=self.seed,
-            probe=facts,
-        )
+    def _config(self, ready: Prepared, n: int, mode: str, share: float | None) -> StudyConfig:
+        return study_config(ready, Workload(self.model, mode, self.batch_size), n, self.signature, share, self.options)
 
     def _complete(self, study_name: str) -> bool:
         """The study has a verdict and the benchmark records of that very confirmation are stored."""
@@ -308,40 +288,29 @@ class Job:
         run_id = confirmation_id(study)
         return any(r.get("run_id") == run_id for r in records(self.storage) if r.get("kind") == "benchmark")
 
-    def _cell(
-        self,
-        runtime: Runtime,
-        space: SearchSpace,
-        facts: dict[str, Any],
-        runner: Runner,
-        n: int,
-        mode: str,
-        share: float | None,
-    ) -> None:
-        config = self._config(runtime, space, facts, runner, n, mode, share)
-        workload, cores = config.workload, config.cores
-        tag = f"{runtime.name} {mode} {n}c"
+    def _cell(self, ready: Prepared, n: int, mode: str, share: float | None) -> None:
+        config = self._config(ready, n, mode, share)
+        tag = f"{ready.runtime.name} {mode} {n}c"
         run = StudyRun(
-            self.storage, config, runner, progress=lambda line: self.log(f"[{tag}] {line}"), clock=self.clock
+            self.storage, config, ready.runner, progress=lambda line: self.log(f"[{tag}] {line}"), clock=self.clock
         )
         start = self.clock()
         end = None if share is None else start + share
         run.search(end, stop_at=None if share is None else start + SEARCH_SHARE * share)
-        cost = run.cost_model()
+        cost = run.cost()
         configs = len(run.candidates())
         if end is None or cost is None:
             bench = full_policy(rounds=3, timed=math.ceil(FULL_TIMED / 3))
         else:
-            bench = plan_benchmark(end - self.clock(), configs, *cost)
+            bench = plan_benchmark(end - self.clock(), configs, cost.overhead_s, cost.step_s)
         self.log(
             f"[{tag}] benchmark-confirmation: {configs} settings x {bench.rounds} rounds x "
             f"({bench.warmup} warm-up + {bench.timed} timed batches)"
         )
-        run.config = dataclasses.replace(run.config, confirm_policy=bench)
-        verdict = run.confirm(None, rounds=bench.rounds)
+        verdict = run.confirm(None, rounds=bench.rounds, policy=bench)
         run.store_importances()
         self.log(f"[{tag}] verdict: {verdict.text()}")
-        self._store_records(run.study, Target(runtime.name, workload, cores))
+        self._store_records(run.study, Target(ready.runtime.name, config.workload, config.cores))
 
     def _store_records(self, study: optuna.Study, target: Target) -> None:
         stored = {(r.get("run_id"), r.get("label")) for r in records(self.storage) if r.get("kind") == "benchmark"}
@@ -350,38 +319,38 @@ class Job:
             if (run_id, label) not in stored:
                 store(self.storage, make_record(target, label, settings, measured, self.signature, run_id, extra))
 
-    def _gpu_rows(self, prepared: Sequence[tuple[Runtime, SearchSpace, dict[str, Any], Runner]]) -> None:
+    def _gpu_rows(self, prepared: Sequence[Prepared]) -> None:
         """GPU targets: 1 to N visible GPUs, one replica each, batch 64 per GPU, NCHW, the tuned host threads
         of the largest core count. A runtime whose TensorFlow sees no GPU gets each row skipped with why."""
         host = core_set(max(self.counts))
         visible: dict[str, int] = {}
-        for runtime, space, _, runner in prepared:
+        for ready in prepared:
             try:
-                visible[runtime.name] = visible_gpus(runner, Settings.from_params(fixed_knobs(space)), host)
+                fixed = Settings.from_params(fixed_knobs(ready.space))
+                visible[ready.runtime.name] = visible_gpus(ready.runner, fixed, host)
             except TunerError as error:
-                self._fail(f"GPU check {runtime.name}", error)
+                self._fail(f"GPU check {ready.runtime.name}", error)
         if not any(visible.values()):
             seen = ", ".join(f"{name}: {count}" for name, count in visible.items())
             reason = f"no GPU visible to TensorFlow in any runtime (GPUs seen: {seen})"
-            stock = "tensorflow" if "tensorflow" in visible else prepared[0][0].name
+            stock = "tensorflow" if "tensorflow" in visible else prepared[0].runtime.name
             for mode in self.modes:
                 for count in (1, 2):  # the reference table's GPU rows
                     target = Target(stock, Workload(self.model, mode, GPU_BATCH), host, "gpu", count)
                     store(self.storage, skip_record(target, reason, self.signature))
             self.log(f"GPU rows skipped: {reason}")
             return
-        for runtime, space, _, runner in prepared:
+        for ready in prepared:
             for mode in self.modes:
-                for count in range(1, visible.get(runtime.name, 0) + 1):
-                    target = Target(runtime.name, Workload(self.model, mode, GPU_BATCH), host, "gpu", count)
-                    study = self._config(runtime, space, {}, runner, max(self.counts), mode, None).name
-                    tuned = stored_tuned(self.storage, study)
+                for count in range(1, visible.get(ready.runtime.name, 0) + 1):
+                    target = Target(ready.runtime.name, Workload(self.model, mode, GPU_BATCH), host, "gpu", count)
+                    tuned = stored_tuned(self.storage, self._config(ready, max(self.counts), mode, None).name)
                     settings = dataclasses.replace(
-                        tuned or self._baseline(space, len(host), DEFAULT), data_format="NCHW"
+                        tuned or self._baseline(ready.space, len(host), DEFAULT), data_format="NCHW"
                     )
                     label = TUNED if tuned is not None else DEFAULT
                     try:
-                        runs = measure(runner, target, [(label, settings)], full_policy(), self.log)
+                        runs = measure(ready.runner, target, [(label, settings)], full_policy(), self.log)
                     except TunerError as error:
                         self._fail(target.describe(), error)
                         continue

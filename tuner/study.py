@@ -8,11 +8,8 @@ stored FAIL with their reason, never scored. The verdict from confirmation is st
 
 from __future__ import annotations
 
-import math
 import socket
-import statistics
 import time
-import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +21,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner import __version__, interrupt
 from tuner.capability import Capabilities, narrow, plan_baselines, unrunnable
-from tuner.confirm import DEFAULT, MIN_ROUNDS, Candidate, Verdict, confirm
+from tuner.confirm import DEFAULT, MIN_ROUNDS, Candidate, ConfirmationLog, Verdict, confirm
+from tuner.cost import CostModel
 from tuner.errors import (
     Interrupted,
     Pruned,
@@ -411,34 +409,24 @@ class StudyRun:
                 chosen[f"trial {trial.number}"] = Candidate(f"trial {trial.number}", settings)
         return list(chosen.values())
 
-    def confirm(self, deadline: float | None, rounds: int | None = None) -> Verdict:
-        """Confirm the candidates for ``rounds`` rounds, or as many as fit before ``deadline`` (at least 3)."""
+    def confirm(
+        self, deadline: float | None, rounds: int | None = None, policy: MeasurementPolicy | None = None
+    ) -> Verdict:
+        """Confirm the candidates for ``rounds`` rounds, or as many as fit before ``deadline`` (at least 3),
+        each run measured by ``policy`` (default: the study's confirm policy; `tuner run` passes its
+        benchmark's)."""
         candidates = self.candidates()
         if DEFAULT not in {c.name for c in candidates}:
             raise TunerError(
                 f"study {self.config.name}: the tf-default baseline has no complete trial to confirm against"
             )
-        rounds = rounds or self._rounds(len(candidates), deadline)
-        key = [c.name for c in candidates]
-        stored = self.study.user_attrs.get("confirmation", {})
-        policy = self.config.confirm_policy
-        shape = {"warmup": policy.warmup, "timed": policy.timed}
-        # Rounds already measured are kept only for the same candidates measured the same way.
-        same = stored.get("candidates") == key and stored.get("policy", shape) == shape
-        done = stored.get("rates", {}) if same else {}
-        record = {
-            "id": stored.get("id") if done and stored.get("id") else uuid.uuid4().hex[:12],
-            "candidates": key,
-            "policy": shape,
-            "rates": done,
-            "runs": stored.get("runs", []) if done else [],
-        }
-        self.progress(f"confirming {', '.join(key)}: {rounds} interleaved rounds")
+        policy = policy or self.config.confirm_policy
+        rounds = rounds or self._rounds(len(candidates), deadline, policy)
+        log = ConfirmationLog(self.study, [c.name for c in candidates], policy)
+        self.progress(f"confirming {', '.join(c.name for c in candidates)}: {rounds} interleaved rounds")
 
         def on_run(round_: int, candidate: Candidate, m: Measurement) -> None:
-            record["rates"].setdefault(candidate.name, []).append(m.rates)
-            record["runs"].append({"round": round_, "candidate": candidate.name, "measurement": m.to_dict()})
-            self.study.set_user_attr("confirmation", record)
+            log.add(round_, candidate.name, m)
             self.progress(f"confirm round {round_ + 1}/{rounds} {candidate.name}: {m.images_per_sec:.2f} img/s")
 
         verdict = confirm(
@@ -446,9 +434,9 @@ class StudyRun:
             candidates,
             self.config.workload,
             self.config.cores,
-            self.config.confirm_policy,
+            policy,
             rounds,
-            done,
+            log.rates(),
             on_run,
             self.config.seed,
         )
@@ -472,39 +460,22 @@ class StudyRun:
         # An interrupted or orphaned baseline is not done: it is queued again and measured first.
         return set(self.baselines.runnable) <= done - pending
 
-    def _run_seconds(self) -> float:
-        """Expected wall time of one confirmation run, from the search trials' measured wall times."""
-        measured = self.measured()
-        walls = [float(t.user_attrs["trial_seconds"]) for t in measured if "trial_seconds" in t.user_attrs]
-        if not walls:
-            return 0.0
-        extra_steps = self.config.confirm_policy.timed - self.config.policy.timed
-        step = statistics.median(t.user_attrs["measurement"]["median_step_seconds"] for t in measured)
-        return statistics.median(walls) + max(0, extra_steps) * float(step)
-
-    def cost_model(self) -> tuple[float, float] | None:
-        """(seconds per run outside the counted steps, seconds per step), from the measured search trials:
-        what planning a longer benchmark of these settings needs. None before any trial."""
-        measured = [t for t in self.measured() if "trial_seconds" in t.user_attrs]
-        if not measured:
-            return None
-        wall = statistics.median(float(t.user_attrs["trial_seconds"]) for t in measured)
-        step = statistics.median(float(t.user_attrs["measurement"]["median_step_seconds"]) for t in measured)
-        steps = self.config.policy.warmup + self.config.policy.timed
-        return max(0.0, wall - steps * step), step
+    def cost(self) -> CostModel | None:
+        """What a run costs here, from the measured search trials; None before any."""
+        return CostModel.from_trials(self.measured(), self.config.policy)
 
     def _confirm_cost(self, rounds: int) -> float:
+        cost = self.cost()
         configs = len(self.baselines.runnable) + self.config.candidates
-        return configs * rounds * self._run_seconds()
+        return 0.0 if cost is None else configs * rounds * cost.run_s(self.config.confirm_policy)
 
-    def _rounds(self, configs: int, deadline: float | None) -> int:
+    def _rounds(self, configs: int, deadline: float | None, policy: MeasurementPolicy) -> int:
         """Rounds that fit the time left; never fewer than MIN_ROUNDS, which a clear verdict needs."""
-        wanted = max(MIN_ROUNDS, self.config.confirm_policy.rounds)
-        per_run = self._run_seconds()
-        if deadline is None or per_run <= 0:
+        wanted = max(MIN_ROUNDS, policy.rounds)
+        cost = self.cost()
+        if deadline is None or cost is None:
             return wanted
-        fit = math.floor((deadline - self.clock()) / (configs * per_run))
-        return max(MIN_ROUNDS, min(wanted, fit))
+        return max(MIN_ROUNDS, min(wanted, cost.rounds_that_fit(deadline - self.clock(), configs, policy)))
 
     def run(self) -> Verdict:
         start = self.clock()

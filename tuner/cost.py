@@ -1,0 +1,44 @@
+"""What a measurement costs, from the search trials' own wall and step times: how much confirmation or a
+longer benchmark fits in the time left."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from optuna.trial import FrozenTrial
+
+from tuner.policy import MeasurementPolicy
+
+
+@dataclass(frozen=True)
+class CostModel:
+    wall_s: float  # median wall time of a search trial, start to exit
+    step_s: float  # median time of one step
+    policy: MeasurementPolicy  # how the search trials were measured
+
+    @classmethod
+    def from_trials(cls, trials: Sequence[FrozenTrial], policy: MeasurementPolicy) -> CostModel | None:
+        """From complete trials that stored their wall time; None before any."""
+        timed = [t for t in trials if "trial_seconds" in t.user_attrs]
+        if not timed:
+            return None
+        wall = statistics.median(float(t.user_attrs["trial_seconds"]) for t in timed)
+        step = statistics.median(float(t.user_attrs["measurement"]["median_step_seconds"]) for t in timed)
+        return cls(wall, step, policy)
+
+    @property
+    def overhead_s(self) -> float:
+        """Seconds of a run outside its counted steps: start, imports, build, tracing, exit."""
+        return max(0.0, self.wall_s - (self.policy.warmup + self.policy.timed) * self.step_s)
+
+    def run_s(self, policy: MeasurementPolicy) -> float:
+        """Expected wall time of one run measured by ``policy``: a search trial's, plus its extra timed steps."""
+        return self.wall_s + max(0, policy.timed - self.policy.timed) * self.step_s
+
+    def rounds_that_fit(self, time_left: float, configs: int, policy: MeasurementPolicy) -> int:
+        """Whole interleaved rounds of ``configs`` settings that fit ``time_left``."""
+        per_run = self.run_s(policy)
+        return math.floor(time_left / (configs * per_run)) if per_run > 0 else 1_000_000
