@@ -19,17 +19,16 @@ import optuna
 import sqlalchemy.exc
 
 from tuner import __version__, atomic, benchmark, interrupt, recommend, report, table, transfer
-from tuner.capability import NOT_RUNNABLE, Capabilities, plan_baselines, unrunnable
-from tuner.confirm import DEFAULT, HEURISTIC, TUNED
+from tuner.benchjob import BenchmarkJob, check_settings
+from tuner.capability import Capabilities
 from tuner.doctor import report as doctor_report
 from tuner.envs import create as create_env
 from tuner.envs import read_manifest
 from tuner.errors import TunerError, UsageError
-from tuner.measurement import Measurement
-from tuner.pipeline import Job, stored_tuned
+from tuner.pipeline import Job
 from tuner.plan import StudyOptions, prepare
 from tuner.policy import CONFIRM
-from tuner.probe import fixed_knobs, probe
+from tuner.probe import fixed_knobs
 from tuner.runner import Runner, SubprocessRunner
 from tuner.runtime import check_knobs
 from tuner.runtime import load as load_runtime
@@ -39,11 +38,10 @@ from tuner.settings import Settings
 from tuner.signature import cpu_signature
 from tuner.space import load as load_space
 from tuner.storage import DEFAULT_STORAGE, open_storage, redact, storage_cause
-from tuner.study import StudyConfig
 from tuner.summary import format_importance_lines, format_table, summarize, summarize_study
 from tuner.topology import core_set, parse_core_counts, physical_cores
 from tuner.tune import TuneJob
-from tuner.workload import MODELS, Workload, parse_modes
+from tuner.workload import MODELS, parse_modes
 
 DEFAULT_BUDGET = "50m"
 RUN_BUDGET = "60m"
@@ -115,135 +113,30 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
     return 0
 
 
-def _named_settings(
-    wanted: list[str],
-    space_baselines: dict[str, dict[str, object]],
-    storage: optuna.storages.BaseStorage,
-    study_name: str,
-) -> list[tuple[str, Settings]]:
-    """``--settings`` values -> (label, settings): a baseline's name, ``tuned`` (from the stored study), or a
-    settings string such as ``'intra_op=2,inter_op=1'``."""
-    named: list[tuple[str, Settings]] = []
-    for text in wanted:
-        if text in space_baselines:
-            named.append((text, Settings.from_params(space_baselines[text])))
-        elif text == TUNED:
-            found = stored_tuned(storage, study_name)
-            if found is None:
-                raise UsageError(
-                    f"--settings tuned: no study {study_name} with a measured sampled setting in storage; "
-                    "tune it first (tuner tune or tuner run)"
-                )
-            named.append((TUNED, found))
-        else:
-            named.append((f"custom {text}", Settings.parse(text)))
-    labels = [label for label, _ in named]
-    if len(set(labels)) != len(labels):
-        raise UsageError("--settings: the same settings were named twice")
-    return named
-
-
 def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int:
-    available = len(physical_cores())
-    counts = parse_core_counts(args.cores, available)
+    counts = parse_core_counts(args.cores, len(physical_cores()))
     modes = parse_modes(args.mode)
     runtime = load_runtime(args.runtime)
     space = load_space(args.space or runtime.space, max(counts))
-    gpus = parse_core_counts(args.gpus, 64) if args.device == "gpu" else [args.replicas]
+    replicas = parse_core_counts(args.gpus, 64) if args.device == "gpu" else [args.replicas]
     if args.device == "cpu" and not 1 <= args.replicas <= 8:
         raise UsageError("--replicas must be from 1 to 8")
     batch = args.batch_size or (benchmark.GPU_BATCH if args.device == "gpu" else benchmark.CPU_BATCH)
-    bench = benchmark.full_policy(args.warmup, args.timed, args.rounds)
-    for text in args.settings or []:  # refused settings strings fail before the storage is created
-        if text not in space.baselines(max(counts)) and text != TUNED:
-            Settings.parse(text)
+    policy = benchmark.full_policy(args.warmup, args.timed, args.rounds)
+    check_settings(args.settings or [], list(space.baselines(max(counts))))  # before the storage is created
     storage = open_storage(args.storage)
-    signature = cpu_signature()
     runner = runner or SubprocessRunner(python=runtime.python())
     visible = None
     if args.device == "gpu":
         visible = benchmark.visible_gpus(runner, Settings.from_params(fixed_knobs(space)), core_set(1))
         caps = Capabilities()  # GPU rows run NCHW on the GPU: the CPU's limits do not apply
     else:
-        caps = Capabilities.from_probe(probe(runner, runtime, core_set(1), fixed_knobs(space)))
-    run_id = benchmark.new_run_id()
-    failures: list[str] = []
-    for n in counts:
-        cores = core_set(n)
-        for mode in modes:
-            host_batch = batch if args.device == "cpu" else benchmark.CPU_BATCH  # GPU rows: the host's study
-            study_name = StudyConfig(Workload(args.model, mode, host_batch), cores, space, signature, runtime.name).name
-            wanted = args.settings or [DEFAULT, HEURISTIC, TUNED]
-            if args.settings is None and stored_tuned(storage, study_name) is None:
-                wanted = [DEFAULT, HEURISTIC]
-                _log(f"study {study_name} has no tuned settings yet, so none are benchmarked (tuner tune or run)")
-            # A baseline that cannot run here is stored as such, and its runnable part is measured instead
-            # (heuristic -> heuristic-nhwc); any other setting that cannot run is stored as such and failed.
-            plan = plan_baselines(space.baselines(n), caps)
-            not_runnable = {name: note for name, note in plan.not_runnable().items() if name in wanted}
-            stand_ins = [plan.stand_ins[name] for name in not_runnable if plan.stand_ins.get(name) in plan.runnable]
-            runnable = [w for w in wanted if w not in not_runnable] + stand_ins
-            named = _named_settings(runnable, {**space.baselines(n), **plan.runnable}, storage, study_name)
-            if args.device == "gpu":  # the host's tuned threads, the GPUs' layout
-                named = [(label, dataclasses.replace(s, data_format="NCHW")) for label, s in named]
-            for label, settings in list(named):
-                broken = unrunnable(settings.params(), caps)
-                if broken is not None:
-                    named.remove((label, settings))
-                    not_runnable[label] = f"{NOT_RUNNABLE}: {broken[1]}"
-                    failures.append(f"{label} ({mode} {n}c): {not_runnable[label]}")
-            for count in gpus:
-                target = benchmark.Target(runtime.name, Workload(args.model, mode, batch), cores, args.device, count)
-                reason = None if visible is None else benchmark.gpu_skip_reason(runtime.name, visible, count)
-                if reason is not None:
-                    benchmark.store(storage, benchmark.skip_record(target, reason, signature))
-                    print(f"{target.describe()}: skipped: {reason}")
-                    continue
-                for label, note in not_runnable.items():
-                    benchmark.store(storage, benchmark.skip_record(target, note, signature, label))
-                    print(f"{target.describe()} {label}: {note}")
-                if not named:
-                    continue
-                _log(f"benchmark {target.describe()}: {', '.join(label for label, _ in named)}, "
-                     f"{bench.rounds} x ({bench.warmup} warm-up + {bench.timed} timed batches)")  # fmt: skip
-                runs: dict[str, list[Measurement]] = {}
-                failed: dict[str, str] = {}
-                try:
-                    benchmark.measure(runner, target, named, bench, _tagged(f"{mode} {n}c"), runs, failed)
-                except (KeyboardInterrupt, TunerError):
-                    # Keep the finished rounds, marked partial, before giving up.
-                    for label, settings in named:
-                        if runs.get(label) and label not in failed:
-                            partial = {"partial": f"{len(runs[label])} of {bench.rounds} rounds"}
-                            record = benchmark.make_record(
-                                target, label, settings, runs[label], signature, run_id, partial
-                            )
-                            benchmark.store(storage, record)
-                    raise
-                for label, settings in named:
-                    if label in failed:
-                        benchmark.store(
-                            storage, benchmark.skip_record(target, f"failed: {failed[label]}", signature, label)
-                        )
-                        print(f"{target.describe()} {label}: FAILED: {failed[label]}")
-                        failures.append(f"{label} ({mode} {n}c): {failed[label]}")
-                        continue
-                    if label not in runs or not runs[label]:
-                        continue
-                    extra = (
-                        {"partial": f"{len(runs[label])} of {bench.rounds} rounds"}
-                        if len(runs[label]) < bench.rounds
-                        else None
-                    )
-                    record = benchmark.make_record(target, label, settings, runs[label], signature, run_id, extra)
-                    benchmark.store(storage, record)
-                    print(
-                        f"{target.describe()} {label}: {record['images_per_sec']:.2f} images/sec "
-                        f"({record['ms_per_image']:.2f} ms/image, step {record['step_seconds'] * 1000:.0f} ms, "
-                        f"per-step rates cv {record['rate_cv']:.1%}) [{settings.label()}]"
-                    )
-    if failures:
-        raise TunerError(f"{len(failures)} setting(s) could not be measured: " + "; ".join(failures))
+        caps = Capabilities.from_probe(prepare(runtime, runner, max(counts), space).facts)
+    job = BenchmarkJob(storage, cpu_signature(), runtime, space, runner, caps, counts, modes, args.model, batch,
+                       policy, args.settings, args.device, replicas, visible, log=_log, out=print)  # fmt: skip
+    job.run()
+    if job.failures:
+        raise TunerError(f"{len(job.failures)} setting(s) could not be measured: " + "; ".join(job.failures))
     return 0
 
 

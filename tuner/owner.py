@@ -11,8 +11,15 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+ORPHAN_AGE_S = 600  # a RUNNING trial with no owner and no heartbeat this old was abandoned before it began
 
 
 def _read(path: str) -> str | None:
@@ -66,3 +73,20 @@ def gone(owner: Mapping[str, Any]) -> bool:
     if started is None:
         return True
     return isinstance(owner.get("start"), int) and owner["start"] != started  # pid reused by another process
+
+
+def fail_orphans(study: optuna.Study, progress: Callable[[str], None]) -> None:
+    """Fail the study's RUNNING trials whose owner is known to be gone (see ``gone``), or that never got an
+    owner and are old; the rest are left to Optuna's heartbeat (``fail_stale_trials``)."""
+    storage = study._storage
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = trial.user_attrs.get("owner", {})
+        started = trial.datetime_start
+        age = (datetime.now() - started).total_seconds() if started else 0.0
+        if (isinstance(owner, dict) and owner and gone(owner)) or (not owner and age > ORPHAN_AGE_S):
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", "orphaned")
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            progress(f"trial {trial.number} was left running by a killed run: marked failed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)

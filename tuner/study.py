@@ -13,7 +13,6 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import optuna
@@ -34,7 +33,7 @@ from tuner.errors import (
     WorkerTimeout,
 )
 from tuner.measurement import Measurement
-from tuner.owner import gone as owner_gone
+from tuner.owner import fail_orphans
 from tuner.owner import identity as owner_identity
 from tuner.policy import BURST, CONFIRM, MeasurementPolicy
 from tuner.records import utc_now
@@ -49,7 +48,6 @@ from tuner.workload import Workload
 Progress = Callable[[str], None]
 MAX_FAILURES_IN_A_ROW = 3
 WORKER_FAILURES = {e.reason for e in (WorkerCrashed, WorkerExited, WorkerTimeout, WorkerBadOutput, WorkerOutOfMemory)}
-ORPHAN_AGE_S = 600  # a RUNNING trial with no owner and no heartbeat this old was abandoned before it began
 SHARED_POLL_S = 2.0  # how often a worker waiting on other workers' last trials looks again
 MAX_SKIPS_IN_A_ROW = 25  # sampler keeps proposing measured or forbidden settings: the space is exhausted
 
@@ -197,19 +195,7 @@ class StudyRun:
                 self.study.enqueue_trial(params, user_attrs={"baseline": name}, skip_if_exists=False)
 
     def _fail_orphans(self) -> None:
-        """Trials left RUNNING by a killed run on this host are failed now (other hosts: by heartbeat)."""
-        storage = self.study._storage
-        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            owner = trial.user_attrs.get("owner", {})
-            started = trial.datetime_start
-            age = (datetime.now() - started).total_seconds() if started else 0.0
-            if (isinstance(owner, dict) and owner and owner_gone(owner)) or (not owner and age > ORPHAN_AGE_S):
-                storage.set_trial_user_attr(trial._trial_id, "fail_reason", "orphaned")
-                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-                self.progress(f"trial {trial.number} was left running by a killed run: marked failed")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(self.study)
+        fail_orphans(self.study, self.progress)
 
     # -- search -------------------------------------------------------------------------------------
 
@@ -373,19 +359,9 @@ class StudyRun:
                 )
 
     def _report(self, trial: FrozenTrial, complete: int, deadline: float | None) -> None:
-        label = trial.user_attrs.get("baseline") or Settings.from_params(trial.params).label()
-        if trial.state == TrialState.COMPLETE:
-            m = Measurement.from_dict(trial.user_attrs["measurement"])
-            what = f"{m.images_per_sec:.2f} img/s (cv {m.cv:.1%}{', unstable' if m.unstable else ''})"
-        elif trial.state == TrialState.FAIL:
-            what = (
-                f"FAILED ({trial.user_attrs.get('fail_reason', 'error')}: {trial.user_attrs.get('fail_message', '')})"
-            )
-        else:
-            what = f"skipped ({trial.user_attrs.get('skip_reason', 'pruned')})"
         best = f"best {self.study.best_value:.2f}" if self.measured() else "no best yet"
         left = f", ~{duration(deadline - self.clock())} left" if deadline is not None else ""
-        self.progress(f"trial {trial.number} [{complete}/{self.config.trials}] {label}: {what} | {best}{left}")
+        self.progress(f"trial {trial.number} [{complete}/{self.config.trials}] {outcome(trial)} | {best}{left}")
 
     # -- confirmation -------------------------------------------------------------------------------
 
@@ -496,6 +472,18 @@ class StudyRun:
             return {}
         self.study.set_user_attr("importances", importances)
         return importances
+
+
+def outcome(trial: FrozenTrial) -> str:
+    """What one finished trial measured, or why it failed or was skipped, as a progress line says it."""
+    label = trial.user_attrs.get("baseline") or Settings.from_params(trial.params).label()
+    if trial.state == TrialState.COMPLETE:
+        m = Measurement.from_dict(trial.user_attrs["measurement"])
+        return f"{label}: {m.images_per_sec:.2f} img/s (cv {m.cv:.1%}{', unstable' if m.unstable else ''})"
+    if trial.state == TrialState.FAIL:
+        reason = trial.user_attrs.get("fail_reason", "error")
+        return f"{label}: FAILED ({reason}: {trial.user_attrs.get('fail_message', '')})"
+    return f"{label}: skipped ({trial.user_attrs.get('skip_reason', 'pruned')})"
 
 
 def compute_importances(study: optuna.Study, params: list[str], seed: int = 0) -> dict[str, float]:

@@ -1,0 +1,184 @@
+"""`tuner benchmark`: named settings measured on each target in interleaved rounds, every result stored.
+
+For each core count and mode: the settings asked for (default tf-default, the heuristic and, once a study
+has one, the tuned setting), as they can run on this CPU (``tuner/capability.py``: a baseline that cannot run
+is stored as such and its runnable part measured instead). A setting whose worker fails is stored as failed
+with the reason while the others go on; an interrupt keeps the finished rounds, marked partial. The job
+ends with the list of what could not be measured, which the CLI turns into exit 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import optuna
+
+from tuner import benchmark
+from tuner.capability import NOT_RUNNABLE, Capabilities, plan_baselines, unrunnable
+from tuner.confirm import DEFAULT, HEURISTIC, TUNED
+from tuner.errors import TunerError, UsageError
+from tuner.measurement import Measurement
+from tuner.pipeline import stored_tuned
+from tuner.policy import MeasurementPolicy
+from tuner.runner import Runner
+from tuner.runtime import Runtime
+from tuner.settings import Settings
+from tuner.signature import CpuSignature
+from tuner.space import SearchSpace
+from tuner.study import StudyConfig
+from tuner.topology import core_set
+from tuner.workload import Workload
+
+Log = Callable[[str], None]
+Named = list[tuple[str, Settings]]
+
+
+def check_settings(wanted: Sequence[str], baselines: Sequence[str]) -> None:
+    """Every ``--settings`` string that is not a baseline's name or ``tuned`` parses (before any storage)."""
+    for text in wanted:
+        if text not in baselines and text != TUNED:
+            Settings.parse(text)
+
+
+@dataclass
+class BenchmarkJob:
+    storage: optuna.storages.BaseStorage
+    signature: CpuSignature
+    runtime: Runtime
+    space: SearchSpace
+    runner: Runner
+    caps: Capabilities  # what can run here (the probe's read-back); empty for GPU rows
+    counts: Sequence[int]
+    modes: Sequence[str]
+    model: str
+    batch: int
+    policy: MeasurementPolicy
+    wanted: Sequence[str] | None = None  # --settings; None: tf-default, heuristic and tuned where it exists
+    device: str = "cpu"
+    replica_counts: Sequence[int] = (1,)
+    visible_gpus: int | None = None  # GPU rows: how many GPUs TensorFlow sees
+    log: Log = print  # progress
+    out: Log = print  # results, one line each
+    failures: list[str] = field(default_factory=list)
+
+    def run(self) -> None:
+        run_id = benchmark.new_run_id()
+        for n in self.counts:
+            for mode in self.modes:
+                named, not_runnable = self._settings(n, mode)
+                for count in self.replica_counts:
+                    workload = Workload(self.model, mode, self.batch)
+                    target = benchmark.Target(self.runtime.name, workload, core_set(n), self.device, count)
+                    self._target(target, named, not_runnable, run_id)
+
+    def _settings(self, n: int, mode: str) -> tuple[Named, dict[str, str]]:
+        """The settings to measure at ``n`` cores, and those that cannot run here with why."""
+        host_batch = self.batch if self.device == "cpu" else benchmark.CPU_BATCH  # GPU rows: the host's study
+        workload = Workload(self.model, mode, host_batch)
+        study = StudyConfig(workload, core_set(n), self.space, self.signature, self.runtime.name).name
+        wanted = list(self.wanted or [DEFAULT, HEURISTIC, TUNED])
+        if self.wanted is None and stored_tuned(self.storage, study) is None:
+            wanted = [DEFAULT, HEURISTIC]
+            self.log(f"study {study} has no tuned settings yet, so none are benchmarked (tuner tune or run)")
+        plan = plan_baselines(self.space.baselines(n), self.caps)
+        not_runnable = {name: note for name, note in plan.not_runnable().items() if name in wanted}
+        stand_ins = [plan.stand_ins[name] for name in not_runnable if plan.stand_ins.get(name) in plan.runnable]
+        runnable = [w for w in wanted if w not in not_runnable] + stand_ins
+        named = _named(runnable, {**self.space.baselines(n), **plan.runnable}, self.storage, study)
+        if self.device == "gpu":  # the host's tuned threads, the GPUs' layout
+            named = [(label, dataclasses.replace(s, data_format="NCHW")) for label, s in named]
+        for label, settings in list(named):
+            broken = unrunnable(settings.params(), self.caps)
+            if broken is not None:  # asked for by name, and impossible here: a failure
+                named.remove((label, settings))
+                not_runnable[label] = f"{NOT_RUNNABLE}: {broken[1]}"
+                self.failures.append(f"{label} ({mode} {n}c): {not_runnable[label]}")
+        return named, not_runnable
+
+    def _target(self, target: benchmark.Target, named: Named, not_runnable: dict[str, str], run_id: str) -> None:
+        skip = None
+        if self.visible_gpus is not None:
+            skip = benchmark.gpu_skip_reason(self.runtime.name, self.visible_gpus, target.replicas)
+        if skip is not None:
+            benchmark.store(self.storage, benchmark.skip_record(target, skip, self.signature))
+            self.out(f"{target.describe()}: skipped: {skip}")
+            return
+        for label, note in not_runnable.items():
+            benchmark.store(self.storage, benchmark.skip_record(target, note, self.signature, label))
+            self.out(f"{target.describe()} {label}: {note}")
+        if not named:
+            return
+        p = self.policy
+        self.log(f"benchmark {target.describe()}: {', '.join(label for label, _ in named)}, "
+                 f"{p.rounds} x ({p.warmup} warm-up + {p.timed} timed batches)")  # fmt: skip
+        runs: dict[str, list[Measurement]] = {}
+        failed: dict[str, str] = {}
+        tag = f"[{target.workload.mode} {len(target.cores)}c]"
+        try:
+            benchmark.measure(self.runner, target, named, p, lambda line: self.log(f"{tag} {line}"), runs, failed)
+        except (KeyboardInterrupt, TunerError):
+            self._store(target, named, runs, failed, run_id, announce=False)  # keep the finished rounds
+            raise
+        self._store(target, named, runs, failed, run_id, announce=True)
+
+    def _store(
+        self,
+        target: benchmark.Target,
+        named: Named,
+        runs: dict[str, list[Measurement]],
+        failed: dict[str, str],
+        run_id: str,
+        announce: bool,
+    ) -> None:
+        """A record per setting measured (partial when rounds are missing), a failed one per failure."""
+        for label, settings in named:
+            if label in failed:
+                if announce:
+                    reason = f"failed: {failed[label]}"
+                    benchmark.store(self.storage, benchmark.skip_record(target, reason, self.signature, label))
+                    self.out(f"{target.describe()} {label}: FAILED: {failed[label]}")
+                    self.failures.append(f"{label} ({target.workload.mode} {len(target.cores)}c): {failed[label]}")
+                continue
+            measured = runs.get(label, [])
+            if not measured:
+                continue
+            rounds = self.policy.rounds
+            extra = {"partial": f"{len(measured)} of {rounds} rounds"} if len(measured) < rounds else None
+            record = benchmark.make_record(target, label, settings, measured, self.signature, run_id, extra)
+            benchmark.store(self.storage, record)
+            if announce:
+                self.out(
+                    f"{target.describe()} {label}: {record['images_per_sec']:.2f} images/sec "
+                    f"({record['ms_per_image']:.2f} ms/image, step {record['step_seconds'] * 1000:.0f} ms, "
+                    f"per-step rates cv {record['rate_cv']:.1%}) [{settings.label()}]"
+                )
+
+
+def _named(
+    wanted: list[str],
+    baselines: dict[str, dict[str, object]],
+    storage: optuna.storages.BaseStorage,
+    study_name: str,
+) -> Named:
+    """``--settings`` values -> (label, settings): a baseline's name, ``tuned`` (from the stored study), or a
+    settings string such as ``'intra_op=2;inter_op=1'``."""
+    named: Named = []
+    for text in wanted:
+        if text in baselines:
+            named.append((text, Settings.from_params(baselines[text])))
+        elif text == TUNED:
+            found = stored_tuned(storage, study_name)
+            if found is None:
+                raise UsageError(
+                    f"--settings tuned: no study {study_name} with a measured sampled setting in storage; "
+                    "tune it first (tuner tune or tuner run)"
+                )
+            named.append((TUNED, found))
+        else:
+            named.append((f"custom {text}", Settings.parse(text)))
+    labels = [label for label, _ in named]
+    if len(set(labels)) != len(labels):
+        raise UsageError("--settings: the same settings were named twice")
+    return named
