@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import make_config
+from tests.helpers import make_config
 from tuner.capability import Capabilities, narrow, plan_baselines, unrunnable
 from tuner.cli import main
 from tuner.errors import WorkerExited

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
+from tests.helpers import one_error_line
 from tuner.cli import main, parse_duration
 from tuner.errors import UsageError, WorkerCrashed, WorkerExited
 from tuner.replay import ReplayRunner
@@ -24,14 +25,6 @@ TINY = ["tune", "--model", "tiny", "--cores", "1", "--mode", "infer", "--trials"
 
 def fake_runner() -> ReplayRunner:
     return ReplayRunner.from_rates(lambda spec: 900.0 + 100 * spec.settings.inter_op, noise=0.02)
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    # Bad input gets exactly one line on stderr, starting with the tool's name, and no traceback.
-    assert len(lines) == 1, err
-    assert lines[0].startswith("tuner: error: ") and "Traceback" not in err
-    return lines[0]
 
 
 def test_tune_then_show_json(storage_url: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -171,8 +164,9 @@ def test_env_create_for_own_environment_runtime_is_one_line(capsys: pytest.Captu
 def test_env_list_names_every_runtime(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["env", "list"]) == 0
     out = capsys.readouterr().out
-    # Each runtime appears once, with its environment or how to create it.
-    assert all(out.count(name) >= 1 for name in ("tensorflow ", "tensorflow-eigen", "intel-tensorflow"))
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    # Each runtime has exactly one line, which names it first, then its environment or how to create it.
+    assert sorted(names) == ["intel-tensorflow", "tensorflow", "tensorflow-eigen"]
 
 
 RUN = ["run", "--model", "tiny", "--runtimes", "tensorflow,tensorflow-eigen", "--cores", "1", "--budget", "5m"]

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tuner.cli import main
-from tuner.errors import TunerError
+from tuner.errors import SearchSpaceError, TunerError
 from tuner.replay import ReplayRunner
 from tuner.runner import TrialSpec
 from tuner.settings import Settings
@@ -102,10 +102,17 @@ def test_fuzzed_space_files_load_or_fail_with_a_search_space_error(tmp_path: Pat
     path = tmp_path / "fuzzed.toml"
     path.write_text(to_toml(data), encoding="utf-8")
     try:
-        load_space(str(path), 2)
-    except TunerError as error:
-        # A typed error whose message names the file.
+        loaded = load_space(str(path), 2)
+    except SearchSpaceError as error:
+        # The promised error type, whose message names the file.
         assert str(path) in str(error)
+        return
+    # Loaded: then it really is usable. Every core count up to the one validated gives distributions, and
+    # every baseline is a valid setting.
+    for cores in (1, 2):
+        assert loaded.distributions(cores)
+        for params in loaded.baselines(cores).values():
+            Settings.from_params(params)
 
 
 @FUZZ

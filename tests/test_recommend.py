@@ -1,23 +1,19 @@
-"""Recommendations by CPU signature, and export/import between storages, with a replaying runner."""
+"""Recommendations by CPU signature, with a replaying runner."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import optuna
 import pytest
 
-from tests.conftest import make_config
-from tuner import benchmark, recommend, transfer
-from tuner.benchmark import Target, make_record
+from tests.helpers import make_config
+from tuner import recommend
 from tuner.cli import main
 from tuner.errors import TunerError
-from tuner.measurement import Measurement
 from tuner.replay import ReplayRunner
 from tuner.runner import TrialSpec
-from tuner.settings import Settings
 from tuner.signature import cpu_signature
 from tuner.storage import open_storage
 from tuner.study import StudyRun
@@ -93,66 +89,3 @@ def test_cli_refuses_a_cpu_with_nothing_usable(storage_url: str, capsys: pytest.
     # One line, naming the CPU asked for.
     err = capsys.readouterr().err.strip()
     assert err.startswith("tuner: error: no confirmed verdict") and "E5-2682" in err and "\n" not in err
-
-
-def test_export_then_import_moves_studies_and_records_and_twice_changes_nothing(
-    tmp_path: Path, storage_url: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    source = tuned_storage(storage_url)
-    m = Measurement(32, (0.1, 0.1), (0.2,), {"framework_version": "2.21.0"})
-    target = Target("tensorflow", Workload("tiny", "infer", 32), (0, 1))
-    benchmark.store(source, make_record(target, "tf-default", Settings(), [m], SIGNATURE, "r1"))
-    path = tmp_path / "results.json"
-    assert main(["export", "--output", str(path), "--storage", storage_url]) == 0
-    copy_url = f"sqlite:///{tmp_path / 'copy.db'}"
-    assert main(["import", str(path), "--storage", copy_url]) == 0
-    copy = open_storage(copy_url, create=False)
-    # Same studies, same finished trials with their values and attributes, same benchmark records; each
-    # imported study also says where it came from, and its import finished.
-    for info in source.get_all_studies():
-        a = optuna.load_study(study_name=info.study_name, storage=source)
-        b = optuna.load_study(study_name=info.study_name, storage=copy)
-        copied = dict(b.user_attrs)
-        assert copied.pop("imported")["file"] == str(path) and copied.pop("tuner_importing") is False
-        assert a.user_attrs == copied
-        assert [(t.state, t.value, t.params, t.user_attrs) for t in a.trials if t.state.is_finished()] == [
-            (t.state, t.value, t.params, t.user_attrs) for t in b.trials
-        ]
-    assert benchmark.records(copy) == benchmark.records(source)
-    capsys.readouterr()
-    assert main(["import", str(path), "--storage", copy_url]) == 0
-    # Importing again adds nothing: every study is reported as kept.
-    out = capsys.readouterr().out
-    assert "imported 0 studies" in out and out.count("kept ") == len(source.get_all_studies())
-
-
-@pytest.mark.parametrize(
-    ("content", "expected"),
-    [
-        ("not json at all", "not JSON"),
-        ('{"format": "something-else", "version": 1, "studies": []}', "not a tuner export"),
-        ('{"format": "tuner-export", "version": 99, "studies": []}', "version 99"),
-        ('{"format": "tuner-export", "version": 1, "studies": [{"name": "x", "direction": "maximize", '
-         '"user_attrs": {}, "trials": []}]}', "not a tuner study"),
-        ('{"format": "tuner-export", "version": 1, "studies": [{"name": "x", "direction": "maximize", '
-         '"user_attrs": {"tuner": {}}, "trials": [{"state": "COMPLETE", "value": 1.0, "params": {"a": 5}, '
-         '"distributions": {"a": {"name": "IntDistribution", "attributes": {"low": 0, "high": 2, "step": 1, '
-         '"log": false}}}}]}]}', "trials[0]"),
-        ('{"format": "tuner-export", "version": 1, "studies": [{"name": "x", "direction": "maximize", '
-         '"user_attrs": {"tuner": {}}, "trials": [{"state": "RUNNING", "params": {}, "distributions": {}}]}]}',
-         "RUNNING"),
-    ],
-)  # fmt: skip
-def test_malformed_or_foreign_import_is_one_line_and_writes_nothing(
-    tmp_path: Path, content: str, expected: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    path = tmp_path / "bad.json"
-    path.write_text(content)
-    url = f"sqlite:///{tmp_path / 'target.db'}"
-    assert main(["import", str(path), "--storage", url]) == 1
-    err = capsys.readouterr().err.strip()
-    # One line naming the file and what is wrong; the target storage was never created.
-    assert err.startswith("tuner: error: ") and expected in err and "\n" not in err
-    assert not (tmp_path / "target.db").exists()
-    with pytest.raises(transfer.ImportRefused):
-        transfer.read(path)

@@ -373,7 +373,7 @@ def test_a_failing_trial_is_stored_with_its_reason_and_the_study_goes_on(
 ) -> None:
     from optuna.trial import TrialState
 
-    from tests.conftest import make_config
+    from tests.helpers import make_config
     from tuner.study import StudyRun
 
     pids = tmp_path / "pids"

@@ -9,7 +9,7 @@ import optuna
 import pytest
 import sqlalchemy.exc
 
-from tests.test_cli import one_error_line
+from tests.helpers import one_error_line
 from tuner.cli import main
 from tuner.errors import StorageError
 from tuner.storage import open_storage, redact, storage_cause

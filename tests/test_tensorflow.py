@@ -190,7 +190,7 @@ print(names["tf_Compute"], names["python"])
 def test_recommended_shell_exports_make_tensorflow_use_the_threads(tmp_path: Path) -> None:
     """Paste `tuner recommend --format shell` into a shell: a TensorFlow program then runs the recommended
     pools. TensorFlow names its inter-op threads tf_Compute; intra-op (Eigen) threads keep the name python."""
-    from tests.conftest import make_config
+    from tests.helpers import make_config
     from tuner.replay import ReplayRunner
     from tuner.storage import open_storage
     from tuner.study import StudyRun
