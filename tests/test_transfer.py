@@ -286,3 +286,22 @@ def test_malformed_or_foreign_import_is_one_line_and_writes_nothing(
     assert not (tmp_path / "target.db").exists()
     with pytest.raises(transfer.ImportRefused):
         transfer.read(path)
+
+
+def test_a_malformed_benchmark_record_is_skipped_with_one_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    storage = tuned(url)
+    m = Measurement(32, (0.1, 0.1), (0.2,), {"framework_version": "2.21.0"})
+    target = Target("tensorflow", Workload("tiny", "infer", 32), (0, 1))
+    benchmark.store(storage, make_record(target, "tf-default", Settings(), [m], SIGNATURE, "r1"))
+    poisoned = make_record(target, "heuristic", Settings(), [m], SIGNATURE, "r1")
+    poisoned["images_per_sec"] = "fast"  # a shared storage's worker wrote garbage
+    benchmark.store(storage, {**poisoned, "value": 1.0})
+    assert main(["table", "--storage", url, "--format", "csv"]) == 0
+    captured = capsys.readouterr()
+    # The good record is tabulated; the malformed one is one warning line naming what is wrong.
+    assert "tf-default" in captured.out and captured.err.count("tuner: warning:") == 1
+    assert "images_per_sec" in captured.err
+    assert main(["report", "--storage", url, "--output", str(tmp_path / "r.html")]) == 0

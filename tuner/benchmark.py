@@ -33,8 +33,9 @@ from tuner.confirm import interleave
 from tuner.errors import Interrupted, TunerError, WorkerError
 from tuner.measurement import Measurement, coefficient_of_variation, median_abs_deviation
 from tuner.policy import MeasurementPolicy
-from tuner.records import utc_now
+from tuner.records import BenchmarkRecord, MalformedRecord, check_record, utc_now
 from tuner.runner import Runner, TaskSpec, TrialSpec
+from tuner.sanitize import one_line
 from tuner.settings import Settings
 from tuner.signature import CpuSignature
 from tuner.workload import Workload
@@ -179,13 +180,24 @@ def store(storage: optuna.storages.BaseStorage, record: dict[str, Any]) -> None:
     _study(storage).add_trial(trial)
 
 
-def records(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
-    """Every stored record, oldest first; none if no benchmark was ever stored."""
+def records(
+    storage: optuna.storages.BaseStorage, warn: Callable[[str], None] = lambda line: None
+) -> list[BenchmarkRecord]:
+    """Every stored record that matches the schema (``tuner/records.py``), oldest first; a malformed one (a
+    shared storage is untrusted) is one ``warn`` line and left out. None if no benchmark was ever stored."""
     names = {s.study_name for s in storage.get_all_studies()}
     if BENCH_STUDY not in names:
         return []
     study = optuna.load_study(study_name=BENCH_STUDY, storage=storage)
-    return [t.user_attrs["record"] for t in study.get_trials(deepcopy=False) if "record" in t.user_attrs]
+    found = []
+    for trial in study.get_trials(deepcopy=False):
+        if "record" not in trial.user_attrs:
+            continue
+        try:
+            found.append(check_record(trial.user_attrs["record"], f"benchmark record {trial.number}"))
+        except MalformedRecord as error:
+            warn(f"skipped: {one_line(error)}")
+    return found
 
 
 # -- measuring ----------------------------------------------------------------------------------------

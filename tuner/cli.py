@@ -141,7 +141,7 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
 
 
 def _write_table(args: argparse.Namespace, storage: optuna.storages.BaseStorage) -> None:
-    frame, notes = table.build(benchmark.records(storage))
+    frame, notes = table.build(benchmark.records(storage, _warn))
     text = table.render(frame, notes, args.format)
     if args.output:
         _write_file(args.output, text + "\n")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from tuner.errors import InvalidSettings, TunerError
 from tuner.sanitize import one_line
@@ -169,6 +169,114 @@ class StoredVerdict:
             speedup=speedup,
             raw=data,
         )
+
+
+class BenchmarkRecord(TypedDict, total=False):
+    """A stored benchmark record (``tuner/benchmark.py`` makes them): what its readers may rely on once
+    ``check_record`` passed. ``kind`` is benchmark, flops or matmul; a skipped setting or target carries
+    ``skipped`` instead of figures."""
+
+    kind: str
+    runtime: str
+    device: str
+    cores: int
+    core_set: list[int]
+    gpus: int
+    replicas: int
+    model: str
+    mode: str
+    batch_size: int
+    global_batch: int
+    label: str
+    skipped: str
+    partial: str
+    settings: dict[str, Any]
+    settings_text: str
+    images_per_sec: float
+    ms_per_image: float
+    step_seconds: float
+    rate_median: float
+    rate_jitter: float
+    rate_cv: float
+    rounds: int
+    warmup: int
+    timed: int
+    round_rates: list[list[float]]
+    round_images_per_sec: list[float]
+    framework_version: str | None
+    onednn: bool | None
+    openmp: str | None
+    run_id: str
+    recommended: str
+    cpu: dict[str, Any]
+    memory_gib: float
+    measured: str
+    flops_per_image: dict[str, float]
+    peak_gflops: float
+
+
+_Kind = type | tuple[type, ...]
+_TARGET: dict[str, _Kind] = {
+    "runtime": str,
+    "device": str,
+    "cores": int,
+    "gpus": int,
+    "replicas": int,
+    "model": str,
+    "mode": str,
+    "batch_size": int,
+    "global_batch": int,
+    "label": str,
+    "cpu": Mapping,
+}
+_FIGURES: dict[str, _Kind] = {
+    "images_per_sec": (int, float),
+    "ms_per_image": (int, float),
+    "step_seconds": (int, float),
+    "rate_cv": (int, float),
+    "rounds": int,
+    "warmup": int,
+    "timed": int,
+    "round_rates": list,
+    "settings_text": str,
+    "run_id": str,
+}
+
+
+def check_record(data: Any, where: str = "record") -> BenchmarkRecord:
+    """A stored benchmark record, checked for the keys and types its readers use (table, report, the main
+    job); raises ``MalformedRecord`` naming the first problem."""
+    if not isinstance(data, Mapping):
+        raise MalformedRecord(f"{where}: must be an object")
+    check_shape(data, where)
+    kind = data.get("kind")
+    if kind == "flops":
+        flops = _get(data, "flops_per_image", Mapping, where)
+        for mode in MODES:
+            if _get(flops, mode, (int, float), f"{where}.flops_per_image") <= 0:
+                raise MalformedRecord(f"{where}.flops_per_image.{mode}: must be positive")
+        _get(data, "model", str, where)
+    elif kind == "matmul":
+        _get(data, "runtime", str, where)
+        _get(data, "cores", int, where)
+        if _get(data, "peak_gflops", (int, float), where) <= 0:
+            raise MalformedRecord(f"{where}.peak_gflops: must be positive")
+    elif kind == "benchmark":
+        for key, expected in _TARGET.items():
+            _get(data, key, expected, where)
+        if "skipped" in data:
+            _get(data, "skipped", str, where)
+        else:
+            for key, expected in _FIGURES.items():
+                _get(data, key, expected, where)
+            if data["images_per_sec"] <= 0 or not all(
+                isinstance(run, list) and all(isinstance(v, (int, float)) for v in run) for run in data["round_rates"]
+            ):
+                raise MalformedRecord(f"{where}: images_per_sec must be positive and round_rates lists of numbers")
+        _date(data, "measured", where)
+    else:
+        raise MalformedRecord(f"{where}.kind: {str(kind)[:20]!r} is not benchmark, flops or matmul")
+    return cast(BenchmarkRecord, data)
 
 
 def tuner_studies(storage: Any, warn: Callable[[str], None]) -> list[Any]:

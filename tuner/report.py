@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner import __version__, benchmark, table
 from tuner.confirm import DEFAULT, HEURISTIC, TUNED
-from tuner.records import tuner_studies
+from tuner.records import BenchmarkRecord, tuner_studies
 from tuner.topology import cores_text
 
 LABELS = (DEFAULT, HEURISTIC, TUNED)
@@ -86,20 +86,20 @@ def _title(fig: go.Figure, title: str, noise: str, x: str, y: str) -> go.Figure:
     return fig
 
 
-def _latest_cpu(records: Sequence[dict[str, Any]]) -> dict[tuple[int, str, str], dict[str, Any]]:
+def _latest_cpu(records: Sequence[BenchmarkRecord]) -> dict[tuple[int, str, str], BenchmarkRecord]:
     """The latest CPU record of each (cores, mode, setting) among tf-default, heuristic and tuned."""
-    latest: dict[tuple[int, str, str], dict[str, Any]] = {}
+    latest: dict[tuple[int, str, str], BenchmarkRecord] = {}
     for r in sorted(records, key=lambda r: r.get("measured", "")):
         if r.get("device") == "cpu" and r.get("label") in LABELS:
             latest[(r["cores"], r["mode"], r["label"])] = r
     return latest
 
 
-def _records_cvs(latest: dict[tuple[int, str, str], dict[str, Any]]) -> list[float]:
+def _records_cvs(latest: dict[tuple[int, str, str], BenchmarkRecord]) -> list[float]:
     return [r["rate_cv"] for r in latest.values() if isinstance(r.get("rate_cv"), int | float)]
 
 
-def bars(records: Sequence[dict[str, Any]], heading: str) -> go.Figure | None:
+def bars(records: Sequence[BenchmarkRecord], heading: str) -> go.Figure | None:
     """tf-default, heuristic and tuned images/sec per core count and mode, 95% intervals as error bars."""
     latest = _latest_cpu(records)
     if not latest:
@@ -135,7 +135,7 @@ def bars(records: Sequence[dict[str, Any]], heading: str) -> go.Figure | None:
     return _title(fig, f"Images/sec by setting: {heading}", noise, "cores and mode", f"{RATE} (median)")
 
 
-def scaling(records: Sequence[dict[str, Any]], heading: str) -> go.Figure | None:
+def scaling(records: Sequence[BenchmarkRecord], heading: str) -> go.Figure | None:
     """Images/sec against the number of cores, one line per mode and setting."""
     latest = _latest_cpu(records)
     if not latest:
@@ -328,7 +328,7 @@ def build(
     """The whole page, and the titles of its figures in order. A study whose stored attributes break the
     schema (tuner/records.py) is ``warn``ed about and left out."""
     page = Page()
-    records = benchmark.records(storage)
+    records = benchmark.records(storage, warn)
     studies = []
     valid = {info.study_name for info in tuner_studies(storage, warn)}
     foreign: list[str] = []

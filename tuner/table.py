@@ -9,7 +9,7 @@ the matmul peak on the same core set, and the tuned settings.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -17,6 +17,7 @@ import pandas as pd
 from tuner.capability import NOT_RUNNABLE
 from tuner.confirm import DEFAULT, HEURISTIC, TUNED, bootstrap_ratio
 from tuner.errors import check_choice
+from tuner.records import BenchmarkRecord
 from tuner.runtime import load as load_runtime
 from tuner.runtime import names as runtime_names
 from tuner.topology import cores_text
@@ -26,7 +27,7 @@ HEURISTIC_NHWC = f"{HEURISTIC}-nhwc"  # the heuristic's runnable part where NCHW
 MODE_NAMES = {"train": "train", "infer": "infer"}
 
 
-def _group_key(record: dict[str, Any]) -> tuple[Any, ...]:
+def _group_key(record: BenchmarkRecord) -> tuple[Any, ...]:
     return (
         record.get("cpu", {}).get("id"),
         record.get("runtime"),
@@ -44,7 +45,7 @@ def _declared_label(name: str) -> str:
     return load_runtime(name).label if name in runtime_names() else name
 
 
-def runtime_label(name: str, facts: dict[str, Any] | None = None) -> str:
+def runtime_label(name: str, facts: Mapping[str, Any] | None = None) -> str:
     """How a row names its runtime, like the reference table's first column, from what the worker read back
     (``onednn``, ``openmp`` of a record), never from the runtime's name alone: stock TensorFlow on a CPU where
     it leaves oneDNN off is 'CPU (no optimisation)'. The runtime's name is added where the read-back differs
@@ -62,7 +63,7 @@ def runtime_label(name: str, facts: dict[str, Any] | None = None) -> str:
     return found if found == declared else f"{found} [{name}]"
 
 
-def _ratio(top: dict[str, Any] | None, bottom: dict[str, Any] | None) -> str:
+def _ratio(top: BenchmarkRecord | None, bottom: BenchmarkRecord | None) -> str:
     """Speedup of ``top`` over ``bottom``; with a 95% paired bootstrap interval when both were measured in
     the same interleaved run with two rounds or more, else the plain ratio."""
     if top is None or bottom is None:
@@ -75,24 +76,24 @@ def _ratio(top: dict[str, Any] | None, bottom: dict[str, Any] | None) -> str:
     return f"{interval.value:.2f}x [{interval.low:.2f}, {interval.high:.2f}]"
 
 
-def _rate(record: dict[str, Any] | None) -> str:
+def _rate(record: BenchmarkRecord | None) -> str:
     return "-" if record is None else f"{record['images_per_sec']:.2f}"
 
 
-def _share(record: dict[str, Any] | None, flops: dict[str, float] | None, peak: float | None) -> str:
+def _share(record: BenchmarkRecord | None, flops: dict[str, float] | None, peak: float | None) -> str:
     if record is None or not flops or not peak or record.get("device") != "cpu":
         return "-"
     achieved = record["images_per_sec"] * flops[record["mode"]] / 1e9
     return f"{achieved:.0f} ({achieved / peak:.0%})"
 
 
-def _recommended(group: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+def _recommended(group: dict[str, BenchmarkRecord]) -> BenchmarkRecord | None:
     """The record of the settings a confirmed verdict recommends (tf-default unless another clearly won)."""
     recommended = next((r["recommended"] for r in group.values() if r.get("recommended")), DEFAULT)
     return group.get(recommended) or group.get(DEFAULT) or group.get(TUNED) or group.get(HEURISTIC)
 
 
-def build(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
+def build(records: Sequence[BenchmarkRecord]) -> tuple[pd.DataFrame, list[str]]:
     """The table, and notes (skipped targets, what the columns mean) to print under it."""
     flops = {r["model"]: r["flops_per_image"] for r in records if r.get("kind") == "flops"}
     peaks: dict[tuple[Any, Any], float] = {}
@@ -100,8 +101,8 @@ def build(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
         if r.get("kind") == "matmul":
             key = (r.get("cpu", {}).get("id"), r.get("cores"))
             peaks[key] = max(peaks.get(key, 0.0), float(r["peak_gflops"]))
-    groups: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
-    skipped: dict[tuple[Any, ...], dict[str, Any]] = {}
+    groups: dict[tuple[Any, ...], dict[str, BenchmarkRecord]] = {}
+    skipped: dict[tuple[Any, ...], BenchmarkRecord] = {}
     unmeasured: dict[tuple[Any, ...], dict[str, str]] = {}  # settings of a target that were not measured, why
     for r in sorted((r for r in records if r.get("kind") == "benchmark"), key=lambda r: r.get("measured", "")):
         if "skipped" in r and r.get("label"):
@@ -178,7 +179,7 @@ def build(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
     return pd.DataFrame(rows).fillna("-"), notes
 
 
-def _skipped_row(r: dict[str, Any], note: str) -> dict[str, Any]:
+def _skipped_row(r: BenchmarkRecord, note: str) -> dict[str, Any]:
     """A target with no measured setting: why, in the note."""
     return {
         "runtime": f"GPU ({r['runtime']})" if r["device"] == "gpu" else runtime_label(r["runtime"]),
@@ -192,7 +193,7 @@ def _skipped_row(r: dict[str, Any], note: str) -> dict[str, Any]:
     }
 
 
-def _batches(record: dict[str, Any] | None) -> str:
+def _batches(record: BenchmarkRecord | None) -> str:
     if record is None:
         return "-"
     return f"{record['rounds']}x({record['warmup']}+{record['timed']})"
