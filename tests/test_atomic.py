@@ -14,8 +14,11 @@ def test_write_replaces_whole_and_leaves_no_temporary(tmp_path: Path) -> None:
     target = tmp_path / "report.html"
     target.write_text("old")
     atomic.write_text(target, "new")
-    # The target holds the new text, readable by others, and nothing else is left in the folder.
-    assert target.read_text() == "new" and os.stat(target).st_mode & 0o777 == 0o644
+    target.chmod(0o640)
+    atomic.write_text(target, "newer")
+    # The target holds the new text with the mode it had (mkstemp's 0600 does not leak), and nothing else is
+    # left in the folder.
+    assert target.read_text() == "newer" and os.stat(target).st_mode & 0o777 == 0o640
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
 
 

@@ -108,6 +108,25 @@ def test_crafted_strings_never_become_statements(tmp_path: Path, capsys: pytest.
     assert "\x1b" not in shown and "\r" not in shown and "tuner-pwned" in shown
 
 
+def test_an_encoding_declaration_in_stored_text_cannot_turn_a_comment_into_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = exported(tmp_path, f"sqlite:///{tmp_path / 'source.db'}")
+    meta, verdict = data["studies"][0]["user_attrs"]["tuner"], data["studies"][0]["user_attrs"]["verdict"]
+    # UTF-7 decodes "+AAo-" to a newline: declared on line 1 or 2, the next comment would become a statement.
+    meta["probe"]["framework_version"] = "2.16 -*- coding: utf-7 -*-"
+    meta["cpu"]["model_name"] = "EPYC -*- coding: utf-7 -*-"
+    verdict["text"] = "+AAo-print(+ACI-PWNED+ACI-)"
+    target = f"sqlite:///{tmp_path / 'target.db'}"
+    assert main(["import", str(write(tmp_path, data)), "--storage", target]) == 0
+    capsys.readouterr()
+    assert main(["recommend", *TINY, "--format", "python", "--storage", target]) == 0
+    source = capsys.readouterr().out.encode()
+    # Parsed as Python parses a saved file (bytes, honouring any encoding declaration): no print call.
+    tree = ast.parse(source)
+    assert "PWNED" not in ast.dump(tree) and source.startswith(b"# -*- coding: utf-8 -*-\n")
+
+
 def test_imported_verdict_does_not_replace_this_machines_own(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -243,7 +262,8 @@ def test_export_then_import_moves_studies_and_records_and_twice_changes_nothing(
         a = optuna.load_study(study_name=info.study_name, storage=source)
         b = optuna.load_study(study_name=info.study_name, storage=copy)
         copied = dict(b.user_attrs)
-        assert copied.pop("imported")["file"] == str(path) and copied.pop("tuner_importing") is False
+        if info.study_name != benchmark.BENCH_STUDY:  # records are merged into the target's own study
+            assert copied.pop("imported")["file"] == str(path) and copied.pop("tuner_importing") is False
         assert a.user_attrs == copied
         assert [(t.state, t.value, t.params, t.user_attrs) for t in a.trials if t.state.is_finished()] == [
             (t.state, t.value, t.params, t.user_attrs) for t in b.trials
@@ -305,3 +325,20 @@ def test_a_malformed_benchmark_record_is_skipped_with_one_warning(
     assert "tf-default" in captured.out and captured.err.count("tuner: warning:") == 1
     assert "images_per_sec" in captured.err
     assert main(["report", "--storage", url, "--output", str(tmp_path / "r.html")]) == 0
+
+
+def test_benchmark_records_of_another_machine_are_merged_not_dropped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = Measurement(32, (0.1, 0.1), (0.2,), {"framework_version": "2.21.0"})
+    target = Target("tensorflow", Workload("tiny", "infer", 32), (0, 1))
+    source, mine = (f"sqlite:///{tmp_path / name}" for name in ("source.db", "mine.db"))
+    benchmark.store(open_storage(source), make_record(target, "tf-default", Settings(), [m], SIGNATURE, "theirs"))
+    benchmark.store(open_storage(mine), make_record(target, "tf-default", Settings(), [m], SIGNATURE, "mine"))
+    path = tmp_path / "export.json"
+    assert main(["export", "--output", str(path), "--storage", source]) == 0
+    assert main(["import", str(path), "--storage", mine]) == 0
+    assert main(["import", str(path), "--storage", mine]) == 0
+    # Both machines' records are there, each once, though the target already had a benchmark study.
+    runs = sorted(r.get("run_id", "") for r in benchmark.records(open_storage(mine, create=False)))
+    assert runs == ["mine", "theirs"]

@@ -14,6 +14,26 @@ import tempfile
 from pathlib import Path
 
 
+def _mode(target: Path) -> int:
+    """The target's own mode when it exists, else what a plain open() would give (0666 less the umask)."""
+    try:
+        return os.stat(target).st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the rename itself durable."""
+    with contextlib.suppress(OSError):
+        descriptor = os.open(folder if str(folder) else ".", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
 def write_text(path: Path | str, text: str) -> None:
     """Write ``text`` to ``path`` atomically; raises ``OSError`` (the caller names the flag or file)."""
     target = Path(path)
@@ -23,8 +43,9 @@ def write_text(path: Path | str, text: str) -> None:
             out.write(text)
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a report or export from its other readers
+        os.chmod(tmp, _mode(target))  # mkstemp's 0600 would hide a report or export from its other readers
         os.replace(tmp, target)
+        _sync_folder(target.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

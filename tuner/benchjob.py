@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import optuna
 
 from tuner import benchmark
-from tuner.capability import NOT_RUNNABLE, Capabilities, plan_baselines, unrunnable
+from tuner.capability import NOT_RUNNABLE, REPAIRS, Capabilities, plan_baselines, unrunnable
 from tuner.confirm import DEFAULT, HEURISTIC, TUNED
 from tuner.errors import TunerError, UsageError
 from tuner.measurement import Measurement
@@ -36,9 +36,11 @@ Named = list[tuple[str, Settings]]
 
 
 def check_settings(wanted: Sequence[str], baselines: Sequence[str]) -> None:
-    """Every ``--settings`` string that is not a baseline's name or ``tuned`` parses (before any storage)."""
+    """Every ``--settings`` string that is not a baseline's name (or its runnable part, ``heuristic-nhwc``)
+    or ``tuned`` parses (before any storage)."""
+    names = {*baselines, *(f"{b}-{r.suffix}" for b in baselines for r in REPAIRS.values()), TUNED}
     for text in wanted:
-        if text not in baselines and text != TUNED:
+        if text not in names:
             Settings.parse(text)
 
 
@@ -134,12 +136,11 @@ class BenchmarkJob:
     ) -> None:
         """A record per setting measured (partial when rounds are missing), a failed one per failure."""
         for label, settings in named:
-            if label in failed:
-                if announce:
-                    reason = f"failed: {failed[label]}"
-                    benchmark.store(self.storage, benchmark.skip_record(target, reason, self.signature, label))
-                    self.out(f"{target.describe()} {label}: FAILED: {failed[label]}")
-                    self.failures.append(f"{label} ({target.workload.mode} {len(target.cores)}c): {failed[label]}")
+            if label in failed:  # stored and counted even when an interrupt cut the benchmark short
+                reason = f"failed: {failed[label]}"
+                benchmark.store(self.storage, benchmark.skip_record(target, reason, self.signature, label))
+                self.out(f"{target.describe()} {label}: FAILED: {failed[label]}")
+                self.failures.append(f"{label} ({target.workload.mode} {len(target.cores)}c): {failed[label]}")
                 continue
             measured = runs.get(label, [])
             if not measured:

@@ -189,7 +189,7 @@ def records(
     if BENCH_STUDY not in names:
         return []
     study = optuna.load_study(study_name=BENCH_STUDY, storage=storage)
-    found = []
+    found = []  # each record is one trial, stored whole: a cut-short import leaves whole records only
     for trial in study.get_trials(deepcopy=False):
         if "record" not in trial.user_attrs:
             continue

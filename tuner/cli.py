@@ -465,7 +465,7 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int
     try:
         args = build_parser().parse_args(argv)
     except UsageError as error:
-        print(f"tuner: error: {error}", file=sys.stderr)
+        print(f"tuner: error: {one_line(error, 2000)}", file=sys.stderr)
         return 1
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     logging.getLogger("optuna").setLevel(logging.ERROR)
@@ -481,7 +481,7 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int
     except TunerError as error:
         if args.debug:
             raise
-        print(f"tuner: error: {error}", file=sys.stderr)
+        print(f"tuner: error: {one_line(error, 2000)}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # the reader went away (`tuner show | head`): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -502,7 +502,7 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int
             return 130
         if args.debug:
             raise
-        reason = (str(error).strip().splitlines() or [""])[0]
+        reason = one_line((str(error).strip().splitlines() or [""])[0], 300)
         print(f"tuner: error: unexpected {type(error).__name__}: {reason} (run with --debug)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

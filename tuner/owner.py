@@ -48,6 +48,16 @@ def start_ticks(pid: int) -> int | None:
         return None
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by someone else
+    return True
+
+
 def identity() -> dict[str, Any]:
     """This process as a trial's owner."""
     return {
@@ -71,7 +81,7 @@ def gone(owner: Mapping[str, Any]) -> bool:
         return False  # another boot or another container: its pids mean nothing here
     started = start_ticks(pid)
     if started is None:
-        return True
+        return not _alive(pid)  # /proc may hide other users' processes (hidepid): ask the kernel too
     return isinstance(owner.get("start"), int) and owner["start"] != started  # pid reused by another process
 
 

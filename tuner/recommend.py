@@ -246,8 +246,11 @@ def _python(r: Recommendation) -> str:
     env = {k: v for k, v in environment(r.settings).items() if v is not None and not k.startswith("TF_NUM_")}
     unset = set(r.settings.knob_unset())
     lines = [
-        *_provenance(r),
+        # Fixed first line: Python reads an encoding declaration on line 1 or 2, so no stored text may stand
+        # there ("coding: utf-7" in a CPU name would turn a comment into code).
+        "# -*- coding: utf-8 -*-",
         "# Run this before anything imports TensorFlow: threads cannot change once it has started.",
+        *_provenance(r),
         "import os",
         "",
     ]

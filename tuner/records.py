@@ -25,6 +25,7 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+IMPORTING = "tuner_importing"  # set on a study while it is imported; readers leave such a study alone
 MAX_DEPTH = 12  # nesting of any stored attribute (a verdict's rates are 4 deep)
 MAX_TEXT = 4096  # characters in any one stored string
 MAX_ITEMS = 200_000  # entries in any one list or mapping
@@ -119,7 +120,10 @@ class StudyMeta:
             raise MalformedRecord(f"{where}: cores {cores} or batch size {batch} out of range")
         cpu = _get(data, "cpu", Mapping, where)
         for key in ("model_name", "id", "vendor"):
-            _get(cpu, key, str, f"{where}.cpu", optional=True)
+            _get(cpu, key, str, f"{where}.cpu")
+        isa = cpu.get("isa", [])
+        if not isinstance(isa, list) or not all(isinstance(flag, str) for flag in isa):
+            raise MalformedRecord(f"{where}.cpu.isa: must be a list of strings")
         probe = data.get("probe", {})
         if not isinstance(probe, Mapping):
             raise MalformedRecord(f"{where}.probe: must be an object")
@@ -160,6 +164,8 @@ class StoredVerdict:
                 raise MalformedRecord(f"{where}.speedup_vs_tf_default: must be an object")
             for key in ("value", "low", "high"):
                 _get(speedup, key, (int, float), f"{where}.speedup_vs_tf_default")
+        for key in ("images_per_sec", "speedup_vs_heuristic"):
+            _numbers(data.get(key), f"{where}.{key}")
         return cls(
             recommended=_get(data, "recommended", str, where),
             settings=_settings(data.get("recommended_params"), f"{where}.recommended_params"),
@@ -264,6 +270,9 @@ def check_record(data: Any, where: str = "record") -> BenchmarkRecord:
     elif kind == "benchmark":
         for key, expected in _TARGET.items():
             _get(data, key, expected, where)
+        if data["mode"] not in MODES or data["device"] not in ("cpu", "gpu"):
+            raise MalformedRecord(f"{where}: mode must be train or infer, device cpu or gpu")
+        _get(data, "memory_gib", (int, float), where, optional=True)
         if "skipped" in data:
             _get(data, "skipped", str, where)
         else:
@@ -284,8 +293,8 @@ def tuner_studies(storage: Any, warn: Callable[[str], None]) -> list[Any]:
     ``FrozenStudy`` summaries; each malformed one is one ``warn`` line and left out, never fatal."""
     found = []
     for info in storage.get_all_studies():
-        if "tuner" not in info.user_attrs:
-            continue
+        if "tuner" not in info.user_attrs or info.user_attrs.get(IMPORTING):
+            continue  # not tuner's, or an import of it was cut short (transfer.py redoes it)
         try:
             check_study(info.study_name, info.user_attrs)
         except MalformedRecord as error:
@@ -295,9 +304,24 @@ def tuner_studies(storage: Any, warn: Callable[[str], None]) -> list[Any]:
     return found
 
 
+def _numbers(value: Any, where: str) -> None:
+    """None, or a mapping of names to numbers (rates, intervals, importances)."""
+    if value is None:
+        return
+    if not isinstance(value, Mapping) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()
+    ):
+        raise MalformedRecord(f"{where}: must map names to numbers")
+
+
 def check_study(name: str, attrs: Mapping[str, Any]) -> None:
     """Every stored attribute within the limits, and the metadata and verdict (where present) valid."""
     check_shape(dict(attrs), f"study {name[:80]!r}")
+    importances = attrs.get("importances")
+    if isinstance(importances, Mapping) and "error" in importances:
+        _get(importances, "error", str, f"study {name[:80]!r}: importances")
+    else:
+        _numbers(importances, f"study {name[:80]!r}: importances")
     if "tuner" in attrs:
         StudyMeta.from_dict(attrs["tuner"], f"study {name[:80]!r}: tuner")
     if "verdict" in attrs:

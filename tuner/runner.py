@@ -121,7 +121,8 @@ class Runner(Protocol):
 
 
 def open_lock(path: Path) -> int:
-    """A descriptor of the host lock file, for ``flock``; one line (``WorkerError``) if it is unsafe.
+    """A descriptor of the host lock file, for ``flock``; one line (``LockError``, never a worker failure)
+    if it is unsafe.
 
     Opened read-only (``flock`` needs no more, so a lock file another user created serves every user),
     never through a symbolic link (``O_NOFOLLOW``: a link planted in /tmp cannot make the tool create or
@@ -133,24 +134,39 @@ def open_lock(path: Path) -> int:
             descriptor = os.open(path, flags)
         except FileNotFoundError:
             with contextlib.suppress(FileExistsError):
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+                made = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+                os.fchmod(made, 0o644)  # readable by every user whatever this process's umask
+                os.close(made)
             continue
         except OSError as error:
-            raise WorkerExited(
+            raise LockError(
                 f"cannot use the measurement lock {path}: {error.strerror} (a link, or not ours?)"
             ) from None
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             os.close(descriptor)
-            raise TunerError(f"the measurement lock {path} is not a regular file: remove it and run again")
+            raise LockError(f"the measurement lock {path} is not a regular file: remove it and run again")
         return descriptor
-    raise TunerError(f"cannot create the measurement lock {path}")
+    raise LockError(f"cannot create the measurement lock {path}")
 
 
-def _die_with_parent(parent: int) -> None:
-    """Ask Linux to SIGKILL this (child) process when its parent dies; exit now if it already has."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+class LockError(TunerError):
+    """The host's measurement lock cannot be used: a fault of this host, not of the settings measured."""
+
+    reason = "lock"
+
+
+def _prctl() -> Any:
+    """libc's ``prctl``, looked up in the parent: the child between fork and exec must not call dlopen."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def _die_with_parent(prctl: Any, parent: int) -> None:
+    """In the child: ask Linux to SIGKILL it when its parent dies; exit now if the parent already has."""
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:
         os._exit(1)
 
@@ -186,6 +202,7 @@ class SubprocessRunner:
         self.lock = lock  # the host-wide measurement lock; tests of the runner's mechanics use their own
         self.note = note  # how a wait for the lock is announced (once per wait)
         self.parent_pid = os.getpid()
+        self._prctl = _prctl()
 
     def argv(self, worker_spec: dict[str, Any], channel_fd: int) -> list[str]:
         return [self.python, str(WORKER), "--channel-fd", str(channel_fd), "--spec", json.dumps(worker_spec)]
@@ -304,7 +321,7 @@ class SubprocessRunner:
     def _child_setup(self) -> None:
         """In the child, before exec: die with the tool (a ``kill -9`` of the tool must not leave a worker
         measuring after the lock is released), and cap the address space so a runaway allocation fails."""
-        _die_with_parent(self.parent_pid)
+        _die_with_parent(self._prctl, self.parent_pid)
         if self.memory_limit:
             resource.setrlimit(resource.RLIMIT_AS, (self.memory_limit, self.memory_limit))
 

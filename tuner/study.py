@@ -330,6 +330,7 @@ class StudyRun:
             if skips >= MAX_SKIPS_IN_A_ROW:
                 self.progress(f"sampler proposed only measured settings {skips} times: search ends")
                 break
+            self._current = -1
             try:
                 self.study.optimize(
                     self.objective,
@@ -338,10 +339,12 @@ class StudyRun:
                     callbacks=[lambda _study, trial: finished.append(trial)],
                 )
             except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
-                # Another process finished this trial while it ran (a worker that took us for dead): that
-                # trial is lost, not the study. Anything else is a real error.
+                # Another process failed this trial while it ran (it took this one for dead, as "orphaned"):
+                # that trial is lost, not the study. Any other error, or one before a trial began, is real.
+                if self._current < 0:
+                    raise
                 taken = self.study.get_trials(deepcopy=False)[self._current]
-                if taken.state == TrialState.RUNNING:
+                if taken.state != TrialState.FAIL or taken.user_attrs.get("fail_reason") != "orphaned":
                     raise
                 self.progress(f"trial {taken.number} was marked {taken.state.name} by another process: skipped")
                 continue

@@ -20,6 +20,7 @@ from tuner.errors import check_choice
 from tuner.records import BenchmarkRecord
 from tuner.runtime import load as load_runtime
 from tuner.runtime import names as runtime_names
+from tuner.sanitize import one_line
 from tuner.topology import cores_text
 
 FORMATS = ("markdown", "csv", "html")
@@ -222,6 +223,9 @@ def check_format(fmt: str) -> None:
 
 def render(frame: pd.DataFrame, notes: Sequence[str], fmt: str) -> str:
     check_format(fmt)
+    # Stored text (CPU names, notes) may come from another machine: each cell and note one printable line.
+    frame = frame.map(lambda value: one_line(value, 500) if isinstance(value, str) else value)
+    notes = [one_line(note, 500) for note in notes]
     if frame.empty:
         return "no benchmark results stored yet (run: tuner run, or tuner benchmark)" + "".join(
             f"\n- {note}" for note in notes

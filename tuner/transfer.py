@@ -28,14 +28,13 @@ from optuna.trial import TrialState
 from tuner import __version__, atomic, interrupt
 from tuner.benchmark import BENCH_STUDY
 from tuner.errors import TunerError, UsageError
-from tuner.records import MalformedRecord, check_shape, check_study
+from tuner.records import IMPORTING, MalformedRecord, check_shape, check_study
 from tuner.sanitize import one_line
 
 FORMAT = "tuner-export"
 VERSION = 1
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 MAX_BYTES = 512 * 2**20
-IMPORTING = "tuner_importing"  # set while a study is being imported; a study still marked was cut short
 LAST = ("tuner", "verdict")  # written last: a reader sees the study as a finished tuner study only then
 CHUNK = 500  # trials added per batch, with a chance to stop between batches
 
@@ -51,8 +50,8 @@ def _ours(attrs: dict[str, Any], name: str) -> bool:
 def export(storage: optuna.storages.BaseStorage) -> dict[str, Any]:
     studies = []
     for info in storage.get_all_studies():
-        if not _ours(info.user_attrs, info.study_name):
-            continue
+        if not _ours(info.user_attrs, info.study_name) or info.user_attrs.get(IMPORTING):
+            continue  # not tuner's, or half imported: never passed on as if whole
         trials = storage.get_all_trials(info._study_id, deepcopy=False, states=FINISHED)
         studies.append(
             {
@@ -183,11 +182,17 @@ def import_into(
     """Create the studies the target lacks, each atomically; return (imported, kept because they exist,
     refused as malformed: one line each). ``source`` (the file) is recorded on every imported study."""
     existing = {s.study_name: s.user_attrs for s in storage.get_all_studies()}
-    imported, kept, refused = [], [], []
+    imported: list[str] = []
+    kept: list[str] = []
+    refused: list[str] = []
     stamp = {"file": one_line(source, 200), "at": datetime.now(UTC).isoformat(timespec="seconds")}
     for study in data["studies"]:
         interrupt.checkpoint()  # a Ctrl-C stops here, between studies
         name = study["name"]
+        if name == BENCH_STUDY:  # this machine's records stay; the file's are added where missing
+            added = _merge_records(storage, study)
+            (imported if added else kept).append(name)
+            continue
         if name in existing and not existing[name].get(IMPORTING):
             kept.append(name)
             continue
@@ -201,6 +206,27 @@ def import_into(
         _import_study(storage, study, stamp)
         imported.append(name)
     return imported, kept, refused
+
+
+def _record_key(trial: optuna.trial.FrozenTrial) -> str:
+    record = trial.user_attrs.get("record", {})
+    keys = ("kind", "run_id", "label", "runtime", "device", "cores", "gpus", "mode", "model", "measured")
+    return json.dumps([record.get(key) for key in keys] if isinstance(record, dict) else None, default=str)
+
+
+def _merge_records(storage: optuna.storages.BaseStorage, study: dict[str, Any]) -> int:
+    """Add the export's benchmark records that the target lacks (by kind, run, label, target and date);
+    each record is one trial, added whole. Returns how many were added."""
+    target = optuna.create_study(storage=storage, study_name=BENCH_STUDY, direction="maximize", load_if_exists=True)
+    for key, value in study["user_attrs"].items():
+        if key not in target.user_attrs:
+            target.set_user_attr(key, value)
+    have = {_record_key(t) for t in target.get_trials(deepcopy=False)}
+    new = [trial for trial in (_frozen(t) for t in study["trials"]) if _record_key(trial) not in have]
+    for start in range(0, len(new), CHUNK):
+        interrupt.checkpoint()
+        target.add_trials(new[start : start + CHUNK])
+    return len(new)
 
 
 def _import_study(storage: optuna.storages.BaseStorage, study: dict[str, Any], stamp: dict[str, str]) -> None:
