@@ -45,6 +45,7 @@ from tuner.measurement import Measurement
 from tuner.plan import Prepared, StudyOptions, prepare, share, study_config, weight
 from tuner.policy import CONFIRM, MeasurementPolicy
 from tuner.probe import fixed_knobs
+from tuner.records import StoredVerdict
 from tuner.runner import Runner, SubprocessRunner
 from tuner.runtime import MANIFEST, Runtime
 from tuner.settings import Settings
@@ -88,26 +89,24 @@ def study_records(
     """Benchmark records' parts from a study's stored confirmation runs: every baseline under its own name,
     and the best sampled candidate as ``tuned``; each carries what the verdict recommends."""
     confirmation = study.user_attrs.get("confirmation", {})
-    verdict = study.user_attrs.get("verdict", {})
+    verdict = StoredVerdict.from_dict(study.user_attrs.get("verdict"), f"study {study.study_name}: verdict")
     runs: dict[str, list[Measurement]] = {}
     for run in confirmation.get("runs", []):
         runs.setdefault(run["candidate"], []).append(Measurement.from_dict(run["measurement"]))
-    params = verdict.get("params", {})
-    best = best_sampled(verdict)
-    recommended = verdict.get("recommended", DEFAULT)
-    recommended_label = TUNED if recommended == best else recommended
+    best = verdict.best_sampled()
+    recommended_label = TUNED if verdict.recommended == best else verdict.recommended
     parts = []
     for name, measured in runs.items():
-        if name not in params or (name.startswith("trial ") and name != best):
+        if name not in verdict.params or (name.startswith("trial ") and name != best):
             continue
         label = TUNED if name == best else name
         extra = {
             "study": study.study_name,
             "candidate": name,
             "recommended": recommended_label,
-            "verdict": verdict.get("text"),
+            "verdict": verdict.text,
         }
-        parts.append((label, Settings.from_params(params[name]), measured, extra))
+        parts.append((label, verdict.params[name], measured, extra))
     return parts
 
 
@@ -117,19 +116,13 @@ def confirmation_id(study: optuna.Study) -> str:
     return f"{study.study_name}:{confirmation.get('id', '')}:{len(confirmation.get('runs', []))}"
 
 
-def best_sampled(verdict: dict[str, Any]) -> str | None:
-    """The confirmed sampled candidate ("trial N") with the highest median in a stored verdict."""
-    medians = verdict.get("images_per_sec", {})
-    sampled = [name for name in verdict.get("params", {}) if name.startswith("trial ") and name in medians]
-    return max(sampled, key=lambda name: medians[name], default=None)
-
-
 def tuned_settings(study: optuna.Study) -> Settings | None:
     """The tuned settings of a study: its best confirmed sampled setting, else its best sampled trial."""
-    verdict = study.user_attrs.get("verdict", {})
-    best = best_sampled(verdict)
-    if best is not None:
-        return Settings.from_params(verdict["params"][best])
+    if "verdict" in study.user_attrs:
+        verdict = StoredVerdict.from_dict(study.user_attrs["verdict"], f"study {study.study_name}: verdict")
+        best = verdict.best_sampled()
+        if best is not None:
+            return verdict.params[best]
     sampled = [
         t
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))

@@ -11,7 +11,7 @@ its readers, never fatal for the rest of the storage.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypedDict, cast
 
@@ -152,6 +152,13 @@ class StoredVerdict:
     measured: str | None
     speedup: Mapping[str, float] | None
     raw: Mapping[str, Any]
+    params: Mapping[str, Settings] = field(default_factory=dict)  # every confirmed candidate's settings
+    images_per_sec: Mapping[str, float] = field(default_factory=dict)  # each candidate's confirmed median
+
+    def best_sampled(self) -> str | None:
+        """The confirmed sampled candidate ("trial N") with the highest median, if any was confirmed."""
+        sampled = [name for name in self.params if name.startswith("trial ") and name in self.images_per_sec]
+        return max(sampled, key=lambda name: self.images_per_sec[name], default=None)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "verdict") -> StoredVerdict:
@@ -166,6 +173,9 @@ class StoredVerdict:
                 _get(speedup, key, (int, float), f"{where}.speedup_vs_tf_default")
         for key in ("images_per_sec", "speedup_vs_heuristic"):
             _numbers(data.get(key), f"{where}.{key}")
+        params = data.get("params", {})
+        if not isinstance(params, Mapping):
+            raise MalformedRecord(f"{where}.params: must be an object")
         return cls(
             recommended=_get(data, "recommended", str, where),
             settings=_settings(data.get("recommended_params"), f"{where}.recommended_params"),
@@ -174,6 +184,8 @@ class StoredVerdict:
             measured=_date(data, "measured", where),
             speedup=speedup,
             raw=data,
+            params={name: _settings(p, f"{where}.params.{name[:40]}") for name, p in params.items()},
+            images_per_sec=dict(data.get("images_per_sec") or {}),
         )
 
 

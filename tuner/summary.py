@@ -11,12 +11,13 @@ from optuna.trial import TrialState
 
 from tuner.capability import NOT_RUNNABLE
 from tuner.confirm import DEFAULT, HEURISTIC
-from tuner.records import tuner_studies
+from tuner.records import StudyMeta, tuner_studies
 from tuner.sanitize import one_line
 
 
 def summarize_study(study: optuna.Study) -> dict[str, Any]:
-    meta = study.user_attrs.get("tuner", {})
+    """One study as show prints it (and its --json), from the study's checked metadata and verdict."""
+    meta = StudyMeta.from_dict(study.user_attrs.get("tuner"), f"study {study.study_name}: tuner")
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name.lower() for t in trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -25,12 +26,12 @@ def summarize_study(study: optuna.Study) -> dict[str, Any]:
     verdict = study.user_attrs.get("verdict")
     return {
         "name": study.study_name,
-        "model": meta.get("model"),
-        "mode": meta.get("mode"),
-        "batch_size": meta.get("batch_size"),
-        "runtime": meta.get("runtime"),
-        "cores": meta.get("cores"),
-        "cpu": {"model_name": meta.get("cpu", {}).get("model_name"), "id": meta.get("cpu", {}).get("id")},
+        "model": meta.model,
+        "mode": meta.mode,
+        "batch_size": meta.batch_size,
+        "runtime": meta.runtime,
+        "cores": meta.cores,
+        "cpu": {"model_name": meta.cpu.get("model_name"), "id": meta.cpu.get("id")},
         "framework_version": next(
             (t.user_attrs["measurement"]["facts"].get("framework_version") for t in complete), None
         ),
@@ -40,11 +41,11 @@ def summarize_study(study: optuna.Study) -> dict[str, Any]:
         else {"number": best.number, "images_per_sec": best.value, "params": best.params},
         "search_baselines": searched,
         "importances": study.user_attrs.get("importances"),
-        "inert_knobs": meta.get("inert_knobs", []),
+        "inert_knobs": meta.raw.get("inert_knobs", []),
         # What the probe's read-back ruled out on this CPU (tuner/capability.py): baselines and choices.
         "baseline_notes": study.user_attrs.get("runnable", {}).get("baselines", {}),
         "excluded": study.user_attrs.get("runnable", {}).get("excluded", []),
-        "probe": meta.get("probe", {}),
+        "probe": dict(meta.probe),
         "verdict": None
         if verdict is None
         else {
