@@ -210,3 +210,16 @@ def test_benchmark_keeps_every_result_and_names_the_failure(
     assert main(["table", "--storage", storage_url, "--format", "csv"]) == 0
     # The measured setting is in the table; the failed one is a note, not a figure.
     assert "failed: worker exited with status 1" in capsys.readouterr().out
+
+
+def test_openmp_knobs_are_taken_out_only_where_the_probe_read_no_openmp() -> None:
+    space = load("intel-tensorflow", 2)
+    stock = Capabilities(onednn_default=True, openmp=None, openmp_known=True)
+    narrowed, lines = narrow(space, stock, 2, keep=("KMP_BLOCKTIME",))
+    # No OpenMP library loaded: the two knobs not kept are gone from the space, each with one line; the one
+    # the user kept (--allow-inert) stays searched.
+    assert set(narrowed.distributions(2)) == {"intra_op", "inter_op", "data_format", "KMP_BLOCKTIME"}
+    assert [line.split(" taken out")[0] for line in lines] == ["OMP_NUM_THREADS", "KMP_AFFINITY"]
+    # With libiomp5 read back, or with nothing read back at all, every knob stays.
+    for caps in (Capabilities(onednn_default=True, openmp="libiomp5", openmp_known=True), Capabilities()):
+        assert narrow(space, caps, 2) == (space, [])

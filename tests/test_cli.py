@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 
@@ -129,12 +130,23 @@ def test_parse_duration() -> None:
     assert parse_duration("45") == 45
 
 
-def test_openmp_space_on_stock_tensorflow_is_refused(storage_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    args = [*TINY, "--space", "intel-tensorflow", "--storage", storage_url]
-    assert main(args, runner=fake_runner()) == 1
-    # Searching OpenMP knobs on a runtime that loads no OpenMP only fits noise: refused before any trial.
-    assert "ignores knob OMP_NUM_THREADS" in one_error_line(capsys.readouterr().err)
-    assert not Path(storage_url.removeprefix("sqlite:///")).exists()
+def test_openmp_knobs_on_stock_tensorflow_are_taken_out_with_the_reason(
+    storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runner = ReplayRunner.from_rates(lambda spec: 900.0 + 100 * spec.settings.inter_op, noise=0.02)
+    runner.extra_facts = {"openmp": None}  # the probe reads back that no OpenMP library was loaded
+    args = [*TINY, "--trials", "6", "--space", "intel-tensorflow", "--storage", storage_url]
+    assert main(args, runner=runner) == 0
+    err = capsys.readouterr().err
+    # Searching OMP_*/KMP_* where they do nothing would only fit noise: each is taken out once, with the
+    # reason and the override, and the study goes on with the knobs that act.
+    for knob in ("OMP_NUM_THREADS", "KMP_BLOCKTIME", "KMP_AFFINITY"):
+        assert err.count(f"{knob} taken out: this runtime's process loads no OpenMP library") == 1
+        assert f"--allow-inert {knob}" in err
+    # No trial set them, and the study records what was taken out.
+    assert not any(dict(call.settings.env_knobs).keys() & {"OMP_NUM_THREADS", "KMP_BLOCKTIME"} for call in runner.calls)
+    study = optuna.load_study(study_name=optuna.get_all_study_names(storage_url)[0], storage=storage_url)
+    assert len(study.user_attrs["runnable"]["excluded"]) == 3
 
 
 def test_allow_inert_records_the_knobs_and_show_prints_importances(

@@ -12,13 +12,12 @@ from collections.abc import Iterator
 import pytest
 
 from tuner.envs import create
-from tuner.errors import SearchSpaceError, TunerError
+from tuner.errors import TunerError
 from tuner.policy import MeasurementPolicy
 from tuner.probe import probe
 from tuner.runner import SubprocessRunner, TrialSpec
-from tuner.runtime import Runtime, check_knobs, load
+from tuner.runtime import Runtime, load
 from tuner.settings import Settings
-from tuner.space import load as load_space
 from tuner.topology import physical_cores
 from tuner.workload import Workload
 
@@ -68,11 +67,6 @@ def test_stock_interpreter_declared_as_openmp_runtime_is_refused() -> None:
     # A runtime that claims OpenMP knobs but whose environment holds stock TensorFlow is caught by the probe.
     with pytest.raises(TunerError, match="loaded no OpenMP library"):
         probe(SubprocessRunner(), load("intel-tensorflow"), CORE)
-
-
-def test_openmp_space_is_refused_on_stock_tensorflow() -> None:
-    with pytest.raises(SearchSpaceError, match="ignores knob"):
-        check_knobs(load("tensorflow"), load_space("intel-tensorflow", 1).distributions(1), allowed=[])
 
 
 def test_tiny_study_on_intel_tensorflow_stores_read_back_values(intel: Runtime, tmp_path: object) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tuner.errors import SearchSpaceError, UsageError
@@ -25,15 +27,18 @@ def test_stock_tensorflow_declares_no_openmp_knob() -> None:
     assert set(OPENMP_KNOBS) <= set(load("intel-tensorflow").honours)
 
 
-def test_openmp_space_on_stock_runtime_is_refused_in_one_line() -> None:
+def test_undeclared_knob_is_refused_in_one_line_but_openmp_knobs_wait_for_the_probe() -> None:
     space = load_space("intel-tensorflow", 2)
+    # OpenMP knobs on stock TensorFlow are not refused here: the probe reads back whether OpenMP runs, and
+    # the study takes them out if it does not (tests/test_capability.py).
+    assert check_knobs(load("tensorflow"), space.distributions(2), allowed=[]) == []
+    narrow_runtime = dataclasses.replace(load("tensorflow"), honours=("intra_op", "inter_op", "OMP_NUM_THREADS"))
     with pytest.raises(SearchSpaceError) as caught:
-        check_knobs(load("tensorflow"), space.distributions(2), allowed=[])
+        check_knobs(narrow_runtime, space.distributions(2), allowed=[])
     message = str(caught.value)
-    # One line naming the runtime, the first inert knob and why, and the override.
+    # A knob the runtime does not declare at all is refused: one line naming the runtime, the knob, the override.
     assert "\n" not in message
-    assert "runtime tensorflow ignores knob OMP_NUM_THREADS" in message
-    assert "runs oneDNN without OpenMP" in message and "--allow-inert" in message
+    assert "runtime tensorflow ignores knob data_format" in message and "--allow-inert data_format" in message
 
 
 def test_allowing_inert_knobs_returns_them_for_the_record() -> None:

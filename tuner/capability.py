@@ -12,13 +12,14 @@ skipped unmeasured; each is logged once and stored on the study.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from optuna.distributions import CategoricalDistribution
 
 from tuner.errors import SearchSpaceError
+from tuner.runtime import OPENMP_KNOBS
 from tuner.settings import ONEDNN_DEFAULT, Settings
 from tuner.space import SearchSpace
 
@@ -31,6 +32,7 @@ class Capabilities:
 
     onednn_default: bool | None = None
     openmp: str | None = None
+    openmp_known: bool = False  # whether the probe read the OpenMP library back (then None means none loaded)
 
     @classmethod
     def from_probe(cls, facts: Mapping[str, Any]) -> Capabilities:
@@ -39,7 +41,12 @@ class Capabilities:
         return cls(
             onednn_default=onednn if isinstance(onednn, bool) else None,
             openmp=openmp if isinstance(openmp, str) else None,
+            openmp_known="openmp" in facts,
         )
+
+    def without_openmp(self) -> bool:
+        """The probe read back that no OpenMP library was loaded: OMP_*/KMP_* then change nothing."""
+        return self.openmp_known and self.openmp is None
 
     def onednn(self, params: Mapping[str, Any]) -> bool | None:
         """Whether oneDNN runs with these knobs: an explicit on/off, else TensorFlow's choice on this CPU."""
@@ -63,6 +70,9 @@ class Capabilities:
 
     def to_dict(self) -> dict[str, Any]:
         return {"onednn_default": self.onednn_default, "openmp": self.openmp}
+
+
+OPENMP_INERT = "this runtime's process loads no OpenMP library (read back by the probe), so OMP_*/KMP_* do nothing"
 
 
 Rule = Callable[[Mapping[str, Any], Capabilities], str | None]  # why these knobs cannot run here, or None
@@ -96,15 +106,23 @@ def unrunnable(params: Mapping[str, Any], caps: Capabilities) -> tuple[str, str]
     return None
 
 
-def narrow(space: SearchSpace, caps: Capabilities, cores: int) -> tuple[SearchSpace, list[str]]:
-    """``space`` without the categorical choices that cannot run with any value of the other categorical
-    knobs (integer knobs decide nothing here), and one line per choice taken out, saying why."""
+def narrow(
+    space: SearchSpace, caps: Capabilities, cores: int, keep: Collection[str] = ()
+) -> tuple[SearchSpace, list[str]]:
+    """``space`` without what cannot run or cannot matter here, and one line per thing taken out, saying why:
+    the categorical choices that cannot run with any value of the other categorical knobs (integer knobs
+    decide nothing here), and the OpenMP knobs it varies when no OpenMP library is loaded, unless ``keep``
+    names them (``--allow-inert``)."""
     dists = space.distributions(cores)
+    knobs = {name: dict(spec) for name, spec in space.data["knobs"].items()}
+    excluded: list[str] = []
+    if caps.without_openmp():
+        for name in [n for n in OPENMP_KNOBS if n in dists and not dists[n].single() and n not in keep]:
+            del knobs[name], dists[name]
+            excluded.append(f"{name} taken out: {OPENMP_INERT} (--allow-inert {name} searches it anyway)")
     categorical = {n: list(d.choices) for n, d in dists.items() if isinstance(d, CategoricalDistribution)}
     names = list(categorical)
     combos = [dict(zip(names, values, strict=True)) for values in itertools.product(*categorical.values())]
-    excluded: list[str] = []
-    knobs = {name: dict(spec) for name, spec in space.data["knobs"].items()}
     for name in names:
         kept = []
         for choice in categorical[name]:

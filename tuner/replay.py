@@ -41,16 +41,19 @@ NCHW_WITHOUT_ONEDNN = (
 class ReplayRunner:
     """``onednn_default`` mimics a CPU: True where TensorFlow turns oneDNN on by itself (AVX-512 VNNI/BF16),
     False where it leaves it off (AVX2 only: then NCHW without oneDNN fails as the real worker does), None
-    to report nothing about oneDNN."""
+    to report nothing about oneDNN. ``facts`` are added to every run's read-back (``{"openmp": None}`` plays
+    a build that loads no OpenMP library)."""
 
     def __init__(
         self,
         script: Script,
         tasks: Mapping[str, dict[str, Any]] | None = None,
         onednn_default: bool | None = True,
+        facts: Mapping[str, Any] | None = None,
     ) -> None:
         self.script = script
         self.onednn_default = onednn_default
+        self.extra_facts = dict(facts or {})  # read back by every run, as a probe would (openmp: None)
         self.calls: list[TrialSpec] = []
         self.tasks = dict(FAKE_TASKS if tasks is None else tasks)
         self.task_calls: list[TaskSpec] = []
@@ -107,5 +110,5 @@ class ReplayRunner:
             "cpus": list(spec.cores),
             "onednn": onednn,
         }
-        facts["replicas"] = spec.replicas
+        facts.update(self.extra_facts, replicas=spec.replicas)
         return Measurement(spec.global_batch, tuple(timed), tuple(warmup), facts, sum(steps))

@@ -95,20 +95,19 @@ class Runtime:
 
 
 def check_knobs(runtime: Runtime, distributions: Mapping[str, BaseDistribution], allowed: Iterable[str]) -> list[str]:
-    """Refuse a space varying a knob the runtime ignores, unless the user allowed it; return the inert knobs."""
+    """Refuse a space varying a knob the runtime does not declare, unless the user allowed it; return the
+    knobs searched anyway, to be recorded as inert. OpenMP knobs are not refused here: whether an OpenMP
+    library runs is read back by the probe, and the study takes them out if none does (tuner/capability.py)."""
+    allowed = set(allowed)
     inert = runtime.inert(distributions)
-    refused = [knob for knob in inert if knob not in set(allowed)]
+    refused = [knob for knob in inert if knob not in allowed and knob not in OPENMP_KNOBS]
     if refused:
-        why = (
-            "this build runs oneDNN without OpenMP, so OMP_*/KMP_* do nothing; the probe checks it"
-            if refused[0] in OPENMP_KNOBS
-            else "this runtime does not declare it"
-        )
         raise SearchSpaceError(
-            f"runtime {runtime.name} ignores knob {refused[0]} ({why}); searching it would only fit noise. "
-            f"Use a runtime that honours it, or pass --allow-inert {refused[0]} to search it anyway"
+            f"runtime {runtime.name} ignores knob {refused[0]} (this runtime does not declare it); searching it "
+            f"would only fit noise. Use a runtime that honours it, or pass --allow-inert {refused[0]} to search "
+            "it anyway"
         )
-    return inert
+    return [knob for knob in inert if knob in allowed]
 
 
 def _strings(path: Path, key: str, value: Any) -> tuple[str, ...]:

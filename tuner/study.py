@@ -152,8 +152,11 @@ class StudyRun:
         self._current = -1  # the trial being measured, to tell whether another process finished it
         self.caps = Capabilities.from_probe(config.probe)
         # The space and baselines as they can run here (the probe's read-back): see tuner/capability.py.
-        self.space, excluded = narrow(config.space, self.caps, len(config.cores))
-        self.baselines = plan_baselines(config.space.baselines(len(config.cores)), self.caps)
+        self.space, excluded = narrow(config.space, self.caps, len(config.cores), keep=config.inert)
+        kept = set(self.space.data["knobs"])  # a knob taken out is not set by the baselines either
+        named = config.space.baselines(len(config.cores))
+        baselines = {name: {k: v for k, v in params.items() if k in kept} for name, params in named.items()}
+        self.baselines = plan_baselines(baselines, self.caps)
         self._prepare(excluded)
 
     # -- set-up -------------------------------------------------------------------------------------
