@@ -54,6 +54,7 @@ class FakeRunner(SubprocessRunner):
         pids: Path | None = None,
         parent_env: dict[str, str] | None = None,
         memory_limit: int | None = None,
+        stamps: Path | None = None,
     ) -> None:
         # A private lock: these tests time the runner's mechanics, not a measurement, so a tuner measuring on
         # this host meanwhile must not make them wait.
@@ -65,10 +66,12 @@ class FakeRunner(SubprocessRunner):
         )
         self.behaviour = behaviour
         self.pids = pids
+        self.stamps = stamps
 
     def argv(self, worker_spec: dict[str, Any], channel_fd: int) -> list[str]:
         python, _worker, *rest = super().argv(worker_spec, channel_fd)
         extra = ["--pids", str(self.pids)] if self.pids else []
+        extra += ["--stamps", str(self.stamps)] if self.stamps else []
         return [python, str(FAKE_WORKER), *rest, "--behaviour", self.behaviour, *extra]
 
 
@@ -286,6 +289,7 @@ def test_argv_is_explicit_and_spec_carries_validated_values_only() -> None:
         "intra_op": 2,
         "inter_op": 1,
         "data_format": "channels_first",
+        "precision": "fp32",
         "cores": list(CORES),
         "model": "tiny",
         "mode": "train",

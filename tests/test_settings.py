@@ -142,7 +142,7 @@ def test_from_params_is_independent_of_key_order() -> None:
 def test_framework_calls_map_layout_to_keras_names() -> None:
     calls = Settings(intra_op=2, inter_op=1, data_format="NCHW").framework_calls()
     # The worker applies Keras' data_format names, not the NHWC/NCHW shorthand.
-    assert calls == {"intra_op": 2, "inter_op": 1, "data_format": "channels_first"}
+    assert calls == {"intra_op": 2, "inter_op": 1, "data_format": "channels_first", "precision": "fp32"}
 
 
 def test_parse_comma_form_types_values() -> None:

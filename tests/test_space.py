@@ -70,6 +70,9 @@ def test_tensorflow_distributions_at_one_core(tensorflow: SearchSpace) -> None:
         "inter_op": IntDistribution(0, 1),
         "data_format": CategoricalDistribution(["NHWC", "NCHW"]),
         "onednn": CategoricalDistribution(["default", True, False]),
+        "instances": IntDistribution(1, 1),
+        "allocator": CategoricalDistribution(["system", "tcmalloc", "jemalloc"]),
+        "precision": CategoricalDistribution(["fp32", "bf16"]),
     }
 
 
@@ -83,25 +86,58 @@ def test_tensorflow_distributions_at_two_cores(tensorflow: SearchSpace) -> None:
 
 def test_tensorflow_baselines_are_resolved(tensorflow: SearchSpace) -> None:
     # tf-default is all zeros, NHWC and oneDNN as TensorFlow chooses; heuristic's intra_op is "cores",
-    # resolved to the core count; onednn-on is tf-default with oneDNN forced on.
-    assert tensorflow.baselines(2) == {
-        "tf-default": {"intra_op": 0, "inter_op": 0, "data_format": "NHWC", "onednn": "default"},
-        "heuristic": {"intra_op": 2, "inter_op": 1, "data_format": "NCHW", "onednn": "default"},
-        "onednn-on": {"intra_op": 0, "inter_op": 0, "data_format": "NHWC", "onednn": True},
-    }
+    # resolved to the core count; onednn-on is tf-default with oneDNN forced on; all one process, glibc, fp32.
+    baselines = tensorflow.baselines(2)
+    one = {"instances": 1, "allocator": "system", "precision": "fp32"}
+    assert baselines["tf-default"] == {"intra_op": 0, "inter_op": 0, "data_format": "NHWC", "onednn": "default", **one}
+    assert baselines["heuristic"] == {"intra_op": 2, "inter_op": 1, "data_format": "NCHW", "onednn": "default", **one}
+    assert baselines["onednn-on"] == {"intra_op": 0, "inter_op": 0, "data_format": "NHWC", "onednn": True, **one}
     assert tensorflow.baselines(1)["heuristic"]["intra_op"] == 1
 
 
+def test_launcher_recipes_resolve_per_core_count_and_socket(tensorflow: SearchSpace) -> None:
+    def shape(cores: int, sockets: int = 1) -> dict[str, tuple[int, int, int, str]]:
+        recipes = ("run_cpu-throughput", "run_cpu-latency", "model-zoo", "openvino-small")
+        found = tensorflow.baselines(cores, sockets)
+        return {
+            n: (b["instances"], b["intra_op"], b["inter_op"], b["allocator"]) for n, b in found.items() if n in recipes
+        }
+
+    # Two cores, one socket: run_cpu's modes are one TCMalloc process (instances of 4 cores cannot split 2),
+    # the model-zoo one process with inter_op 1, and OpenVINO's small-CPU rule one single-thread instance per core.
+    assert shape(2) == {
+        "run_cpu-throughput": (1, 0, 0, "tcmalloc"),
+        "run_cpu-latency": (1, 0, 0, "tcmalloc"),
+        "model-zoo": (1, 2, 1, "tcmalloc"),
+        "openvino-small": (2, 1, 1, "system"),
+    }
+    # 8 cores on two sockets: one instance per socket; run_cpu's latency mode gives two instances of 4 cores;
+    # OpenVINO's rule holds for 4 cores or fewer only, so it is not a baseline here.
+    assert shape(8, 2) == {
+        "run_cpu-throughput": (2, 0, 0, "tcmalloc"),
+        "run_cpu-latency": (2, 0, 0, "tcmalloc"),
+        "model-zoo": (2, 4, 1, "tcmalloc"),
+    }
+    # "cores/4" is the largest whole split: 14 cores cannot be 3 instances, so 2 of 7.
+    assert shape(14)["run_cpu-latency"][0] == 2
+
+
 def test_tensorflow_size(tensorflow: SearchSpace) -> None:
-    # 3 intra x 2 inter x 2 layouts x 3 oneDNN switches at one core; 5 x 3 x 2 x 3 at two.
-    assert tensorflow.size(1) == 36
-    assert tensorflow.size(2) == 90
+    # 3 intra x 2 inter x 2 layouts x 3 oneDNN switches x 1 instance x 3 allocators x 2 precisions at one core;
+    # 5 x 3 x 2 x 3 x 2 x 3 x 2 at two.
+    assert tensorflow.size(1) == 216
+    assert tensorflow.size(2) == 1080
 
 
-def test_tensorflow_declares_no_constraints(tensorflow: SearchSpace) -> None:
-    # Without constraints nothing is ever skipped, even inter_op above intra_op.
-    assert tensorflow.constraints == []
+def test_tensorflow_constrains_only_instances(tensorflow: SearchSpace) -> None:
+    # Threads are free (even inter_op above intra_op); only the instances must split the cores and their
+    # threads fit an instance's share.
+    assert tensorflow.constraints == ["instances_divide_cores", "threads_fit_instance"]
     assert tensorflow.violated({"intra_op": 1, "inter_op": 2, "data_format": "NHWC"}, 2) is None
+    # Three instances cannot share 4 cores; two instances of 2 cores take at most 4 intra-op threads each.
+    assert tensorflow.violated({"instances": 3}, 4) == "instances_divide_cores"
+    assert tensorflow.violated({"instances": 2, "intra_op": 5}, 4) == "threads_fit_instance"
+    assert tensorflow.violated({"instances": 2, "intra_op": 4, "inter_op": 2}, 4) is None
 
 
 # -- bound expressions and steps -----------------------------------------------------------------------
@@ -320,7 +356,15 @@ def test_omp_constraint(tmp_path: Path) -> None:
 
 
 def test_suggest_with_fixed_trial(tensorflow: SearchSpace) -> None:
-    fixed = {"intra_op": 3, "inter_op": 1, "data_format": "NCHW", "onednn": True}
+    fixed = {
+        "intra_op": 3,
+        "inter_op": 1,
+        "data_format": "NCHW",
+        "onednn": True,
+        "instances": 2,
+        "allocator": "jemalloc",
+        "precision": "fp32",
+    }
     # Every knob is suggested by name, so a fixed trial gets back exactly its params.
     assert tensorflow.suggest(optuna.trial.FixedTrial(fixed), 2) == fixed
 

@@ -13,7 +13,9 @@ from tuner.topology import (
     cpu_quota,
     default_core_counts,
     notes,
+    packages_of,
     parse_core_counts,
+    partition,
     physical_cores,
     quota_warning,
 )
@@ -202,3 +204,70 @@ def test_quota_of_a_parent_group_counts_and_no_quota_is_none(tmp_path: Path) -> 
     # No cgroup v2 line at all (v1 or none): no quota known.
     (tmp_path / "v1").write_text("4:cpu,cpuacct:/\n")
     assert cpu_quota(root, tmp_path / "v1") is None
+
+
+def fake_sys_smt(root: Path, cpus: dict[int, tuple[int, int]]) -> Path:
+    """``fake_sys`` plus die_id and thread_siblings_list, as Linux writes them: logical CPU -> (package, core)."""
+    fake_sys(root, cpus)
+    for cpu, key in cpus.items():
+        siblings = ",".join(str(other) for other, other_key in sorted(cpus.items()) if other_key == key)
+        topo = root / f"cpu{cpu}" / "topology"
+        (topo / "die_id").write_text("0\n")
+        (topo / "thread_siblings_list").write_text(f"{siblings}\n")
+    return root
+
+
+# Two sockets of two cores with two hardware threads each, CPUs numbered round-robin across the packages:
+# cpu0 pkg0 core0, cpu1 pkg1 core0, cpu2 pkg0 core1, cpu3 pkg1 core1, then cpu4..7 are their SMT siblings.
+TWO_SOCKETS_SMT = {cpu: (cpu % 2, (cpu // 2) % 2) for cpu in range(8)}
+
+
+def test_partition_one_socket_two_cores(tmp_path: Path) -> None:
+    root = fake_sys_smt(tmp_path, {0: (0, 0), 1: (0, 1)})
+    cores = core_set(2, [0, 1], root)
+    # One package: one instance takes both cores, two instances take one core each, in order.
+    assert partition(cores, 1, root) == [(0, 1)]
+    assert partition(cores, 2, root) == [(0,), (1,)]
+    # Both cores are on one package.
+    assert packages_of(cores, root) == 1
+
+
+def test_partition_two_sockets_round_robin_smt_one_group_per_socket(tmp_path: Path) -> None:
+    root = fake_sys_smt(tmp_path, TWO_SOCKETS_SMT)
+    cores = core_set(4, range(8), root)
+    # core_set orders by package: socket 0's cores (CPUs 0, 2) first, then socket 1's (1, 3); no SMT sibling.
+    assert cores == (0, 2, 1, 3)
+    # The four cores span both sockets.
+    assert packages_of(cores, root) == 2
+    # Two instances of two cores: one group per socket, never CPUs 0 and 1 together.
+    assert partition(cores, 2, root) == [(0, 2), (1, 3)]
+    # Four instances: one core each, each trivially inside one socket.
+    assert partition(cores, 4, root) == [(0,), (2,), (1,), (3,)]
+
+
+def test_partition_refuses_a_group_spanning_sockets(tmp_path: Path) -> None:
+    root = fake_sys_smt(tmp_path, TWO_SOCKETS_SMT)
+    cores = core_set(4, range(8), root)
+    with pytest.raises(UsageError) as error:
+        partition(cores, 1, root)
+    # One instance on all four cores would span both packages: refused with one line naming them.
+    assert "span packages 0,1" in str(error.value)
+    assert "\n" not in str(error.value)
+    # Three cores (two on socket 0, one on socket 1) as one instance would span the sockets too: refused.
+    with pytest.raises(UsageError, match="span packages"):
+        partition(core_set(3, range(8), root), 1, root)
+
+
+def test_partition_refuses_a_count_that_does_not_divide(tmp_path: Path) -> None:
+    root = fake_sys_smt(tmp_path, {0: (0, 0), 1: (0, 1), 2: (0, 2)})
+    # Three cores cannot be shared equally by two instances: one line saying the count must divide.
+    with pytest.raises(UsageError, match="must divide"):
+        partition((0, 1, 2), 2, root)
+    # Zero instances is a usage error, not a division by zero.
+    with pytest.raises(UsageError, match="at least 1"):
+        partition((0, 1, 2), 0, root)
+
+
+def test_partition_without_topology_files_is_one_package(tmp_path: Path) -> None:
+    # Without /sys topology every CPU is taken as package 0, so any dividing count is accepted.
+    assert partition((0, 1, 2, 3), 2, tmp_path) == [(0, 1), (2, 3)]

@@ -18,6 +18,7 @@ from typing import Any
 
 from optuna.distributions import CategoricalDistribution
 
+from tuner.allocator import SYSTEM, missing_reason
 from tuner.errors import SearchSpaceError
 from tuner.runtime import OPENMP_KNOBS
 from tuner.settings import ONEDNN_DEFAULT, Settings
@@ -33,15 +34,27 @@ class Capabilities:
     onednn_default: bool | None = None
     openmp: str | None = None
     openmp_known: bool = False  # whether the probe read the OpenMP library back (then None means none loaded)
+    allocators: tuple[str, ...] | None = None  # the allocators installed here; None: unknown, nothing taken out
+    bf16_instructions: bool | None = None  # the CPU has avx512_bf16 or amx_bf16; None: unknown
+    precisions: tuple[str, ...] = ("fp32",)  # precisions the user allowed (--allow-precision)
+    force_precision: bool = False  # search an allowed precision even without the CPU's instructions for it
 
     @classmethod
-    def from_probe(cls, facts: Mapping[str, Any]) -> Capabilities:
+    def from_probe(
+        cls, facts: Mapping[str, Any], allow_precision: Collection[str] = (), force_precision: bool = False
+    ) -> Capabilities:
         onednn = facts.get("onednn")
         openmp = facts.get("openmp")
+        allocators = facts.get("allocators")
+        bf16 = facts.get("bf16_instructions")
         return cls(
             onednn_default=onednn if isinstance(onednn, bool) else None,
             openmp=openmp if isinstance(openmp, str) else None,
             openmp_known="openmp" in facts,
+            allocators=tuple(a for a in allocators if isinstance(a, str)) if isinstance(allocators, list) else None,
+            bf16_instructions=bf16 if isinstance(bf16, bool) else None,
+            precisions=("fp32", *sorted(set(allow_precision) - {"fp32"})),
+            force_precision=force_precision,
         )
 
     def without_openmp(self) -> bool:
@@ -69,7 +82,14 @@ class Capabilities:
         return Settings.from_params(self.effective(params)).label()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"onednn_default": self.onednn_default, "openmp": self.openmp}
+        return {
+            "onednn_default": self.onednn_default,
+            "openmp": self.openmp,
+            "allocators": None if self.allocators is None else list(self.allocators),
+            "bf16_instructions": self.bf16_instructions,
+            "precisions": list(self.precisions),
+            "force_precision": self.force_precision,
+        }
 
 
 OPENMP_INERT = "this runtime's process loads no OpenMP library (read back by the probe), so OMP_*/KMP_* do nothing"
@@ -85,6 +105,26 @@ def _nchw_needs_onednn(params: Mapping[str, Any], caps: Capabilities) -> str | N
     return f"NCHW needs oneDNN (plain Eigen has no NCHW convolution on CPU), and oneDNN is off {how}"
 
 
+def _allocator_installed(params: Mapping[str, Any], caps: Capabilities) -> str | None:
+    name = params.get("allocator", SYSTEM)
+    if caps.allocators is None or name == SYSTEM or name in caps.allocators:
+        return None
+    return missing_reason(name)
+
+
+def _precision_opted_in(params: Mapping[str, Any], caps: Capabilities) -> str | None:
+    precision = params.get("precision", "fp32")
+    if precision in caps.precisions:
+        return None
+    return f"{precision} changes the model's numerics: searched only with --allow-precision {precision}"
+
+
+def _bf16_instructions(params: Mapping[str, Any], caps: Capabilities) -> str | None:
+    if params.get("precision") != "bf16" or caps.bf16_instructions is not False or caps.force_precision:
+        return None
+    return "this CPU has no bf16 instructions (avx512_bf16, amx_bf16): bf16 would be emulated (--force-precision)"
+
+
 @dataclass(frozen=True)
 class Repair:
     """How a rule's runnable part of a setting is made, and the suffix that names it (heuristic-nhwc)."""
@@ -93,8 +133,16 @@ class Repair:
     change: Callable[[Mapping[str, Any]], dict[str, Any]]
 
 
-RULES: dict[str, Rule] = {"nchw_needs_onednn": _nchw_needs_onednn}
-REPAIRS: dict[str, Repair] = {"nchw_needs_onednn": Repair("nhwc", lambda p: {**p, "data_format": "NHWC"})}
+RULES: dict[str, Rule] = {
+    "nchw_needs_onednn": _nchw_needs_onednn,
+    "allocator_installed": _allocator_installed,
+    "precision_opted_in": _precision_opted_in,
+    "bf16_instructions": _bf16_instructions,
+}
+REPAIRS: dict[str, Repair] = {
+    "nchw_needs_onednn": Repair("nhwc", lambda p: {**p, "data_format": "NHWC"}),
+    "allocator_installed": Repair("system-malloc", lambda p: {**p, "allocator": SYSTEM}),
+}
 
 
 def unrunnable(params: Mapping[str, Any], caps: Capabilities) -> tuple[str, str] | None:

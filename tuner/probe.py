@@ -11,11 +11,13 @@ from typing import Any
 
 from optuna.distributions import CategoricalDistribution
 
+from tuner.allocator import available as available_allocators
 from tuner.errors import TunerError, WorkerError
 from tuner.policy import MeasurementPolicy
 from tuner.runner import Runner, TrialSpec
 from tuner.runtime import OPENMP_KNOBS, Runtime
 from tuner.settings import Settings
+from tuner.signature import cpu_signature
 from tuner.space import SearchSpace
 from tuner.workload import Workload
 
@@ -72,4 +74,8 @@ def probe(
             f"omp_max_threads={found['omp_max_threads']}, not the {PROBE_BLOCKTIME} and 1 that were set"
         )
     found["inert"] = [knob for knob in OPENMP_KNOBS if not found["openmp"]]
+    # Controller-side facts the space follows: the allocators installed here (their libraries are preloaded
+    # from fixed system folders) and whether the CPU has bf16 instructions.
+    found["allocators"] = available_allocators()
+    found["bf16_instructions"] = bool({"avx512_bf16", "amx_bf16"} & set(cpu_signature().isa))
     return found

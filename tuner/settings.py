@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuner.allocator import ALLOCATORS, AllocatorMissing
+from tuner.allocator import environ as allocator_environ
 from tuner.errors import InvalidSettings
 
 # Variables copied from the parent: enough to find programs, locale and temp space, nothing that tunes.
@@ -68,7 +70,26 @@ ENV_KNOBS: dict[str, Callable[[Any], str | None]] = {
 }
 ENV_NAMES = {"onednn": "TF_ENABLE_ONEDNN_OPTS"}
 FRAMEWORK_KNOBS = ("intra_op", "inter_op", "data_format")
-KNOBS = FRAMEWORK_KNOBS + tuple(ENV_KNOBS)
+PRECISIONS = ("fp32", "bf16")  # bf16: Keras mixed_bfloat16 (bf16 compute, fp32 variables)
+
+
+def _choice(name: str, choices: tuple[str, ...]) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if value not in choices:
+            raise InvalidSettings(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return check
+
+
+# Knobs one level above the framework, applied by the runner: how many pinned processes share the cores, which
+# allocator they preload, and the compute precision. Each has a default that leaves the trial as it was.
+LAUNCH_KNOBS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
+    "instances": (1, lambda v: _int("instances", v, 1, 1024)),
+    "allocator": (ALLOCATORS[0], _choice("allocator", ALLOCATORS)),
+    "precision": (PRECISIONS[0], _choice("precision", PRECISIONS)),
+}
+KNOBS = FRAMEWORK_KNOBS + tuple(ENV_KNOBS) + tuple(LAUNCH_KNOBS)
 
 
 @dataclass(frozen=True)
@@ -79,6 +100,7 @@ class Settings:
     inter_op: int = 0
     data_format: str = "NHWC"
     env_knobs: tuple[tuple[str, Any], ...] = field(default=())
+    launch: tuple[tuple[str, Any], ...] = field(default=())  # launch knobs away from their defaults only
 
     def __post_init__(self) -> None:
         _int("intra_op", self.intra_op, 0)
@@ -89,6 +111,12 @@ class Settings:
             if name not in ENV_KNOBS:
                 raise InvalidSettings(f"unknown knob {name!r}; known: {', '.join(KNOBS)}")
             ENV_KNOBS[name](value)
+        for name, value in self.launch:
+            if name not in LAUNCH_KNOBS:
+                raise InvalidSettings(f"unknown knob {name!r}; known: {', '.join(KNOBS)}")
+            LAUNCH_KNOBS[name][1](value)
+            if value == LAUNCH_KNOBS[name][0]:
+                raise InvalidSettings(f"{name}={value} is the default: leave it out")
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> Settings:
@@ -98,7 +126,9 @@ class Settings:
             raise InvalidSettings(f"unknown knob {unknown[0]!r}; known: {', '.join(KNOBS)}")
         env = tuple(sorted((k, v) for k, v in params.items() if k in ENV_KNOBS))
         framework = {k: v for k, v in params.items() if k in FRAMEWORK_KNOBS}
-        return cls(env_knobs=env, **framework)
+        # A launch knob at its default is left out, so settings that run alike have one label.
+        launch = tuple((k, params[k]) for k in LAUNCH_KNOBS if k in params and params[k] != LAUNCH_KNOBS[k][0])
+        return cls(env_knobs=env, launch=launch, **framework)
 
     @classmethod
     def parse(cls, text: str) -> Settings:
@@ -120,7 +150,31 @@ class Settings:
             "inter_op": self.inter_op,
             "data_format": self.data_format,
             **dict(self.env_knobs),
+            **dict(self.launch),
         }
+
+    def _launch(self, name: str) -> Any:
+        return dict(self.launch).get(name, LAUNCH_KNOBS[name][0])
+
+    @property
+    def instances(self) -> int:
+        """How many pinned worker processes share the trial's cores (each runs the whole workload)."""
+        return int(self._launch("instances"))
+
+    @property
+    def allocator(self) -> str:
+        return str(self._launch("allocator"))
+
+    @property
+    def precision(self) -> str:
+        return str(self._launch("precision"))
+
+    def preload_environ(self) -> dict[str, str]:
+        """LD_PRELOAD (and jemalloc's MALLOC_CONF) for the allocator: from the system's own libraries only."""
+        try:
+            return allocator_environ(self.allocator)
+        except AllocatorMissing as error:
+            raise InvalidSettings(f"allocator {error}") from None
 
     def label(self) -> str:
         return ",".join(f"{k}={v}" for k, v in self.params().items())
@@ -148,6 +202,7 @@ class Settings:
             if "CUDA_VISIBLE_DEVICES" in parent:
                 env["CUDA_VISIBLE_DEVICES"] = parent["CUDA_VISIBLE_DEVICES"]
         env.update(self.knob_environ())
+        env.update(self.preload_environ())
         return env
 
     def framework_calls(self) -> dict[str, Any]:
@@ -156,6 +211,7 @@ class Settings:
             "intra_op": self.intra_op,
             "inter_op": self.inter_op,
             "data_format": DATA_FORMATS[self.data_format],
+            "precision": self.precision,
         }
 
 

@@ -54,10 +54,12 @@ def shipped(folder: str) -> Path:
 
 SPACES_DIR = shipped("search_spaces")
 _CORES = re.compile(r"^\s*(?:(\d+)\s*\*\s*)?cores(?:\s*\*\s*(\d+))?\s*$")
+_PER = re.compile(r"^\s*cores\s*/\s*(\d+|sockets)\s*$")  # cores/4: instances of about 4 cores each
 TOP_KEYS = {"runtime", "description", "knobs", "constraints", "baselines"}
 INT_KEYS = {"type", "low", "high", "step", "log"}
 CATEGORICAL_KEYS = {"type", "choices"}
 MAX_VALUE = 1_000_000
+MAX_CORES = "max_cores"  # a baseline key, not a knob: the rule it stands for holds up to that many cores
 GRID_LIMIT = 100_000  # spaces larger than this are not enumerated
 
 
@@ -70,6 +72,13 @@ def _effective(params: Mapping[str, Any], name: str, cores: int) -> int:
 CONSTRAINTS: dict[str, Callable[[Mapping[str, Any], int], bool]] = {
     "inter_op_not_above_intra_op": lambda p, c: _effective(p, "inter_op", c) <= _effective(p, "intra_op", c),
     "omp_threads_match_intra_op": lambda p, c: p.get("OMP_NUM_THREADS") in (None, _effective(p, "intra_op", c)),
+    # Instances share the cores equally, and threads follow an instance's own cores (0: TensorFlow's choice,
+    # which reads the instance's CPU mask): at most 2 intra-op and 1 inter-op thread per core of an instance.
+    "instances_divide_cores": lambda p, c: c % int(p.get("instances", 1)) == 0,
+    "threads_fit_instance": lambda p, c: (
+        int(p.get("intra_op", 0)) <= 2 * max(1, c // int(p.get("instances", 1)))
+        and int(p.get("inter_op", 0)) <= max(1, c // int(p.get("instances", 1)))
+    ),
 }
 
 
@@ -131,11 +140,17 @@ class SearchSpace:
         """The first named constraint that ``params`` break, or None."""
         return next((c for c in self.constraints if not CONSTRAINTS[c](params, cores)), None)
 
-    def baselines(self, cores: int) -> dict[str, dict[str, Any]]:
-        """Baseline params by name, with symbolic values resolved for ``cores``."""
+    def baselines(self, cores: int, sockets: int = 1) -> dict[str, dict[str, Any]]:
+        """Baseline params by name, with symbolic values resolved for ``cores`` on ``sockets`` sockets; a
+        baseline with ``max_cores`` (a rule for small CPUs) applies only up to that many cores."""
         return {
-            name: {knob: _value(self.path, f"baselines.{name}.{knob}", v, cores) for knob, v in spec.items()}
+            name: {
+                knob: _value(self.path, f"baselines.{name}.{knob}", v, cores, sockets)
+                for knob, v in spec.items()
+                if knob != MAX_CORES
+            }
             for name, spec in self.data.get("baselines", {}).items()
+            if cores <= int(spec.get(MAX_CORES, cores))
         }
 
 
@@ -143,13 +158,24 @@ def _fail(path: Path, key: str, message: str) -> SearchSpaceError:
     return SearchSpaceError(f"{path}: {key}: {message}")
 
 
-def _value(path: Path, key: str, raw: Any, cores: int) -> Any:
-    """A literal, or ``cores`` / ``N*cores`` resolved for the core count."""
+def _value(path: Path, key: str, raw: Any, cores: int, sockets: int = 1) -> Any:
+    """A literal, or a symbol resolved for the core count and the sockets the core set spans: ``cores``,
+    ``N*cores``, ``sockets``, ``cores/sockets`` (cores per socket) and ``cores/N`` (the largest divisor of the
+    core count not above cores/N, at least 1: how many instances of about N cores fit)."""
     if isinstance(raw, str) and (match := _CORES.match(raw)):
         return int(match.group(1) or 1) * int(match.group(2) or 1) * cores
+    if isinstance(raw, str) and raw.strip() == "sockets":
+        return sockets
+    if isinstance(raw, str) and (match := _PER.match(raw)):
+        if match.group(1) == "sockets":
+            return max(1, cores // sockets)
+        if int(match.group(1)) < 1:
+            raise _fail(path, key, f"{raw!r}: divide by a positive number")
+        most = max(1, cores // int(match.group(1)))
+        return max(d for d in range(1, most + 1) if cores % d == 0)
     if isinstance(raw, (bool, int, str)):
         return raw
-    raise _fail(path, key, f"{raw!r} is not a number, a string, true/false, 'cores' or 'N*cores'")
+    raise _fail(path, key, f"{raw!r} is not a number, a string, true/false, 'cores', 'N*cores' or 'cores/N'")
 
 
 def _bound(path: Path, key: str, raw: Any, cores: int) -> int:
@@ -220,6 +246,9 @@ def validate(path: Path, data: dict[str, Any], max_cores: int) -> None:
     for name, spec in baselines.items():
         if not isinstance(spec, dict):
             raise _fail(path, f"baselines.{name}", "must be a table of knob values")
+        limit = spec.get(MAX_CORES, 1)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise _fail(path, f"baselines.{name}.{MAX_CORES}", f"{limit!r} is not a positive core count")
     if max_cores < 1:
         raise SearchSpaceError(f"{path}: cannot validate for {max_cores} cores")
     space = SearchSpace(path, data)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tuner.errors import TopologyError, UsageError
@@ -142,3 +142,36 @@ def parse_core_counts(text: str | None, available: int) -> list[int]:
 def cores_text(count: int) -> str:
     """'1 core', '2 cores': how tables and recommendations name a core count."""
     return f"{count} core" + ("" if count == 1 else "s")
+
+
+def _package(cpu: int, root: Path) -> int:
+    """The package (socket) of a logical CPU; 0 where its topology files are missing (taken as one package)."""
+    return _read_int(root / f"cpu{cpu}" / "topology" / "physical_package_id", 0)
+
+
+def packages_of(cores: Iterable[int], root: Path = SYS_CPU) -> int:
+    """How many packages (sockets) the logical CPUs ``cores`` span."""
+    return len({_package(cpu, root) for cpu in cores})
+
+
+def partition(cores: Sequence[int], instances: int, root: Path = SYS_CPU) -> list[tuple[int, ...]]:
+    """``cores`` (one logical CPU per physical core, in ``core_set``'s order: package, die, core) split into
+    ``instances`` equal consecutive groups, one per instance, none spanning two packages. One ``UsageError``
+    line where ``instances`` does not divide the core count or a group would span packages."""
+    if instances < 1:
+        raise UsageError(f"instances must be at least 1, got {instances}")
+    if not cores or len(cores) % instances:
+        raise UsageError(
+            f"{instances} instances cannot share {len(cores)} cores equally: the instance count must divide it"
+        )
+    size = len(cores) // instances
+    groups = [tuple(cores[start : start + size]) for start in range(0, len(cores), size)]
+    for index, group in enumerate(groups):
+        if packages_of(group, root) > 1:
+            packages = sorted({_package(cpu, root) for cpu in group})
+            raise UsageError(
+                f"{instances} instances of {cores_text(size)} on CPUs {','.join(map(str, cores))}: instance "
+                f"{index} (CPUs {','.join(map(str, group))}) would span packages "
+                f"{','.join(map(str, packages))}: each instance must lie within one package (socket)"
+            )
+    return groups

@@ -167,6 +167,40 @@ def runtime_facts(tf: Any) -> dict[str, Any]:
     }
 
 
+def set_precision(precision: str) -> None:
+    """bf16: Keras's ``mixed_bfloat16`` policy (bf16 compute, fp32 variables), before the model is built."""
+    if precision == "fp32":
+        return
+    if precision != "bf16":
+        raise SystemExit(f"unknown precision {precision!r}")
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+
+
+def compute_dtype(model: Any) -> str | None:
+    """The compute type the model's first layer with weights really uses (read back, not echoed)."""
+    for layer in model.layers:
+        if layer.weights:
+            dtype = getattr(layer, "compute_dtype", None)
+            return str(getattr(dtype, "name", dtype)) if dtype is not None else None
+    return None
+
+
+ALLOCATOR_LIBS = {"libtcmalloc": "tcmalloc", "libtcmalloc_minimal": "tcmalloc", "libjemalloc": "jemalloc"}
+
+
+def allocator_facts() -> dict[str, Any]:
+    """Which allocator the process really mapped (a preload that failed leaves the system's)."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.split()[-1]
+            name = os.path.basename(path).split(".so")[0]
+            if name in ALLOCATOR_LIBS:
+                return {"allocator": ALLOCATOR_LIBS[name], "allocator_path": path}
+    return {"allocator": "system"}
+
+
 def keras_facts() -> dict[str, Any]:
     """Keras's float type and dtype policy as the model ran: a keras.json could have changed them."""
     import keras
@@ -263,6 +297,7 @@ def run(spec: dict[str, Any], channel: Channel) -> None:
         return
     strategy = make_strategy(tf, spec.get("device", "cpu"), spec.get("replicas", 1))
     imported = time.perf_counter()
+    set_precision(spec.get("precision", "fp32"))
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = build_model(spec["model"], spec["data_format"])
     if task == "flops":
@@ -277,7 +312,13 @@ def run(spec: dict[str, Any], channel: Channel) -> None:
     step()  # the first call traces and optimises the graph: timed apart, never counted
     first = time.perf_counter() - built
     channel.send("traced", seconds=first)
+    if spec.get("barrier"):
+        # One of several instances: wait until every instance is built, so their steps run side by side.
+        channel.send("ready")
+        if not sys.stdin.buffer.read(1):
+            raise SystemExit("the group was stopped before its start")
     times: dict[str, list[float]] = {"warmup": [], "timed": []}
+    ends: list[float] = []  # CLOCK_MONOTONIC is one clock for every process: instances' steps line up
     loop_started = 0.0
     for phase in ("warmup", "timed"):
         loop_started = time.perf_counter()  # ends as the start of the timed loop
@@ -286,10 +327,14 @@ def run(spec: dict[str, Any], channel: Channel) -> None:
             step()
             seconds = time.perf_counter() - begin
             times[phase].append(seconds)
+            if phase == "timed":
+                ends.append(time.monotonic())
             channel.send("step", phase=phase, index=index, seconds=seconds)
     timed_wall = time.perf_counter() - loop_started  # the timed loop's wall time, as tf_cnn_benchmarks counts
     facts = runtime_facts(tf)
     facts.update(openmp_facts(), thread_cpus=thread_cpus(), **keras_facts())
+    facts.update(allocator_facts())
+    facts.update(compute_dtype=compute_dtype(model))
     facts.update(replicas=1 if strategy is None else strategy.num_replicas_in_sync)
     if probe_log is not None:
         import ctypes
@@ -304,6 +349,7 @@ def run(spec: dict[str, Any], channel: Channel) -> None:
         warmup_seconds=times["warmup"],
         timed_seconds=times["timed"],
         timed_wall_seconds=timed_wall,
+        timed_ends=ends,
     )
     channel.send("result", **facts)
 

@@ -24,6 +24,7 @@ def main() -> int:
     parser.add_argument("--spec", required=True)
     parser.add_argument("--behaviour", default="ok")
     parser.add_argument("--pids", help="start a grandchild and write both pids here as JSON")
+    parser.add_argument("--stamps", help="a folder: write PID.json with when this instance was ready and released")
     args = parser.parse_args()
     spec, behaviour = json.loads(args.spec), args.behaviour
     channel = os.fdopen(args.channel_fd, "w", buffering=1)
@@ -44,6 +45,25 @@ def main() -> int:
         time.sleep(1000)
     times = {"warmup": [(i + 1) / 100 for i in range(spec["warmup"])]}
     times["timed"] = [(i + 1) / 10 for i in range(spec["timed"])]
+    if spec.get("barrier"):  # one of a group: the instance on the highest CPU misbehaves for the group tests
+        if behaviour == "crash-last" and max(spec["cores"]) >= 1:
+            print("fake worker: instance crashing before it is ready", file=sys.stderr, flush=True)
+            os.abort()
+        send(json.dumps({"event": "ready"}))
+        ready = time.monotonic()
+        if not sys.stdin.buffer.read(1):
+            return 5
+        released = time.monotonic()
+        if args.stamps:
+            with open(os.path.join(args.stamps, f"{os.getpid()}.json"), "w") as out:
+                json.dump({"pid": os.getpid(), "ready": ready, "released": released, "cores": spec["cores"]}, out)
+        ends = []
+        for index in range(spec["timed"]):  # real short steps, so that the instances' windows overlap
+            if behaviour == "hang-last" and max(spec["cores"]) >= 1 and index == 1:
+                time.sleep(1000)
+            time.sleep(0.05)
+            ends.append(time.monotonic())
+        times["timed"] = [0.05] * spec["timed"]
     for phase in ("warmup", "timed"):
         for index, seconds in enumerate(times[phase]):
             send(json.dumps({"event": "step", "phase": phase, "index": index, "seconds": seconds}))
@@ -71,6 +91,8 @@ def main() -> int:
         "environ": dict(os.environ),
         "pid": os.getpid(),
     }
+    if spec.get("barrier"):
+        result["timed_ends"] = ends
     if behaviour == "infinite":
         result["timed_seconds"] = [float("inf")] * spec["timed"]
     send(json.dumps(result))
