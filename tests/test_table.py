@@ -111,3 +111,23 @@ def test_table_renders_markdown_csv_and_html_and_refuses_other_formats() -> None
         table.render(frame, notes, "xlsx")
     # An empty storage says what to run rather than printing an empty table.
     assert "tuner run" in table.render(table.build([])[0], [], "markdown")
+
+
+def test_launcher_recipes_get_a_best_recipe_column_and_the_launch_is_spelled_out() -> None:
+    def rec(label: str, step: float, settings: Settings) -> dict[str, object]:
+        runs = [run(step) for _ in range(3)]
+        return make_record(TARGET, label, settings, runs, SIGNATURE, "r1", {"recommended": "tuned"})
+
+    two = Settings.from_params({"instances": 2, "intra_op": 1, "allocator": "tcmalloc"})
+    records = [
+        *_group(recommended="tuned")[:2],
+        rec("model-zoo", 0.45, Settings.from_params({"intra_op": 2, "inter_op": 1, "allocator": "tcmalloc"})),
+        rec("openvino-small", 0.42, Settings.from_params({"instances": 2, "intra_op": 1, "inter_op": 1})),
+        rec("tuned", 0.35, two),
+    ]
+    row = table.build(records)[0].iloc[0]
+    # The fastest recipe by images/sec is OpenVINO's small-CPU rule (0.42 s steps: 76.19 img/s), and tuned is
+    # compared with it on the same rounds; the recommended launch is spelled out, instances first.
+    assert row["best recipe"] == "openvino-small 76.19"
+    assert row["tuned/best recipe"].startswith("1.20x [")
+    assert row["recommended launch"] == "2x1 core, intra 1, inter default, tcmalloc, fp32"

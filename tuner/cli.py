@@ -25,6 +25,7 @@ from tuner.doctor import report as doctor_report
 from tuner.envs import create as create_env
 from tuner.envs import read_manifest
 from tuner.errors import TunerError, UsageError
+from tuner.launch import launch
 from tuner.pipeline import Job
 from tuner.plan import StudyOptions, prepare
 from tuner.policy import CONFIRM
@@ -37,9 +38,9 @@ from tuner.sanitize import one_line
 from tuner.settings import Settings
 from tuner.signature import cpu_signature
 from tuner.space import load as load_space
-from tuner.storage import DEFAULT_STORAGE, open_storage, redact, storage_cause
+from tuner.storage import DEFAULT_STORAGE, open_storage, redact, sqlite_missing, storage_cause
 from tuner.summary import format_importance_lines, format_table, summarize, summarize_study
-from tuner.topology import core_set, parse_core_counts, physical_cores
+from tuner.topology import core_set, cores_text, parse_core_counts, partition, physical_cores
 from tuner.tune import TuneJob
 from tuner.workload import MODELS, parse_modes
 
@@ -242,6 +243,46 @@ def cmd_recommend(args: argparse.Namespace, runner: Runner | None = None) -> int
     return 0
 
 
+def cmd_exec(args: argparse.Namespace, runner: Runner | None = None) -> int:
+    """Start the user's program as the recommendation says: its environment, the allocator preload and
+    N pinned instances (tuner/launch.py); without a confirmed verdict, TensorFlow's defaults, said so."""
+    program = args.program[1:] if args.program[:1] == ["--"] else args.program
+    if not program:
+        raise UsageError("exec: name the program to start after --, e.g. tuner exec -- python app.py")
+    modes = parse_modes(args.mode)
+    if len(modes) != 1:
+        raise UsageError("exec: --mode must be train or infer (the recommendation differs by mode)")
+    available = len(physical_cores())
+    cores = args.cores or available
+    if not 1 <= cores <= available:
+        raise UsageError(f"--cores: {cores} asked for, but only {available} physical cores are available")
+    runtime = load_runtime(args.runtime).name
+    settings, source = Settings(), "TensorFlow's defaults: no storage with verdicts yet"
+    if sqlite_missing(args.storage) is None:
+        storage = open_storage(args.storage, create=False)  # an unreachable storage is an error, not a default
+        try:
+            found = recommend.recommend(
+                storage, cpu_signature(), None, cores, modes[0], runtime, args.model, warn=_warn
+            )
+            exact = [r for r in found if r.cores == cores and not r.borrowed]
+            if not exact:
+                raise TunerError(f"no confirmed verdict for {cores_text(cores)} of this CPU")
+            settings, source = exact[0].settings, f"{exact[0].recommended}, {exact[0].source()}"
+        except TunerError as error:
+            source = f"TensorFlow's defaults: {one_line(error, 200)}"
+    groups = partition(core_set(cores), settings.instances)
+    env = {k: v for k, v in os.environ.items()}
+    for name, value in recommend.environment(settings).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    if settings.instances > 1:
+        env.setdefault("PYTHONUNBUFFERED", "1")  # instances' lines arrive as they are printed, prefixed
+    print(f"tuner exec: {recommend.launch_summary(settings, cores)}; from {source}", file=sys.stderr, flush=True)
+    return launch(program, groups, env)
+
+
 def cmd_export(args: argparse.Namespace, runner: Runner | None = None) -> int:
     data = transfer.export(open_storage(args.storage, create=False))
     transfer.write(data, Path(args.output))
@@ -418,6 +459,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("--storage", default=DEFAULT_STORAGE)
     rec.set_defaults(func=cmd_recommend)
+
+    run_ = sub.add_parser(
+        "exec",
+        help="start a program with the recommended settings: environment, allocator, pinned instances",
+        description="Start PROGRAM as this storage's confirmed verdict for the core count and mode says: the "
+        "threads and oneDNN variables, the allocator preloaded, and N instances each pinned to its own cores "
+        "(each told TUNER_INSTANCE, TUNER_INSTANCES and TUNER_CORES; output prefixed [i]). Ctrl-C and SIGTERM "
+        "are forwarded; the exit status is the worst instance's. Without a verdict, TensorFlow's defaults.",
+    )
+    run_.add_argument("--cores", type=int, default=None, help="physical cores to use (default: all)")
+    run_.add_argument("--mode", default="infer", help="train or infer (default: infer)")
+    run_.add_argument("--runtime", default="tensorflow", help="framework runtime: " + ", ".join(runtime_names()))
+    run_.add_argument("--model", default="resnet50", choices=MODELS, help="whose verdict to apply (default: resnet50)")
+    run_.add_argument("--storage", default=DEFAULT_STORAGE, help=f"where the verdicts are (default: {DEFAULT_STORAGE})")
+    run_.add_argument("program", nargs=argparse.REMAINDER, help="-- PROGRAM ARGS")
+    run_.set_defaults(func=cmd_exec)
 
     exp = sub.add_parser("export", help="write every tuner study and benchmark record to one JSON file")
     exp.add_argument("--output", required=True)

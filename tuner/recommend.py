@@ -21,13 +21,15 @@ from typing import Any
 import optuna
 
 from tuner.errors import TunerError, UsageError, check_choice
+from tuner.launch import shell_lines
 from tuner.records import MalformedRecord, StoredVerdict, StudyMeta
 from tuner.sanitize import one_line
 from tuner.settings import DATA_FORMATS, Settings
 from tuner.signature import CpuSignature
-from tuner.topology import cores_text
+from tuner.topology import core_set, cores_text, partition
 
 FORMATS = ("text", "shell", "python", "json")
+PROGRAM = "PROGRAM"  # the user's program in a generated launch function, replaced by "$@"
 Warn = Callable[[str], None]
 # The ISA features that decide which kernels run: a CPU with another set is not a stand-in.
 ISA_FAMILY = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
@@ -59,6 +61,11 @@ class Recommendation:
             "recommended": self.recommended,
             "settings": self.settings.params(),
             "environment": environment(self.settings),
+            "launch": {
+                "instances": self.settings.instances,
+                "allocator": self.settings.allocator,
+                "precision": self.settings.precision,
+            },
             "cpu": self.cpu,
             "borrowed": self.borrowed,
             "framework_version": self.framework_version,
@@ -78,14 +85,33 @@ class Recommendation:
 
 def environment(settings: Settings) -> dict[str, str | None]:
     """Variables that apply ``settings`` before TensorFlow starts; None means: leave it unset (TF's default).
-    Names and values come from validated ``Settings`` only, never from stored text."""
+    Names and values come from validated ``Settings`` only, never from stored text; the allocator's preload
+    is this machine's own library (tuner/allocator.py), and ``InvalidSettings`` says how to install it."""
     env: dict[str, str | None] = {
         "TF_NUM_INTRAOP_THREADS": str(settings.intra_op) if settings.intra_op else None,
         "TF_NUM_INTEROP_THREADS": str(settings.inter_op) if settings.inter_op else None,
     }
     env.update(dict.fromkeys(settings.knob_unset()))
     env.update(settings.knob_environ())
+    env.update(settings.preload_environ())
+    if settings.precision != "fp32":
+        env[PRECISION_VARIABLE] = settings.precision  # for the program to read: no variable sets Keras' policy
     return env
+
+
+PRECISION_VARIABLE = "TUNER_PRECISION"
+BF16_CALL = 'keras.mixed_precision.set_global_policy("mixed_bfloat16")'
+
+
+def launch_summary(settings: Settings, cores: int) -> str:
+    """'2 instances x 1 core, intra_op 1, inter_op 0, tcmalloc, bf16': the launch in words."""
+    per = cores // settings.instances
+    words = [f"{settings.instances} instance{'s' if settings.instances > 1 else ''} x {cores_text(per)}"]
+    words += [f"intra_op {settings.intra_op or 'default'}", f"inter_op {settings.inter_op or 'default'}"]
+    words += [f"allocator {settings.allocator}"] + (
+        [f"precision {settings.precision} (changes numerics)"] if settings.precision != "fp32" else []
+    )
+    return ", ".join(words)
 
 
 def isa_family(cpu: dict[str, Any]) -> tuple[str, ...]:
@@ -215,6 +241,7 @@ def _gain(r: Recommendation) -> str:
 def _text(r: Recommendation) -> str:
     return one_line(
         f"{r.model} {r.mode} on {cores_text(r.cores)} ({r.runtime}): {r.recommended}: {r.settings.label()} "
+        f"[{launch_summary(r.settings, r.cores)}] "
         f"-- {r.verdict}; {r.source()}, measured {r.measured}",
         limit=1000,
     )
@@ -231,7 +258,22 @@ def _provenance(r: Recommendation) -> list[str]:
 
 def _shell(r: Recommendation) -> str:
     lines = _provenance(r)
-    for name, value in environment(r.settings).items():
+    lines.append("# " + launch_summary(r.settings, r.cores))
+    env = environment(r.settings)
+    if r.settings.instances > 1:
+        # Several pinned instances: a function that starts them the way `tuner exec` does.
+        groups = partition(core_set(r.cores), r.settings.instances)
+        env_set = {k: v for k, v in env.items() if v is not None}
+        unset = [k for k, v in env.items() if v is None]
+        body = shell_lines([PROGRAM], groups, env_set, unset)
+        lines.append("tuner_launch() {")
+        lines += ["    " + line.replace(f" {PROGRAM}", ' "$@"') for line in body]
+        lines.append("}")
+        lines.append("# usage: tuner_launch python app.py ARGS  (each instance gets TUNER_INSTANCE, TUNER_INSTANCES)")
+        if r.settings.precision != "fp32":
+            lines.append(f"# in the program, before the model is built: {BF16_CALL}")
+        return "\n".join(lines)
+    for name, value in env.items():
         lines.append(f"unset {name}" if value is None else f"export {name}={shlex.quote(value)}")
     lines.append(
         "# or in the program, before TensorFlow runs anything: "
@@ -239,11 +281,18 @@ def _shell(r: Recommendation) -> str:
         f"tf.config.threading.set_inter_op_parallelism_threads({r.settings.inter_op})"
     )
     lines.append(f'# data format: keras.backend.set_image_data_format("{DATA_FORMATS[r.settings.data_format]}")')
+    if r.settings.precision != "fp32":
+        lines.append(f"# precision: {BF16_CALL}")
     return "\n".join(lines)
 
 
 def _python(r: Recommendation) -> str:
-    env = {k: v for k, v in environment(r.settings).items() if v is not None and not k.startswith("TF_NUM_")}
+    preload = {"LD_PRELOAD", "MALLOC_CONF"}  # too late once Python runs: `tuner exec` sets them (see below)
+    env = {
+        k: v
+        for k, v in environment(r.settings).items()
+        if v is not None and not k.startswith("TF_NUM_") and k not in preload
+    }
     unset = set(r.settings.knob_unset())
     lines = [
         # Fixed first line: Python reads an encoding declaration on line 1 or 2, so no stored text may stand
@@ -264,4 +313,9 @@ def _python(r: Recommendation) -> str:
         f"tf.config.threading.set_inter_op_parallelism_threads({r.settings.inter_op})",
         f'keras.backend.set_image_data_format("{DATA_FORMATS[r.settings.data_format]}")',
     ]
+    if r.settings.precision != "fp32":
+        lines.append(BF16_CALL)
+    if r.settings.allocator != "system" or r.settings.instances > 1:
+        lines.append(f"# {launch_summary(r.settings, r.cores)}: the allocator is preloaded and instances pinned")
+        lines.append("# before Python starts: launch the program with `tuner exec -- python app.py`")
     return "\n".join(lines)

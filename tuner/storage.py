@@ -36,6 +36,17 @@ def redact(url: str) -> str:
         return "<unparseable storage URL>"
 
 
+def sqlite_missing(url: str) -> str | None:
+    """The file of a SQLite storage URL that does not exist yet, or None (it exists, or it is not SQLite)."""
+    try:
+        parsed = make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        return None if Path(parsed.database).exists() else str(parsed.database)
+    return None
+
+
 def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
     """Open the storage at ``url`` (a missing SQLite file is made only if ``create``); errors are one line."""
     try:

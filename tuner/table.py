@@ -16,11 +16,12 @@ import pandas as pd
 
 from tuner.capability import NOT_RUNNABLE
 from tuner.confirm import DEFAULT, HEURISTIC, TUNED, bootstrap_ratio
-from tuner.errors import check_choice
+from tuner.errors import InvalidSettings, check_choice
 from tuner.records import BenchmarkRecord
 from tuner.runtime import load as load_runtime
 from tuner.runtime import names as runtime_names
 from tuner.sanitize import one_line
+from tuner.settings import Settings
 from tuner.topology import cores_text
 
 FORMATS = ("markdown", "csv", "html")
@@ -88,6 +89,30 @@ def _share(record: BenchmarkRecord | None, flops: dict[str, float] | None, peak:
     return f"{achieved:.0f} ({achieved / peak:.0%})"
 
 
+# The launchers' fixed recipes, as the stock space names its baselines (and their stand-ins' suffixes).
+RECIPES = ("run_cpu-throughput", "run_cpu-latency", "model-zoo", "openvino-small")
+
+
+def _best_recipe(group: dict[str, BenchmarkRecord]) -> tuple[str, BenchmarkRecord] | None:
+    """The fastest launcher recipe measured in this group, by name and record; None where none was."""
+    found = [(label, r) for label, r in group.items() if label.startswith(RECIPES)]
+    return max(found, key=lambda item: item[1]["images_per_sec"]) if found else None
+
+
+def launch_text(record: BenchmarkRecord | None) -> str:
+    """'2x1 core, intra 1, inter default, tcmalloc, fp32': how a record's settings launch, in short."""
+    if record is None:
+        return "-"
+    try:
+        settings = Settings.from_params(record.get("settings", {}))
+    except InvalidSettings:
+        return "?"
+    per = record["cores"] // settings.instances
+    intra, inter = settings.intra_op or "default", settings.inter_op or "default"
+    threads = f"intra {intra}, inter {inter}"
+    return f"{settings.instances}x{cores_text(per)}, {threads}, {settings.allocator}, {settings.precision}"
+
+
 def _recommended(group: dict[str, BenchmarkRecord]) -> BenchmarkRecord | None:
     """The record of the settings a confirmed verdict recommends (tf-default unless another clearly won)."""
     recommended = next((r["recommended"] for r in group.values() if r.get("recommended")), DEFAULT)
@@ -126,6 +151,7 @@ def build(records: Sequence[BenchmarkRecord]) -> tuple[pd.DataFrame, list[str]]:
         any_record = next(iter(group.values()))
         main = _recommended(group)
         tuned = group.get(TUNED)
+        recipe = _best_recipe(group)
         not_run = unmeasured.get(key, {})
         # Where the reference heuristic cannot run (NCHW without oneDNN), its runnable NHWC part stands in.
         heuristic = group.get(HEURISTIC) or group.get(HEURISTIC_NHWC)
@@ -152,12 +178,15 @@ def build(records: Sequence[BenchmarkRecord]) -> tuple[pd.DataFrame, list[str]]:
                 "tuned": _rate(tuned),
                 "tuned/tf-default": _ratio(tuned, group.get(DEFAULT)),
                 "tuned/heuristic": _ratio(tuned, heuristic),
+                "best recipe": "-" if recipe is None else f"{recipe[0]} {_rate(recipe[1])}",
+                "tuned/best recipe": _ratio(tuned, None if recipe is None else recipe[1]),
                 "GFLOP/s tf-default (% peak)": _share(group.get(DEFAULT), flops.get(model), peak),
                 "GFLOP/s heuristic (% peak)": _share(heuristic, flops.get(model), peak),
                 "GFLOP/s tuned (% peak)": _share(tuned, flops.get(model), peak),
                 "tuned settings": "-" if tuned is None else tuned["settings_text"],
                 "timed batches": _batches(main),
                 "recommended": "-" if main is None else main["label"],
+                "recommended launch": launch_text(main),
                 "note": "; ".join(
                     [f"{label}: {r['partial']} (interrupted)" for label, r in group.items() if "partial" in r]
                     + [f"{label}: {why}" for label, why in not_run.items()]
