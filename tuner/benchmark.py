@@ -272,11 +272,12 @@ def flops_per_image(
     return flops
 
 
-def yardstick_settings(cores: int, honours: Sequence[str]) -> Settings:
+def yardstick_settings(cores: int, honours: Sequence[str], precision: str = "fp32") -> Settings:
     """The matmul yardstick's settings: every core, and oneDNN forced on where the runtime honours the knob.
     Plain Eigen's matmul does not use a second core (measured on AVX2: 78 GFLOP/s on 1 and on 2 cores, 170 on
-    2 with oneDNN on), so a yardstick measured as the rows run would make rows exceed 100% of "peak"."""
-    knobs = {"intra_op": cores, "inter_op": 1, "data_format": "NHWC"}
+    2 with oneDNN on), so a yardstick measured as the rows run would make rows exceed 100% of "peak". A bf16
+    row is measured against a bf16 matmul (``precision``)."""
+    knobs: dict[str, object] = {"intra_op": cores, "inter_op": 1, "data_format": "NHWC", "precision": precision}
     return Settings.from_params({**knobs, **({"onednn": True} if "onednn" in honours else {})})
 
 
@@ -316,6 +317,8 @@ def matmul_peak(
             "peak_gflops": peak,
             "value": peak,
             "settings_text": settings.label(),
+            "precision": settings.precision,
+            "dtype": result.get("dtype"),  # read back: the matmul's own type
             "onednn": result.get("onednn"),  # read back: the yardstick's own path, not the rows'
             "framework_version": result.get("framework_version"),
             **provenance(signature),

@@ -122,10 +122,10 @@ def _recommended(group: dict[str, BenchmarkRecord]) -> BenchmarkRecord | None:
 def build(records: Sequence[BenchmarkRecord]) -> tuple[pd.DataFrame, list[str]]:
     """The table, and notes (skipped targets, what the columns mean) to print under it."""
     flops = {r["model"]: r["flops_per_image"] for r in records if r.get("kind") == "flops"}
-    peaks: dict[tuple[Any, Any], float] = {}
+    peaks: dict[tuple[Any, Any, Any], float] = {}
     for r in records:
         if r.get("kind") == "matmul":
-            key = (r.get("cpu", {}).get("id"), r.get("cores"))
+            key = (r.get("cpu", {}).get("id"), r.get("cores"), r.get("precision", "fp32"))
             peaks[key] = max(peaks.get(key, 0.0), float(r["peak_gflops"]))
     groups: dict[tuple[Any, ...], dict[str, BenchmarkRecord]] = {}
     skipped: dict[tuple[Any, ...], BenchmarkRecord] = {}
@@ -157,7 +157,14 @@ def build(records: Sequence[BenchmarkRecord]) -> tuple[pd.DataFrame, list[str]]:
         heuristic = group.get(HEURISTIC) or group.get(HEURISTIC_NHWC)
         stand_in = heuristic is not None and HEURISTIC not in group
         model = any_record["model"]
-        peak = peaks.get((key[0], any_record["cores"]))
+
+        cpu_cores = (key[0], any_record["cores"])
+
+        def peak(record: BenchmarkRecord | None, at: tuple[Any, Any] = cpu_cores) -> float | None:
+            """The yardstick in the record's own precision: a bf16 row against a bf16 matmul."""
+            precision = (record or {}).get("settings", {}).get("precision", "fp32")
+            return peaks.get((*at, precision))
+
         gpu = any_record["gpus"] if any_record["device"] == "gpu" else 0
         cpu = any_record.get("cpu", {})
         rows.append(
@@ -180,9 +187,9 @@ def build(records: Sequence[BenchmarkRecord]) -> tuple[pd.DataFrame, list[str]]:
                 "tuned/heuristic": _ratio(tuned, heuristic),
                 "best recipe": "-" if recipe is None else f"{recipe[0]} {_rate(recipe[1])}",
                 "tuned/best recipe": _ratio(tuned, None if recipe is None else recipe[1]),
-                "GFLOP/s tf-default (% peak)": _share(group.get(DEFAULT), flops.get(model), peak),
-                "GFLOP/s heuristic (% peak)": _share(heuristic, flops.get(model), peak),
-                "GFLOP/s tuned (% peak)": _share(tuned, flops.get(model), peak),
+                "GFLOP/s tf-default (% peak)": _share(group.get(DEFAULT), flops.get(model), peak(group.get(DEFAULT))),
+                "GFLOP/s heuristic (% peak)": _share(heuristic, flops.get(model), peak(heuristic)),
+                "GFLOP/s tuned (% peak)": _share(tuned, flops.get(model), peak(tuned)),
                 "tuned settings": "-" if tuned is None else tuned["settings_text"],
                 "timed batches": _batches(main),
                 "recommended": "-" if main is None else main["label"],
@@ -196,10 +203,10 @@ def build(records: Sequence[BenchmarkRecord]) -> tuple[pd.DataFrame, list[str]]:
     for key in sorted(skipped, key=_sort_key):
         rows.append(_skipped_row(skipped[key], skipped[key]["skipped"]))
     notes = []
-    for (cpu_id, cores), peak in sorted(peaks.items(), key=lambda item: (str(item[0][0]), item[0][1] or 0)):
+    for (cpu_id, cores, precision), top in sorted(peaks.items(), key=lambda item: (str(item[0][0]), item[0][1] or 0)):
         notes.append(
-            f"matmul peak (4096x4096 fp32, best runtime, oneDNN on where it runs) on {cores} cores of CPU {cpu_id}: "
-            f"{peak:.0f} GFLOP/s"
+            f"matmul peak (4096x4096 {precision}, best runtime, oneDNN on where it runs) on {cores} cores of CPU "
+            f"{cpu_id}: {top:.0f} GFLOP/s"
         )
     for model, counted in sorted(flops.items()):
         notes.append(

@@ -355,11 +355,12 @@ def run(spec: dict[str, Any], channel: Channel) -> None:
 
 
 def matmul_peak(tf: Any, spec: dict[str, Any]) -> dict[str, Any]:
-    """GFLOP/s of a large fp32 matmul on this core set: the yardstick for how close a model gets to the
-    hardware. One untimed call, then ``timed`` calls; the best is the peak, the median its typical value."""
+    """GFLOP/s of a large matmul on this core set, in fp32 (or bf16 for bf16 rows): the yardstick for how
+    close a model gets to the hardware. One untimed call, then ``timed`` calls; the best is the peak."""
     size = int(spec.get("size", 4096))
-    a = tf.random.uniform((size, size), dtype=tf.float32, seed=1)
-    b = tf.random.uniform((size, size), dtype=tf.float32, seed=2)
+    dtype = tf.bfloat16 if spec.get("precision") == "bf16" else tf.float32
+    a = tf.cast(tf.random.uniform((size, size), dtype=tf.float32, seed=1), dtype)
+    b = tf.cast(tf.random.uniform((size, size), dtype=tf.float32, seed=2), dtype)
     product = tf.function(lambda: tf.reduce_sum(tf.linalg.matmul(a, b)))
     product().numpy()
     seconds = []
@@ -368,7 +369,12 @@ def matmul_peak(tf: Any, spec: dict[str, Any]) -> dict[str, Any]:
         product().numpy()
         seconds.append(time.perf_counter() - begin)
     flops = 2.0 * size**3
-    return {"size": size, "matmul_seconds": seconds, "gflops": [flops / s / 1e9 for s in seconds]}
+    return {
+        "size": size,
+        "dtype": dtype.name,
+        "matmul_seconds": seconds,
+        "gflops": [flops / s / 1e9 for s in seconds],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
