@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
+from typing import Any
 
+import optuna
 import pytest
+from optuna.distributions import IntDistribution
+from optuna.trial import FrozenTrial, create_trial
 
-from tuner.confirm import DEFAULT, HEURISTIC, Candidate, Verdict, bootstrap_ratio, confirm, decide
+from tuner.confirm import (
+    DEFAULT,
+    HEURISTIC,
+    MIN_ROUNDS,
+    Candidate,
+    ConfirmationLog,
+    Verdict,
+    bootstrap_ratio,
+    confirm,
+    decide,
+    pick_candidates,
+    planned_rounds,
+)
+from tuner.cost import CostModel
 from tuner.measurement import Measurement
 from tuner.policy import MeasurementPolicy
+from tuner.records import ConfirmationRun, MalformedRecord, StoredConfirmation
 from tuner.replay import ReplayRunner
 from tuner.runner import TrialSpec
 from tuner.settings import Settings
@@ -190,3 +209,78 @@ def test_on_run_is_called_after_every_new_run() -> None:
     assert [(r, name) for r, name, _ in seen] == [(1, HEURISTIC), (1, "trial 3"), (1, DEFAULT)]
     # The measurement reported is the full record, with the policy's timed steps.
     assert all(len(m.timed_seconds) == POLICY.timed for _, _, m in seen)
+
+
+# -- candidates, rounds and the stored runs ------------------------------------------------------------
+
+
+def trial(number: int, value: float, intra_op: int, baseline: str | None = None) -> FrozenTrial:
+    """A complete trial as the search stores it: a baseline under its name, or a sampled setting."""
+    made = create_trial(
+        params={"intra_op": intra_op, "inter_op": 1},
+        distributions={"intra_op": IntDistribution(0, 8), "inter_op": IntDistribution(0, 4)},
+        value=value,
+        user_attrs={"baseline": baseline} if baseline else {},
+    )
+    made.number = number
+    return made
+
+
+def test_candidates_are_every_baseline_then_the_best_distinct_sampled_settings() -> None:
+    trials = [
+        trial(0, 100.0, 0, baseline=DEFAULT),
+        trial(1, 90.0, 2, baseline=HEURISTIC),
+        trial(2, 95.0, 2),  # the heuristic's setting, sampled again: already a candidate
+        trial(3, 120.0, 1),
+        trial(4, 119.0, 1),  # the same setting as trial 3, measured again: counted once
+        trial(5, 110.0, 3),
+        trial(6, 105.0, 4),
+    ]
+
+    def label(params: Mapping[str, Any]) -> str:
+        return f"{params['intra_op']}/{params['inter_op']}"
+
+    chosen = pick_candidates(trials, label, most=4)
+    # Both baselines by name (by search value), then the two best settings not measured as any of them.
+    assert [c.name for c in chosen] == [DEFAULT, HEURISTIC, "trial 3", "trial 5"]
+    assert chosen[2].settings == Settings(intra_op=1, inter_op=1)
+    # Room for the baselines only: no sampled setting is confirmed.
+    assert [c.name for c in pick_candidates(trials, label, most=2)] == [DEFAULT, HEURISTIC]
+
+
+def test_planned_rounds_fit_the_time_left_but_never_fall_below_three() -> None:
+    wanted = MeasurementPolicy("confirm", warmup=1, timed=4, timeout_s=60.0, rounds=6)
+    cost = CostModel(wall_s=10.0, step_s=1.0, policy=POLICY)
+    # No deadline, or nothing measured to price a run: the rounds the policy asks for.
+    assert planned_rounds(wanted, 3, None, 1000.0) == 6
+    assert planned_rounds(wanted, 3, cost, None) == 6
+    # 3 settings x 10 s a run: 150 s hold 5 rounds, fewer than the 6 asked for.
+    assert planned_rounds(wanted, 3, cost, 150.0) == 5
+    # Time for one round only: still 3, the fewest a clear verdict can come from.
+    assert planned_rounds(wanted, 3, cost, 30.0) == MIN_ROUNDS
+
+
+def test_a_malformed_stored_confirmation_is_refused_with_where_it_breaks(
+    storage: optuna.storages.RDBStorage,
+) -> None:
+    study = optuna.create_study(storage=storage, study_name="poisoned")
+    run = {"round": 0, "candidate": DEFAULT, "measurement": {"batch_size": 32, "timed_seconds": "fast"}}
+    study.set_user_attr("confirmation", {"candidates": [DEFAULT], "rates": {DEFAULT: [[1.0]]}, "runs": [run]})
+    # A run whose measurement has no step times (another worker's garbage) is one typed error naming it,
+    # not a KeyError or a resumed confirmation built on it.
+    with pytest.raises(MalformedRecord, match=r"confirmation\.runs\[0\]\.measurement"):
+        ConfirmationLog(study, [DEFAULT], POLICY)
+
+
+def test_confirmation_log_stores_each_run_as_a_typed_record(storage: optuna.storages.RDBStorage) -> None:
+    study = optuna.create_study(storage=storage, study_name="log")
+    log = ConfirmationLog(study, [DEFAULT, HEURISTIC], POLICY)
+    measurement = Measurement(32, (0.032,) * 4, (0.05,))
+    log.add(0, DEFAULT, measurement)
+    stored = StoredConfirmation.from_dict(study.user_attrs["confirmation"])
+    # What was stored reads back as it was measured: the candidate, its round and the whole measurement.
+    assert stored.runs == (ConfirmationRun(0, DEFAULT, measurement),)
+    assert stored.candidates == (DEFAULT, HEURISTIC) and stored.policy == {"warmup": 1, "timed": 4}
+    # A new log for the same candidates and policy resumes it: the same id, the stored round kept.
+    again = ConfirmationLog(study, [DEFAULT, HEURISTIC], POLICY)
+    assert again.id == stored.id and again.rates() == {DEFAULT: [measurement.rates]}

@@ -19,7 +19,6 @@ from tuner.settings import Settings
 from tuner.space import load
 from tuner.storage import open_storage
 from tuner.study import StudyRun
-from tuner.workload import Workload
 
 TWO = len(os.sched_getaffinity(0)) >= 2
 CLI = [sys.executable, "-c", "import sys; from tuner.cli import main; sys.exit(main())"]

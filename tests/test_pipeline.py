@@ -169,3 +169,41 @@ def test_gpu_rows_run_one_replica_per_visible_gpu_with_the_tuned_host_threads(
     assert {(c.replicas, c.policy.warmup, c.policy.timed) for c in specs} == {(1, 10, 100), (2, 10, 100)}
     # Asking which GPUs exist is the only task that may see them.
     assert [t.gpus for t in runner.task_calls if t.task == "devices"] == [True]
+
+
+def test_the_many_core_studies_get_their_floor_and_the_job_still_ends_within_its_budget(
+    storage: optuna.storages.RDBStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 16-core machine (the replaying runner pins nothing): a 16-core inference study weighs 1/48 of a
+    # one-core training study, but each of its runs pays the same process start as any other.
+    def many(count: int, *args: object, **kwargs: object) -> tuple[int, ...]:
+        return tuple(range(count))
+
+    monkeypatch.setattr("tuner.plan.core_set", many)
+    monkeypatch.setattr("tuner.pipeline.core_set", many)
+    clock = Clock()
+    lines: list[str] = []
+    job = Job(
+        storage=storage,
+        signature=cpu_signature(),
+        runtimes=[load("tensorflow-eigen")],
+        counts=[1, 16],
+        modes=["train", "infer"],
+        budget_s=12 * 60.0,
+        model="tiny",
+        runner=ClockedRunner(clock),
+        log=lines.append,
+        clock=clock,
+    )
+    job.run()
+    # The floors came out of the one-core studies' shares: the whole job ends within its budget (by weight
+    # alone the 16-core studies got a few seconds each and ran past it).
+    assert clock.now - 1000.0 <= 12 * 60, lines[-3:]
+    assert job.failures == []
+    rounds = {
+        (r["cores"], r["mode"]): r["rounds"] for r in benchmark.records(storage) if r.get("label") == "tf-default"
+    }
+    # Every study, the 16-core ones included, measured its benchmark-confirmation in at least two rounds (by
+    # weight alone the 16-core ones had time for one, which can never give a verdict).
+    assert set(rounds) == {(1, "train"), (1, "infer"), (16, "train"), (16, "infer")}
+    assert min(rounds.values()) >= 2, rounds

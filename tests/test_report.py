@@ -23,6 +23,7 @@ from tuner.errors import WorkerCrashed
 from tuner.replay import ReplayRunner
 from tuner.runner import TrialSpec
 from tuner.storage import open_storage
+from tuner.summary import summarize
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -102,6 +103,29 @@ def test_a_study_without_complete_trials_is_a_sentence(filled: tuple[str, Path])
     page = output.read_text()
     # The crashed study is listed, with a sentence in place of its figures.
     assert "0 complete of" in page and "No complete trial yet: nothing to plot for this study." in page
+
+
+SUMMARY_KEYS = [
+    "name", "model", "mode", "batch_size", "runtime", "cores", "cpu", "framework_version", "trials", "best_trial",
+    "search_baselines", "importances", "inert_knobs", "baseline_notes", "excluded", "probe", "verdict",
+]  # fmt: skip
+VERDICT_KEYS = [
+    "winner", "recommended", "recommended_params", "clear", "text", "images_per_sec", "speedup_vs_tf_default",
+    "speedup_vs_heuristic", "rounds", "measured",
+]  # fmt: skip
+
+
+def test_show_json_keeps_its_keys_from_the_typed_records(filled: tuple[str, Path]) -> None:
+    url, _ = filled
+    summaries = summarize(open_storage(url, create=False))
+    # Every study of the storage is summarised, each with the keys `tuner show --json` has always printed.
+    assert len(summaries) == 6 and all(list(s) == SUMMARY_KEYS for s in summaries)
+    verdicts = [s["verdict"] for s in summaries if s["verdict"] is not None]
+    # A confirmed study's verdict has its keys too, read from the checked record, its settings as stored.
+    assert verdicts and all(list(v) == VERDICT_KEYS for v in verdicts)
+    assert all(isinstance(v["recommended_params"], dict) and v["recommended_params"] for v in verdicts)
+    # The summaries are plain JSON data: printed and read back, they are unchanged.
+    assert json.loads(json.dumps(summaries)) == summaries
 
 
 def test_empty_and_missing_storage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,7 +16,7 @@ from tuner.owner import identity as owner_identity
 from tuner.policy import MeasurementPolicy
 from tuner.replay import ReplayRunner
 from tuner.runner import TrialSpec
-from tuner.study import StudyRun
+from tuner.study import WAIT, StopRule, StudyRun
 
 
 def fast(params: dict[str, object]) -> bool:
@@ -284,3 +284,57 @@ def test_trial_failed_by_another_process_while_it_ran_costs_that_trial_only(
     # That one trial stays FAIL as the other process left it; the study goes on to its five complete trials.
     assert states(run.study).count(TrialState.COMPLETE) == 5
     assert [t.user_attrs.get("fail_reason") for t in run.study.trials if t.state == TrialState.FAIL] == ["orphaned"]
+
+
+def test_resuming_with_another_measurement_policy_is_refused(storage: optuna.storages.RDBStorage) -> None:
+    StudyRun(storage, make_config(cores=1, trials=2), ReplayRunner.from_rates(rate)).search(None)
+    longer = MeasurementPolicy("test", warmup=1, timed=8, timeout_s=60.0)
+    # Bursts of 4 and of 8 timed steps are not one experiment: resuming with another policy is refused.
+    with pytest.raises(TunerError, match="was measured with policy"):
+        StudyRun(storage, make_config(cores=1, trials=2, policy=longer), ReplayRunner.from_rates(rate))
+
+
+def test_what_cannot_run_here_is_said_once_and_not_again_on_resume(storage: optuna.storages.RDBStorage) -> None:
+    first: list[str] = []
+    StudyRun(storage, make_config(trials=2), ReplayRunner.from_rates(rate), progress=first.append)
+    # oneDNN is on by default on this (probed) CPU, so the onednn-on baseline runs as tf-default: said once.
+    assert "baseline onednn-on: same as tf-default on this CPU" in first
+    again: list[str] = []
+    run = StudyRun(storage, make_config(trials=2), ReplayRunner.from_rates(rate), progress=again.append)
+    # Resumed on the same CPU, the stored note stands: nothing is said again, and it stays stored.
+    assert not [line for line in again if line.startswith("baseline ")]
+    assert run.study.user_attrs["runnable"]["baselines"] == {"onednn-on": "same as tf-default on this CPU"}
+
+
+def test_stop_rule_names_each_exit_of_the_search(storage: optuna.storages.RDBStorage) -> None:
+    now = [100.0]
+
+    def script(spec: TrialSpec, call: int) -> list[float]:
+        now[0] += 10.0  # every measurement costs 10 s of the fake clock
+        return [0.032] * 5
+
+    run = StudyRun(storage, make_config(cores=1, trials=3), ReplayRunner(script), clock=lambda: now[0])
+    size = run.distinct_settings()
+    # Nothing measured yet and no limit reached: the search goes on to the queued baselines.
+    assert StopRule(3, size).check(run, skips=0) is None
+    run.search(None)
+    # Three complete trials of three wanted: the search ends without a word.
+    assert StopRule(3, size).check(run, skips=0) == ""
+    # Every distinct setting the space holds tried (here: as many as were tried): it ends too.
+    assert StopRule(10, len(run.known())).check(run, skips=0) == ""
+    running = run.study.ask()
+    # One more wanted and another worker measuring it: wait for that worker, do not start another trial.
+    assert StopRule(4, size).check(run, skips=0) == WAIT
+    run.study.tell(running, state=TrialState.FAIL)
+    # Baselines done and less than confirmation's time (4 settings x 3 rounds x 10 s) left before the
+    # deadline: it ends, saying so; with more than that left, it goes on.
+    assert StopRule(10, size, deadline=now[0] + 121.0).check(run, skips=0) is None
+    assert StopRule(10, size, deadline=now[0] + 119.0).check(run, skips=0) == (
+        "search ends after 3 complete trials: the rest of the budget is confirmation's"
+    )
+    # Past a soft end with one sampled setting measured: it ends, saying its share is spent.
+    assert StopRule(10, size, deadline=now[0] + 1e6, stop_at=now[0]).check(run, skips=0) == (
+        "search ends after 3 complete trials: its share of the budget is spent"
+    )
+    # The sampler proposing only measured settings 25 times in a row: the space is exhausted for it.
+    assert StopRule(10, size).check(run, skips=25) == "sampler proposed only measured settings 25 times: search ends"

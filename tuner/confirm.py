@@ -11,14 +11,17 @@ from __future__ import annotations
 import random
 import statistics
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import optuna
+from optuna.trial import FrozenTrial
 
+from tuner.cost import CostModel
 from tuner.measurement import Measurement
 from tuner.policy import MeasurementPolicy
+from tuner.records import ConfirmationRun, StoredConfirmation, utc_now
 from tuner.runner import Runner, TrialSpec
 from tuner.settings import Settings
 from tuner.workload import Workload
@@ -136,32 +139,74 @@ def decide(rates: dict[str, list[list[float]]], params: dict[str, dict[str, Any]
 
 
 class ConfirmationLog:
-    """A study's confirmation runs, stored on it (attribute ``confirmation``) as each is measured, so that a
-    re-run resumes. Rounds already stored count only for the same candidates measured the same way; else a
-    new confirmation (a new id) starts."""
+    """A study's confirmation runs, stored on it (attribute ``confirmation``, read back as a
+    ``records.StoredConfirmation``) as each is measured, so that a re-run resumes. Rounds already stored
+    count only for the same candidates measured the same way; else a new confirmation (a new id) starts."""
 
     def __init__(self, study: optuna.Study, names: list[str], policy: MeasurementPolicy) -> None:
-        stored = study.user_attrs.get("confirmation", {})
-        shape = {"warmup": policy.warmup, "timed": policy.timed}
-        same = stored.get("candidates") == names and stored.get("policy", shape) == shape
-        done = stored.get("rates", {}) if same else {}
+        stored = StoredConfirmation.from_dict(
+            study.user_attrs.get("confirmation"), f"study {study.study_name}: confirmation"
+        )
+        self.shape = {"warmup": policy.warmup, "timed": policy.timed}
+        same = list(stored.candidates) == names and stored.policy in (None, self.shape)
+        resumed = same and bool(stored.rates)
         self.study = study
-        self.record: dict[str, Any] = {
-            "id": stored.get("id") if done and stored.get("id") else uuid.uuid4().hex[:12],
-            "candidates": names,
-            "policy": shape,
-            "rates": done,
-            "runs": stored.get("runs", []) if done else [],
-        }
+        self.names = names
+        self.id = stored.id if resumed and stored.id else uuid.uuid4().hex[:12]
+        self._rates: dict[str, list[list[float]]] = (
+            {name: [list(run) for run in runs] for name, runs in stored.rates.items()} if resumed else {}
+        )
+        self.runs: list[ConfirmationRun] = list(stored.runs) if resumed else []
 
     def rates(self) -> dict[str, list[list[float]]]:
         """Per-step rates of the rounds already measured, by candidate."""
-        return {name: [list(run) for run in runs] for name, runs in self.record["rates"].items()}
+        return {name: [list(run) for run in runs] for name, runs in self._rates.items()}
 
     def add(self, round_: int, name: str, measurement: Measurement) -> None:
-        self.record["rates"].setdefault(name, []).append(measurement.rates)
-        self.record["runs"].append({"round": round_, "candidate": name, "measurement": measurement.to_dict()})
-        self.study.set_user_attr("confirmation", self.record)
+        self._rates.setdefault(name, []).append(measurement.rates)
+        self.runs.append(ConfirmationRun(round_, name, measurement))
+        self.study.set_user_attr("confirmation", self.to_dict())
+
+    def to_dict(self) -> dict[str, object]:
+        """The ``confirmation`` attribute as stored."""
+        return {
+            "id": self.id,
+            "candidates": self.names,
+            "policy": self.shape,
+            "rates": self._rates,
+            "runs": [run.to_dict() for run in self.runs],
+        }
+
+
+def pick_candidates(
+    trials: Sequence[FrozenTrial], label: Callable[[Mapping[str, Any]], str], most: int
+) -> list[Candidate]:
+    """What confirmation measures, at most ``most`` in all: every measured baseline under its name, then the
+    best distinct sampled settings ("trial N") by search value; settings that run alike (one ``label``)
+    count once."""
+    chosen: dict[str, Candidate] = {}
+    ranked = sorted(trials, key=lambda t: -(t.value or 0.0))
+    for trial in ranked:
+        if "baseline" in trial.user_attrs:
+            name = trial.user_attrs["baseline"]
+            chosen.setdefault(name, Candidate(name, Settings.from_params(trial.params)))
+    labels = {label(c.settings.params()) for c in chosen.values()}
+    for trial in ranked:
+        if len(chosen) >= most:
+            break
+        if label(trial.params) not in labels:
+            labels.add(label(trial.params))
+            chosen[f"trial {trial.number}"] = Candidate(f"trial {trial.number}", Settings.from_params(trial.params))
+    return list(chosen.values())
+
+
+def planned_rounds(policy: MeasurementPolicy, configs: int, cost: CostModel | None, time_left: float | None) -> int:
+    """Rounds of ``configs`` settings that fit ``time_left`` (None: no limit), as many as ``policy`` asks
+    when they fit; never fewer than MIN_ROUNDS, which a clear verdict needs."""
+    wanted = max(MIN_ROUNDS, policy.rounds)
+    if time_left is None or cost is None:
+        return wanted
+    return max(MIN_ROUNDS, min(wanted, cost.rounds_that_fit(time_left, configs, policy)))
 
 
 OnRun = Callable[[int, Candidate, Measurement], None]  # called after every run, so nothing is lost
@@ -198,3 +243,37 @@ def confirm(
         if on_run is not None:
             on_run(round_, candidate, measurement)
     return decide(rates, {c.name: c.settings.params() for c in candidates}, seed)
+
+
+def confirm_logged(
+    study: optuna.Study,
+    runner: Runner,
+    candidates: Sequence[Candidate],
+    workload: Workload,
+    cores: tuple[int, ...],
+    policy: MeasurementPolicy,
+    rounds: int,
+    seed: int = 0,
+    progress: Callable[[str], None] = lambda line: None,
+) -> Verdict:
+    """``confirm`` for a study: the rounds already stored on ``study`` are kept, every new run is stored as
+    it is measured (``ConfirmationLog``), so a re-run resumes, and each is said on ``progress``."""
+    log = ConfirmationLog(study, [c.name for c in candidates], policy)
+    progress(f"confirming {', '.join(c.name for c in candidates)}: {rounds} interleaved rounds")
+
+    def on_run(round_: int, candidate: Candidate, m: Measurement) -> None:
+        log.add(round_, candidate.name, m)
+        progress(f"confirm round {round_ + 1}/{rounds} {candidate.name}: {m.images_per_sec:.2f} img/s")
+
+    return confirm(runner, candidates, workload, cores, policy, rounds, log.rates(), on_run, seed)
+
+
+def store_verdict(
+    study: optuna.Study, verdict: Verdict, effective: Callable[[Mapping[str, Any]], dict[str, Any]], trials: int
+) -> None:
+    """Store ``verdict`` on the study (attribute ``verdict``, read back as ``records.StoredVerdict``), its
+    recommended settings as ``effective`` resolves them on this CPU (oneDNN "default" made on or off), so
+    the recommendation holds where it is used; with when it was measured and after how many trials."""
+    stored = verdict.to_dict()
+    stored["recommended_params"] = effective(stored["recommended_params"])
+    study.set_user_attr("verdict", {**stored, "measured": utc_now(), "trials": trials})

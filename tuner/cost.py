@@ -1,5 +1,5 @@
 """What a measurement costs, from the search trials' own wall and step times: how much confirmation or a
-longer benchmark fits in the time left."""
+longer benchmark fits in the time left, and the least time a study needs (its floor in the budget)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,12 @@ class CostModel:
         step = statistics.median(float(t.user_attrs["measurement"]["median_step_seconds"]) for t in timed)
         return cls(wall, step, policy)
 
+    @classmethod
+    def estimate(cls, run_s: float, policy: MeasurementPolicy) -> CostModel:
+        """Before any trial is measured: runs of ``run_s`` seconds each (a probe's wall time, say), their
+        steps unknown and counted as free, so what is derived from it errs short."""
+        return cls(max(0.0, run_s), 0.0, policy)
+
     @property
     def overhead_s(self) -> float:
         """Seconds of a run outside its counted steps: start, imports, build, tracing, exit."""
@@ -42,3 +48,14 @@ class CostModel:
         """Whole interleaved rounds of ``configs`` settings that fit ``time_left``."""
         per_run = self.run_s(policy)
         return math.floor(time_left / (configs * per_run)) if per_run > 0 else 1_000_000
+
+    def scaled(self, factor: float, policy: MeasurementPolicy) -> CostModel:
+        """The cost of runs whose steps take ``factor`` times as long (another mode or core count), measured
+        by ``policy``; a run's overhead (start, imports, trace) stays as it is."""
+        step = self.step_s * factor
+        return CostModel(self.overhead_s + (policy.warmup + policy.timed) * step, step, policy)
+
+    def floor_s(self, configs: int, rounds: int, confirm: MeasurementPolicy) -> float:
+        """The least time a study needs: each of ``configs`` settings (its baselines and the candidates it
+        confirms) measured once by the search, then ``rounds`` interleaved rounds of each by ``confirm``."""
+        return configs * (self.run_s(self.policy) + rounds * self.run_s(confirm))

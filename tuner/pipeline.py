@@ -39,13 +39,14 @@ from tuner.benchmark import (
 )
 from tuner.benchmark import flops_per_image as count_flops
 from tuner.confirm import DEFAULT, TUNED
+from tuner.cost import CostModel
 from tuner.envs import create as create_env
 from tuner.errors import TunerError
 from tuner.measurement import Measurement
-from tuner.plan import Prepared, StudyOptions, prepare, share, study_config, weight
-from tuner.policy import CONFIRM, MeasurementPolicy
+from tuner.plan import Prepared, StudyOptions, Yardstick, baseline_count, prepare, share, study_config, weight
+from tuner.policy import BURST, CONFIRM, MeasurementPolicy
 from tuner.probe import fixed_knobs
-from tuner.records import StoredVerdict
+from tuner.records import StoredConfirmation, StoredVerdict
 from tuner.runner import Runner, SubprocessRunner
 from tuner.runtime import MANIFEST, Runtime
 from tuner.settings import Settings
@@ -88,11 +89,11 @@ def study_records(
 ) -> list[tuple[str, Settings, list[Measurement], dict[str, Any]]]:
     """Benchmark records' parts from a study's stored confirmation runs: every baseline under its own name,
     and the best sampled candidate as ``tuned``; each carries what the verdict recommends."""
-    confirmation = study.user_attrs.get("confirmation", {})
+    confirmation = stored_confirmation(study)
     verdict = StoredVerdict.from_dict(study.user_attrs.get("verdict"), f"study {study.study_name}: verdict")
     runs: dict[str, list[Measurement]] = {}
-    for run in confirmation.get("runs", []):
-        runs.setdefault(run["candidate"], []).append(Measurement.from_dict(run["measurement"]))
+    for run in confirmation.runs:
+        runs.setdefault(run.candidate, []).append(run.measurement)
     best = verdict.best_sampled()
     recommended_label = TUNED if verdict.recommended == best else verdict.recommended
     parts = []
@@ -110,10 +111,15 @@ def study_records(
     return parts
 
 
+def stored_confirmation(study: optuna.Study) -> StoredConfirmation:
+    """The study's confirmation runs as stored, checked (empty before any)."""
+    return StoredConfirmation.from_dict(study.user_attrs.get("confirmation"), f"study {study.study_name}: confirmation")
+
+
 def confirmation_id(study: optuna.Study) -> str:
     """Names one confirmation's runs: a new confirmation, or more rounds of it, is another id."""
-    confirmation = study.user_attrs.get("confirmation", {})
-    return f"{study.study_name}:{confirmation.get('id', '')}:{len(confirmation.get('runs', []))}"
+    confirmation = stored_confirmation(study)
+    return f"{study.study_name}:{confirmation.id}:{len(confirmation.runs)}"
 
 
 def tuned_settings(study: optuna.Study) -> Settings | None:
@@ -196,11 +202,14 @@ class Job:
         # and the table at the end need some slack.
         deadline = None if self.budget_s is None else started + self.budget_s * (1 - BUDGET_SLACK)
         prepared: list[Prepared] = []
+        probe_s = 0.0  # the longest probe: before any study is measured, what one run costs here
         for runtime in self.runtimes:
             try:
                 if not self._ready(runtime):
                     continue
+                probed = self.clock()
                 prepared.append(prepare(runtime, self._runner(runtime), max(self.counts)))
+                probe_s = max(probe_s, self.clock() - probed)
             except TunerError as error:
                 self._fail(f"runtime {runtime.name}", error)
                 continue
@@ -209,25 +218,36 @@ class Job:
             raise TunerError("no runtime could run here: " + "; ".join(self.notes + self.failures))
         self._yardsticks(prepared)
         cells = [(ready, n, mode) for ready in prepared for n in self.counts for mode in self.modes]
-        done = [self._complete(self._config(ready, n, mode, None).name) for ready, n, mode in cells]
+        configs = [self._config(ready, n, mode, None) for ready, n, mode in cells]
+        done = [self._complete(config.name) for config in configs]
         weights = [
             0.0 if finished else weight(mode, n, max(self.counts))
             for (_, n, mode), finished in zip(cells, done, strict=True)
         ]
+        baselines = [baseline_count(ready, n) for ready, n, _ in cells]
+        yardstick = Yardstick(CostModel.estimate(probe_s, BURST))
         for index, (ready, n, mode) in enumerate(cells):
             tag = f"{ready.runtime.name} {mode} {n}c"
             if done[index]:
                 self.log(f"study {index + 1}/{len(cells)}: {tag} is already benchmarked: kept")
                 continue
-            budget = share(None if deadline is None else deadline - self.clock(), weights[index:])
+            # What each study still to run needs at least: its baselines and the shortest confirmation.
+            floors = [
+                0.0 if done[i] else yardstick.floor_s(configs[i], baselines[i], weights[i])
+                for i in range(index, len(cells))
+            ]
+            budget = share(None if deadline is None else deadline - self.clock(), weights[index:], floors)
             left = "" if deadline is None else f", {duration(deadline - self.clock())} of the budget left"
             self.log(
                 f"study {index + 1}/{len(cells)}: {tag}" + (f", share {duration(budget)}" if budget else "") + left
             )
             try:
-                self._cell(ready, n, mode, budget)
+                cost = self._cell(ready, n, mode, budget)
             except TunerError as error:
                 self._fail(tag, error)
+                continue
+            if cost is not None:  # the floors of the studies after it, from what its runs cost
+                yardstick = Yardstick(cost, weights[index])
         self._gpu_rows(prepared)
         spent = self.clock() - started
         over = (
@@ -281,7 +301,8 @@ class Job:
         run_id = confirmation_id(study)
         return any(r.get("run_id") == run_id for r in records(self.storage) if r.get("kind") == "benchmark")
 
-    def _cell(self, ready: Prepared, n: int, mode: str, share: float | None) -> None:
+    def _cell(self, ready: Prepared, n: int, mode: str, share: float | None) -> CostModel | None:
+        """Search, then benchmark-confirm, one study; what its search runs cost (None: nothing measured)."""
         config = self._config(ready, n, mode, share)
         tag = f"{ready.runtime.name} {mode} {n}c"
         run = StudyRun(
@@ -304,6 +325,7 @@ class Job:
         run.store_importances()
         self.log(f"[{tag}] verdict: {verdict.text()}")
         self._store_records(run.study, Target(ready.runtime.name, config.workload, config.cores))
+        return cost
 
     def _store_records(self, study: optuna.Study, target: Target) -> None:
         stored = {(r.get("run_id"), r.get("label")) for r in records(self.storage) if r.get("kind") == "benchmark"}

@@ -3,7 +3,10 @@ budget policy, and one way to configure a study.
 
 The budget policy: each study gets a share of the time still left, weighted by what its steps cost
 (training about three inference steps; one core about twice two cores), so a study that overruns takes
-from the studies after it, never from the total.
+from the studies after it, never from the total. A weight says nothing of a run's fixed cost (process
+start, imports, trace), so a share is never below the study's floor: what its baselines and the shortest
+confirmation need (``Yardstick``, from the cost of a study measured before, or a probe's wall time before
+any); a floor taken is taken from the shares of the others, and floors that do not all fit are cut alike.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuner.capability import Capabilities, plan_baselines
+from tuner.confirm import MIN_ROUNDS
+from tuner.cost import CostModel
 from tuner.errors import TunerError
 from tuner.policy import BURST, CONFIRM, MeasurementPolicy, for_mode
 from tuner.probe import fixed_knobs, probe
@@ -32,13 +38,55 @@ def weight(mode: str, cores: int, most_cores: int) -> float:
     return MODE_WEIGHT[mode] * most_cores / cores
 
 
-def share(time_left: float | None, weights: Sequence[float]) -> float | None:
+def share(time_left: float | None, weights: Sequence[float], floors: Sequence[float] = ()) -> float | None:
     """The next study's share of ``time_left`` (None: no budget): its weight over the weights of every study
-    still to run, ``weights[0]`` being its own."""
+    still to run, ``weights[0]`` being its own, but never less than its floor, ``floors[0]`` (see
+    ``shares``)."""
     if time_left is None:
         return None
-    total = sum(weights)
-    return max(0.0, time_left) * (weights[0] / total if total > 0 else 0.0)
+    return shares(max(0.0, time_left), weights, floors)[0]
+
+
+def shares(time_left: float, weights: Sequence[float], floors: Sequence[float] = ()) -> list[float]:
+    """``time_left`` split by ``weights``, each share at least its floor (missing floors are 0): a study
+    whose weighted share falls short of its floor gets its floor, and the others split what is left by
+    weight again, until none falls short. Floors that add up to more than ``time_left`` are cut in the same
+    proportion, so that the shares still add up to the time left."""
+    lows = [*floors, *[0.0] * (len(weights) - len(floors))]
+    if sum(lows) > time_left:
+        lows = [low * (time_left / sum(lows)) for low in lows]
+    fixed: dict[int, float] = {}
+    while True:
+        free = [i for i in range(len(weights)) if i not in fixed]
+        pool = max(0.0, time_left - sum(fixed.values()))
+        total = sum(weights[i] for i in free)
+        weighted = {i: pool * (weights[i] / total if total > 0 else 0.0) for i in free}
+        short = [i for i in free if weighted[i] < lows[i]]
+        if not short:
+            return [fixed[i] if i in fixed else weighted[i] for i in range(len(weights))]
+        fixed.update((i, lows[i]) for i in short)
+
+
+@dataclass(frozen=True)
+class Yardstick:
+    """What runs cost, to set the floors of studies not measured yet: a measured study's cost model and its
+    weight, or before any study, ``CostModel.estimate`` from a probe's wall time (weight 1, steps free)."""
+
+    cost: CostModel
+    weight: float = 1.0
+
+    def floor_s(self, config: StudyConfig, baselines: int, weight: float) -> float:
+        """The least a study of ``weight`` needs: its baselines and candidates measured once by its search,
+        then MIN_ROUNDS interleaved rounds of confirmation; its steps scaled from the yardstick's by weight,
+        each run's overhead as measured."""
+        cost = self.cost.scaled(weight / self.weight if self.weight > 0 else 1.0, config.policy)
+        return cost.floor_s(baselines + config.candidates, MIN_ROUNDS, config.confirm_policy)
+
+
+def baseline_count(ready: Prepared, cores: int) -> int:
+    """How many baselines a study on ``cores`` cores measures with this runtime, as ``StudyRun`` plans them
+    from the probe's read-back."""
+    return len(plan_baselines(ready.space.baselines(cores), Capabilities.from_probe(ready.facts)).runnable)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 A study's user attributes are the real API of the storage: export files and shared PostgreSQL studies carry
 them between machines, so they are untrusted input. ``StudyMeta`` (the ``tuner`` attribute: where and how a
-study measured) and ``StoredVerdict`` (the ``verdict`` attribute: what confirmation concluded) are frozen
-records built only through ``from_dict``, which checks types, ISO dates, lengths and nesting depth, and the
+study measured), ``StoredVerdict`` (the ``verdict`` attribute: what confirmation concluded),
+``StoredConfirmation`` (the ``confirmation`` attribute: its runs, each a ``ConfirmationRun``) and
+``StoredRunnable`` (the ``runnable`` attribute: what the probe ruled out) are frozen records built only
+through ``from_dict``, which checks types, ISO dates, lengths and nesting depth, and the
 settings through ``Settings``. A malformed study is reported by ``check_study`` as one line and skipped by
 its readers, never fatal for the rest of the storage.
 """
@@ -16,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, TypedDict, cast
 
 from tuner.errors import InvalidSettings, TunerError
+from tuner.measurement import Measurement
 from tuner.sanitize import one_line
 from tuner.settings import Settings
 
@@ -105,6 +108,8 @@ class StudyMeta:
     probe: Mapping[str, Any]
     created: str | None
     raw: Mapping[str, Any]
+    space: str | None = None  # the search space's name
+    inert_knobs: tuple[str, ...] = ()  # knobs searched although the runtime ignores them (--allow-inert)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "tuner") -> StudyMeta:
@@ -128,6 +133,9 @@ class StudyMeta:
         if not isinstance(probe, Mapping):
             raise MalformedRecord(f"{where}.probe: must be an object")
         _get(probe, "framework_version", str, f"{where}.probe", optional=True)
+        inert = data.get("inert_knobs") or []
+        if not isinstance(inert, list) or not all(isinstance(knob, str) for knob in inert):
+            raise MalformedRecord(f"{where}.inert_knobs: must be a list of strings")
         return cls(
             model=_get(data, "model", str, where),
             mode=mode,
@@ -138,6 +146,8 @@ class StudyMeta:
             probe=probe,
             created=_date(data, "created", where),
             raw=data,
+            space=_get(data, "space", str, where, optional=True),
+            inert_knobs=tuple(inert),
         )
 
 
@@ -154,6 +164,10 @@ class StoredVerdict:
     raw: Mapping[str, Any]
     params: Mapping[str, Settings] = field(default_factory=dict)  # every confirmed candidate's settings
     images_per_sec: Mapping[str, float] = field(default_factory=dict)  # each candidate's confirmed median
+    winner: str | None = None  # the fastest candidate, recommended only when its gain is clear
+    rounds: int | None = None  # interleaved rounds every candidate was measured
+    vs_heuristic: Mapping[str, float] | None = None  # the winner's speedup over the heuristic, as stored
+    recommended_params: Mapping[str, object] = field(default_factory=dict)  # ``settings`` as stored
 
     def best_sampled(self) -> str | None:
         """The confirmed sampled candidate ("trial N") with the highest median, if any was confirmed."""
@@ -176,9 +190,10 @@ class StoredVerdict:
         params = data.get("params", {})
         if not isinstance(params, Mapping):
             raise MalformedRecord(f"{where}.params: must be an object")
+        settings = _settings(data.get("recommended_params"), f"{where}.recommended_params")
         return cls(
             recommended=_get(data, "recommended", str, where),
-            settings=_settings(data.get("recommended_params"), f"{where}.recommended_params"),
+            settings=settings,
             clear=_get(data, "clear", bool, where),
             text=_get(data, "text", str, where),
             measured=_date(data, "measured", where),
@@ -186,7 +201,121 @@ class StoredVerdict:
             raw=data,
             params={name: _settings(p, f"{where}.params.{name[:40]}") for name, p in params.items()},
             images_per_sec=dict(data.get("images_per_sec") or {}),
+            winner=_get(data, "winner", str, where, optional=True),
+            rounds=_get(data, "rounds", int, where, optional=True),
+            vs_heuristic=data.get("speedup_vs_heuristic"),
+            recommended_params=data["recommended_params"],  # a mapping: ``_settings`` checked it
         )
+
+
+def _rates(value: Any, where: str) -> dict[str, list[list[float]]]:
+    """Per-step rates by candidate, round by round: names to lists of lists of positive numbers."""
+    if not isinstance(value, Mapping):
+        raise MalformedRecord(f"{where}: must be an object")
+    for name, runs in value.items():
+        if not isinstance(runs, list) or not all(
+            isinstance(run, list) and all(_positive(rate) for rate in run) for run in runs
+        ):
+            raise MalformedRecord(f"{where}.{name[:40]}: must be a list of rounds of positive rates")
+    return {name: [[float(rate) for rate in run] for run in runs] for name, runs in value.items()}
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+@dataclass(frozen=True)
+class ConfirmationRun:
+    """One run of a confirmation, as stored in the ``confirmation`` attribute's ``runs``."""
+
+    round: int  # counted from 0
+    candidate: str  # a baseline's name, or "trial N"
+    measurement: Measurement
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "run") -> ConfirmationRun:
+        if not isinstance(data, Mapping):
+            raise MalformedRecord(f"{where}: must be an object")
+        round_ = _get(data, "round", int, where)
+        if round_ < 0:
+            raise MalformedRecord(f"{where}.round: must not be negative, not {round_}")
+        measured = _get(data, "measurement", Mapping, where)
+        try:
+            measurement = Measurement.from_dict(dict(measured))
+        except (KeyError, TypeError, ValueError) as error:
+            raise MalformedRecord(f"{where}.measurement: {one_line(error, 200)}") from None
+        return cls(round_, _get(data, "candidate", str, where), measurement)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"round": self.round, "candidate": self.candidate, "measurement": self.measurement.to_dict()}
+
+
+@dataclass(frozen=True)
+class StoredConfirmation:
+    """The ``confirmation`` attribute of a study: one confirmation's runs, stored as each is measured so a
+    re-run resumes it (``confirm.ConfirmationLog`` writes it). An absent attribute reads as empty."""
+
+    id: str = ""  # names this confirmation: a new one (other candidates or policy) gets a new id
+    candidates: tuple[str, ...] = ()
+    policy: Mapping[str, int] | None = None  # warm-up and timed steps of its runs; None: not recorded
+    rates: Mapping[str, list[list[float]]] = field(default_factory=dict)  # per-step rates by candidate
+    runs: tuple[ConfirmationRun, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "confirmation") -> StoredConfirmation:
+        if data is None:
+            return cls()
+        if not isinstance(data, Mapping):
+            raise MalformedRecord(f"{where}: must be an object")
+        check_shape(data, where)
+        candidates = data.get("candidates") or []
+        if not isinstance(candidates, list) or not all(isinstance(name, str) for name in candidates):
+            raise MalformedRecord(f"{where}.candidates: must be a list of names")
+        policy = _get(data, "policy", Mapping, where, optional=True)
+        if policy is not None:
+            for key in ("warmup", "timed"):
+                _get(policy, key, int, f"{where}.policy")
+        runs = data.get("runs") or []
+        if not isinstance(runs, list):
+            raise MalformedRecord(f"{where}.runs: must be a list")
+        return cls(
+            id=_get(data, "id", str, where, optional=True) or "",
+            candidates=tuple(candidates),
+            policy=policy,
+            rates=_rates(data.get("rates") or {}, f"{where}.rates"),
+            runs=tuple(ConfirmationRun.from_dict(run, f"{where}.runs[{index}]") for index, run in enumerate(runs)),
+        )
+
+
+@dataclass(frozen=True)
+class StoredRunnable:
+    """The ``runnable`` attribute of a study: what the probe's read-back ruled out on its CPU (see
+    ``tuner/capability.py``). An absent attribute reads as nothing ruled out."""
+
+    excluded: tuple[str, ...] = ()  # knob values taken out of the space, one line each
+    baselines: Mapping[str, str] = field(default_factory=dict)  # baseline name -> why it was set aside
+    capabilities: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "runnable") -> StoredRunnable:
+        if data is None:
+            return cls()
+        if not isinstance(data, Mapping):
+            raise MalformedRecord(f"{where}: must be an object")
+        check_shape(data, where)
+        excluded = data.get("excluded") or []
+        if not isinstance(excluded, list) or not all(isinstance(line, str) for line in excluded):
+            raise MalformedRecord(f"{where}.excluded: must be a list of strings")
+        baselines = data.get("baselines") or {}
+        if not isinstance(baselines, Mapping) or not all(isinstance(note, str) for note in baselines.values()):
+            raise MalformedRecord(f"{where}.baselines: must map names to strings")
+        capabilities = data.get("capabilities") or {}
+        if not isinstance(capabilities, Mapping):
+            raise MalformedRecord(f"{where}.capabilities: must be an object")
+        return cls(tuple(excluded), baselines, capabilities)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"capabilities": self.capabilities, "excluded": list(self.excluded), "baselines": self.baselines}
 
 
 class BenchmarkRecord(TypedDict, total=False):
@@ -338,3 +467,7 @@ def check_study(name: str, attrs: Mapping[str, Any]) -> None:
         StudyMeta.from_dict(attrs["tuner"], f"study {name[:80]!r}: tuner")
     if "verdict" in attrs:
         StoredVerdict.from_dict(attrs["verdict"], f"study {name[:80]!r}: verdict")
+    if "confirmation" in attrs:
+        StoredConfirmation.from_dict(attrs["confirmation"], f"study {name[:80]!r}: confirmation")
+    if "runnable" in attrs:
+        StoredRunnable.from_dict(attrs["runnable"], f"study {name[:80]!r}: runnable")

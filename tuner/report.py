@@ -14,7 +14,8 @@ import html
 import random
 import statistics
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner import __version__, benchmark, table
 from tuner.confirm import DEFAULT, HEURISTIC, TUNED
-from tuner.records import BenchmarkRecord, tuner_studies
+from tuner.records import BenchmarkRecord, StoredVerdict, StudyMeta, tuner_studies
 from tuner.topology import cores_text
 
 LABELS = (DEFAULT, HEURISTIC, TUNED)
@@ -262,18 +263,24 @@ class Page:
         )
 
 
-def _group_name(runtime: str, group: dict[str, Any]) -> str:
-    """Named from what was read back (a tf-default record, else a study's probe), never from the name alone."""
-    facts = next((r for r in group["records"] if r.get("label") == DEFAULT and "skipped" not in r), None)
-    if facts is None:
-        facts = next((meta.get("probe") for _, meta in group["studies"] if isinstance(meta.get("probe"), dict)), None)
-    cpu = group["cpu"]
-    return f"{table.runtime_label(runtime, facts)} on {cpu.get('model_name', '?')} (CPU {cpu.get('id', '?')})"
+@dataclass
+class Group:
+    """What the page shows under one CPU signature and runtime: its studies and benchmark records."""
 
+    cpu: Mapping[str, Any]  # the CPU signature as stored (records.StudyMeta.cpu, or a record's cpu)
+    studies: list[tuple[optuna.Study, StudyMeta]] = field(default_factory=list)
+    records: list[BenchmarkRecord] = field(default_factory=list)
 
-def _study_meta(study: optuna.Study) -> dict[str, Any] | None:
-    meta = study.user_attrs.get("tuner")
-    return meta if isinstance(meta, dict) else None
+    def name(self, runtime: str) -> str:
+        """Named from what was read back (a tf-default record, else a study's probe), never from the name
+        alone."""
+        facts: Mapping[str, Any] | None = next(
+            (r for r in self.records if r.get("label") == DEFAULT and "skipped" not in r), None
+        )
+        if facts is None:
+            facts = next((meta.probe for _, meta in self.studies), None)
+        cpu = self.cpu
+        return f"{table.runtime_label(runtime, facts)} on {cpu.get('model_name', '?')} (CPU {cpu.get('id', '?')})"
 
 
 def _searched(complete: Sequence[FrozenTrial]) -> list[str]:
@@ -282,22 +289,23 @@ def _searched(complete: Sequence[FrozenTrial]) -> list[str]:
     return [n for n in names if len({repr(t.params.get(n)) for t in complete}) > 1]
 
 
-def _study_section(page: Page, study: optuna.Study, meta: dict[str, Any]) -> None:
+def _study_section(page: Page, study: optuna.Study, meta: StudyMeta) -> None:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     all_trials = study.get_trials(deepcopy=False)
-    verdict = study.user_attrs.get("verdict", {})
-    cores = cores_text(int(meta.get("cores", 0)))
-    heading = f"{meta.get('model')} {meta.get('mode')}, {cores}, batch {meta.get('batch_size')}"
+    verdict = None
+    if "verdict" in study.user_attrs:
+        verdict = StoredVerdict.from_dict(study.user_attrs["verdict"], f"study {study.study_name}: verdict")
+    heading = f"{meta.model} {meta.mode}, {cores_text(meta.cores)}, batch {meta.batch_size}"
     page.text(f'<h3 id="{html.escape(study.study_name)}">{html.escape(heading)}</h3>')
     facts = [
         f"study <code>{html.escape(study.study_name)}</code>",
         f"{len(complete)} complete of {len(all_trials)} trials",
-        f"space {html.escape(str(meta.get('space')))}",
-        f"TensorFlow {html.escape(str(meta.get('probe', {}).get('framework_version', '?')))}",
+        f"space {html.escape(str(meta.space))}",
+        f"TensorFlow {html.escape(str(meta.probe.get('framework_version', '?')))}",
     ]
     page.text(f"<p>{' · '.join(facts)}</p>")
-    if verdict.get("text"):
-        page.text(f"<p><b>Verdict:</b> {html.escape(str(verdict['text']))}</p>")
+    if verdict is not None and verdict.text:
+        page.text(f"<p><b>Verdict:</b> {html.escape(verdict.text)}</p>")
     if not complete:
         page.sentence("No complete trial yet: nothing to plot for this study.")
         return
@@ -341,19 +349,15 @@ def build(
             foreign.append(summary.study_name)
             continue
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        meta = _study_meta(study)
-        if meta is not None:
-            studies.append((study, meta))
-    groups: dict[tuple[str, str], dict[str, Any]] = {}
+        # tuner_studies checked the metadata: this reads it as the typed record.
+        studies.append((study, StudyMeta.from_dict(study.user_attrs["tuner"], f"study {study.study_name}: tuner")))
+    groups: dict[tuple[str, str], Group] = {}
     for study, meta in studies:
-        key = (str(meta.get("cpu", {}).get("id")), str(meta.get("runtime")))
-        groups.setdefault(key, {"cpu": meta.get("cpu", {}), "studies": [], "records": []})["studies"].append(
-            (study, meta)
-        )
+        groups.setdefault((str(meta.cpu.get("id")), meta.runtime), Group(meta.cpu)).studies.append((study, meta))
     for r in records:
         if r.get("kind") == "benchmark":
             key = (str(r.get("cpu", {}).get("id")), str(r.get("runtime")))
-            groups.setdefault(key, {"cpu": r.get("cpu", {}), "studies": [], "records": []})["records"].append(r)
+            groups.setdefault(key, Group(r.get("cpu", {}))).records.append(r)
     yardsticks = [r for r in records if r.get("kind") in ("flops", "matmul")]
     now = datetime.now(UTC).isoformat(timespec="seconds")
     benchmarks = sum(r.get("kind") == "benchmark" for r in records)
@@ -367,20 +371,20 @@ def build(
         page.sentence(f"Left out: {len(foreign)} Optuna studies not made by tuner ({', '.join(sorted(foreign)[:5])}).")
     if not groups:
         page.sentence("No studies or benchmark records in this storage yet (run: tuner run).")
-    ordered_groups = sorted(groups.items(), key=lambda item: (item[0][0], _group_name(item[0][1], item[1])))
+    ordered_groups = sorted(groups.items(), key=lambda item: (item[0][0], item[1].name(item[0][1])))
     for (cpu_id, runtime), group in ordered_groups:
-        heading = _group_name(runtime, group)
+        heading = group.name(runtime)
         page.text(f"<h2>{html.escape(heading)}</h2>")
-        isa = ", ".join(group["cpu"].get("isa", [])) or "?"
+        isa = ", ".join(group.cpu.get("isa", [])) or "?"
         page.text(f"<p>CPU signature {html.escape(cpu_id)}: {html.escape(isa)}</p>")
-        if group["records"]:
-            frame, notes = table.build([*group["records"], *yardsticks])
+        if group.records:
+            frame, notes = table.build([*group.records, *yardsticks])
             page.text(f'<div class="wide">{table.render(frame, notes, "html")}</div>')
         else:
             page.sentence("No benchmark records for this runtime and CPU yet (run: tuner run, or tuner benchmark).")
-        page.figure(bars(group["records"], heading), "No CPU benchmark records: no bars of the three settings.")
-        page.figure(scaling(group["records"], heading), "No CPU benchmark records: no scaling plot.")
-        by_target = sorted(group["studies"], key=lambda sm: (int(sm[1].get("cores", 0)), sm[1].get("mode") != "train"))
+        page.figure(bars(group.records, heading), "No CPU benchmark records: no bars of the three settings.")
+        page.figure(scaling(group.records, heading), "No CPU benchmark records: no scaling plot.")
+        by_target = sorted(group.studies, key=lambda sm: (sm[1].cores, sm[1].mode != "train"))
         for study, meta in by_target:
             _study_section(page, study, meta)
     body = "\n".join(page.parts)

@@ -20,34 +20,33 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner import __version__, interrupt
 from tuner.capability import Capabilities, narrow, plan_baselines, unrunnable
-from tuner.confirm import DEFAULT, MIN_ROUNDS, Candidate, ConfirmationLog, Verdict, confirm
-from tuner.cost import CostModel
-from tuner.errors import (
-    Interrupted,
-    Pruned,
-    TunerError,
-    WorkerBadOutput,
-    WorkerCrashed,
-    WorkerExited,
-    WorkerOutOfMemory,
-    WorkerTimeout,
+from tuner.confirm import (
+    DEFAULT,
+    MIN_ROUNDS,
+    Candidate,
+    Verdict,
+    confirm_logged,
+    pick_candidates,
+    planned_rounds,
+    store_verdict,
 )
+from tuner.cost import CostModel
+from tuner.errors import Interrupted, Pruned, TunerError
 from tuner.measurement import Measurement
 from tuner.owner import fail_orphans
 from tuner.owner import identity as owner_identity
 from tuner.policy import BURST, CONFIRM, MeasurementPolicy
 from tuner.records import utc_now
+from tuner.resume import WORKER_FAILURES, Progress, baselines_done, open_study
 from tuner.runner import Runner, TrialSpec
 from tuner.settings import Settings
 from tuner.signature import CpuSignature
 from tuner.space import SearchSpace
-from tuner.topology import cpu_quota, quota_warning
+from tuner.topology import cpu_quota
 from tuner.topology import notes as topology_notes
 from tuner.workload import Workload
 
-Progress = Callable[[str], None]
 MAX_FAILURES_IN_A_ROW = 3
-WORKER_FAILURES = {e.reason for e in (WorkerCrashed, WorkerExited, WorkerTimeout, WorkerBadOutput, WorkerOutOfMemory)}
 SHARED_POLL_S = 2.0  # how often a worker waiting on other workers' last trials looks again
 MAX_SKIPS_IN_A_ROW = 25  # sampler keeps proposing measured or forbidden settings: the space is exhausted
 
@@ -120,8 +119,49 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
     raise TunerError(f"unknown pruner {name!r}; known: none, median, wilcoxon")
 
 
+WAIT = "wait"  # StopRule: other workers are measuring the study's last trials
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When the search ends. ``check`` is asked before every trial and answers why the search ends now (its
+    progress line, or "" for an end that says nothing), ``WAIT`` while other workers measure the last
+    trials, or None to measure another trial. The exits, in the order they are checked: enough complete
+    trials; every distinct setting that can run here tried; the study's other trials taken by workers
+    elsewhere (wait); only the time confirmation needs left before ``deadline`` (the end of the study's
+    budget), once the baselines are done (and, with a soft end, one sampled setting measured); past
+    ``stop_at`` (a soft end, which leaves the rest to a longer benchmark), the same; the sampler proposing
+    only measured or forbidden settings ``MAX_SKIPS_IN_A_ROW`` times."""
+
+    trials: int  # complete trials wanted
+    size: int  # distinct settings that can be measured here
+    deadline: float | None = None
+    stop_at: float | None = None
+
+    def check(self, run: StudyRun, skips: int) -> str | None:
+        complete = len(run.measured())
+        if complete >= self.trials or len(set(run.known()) | set(run.failing())) >= self.size:
+            return ""
+        if complete + len(run.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))) >= self.trials:
+            return WAIT
+        if (
+            self.deadline is not None
+            and run.baselines_done()
+            and (self.stop_at is None or run.sampled())  # with a soft end: one sampled setting at least
+            and run.clock() + run.confirm_cost(MIN_ROUNDS) >= self.deadline
+        ):
+            return f"search ends after {complete} complete trials: the rest of the budget is confirmation's"
+        if self.stop_at is not None and run.clock() >= self.stop_at and run.baselines_done() and run.sampled():
+            return f"search ends after {complete} complete trials: its share of the budget is spent"
+        if skips >= MAX_SKIPS_IN_A_ROW:
+            return f"sampler proposed only measured settings {skips} times: search ends"
+        return None
+
+
 class StudyRun:
-    """Runs one study to its verdict; every step is stored as it happens, so a re-run resumes."""
+    """Runs one study to its verdict; every step is stored as it happens, so a re-run resumes. Opening the
+    study (resume checks, baselines queued) is ``tuner/resume.py``'s; when the search ends, ``StopRule``'s;
+    confirmation's candidates, rounds and stored runs, ``tuner/confirm.py``'s."""
 
     def __init__(
         self,
@@ -157,64 +197,49 @@ class StudyRun:
         named = config.space.baselines(len(config.cores))
         baselines = {name: {k: v for k, v in params.items() if k in kept} for name, params in named.items()}
         self.baselines = plan_baselines(baselines, self.caps)
-        self._prepare(excluded)
+        open_study(self.study, config, self.caps, self.baselines, excluded, progress)
 
-    # -- set-up -------------------------------------------------------------------------------------
-
-    def _prepare(self, excluded: list[str]) -> None:
-        attrs = self.study.user_attrs
-        meta = self.config.metadata()
-        if "tuner" not in attrs:
-            self.study.set_user_attr("tuner", meta)
-        elif attrs["tuner"].get("space_hash") != meta["space_hash"]:
-            raise TunerError(
-                f"study {self.config.name} was made with another version of search space "
-                f"{meta['space']} (hash {attrs['tuner'].get('space_hash')}, now {meta['space_hash']}); "
-                "use a new --storage or restore the space file"
-            )
-        else:
-            for key in ("core_set", "policy"):
-                if attrs["tuner"].get(key) != meta[key]:
-                    raise TunerError(
-                        f"study {self.config.name} was measured with {key} {attrs['tuner'].get(key)}, not "
-                        f"{meta[key]}: its trials would not be comparable; use a new --storage"
-                    )
-        runnable = {"capabilities": self.caps.to_dict(), "excluded": excluded, "baselines": self.baselines.notes}
-        if attrs.get("runnable") != runnable:
-            self.study.set_user_attr("runnable", runnable)
-            for line in [*excluded, *(f"baseline {name}: {note}" for name, note in self.baselines.notes.items())]:
-                self.progress(line)
-        for warning in [quota_warning(len(self.config.cores), cpu_quota()), *topology_notes(self.config.cores)]:
-            if warning:
-                self.progress(f"warning: {warning}")
-        self._fail_orphans()
-        queued = {
-            t.user_attrs.get("baseline")
-            for t in self.study.get_trials(deepcopy=False)
-            if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
-        }
-        for name, params in self.baselines.runnable.items():
-            if name not in queued:
-                self.study.enqueue_trial(params, user_attrs={"baseline": name}, skip_if_exists=False)
-
-    def _fail_orphans(self) -> None:
-        fail_orphans(self.study, self.progress)
-
-    # -- search -------------------------------------------------------------------------------------
+    # -- the trials -----------------------------------------------------------------------------------
 
     def measured(self) -> list[FrozenTrial]:
         return self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
-    def _known(self) -> dict[str, int]:
+    def sampled(self) -> list[FrozenTrial]:
+        """Complete trials of settings the sampler proposed (not baselines)."""
+        return [t for t in self.measured() if "baseline" not in t.user_attrs]
+
+    def known(self) -> dict[str, int]:
+        """Settings measured, by label (settings that run alike share one), to the trial that measured them."""
         return {self.caps.label(t.params): t.number for t in self.measured()}
 
-    def _failing(self) -> dict[str, int]:
+    def failing(self) -> dict[str, int]:
         """Settings whose worker failed (crash, exit, timeout, bad output): proposing them again is a skip."""
         return {
             self.caps.label(t.params): t.number
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
             if t.user_attrs.get("fail_reason") in WORKER_FAILURES and t.params
         }
+
+    def baselines_done(self) -> bool:
+        """Every baseline that can run here is finished (see ``resume.baselines_done``)."""
+        return baselines_done(self.study, self.baselines.runnable)
+
+    def distinct_settings(self) -> int:
+        """How many distinct settings can be measured here: the grid less what breaks a constraint or cannot
+        run, counting settings that run alike once (the raw size when the grid is too large to list)."""
+        cores = len(self.config.cores)
+        grid = self.space.grid(cores)
+        if grid is None:
+            return self.space.size(cores)
+        return len(
+            {
+                self.caps.label(p)
+                for p in grid
+                if self.space.violated(p, cores) is None and unrunnable(p, self.caps) is None
+            }
+        )
+
+    # -- the objective --------------------------------------------------------------------------------
 
     def objective(self, trial: optuna.Trial) -> float:
         self._current = trial.number
@@ -233,34 +258,35 @@ class StudyRun:
             trial.set_user_attr("fail_reason", Interrupted.reason)
             raise
 
+    def _skip(self, trial: optuna.Trial, params: dict[str, Any]) -> tuple[str, str] | None:
+        """Why this proposal is not measured (the stored skip reason, the pruned message), or None."""
+        if trial.user_attrs.get("baseline") is None:  # a baseline is measured even where it repeats a setting
+            seen = self.known().get(self.caps.label(params))
+            failed = self.failing().get(self.caps.label(params))
+            for reason, number in (("duplicate of", seen), ("known to fail, as", failed)):
+                if number is not None:
+                    return f"{reason} trial {number}", f"{reason} trial {number}"
+        broken = self.space.violated(params, len(self.config.cores))
+        if broken is not None:
+            return f"constraint {broken}", f"breaks constraint {broken}"
+        cannot = unrunnable(params, self.caps)
+        if cannot is not None:
+            return f"not runnable here: {cannot[1]}", f"not runnable here: {cannot[1]}"
+        return None
+
     def _measure(self, trial: optuna.Trial) -> float:
-        ahead = [
-            t
-            for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-            if t.number < trial.number
-        ]
-        if len(ahead) >= self.config.trials:
+        ahead = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        if len([t for t in ahead if t.number < trial.number]) >= self.config.trials:
             # Several workers share this study: the trials before this one already make the count.
             trial.set_user_attr("skip_reason", "surplus: the study's trials are taken by other workers")
             raise optuna.TrialPruned("surplus")
-        cores = len(self.config.cores)
-        params = self.space.suggest(trial, cores)
+        params = self.space.suggest(trial, len(self.config.cores))
         settings = Settings.from_params(params)
+        skip = self._skip(trial, params)
+        if skip is not None:
+            trial.set_user_attr("skip_reason", skip[0])
+            raise optuna.TrialPruned(skip[1])
         baseline = trial.user_attrs.get("baseline")
-        seen = self._known().get(self.caps.label(params))
-        failed = self._failing().get(self.caps.label(params))
-        for reason, number in (("duplicate of", seen), ("known to fail, as", failed)):
-            if number is not None and baseline is None:
-                trial.set_user_attr("skip_reason", f"{reason} trial {number}")
-                raise optuna.TrialPruned(f"{reason} trial {number}")
-        broken = self.space.violated(params, cores)
-        if broken is not None:
-            trial.set_user_attr("skip_reason", f"constraint {broken}")
-            raise optuna.TrialPruned(f"breaks constraint {broken}")
-        cannot = unrunnable(params, self.caps)
-        if cannot is not None:
-            trial.set_user_attr("skip_reason", f"not runnable here: {cannot[1]}")
-            raise optuna.TrialPruned(f"not runnable here: {cannot[1]}")
 
         def on_step(phase: str, index: int, seconds: float) -> None:
             if phase == "timed":
@@ -276,93 +302,67 @@ class StudyRun:
         trial.set_user_attr("measurement", measurement.to_dict())
         return measurement.images_per_sec
 
-    def distinct_settings(self) -> int:
-        """How many distinct settings can be measured here: the grid less what breaks a constraint or cannot
-        run, counting settings that run alike once (the raw size when the grid is too large to list)."""
-        cores = len(self.config.cores)
-        grid = self.space.grid(cores)
-        if grid is None:
-            return self.space.size(cores)
-        return len(
-            {
-                self.caps.label(p)
-                for p in grid
-                if self.space.violated(p, cores) is None and unrunnable(p, self.caps) is None
-            }
-        )
-
-    def sampled(self) -> list[FrozenTrial]:
-        """Complete trials of settings the sampler proposed (not baselines)."""
-        return [t for t in self.measured() if "baseline" not in t.user_attrs]
+    # -- the search -----------------------------------------------------------------------------------
 
     def search(self, deadline: float | None, stop_at: float | None = None) -> None:
-        """Run trials until enough are complete, the space is exhausted, or only the time that confirmation
-        needs is left before ``deadline`` (the end of the study's budget). Past ``stop_at`` (a soft end,
-        which leaves the rest to a longer benchmark) it stops once one sampled setting is measured."""
-        cfg = self.config
-        size = self.distinct_settings()
+        """Run trials until the ``StopRule`` ends the search: enough are complete, the space is exhausted,
+        or only the time that confirmation needs is left before ``deadline`` (the end of the study's
+        budget). Past ``stop_at`` (a soft end, which leaves the rest to a longer benchmark) it stops once one
+        sampled setting is measured."""
+        rule = StopRule(self.config.trials, self.distinct_settings(), deadline, stop_at)
         failures = skips = 0
-        finished: list[FrozenTrial] = []
         while True:
             interrupt.checkpoint()  # between trials: a Ctrl-C received during Optuna's bookkeeping stops here
-            measured = self.measured()
-            distinct = len(set(self._known()) | set(self._failing()))
-            if len(measured) >= cfg.trials or distinct >= size:
-                break
-            running = len(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-            if len(measured) + running >= cfg.trials:
-                # Workers elsewhere are measuring the last trials: wait for them rather than overshoot; if
-                # one fails (or its worker dies and its heartbeat stops), this worker takes its place.
-                self._fail_orphans()
-                with interrupt.interruptible():
-                    self.sleep(SHARED_POLL_S)
+            why = rule.check(self, skips)
+            if why == WAIT:
+                self._wait_for_others()
                 continue
-            if (
-                deadline is not None
-                and self._baselines_done()
-                and (stop_at is None or self.sampled())  # with a soft end: one sampled setting at least
-                and self.clock() + self._confirm_cost(MIN_ROUNDS) >= deadline
-            ):
-                self.progress(
-                    f"search ends after {len(measured)} complete trials: the rest of the budget is confirmation's"
-                )
-                break
-            if stop_at is not None and self.clock() >= stop_at and self._baselines_done() and self.sampled():
-                self.progress(f"search ends after {len(measured)} complete trials: its share of the budget is spent")
-                break
-            if skips >= MAX_SKIPS_IN_A_ROW:
-                self.progress(f"sampler proposed only measured settings {skips} times: search ends")
-                break
-            self._current = -1
-            try:
-                self.study.optimize(
-                    self.objective,
-                    n_trials=1,
-                    catch=(TunerError,),
-                    callbacks=[lambda _study, trial: finished.append(trial)],
-                )
-            except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
-                # Another process failed this trial while it ran (it took this one for dead, as "orphaned"):
-                # that trial is lost, not the study. Any other error, or one before a trial began, is real.
-                if self._current < 0:
-                    raise
-                taken = self.study.get_trials(deepcopy=False)[self._current]
-                if taken.state != TrialState.FAIL or taken.user_attrs.get("fail_reason") != "orphaned":
-                    raise
-                self.progress(f"trial {taken.number} was marked {taken.state.name} by another process: skipped")
+            if why is not None:
+                if why:
+                    self.progress(why)
+                return
+            complete = len(self.measured())
+            last = self._one_trial()
+            if last is None:
                 continue
-            last = finished[-1]
             # Skips measure nothing: only a complete trial breaks a run of failures.
             failures = (
                 failures + 1 if last.state == TrialState.FAIL else 0 if last.state == TrialState.COMPLETE else failures
             )
             skips = skips + 1 if "skip_reason" in last.user_attrs and last.user_attrs["skip_reason"] != "pruner" else 0
-            self._report(last, len(measured) + (last.state == TrialState.COMPLETE), deadline)
+            self._report(last, complete + (last.state == TrialState.COMPLETE), deadline)
             if failures >= MAX_FAILURES_IN_A_ROW:
                 raise TunerError(
                     f"{failures} trials in a row failed; last: {last.user_attrs.get('fail_reason')}: "
                     f"{last.user_attrs.get('fail_message', '')}".strip()
                 )
+
+    def _wait_for_others(self) -> None:
+        """Workers elsewhere are measuring the last trials: wait for them rather than overshoot; if one fails
+        (or its worker dies and its heartbeat stops), this worker takes its place."""
+        fail_orphans(self.study, self.progress)
+        with interrupt.interruptible():
+            self.sleep(SHARED_POLL_S)
+
+    def _one_trial(self) -> FrozenTrial | None:
+        """Run one trial; the finished trial, or None when another process took it from this one."""
+        finished: list[FrozenTrial] = []
+        self._current = -1
+        try:
+            self.study.optimize(
+                self.objective, n_trials=1, catch=(TunerError,), callbacks=[lambda _study, t: finished.append(t)]
+            )
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            # Another process failed this trial while it ran (it took this one for dead, as "orphaned"):
+            # that trial is lost, not the study. Any other error, or one before a trial began, is real.
+            if self._current < 0:
+                raise
+            taken = self.study.get_trials(deepcopy=False)[self._current]
+            if taken.state != TrialState.FAIL or taken.user_attrs.get("fail_reason") != "orphaned":
+                raise
+            self.progress(f"trial {taken.number} was marked {taken.state.name} by another process: skipped")
+            return None
+        return finished[-1]
 
     def _report(self, trial: FrozenTrial, complete: int, deadline: float | None) -> None:
         best = f"best {self.study.best_value:.2f}" if self.measured() else "no best yet"
@@ -372,24 +372,18 @@ class StudyRun:
     # -- confirmation -------------------------------------------------------------------------------
 
     def candidates(self) -> list[Candidate]:
-        """Both baselines, then the best distinct sampled settings, by search value."""
-        chosen: dict[str, Candidate] = {}
-        trials = sorted(self.measured(), key=lambda t: -(t.value or 0.0))
-        for trial in trials:
-            if "baseline" in trial.user_attrs:
-                chosen.setdefault(
-                    trial.user_attrs["baseline"],
-                    Candidate(trial.user_attrs["baseline"], Settings.from_params(trial.params)),
-                )
-        labels = {self.caps.label(c.settings.params()) for c in chosen.values()}
-        for trial in trials:
-            settings = Settings.from_params(trial.params)
-            if len(chosen) >= len(self.baselines.runnable) + self.config.candidates:
-                break
-            if self.caps.label(trial.params) not in labels:
-                labels.add(self.caps.label(trial.params))
-                chosen[f"trial {trial.number}"] = Candidate(f"trial {trial.number}", settings)
-        return list(chosen.values())
+        """Every baseline, then the best distinct sampled settings, by search value."""
+        return pick_candidates(self.measured(), self.caps.label, len(self.baselines.runnable) + self.config.candidates)
+
+    def cost(self) -> CostModel | None:
+        """What a run costs here, from the measured search trials; None before any."""
+        return CostModel.from_trials(self.measured(), self.config.policy)
+
+    def confirm_cost(self, rounds: int) -> float:
+        """Seconds that ``rounds`` rounds of confirmation take here (0 before anything is measured)."""
+        cost = self.cost()
+        configs = len(self.baselines.runnable) + self.config.candidates
+        return 0.0 if cost is None else configs * rounds * cost.run_s(self.config.confirm_policy)
 
     def confirm(
         self, deadline: float | None, rounds: int | None = None, policy: MeasurementPolicy | None = None
@@ -402,62 +396,15 @@ class StudyRun:
             raise TunerError(
                 f"study {self.config.name}: the tf-default baseline has no complete trial to confirm against"
             )
-        policy = policy or self.config.confirm_policy
-        rounds = rounds or self._rounds(len(candidates), deadline, policy)
-        log = ConfirmationLog(self.study, [c.name for c in candidates], policy)
-        self.progress(f"confirming {', '.join(c.name for c in candidates)}: {rounds} interleaved rounds")
-
-        def on_run(round_: int, candidate: Candidate, m: Measurement) -> None:
-            log.add(round_, candidate.name, m)
-            self.progress(f"confirm round {round_ + 1}/{rounds} {candidate.name}: {m.images_per_sec:.2f} img/s")
-
-        verdict = confirm(
-            self.runner,
-            candidates,
-            self.config.workload,
-            self.config.cores,
-            policy,
-            rounds,
-            log.rates(),
-            on_run,
-            self.config.seed,
+        cfg = self.config
+        policy = policy or cfg.confirm_policy
+        left = None if deadline is None else deadline - self.clock()
+        rounds = rounds or planned_rounds(policy, len(candidates), self.cost(), left)
+        verdict = confirm_logged(
+            self.study, self.runner, candidates, cfg.workload, cfg.cores, policy, rounds, cfg.seed, self.progress
         )
-        stored = verdict.to_dict()
-        # What the recommendation means on this CPU ("default" oneDNN resolved), so it holds where it is used.
-        stored["recommended_params"] = self.caps.effective(stored["recommended_params"])
-        self.study.set_user_attr("verdict", {**stored, "measured": utc_now(), "trials": len(self.measured())})
+        store_verdict(self.study, verdict, self.caps.effective, len(self.measured()))
         return verdict
-
-    def _baselines_done(self) -> bool:
-        """Every baseline that can run here has a finished trial, complete or failed: the budget may end the
-        search only after that, and a failing baseline never holds it up."""
-        trials = self.study.get_trials(deepcopy=False)
-        pending = {t.user_attrs.get("baseline") for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
-        done = {
-            t.user_attrs.get("baseline")
-            for t in trials
-            if t.state == TrialState.COMPLETE
-            or (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") in WORKER_FAILURES)
-        }
-        # An interrupted or orphaned baseline is not done: it is queued again and measured first.
-        return set(self.baselines.runnable) <= done - pending
-
-    def cost(self) -> CostModel | None:
-        """What a run costs here, from the measured search trials; None before any."""
-        return CostModel.from_trials(self.measured(), self.config.policy)
-
-    def _confirm_cost(self, rounds: int) -> float:
-        cost = self.cost()
-        configs = len(self.baselines.runnable) + self.config.candidates
-        return 0.0 if cost is None else configs * rounds * cost.run_s(self.config.confirm_policy)
-
-    def _rounds(self, configs: int, deadline: float | None, policy: MeasurementPolicy) -> int:
-        """Rounds that fit the time left; never fewer than MIN_ROUNDS, which a clear verdict needs."""
-        wanted = max(MIN_ROUNDS, policy.rounds)
-        cost = self.cost()
-        if deadline is None or cost is None:
-            return wanted
-        return max(MIN_ROUNDS, min(wanted, cost.rounds_that_fit(deadline - self.clock(), configs, policy)))
 
     def run(self) -> Verdict:
         start = self.clock()

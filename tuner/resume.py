@@ -1,0 +1,117 @@
+"""Opening a study for a run, new or resumed, before its search: one place for what a resume must check.
+
+A stored study is resumed only where its trials compare with this run's: the same search space (by hash),
+the same core set and the same measurement policy; else the run is refused with one line. What can run on
+this CPU (the probe's read-back: knob values taken out, baselines set aside) is stored on the study and said
+once; a CPU quota or a topology note is said on every run. Trials left RUNNING by a dead process are failed,
+then every baseline that can run here and is not measured, queued or running yet is queued, so baselines
+are measured first. ``baselines_done`` tells the search when its budget may end it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import TrialState
+
+from tuner.capability import BaselinePlan, Capabilities
+from tuner.errors import TunerError, WorkerBadOutput, WorkerCrashed, WorkerExited, WorkerOutOfMemory, WorkerTimeout
+from tuner.owner import fail_orphans
+from tuner.records import StoredRunnable
+from tuner.topology import cpu_quota, quota_warning
+from tuner.topology import notes as topology_notes
+
+if TYPE_CHECKING:
+    from tuner.study import StudyConfig
+
+Progress = Callable[[str], None]
+# A trial whose worker failed this way is "done" (its setting known to fail); an interrupted or orphaned one is not.
+WORKER_FAILURES = {e.reason for e in (WorkerCrashed, WorkerExited, WorkerTimeout, WorkerBadOutput, WorkerOutOfMemory)}
+COMPARED = ("core_set", "policy")  # besides the space: what a resumed study's trials must share with this run
+
+
+def open_study(
+    study: optuna.Study,
+    config: StudyConfig,
+    caps: Capabilities,
+    baselines: BaselinePlan,
+    excluded: list[str],
+    progress: Progress,
+) -> None:
+    """Make ``study`` ready to search: its metadata stored (new) or checked (resumed), what can run here
+    stored and said, warnings said, orphaned trials failed and the missing baselines queued."""
+    meta = config.metadata()
+    if "tuner" not in study.user_attrs:
+        study.set_user_attr("tuner", meta)
+    else:
+        check_comparable(config.name, study.user_attrs["tuner"], meta)
+    store_runnable(study, StoredRunnable(tuple(excluded), baselines.notes, caps.to_dict()), progress)
+    warn_limits(config.cores, progress)
+    fail_orphans(study, progress)
+    queue_baselines(study, baselines.runnable)
+
+
+def check_comparable(name: str, stored: Any, meta: Mapping[str, Any]) -> None:
+    """Raise ``TunerError`` unless the stored metadata ``stored`` (the study's ``tuner`` attribute) was made
+    with the search space, core set and policy of ``meta`` (this run's): other trials would not compare."""
+    if not isinstance(stored, Mapping):
+        raise TunerError(f"study {name}: its stored metadata is not an object; use a new --storage")
+    if stored.get("space_hash") != meta["space_hash"]:
+        raise TunerError(
+            f"study {name} was made with another version of search space "
+            f"{meta['space']} (hash {stored.get('space_hash')}, now {meta['space_hash']}); "
+            "use a new --storage or restore the space file"
+        )
+    for key in COMPARED:
+        if stored.get(key) != meta[key]:
+            raise TunerError(
+                f"study {name} was measured with {key} {stored.get(key)}, not "
+                f"{meta[key]}: its trials would not be comparable; use a new --storage"
+            )
+
+
+def store_runnable(study: optuna.Study, runnable: StoredRunnable, progress: Progress) -> None:
+    """Store what can run here on the study and say each exclusion and baseline note, only when it changed
+    (a resumed study on the same CPU says nothing again)."""
+    record = runnable.to_dict()
+    if study.user_attrs.get("runnable") == record:
+        return
+    study.set_user_attr("runnable", record)
+    for line in [*runnable.excluded, *(f"baseline {name}: {note}" for name, note in runnable.baselines.items())]:
+        progress(line)
+
+
+def warn_limits(cores: tuple[int, ...], progress: Progress) -> None:
+    """Say what may slow the measurements on these cores: a CPU quota below them, topology notes."""
+    for warning in [quota_warning(len(cores), cpu_quota()), *topology_notes(cores)]:
+        if warning:
+            progress(f"warning: {warning}")
+
+
+def queue_baselines(study: optuna.Study, runnable: Mapping[str, Mapping[str, Any]]) -> None:
+    """Queue each baseline that has no complete, queued or running trial yet, in order: measured first."""
+    queued = {
+        t.user_attrs.get("baseline")
+        for t in study.get_trials(deepcopy=False)
+        if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
+    }
+    for name, params in runnable.items():
+        if name not in queued:
+            study.enqueue_trial(dict(params), user_attrs={"baseline": name}, skip_if_exists=False)
+
+
+def baselines_done(study: optuna.Study, names: Collection[str]) -> bool:
+    """Every baseline in ``names`` has a finished trial, complete or failed by its worker: the budget may
+    end the search only after that, and a failing baseline never holds it up."""
+    trials = study.get_trials(deepcopy=False)
+    pending = {t.user_attrs.get("baseline") for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
+    done = {
+        t.user_attrs.get("baseline")
+        for t in trials
+        if t.state == TrialState.COMPLETE
+        or (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") in WORKER_FAILURES)
+    }
+    # An interrupted or orphaned baseline is not done: it is queued again and measured first.
+    return set(names) <= done - pending
