@@ -235,3 +235,38 @@ def test_openmp_knobs_are_taken_out_only_where_the_probe_read_no_openmp() -> Non
     # With libiomp5 read back, or with nothing read back at all, every knob stays.
     for caps in (Capabilities(onednn_default=True, openmp="libiomp5", openmp_known=True), Capabilities()):
         assert narrow(space, caps, 2) == (space, [])
+
+
+def test_bf16_is_searched_only_when_opted_into_and_where_the_cpu_has_it() -> None:
+    space = load("tensorflow", 2)
+
+    def precisions(caps: Capabilities) -> tuple[object, ...]:
+        return narrow(space, caps, 2)[0].distributions(2)["precision"].choices  # type: ignore[attr-defined,no-any-return]
+
+    with_bf16 = {"onednn": True, "bf16_instructions": True}
+    without = {"onednn": False, "bf16_instructions": False}
+    # Not asked for: fp32 only, whatever the CPU (bf16 changes the numerics).
+    assert precisions(Capabilities.from_probe(with_bf16)) == ("fp32",)
+    # Asked for: searched where the CPU has bf16 instructions; not where it would be emulated, unless forced.
+    assert precisions(Capabilities.from_probe(with_bf16, ("bf16",))) == ("fp32", "bf16")
+    assert precisions(Capabilities.from_probe(without, ("bf16",))) == ("fp32",)
+    assert precisions(Capabilities.from_probe(without, ("bf16",), force_precision=True)) == ("fp32", "bf16")
+    # Each exclusion says why, in one line naming the flag that would change it.
+    _, lines = narrow(space, Capabilities.from_probe(without, ("bf16",)), 2)
+    assert lines == [
+        "precision=bf16 taken out: this CPU has no bf16 instructions (avx512_bf16, amx_bf16): bf16 would be "
+        "emulated (--force-precision)"
+    ]
+
+
+def test_a_missing_allocator_is_taken_out_and_its_recipes_stand_in_with_the_system_one() -> None:
+    caps = Capabilities.from_probe({"onednn": True, "allocators": ["system", "jemalloc"]})
+    narrowed, lines = narrow(load("tensorflow", 2), caps, 2)
+    # TCMalloc is not installed here: out of the space, with the package that would bring it.
+    assert narrowed.distributions(2)["allocator"].choices == ("system", "jemalloc")  # type: ignore[attr-defined]
+    assert any(line.startswith("allocator=tcmalloc taken out") and "libtcmalloc-minimal4" in line for line in lines)
+    plan = plan_baselines(load("tensorflow", 2).baselines(2), caps)
+    # run_cpu's recipe cannot preload TCMalloc here: noted, and its system-allocator part stands in, which here
+    # runs as tf-default does, so it is measured once.
+    assert plan.notes["run_cpu-throughput"].startswith("not runnable here: tcmalloc is not installed")
+    assert "run_cpu-throughput" not in plan.runnable

@@ -348,3 +348,19 @@ def test_refused_settings_string_creates_no_storage(tmp_path: Path, capsys: pyte
     # One line naming the bad value, and no storage file was created for a command that did nothing.
     assert "KMP_AFFINITY" in one_error_line(capsys.readouterr().err)
     assert not db.exists()
+
+
+def test_bf16_is_taken_out_without_the_opt_in_and_recorded_with_it(
+    storage_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [*TINY, "--trials", "6", "--storage", storage_url]
+    assert main(args, runner=fake_runner()) == 0
+    # Without --allow-precision the study says bf16 is out and why, once.
+    assert capsys.readouterr().err.count("precision=bf16 taken out: bf16 changes the model's numerics") == 1
+    other = f"sqlite:///{tmp_path}/other.db"
+    argv = [*TINY, "--trials", "6", "--storage", other, "--allow-precision", "bf16", "--force-precision"]
+    assert main(argv, runner=fake_runner()) == 0
+    # Opted in (and forced, so it holds on any CPU): not taken out, and the study records the opt-in.
+    assert "precision=bf16 taken out" not in capsys.readouterr().err
+    study = optuna.load_study(study_name=optuna.get_all_study_names(other)[0], storage=other)
+    assert study.user_attrs["runnable"]["capabilities"]["precisions"] == ["fp32", "bf16"]

@@ -28,7 +28,7 @@ from tuner.settings import Settings
 from tuner.signature import CpuSignature
 from tuner.space import SearchSpace
 from tuner.study import StudyConfig
-from tuner.topology import core_set
+from tuner.topology import core_set, sockets_for
 from tuner.workload import Workload
 
 Log = Callable[[str], None]
@@ -84,11 +84,13 @@ class BenchmarkJob:
         if self.wanted is None and stored_tuned(self.storage, study) is None:
             wanted = [DEFAULT, HEURISTIC]
             self.log(f"study {study} has no tuned settings yet, so none are benchmarked (tuner tune or run)")
-        plan = plan_baselines(self.space.baselines(n), self.caps)
+        plan = plan_baselines(self.space.baselines(n, sockets_for(core_set(n))), self.caps)
         not_runnable = {name: note for name, note in plan.not_runnable().items() if name in wanted}
         stand_ins = [plan.stand_ins[name] for name in not_runnable if plan.stand_ins.get(name) in plan.runnable]
         runnable = [w for w in wanted if w not in not_runnable] + stand_ins
-        named = _named(runnable, {**self.space.baselines(n), **plan.runnable}, self.storage, study)
+        named = _named(
+            runnable, {**self.space.baselines(n, sockets_for(core_set(n))), **plan.runnable}, self.storage, study
+        )
         if self.device == "gpu":  # the host's tuned threads, the GPUs' layout
             named = [(label, dataclasses.replace(s, data_format="NCHW")) for label, s in named]
         for label, settings in list(named):

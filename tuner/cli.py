@@ -85,6 +85,8 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
         sampler=args.sampler,
         pruner=args.pruner,
         seed=args.seed,
+        allow_precision=tuple(args.allow_precision),
+        force_precision=args.force_precision,
     )
     runtime = load_runtime(args.runtime)
     space = load_space(args.space or runtime.space, max(counts))
@@ -205,6 +207,8 @@ def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
         model=args.model,
         batch_size=args.batch_size,
         seed=args.seed,
+        allow_precision=tuple(args.allow_precision),
+        force_precision=args.force_precision,
         create_envs=not args.no_env_create,
         runner=runner,
         log=_log,
@@ -346,6 +350,21 @@ def cmd_doctor(args: argparse.Namespace, runner: Runner | None = None) -> int:
     return 0
 
 
+def add_precision_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-precision",
+        action="append",
+        default=[],
+        choices=("bf16",),
+        help="also search this precision (Keras mixed_bfloat16); it changes the numerics, so it is off by default",
+    )
+    parser.add_argument(
+        "--force-precision",
+        action="store_true",
+        help="search an allowed precision even on a CPU without its instructions (emulated, usually slower)",
+    )
+
+
 class Parser(argparse.ArgumentParser):
     """Bad arguments become a ``UsageError``: one line and exit 1, like every other bad input."""
 
@@ -391,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="search only (for many workers sharing a study); run once more without it to confirm",
     )
     tune.add_argument("--python", default=None, help="interpreter of the target environment (default: the runtime's)")
+    add_precision_flags(tune)
     tune.set_defaults(func=cmd_tune)
 
     run = sub.add_parser("run", help="the main job: tune every runtime and core count, benchmark, print the table")
@@ -409,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-env-create", action="store_true", help="skip runtimes whose environment is missing")
     run.add_argument("--format", default="markdown", help="table format: " + ", ".join(table.FORMATS))
     run.add_argument("--output", default=None, help="write the table to this file")
+    add_precision_flags(run)
     run.set_defaults(func=cmd_run)
 
     bench = sub.add_parser("benchmark", help="the full benchmark (tf_cnn_benchmarks' conventions) of named settings")

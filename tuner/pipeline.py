@@ -53,7 +53,7 @@ from tuner.settings import Settings
 from tuner.signature import CpuSignature
 from tuner.space import SearchSpace
 from tuner.study import StudyConfig, StudyRun, duration
-from tuner.topology import core_set
+from tuner.topology import core_set, sockets_for
 from tuner.workload import Workload
 
 Log = Callable[[str], None]
@@ -156,6 +156,8 @@ class Job:
     model: str = "resnet50"
     batch_size: int = 32
     seed: int = 0
+    allow_precision: tuple[str, ...] = ()  # --allow-precision: bf16 is searched only when asked for
+    force_precision: bool = False
     create_envs: bool = True
     runner: Runner | None = None  # tests pass a replaying fake; else one subprocess runner per runtime
     log: Log = print
@@ -166,7 +168,14 @@ class Job:
     @property
     def options(self) -> StudyOptions:
         """Each study: 20 trials, the best sampled setting confirmed against the baselines."""
-        return StudyOptions(trials=20, candidates=1, confirm_policy=CONFIRM, seed=self.seed)
+        return StudyOptions(
+            trials=20,
+            candidates=1,
+            confirm_policy=CONFIRM,
+            seed=self.seed,
+            allow_precision=self.allow_precision,
+            force_precision=self.force_precision,
+        )
 
     # -- preparation ------------------------------------------------------------------------------------
 
@@ -191,7 +200,7 @@ class Job:
         return True
 
     def _baseline(self, space: SearchSpace, cores: int, name: str) -> Settings:
-        baselines = space.baselines(cores)
+        baselines = space.baselines(cores, sockets_for(core_set(cores)))
         return Settings.from_params({**baselines.get(name, baselines[DEFAULT]), "data_format": "NHWC"})
 
     # -- the job ----------------------------------------------------------------------------------------

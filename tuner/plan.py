@@ -27,7 +27,7 @@ from tuner.signature import CpuSignature
 from tuner.space import SearchSpace
 from tuner.space import load as load_space
 from tuner.study import StudyConfig
-from tuner.topology import core_set
+from tuner.topology import core_set, sockets_for
 from tuner.workload import Workload
 
 MODE_WEIGHT = {"train": 3.0, "infer": 1.0}  # a train step costs about three inference steps
@@ -86,7 +86,8 @@ class Yardstick:
 def baseline_count(ready: Prepared, cores: int) -> int:
     """How many baselines a study on ``cores`` cores measures with this runtime, as ``StudyRun`` plans them
     from the probe's read-back."""
-    return len(plan_baselines(ready.space.baselines(cores), Capabilities.from_probe(ready.facts)).runnable)
+    named = ready.space.baselines(cores, sockets_for(core_set(cores)))
+    return len(plan_baselines(named, Capabilities.from_probe(ready.facts)).runnable)
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,8 @@ class StudyOptions:
     sampler: str = "tpe"
     pruner: str = "none"
     seed: int = 0
+    allow_precision: tuple[str, ...] = ()  # bf16 changes numerics: searched only when asked for
+    force_precision: bool = False
 
     def __post_init__(self) -> None:
         if self.trials < 1 or self.candidates < 1:
@@ -161,4 +164,6 @@ def study_config(
         seed=options.seed,
         probe=ready.facts,
         inert=ready.inert,
+        allow_precision=options.allow_precision,
+        force_precision=options.force_precision,
     )

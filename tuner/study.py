@@ -42,7 +42,7 @@ from tuner.runner import Runner, TrialSpec
 from tuner.settings import Settings
 from tuner.signature import CpuSignature
 from tuner.space import SearchSpace
-from tuner.topology import cpu_quota
+from tuner.topology import cpu_quota, sockets_for
 from tuner.topology import notes as topology_notes
 from tuner.workload import Workload
 
@@ -69,6 +69,8 @@ class StudyConfig:
     seed: int = 0
     probe: dict[str, Any] = field(default_factory=dict, compare=False)  # what the runtime really loaded
     inert: tuple[str, ...] = ()  # knobs searched although the runtime ignores them (--allow-inert)
+    allow_precision: tuple[str, ...] = ()  # precisions other than fp32 the user opted into (--allow-precision)
+    force_precision: bool = False  # search them even where the CPU lacks the instructions (--force-precision)
 
     @property
     def name(self) -> str:
@@ -190,11 +192,11 @@ class StudyRun:
         if done:
             self.study.sampler = make_sampler(config.sampler, config.seed + done)
         self._current = -1  # the trial being measured, to tell whether another process finished it
-        self.caps = Capabilities.from_probe(config.probe)
+        self.caps = Capabilities.from_probe(config.probe, config.allow_precision, config.force_precision)
         # The space and baselines as they can run here (the probe's read-back): see tuner/capability.py.
         self.space, excluded = narrow(config.space, self.caps, len(config.cores), keep=config.inert)
         kept = set(self.space.data["knobs"])  # a knob taken out is not set by the baselines either
-        named = config.space.baselines(len(config.cores))
+        named = config.space.baselines(len(config.cores), sockets_for(config.cores))
         baselines = {name: {k: v for k, v in params.items() if k in kept} for name, params in named.items()}
         self.baselines = plan_baselines(baselines, self.caps)
         open_study(self.study, config, self.caps, self.baselines, excluded, progress)

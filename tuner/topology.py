@@ -154,6 +154,13 @@ def packages_of(cores: Iterable[int], root: Path = SYS_CPU) -> int:
     return len({_package(cpu, root) for cpu in cores})
 
 
+def sockets_for(cores: Sequence[int], root: Path = SYS_CPU) -> int:
+    """The sockets a core set spans, as the launchers' "one instance per socket" counts them: 1 when they
+    hold unequal shares of it (instances must split the cores equally)."""
+    packages = packages_of(cores, root)
+    return packages if packages and len(cores) % packages == 0 else 1
+
+
 def partition(cores: Sequence[int], instances: int, root: Path = SYS_CPU) -> list[tuple[int, ...]]:
     """``cores`` (one logical CPU per physical core, in ``core_set``'s order: package, die, core) split into
     ``instances`` equal consecutive groups, one per instance, none spanning two packages. One ``UsageError``
