@@ -284,3 +284,19 @@ def test_confirmation_log_stores_each_run_as_a_typed_record(storage: optuna.stor
     # A new log for the same candidates and policy resumes it: the same id, the stored round kept.
     again = ConfirmationLog(study, [DEFAULT, HEURISTIC], POLICY)
     assert again.id == stored.id and again.rates() == {DEFAULT: [measurement.rates]}
+
+
+def test_the_winner_is_compared_with_every_other_candidate() -> None:
+    rates = {
+        DEFAULT: [[100.0, 101.0]] * 3,
+        "openvino-small": [[150.0, 151.0]] * 3,
+        "trial 3": [[165.0, 166.0]] * 3,
+    }
+    params = {DEFAULT: Settings().params(), "openvino-small": Settings().params(), "trial 3": C.settings.params()}
+    verdict = decide(rates, params)
+    # Every other candidate, the launcher recipes included, gets the winner's speedup with its interval:
+    # 165.5 / 150.5 over the recipe, 165.5 / 100.5 over tf-default.
+    assert set(verdict.vs_others) == {DEFAULT, "openvino-small"}
+    assert verdict.vs_others["openvino-small"].value == pytest.approx(165.5 / 150.5, rel=1e-3)
+    assert verdict.against_each().startswith("trial 3 over: tf-default 1.65x")
+    assert set(verdict.to_dict()["speedup_vs_each"]) == {DEFAULT, "openvino-small"}

@@ -12,7 +12,7 @@ import random
 import statistics
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import optuna
@@ -86,6 +86,7 @@ class Verdict:
     clear: bool
     vs_default: Interval
     vs_heuristic: Interval | None
+    vs_others: dict[str, Interval] = field(default_factory=dict)  # the winner over every other candidate
 
     @property
     def recommended(self) -> str:
@@ -105,6 +106,11 @@ class Verdict:
             return f"too few rounds to be sure: {self.winner} at {span}; recommend tf-default"
         return f"no clear gain over tf-default: {self.winner} at {span}; recommend tf-default"
 
+    def against_each(self) -> str:
+        """'trial 18 over: openvino-small 1.03x [0.98, 1.06], ...': the winner against every other candidate."""
+        spans = [f"{name} {i.value:.2f}x [{i.low:.2f}, {i.high:.2f}]" for name, i in self.vs_others.items()]
+        return f"{self.winner} over: " + ", ".join(spans)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "winner": self.winner,
@@ -115,6 +121,7 @@ class Verdict:
             "images_per_sec": {name: self.median(name) for name in self.rates},
             "speedup_vs_tf_default": self.vs_default.to_dict(),
             "speedup_vs_heuristic": self.vs_heuristic.to_dict() if self.vs_heuristic else None,
+            "speedup_vs_each": {name: interval.to_dict() for name, interval in self.vs_others.items()},
             "rounds": min(len(runs) for runs in self.rates.values()),
             "params": self.params,
             "rates": self.rates,
@@ -135,7 +142,9 @@ def decide(rates: dict[str, list[list[float]]], params: dict[str, dict[str, Any]
     strict = bootstrap_ratio(rates[winner], rates[DEFAULT], seed, alpha=0.05 / challengers)
     enough = min(len(rates[winner]), len(rates[DEFAULT])) >= MIN_ROUNDS
     clear = winner != DEFAULT and enough and strict.low > 1.0
-    return Verdict(rates, params, winner, clear, vs_default, vs_heuristic)
+    # Against every other candidate too (the launchers' recipes among them), each with its 95% interval.
+    others = {name: bootstrap_ratio(rates[winner], rates[name], seed) for name in rates if name != winner}
+    return Verdict(rates, params, winner, clear, vs_default, vs_heuristic, others)
 
 
 class ConfirmationLog:

@@ -333,6 +333,7 @@ class Job:
         verdict = run.confirm(None, rounds=bench.rounds, policy=bench)
         run.store_importances()
         self.log(f"[{tag}] verdict: {verdict.text()}")
+        self.log(f"[{tag}] {verdict.against_each()}")
         self._store_records(run.study, Target(ready.runtime.name, config.workload, config.cores))
         return cost
 

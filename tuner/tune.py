@@ -64,7 +64,9 @@ class TuneJob:
                     run.search(None if budget is None else self.clock() + budget)
                     run.store_importances()
                 else:
-                    self.log(f"{tag} verdict: {run.run().text()}")
+                    verdict = run.run()
+                    self.log(f"{tag} verdict: {verdict.text()}")
+                    self.log(f"{tag} {verdict.against_each()}")
             except TunerError as error:  # one study failing does not throw away the others
                 self.failures.append(f"{config.name}: {error}")
                 self.log(f"{tag} study failed: {error}")
