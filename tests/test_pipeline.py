@@ -207,3 +207,27 @@ def test_the_many_core_studies_get_their_floor_and_the_job_still_ends_within_its
     # weight alone the 16-core ones had time for one, which can never give a verdict).
     assert set(rounds) == {(1, "train"), (1, "infer"), (16, "train"), (16, "infer")}
     assert min(rounds.values()) >= 2, rounds
+
+
+def test_with_bf16_allowed_the_yardstick_is_measured_in_both_precisions(storage: optuna.storages.RDBStorage) -> None:
+    clock = Clock()
+    runner = ClockedRunner(clock)
+    Job(
+        storage=storage,
+        signature=cpu_signature(),
+        runtimes=[load("tensorflow")],
+        counts=[1],
+        modes=["infer"],
+        budget_s=600.0,
+        model="tiny",
+        allow_precision=("bf16",),
+        force_precision=True,
+        runner=runner,
+        log=lambda line: None,
+        clock=clock,
+    ).run()
+    matmuls = [r for r in benchmark.records(storage) if r["kind"] == "matmul"]
+    # One fp32 and one bf16 matmul per runtime and core count: a bf16 row is held against the bf16 peak.
+    assert sorted(r["precision"] for r in matmuls) == ["bf16", "fp32"]
+    # The worker was asked for each precision (the spec carries it).
+    assert sorted(t.worker_spec()["precision"] for t in runner.task_calls if t.task == "matmul") == ["bf16", "fp32"]

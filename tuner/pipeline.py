@@ -287,15 +287,19 @@ class Job:
             )
         except TunerError as error:
             self._fail("FLOP count", error)
+        # fp32 always; bf16 too where it may be searched, so a bf16 row is held against a bf16 matmul.
+        precisions = ["fp32", *(p for p in self.allow_precision if p != "fp32")]
         for ready in prepared:
             name = ready.runtime.name
+            searched = [p for p in precisions if "precision" in ready.runtime.honours or p == "fp32"]
             for n in self.counts:
-                try:
-                    settings = yardstick_settings(n, ready.runtime.honours)
-                    peak = matmul_peak(self.storage, ready.runner, name, settings, core_set(n), self.signature)
-                    self.log(f"matmul peak, {name} on {n} cores: {peak:.0f} GFLOP/s")
-                except TunerError as error:
-                    self._fail(f"matmul peak {name} {n}c", error)
+                for precision in searched:
+                    try:
+                        settings = yardstick_settings(n, ready.runtime.honours, precision)
+                        peak = matmul_peak(self.storage, ready.runner, name, settings, core_set(n), self.signature)
+                        self.log(f"matmul peak ({precision}), {name} on {n} cores: {peak:.0f} GFLOP/s")
+                    except TunerError as error:
+                        self._fail(f"matmul peak {precision} {name} {n}c", error)
 
     def _config(self, ready: Prepared, n: int, mode: str, share: float | None) -> StudyConfig:
         return study_config(ready, Workload(self.model, mode, self.batch_size), n, self.signature, share, self.options)
