@@ -37,11 +37,9 @@ from tuner.errors import (
     WorkerOutOfMemory,
     WorkerTimeout,
 )
-from tuner.group import Instance, combine, padded_steps
 from tuner.measurement import Measurement
 from tuner.policy import MeasurementPolicy
 from tuner.settings import ENV_ALLOWLIST, Settings
-from tuner.topology import partition
 from tuner.workload import Workload
 
 WORKER = Path(__file__).resolve().parent / "worker.py"
@@ -212,7 +210,9 @@ class SubprocessRunner:
 
     def run(self, spec: TrialSpec, on_step: StepCallback | None = None) -> Measurement:
         if spec.settings.instances > 1:
-            return self._run_group(spec)
+            from tuner.group import run_group  # the group's processes; it builds on this module
+
+            return run_group(self, spec)
         started = time.monotonic()
         result, env = self._locked(
             spec.worker_spec(), spec.settings, spec.cores, spec.policy.timeout_s, on_step, spec.device == "gpu"
@@ -236,137 +236,6 @@ class SubprocessRunner:
             wall_seconds=time.monotonic() - started,
             timed_wall_seconds=float(loop) if _positive(loop) else 0.0,
         )
-
-    def _run_group(self, spec: TrialSpec) -> Measurement:
-        """``instances`` workers, each pinned to its share of the cores, started together and measured over
-        the window they all ran in (tuner/group.py); any instance failing fails the trial and ends them all.
-        The pruner sees no steps here: a group is measured whole."""
-        if spec.device != "cpu" or spec.replicas != 1:
-            raise WorkerBadOutput("instances run on the CPU target with one replica each")
-        groups = partition(spec.cores, spec.settings.instances)
-        timed = padded_steps(spec.policy.timed)
-        specs = [{**spec.worker_spec(), "cores": list(g), "timed": timed, "barrier": True} for g in groups]
-        started = time.monotonic()
-
-        def execute(keras_home: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
-            return self._execute_group(specs, spec.settings, groups, spec.policy.timeout_s, keras_home)
-
-        results, env = self._holding_lock(execute)
-        for result in results:
-            if not all(_positive(s) for s in [*result.get("timed_seconds", []), *result.get("warmup_seconds", [])]):
-                raise WorkerBadOutput(
-                    "an instance's step times are not finite positive numbers", result.get("_tail", "")
-                )
-        steps = combine([Instance.from_result(g, r) for g, r in zip(groups, results, strict=True)],
-                        spec.workload.batch_size, spec.policy.timed)  # fmt: skip
-        warmups = [r.get("warmup_seconds") or [] for r in results]
-        facts = {k: v for k, v in results[0].items() if k not in STEP_KEYS}
-        facts.update(
-            cpus=sorted(spec.cores),
-            instances=steps.per_instance,
-            instance_pids=[r.get("pid") for r in results],
-            window_seconds=steps.window_seconds,
-            child_env={k: v for k, v in env.items() if k not in ENV_ALLOWLIST},
-        )
-        return Measurement(
-            batch_size=spec.global_batch * len(groups),
-            timed_seconds=steps.step_seconds,
-            warmup_seconds=tuple(max(w) for w in zip(*warmups, strict=False)) if all(warmups) else (),
-            facts=facts,
-            wall_seconds=time.monotonic() - started,
-            timed_wall_seconds=steps.loop_seconds,
-        )
-
-    def _execute_group(
-        self,
-        worker_specs: list[dict[str, Any]],
-        settings: Settings,
-        groups: list[tuple[int, ...]],
-        timeout_s: float,
-        keras_home: str,
-    ) -> tuple[list[dict[str, Any]], dict[str, str]]:
-        """Start one worker per core group, release them together once all are built, read every channel,
-        and return their checked results. A crash, exit or hang of any instance kills every instance."""
-        env = settings.environ(self.parent_env, False, keras_home)
-        deadline = time.monotonic() + timeout_s
-        with contextlib.ExitStack() as stack:
-            members: list[tuple[subprocess.Popen[bytes], int, IO[bytes]]] = []
-            stack.callback(_end_group, members)
-            for index, worker_spec in enumerate(worker_specs):
-                log = stack.enter_context(tempfile.TemporaryFile())
-                read_fd, write_fd = os.pipe()
-                stack.callback(os.close, read_fd)
-                try:
-                    process = subprocess.Popen(
-                        self.argv(worker_spec, write_fd),
-                        env=env,
-                        stdin=subprocess.PIPE,  # the start barrier: one byte releases the instance
-                        stdout=log,
-                        stderr=log,
-                        pass_fds=(write_fd,),
-                        start_new_session=True,
-                        preexec_fn=self._child_setup,
-                    )
-                except (OSError, ValueError) as error:
-                    raise WorkerExited(f"cannot start instance {index} with {self.python}: {error}") from None
-                finally:
-                    os.close(write_fd)
-                members.append((process, read_fd, log))
-            results = self._read_group(members, deadline, timeout_s)
-            checked = []
-            for index, ((process, _, member_log), result) in enumerate(zip(members, results, strict=True)):
-                self._wait(process, True, deadline)
-                try:
-                    checked.append(self._check(process.returncode, result, member_log, groups[index]))
-                except WorkerError as error:
-                    raise type(error)(f"instance {index}: {error.message}", error.stderr_tail) from None
-                checked[-1]["_tail"] = _tail(member_log)
-            return checked, env
-
-    def _read_group(
-        self, members: list[tuple[subprocess.Popen[bytes], int, IO[bytes]]], deadline: float, timeout_s: float
-    ) -> list[dict[str, Any]]:
-        """Every instance's result event; the barrier is released when every instance reported ready."""
-        results: list[dict[str, Any] | None] = [None] * len(members)
-        buffers = [b""] * len(members)
-        open_fds = {fd: index for index, (_, fd, _) in enumerate(members)}
-        ready: set[int] = set()
-        while open_fds:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                late = sorted(i for i, r in enumerate(results) if r is None)
-                raise WorkerTimeout(
-                    f"instance {late[0]} of {len(members)} ran past {timeout_s:.0f} s", _tail(members[late[0]][2])
-                )
-            with interrupt.interruptible():
-                readable, _, _ = select.select(list(open_fds), [], [], min(remaining, 1.0))
-            for fd in readable:
-                index = open_fds[fd]
-                chunk = os.read(fd, 65536)
-                if not chunk:  # channel closed without a result: that instance failed; say how
-                    del open_fds[fd]
-                    process, _, log = members[index]
-                    self._wait(process, False, deadline)
-                    try:
-                        self._check(process.returncode, None, log, ())
-                    except WorkerError as error:
-                        raise type(error)(f"instance {index}: {error.message}", error.stderr_tail) from None
-                    continue
-                buffers[index] += chunk
-                *lines, buffers[index] = buffers[index].split(b"\n")
-                for line in lines:
-                    event = _decode(line)
-                    if event.get("event") == "ready":
-                        ready.add(index)
-                        if len(ready) == len(members):
-                            for process, _, _ in members:
-                                assert process.stdin is not None
-                                process.stdin.write(b"g")
-                                process.stdin.close()
-                    elif event.get("event") == "result":
-                        results[index] = event
-                        open_fds.pop(fd, None)
-        return [r for r in results if r is not None]
 
     def compute(self, spec: TaskSpec) -> dict[str, Any]:
         result, _ = self._locked(spec.worker_spec(), spec.settings, spec.cores, spec.timeout_s, None, spec.gpus)
@@ -529,14 +398,6 @@ class SubprocessRunner:
                 f"worker ran on CPUs {result.get('cpus')}, not the requested {sorted(cores)}", _tail(log)
             )
         return result
-
-
-def _end_group(members: list[tuple[subprocess.Popen[bytes], int, IO[bytes]]]) -> None:
-    for process, _, _ in members:
-        kill_group(process)  # also reaps it
-        if process.stdin is not None and not process.stdin.closed:
-            with contextlib.suppress(OSError):
-                process.stdin.close()
 
 
 def _positive(value: Any) -> bool:
