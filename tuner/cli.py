@@ -99,10 +99,11 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
         f"tuner {__version__}: {len(counts) * len(modes)} studies on {signature.model_name} ({signature.id}), "
         f"storage {redact(args.storage)}" + (f", budget {args.budget}" if budget else "")
     )
+    probed = time.monotonic()
     ready = prepare(runtime, runner, max(counts), space, inert)
     _log(ready.describe())
     job = TuneJob(storage, signature, ready, counts, modes, budget, args.model, args.batch_size, options,
-                  search_only=args.no_confirm, log=_log)  # fmt: skip
+                  search_only=args.no_confirm, probe_s=time.monotonic() - probed, log=_log)  # fmt: skip
     started = time.monotonic()
     job.run()
     rows = [summarize_study(optuna.load_study(study_name=name, storage=storage)) for name in job.studies]

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 
 import optuna
 
+from tuner.cost import CostModel
 from tuner.errors import TunerError
-from tuner.plan import Prepared, StudyOptions, share, study_config, weight
+from tuner.plan import Prepared, StudyOptions, Yardstick, baseline_count, share, study_config, weight
+from tuner.policy import BURST
 from tuner.signature import CpuSignature
 from tuner.study import StudyRun, duration
 from tuner.summary import format_importances
@@ -34,6 +36,7 @@ class TuneJob:
     batch_size: int = 32
     options: StudyOptions = field(default_factory=StudyOptions)
     search_only: bool = False  # a fleet worker (--no-confirm): search; one final `tuner tune` confirms
+    probe_s: float = 0.0  # what the probe took: before any study is measured, what one run costs here
     log: Log = print
     clock: Callable[[], float] = time.monotonic
     studies: list[str] = field(default_factory=list)  # names of the studies that finished
@@ -47,9 +50,17 @@ class TuneJob:
         weights = [weight(mode, n, max(self.counts)) for mode, n in plan]
         started = self.clock()
         deadline = None if self.budget_s is None else started + self.budget_s
+        configs = [
+            study_config(self.ready, Workload(self.model, mode, self.batch_size), n, self.signature, None, self.options)
+            for mode, n in plan
+        ]
+        baselines = [baseline_count(self.ready, n) for _, n in plan]
+        yardstick = Yardstick(CostModel.estimate(self.probe_s, BURST))
         for index, (mode, n) in enumerate(plan):
             left = None if deadline is None else deadline - self.clock()
-            budget = share(left, weights[index:])
+            # As `tuner run` shares it: no study below what its baselines and shortest confirmation need.
+            floors = [yardstick.floor_s(configs[i], baselines[i], weights[i]) for i in range(index, len(plan))]
+            budget = share(left, weights[index:], floors)
             workload = Workload(self.model, mode, self.batch_size)
             config = study_config(self.ready, workload, n, self.signature, budget, self.options)
             budget_text = "" if budget is None else f", share {duration(budget)}"
@@ -77,3 +88,6 @@ class TuneJob:
                 self.log(f"{tag} study overran its share of {budget:.0f} s by {spent - budget:.0f} s")
             self.log(f"{tag} importances: {format_importances(run.study.user_attrs.get('importances', {}))}")
             self.studies.append(config.name)
+            cost = run.cost()
+            if cost is not None:  # the floors of the studies after it, from what its runs cost
+                yardstick = Yardstick(cost, weights[index])
