@@ -270,3 +270,13 @@ def test_a_missing_allocator_is_taken_out_and_its_recipes_stand_in_with_the_syst
     # runs as tf-default does, so it is measured once.
     assert plan.notes["run_cpu-throughput"].startswith("not runnable here: tcmalloc is not installed")
     assert "run_cpu-throughput" not in plan.runnable
+
+
+def test_instance_counts_that_would_span_sockets_are_taken_out() -> None:
+    # 6 cores as 4 + 2 on two sockets: 2 instances of 3 would span them, 3 of 2 and 6 of 1 would not.
+    caps = Capabilities(onednn_default=True, splits=(1, 3, 6))
+    assert unrunnable({"instances": 2}, caps) == (
+        "instances_fit_sockets",
+        "2 instances cannot split these cores without one spanning two sockets",
+    )
+    assert unrunnable({"instances": 3}, caps) is None and unrunnable({}, caps) is None

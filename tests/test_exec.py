@@ -80,10 +80,16 @@ def test_a_missing_or_writable_library_is_never_preloaded(tmp_path: Path) -> Non
     planted.chmod(0o666)
     # A library anyone may write is not the distribution's: refused as if missing.
     assert allocator.find("tcmalloc", (str(folder),)) is None
-    # Settings with a missing allocator fail in one line naming it, before any process starts.
-    if allocator.find("jemalloc") is None:
-        with pytest.raises(InvalidSettings, match="jemalloc is not installed"):
-            Settings.from_params({"allocator": "jemalloc"}).environ({})
+
+
+def test_settings_with_a_missing_allocator_fail_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    empty = (str(tmp_path),)
+    monkeypatch.setattr("tuner.settings.allocator_environ", lambda name: allocator.environ(name, empty))
+    # Nothing installed where the libraries are looked for: one line naming the allocator and its package,
+    # before any process starts; the system allocator needs nothing.
+    with pytest.raises(InvalidSettings, match=r"jemalloc is not installed here .*libjemalloc2"):
+        Settings.from_params({"allocator": "jemalloc"}).environ({})
+    assert "LD_PRELOAD" not in Settings().environ({})
 
 
 def tuned(url: str, tmp_path: Path) -> None:
@@ -111,13 +117,26 @@ def test_recommend_shell_and_exec_launch_the_verdict(storage_url: str, tmp_path:
     assert "LD_PRELOAD=" in shell.stdout and '"$@" &' in shell.stdout
     assert subprocess.run(["bash", "-n"], input=shell.stdout, text=True).returncode == 0
     app = tmp_path / "app.py"
+    app.write_text(APP + "raise SystemExit(int(os.environ['TUNER_INSTANCE']) * 3)\n")
+    script = f"{shell.stdout}\ntuner_launch {sys.executable} {app}\n"
+    ran = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    # Run as printed, the function starts both instances pinned, with the preload, and returns the worst
+    # status (instance 1 exits 3).
+    assert ran.returncode == 3 and sorted(ran.stdout.splitlines())[0].startswith("instance 0 of 2")
+    assert ran.stdout.count("tcmalloc True") == 2
     app.write_text(APP)
-    done = subprocess.run([*CLI, "exec", *base, "--", sys.executable, str(app)], capture_output=True, text=True)
+    inherited = {**os.environ, "OMP_NUM_THREADS": "7", "LD_PRELOAD": ""}
+    done = subprocess.run(
+        [*CLI, "exec", *base, "--", sys.executable, str(app)], capture_output=True, text=True, env=inherited
+    )
     assert done.returncode == 0, done.stderr
+    # What the settings decide is not inherited from the caller, and stderr says which it dropped.
+    assert "not passed on (the settings decide them): LD_PRELOAD, OMP_NUM_THREADS" in done.stderr
     lines = sorted(done.stdout.splitlines())
     # Two instances, prefixed, each on its own CPU, each with TCMalloc mapped and one intra-op thread.
     assert len(lines) == 2 and lines[0].startswith("[0] instance 0 of 2") and lines[1].startswith("[1] instance 1 of 2")
-    assert "cpus [0]" in lines[0] and "cpus [1]" in lines[1]
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    assert f"cpus [{cpus[0]}]" in lines[0] and f"cpus [{cpus[1]}]" in lines[1]
     assert all("tcmalloc True" in line and "intra 1" in line for line in lines)
     # stderr says what was applied and where it came from.
     assert "2 instances x 1 core" in done.stderr and "allocator tcmalloc" in done.stderr

@@ -274,3 +274,12 @@ def test_gpus_are_hidden_from_cpu_runs_and_passed_through_for_gpu_runs() -> None
     # A GPU run gets the user's choice of GPUs; with none chosen, TensorFlow sees them all.
     assert Settings().environ(parent, gpus=True)["CUDA_VISIBLE_DEVICES"] == "1,3"
     assert "CUDA_VISIBLE_DEVICES" not in Settings().environ({"PATH": "/bin"}, gpus=True)
+
+
+def test_launch_knobs_are_checked_before_their_defaults_are_dropped() -> None:
+    # `true` equals 1 in Python: it must be refused as an instance count, not read as the default.
+    with pytest.raises(InvalidSettings, match="instances must be an integer"):
+        Settings.from_params({"instances": True})
+    # At their defaults the launch knobs leave the label as it was; away from them they are named.
+    assert Settings.from_params({"instances": 1, "allocator": "system", "precision": "fp32"}) == Settings()
+    assert Settings.from_params({"instances": 2}).label().endswith(",instances=2")

@@ -35,18 +35,26 @@ JEMALLOC_CONF = (
 )
 
 
-def find(name: str, folders: tuple[str, ...] = FOLDERS) -> Path | None:
-    """The library of allocator ``name`` under the fixed system folders, or None. Only a regular file that
-    only its owner may write (as a package installs it) is taken."""
+def _installed(path: Path, owner: int) -> bool:
+    """A regular file owned by ``owner`` (root: as a package installs it) that nobody else may write, in
+    folders that nobody else may write either (a library swapped in by another user is never preloaded)."""
+    try:
+        real = path.resolve(strict=True)  # follows the distribution's own link (.so.4 -> .so.4.5.10)
+        for item in (real, *real.parents):
+            info = item.stat()
+            if info.st_uid != owner or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                return False
+        return stat.S_ISREG(real.stat().st_mode)
+    except OSError:
+        return False
+
+
+def find(name: str, folders: tuple[str, ...] = FOLDERS, owner: int = 0) -> Path | None:
+    """The library of allocator ``name`` under the fixed system folders, or None; see ``_installed``."""
     for folder in folders:
         for library in LIBRARIES.get(name, ()):
-            path = Path(folder) / library
-            try:
-                info = path.stat()  # follows the distribution's own symlink (.so.4 -> .so.4.5.10)
-            except OSError:
-                continue
-            if stat.S_ISREG(info.st_mode) and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-                return path
+            if _installed(Path(folder) / library, owner):
+                return Path(folder) / library
     return None
 
 

@@ -38,6 +38,7 @@ class Capabilities:
     bf16_instructions: bool | None = None  # the CPU has avx512_bf16 or amx_bf16; None: unknown
     precisions: tuple[str, ...] = ("fp32",)  # precisions the user allowed (--allow-precision)
     force_precision: bool = False  # search an allowed precision even without the CPU's instructions for it
+    splits: tuple[int, ...] | None = None  # instance counts the study's cores split into (topology.splits)
 
     @classmethod
     def from_probe(
@@ -112,6 +113,13 @@ def _allocator_installed(params: Mapping[str, Any], caps: Capabilities) -> str |
     return missing_reason(name)
 
 
+def _instances_fit(params: Mapping[str, Any], caps: Capabilities) -> str | None:
+    count = params.get("instances", 1)
+    if caps.splits is None or count in caps.splits or count == 1:
+        return None
+    return f"{count} instances cannot split these cores without one spanning two sockets"
+
+
 def _precision_opted_in(params: Mapping[str, Any], caps: Capabilities) -> str | None:
     precision = params.get("precision", "fp32")
     if precision in caps.precisions:
@@ -136,6 +144,7 @@ class Repair:
 RULES: dict[str, Rule] = {
     "nchw_needs_onednn": _nchw_needs_onednn,
     "allocator_installed": _allocator_installed,
+    "instances_fit_sockets": _instances_fit,
     "precision_opted_in": _precision_opted_in,
     "bf16_instructions": _bf16_instructions,
 }

@@ -276,15 +276,18 @@ def cmd_exec(args: argparse.Namespace, runner: Runner | None = None) -> int:
         except TunerError as error:
             source = f"TensorFlow's defaults: {one_line(error, 200)}"
     groups = partition(core_set(cores), settings.instances)
-    env = {k: v for k, v in os.environ.items()}
-    for name, value in recommend.environment(settings).items():
-        if value is None:
-            env.pop(name, None)
-        else:
-            env[name] = value
+    # The program keeps its environment, less what the measured settings decide (an inherited OMP_NUM_THREADS
+    # or LD_PRELOAD would run it otherwise than it was measured), plus those settings.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(recommend.DECIDED_PREFIXES)}
+    dropped = sorted(set(os.environ) - set(env))
+    env.update({k: v for k, v in recommend.environment(settings).items() if v is not None})
     if settings.instances > 1:
         env.setdefault("PYTHONUNBUFFERED", "1")  # instances' lines arrive as they are printed, prefixed
     print(f"tuner exec: {recommend.launch_summary(settings, cores)}; from {source}", file=sys.stderr, flush=True)
+    if dropped:
+        print(f"tuner exec: not passed on (the settings decide them): {', '.join(dropped)}", file=sys.stderr)
+    for line in recommend.in_program(settings):
+        print(f"tuner exec: the program must do this itself: {line}", file=sys.stderr)
     return launch(program, groups, env)
 
 

@@ -27,11 +27,12 @@ from typing import IO, Any
 from tuner import interrupt
 from tuner.errors import WorkerBadOutput, WorkerError, WorkerExited, WorkerTimeout
 from tuner.measurement import Measurement
-from tuner.runner import STEP_KEYS, SubprocessRunner, TrialSpec, _decode, _positive, _tail, kill_group
+from tuner.runner import STEP_KEYS, SubprocessRunner, TrialSpec, _decode, _positive, _tail, check_read_back, kill_group
 from tuner.settings import ENV_ALLOWLIST, Settings
 from tuner.topology import partition
 
 SLACK_S = 1e-3  # clock rounding between a step's end stamp and its own duration
+MIN_WINDOW_STEPS = 3  # fewer steps of every instance side by side than this: no figure worth ranking
 
 
 def padded_steps(timed: int) -> int:
@@ -55,6 +56,7 @@ class Instance:
             not isinstance(seconds, list)
             or not isinstance(ends, list)
             or len(seconds) != len(ends)
+            or not seconds
             or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in [*seconds, *ends])
         ):
             raise WorkerBadOutput("an instance's result has no matching timed steps and end stamps")
@@ -89,10 +91,10 @@ def combine(instances: Sequence[Instance], batch: int, keep: int) -> GroupSteps:
     stop = min(max(i.ends) for i in instances)
     inside = [i.inside(start, stop) for i in instances]
     count = min(len(steps) for steps in inside)
-    if stop <= start or count == 0:
+    if stop <= start or count < min(keep, MIN_WINDOW_STEPS):
         raise WorkerBadOutput(
-            "the instances' timed steps did not run at the same time (no step of every instance in a common "
-            "window): the machine could not run them side by side"
+            f"the instances' timed steps hardly ran at the same time ({count} step(s) of every instance in a "
+            "common window): the machine could not run them side by side"
         )
     count = min(count, keep)
     group_batch = batch * len(instances)
@@ -133,9 +135,12 @@ def run_group(self: SubprocessRunner, spec: TrialSpec) -> Measurement:
         return _execute_group(self, specs, spec.settings, groups, spec.policy.timeout_s, keras_home)
 
     results, env = self._holding_lock(execute)
-    for result in results:
+    for index, result in enumerate(results):
         if not all(_positive(s) for s in [*result.get("timed_seconds", []), *result.get("warmup_seconds", [])]):
             raise WorkerBadOutput("an instance's step times are not finite positive numbers", result.get("_tail", ""))
+        if len(result.get("timed_seconds") or []) != timed:
+            raise WorkerBadOutput(f"instance {index} sent no {timed} timed steps", result.get("_tail", ""))
+        check_read_back(spec.settings, result)
     steps = combine([Instance.from_result(g, r) for g, r in zip(groups, results, strict=True)],
                     spec.workload.batch_size, spec.policy.timed)  # fmt: skip
     warmups = [r.get("warmup_seconds") or [] for r in results]
@@ -230,7 +235,10 @@ def _read_group(
             if not chunk:  # channel closed without a result: that instance failed; say how
                 del open_fds[fd]
                 process, _, log = members[index]
-                SubprocessRunner._wait(process, False, deadline)
+                try:
+                    SubprocessRunner._wait(process, False, deadline)
+                except subprocess.TimeoutExpired:
+                    raise WorkerTimeout(f"instance {index} closed its channel and hung", _tail(log)) from None
                 try:
                     SubprocessRunner._check(process.returncode, None, log, ())
                 except WorkerError as error:
@@ -245,8 +253,10 @@ def _read_group(
                     if len(ready) == len(members):
                         for process, _, _ in members:
                             assert process.stdin is not None
-                            process.stdin.write(b"g")
-                            process.stdin.close()
+                            # One that died after it was ready: its channel's end says how, next read.
+                            with contextlib.suppress(OSError):
+                                process.stdin.write(b"g")
+                                process.stdin.close()
                 elif event.get("event") == "result":
                     results[index] = event
                     open_fds.pop(fd, None)

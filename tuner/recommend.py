@@ -20,7 +20,7 @@ from typing import Any
 
 import optuna
 
-from tuner.errors import TunerError, UsageError, check_choice
+from tuner.errors import InvalidSettings, TunerError, UsageError, check_choice
 from tuner.launch import shell_lines
 from tuner.records import MalformedRecord, StoredVerdict, StudyMeta
 from tuner.sanitize import one_line
@@ -60,10 +60,11 @@ class Recommendation:
             "runtime": self.runtime,
             "recommended": self.recommended,
             "settings": self.settings.params(),
-            "environment": environment(self.settings),
+            "environment": environment(self.settings, strict=False),
             "launch": {
                 "instances": self.settings.instances,
                 "allocator": self.settings.allocator,
+                "allocator_missing": allocator_note(self.settings),
                 "precision": self.settings.precision,
             },
             "cpu": self.cpu,
@@ -83,23 +84,50 @@ class Recommendation:
         return one_line(("BORROWED from " if self.borrowed else "measured on ") + where + origin)
 
 
-def environment(settings: Settings) -> dict[str, str | None]:
+def environment(settings: Settings, strict: bool = True) -> dict[str, str | None]:
     """Variables that apply ``settings`` before TensorFlow starts; None means: leave it unset (TF's default).
     Names and values come from validated ``Settings`` only, never from stored text; the allocator's preload
-    is this machine's own library (tuner/allocator.py), and ``InvalidSettings`` says how to install it."""
+    is this machine's own library (tuner/allocator.py). Where it is not installed, ``InvalidSettings`` says
+    how to install it, or with ``strict`` off the preload is left out (``allocator_note`` says so)."""
     env: dict[str, str | None] = {
         "TF_NUM_INTRAOP_THREADS": str(settings.intra_op) if settings.intra_op else None,
         "TF_NUM_INTEROP_THREADS": str(settings.inter_op) if settings.inter_op else None,
     }
     env.update(dict.fromkeys(settings.knob_unset()))
     env.update(settings.knob_environ())
-    env.update(settings.preload_environ())
+    if strict or allocator_note(settings) is None:
+        env.update(settings.preload_environ())
     if settings.precision != "fp32":
         env[PRECISION_VARIABLE] = settings.precision  # for the program to read: no variable sets Keras' policy
     return env
 
 
+def allocator_note(settings: Settings) -> str | None:
+    """Why the allocator cannot be preloaded on this machine (with the install command), or None."""
+    try:
+        settings.preload_environ()
+    except InvalidSettings as error:
+        return str(error)
+    return None
+
+
 PRECISION_VARIABLE = "TUNER_PRECISION"
+# Variables the measured settings decide: `tuner exec` does not pass a program's own values of them on.
+DECIDED_PREFIXES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS",
+                    "OMP_NUM_THREADS", "KMP_BLOCKTIME", "KMP_AFFINITY", "LD_PRELOAD", "MALLOC_CONF",
+                    "TUNER_")  # fmt: skip
+
+
+def in_program(settings: Settings) -> list[str]:
+    """What no launcher can set from outside: the data format (when not Keras' default) and bf16."""
+    calls = []
+    if settings.data_format != "NHWC":
+        calls.append(f'keras.backend.set_image_data_format("{DATA_FORMATS[settings.data_format]}")')
+    if settings.precision != "fp32":
+        calls.append(BF16_CALL)
+    return calls
+
+
 BF16_CALL = 'keras.mixed_precision.set_global_policy("mixed_bfloat16")'
 
 
@@ -256,25 +284,49 @@ def _provenance(r: Recommendation) -> list[str]:
     ]
 
 
+def _launch_function(r: Recommendation, env: dict[str, str | None]) -> list[str]:
+    """``tuner_launch PROGRAM ARGS``: the instances started as `tuner exec` starts them, pinned to this
+    machine's cores, Ctrl-C and TERM passed on to all of them, the worst exit status returned."""
+    groups = partition(core_set(r.cores), r.settings.instances)
+    env_set = {k: v for k, v in env.items() if v is not None}
+    unset = [k for k, v in env.items() if v is None]
+    body = []
+    for line in shell_lines([PROGRAM], groups, env_set, unset):
+        if line == "wait":
+            continue
+        prefix = line.removesuffix(" &").removesuffix(f" {PROGRAM}")
+        assert prefix != line, "shell_lines ends each instance's line with the program"
+        body.append(f'    {prefix} "$@" & tuner_pids="$tuner_pids $!"')
+    return [
+        f"# CPUs as numbered on this machine ({cores_text(r.cores)} in package order)",
+        "tuner_launch() {",
+        '    tuner_pids=""',
+        *body,
+        "    trap 'kill -INT $tuner_pids 2>/dev/null' INT TERM",
+        "    tuner_worst=0",
+        "    for tuner_pid in $tuner_pids; do",
+        '        wait "$tuner_pid"; tuner_status=$?',
+        '        if [ "$tuner_status" -gt "$tuner_worst" ]; then tuner_worst=$tuner_status; fi',
+        "    done",
+        "    trap - INT TERM",
+        '    return "$tuner_worst"',
+        "}",
+        "# usage: tuner_launch python app.py ARGS  (each instance gets TUNER_INSTANCE, TUNER_INSTANCES, TUNER_CORES)",
+    ]
+
+
 def _shell(r: Recommendation) -> str:
     lines = _provenance(r)
     lines.append("# " + launch_summary(r.settings, r.cores))
-    env = environment(r.settings)
+    env = environment(r.settings, strict=False)
+    missing = allocator_note(r.settings)
+    if missing:
+        lines.append("# " + one_line(f"{missing}; then print this again for its preload"))
     if r.settings.instances > 1:
-        # Several pinned instances: a function that starts them the way `tuner exec` does.
-        groups = partition(core_set(r.cores), r.settings.instances)
-        env_set = {k: v for k, v in env.items() if v is not None}
-        unset = [k for k, v in env.items() if v is None]
-        body = shell_lines([PROGRAM], groups, env_set, unset)
-        lines.append("tuner_launch() {")
-        lines += ["    " + line.replace(f" {PROGRAM}", ' "$@"') for line in body]
-        lines.append("}")
-        lines.append("# usage: tuner_launch python app.py ARGS  (each instance gets TUNER_INSTANCE, TUNER_INSTANCES)")
-        if r.settings.precision != "fp32":
-            lines.append(f"# in the program, before the model is built: {BF16_CALL}")
-        return "\n".join(lines)
-    for name, value in env.items():
-        lines.append(f"unset {name}" if value is None else f"export {name}={shlex.quote(value)}")
+        lines += _launch_function(r, env)
+    else:
+        for name, value in env.items():
+            lines.append(f"unset {name}" if value is None else f"export {name}={shlex.quote(value)}")
     lines.append(
         "# or in the program, before TensorFlow runs anything: "
         f"tf.config.threading.set_intra_op_parallelism_threads({r.settings.intra_op}); "
@@ -290,7 +342,7 @@ def _python(r: Recommendation) -> str:
     preload = {"LD_PRELOAD", "MALLOC_CONF"}  # too late once Python runs: `tuner exec` sets them (see below)
     env = {
         k: v
-        for k, v in environment(r.settings).items()
+        for k, v in environment(r.settings, strict=False).items()
         if v is not None and not k.startswith("TF_NUM_") and k not in preload
     }
     unset = set(r.settings.knob_unset())
@@ -304,7 +356,11 @@ def _python(r: Recommendation) -> str:
         "",
     ]
     lines += [f"os.environ[{k!r}] = {v!r}" for k, v in env.items()]
-    lines += [f"os.environ.pop({k!r}, None)" for k, v in environment(r.settings).items() if v is None and k in unset]
+    lines += [
+        f"os.environ.pop({k!r}, None)"
+        for k, v in environment(r.settings, strict=False).items()
+        if v is None and k in unset
+    ]
     lines += [
         "import keras",
         "import tensorflow as tf",

@@ -225,6 +225,7 @@ class SubprocessRunner:
             raise WorkerBadOutput(
                 "worker result has step times that are not finite positive numbers", result.get("_tail", "")
             )
+        check_read_back(spec.settings, result)
         loop = result.get("timed_wall_seconds", 0.0)
         facts = {k: v for k, v in result.items() if k not in STEP_KEYS}
         facts["child_env"] = {k: v for k, v in env.items() if k not in ENV_ALLOWLIST}
@@ -398,6 +399,22 @@ class SubprocessRunner:
                 f"worker ran on CPUs {result.get('cpus')}, not the requested {sorted(cores)}", _tail(log)
             )
         return result
+
+
+def check_read_back(settings: Settings, result: dict[str, Any]) -> None:
+    """The allocator and precision the worker read back must be the ones asked for: a preload the loader
+    ignored would otherwise be measured as glibc and stored as TCMalloc. Older workers report neither."""
+    mapped = result.get("allocator")
+    if mapped is not None and mapped != settings.allocator:
+        raise WorkerBadOutput(
+            f"asked for allocator {settings.allocator}, the worker mapped {mapped}", result.get("_tail", "")
+        )
+    dtype = result.get("compute_dtype")
+    wanted = {"fp32": "float32", "bf16": "bfloat16"}[settings.precision]
+    if dtype is not None and dtype != wanted:
+        raise WorkerBadOutput(
+            f"asked for precision {settings.precision}, the model computed in {dtype}", result.get("_tail", "")
+        )
 
 
 def _positive(value: Any) -> bool:

@@ -126,7 +126,10 @@ class Settings:
             raise InvalidSettings(f"unknown knob {unknown[0]!r}; known: {', '.join(KNOBS)}")
         env = tuple(sorted((k, v) for k, v in params.items() if k in ENV_KNOBS))
         framework = {k: v for k, v in params.items() if k in FRAMEWORK_KNOBS}
-        # A launch knob at its default is left out, so settings that run alike have one label.
+        # A launch knob at its default is left out, so settings that run alike have one label; each value is
+        # checked first, so that `instances = true` (equal to 1 in Python) is refused, not taken as the default.
+        for name in LAUNCH_KNOBS.keys() & params.keys():
+            LAUNCH_KNOBS[name][1](params[name])
         launch = tuple((k, params[k]) for k in LAUNCH_KNOBS if k in params and params[k] != LAUNCH_KNOBS[k][0])
         return cls(env_knobs=env, launch=launch, **framework)
 

@@ -8,6 +8,7 @@ stored FAIL with their reason, never scored. The verdict from confirmation is st
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 import warnings
@@ -42,7 +43,7 @@ from tuner.runner import Runner, TrialSpec
 from tuner.settings import Settings
 from tuner.signature import CpuSignature
 from tuner.space import SearchSpace
-from tuner.topology import cpu_quota, sockets_for
+from tuner.topology import cpu_quota, sockets_for, splits
 from tuner.topology import notes as topology_notes
 from tuner.workload import Workload
 
@@ -192,7 +193,8 @@ class StudyRun:
         if done:
             self.study.sampler = make_sampler(config.sampler, config.seed + done)
         self._current = -1  # the trial being measured, to tell whether another process finished it
-        self.caps = Capabilities.from_probe(config.probe, config.allow_precision, config.force_precision)
+        caps = Capabilities.from_probe(config.probe, config.allow_precision, config.force_precision)
+        self.caps = dataclasses.replace(caps, splits=splits(config.cores))
         # The space and baselines as they can run here (the probe's read-back): see tuner/capability.py.
         self.space, excluded = narrow(config.space, self.caps, len(config.cores), keep=config.inert)
         kept = set(self.space.data["knobs"])  # a knob taken out is not set by the baselines either

@@ -154,6 +154,19 @@ def packages_of(cores: Iterable[int], root: Path = SYS_CPU) -> int:
     return len({_package(cpu, root) for cpu in cores})
 
 
+def splits(cores: Sequence[int], root: Path = SYS_CPU) -> tuple[int, ...]:
+    """The instance counts this core set can be partitioned into: equal groups, none spanning a socket."""
+    found = []
+    for count in range(1, len(cores) + 1):
+        if len(cores) % count == 0:
+            try:
+                partition(cores, count, root)
+            except UsageError:
+                continue
+            found.append(count)
+    return tuple(found)
+
+
 def sockets_for(cores: Sequence[int], root: Path = SYS_CPU) -> int:
     """The sockets a core set spans, as the launchers' "one instance per socket" counts them: 1 when they
     hold unequal shares of it (instances must split the cores equally)."""

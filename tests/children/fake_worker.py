@@ -51,19 +51,24 @@ def main() -> int:
             os.abort()
         send(json.dumps({"event": "ready"}))
         ready = time.monotonic()
+        if behaviour == "die-after-ready" and max(spec["cores"]) >= 1:
+            print("fake worker: instance dying after it was ready", file=sys.stderr, flush=True)
+            return 7
         if not sys.stdin.buffer.read(1):
             return 5
         released = time.monotonic()
         if args.stamps:
             with open(os.path.join(args.stamps, f"{os.getpid()}.json"), "w") as out:
                 json.dump({"pid": os.getpid(), "ready": ready, "released": released, "cores": spec["cores"]}, out)
-        ends = []
-        for index in range(spec["timed"]):  # real short steps, so that the instances' windows overlap
+        ends, seconds = [], []
+        for index in range(spec["timed"]):  # real short steps, timed as they ran, so the windows overlap
             if behaviour == "hang-last" and max(spec["cores"]) >= 1 and index == 1:
                 time.sleep(1000)
+            begin = time.monotonic()
             time.sleep(0.05)
             ends.append(time.monotonic())
-        times["timed"] = [0.05] * spec["timed"]
+            seconds.append(ends[-1] - begin)
+        times["timed"] = seconds
     for phase in ("warmup", "timed"):
         for index, seconds in enumerate(times[phase]):
             send(json.dumps({"event": "step", "phase": phase, "index": index, "seconds": seconds}))
