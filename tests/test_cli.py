@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import signal
@@ -15,8 +16,8 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.helpers import one_error_line
-from tuner.cli import main, parse_duration
-from tuner.errors import UsageError, WorkerCrashed, WorkerExited
+from tuner.cli import build_parser, main, parse_duration
+from tuner.errors import TunerError, UsageError, WorkerCrashed, WorkerExited
 from tuner.replay import ReplayRunner
 from tuner.runner import TrialSpec
 from tuner.storage import open_storage
@@ -364,3 +365,37 @@ def test_bf16_is_taken_out_without_the_opt_in_and_recorded_with_it(
     assert "precision=bf16 taken out" not in capsys.readouterr().err
     study = optuna.load_study(study_name=optuna.get_all_study_names(other)[0], storage=other)
     assert study.user_attrs["runnable"]["capabilities"]["precisions"] == ["fp32", "bf16"]
+
+
+def test_every_option_has_help_and_shows_its_default(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in subcommands.items():
+        for action in sub._actions:
+            if not action.option_strings or action.help == argparse.SUPPRESS or action.dest == "help":
+                continue
+            # A user reading --help learns what each option does, and its default where it has one.
+            assert action.help, f"{name} {action.option_strings[0]} has no help"
+            if isinstance(action.default, (int, str)) and not isinstance(action.default, bool):
+                assert "default" in action.help, f"{name} {action.option_strings[0]}: default not shown"
+
+
+def test_bare_tuner_prints_help_and_debug_works_after_the_subcommand(
+    storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Bare `tuner`: the help, not an error.
+    assert main([]) == 0 and "usage: tuner" in capsys.readouterr().out
+    # --debug after the subcommand is accepted (errors suggest it there): the error is raised, not one line.
+    with pytest.raises(TunerError, match="--cores: 999 cores asked for"):
+        main(["tune", "--model", "tiny", "--cores", "999", "--storage", storage_url, "--debug"])
+
+
+def test_tuner_storage_is_the_default_storage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path}/from-env.db"
+    monkeypatch.setenv("TUNER_STORAGE", url)
+    open_storage(url)
+    # Without --storage, the storage named by TUNER_STORAGE is the one read.
+    assert main(["show"]) == 0
+    assert "no tuner studies" in capsys.readouterr().out

@@ -38,7 +38,7 @@ from tuner.sanitize import one_line
 from tuner.settings import Settings
 from tuner.signature import cpu_signature
 from tuner.space import load as load_space
-from tuner.storage import DEFAULT_STORAGE, open_storage, redact, sqlite_missing, storage_cause
+from tuner.storage import DEFAULT_STORAGE, default_storage, open_storage, redact, sqlite_missing, storage_cause
 from tuner.summary import format_importance_lines, format_table, summarize, summarize_study
 from tuner.topology import core_set, cores_text, parse_core_counts, partition, physical_cores
 from tuner.tune import TuneJob
@@ -376,10 +376,50 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+DESCRIPTION = (
+    "Find the fastest CPU threading and launch settings for TensorFlow training and inference: search them "
+    "with Optuna, confirm the winners against the defaults and the launchers' recipes, benchmark, and apply "
+    "them (tuner exec). Start with: tuner run."
+)
+# Help for the options that are the same in every subcommand; the default is appended to every help text.
+COMMON_HELP = {
+    "model": "model: a Keras ResNet-50 without weights, or the tiny test model",
+    "batch_size": "images per step (per replica)",
+    "seed": "seed of the sampler and of the bootstrap",
+    "sampler": "Optuna sampler",
+    "pruner": "Optuna pruner (stops a slow trial early)",
+    "warmup": "warm-up batches per run, not counted",
+    "timed": "timed batches per run",
+    "device": "cpu, or gpu (one replica per GPU)",
+    "json": "print JSON instead of a table",
+    "storage": "Optuna RDB storage URL (default: $TUNER_STORAGE, else " + DEFAULT_STORAGE + ")",
+    "output": "write to this file",
+    "file": "an export file (tuner export)",
+    "action": "create or list",
+    "runtime": "framework runtime",
+}
+
+
+def _document(parser: argparse.ArgumentParser) -> None:
+    """Every option gets a help text, and its default where it has one that says something."""
+    for action in parser._actions:  # argparse has no public iterator over a parser's actions
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _document(child)
+            continue
+        if action.help == argparse.SUPPRESS or not action.option_strings or action.dest in ("help", "version"):
+            continue
+        action.help = action.help or COMMON_HELP.get(action.dest, action.dest.replace("_", " "))
+        nothing = action.default is None or action.default is False or action.default in ([], argparse.SUPPRESS)
+        shown = not nothing and action.dest != "storage"
+        if shown and "default" not in action.help:
+            action.help += f" (default: {action.default})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="tuner", description=__doc__)
+    parser = Parser(prog="tuner", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"tuner {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     tune = sub.add_parser("tune", help="search threading settings, then confirm the winners")
@@ -393,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_BUDGET,
         help=f"wall time for all studies, e.g. 50m or 1h30m, or 'none' (default {DEFAULT_BUDGET})",
     )
-    tune.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna RDB URL (default {DEFAULT_STORAGE})")
+    tune.add_argument("--storage", default=DEFAULT_STORAGE)
     tune.add_argument("--runtime", default="tensorflow", help="framework runtime: " + ", ".join(runtime_names()))
     tune.add_argument("--space", default=None, help="search-space name or TOML path (default: the runtime's)")
     tune.add_argument(
@@ -428,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--mode", default=None, help="train, infer or both (default both)")
     run.add_argument("--model", default="resnet50", choices=MODELS)
     run.add_argument("--batch-size", type=int, default=benchmark.CPU_BATCH)
-    run.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna RDB URL (default {DEFAULT_STORAGE})")
+    run.add_argument("--storage", default=DEFAULT_STORAGE)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--no-env-create", action="store_true", help="skip runtimes whose environment is missing")
     run.add_argument("--format", default="markdown", help="table format: " + ", ".join(table.FORMATS))
@@ -497,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_.add_argument("--mode", default="infer", help="train or infer (default: infer)")
     run_.add_argument("--runtime", default="tensorflow", help="framework runtime: " + ", ".join(runtime_names()))
     run_.add_argument("--model", default="resnet50", choices=MODELS, help="whose verdict to apply (default: resnet50)")
-    run_.add_argument("--storage", default=DEFAULT_STORAGE, help=f"where the verdicts are (default: {DEFAULT_STORAGE})")
+    run_.add_argument("--storage", default=DEFAULT_STORAGE, help="where the verdicts are: " + COMMON_HELP["storage"])
     run_.add_argument("program", nargs=argparse.REMAINDER, help="-- PROGRAM ARGS")
     run_.set_defaults(func=cmd_exec)
 
@@ -524,6 +564,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="read-only: this CPU, what disturbs timings, which runtimes run here")
     doctor.set_defaults(func=cmd_doctor)
+    for child in sub.choices.values():  # --debug also after the subcommand, as the error lines suggest
+        child.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        for action in child._actions:
+            if action.dest == "storage":
+                action.default = default_storage()
+    _document(parser)
     return parser
 
 
@@ -545,7 +591,11 @@ def _interrupted(error: BaseException) -> bool:
 def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int:
     """Run the CLI; ``runner`` replaces the subprocess runner (tests pass a replaying fake)."""
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        if not (sys.argv[1:] if argv is None else list(argv)):  # bare `tuner`: what it can do
+            parser.print_help()
+            return 0
+        args = parser.parse_args(argv)
     except UsageError as error:
         print(f"tuner: error: {one_line(error, 2000)}", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ staying RUNNING forever. URLs are shown with their password hidden.
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from pathlib import Path
@@ -17,6 +18,14 @@ from sqlalchemy.engine import make_url
 from tuner.errors import StorageError
 
 DEFAULT_STORAGE = "sqlite:///studies/tuner.db"
+STORAGE_VARIABLE = "TUNER_STORAGE"  # as Optuna's CLI reads OPTUNA_STORAGE
+
+
+def default_storage() -> str:
+    """``$TUNER_STORAGE`` where set, else the SQLite file under studies/."""
+    return os.environ.get(STORAGE_VARIABLE) or DEFAULT_STORAGE
+
+
 HEARTBEAT_S = 10
 GRACE_S = 60
 CREATE_ATTEMPTS = 5
