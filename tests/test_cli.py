@@ -399,3 +399,24 @@ def test_tuner_storage_is_the_default_storage(
     # Without --storage, the storage named by TUNER_STORAGE is the one read.
     assert main(["show"]) == 0
     assert "no tuner studies" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["benchmark", "--batch-size", "0"], "argument --batch-size: '0' is not a whole number of at least 1"),
+        (["benchmark", "--timed", "0"], "argument --timed: '0' is not a whole number of at least 1"),
+        (["tune", "--candidates", "0"], "argument --candidates: '0' is not a whole number of at least 1"),
+        (["benchmark", "--device", "gpu", "--gpus", "0"], "--gpus: '0' is not a list of GPU counts"),
+        (["env", "list", "extra"], "tuner env list takes no runtime name"),
+    ],
+)
+def test_bad_counts_are_refused_before_any_work_naming_the_flag(
+    argv: list[str], words: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = tmp_path / "never.db"
+    extra = [] if argv[0] == "env" else ["--storage", f"sqlite:///{storage}"]
+    assert main([*argv, *extra], runner=fake_runner()) == 1
+    # One line naming the flag and the value; nothing measured, no storage made.
+    assert words in one_error_line(capsys.readouterr().err)
+    assert not storage.exists()

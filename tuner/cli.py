@@ -122,6 +122,8 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
     modes = parse_modes(args.mode)
     runtime = load_runtime(args.runtime)
     space = load_space(args.space or runtime.space, max(counts))
+    if args.device == "gpu" and not re.fullmatch(r"[1-9][0-9]*(,[1-9][0-9]*)*", args.gpus.replace(" ", "")):
+        raise UsageError(f"--gpus: {args.gpus!r} is not a list of GPU counts of at least 1 (e.g. 1,2)")
     replicas = parse_core_counts(args.gpus, 64) if args.device == "gpu" else [args.replicas]
     if args.device == "cpu" and not 1 <= args.replicas <= 8:
         raise UsageError("--replicas must be from 1 to 8")
@@ -326,6 +328,8 @@ def cmd_show(args: argparse.Namespace, runner: Runner | None = None) -> int:
 
 
 def cmd_env(args: argparse.Namespace, runner: Runner | None = None) -> int:
+    if args.action == "list" and args.name is not None:
+        raise UsageError(f"tuner env list takes no runtime name (got {args.name!r}): it lists them all")
     if args.action == "list":
         for name in runtime_names():
             runtime = load_runtime(name)
@@ -400,6 +404,19 @@ COMMON_HELP = {
 }
 
 
+def _whole(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not re.fullmatch(r"[0-9]+", text.strip()) or int(text) < low:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least {low}")
+        return int(text)
+
+    return parse
+
+
+# Counts checked when the command line is read, naming the flag, before any probe or storage is touched.
+AT_LEAST = {"batch_size": 1, "trials": 1, "candidates": 1, "rounds": 1, "timed": 1, "replicas": 1, "warmup": 0}
+
+
 def _document(parser: argparse.ArgumentParser) -> None:
     """Every option gets a help text, and its default where it has one that says something."""
     for action in parser._actions:  # argparse has no public iterator over a parser's actions
@@ -409,6 +426,8 @@ def _document(parser: argparse.ArgumentParser) -> None:
             continue
         if action.help == argparse.SUPPRESS or not action.option_strings or action.dest in ("help", "version"):
             continue
+        if action.dest in AT_LEAST and action.type is int:
+            action.type = _whole(AT_LEAST[action.dest])
         action.help = action.help or COMMON_HELP.get(action.dest, action.dest.replace("_", " "))
         nothing = action.default is None or action.default is False or action.default in ([], argparse.SUPPRESS)
         shown = not nothing and action.dest != "storage"
