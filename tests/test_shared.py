@@ -23,6 +23,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
+from tests.helpers import THREADS_SPACE
 from tuner.storage import open_storage
 
 SERVER = os.environ.get("TUNER_TEST_POSTGRES", "")
@@ -53,8 +54,11 @@ def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def _tune(url: str, *extra: str) -> list[str]:
+    # The framework-knob space (tests/spaces/threads.toml): this tests sharing, not the stock space, whose
+    # launcher-recipe baselines would only add minutes of measuring.
     return [sys.executable, "-m", "tuner.cli", "tune", "--model", "tiny", "--cores", "1", "--mode", "infer",
-            "--trials", str(TRIALS), "--budget", "none", "--storage", url, *extra]  # fmt: skip
+            "--trials", str(TRIALS), "--budget", "none", "--space", THREADS_SPACE, "--storage", url,
+            *extra]  # fmt: skip
 
 
 def test_three_workers_share_one_study_and_a_killed_one_leaves_nothing_running(shared_url: str) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
+from tests.helpers import THREADS_SPACE
 from tuner.errors import WorkerExited
 from tuner.policy import MeasurementPolicy
 from tuner.runner import SubprocessRunner, TrialSpec
@@ -100,7 +101,7 @@ def _count(db: Path, state: TrialState) -> int:
 def test_signal_mid_study_keeps_finished_trials_and_the_same_command_resumes(tmp_path: Path, sig: int) -> None:
     db = tmp_path / "t.db"
     cmd = [sys.executable, "-m", "tuner.cli", "tune", "--model", "tiny", "--cores", "1", "--mode", "infer",
-           "--trials", "6", "--rounds", "2", "--storage", f"sqlite:///{db}"]  # fmt: skip
+           "--trials", "6", "--rounds", "2", "--space", THREADS_SPACE, "--storage", f"sqlite:///{db}"]  # fmt: skip
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not (db.exists() and _count(db, TrialState.COMPLETE) >= 2):
