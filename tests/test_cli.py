@@ -71,7 +71,7 @@ def test_malformed_space_is_one_line_and_nothing_is_written(
         (["tune", "--model", "vgg"], "invalid choice: 'vgg'"),
         (["tune", "--mode", "fly"], "unknown mode 'fly'"),
         (["tune", "--budget", "soon"], "'soon' is not a duration"),
-        (["tune", "--trials", "0"], "--trials must be at least 1"),
+        (["tune", "--trials", "0"], "argument --trials: '0' is not a whole number of at least 1"),
         (["tune", "--storage", "nosuchdb://x", "--cores", "1"], "cannot open storage nosuchdb://x"),
         (["show", "--storage", "sqlite:////nonexistent/dir/x.db"], "no storage at"),
         (["show", "--storage", "not a url"], "is not a database URL"),

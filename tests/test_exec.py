@@ -43,9 +43,11 @@ allocator = "system"
 APP = """
 import os
 maps = open("/proc/self/maps").read()
-print("instance", os.environ["TUNER_INSTANCE"], "of", os.environ["TUNER_INSTANCES"],
-      "cpus", sorted(os.sched_getaffinity(0)), "tcmalloc", "libtcmalloc" in maps,
-      "intra", os.environ.get("TF_NUM_INTRAOP_THREADS"))
+line = " ".join(str(word) for word in (
+    "instance", os.environ["TUNER_INSTANCE"], "of", os.environ["TUNER_INSTANCES"],
+    "cpus", sorted(os.sched_getaffinity(0)), "tcmalloc", "libtcmalloc" in maps,
+    "intra", os.environ.get("TF_NUM_INTRAOP_THREADS")))
+os.write(1, (line + "\\n").encode())  # one write: two instances share the caller's stdout
 """
 
 
