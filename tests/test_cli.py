@@ -68,7 +68,7 @@ def test_malformed_space_is_one_line_and_nothing_is_written(
     [
         (["tune", "--cores", "4096"], "4096 cores asked for"),
         (["tune", "--cores", "1,x"], "'x' is not a positive core count"),
-        (["tune", "--model", "vgg"], "invalid choice: 'vgg'"),
+        (["tune", "--model", "vgg"], "--model: unknown model 'vgg'; known: resnet50"),
         (["tune", "--mode", "fly"], "unknown mode 'fly'"),
         (["tune", "--budget", "soon"], "'soon' is not a duration"),
         (["tune", "--trials", "0"], "argument --trials: '0' is not a whole number of at least 1"),

@@ -9,7 +9,7 @@ import sys
 
 from tuner import worker
 from tuner.runner import WORKER
-from tuner.workload import MODELS
+from tuner.models import APPLICATIONS, MODELS
 
 
 def test_worker_imports_only_the_standard_library_at_module_level() -> None:
@@ -26,6 +26,7 @@ def test_worker_imports_only_the_standard_library_at_module_level() -> None:
 
 
 def test_worker_knows_every_model_the_controller_offers() -> None:
-    # The controller validates --model against MODELS; the worker must have an input shape and a class count
-    # for each, or a valid request would crash inside the worker.
-    assert set(worker.IMAGE_SHAPES) == set(MODELS) == set(worker.CLASSES)
+    # The controller validates --model against MODELS; the worker must know how to build each (the class and
+    # input size of every application, and the tiny model), or a valid request would crash inside the worker.
+    assert set(worker.APPLICATIONS) | {"tiny"} == set(MODELS)
+    assert {name: cls for name, (cls, _) in worker.APPLICATIONS.items()} == APPLICATIONS

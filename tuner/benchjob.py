@@ -20,6 +20,7 @@ from tuner.capability import NOT_RUNNABLE, REPAIRS, Capabilities, plan_baselines
 from tuner.confirm import DEFAULT, HEURISTIC, TUNED
 from tuner.errors import TunerError, UsageError
 from tuner.measurement import Measurement
+from tuner.models import ModelRef
 from tuner.pipeline import stored_tuned
 from tuner.policy import MeasurementPolicy
 from tuner.runner import Runner
@@ -29,7 +30,7 @@ from tuner.signature import CpuSignature
 from tuner.space import SearchSpace
 from tuner.study import StudyConfig
 from tuner.topology import core_set, sockets_for
-from tuner.workload import Workload
+from tuner.workload import workload_for
 
 Log = Callable[[str], None]
 Named = list[tuple[str, Settings]]
@@ -54,7 +55,7 @@ class BenchmarkJob:
     caps: Capabilities  # what can run here (the probe's read-back); empty for GPU rows
     counts: Sequence[int]
     modes: Sequence[str]
-    model: str
+    model: ModelRef | str
     batch: int
     policy: MeasurementPolicy
     wanted: Sequence[str] | None = None  # --settings; None: tf-default, heuristic and tuned where it exists
@@ -64,6 +65,7 @@ class BenchmarkJob:
     log: Log = print  # progress
     out: Log = print  # results, one line each
     failures: list[str] = field(default_factory=list)
+    objective: str = "throughput"  # whose study's tuned settings are benchmarked
 
     def run(self) -> None:
         run_id = benchmark.new_run_id()
@@ -71,14 +73,14 @@ class BenchmarkJob:
             for mode in self.modes:
                 named, not_runnable = self._settings(n, mode)
                 for count in self.replica_counts:
-                    workload = Workload(self.model, mode, self.batch)
+                    workload = workload_for(self.model, mode, self.batch, self.objective)
                     target = benchmark.Target(self.runtime.name, workload, core_set(n), self.device, count)
                     self._target(target, named, not_runnable, run_id)
 
     def _settings(self, n: int, mode: str) -> tuple[Named, dict[str, str]]:
         """The settings to measure at ``n`` cores, and those that cannot run here with why."""
         host_batch = self.batch if self.device == "cpu" else benchmark.CPU_BATCH  # GPU rows: the host's study
-        workload = Workload(self.model, mode, host_batch)
+        workload = workload_for(self.model, mode, host_batch, self.objective)
         study = StudyConfig(workload, core_set(n), self.space, self.signature, self.runtime.name).name
         wanted = list(self.wanted or [DEFAULT, HEURISTIC, TUNED])
         if self.wanted is None and stored_tuned(self.storage, study) is None:

@@ -32,6 +32,8 @@ from tuner import __version__
 from tuner.confirm import interleave
 from tuner.errors import Interrupted, TunerError, WorkerError
 from tuner.measurement import Measurement, coefficient_of_variation, median_abs_deviation
+from tuner.models import ModelRef, as_ref
+from tuner.objective import latency_ms
 from tuner.policy import MeasurementPolicy
 from tuner.records import BenchmarkRecord, MalformedRecord, check_record, utc_now
 from tuner.runner import Runner, TaskSpec, TrialSpec
@@ -74,6 +76,7 @@ class Target:
             "gpus": self.replicas if self.device == "gpu" else 0,
             "replicas": self.replicas,
             "model": self.workload.model,
+            "objective": self.workload.objective,
             "mode": self.workload.mode,
             "batch_size": self.workload.batch_size,
             "global_batch": self.workload.batch_size * self.replicas,
@@ -135,6 +138,9 @@ def make_record(
         "images_per_sec": images_per_sec,
         "ms_per_image": 1000.0 / images_per_sec,
         "step_seconds": statistics.median(s for m in runs for s in m.timed_seconds),
+        # Request times of every timed step of every round (p99 only from P99_MIN_STEPS steps or more).
+        "p50_ms": latency_ms([s for m in runs for s in m.timed_seconds], 0.5),
+        "p99_ms": latency_ms([s for m in runs for s in m.timed_seconds], 0.99),
         "rate_median": statistics.median(rates),
         "rate_jitter": 1.4826 * median_abs_deviation(rates),
         "rate_cv": coefficient_of_variation(rates),
@@ -241,27 +247,30 @@ def measure(
 def flops_per_image(
     storage: optuna.storages.BaseStorage,
     runner: Runner,
-    model: str,
+    model: ModelRef | str,
     settings: Settings,
     cores: tuple[int, ...],
     signature: CpuSignature,
 ) -> dict[str, float]:
-    """FLOPs per image for inference and one training step, counted once per model and stored."""
+    """FLOPs per image for inference and one training step (inference only for a SavedModel), counted once
+    per model and stored."""
+    name = as_ref(model).label
     for record in records(storage):
-        if record.get("kind") == "flops" and record.get("model") == model:
+        if record.get("kind") == "flops" and record.get("model") == name:
             return {mode: float(v) for mode, v in record["flops_per_image"].items()}
     result = runner.compute(TaskSpec("flops", settings, cores, model=model))
     counted = result.get("flops_per_image")
+    modes = ("infer", "train") if as_ref(model).trainable else ("infer",)
     if not isinstance(counted, dict) or not all(
-        isinstance(counted.get(mode), (int, float)) and counted[mode] > 0 for mode in ("infer", "train")
+        isinstance(counted.get(mode), (int, float)) and counted[mode] > 0 for mode in modes
     ):
-        raise TunerError(f"the FLOP count of {model} came back malformed: {counted!r}")
-    flops = {mode: float(counted[mode]) for mode in ("infer", "train")}
+        raise TunerError(f"the FLOP count of {name} came back malformed: {counted!r}")
+    flops = {mode: float(counted[mode]) for mode in modes}
     store(
         storage,
         {
             "kind": "flops",
-            "model": model,
+            "model": name,
             "flops_per_image": flops,
             "value": flops["infer"],
             "framework_version": result.get("framework_version"),

@@ -39,6 +39,8 @@ class Capabilities:
     precisions: tuple[str, ...] = ("fp32",)  # precisions the user allowed (--allow-precision)
     force_precision: bool = False  # search an allowed precision even without the CPU's instructions for it
     splits: tuple[int, ...] | None = None  # instance counts the study's cores split into (topology.splits)
+    model_file: bool = False  # the model is loaded from a file: its layout and precision are its own
+    latency: bool = False  # the objective is a request's latency: one request at a time
 
     @classmethod
     def from_probe(
@@ -90,6 +92,8 @@ class Capabilities:
             "bf16_instructions": self.bf16_instructions,
             "precisions": list(self.precisions),
             "force_precision": self.force_precision,
+            "model_file": self.model_file,
+            "latency": self.latency,
         }
 
 
@@ -133,6 +137,22 @@ def _bf16_instructions(params: Mapping[str, Any], caps: Capabilities) -> str | N
     return "this CPU has no bf16 instructions (avx512_bf16, amx_bf16): bf16 would be emulated (--force-precision)"
 
 
+def _layout_of_model_file(params: Mapping[str, Any], caps: Capabilities) -> str | None:
+    if not caps.model_file:
+        return None
+    if params.get("data_format", "NHWC") != "NHWC":
+        return "a model loaded from a file keeps the layout it was built with: data_format does not apply"
+    if params.get("precision", "fp32") != "fp32":
+        return "a model loaded from a file keeps the precision it was saved with: the bf16 policy does not apply"
+    return None
+
+
+def _one_request_at_a_time(params: Mapping[str, Any], caps: Capabilities) -> str | None:
+    if not caps.latency or params.get("instances", 1) == 1:
+        return None
+    return "a latency objective times one request at a time: more instances split its cores and add no speed to it"
+
+
 @dataclass(frozen=True)
 class Repair:
     """How a rule's runnable part of a setting is made, and the suffix that names it (heuristic-nhwc)."""
@@ -147,10 +167,14 @@ RULES: dict[str, Rule] = {
     "instances_fit_sockets": _instances_fit,
     "precision_opted_in": _precision_opted_in,
     "bf16_instructions": _bf16_instructions,
+    "model_file_layout": _layout_of_model_file,
+    "one_request_at_a_time": _one_request_at_a_time,
 }
 REPAIRS: dict[str, Repair] = {
     "nchw_needs_onednn": Repair("nhwc", lambda p: {**p, "data_format": "NHWC"}),
     "allocator_installed": Repair("system-malloc", lambda p: {**p, "allocator": SYSTEM}),
+    "model_file_layout": Repair("nhwc", lambda p: {**p, "data_format": "NHWC", "precision": "fp32"}),
+    "one_request_at_a_time": Repair("1-instance", lambda p: {**p, "instances": 1}),
 }
 
 

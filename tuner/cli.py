@@ -26,8 +26,11 @@ from tuner.envs import create as create_env
 from tuner.envs import read_manifest
 from tuner.errors import TunerError, UsageError
 from tuner.launch import launch
+from tuner.models import MODELS, ModelRef, resolve
+from tuner.objective import OBJECTIVES
+from tuner.objective import get as get_objective
 from tuner.pipeline import Job
-from tuner.plan import StudyOptions, prepare
+from tuner.plan import StudyOptions, check_model, prepare
 from tuner.policy import CONFIRM
 from tuner.probe import fixed_knobs
 from tuner.runner import Runner, SubprocessRunner
@@ -42,7 +45,7 @@ from tuner.storage import DEFAULT_STORAGE, default_storage, open_storage, redact
 from tuner.summary import format_importance_lines, format_table, summarize, summarize_study
 from tuner.topology import core_set, cores_text, parse_core_counts, partition, physical_cores
 from tuner.tune import TuneJob
-from tuner.workload import MODELS, parse_modes
+from tuner.workload import parse_modes, workload_for
 
 DEFAULT_BUDGET = "50m"
 RUN_BUDGET = "60m"
@@ -72,9 +75,20 @@ def _tagged(tag: str) -> Callable[[str], None]:
     return lambda line: _log(f"[{tag}] {line}")
 
 
+def _model_and_batch(args: argparse.Namespace, modes: Sequence[str]) -> tuple[ModelRef, int]:
+    """The model ``--model`` names (checked, hashed) and the batch (``--batch-size``, else the objective's:
+    32 for throughput, 1 for latency), each mode's workload checked before any probe or storage."""
+    model = resolve(args.model, getattr(args, "input_shape", None))
+    batch = args.batch_size or get_objective(args.objective).default_batch
+    for mode in modes:
+        workload_for(model, mode, batch, args.objective)  # a SavedModel cannot train: one line, now
+    return model, batch
+
+
 def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
     counts = parse_core_counts(args.cores, len(physical_cores()))
     modes = parse_modes(args.mode)
+    model, batch = _model_and_batch(args, modes)
     for flag, value in (("--trials", args.trials), ("--candidates", args.candidates), ("--rounds", args.rounds)):
         if value < 1:
             raise UsageError(f"{flag} must be at least 1")
@@ -102,7 +116,8 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
     probed = time.monotonic()
     ready = prepare(runtime, runner, max(counts), space, inert)
     _log(ready.describe())
-    job = TuneJob(storage, signature, ready, counts, modes, budget, args.model, args.batch_size, options,
+    ready = check_model(ready, model, _log)
+    job = TuneJob(storage, signature, ready, counts, modes, budget, model, batch, options, objective=args.objective,
                   search_only=args.no_confirm, probe_s=time.monotonic() - probed, log=_log)  # fmt: skip
     started = time.monotonic()
     job.run()
@@ -120,6 +135,9 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
 def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int:
     counts = parse_core_counts(args.cores, len(physical_cores()))
     modes = parse_modes(args.mode)
+    model = resolve(args.model, args.input_shape)
+    for mode in modes:
+        workload_for(model, mode, 1, args.objective)
     runtime = load_runtime(args.runtime)
     space = load_space(args.space or runtime.space, max(counts))
     if args.device == "gpu" and not re.fullmatch(r"[1-9][0-9]*(,[1-9][0-9]*)*", args.gpus.replace(" ", "")):
@@ -138,8 +156,9 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
         caps = Capabilities()  # GPU rows run NCHW on the GPU: the CPU's limits do not apply
     else:
         caps = Capabilities.from_probe(prepare(runtime, runner, max(counts), space).facts)
-    job = BenchmarkJob(storage, cpu_signature(), runtime, space, runner, caps, counts, modes, args.model, batch,
-                       policy, args.settings, args.device, replicas, visible, log=_log, out=print)  # fmt: skip
+    job = BenchmarkJob(storage, cpu_signature(), runtime, space, runner, caps, counts, modes, model, batch, policy,
+                       args.settings, args.device, replicas, visible, log=_log, out=print,
+                       objective=args.objective)  # fmt: skip
     job.run()
     if job.failures:
         raise TunerError(f"{len(job.failures)} setting(s) could not be measured: " + "; ".join(job.failures))
@@ -187,6 +206,7 @@ def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
     available = len(physical_cores())
     counts = parse_core_counts(args.cores, available)
     modes = parse_modes(args.mode)
+    model, batch = _model_and_batch(args, modes)
     wanted = [name.strip() for name in args.runtimes.split(",")] if args.runtimes else runtime_names()
     runtimes = [load_runtime(name) for name in wanted]
     for runtime in runtimes:
@@ -207,8 +227,9 @@ def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
         counts=counts,
         modes=modes,
         budget_s=budget,
-        model=args.model,
-        batch_size=args.batch_size,
+        model=model,
+        batch_size=batch,
+        objective=args.objective,
         seed=args.seed,
         allow_precision=tuple(args.allow_precision),
         force_precision=args.force_precision,
@@ -240,14 +261,20 @@ def cmd_recommend(args: argparse.Namespace, runner: Runner | None = None) -> int
         args.cores,
         mode,
         load_runtime(args.runtime).name,
-        args.model,
+        _model_name(args.model),
         prefer_imported=args.prefer_imported,
+        objective=args.objective,
         warn=_warn,
     )
     print(recommend.render(found, args.format))
     if any(r.borrowed for r in found) and args.format != "json":
         print("tuner: note: no verdict for this CPU; the advice above is BORROWED (see its source)", file=sys.stderr)
     return 0
+
+
+def _model_name(text: str) -> str:
+    """How studies name the model ``--model`` gives: an application's name, or a model file's (hashed) label."""
+    return text if text in MODELS else resolve(text).label
 
 
 def cmd_exec(args: argparse.Namespace, runner: Runner | None = None) -> int:
@@ -269,7 +296,15 @@ def cmd_exec(args: argparse.Namespace, runner: Runner | None = None) -> int:
         storage = open_storage(args.storage, create=False)  # an unreachable storage is an error, not a default
         try:
             found = recommend.recommend(
-                storage, cpu_signature(), None, cores, modes[0], runtime, args.model, warn=_warn
+                storage,
+                cpu_signature(),
+                None,
+                cores,
+                modes[0],
+                runtime,
+                _model_name(args.model),
+                warn=_warn,
+                objective=args.objective,
             )
             exact = [r for r in found if r.cores == cores and not r.borrowed]
             if not exact:
@@ -387,8 +422,13 @@ DESCRIPTION = (
 )
 # Help for the options that are the same in every subcommand; the default is appended to every help text.
 COMMON_HELP = {
-    "model": "model: a Keras ResNet-50 without weights, or the tiny test model",
-    "batch_size": "images per step (per replica)",
+    "model": "a Keras application (" + ", ".join(MODELS) + "; built without weights), a .keras file or a "
+    "SavedModel folder",
+    "input_shape": "one sample's input shape, e.g. 224,224,3, where the model does not say it (or to resize an "
+    "application)",
+    "objective": "throughput (samples/sec at the batch), latency (p50 request time, batch 1 by default) or p99 "
+    "(99th-percentile request time, 100 timed steps per run)",
+    "batch_size": "samples per step (per replica); default 32 for throughput, 1 for latency and p99",
     "seed": "seed of the sampler and of the bootstrap",
     "sampler": "Optuna sampler",
     "pruner": "Optuna pruner (stops a slow trial early)",
@@ -435,6 +475,14 @@ def _document(parser: argparse.ArgumentParser) -> None:
             action.help += f" (default: {action.default})"
 
 
+def add_model_flags(parser: argparse.ArgumentParser, shape: bool = True) -> None:
+    """--model and --objective (and --input-shape where a model is loaded): which model and what to optimise."""
+    parser.add_argument("--model", default="resnet50")
+    if shape:
+        parser.add_argument("--input-shape", default=None)
+    parser.add_argument("--objective", default="throughput", choices=tuple(OBJECTIVES))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="tuner", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"tuner {__version__}")
@@ -442,10 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     tune = sub.add_parser("tune", help="search threading settings, then confirm the winners")
-    tune.add_argument("--model", default="resnet50", choices=MODELS)
+    add_model_flags(tune)
     tune.add_argument("--mode", default=None, help="train, infer or both (default both)")
     tune.add_argument("--cores", default=None, help="core counts, e.g. 1,2,4 (default: 1, powers of two, all)")
-    tune.add_argument("--batch-size", type=int, default=32)
+    tune.add_argument("--batch-size", type=int, default=None)
     tune.add_argument("--trials", type=int, default=20, help="complete trials per study, baselines included")
     tune.add_argument(
         "--budget",
@@ -485,8 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--cores", default=None, help="core counts, e.g. 1,2 (default: 1, powers of two, all)")
     run.add_argument("--mode", default=None, help="train, infer or both (default both)")
-    run.add_argument("--model", default="resnet50", choices=MODELS)
-    run.add_argument("--batch-size", type=int, default=benchmark.CPU_BATCH)
+    add_model_flags(run)
+    run.add_argument("--batch-size", type=int, default=None)
     run.add_argument("--storage", default=DEFAULT_STORAGE)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--no-env-create", action="store_true", help="skip runtimes whose environment is missing")
@@ -500,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--space", default=None, help=argparse.SUPPRESS)
     bench.add_argument("--cores", default=None, help="core counts (for GPU targets: the host's)")
     bench.add_argument("--mode", default=None, help="train, infer or both (default both)")
-    bench.add_argument("--model", default="resnet50", choices=MODELS)
+    add_model_flags(bench)
     bench.add_argument(
         "--settings",
         action="append",
@@ -534,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--mode", default=None, help="train or infer (default: both)")
     rec.add_argument("--cpu", default=None, help="a CPU model name, as /proc/cpuinfo prints it (default: this one)")
     rec.add_argument("--runtime", default="tensorflow", help="framework runtime: " + ", ".join(runtime_names()))
-    rec.add_argument("--model", default="resnet50", choices=MODELS)
+    add_model_flags(rec, shape=False)
     rec.add_argument("--format", default="text", help="text, shell, python or json")
     rec.add_argument(
         "--prefer-imported",
@@ -555,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_.add_argument("--cores", type=int, default=None, help="physical cores to use (default: all)")
     run_.add_argument("--mode", default="infer", help="train or infer (default: infer)")
     run_.add_argument("--runtime", default="tensorflow", help="framework runtime: " + ", ".join(runtime_names()))
-    run_.add_argument("--model", default="resnet50", choices=MODELS, help="whose verdict to apply (default: resnet50)")
+    add_model_flags(run_, shape=False)
     run_.add_argument("--storage", default=DEFAULT_STORAGE, help="where the verdicts are: " + COMMON_HELP["storage"])
     run_.add_argument("program", nargs=argparse.REMAINDER, help="-- PROGRAM ARGS")
     run_.set_defaults(func=cmd_exec)

@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial
 
 from tuner.cost import CostModel
 from tuner.measurement import Measurement
+from tuner.objective import OBJECTIVES, Objective, latency_ms, quantile
 from tuner.policy import MeasurementPolicy
 from tuner.records import ConfirmationRun, StoredConfirmation, utc_now
 from tuner.runner import Runner, TrialSpec
@@ -53,10 +54,20 @@ def pooled_median(runs: Sequence[Sequence[float]]) -> float:
     return statistics.median(rate for run in runs for rate in run)
 
 
+def pooled(runs: Sequence[Sequence[float]], q: float = 0.5) -> float:
+    """The ``q`` quantile of every round's per-step rates together (0.5: the median)."""
+    return pooled_median(runs) if q == 0.5 else quantile((rate for run in runs for rate in run), q)
+
+
 def bootstrap_ratio(
-    top: Sequence[Sequence[float]], bottom: Sequence[Sequence[float]], seed: int = 0, alpha: float = 0.05
+    top: Sequence[Sequence[float]],
+    bottom: Sequence[Sequence[float]],
+    seed: int = 0,
+    alpha: float = 0.05,
+    q: float = 0.5,
 ) -> Interval:
-    """Ratio of pooled medians of per-step rates, with a (1 - alpha) paired hierarchical bootstrap interval.
+    """Ratio of pooled ``q`` quantiles (the objective's statistic; 0.5, the median, for throughput and p50
+    latency) of per-step rates, with a (1 - alpha) paired hierarchical bootstrap interval.
 
     Rounds are paired (round i of both was measured back to back), so the same round indices are drawn for
     both sides, then steps within each drawn round; drift that hits both sides of a round cancels.
@@ -64,16 +75,17 @@ def bootstrap_ratio(
     rng = random.Random(seed)
     pairs = min(len(top), len(bottom))
 
-    def median_of(runs: Sequence[Sequence[float]], rounds: list[int]) -> float:
-        return statistics.median(runs[i][rng.randrange(len(runs[i]))] for i in rounds for _ in runs[i])
+    def statistic_of(runs: Sequence[Sequence[float]], rounds: list[int]) -> float:
+        drawn = [runs[i][rng.randrange(len(runs[i]))] for i in rounds for _ in runs[i]]
+        return statistics.median(drawn) if q == 0.5 else quantile(drawn, q)
 
     ratios = []
     for _ in range(RESAMPLES):
         rounds = [rng.randrange(pairs) for _ in range(pairs)]
-        ratios.append(median_of(top, rounds) / median_of(bottom, rounds))
+        ratios.append(statistic_of(top, rounds) / statistic_of(bottom, rounds))
     ratios.sort()
     low = max(0, int(alpha / 2 * RESAMPLES))
-    return Interval(pooled_median(top) / pooled_median(bottom), ratios[low], ratios[RESAMPLES - 1 - low])
+    return Interval(pooled(top, q) / pooled(bottom, q), ratios[low], ratios[RESAMPLES - 1 - low])
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,23 @@ class Verdict:
     vs_default: Interval
     vs_heuristic: Interval | None
     vs_others: dict[str, Interval] = field(default_factory=dict)  # the winner over every other candidate
+    objective: str = "throughput"  # whose statistic ranked the candidates (tuner/objective.py)
+    batch_size: int = 0  # the batch a request is, to state latencies (0: not stated)
+
+    @property
+    def goal(self) -> Objective:
+        return OBJECTIVES[self.objective]
+
+    def statistic(self, name: str) -> float:
+        """The objective's statistic of ``name``'s pooled rates (higher is better)."""
+        return pooled(self.rates[name], self.goal.rate_quantile)
+
+    def latency_ms(self, name: str) -> dict[str, float | None]:
+        """p50 and p99 request times of ``name``'s pooled steps (p99 None below ``P99_MIN_STEPS`` steps)."""
+        if self.batch_size < 1:
+            return {"p50": None, "p99": None}
+        steps = [self.batch_size / rate for run in self.rates[name] for rate in run]
+        return {"p50": latency_ms(steps, 0.5), "p99": latency_ms(steps, 0.99)}
 
     @property
     def recommended(self) -> str:
@@ -98,6 +127,12 @@ class Verdict:
     def text(self) -> str:
         gain = self.vs_default
         span = f"{gain.value:.3f}x tf-default (95% CI {gain.low:.3f} to {gain.high:.3f})"
+        if self.goal.latency and self.batch_size:
+            # A speedup of a latency objective is tf-default's time over the winner's: say both times.
+            def said(name: str) -> str:
+                return self.goal.describe(self.statistic(name), self.batch_size)
+
+            span += f", {said(self.winner)} against {said(DEFAULT)}"
         if self.winner == DEFAULT:
             return "tf-default is fastest: recommend tf-default"
         if self.clear:
@@ -119,6 +154,9 @@ class Verdict:
             "clear": self.clear,
             "text": self.text(),
             "images_per_sec": {name: self.median(name) for name in self.rates},
+            "objective": self.objective,
+            "score": {name: self.statistic(name) for name in self.rates},
+            "latency_ms": {name: self.latency_ms(name) for name in self.rates},
             "speedup_vs_tf_default": self.vs_default.to_dict(),
             "speedup_vs_heuristic": self.vs_heuristic.to_dict() if self.vs_heuristic else None,
             "speedup_vs_each": {name: interval.to_dict() for name, interval in self.vs_others.items()},
@@ -128,23 +166,31 @@ class Verdict:
         }
 
 
-def decide(rates: dict[str, list[list[float]]], params: dict[str, dict[str, Any]], seed: int = 0) -> Verdict:
-    """Pick the winner by median and test it against tf-default.
+def decide(
+    rates: dict[str, list[list[float]]],
+    params: dict[str, dict[str, Any]],
+    seed: int = 0,
+    objective: str = "throughput",
+    batch_size: int = 0,
+) -> Verdict:
+    """Pick the winner by the objective's statistic (the median rate for throughput) and test it against
+    tf-default.
 
     The winner is the best of several candidates measured on the same data, so "clear" uses a Bonferroni
     interval (alpha / number of challengers) and needs at least MIN_ROUNDS paired rounds; the reported
     interval is the plain 95% one.
     """
-    winner = max(rates, key=lambda name: pooled_median(rates[name]))
-    vs_default = bootstrap_ratio(rates[winner], rates[DEFAULT], seed)
-    vs_heuristic = bootstrap_ratio(rates[winner], rates[HEURISTIC], seed) if HEURISTIC in rates else None
+    q = OBJECTIVES[objective].rate_quantile
+    winner = max(rates, key=lambda name: pooled(rates[name], q))
+    vs_default = bootstrap_ratio(rates[winner], rates[DEFAULT], seed, q=q)
+    vs_heuristic = bootstrap_ratio(rates[winner], rates[HEURISTIC], seed, q=q) if HEURISTIC in rates else None
     challengers = max(1, len(rates) - 1)
-    strict = bootstrap_ratio(rates[winner], rates[DEFAULT], seed, alpha=0.05 / challengers)
+    strict = bootstrap_ratio(rates[winner], rates[DEFAULT], seed, alpha=0.05 / challengers, q=q)
     enough = min(len(rates[winner]), len(rates[DEFAULT])) >= MIN_ROUNDS
     clear = winner != DEFAULT and enough and strict.low > 1.0
     # Against every other candidate too (the launchers' recipes among them), each with its 95% interval.
-    others = {name: bootstrap_ratio(rates[winner], rates[name], seed) for name in rates if name != winner}
-    return Verdict(rates, params, winner, clear, vs_default, vs_heuristic, others)
+    others = {name: bootstrap_ratio(rates[winner], rates[name], seed, q=q) for name in rates if name != winner}
+    return Verdict(rates, params, winner, clear, vs_default, vs_heuristic, others, objective, batch_size)
 
 
 class ConfirmationLog:
@@ -251,7 +297,8 @@ def confirm(
         rates[candidate.name].append(measurement.rates)
         if on_run is not None:
             on_run(round_, candidate, measurement)
-    return decide(rates, {c.name: c.settings.params() for c in candidates}, seed)
+    params = {c.name: c.settings.params() for c in candidates}
+    return decide(rates, params, seed, workload.objective, workload.batch_size)
 
 
 def confirm_logged(
@@ -272,7 +319,8 @@ def confirm_logged(
 
     def on_run(round_: int, candidate: Candidate, m: Measurement) -> None:
         log.add(round_, candidate.name, m)
-        progress(f"confirm round {round_ + 1}/{rounds} {candidate.name}: {m.images_per_sec:.2f} img/s")
+        value = workload.goal.describe(workload.goal.score(m.rates), workload.batch_size)
+        progress(f"confirm round {round_ + 1}/{rounds} {candidate.name}: {value}")
 
     return confirm(runner, candidates, workload, cores, policy, rounds, log.rates(), on_run, seed)
 

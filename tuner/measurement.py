@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuner.objective import latency_ms
+
 UNSTABLE_CV = 0.10  # per-step rates spread more than 10%: the burst did not measure one steady state
 
 
@@ -61,6 +63,16 @@ class Measurement:
         return statistics.median(self.rates)
 
     @property
+    def p50_ms(self) -> float | None:
+        """Median request time (a step is one request of ``batch_size`` samples), in milliseconds."""
+        return latency_ms(self.timed_seconds, 0.5)
+
+    @property
+    def p99_ms(self) -> float | None:
+        """99th-percentile request time in milliseconds; None from fewer than ``P99_MIN_STEPS`` steps."""
+        return latency_ms(self.timed_seconds, 0.99)
+
+    @property
     def loop_seconds(self) -> float:
         """Wall time of the timed loop: the worker's clock, or the sum of step times where it was not kept."""
         return self.timed_wall_seconds if self.timed_wall_seconds > 0 else math.fsum(self.timed_seconds)
@@ -100,6 +112,8 @@ class Measurement:
             "timed_wall_seconds": self.timed_wall_seconds,
             "images_per_sec": self.images_per_sec,
             "median_step_seconds": self.median_step_seconds,
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
             "mad": self.mad,
             "cv": self.cv,
             "unstable": self.unstable,

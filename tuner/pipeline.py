@@ -43,7 +43,18 @@ from tuner.cost import CostModel
 from tuner.envs import create as create_env
 from tuner.errors import TunerError
 from tuner.measurement import Measurement
-from tuner.plan import Prepared, StudyOptions, Yardstick, baseline_count, prepare, share, study_config, weight
+from tuner.models import ModelRef, as_ref
+from tuner.plan import (
+    Prepared,
+    StudyOptions,
+    Yardstick,
+    baseline_count,
+    check_model,
+    prepare,
+    share,
+    study_config,
+    weight,
+)
 from tuner.policy import BURST, CONFIRM, MeasurementPolicy
 from tuner.probe import fixed_knobs
 from tuner.records import StoredConfirmation, StoredVerdict
@@ -54,7 +65,7 @@ from tuner.signature import CpuSignature
 from tuner.space import SearchSpace
 from tuner.study import StudyConfig, StudyRun, duration
 from tuner.topology import core_set, sockets_for
-from tuner.workload import Workload
+from tuner.workload import workload_for
 
 Log = Callable[[str], None]
 SEARCH_SHARE = 0.5  # of a study's share: the search's; the rest goes to the benchmark-confirmation
@@ -153,8 +164,9 @@ class Job:
     counts: Sequence[int]
     modes: Sequence[str]
     budget_s: float | None
-    model: str = "resnet50"
+    model: ModelRef | str = "resnet50"
     batch_size: int = 32
+    objective: str = "throughput"
     seed: int = 0
     allow_precision: tuple[str, ...] = ()  # --allow-precision: bf16 is searched only when asked for
     force_precision: bool = False
@@ -217,7 +229,8 @@ class Job:
                 if not self._ready(runtime):
                     continue
                 probed = self.clock()
-                prepared.append(prepare(runtime, self._runner(runtime), max(self.counts)))
+                ready = prepare(runtime, self._runner(runtime), max(self.counts))
+                prepared.append(check_model(ready, self.model, self.log))
                 probe_s = max(probe_s, self.clock() - probed)
             except TunerError as error:
                 self._fail(f"runtime {runtime.name}", error)
@@ -282,9 +295,8 @@ class Job:
                 core_set(1),
                 self.signature,
             )
-            self.log(
-                f"{self.model}: {flops['infer'] / 1e9:.2f} GFLOP/image inference, {flops['train'] / 1e9:.2f} training"
-            )
+            counted = ", ".join(f"{flops[mode] / 1e9:.2f} GFLOP/sample {mode}" for mode in flops)
+            self.log(f"{as_ref(self.model).label}: {counted}")
         except TunerError as error:
             self._fail("FLOP count", error)
         # fp32 always; bf16 too where it may be searched, so a bf16 row is held against a bf16 matmul.
@@ -302,7 +314,8 @@ class Job:
                         self._fail(f"matmul peak {precision} {name} {n}c", error)
 
     def _config(self, ready: Prepared, n: int, mode: str, share: float | None) -> StudyConfig:
-        return study_config(ready, Workload(self.model, mode, self.batch_size), n, self.signature, share, self.options)
+        workload = workload_for(self.model, mode, self.batch_size, self.objective)
+        return study_config(ready, workload, n, self.signature, share, self.options)
 
     def _complete(self, study_name: str) -> bool:
         """The study has a verdict and the benchmark records of that very confirmation are stored."""
@@ -365,14 +378,14 @@ class Job:
             stock = "tensorflow" if "tensorflow" in visible else prepared[0].runtime.name
             for mode in self.modes:
                 for count in (1, 2):  # the reference table's GPU rows
-                    target = Target(stock, Workload(self.model, mode, GPU_BATCH), host, "gpu", count)
+                    target = Target(stock, workload_for(self.model, mode, GPU_BATCH), host, "gpu", count)
                     store(self.storage, skip_record(target, reason, self.signature))
             self.log(f"GPU rows skipped: {reason}")
             return
         for ready in prepared:
             for mode in self.modes:
                 for count in range(1, visible.get(ready.runtime.name, 0) + 1):
-                    target = Target(ready.runtime.name, Workload(self.model, mode, GPU_BATCH), host, "gpu", count)
+                    target = Target(ready.runtime.name, workload_for(self.model, mode, GPU_BATCH), host, "gpu", count)
                     tuned = stored_tuned(self.storage, self._config(ready, max(self.counts), mode, None).name)
                     settings = dataclasses.replace(
                         tuned or self._baseline(ready.space, len(host), DEFAULT), data_format="NCHW"

@@ -11,18 +11,21 @@ any); a floor taken is taken from the shares of the others, and floors that do n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from tuner.capability import Capabilities, plan_baselines
 from tuner.confirm import MIN_ROUNDS
 from tuner.cost import CostModel
-from tuner.errors import TunerError
+from tuner.errors import TunerError, WorkerError
+from tuner.models import ModelRef, as_ref, source_of
 from tuner.policy import BURST, CONFIRM, MeasurementPolicy, for_mode
 from tuner.probe import fixed_knobs, probe
-from tuner.runner import Runner
+from tuner.runner import Runner, TaskSpec
 from tuner.runtime import Runtime
+from tuner.settings import Settings
 from tuner.signature import CpuSignature
 from tuner.space import SearchSpace
 from tuner.space import load as load_space
@@ -99,6 +102,7 @@ class Prepared:
     facts: dict[str, Any]
     runner: Runner
     inert: tuple[str, ...] = field(default=())  # knobs searched although the runtime ignores them
+    model_facts: dict[str, Any] = field(default_factory=dict)  # a model file's check (``check_model``)
 
     def describe(self) -> str:
         f = self.facts
@@ -118,6 +122,27 @@ def prepare(
     space = space or load_space(runtime.space, most_cores)
     facts = probe(runner, runtime, core_set(1), fixed_knobs(space))
     return Prepared(runtime, space, facts, runner, tuple(inert))
+
+
+def check_model(ready: Prepared, model: ModelRef | str, log: Callable[[str], None] = lambda line: None) -> Prepared:
+    """A model file (or an application at another input shape) loaded once in a worker before any trial: it
+    loads, its inputs are known (else a line asking for --input-shape), its FLOPs are counted. A failure is
+    one ``TunerError`` line; the facts (parameters, inputs, FLOPs per sample) are stored on its studies."""
+    ref = as_ref(model)
+    if source_of(ref) is None:
+        return ready
+    settings = Settings.from_params(fixed_knobs(ready.space))
+    try:
+        result = ready.runner.compute(TaskSpec("describe", settings, core_set(1), model=ref))
+    except WorkerError as error:
+        raise TunerError(f"model {ref.label}: {error}") from None
+    facts = result.get("model_facts")
+    if not isinstance(facts, dict):
+        raise TunerError(f"model {ref.label}: its check came back without the model's facts")
+    facts = {**facts, "flops_per_sample": result.get("flops_per_image"), "kind": ref.kind}
+    inputs = ", ".join(f"{i.get('name')} {i.get('shape')} {i.get('dtype')}" for i in facts.get("inputs") or [])
+    log(f"model {ref.label}: {facts.get('params')} parameters; inputs {inputs}")
+    return dataclasses.replace(ready, model_facts=facts)
 
 
 @dataclass(frozen=True)
@@ -156,13 +181,14 @@ def study_config(
         python=str(getattr(ready.runner, "python", "")),
         trials=options.trials,
         budget_s=budget_s,
-        policy=for_mode(BURST, workload.mode),
-        confirm_policy=for_mode(options.confirm_policy, workload.mode),
+        policy=workload.goal.policy(for_mode(BURST, workload.mode)),
+        confirm_policy=workload.goal.policy(for_mode(options.confirm_policy, workload.mode), confirm=True),
         candidates=options.candidates,
         sampler=options.sampler,
         pruner=options.pruner,
         seed=options.seed,
         probe=ready.facts,
+        model_facts=ready.model_facts,
         inert=ready.inert,
         allow_precision=options.allow_precision,
         force_precision=options.force_precision,

@@ -51,10 +51,12 @@ class Recommendation:
     measured: str | None
     study: str
     imported: str | None = None  # the export file it came from, when it was imported rather than measured here
+    objective: str = "throughput"  # what the study optimised
 
     def provenance(self) -> dict[str, Any]:
         return {
             "model": self.model,
+            "objective": self.objective,
             "mode": self.mode,
             "cores": self.cores,
             "runtime": self.runtime,
@@ -178,6 +180,7 @@ def verdicts(storage: optuna.storages.BaseStorage, warn: Warn = lambda line: Non
                 measured=verdict.measured,
                 study=info.study_name,
                 imported=source,
+                objective=meta.objective,
             )
         )
     return found
@@ -193,13 +196,14 @@ def recommend(
     model: str = "resnet50",
     prefer_imported: bool = False,
     warn: Warn = lambda line: None,
+    objective: str = "throughput",
 ) -> list[Recommendation]:
     """The best known settings per core count and mode for the CPU asked for (default: this machine's).
     Studies measured here win over imported ones (whatever their dates), unless ``prefer_imported``."""
     pool = [
         r
         for r in verdicts(storage, warn)
-        if r.runtime == runtime and r.model == model and (mode is None or r.mode == mode)
+        if r.runtime == runtime and r.model == model and r.objective == objective and (mode is None or r.mode == mode)
     ]
     if cpu_name is not None:
         exact = [r for r in pool if r.cpu.get("model_name", "").strip().lower() == cpu_name.strip().lower()]
@@ -220,7 +224,12 @@ def recommend(
         nearest = min(abs(r.cores - wanted) for r in like)
         chosen = [r for r in like if abs(r.cores - wanted) == nearest]
         return [_borrow(r) for r in _latest(chosen, prefer_imported)]
-    what = f"{model} {runtime}" + (f" {mode}" if mode else "") + (f" on {cores} cores" if cores else "")
+    what = (
+        f"{model} {runtime}"
+        + (f" {mode}" if mode else "")
+        + (f" ({objective})" if objective != "throughput" else "")
+        + (f" on {cores} cores" if cores else "")
+    )
     cpu = cpu_name or f"{signature.model_name} ({signature.id})"
     raise TunerError(f"no confirmed verdict for {what} of {cpu}, nor of a CPU of the same vendor and ISA family")
 

@@ -19,6 +19,7 @@ from typing import Any, TypedDict, cast
 
 from tuner.errors import InvalidSettings, TunerError
 from tuner.measurement import Measurement
+from tuner.objective import OBJECTIVES
 from tuner.sanitize import one_line
 from tuner.settings import Settings
 
@@ -110,6 +111,7 @@ class StudyMeta:
     raw: Mapping[str, Any]
     space: str | None = None  # the search space's name
     inert_knobs: tuple[str, ...] = ()  # knobs searched although the runtime ignores them (--allow-inert)
+    objective: str = "throughput"  # what the study optimised (studies before objectives: throughput)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "tuner") -> StudyMeta:
@@ -136,6 +138,9 @@ class StudyMeta:
         inert = data.get("inert_knobs") or []
         if not isinstance(inert, list) or not all(isinstance(knob, str) for knob in inert):
             raise MalformedRecord(f"{where}.inert_knobs: must be a list of strings")
+        objective = _get(data, "objective", str, where, optional=True) or "throughput"
+        if objective not in OBJECTIVES:
+            raise MalformedRecord(f"{where}.objective: unknown objective {one_line(objective, 40)!r}")
         return cls(
             model=_get(data, "model", str, where),
             mode=mode,
@@ -148,6 +153,7 @@ class StudyMeta:
             raw=data,
             space=_get(data, "space", str, where, optional=True),
             inert_knobs=tuple(inert),
+            objective=objective,
         )
 
 
@@ -168,11 +174,19 @@ class StoredVerdict:
     rounds: int | None = None  # interleaved rounds every candidate was measured
     vs_heuristic: Mapping[str, float] | None = None  # the winner's speedup over the heuristic, as stored
     recommended_params: Mapping[str, object] = field(default_factory=dict)  # ``settings`` as stored
+    objective: str = "throughput"  # whose statistic ranked the candidates
+    score: Mapping[str, float] = field(default_factory=dict)  # each candidate's statistic (higher is better)
+    latency_ms: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)  # p50, p99 by candidate
+
+    def ranking(self) -> Mapping[str, float]:
+        """What ranked the candidates: the objective's statistic, or (verdicts before objectives) the median."""
+        return self.score or self.images_per_sec
 
     def best_sampled(self) -> str | None:
-        """The confirmed sampled candidate ("trial N") with the highest median, if any was confirmed."""
-        sampled = [name for name in self.params if name.startswith("trial ") and name in self.images_per_sec]
-        return max(sampled, key=lambda name: self.images_per_sec[name], default=None)
+        """The confirmed sampled candidate ("trial N") best by the objective, if any was confirmed."""
+        ranking = self.ranking()
+        sampled = [name for name in self.params if name.startswith("trial ") and name in ranking]
+        return max(sampled, key=lambda name: ranking[name], default=None)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "verdict") -> StoredVerdict:
@@ -185,8 +199,16 @@ class StoredVerdict:
                 raise MalformedRecord(f"{where}.speedup_vs_tf_default: must be an object")
             for key in ("value", "low", "high"):
                 _get(speedup, key, (int, float), f"{where}.speedup_vs_tf_default")
-        for key in ("images_per_sec", "speedup_vs_heuristic"):
+        for key in ("images_per_sec", "speedup_vs_heuristic", "score"):
             _numbers(data.get(key), f"{where}.{key}")
+        objective = _get(data, "objective", str, where, optional=True) or "throughput"
+        if objective not in OBJECTIVES:
+            raise MalformedRecord(f"{where}.objective: unknown objective {one_line(objective, 40)!r}")
+        latency = data.get("latency_ms") or {}
+        if not isinstance(latency, Mapping) or not all(
+            isinstance(v, Mapping) and all(x is None or _number(x) for x in v.values()) for v in latency.values()
+        ):
+            raise MalformedRecord(f"{where}.latency_ms: must map names to p50 and p99 numbers (or null)")
         params = data.get("params", {})
         if not isinstance(params, Mapping):
             raise MalformedRecord(f"{where}.params: must be an object")
@@ -205,6 +227,9 @@ class StoredVerdict:
             rounds=_get(data, "rounds", int, where, optional=True),
             vs_heuristic=data.get("speedup_vs_heuristic"),
             recommended_params=data["recommended_params"],  # a mapping: ``_settings`` checked it
+            objective=objective,
+            score=dict(data.get("score") or {}),
+            latency_ms={name: dict(v) for name, v in latency.items()},
         )
 
 
@@ -443,6 +468,10 @@ def tuner_studies(storage: Any, warn: Callable[[str], None]) -> list[Any]:
             continue
         found.append(info)
     return found
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _numbers(value: Any, where: str) -> None:

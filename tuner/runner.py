@@ -38,6 +38,7 @@ from tuner.errors import (
     WorkerTimeout,
 )
 from tuner.measurement import Measurement
+from tuner.models import ModelRef, as_ref
 from tuner.policy import MeasurementPolicy
 from tuner.settings import ENV_ALLOWLIST, Settings
 from tuner.workload import Workload
@@ -82,7 +83,7 @@ class TrialSpec:
             "replicas": self.replicas,
             **self.settings.framework_calls(),
             "cores": list(self.cores),
-            "model": self.workload.model,
+            **self.workload.ref.worker_fields(),
             "mode": self.workload.mode,
             "batch_size": self.workload.batch_size,
             "warmup": self.policy.warmup,
@@ -93,22 +94,28 @@ class TrialSpec:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A worker task that is not a timed trial: ``flops`` (count the model's FLOPs per image), ``matmul``
-    (a large fp32 matmul's GFLOP/s on ``cores``) or ``devices`` (what TensorFlow sees, GPUs included)."""
+    """A worker task that is not a timed trial: ``flops`` (count the model's FLOPs per image), ``describe``
+    (the same with the model's parameters and inputs: a model file's check before any trial), ``matmul`` (a
+    large fp32 matmul's GFLOP/s on ``cores``) or ``devices`` (what TensorFlow sees, GPUs included)."""
 
     task: str
     settings: Settings
     cores: tuple[int, ...]
-    model: str = "resnet50"
+    model: ModelRef | str = "resnet50"
     timeout_s: float = 600.0
     gpus: bool = False  # let the worker see the GPUs (hidden from every CPU measurement)
 
     def __post_init__(self) -> None:
-        if self.task not in ("flops", "matmul", "devices"):
+        if self.task not in ("flops", "describe", "matmul", "devices"):
             raise ValueError(f"unknown worker task {self.task!r}")
 
     def worker_spec(self) -> dict[str, Any]:
-        return {**self.settings.framework_calls(), "task": self.task, "cores": list(self.cores), "model": self.model}
+        return {
+            **self.settings.framework_calls(),
+            "task": self.task,
+            "cores": list(self.cores),
+            **as_ref(self.model).worker_fields(),
+        }
 
 
 class Runner(Protocol):

@@ -34,6 +34,7 @@ from tuner.confirm import (
 from tuner.cost import CostModel
 from tuner.errors import Interrupted, Pruned, TunerError
 from tuner.measurement import Measurement
+from tuner.objective import OBJECTIVES, Objective
 from tuner.owner import fail_orphans
 from tuner.owner import identity as owner_identity
 from tuner.policy import BURST, CONFIRM, MeasurementPolicy
@@ -69,6 +70,7 @@ class StudyConfig:
     pruner: str = "none"
     seed: int = 0
     probe: dict[str, Any] = field(default_factory=dict, compare=False)  # what the runtime really loaded
+    model_facts: dict[str, Any] = field(default_factory=dict, compare=False)  # a model file's parameters, inputs
     inert: tuple[str, ...] = ()  # knobs searched although the runtime ignores them (--allow-inert)
     allow_precision: tuple[str, ...] = ()  # precisions other than fp32 the user opted into (--allow-precision)
     force_precision: bool = False  # search them even where the CPU lacks the instructions (--force-precision)
@@ -76,14 +78,18 @@ class StudyConfig:
     @property
     def name(self) -> str:
         w = self.workload
-        return f"{w.model}-{w.mode}-b{w.batch_size}-{self.runtime}-{len(self.cores)}c-{self.signature.id}"
+        goal = "" if w.objective == "throughput" else f"-{w.objective}"  # throughput studies keep their names
+        return f"{w.model}-{w.mode}{goal}-b{w.batch_size}-{self.runtime}-{len(self.cores)}c-{self.signature.id}"
 
     def metadata(self) -> dict[str, Any]:
         """Where and how this study measures; stored on the study when it is created."""
         return {
             "model": self.workload.model,
+            "model_source": None if self.workload.source is None else self.workload.source.worker_fields(),
             "mode": self.workload.mode,
             "batch_size": self.workload.batch_size,
+            "objective": self.workload.objective,
+            "model_facts": self.model_facts,
             "runtime": self.runtime,
             "python": self.python,
             "cores": len(self.cores),
@@ -194,7 +200,12 @@ class StudyRun:
             self.study.sampler = make_sampler(config.sampler, config.seed + done)
         self._current = -1  # the trial being measured, to tell whether another process finished it
         caps = Capabilities.from_probe(config.probe, config.allow_precision, config.force_precision)
-        self.caps = dataclasses.replace(caps, splits=splits(config.cores))
+        self.caps = dataclasses.replace(
+            caps,
+            splits=splits(config.cores),
+            model_file=config.workload.ref.kind != "app",
+            latency=config.workload.goal.latency,
+        )
         # The space and baselines as they can run here (the probe's read-back): see tuner/capability.py.
         self.space, excluded = narrow(config.space, self.caps, len(config.cores), keep=config.inert)
         kept = set(self.space.data["knobs"])  # a knob taken out is not set by the baselines either
@@ -304,7 +315,7 @@ class StudyRun:
         measurement = self.runner.run(spec, on_step)
         trial.set_user_attr("trial_seconds", self.clock() - started)
         trial.set_user_attr("measurement", measurement.to_dict())
-        return measurement.images_per_sec
+        return self.config.workload.goal.score(measurement.rates)
 
     # -- the search -----------------------------------------------------------------------------------
 
@@ -369,9 +380,11 @@ class StudyRun:
         return finished[-1]
 
     def _report(self, trial: FrozenTrial, complete: int, deadline: float | None) -> None:
-        best = f"best {self.study.best_value:.2f}" if self.measured() else "no best yet"
+        w = self.config.workload
+        best = f"best {w.goal.describe(self.study.best_value, w.batch_size)}" if self.measured() else "no best yet"
         left = f", ~{duration(deadline - self.clock())} left" if deadline is not None else ""
-        self.progress(f"trial {trial.number} [{complete}/{self.config.trials}] {outcome(trial)} | {best}{left}")
+        line = outcome(trial, w.goal)
+        self.progress(f"trial {trial.number} [{complete}/{self.config.trials}] {line} | {best}{left}")
 
     # -- confirmation -------------------------------------------------------------------------------
 
@@ -431,12 +444,13 @@ class StudyRun:
         return importances
 
 
-def outcome(trial: FrozenTrial) -> str:
+def outcome(trial: FrozenTrial, goal: Objective = OBJECTIVES["throughput"]) -> str:
     """What one finished trial measured, or why it failed or was skipped, as a progress line says it."""
     label = trial.user_attrs.get("baseline") or Settings.from_params(trial.params).label()
     if trial.state == TrialState.COMPLETE:
         m = Measurement.from_dict(trial.user_attrs["measurement"])
-        return f"{label}: {m.images_per_sec:.2f} img/s (cv {m.cv:.1%}{', unstable' if m.unstable else ''})"
+        value = goal.describe(goal.score(m.rates), m.batch_size)
+        return f"{label}: {value} (cv {m.cv:.1%}{', unstable' if m.unstable else ''})"
     if trial.state == TrialState.FAIL:
         reason = trial.user_attrs.get("fail_reason", "error")
         return f"{label}: FAILED ({reason}: {trial.user_attrs.get('fail_message', '')})"

@@ -14,12 +14,13 @@ import optuna
 
 from tuner.cost import CostModel
 from tuner.errors import TunerError
+from tuner.models import ModelRef
 from tuner.plan import Prepared, StudyOptions, Yardstick, baseline_count, share, study_config, weight
 from tuner.policy import BURST
 from tuner.signature import CpuSignature
 from tuner.study import StudyRun, duration
 from tuner.summary import format_importances
-from tuner.workload import Workload
+from tuner.workload import Workload, workload_for
 
 Log = Callable[[str], None]
 
@@ -32,15 +33,19 @@ class TuneJob:
     counts: Sequence[int]
     modes: Sequence[str]
     budget_s: float | None
-    model: str = "resnet50"
+    model: ModelRef | str = "resnet50"
     batch_size: int = 32
     options: StudyOptions = field(default_factory=StudyOptions)
+    objective: str = "throughput"
     search_only: bool = False  # a fleet worker (--no-confirm): search; one final `tuner tune` confirms
     probe_s: float = 0.0  # what the probe took: before any study is measured, what one run costs here
     log: Log = print
     clock: Callable[[], float] = time.monotonic
     studies: list[str] = field(default_factory=list)  # names of the studies that finished
     failures: list[str] = field(default_factory=list)
+
+    def _workload(self, mode: str) -> Workload:
+        return workload_for(self.model, mode, self.batch_size, self.objective)
 
     def _tagged(self, tag: str) -> Log:
         return lambda line: self.log(f"{tag} {line}")
@@ -51,8 +56,7 @@ class TuneJob:
         started = self.clock()
         deadline = None if self.budget_s is None else started + self.budget_s
         configs = [
-            study_config(self.ready, Workload(self.model, mode, self.batch_size), n, self.signature, None, self.options)
-            for mode, n in plan
+            study_config(self.ready, self._workload(mode), n, self.signature, None, self.options) for mode, n in plan
         ]
         baselines = [baseline_count(self.ready, n) for _, n in plan]
         yardstick = Yardstick(CostModel.estimate(self.probe_s, BURST))
@@ -61,7 +65,7 @@ class TuneJob:
             # As `tuner run` shares it: no study below what its baselines and shortest confirmation need.
             floors = [yardstick.floor_s(configs[i], baselines[i], weights[i]) for i in range(index, len(plan))]
             budget = share(left, weights[index:], floors)
-            workload = Workload(self.model, mode, self.batch_size)
+            workload = self._workload(mode)
             config = study_config(self.ready, workload, n, self.signature, budget, self.options)
             budget_text = "" if budget is None else f", share {duration(budget)}"
             self.log(

@@ -11,8 +11,9 @@ Every event goes to the dedicated channel (file descriptor N) as one JSON object
 step times and what the runtime really applied, read back from it rather than echoed from the request.
 
 Tasks (``"task"`` in the spec): ``measure`` (default: time train or infer steps, on one CPU replica or
-several through ``tf.distribute.MirroredStrategy``), ``flops`` (count the model's FLOPs per image from its
-graphs), ``matmul`` (a large fp32 matmul's GFLOP/s on the same core set: the hardware yardstick) and
+several through ``tf.distribute.MirroredStrategy``), ``flops`` and ``describe`` (count the model's FLOPs per
+sample from its graphs, with its parameters and input signature), ``matmul`` (a large fp32 matmul's GFLOP/s
+on the same core set: the hardware yardstick) and
 ``devices`` (the runtime facts alone, GPUs seen included).
 """
 
@@ -29,8 +30,21 @@ import sys
 import time
 from typing import Any
 
-IMAGE_SHAPES = {"resnet50": (224, 224, 3), "tiny": (32, 32, 3)}
-CLASSES = {"resnet50": 1000, "tiny": 10}
+# keras.applications class and input size of the reference family (the controller's tuner/models.py names the
+# same); "tiny" is the fast test model. All are built without weights: nothing is downloaded.
+APPLICATIONS = {
+    "resnet50": ("ResNet50", 224),
+    "resnet101": ("ResNet101", 224),
+    "resnet152": ("ResNet152", 224),
+    "inception_v3": ("InceptionV3", 299),
+    "vgg16": ("VGG16", 224),
+    "mobilenet_v2": ("MobileNetV2", 224),
+    "densenet121": ("DenseNet121", 224),
+    "efficientnet_b0": ("EfficientNetB0", 224),
+}
+CLASSES = 1000
+TINY_SHAPE, TINY_CLASSES = (32, 32, 3), 10
+NO_VOCABULARY = 2  # integer inputs of a model with no embedding table are drawn from [0, 2)
 
 
 class Channel:
@@ -44,44 +58,212 @@ class Channel:
         self._file.flush()
 
 
-def build_model(name: str, data_format: str) -> Any:
-    """Keras ResNet-50 without weights (no download) or the tiny test model, in the given layout."""
+class Model:
+    """What a step runs: the Keras model (None for a SavedModel), a call on a list of input tensors, the inputs
+    as (name, per-sample shape, dtype), the vocabulary integer inputs are drawn within, and the loss."""
+
+    def __init__(self, keras_model: Any, call: Any, inputs: list[tuple[str, tuple[Any, ...], str]],
+                 vocabulary: int, loss: str, classes: int = CLASSES) -> None:  # fmt: skip
+        self.keras = keras_model
+        self.call = call
+        self.inputs = inputs
+        self.vocabulary = vocabulary
+        self.loss = loss  # "sparse" (an application's softmax), "logits" (tiny), "square" (a user's model)
+        self.classes = classes
+
+    @property
+    def layers(self) -> list[Any]:
+        return [] if self.keras is None else list(self.keras.layers)
+
+    @property
+    def trainable_variables(self) -> list[Any]:
+        return [] if self.keras is None else list(self.keras.trainable_variables)
+
+    def facts(self) -> dict[str, Any]:
+        """Parameters and input signature, read from the loaded model."""
+        if self.keras is not None:
+            params = int(self.keras.count_params())
+        else:
+            params = int(sum(_size(v.shape) for v in self.call.variables))
+        inputs = [{"name": name, "shape": list(shape), "dtype": dtype} for name, shape, dtype in self.inputs]
+        return {"params": params, "inputs": inputs, "vocabulary": self.vocabulary}
+
+
+def _size(shape: Any) -> int:
+    total = 1
+    for dim in shape:
+        total *= int(dim)
+    return total
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _shape_text(shape: tuple[Any, ...]) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def resolve_inputs(inputs: list[tuple[str, tuple[Any, ...], str]], override: list[int] | None) -> list[Any]:
+    """The inputs with every per-sample size known: from the model, else from ``--input-shape`` (which must
+    then have the input's rank and agree with its known sizes); else exit asking for it."""
+    resolved = []
+    for name, shape, dtype in inputs:
+        if None in shape or (override is not None and len(inputs) == 1 and list(shape) != override):
+            if override is None:
+                example = ",".join("224" if d is None else str(d) for d in shape) or "1"
+                raise SystemExit(
+                    f"the model's input {name!r} has shape {_shape_text(shape)} with unknown sizes: "
+                    f"give --input-shape (one sample's shape, e.g. --input-shape {example})"
+                )
+            clash = any(d is not None and d != o for d, o in zip(shape, override, strict=False))
+            if len(override) != len(shape) or clash:
+                raise SystemExit(
+                    f"--input-shape {','.join(map(str, override))} does not fit the model's input {name!r} "
+                    f"of shape {_shape_text(shape)}"
+                )
+            shape = tuple(override)
+        if dtype == "string":
+            raise SystemExit(f"the model's input {name!r} takes strings: only numeric inputs can be synthesised")
+        resolved.append((name, tuple(shape), dtype))
+    return resolved
+
+
+def _keras_vocabulary(model: Any) -> int:
+    """The smallest ``input_dim`` of the model's Embedding layers (nested models included), else 2."""
+    sizes = []
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop()
+        stack.extend(getattr(layer, "layers", []) or [])
+        if type(layer).__name__ == "Embedding":
+            sizes.append(int(layer.input_dim))
+    return min(sizes, default=NO_VOCABULARY)
+
+
+def _saved_model_vocabulary(function: Any, variables: list[Any]) -> int:
+    """A SavedModel keeps no layers: where its functions gather (an embedding lookup), integer inputs stay
+    below the smallest first dimension of its 2-D variables, which an embedding table is; else 2."""
+    library = function.graph.as_graph_def().library.function
+    gathers = any("Gather" in node.op for fdef in library for node in fdef.node_def)
+    gathers = gathers or any("Gather" in op.type for op in function.graph.get_operations())
+    tables = [int(v.shape[0]) for v in variables if len(v.shape) == 2]
+    return min(tables) if gathers and tables else NO_VOCABULARY
+
+
+def _dtype(value: Any) -> str:
+    return str(getattr(value, "name", value))
+
+
+def build_model(spec: dict[str, Any], data_format: str) -> Model:
+    """The model the spec names: an application or the tiny model built in the given layout, or a model file
+    (``.keras`` loaded in safe mode, or a SavedModel's serving signature) with its own layout."""
     import keras
 
-    keras.backend.set_image_data_format(data_format)
-    height, width, channels = IMAGE_SHAPES[name]
-    shape = (height, width, channels) if data_format == "channels_last" else (channels, height, width)
-    if name == "resnet50":
-        return keras.applications.ResNet50(weights=None, input_shape=shape, classes=CLASSES[name])
-    layers = keras.layers
-    return keras.Sequential(
-        [
-            keras.Input(shape=shape),
-            layers.Conv2D(16, 3, padding="same", activation="relu"),
-            layers.Conv2D(32, 3, strides=2, padding="same", activation="relu"),
-            layers.Conv2D(32, 3, strides=2, padding="same", activation="relu"),
-            layers.GlobalAveragePooling2D(),
-            layers.Dense(CLASSES[name]),
-        ]
-    )
+    kind = spec.get("model_kind", "app")
+    name = spec["model"]
+    override = spec.get("input_shape")
+    if kind == "app":
+        keras.backend.set_image_data_format(data_format)
+        if name == "tiny":
+            height, width, channels = override or TINY_SHAPE
+        elif name in APPLICATIONS:
+            size = APPLICATIONS[name][1]
+            height, width, channels = override or (size, size, 3)
+        else:
+            raise SystemExit(f"unknown model {name!r}")
+        shape = (height, width, channels) if data_format == "channels_last" else (channels, height, width)
+        if name == "tiny":
+            layers = keras.layers
+            model = keras.Sequential(
+                [
+                    keras.Input(shape=shape),
+                    layers.Conv2D(16, 3, padding="same", activation="relu"),
+                    layers.Conv2D(32, 3, strides=2, padding="same", activation="relu"),
+                    layers.Conv2D(32, 3, strides=2, padding="same", activation="relu"),
+                    layers.GlobalAveragePooling2D(),
+                    layers.Dense(TINY_CLASSES),
+                ]
+            )
+            return Model(model, model, [("input", shape, "float32")], NO_VOCABULARY, "logits", TINY_CLASSES)
+        model = getattr(keras.applications, APPLICATIONS[name][0])(weights=None, input_shape=shape, classes=CLASSES)
+        return Model(model, model, [("input", shape, "float32")], NO_VOCABULARY, "sparse")
+    path = spec["model_path"]
+    if kind == "keras":
+        try:
+            model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        except Exception as error:  # the file is the user's: any failure to load is one line
+            raise SystemExit(f"cannot load the Keras model {path}: {_first_line(error)}") from None
+        declared = [(t.name, tuple(t.shape)[1:], _dtype(t.dtype)) for t in model.inputs]
+        return Model(model, model, resolve_inputs(declared, override), _keras_vocabulary(model), "square")
+    if kind == "savedmodel":
+        import tensorflow as tf
+
+        try:
+            loaded = tf.saved_model.load(path)
+        except Exception as error:
+            raise SystemExit(f"cannot load the SavedModel {path}: {_first_line(error)}") from None
+        signatures = dict(loaded.signatures)
+        if not signatures:
+            raise SystemExit(f"the SavedModel {path} has no serving signature to call")
+        function = signatures.get("serving_default") or signatures[sorted(signatures)[0]]
+        _, named = function.structured_input_signature
+        declared = [(key, tuple(s.shape.as_list()[1:]), s.dtype.name) for key, s in sorted(named.items())]
+        names = [key for key, _, _ in declared]
+
+        def call(tensors: Any, training: bool = False) -> Any:
+            return function(**dict(zip(names, tensors if isinstance(tensors, list) else [tensors], strict=True)))
+
+        call.variables = list(getattr(loaded, "variables", []))  # type: ignore[attr-defined]
+        vocabulary = _saved_model_vocabulary(function, call.variables)  # type: ignore[attr-defined]
+        return Model(None, call, resolve_inputs(declared, override), vocabulary, "square")
+    raise SystemExit(f"unknown model kind {kind!r}")
 
 
-def build_step(tf: Any, model: Any, mode: str, batch: int, name: str, strategy: Any = None) -> Any:
+def synthetic_inputs(tf: Any, model: Model, batch: int) -> Any:
+    """One batch of each input, made once: floats uniform in [0, 1); integers uniform in [0, vocabulary),
+    the model's smallest embedding table, so a lookup never indexes out of range; booleans false."""
+    tensors = []
+    for index, (_, shape, dtype) in enumerate(model.inputs):
+        full = (batch, *shape)
+        if dtype.startswith(("float", "bfloat")):
+            tensors.append(tf.cast(tf.random.uniform(full, dtype=tf.float32, seed=1 + index), dtype))
+        elif dtype.startswith(("int", "uint")):
+            drawn = tf.random.uniform(full, maxval=model.vocabulary, dtype=tf.int64, seed=1 + index)
+            tensors.append(tf.cast(drawn, dtype))
+        elif dtype == "bool":
+            tensors.append(tf.zeros(full, dtype=tf.bool))
+        else:
+            raise SystemExit(f"the model's input {model.inputs[index][0]!r} has type {dtype}: not synthesised")
+    return tensors[0] if len(tensors) == 1 else tensors
+
+
+def build_step(tf: Any, model: Model, mode: str, batch: int, strategy: Any = None) -> Any:
     """A compiled (``tf.function``) train or infer step on synthetic data made once, outside the timed loop.
 
     With a ``tf.distribute`` strategy each replica gets its own ``batch`` (global batch = batch x replicas),
-    gradients are all-reduced by the optimizer, and the step returns the summed loss over replicas.
+    gradients are all-reduced by the optimizer, and the step returns the summed loss over replicas. An
+    application trains on random labels with cross-entropy, as tf_cnn_benchmarks does; a user's model, whose
+    outputs the tool cannot interpret, on the mean square of its outputs (forward, backward and update cost
+    the same whatever the loss).
     """
-    shape = (batch, *model.input_shape[1:])
 
     def make_inputs(_context: Any = None) -> tuple[Any, Any]:
-        images = tf.random.uniform(shape, dtype=tf.float32, seed=1)
-        labels = tf.random.uniform((batch,), maxval=CLASSES[name], dtype=tf.int32, seed=2)
+        images = synthetic_inputs(tf, model, batch)
+        labels = tf.random.uniform((batch,), maxval=model.classes, dtype=tf.int32, seed=2)
         return images, labels
 
     import keras
 
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=name == "tiny", reduction="none")
+    sparse = keras.losses.SparseCategoricalCrossentropy(from_logits=model.loss == "logits", reduction="none")
+
+    def per_example(labels: Any, outputs: Any) -> Any:
+        if model.loss != "square":
+            return sparse(labels, outputs)
+        flat = [tf.reshape(tf.cast(out, tf.float32), (batch, -1)) for out in tf.nest.flatten(outputs)]
+        return tf.add_n([tf.reduce_mean(tf.square(out), axis=1) for out in flat])
+
     replicas = 1 if strategy is None else strategy.num_replicas_in_sync
     if strategy is None:
         inputs = make_inputs()
@@ -93,17 +275,21 @@ def build_step(tf: Any, model: Any, mode: str, batch: int, name: str, strategy: 
         optimizer = keras.optimizers.SGD(learning_rate=0.01)
 
     def forward(batch_inputs: tuple[Any, Any]) -> Any:
-        return tf.reduce_sum(model(batch_inputs[0], training=False))
+        outputs = tf.nest.flatten(model.call(batch_inputs[0], training=False))
+        return tf.add_n([tf.reduce_sum(tf.cast(out, tf.float32)) for out in outputs])
 
     def update(batch_inputs: tuple[Any, Any]) -> Any:
         images, labels = batch_inputs
         with tf.GradientTape() as tape:
-            per_example = loss_fn(labels, model(images, training=True))
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=batch * replicas)
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            losses = per_example(labels, model.call(images, training=True))
+            loss = tf.nn.compute_average_loss(losses, global_batch_size=batch * replicas)
+        variables = model.trainable_variables
+        grads = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
         return loss
 
+    if mode == "train" and model.keras is None:
+        raise SystemExit("training needs a Keras model: a SavedModel keeps only its serving function")
     body = forward if mode == "infer" else update
 
     def one_step() -> Any:
@@ -131,16 +317,17 @@ def make_strategy(tf: Any, device: str, replicas: int) -> Any:
     return tf.distribute.MirroredStrategy(devices=names)
 
 
-def count_flops(tf: Any, model: Any, name: str) -> dict[str, float]:
-    """FLOPs per image of the forward pass and of one training step, counted from their graphs by
-    TensorFlow's profiler (registered per-op statistics: convolutions, their gradients, matmuls)."""
+def count_flops(tf: Any, model: Model) -> dict[str, float]:
+    """FLOPs per image of the forward pass and of one training step (None for a SavedModel, which cannot
+    train), counted from their graphs by TensorFlow's profiler (per-op statistics: convolutions, their
+    gradients, matmuls)."""
     from tensorflow.python.profiler.model_analyzer import profile
     from tensorflow.python.profiler.option_builder import ProfileOptionBuilder
 
     options = ProfileOptionBuilder(ProfileOptionBuilder.float_operation()).with_empty_output().build()
     counted = {}
-    for mode in ("infer", "train"):
-        graph = build_step(tf, model, mode, 1, name).get_concrete_function().graph
+    for mode in ("infer", "train") if model.keras is not None else ("infer",):
+        graph = build_step(tf, model, mode, 1).get_concrete_function().graph
         counted[mode] = float(profile(graph=graph, options=options).total_float_ops)
     return counted
 
@@ -178,8 +365,9 @@ def set_precision(precision: str) -> None:
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
 
 
-def compute_dtype(model: Any) -> str | None:
-    """The compute type the model's first layer with weights really uses (read back, not echoed)."""
+def compute_dtype(model: Model) -> str | None:
+    """The compute type the model's first layer with weights really uses (read back, not echoed); None for a
+    SavedModel, whose layers are not kept."""
     for layer in model.layers:
         if layer.weights:
             dtype = getattr(layer, "compute_dtype", None)
@@ -299,11 +487,13 @@ def run(spec: dict[str, Any], channel: Channel) -> None:
     imported = time.perf_counter()
     set_precision(spec.get("precision", "fp32"))
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        model = build_model(spec["model"], spec["data_format"])
-    if task == "flops":
-        channel.send("result", flops_per_image=count_flops(tf, model, spec["model"]), **runtime_facts(tf))
+        model = build_model(spec, spec["data_format"])
+    if task in ("flops", "describe"):
+        # describe: the check of a model file before any trial (it loads, its inputs are known, it runs).
+        flops = count_flops(tf, model)
+        channel.send("result", flops_per_image=flops, model_facts=model.facts(), **runtime_facts(tf))
         return
-    compiled = build_step(tf, model, spec["mode"], spec["batch_size"], spec["model"], strategy)
+    compiled = build_step(tf, model, spec["mode"], spec["batch_size"], strategy)
 
     def step() -> float:
         return float(compiled().numpy())
@@ -334,7 +524,7 @@ def run(spec: dict[str, Any], channel: Channel) -> None:
     facts = runtime_facts(tf)
     facts.update(openmp_facts(), thread_cpus=thread_cpus(), **keras_facts())
     facts.update(allocator_facts())
-    facts.update(compute_dtype=compute_dtype(model))
+    facts.update(compute_dtype=compute_dtype(model), model_facts=model.facts())
     facts.update(replicas=1 if strategy is None else strategy.num_replicas_in_sync)
     if probe_log is not None:
         import ctypes

@@ -1,12 +1,13 @@
-"""What a trial runs: a model, train or infer, and a batch size, on synthetic data."""
+"""What a trial runs: a model, train or infer, a batch size and the objective, on synthetic data."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tuner import objective as objectives
 from tuner.errors import UsageError
+from tuner.models import MODELS, ModelRef, as_ref, source_of
 
-MODELS = ("resnet50", "tiny")  # tiny: a few conv layers on 32x32 inputs, for fast tests only
 MODES = ("train", "infer")
 
 
@@ -15,14 +16,37 @@ class Workload:
     model: str = "resnet50"
     mode: str = "infer"
     batch_size: int = 32
+    objective: str = "throughput"
+    source: ModelRef | None = None  # a model file, or an application at another input shape; None: ``model``
 
     def __post_init__(self) -> None:
-        if self.model not in MODELS:
+        if self.source is None and self.model not in MODELS:
             raise UsageError(f"unknown model {self.model!r}; known: {', '.join(MODELS)}")
+        if self.source is not None and self.source.label != self.model:
+            raise UsageError(f"model {self.model!r} does not match its source {self.source.label!r}")
+        objectives.get(self.objective)
+        if self.mode == "train" and not self.ref.trainable:
+            raise UsageError(
+                f"model {self.model}: training needs a Keras model (.keras file or application); "
+                "a SavedModel keeps only its serving function: use --mode infer"
+            )
         if self.mode not in MODES:
             raise UsageError(f"unknown mode {self.mode!r}; known: {', '.join(MODES)}")
         if not 1 <= self.batch_size <= 4096:
             raise UsageError(f"batch size must be from 1 to 4096, got {self.batch_size}")
+
+    @property
+    def ref(self) -> ModelRef:
+        return self.source or ModelRef(self.model)
+
+    @property
+    def goal(self) -> objectives.Objective:
+        return objectives.get(self.objective)
+
+
+def workload_for(model: ModelRef | str, mode: str, batch_size: int, objective: str = "throughput") -> Workload:
+    """The workload of one study of a job: the job's model (by name or resolved), mode, batch and objective."""
+    return Workload(as_ref(model).label, mode, batch_size, objective, source_of(model))
 
 
 def parse_modes(text: str | None) -> list[str]:
