@@ -356,6 +356,7 @@ class BenchmarkRecord(TypedDict, total=False):
     gpus: int
     replicas: int
     model: str
+    objective: str
     mode: str
     batch_size: int
     global_batch: int
@@ -367,6 +368,8 @@ class BenchmarkRecord(TypedDict, total=False):
     images_per_sec: float
     ms_per_image: float
     step_seconds: float
+    p50_ms: float | None
+    p99_ms: float | None
     rate_median: float
     rate_jitter: float
     rate_cv: float
@@ -424,8 +427,10 @@ def check_record(data: Any, where: str = "record") -> BenchmarkRecord:
     kind = data.get("kind")
     if kind == "flops":
         flops = _get(data, "flops_per_image", Mapping, where)
-        for mode in MODES:
-            if _get(flops, mode, (int, float), f"{where}.flops_per_image") <= 0:
+        for mode in MODES:  # inference always; a SavedModel cannot train, so it has no training count
+            if _get(flops, mode, (int, float), f"{where}.flops_per_image", optional=mode == "train") is None:
+                continue
+            if flops[mode] <= 0:
                 raise MalformedRecord(f"{where}.flops_per_image.{mode}: must be positive")
         _get(data, "model", str, where)
     elif kind == "matmul":
@@ -439,6 +444,11 @@ def check_record(data: Any, where: str = "record") -> BenchmarkRecord:
         if data["mode"] not in MODES or data["device"] not in ("cpu", "gpu"):
             raise MalformedRecord(f"{where}: mode must be train or infer, device cpu or gpu")
         _get(data, "memory_gib", (int, float), where, optional=True)
+        if (_get(data, "objective", str, where, optional=True) or "throughput") not in OBJECTIVES:
+            raise MalformedRecord(f"{where}.objective: unknown objective")
+        for key in ("p50_ms", "p99_ms"):
+            if _get(data, key, (int, float), where, optional=True) is not None and data[key] <= 0:
+                raise MalformedRecord(f"{where}.{key}: must be positive")
         if "skipped" in data:
             _get(data, "skipped", str, where)
         else:

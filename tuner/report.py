@@ -295,7 +295,8 @@ def _study_section(page: Page, study: optuna.Study, meta: StudyMeta) -> None:
     verdict = None
     if "verdict" in study.user_attrs:
         verdict = StoredVerdict.from_dict(study.user_attrs["verdict"], f"study {study.study_name}: verdict")
-    heading = f"{meta.model} {meta.mode}, {cores_text(meta.cores)}, batch {meta.batch_size}"
+    goal = "" if meta.objective == "throughput" else f", objective {meta.objective}"
+    heading = f"{meta.model} {meta.mode}, {cores_text(meta.cores)}, batch {meta.batch_size}{goal}"
     page.text(f'<h3 id="{html.escape(study.study_name)}">{html.escape(heading)}</h3>')
     facts = [
         f"study <code>{html.escape(study.study_name)}</code>",
@@ -351,12 +352,15 @@ def build(
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         # tuner_studies checked the metadata: this reads it as the typed record.
         studies.append((study, StudyMeta.from_dict(study.user_attrs["tuner"], f"study {study.study_name}: tuner")))
-    groups: dict[tuple[str, str], Group] = {}
+    # One section per CPU, runtime, model and objective: figures never mix two models or two objectives.
+    groups: dict[tuple[str, str, str, str], Group] = {}
     for study, meta in studies:
-        groups.setdefault((str(meta.cpu.get("id")), meta.runtime), Group(meta.cpu)).studies.append((study, meta))
+        key = (str(meta.cpu.get("id")), meta.runtime, meta.model, meta.objective)
+        groups.setdefault(key, Group(meta.cpu)).studies.append((study, meta))
     for r in records:
         if r.get("kind") == "benchmark":
-            key = (str(r.get("cpu", {}).get("id")), str(r.get("runtime")))
+            model, objective = str(r.get("model")), str(r.get("objective") or "throughput")
+            key = (str(r.get("cpu", {}).get("id")), str(r.get("runtime")), model, objective)
             groups.setdefault(key, Group(r.get("cpu", {}))).records.append(r)
     yardsticks = [r for r in records if r.get("kind") in ("flops", "matmul")]
     now = datetime.now(UTC).isoformat(timespec="seconds")
@@ -371,9 +375,10 @@ def build(
         page.sentence(f"Left out: {len(foreign)} Optuna studies not made by tuner ({', '.join(sorted(foreign)[:5])}).")
     if not groups:
         page.sentence("No studies or benchmark records in this storage yet (run: tuner run).")
-    ordered_groups = sorted(groups.items(), key=lambda item: (item[0][0], item[1].name(item[0][1])))
-    for (cpu_id, runtime), group in ordered_groups:
-        heading = group.name(runtime)
+    ordered_groups = sorted(groups.items(), key=lambda item: (item[0][0], item[0][2], item[0][3], item[0][1]))
+    for (cpu_id, runtime, model, objective), group in ordered_groups:
+        goal = "" if objective == "throughput" else f", objective {objective}"
+        heading = f"{model}{goal}: {group.name(runtime)}"
         page.text(f"<h2>{html.escape(heading)}</h2>")
         isa = ", ".join(group.cpu.get("isa", [])) or "?"
         page.text(f"<p>CPU signature {html.escape(cpu_id)}: {html.escape(isa)}</p>")

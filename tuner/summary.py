@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 
 from tuner.capability import NOT_RUNNABLE
 from tuner.confirm import DEFAULT, HEURISTIC
+from tuner.objective import OBJECTIVES
 from tuner.records import StoredRunnable, StoredVerdict, StudyMeta, tuner_studies
 from tuner.sanitize import one_line
 
@@ -50,6 +51,8 @@ class VerdictSummary(TypedDict):
     speedup_vs_heuristic: dict[str, float] | None
     rounds: int | None
     measured: str | None
+    score: dict[str, float]  # the objective's statistic of each candidate (higher is better)
+    latency_ms: dict[str, dict[str, float | None]]  # p50 and p99 request times of each candidate
 
 
 class StudySummary(TypedDict):
@@ -59,6 +62,7 @@ class StudySummary(TypedDict):
     model: str
     mode: str
     batch_size: int
+    objective: str  # throughput, latency (p50) or p99: what the study optimised
     runtime: str
     cores: int
     cpu: CpuName
@@ -91,6 +95,8 @@ def summarize_verdict(verdict: StoredVerdict) -> VerdictSummary:
         speedup_vs_heuristic=_interval(verdict.vs_heuristic),
         rounds=verdict.rounds,
         measured=verdict.measured,
+        score=dict(verdict.score),
+        latency_ms={name: dict(v) for name, v in verdict.latency_ms.items()},
     )
 
 
@@ -111,6 +117,7 @@ def summarize_study(study: optuna.Study) -> StudySummary:
         model=meta.model,
         mode=meta.mode,
         batch_size=meta.batch_size,
+        objective=meta.objective,
         runtime=meta.runtime,
         cores=meta.cores,
         cpu=CpuName(model_name=meta.cpu.get("model_name"), id=meta.cpu.get("id")),
@@ -147,6 +154,14 @@ def summarize(
 
 def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+def _as_objective(s: StudySummary, values: Mapping[str, float | None]) -> dict[str, float | None]:
+    """Values of the study's statistic (higher is better) as its table shows them: images/sec for throughput,
+    milliseconds per request (batch / rate) for the latency objectives."""
+    if not OBJECTIVES[s["objective"]].latency:
+        return dict(values)
+    return {name: None if rate is None else 1000.0 * s["batch_size"] / rate for name, rate in values.items()}
 
 
 def _speedup(interval: Mapping[str, float] | None) -> str:
@@ -191,22 +206,27 @@ def table_rows(summaries: Sequence[StudySummary]) -> list[list[str]]:
     rows = [header]
     for s in summaries:
         v = s["verdict"]
+        goal = OBJECTIVES[s["objective"]]
         head = [
             s["model"],
             s["runtime"],
-            s["mode"],
+            s["mode"] if not goal.latency else f"{s['mode']} ({goal.unit()}, batch {s['batch_size']})",
             str(s["cores"]),
             f"{s['trials']['complete']}+{s['trials']['fail']}F",
         ]
         if v is None:  # searched but not confirmed: show the search's own values, and say so
             searched, best = s["search_baselines"], s["best_trial"]
-            rates = {**searched, "best": None if best is None else best["images_per_sec"]}
+            rates = _as_objective(s, {**searched, "best": None if best is None else best["images_per_sec"]})
             cells = _rates(rates, searched, "best", s["baseline_notes"])
             rows.append([*head, *cells, "-", "-", "-", "not confirmed yet (search values)"])
             continue
         params = v["recommended_params"] or {}
         rows.append([
-            *head, *_rates(v["images_per_sec"], s["search_baselines"], v["winner"] or "", s["baseline_notes"]),
+            *head,
+            *_rates(
+                _as_objective(s, v["score"]) if v["score"] else v["images_per_sec"],
+                s["search_baselines"], v["winner"] or "", s["baseline_notes"],
+            ),
             _speedup(v["speedup_vs_tf_default"]), _speedup(v["speedup_vs_heuristic"]),
             ",".join(f"{k}={val}" for k, val in params.items()), v["text"],
         ])  # fmt: skip

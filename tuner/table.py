@@ -40,6 +40,7 @@ def _group_key(record: BenchmarkRecord) -> tuple[Any, ...]:
         record.get("model"),
         record.get("batch_size"),
         record.get("mode"),
+        record.get("objective") or "throughput",
     )
 
 
@@ -76,6 +77,20 @@ def _ratio(top: BenchmarkRecord | None, bottom: BenchmarkRecord | None) -> str:
     # The ratio of pooled per-step medians, the figure its interval is about (as the verdict states it).
     interval = bootstrap_ratio(top["round_rates"], bottom["round_rates"])
     return f"{interval.value:.2f}x [{interval.low:.2f}, {interval.high:.2f}]"
+
+
+def model_text(record: BenchmarkRecord) -> str:
+    """'resnet50', or 'mobilenet_v2, latency': the model, and the objective where it is not throughput."""
+    objective = record.get("objective") or "throughput"
+    return f"{record.get('model')}" + ("" if objective == "throughput" else f", {objective}")
+
+
+def _latency(record: BenchmarkRecord | None) -> str:
+    """p50 / p99 of the timed steps' times (a step is one request of the batch); p99 needs 100 steps."""
+    if record is None or record.get("p50_ms") is None:
+        return "-"
+    p99 = record.get("p99_ms")
+    return f"{record['p50_ms']:.2f} / {'-' if p99 is None else f'{p99:.2f}'}"
 
 
 def _rate(record: BenchmarkRecord | None) -> str:
@@ -169,6 +184,7 @@ def build(records: Sequence[BenchmarkRecord]) -> tuple[pd.DataFrame, list[str]]:
         cpu = any_record.get("cpu", {})
         rows.append(
             {
+                "model": model_text(any_record),
                 "runtime": runtime_label(any_record["runtime"], group.get(DEFAULT, any_record)),
                 "CPU": f"{cores_text(any_record['cores'])} ({cpu.get('model_name', '?')})",
                 "memory": f"{any_record.get('memory_gib', 0):.0f}G",
@@ -178,6 +194,7 @@ def build(records: Sequence[BenchmarkRecord]) -> tuple[pd.DataFrame, list[str]]:
                 "images/sec (ms/image)": "-"
                 if main is None
                 else f"{main['images_per_sec']:.2f} ({main['ms_per_image']:.2f}ms)",
+                "p50 / p99 ms per batch": _latency(main),
                 "tf-default": _rate(group.get(DEFAULT)),
                 "heuristic": (_rate(heuristic) + (" (NHWC)" if stand_in else ""))
                 if heuristic is not None or HEURISTIC not in not_run
@@ -209,16 +226,15 @@ def build(records: Sequence[BenchmarkRecord]) -> tuple[pd.DataFrame, list[str]]:
             f"{cpu_id}: {top:.0f} GFLOP/s"
         )
     for model, counted in sorted(flops.items()):
-        notes.append(
-            f"{model}: {counted['infer'] / 1e9:.3g} GFLOP per image for inference, {counted['train'] / 1e9:.3g} "
-            "for a training step (counted from the graphs)"
-        )
+        train = f", {counted['train'] / 1e9:.3g} for a training step" if "train" in counted else ""
+        notes.append(f"{model}: {counted['infer'] / 1e9:.3g} GFLOP per sample for inference{train} (from the graphs)")
     return pd.DataFrame(rows).fillna("-"), notes
 
 
 def _skipped_row(r: BenchmarkRecord, note: str) -> dict[str, Any]:
     """A target with no measured setting: why, in the note."""
     return {
+        "model": model_text(r),
         "runtime": f"GPU ({r['runtime']})" if r["device"] == "gpu" else runtime_label(r["runtime"]),
         "CPU": f"{cores_text(r['cores'])} ({r.get('cpu', {}).get('model_name', '?')})",
         "memory": f"{r.get('memory_gib', 0):.0f}G",
@@ -237,7 +253,7 @@ def _batches(record: BenchmarkRecord | None) -> str:
 
 
 def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
-    cpu_id, runtime, device, cores, gpus, replicas, model, batch, mode = key
+    cpu_id, runtime, device, cores, gpus, replicas, model, batch, mode, objective = key
     order = {"tensorflow-eigen": 0, "tensorflow": 1, "intel-tensorflow": 2}
     return (
         str(cpu_id),
@@ -250,6 +266,7 @@ def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
         str(model),
         batch or 0,
         mode != "train",
+        str(objective),
     )
 
 
