@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import CategoricalDistribution, IntDistribution
 
 from tuner.allocator import SYSTEM, missing_reason
 from tuner.errors import SearchSpaceError
@@ -201,6 +201,10 @@ def narrow(
         for name in [n for n in OPENMP_KNOBS if n in dists and not dists[n].single() and n not in keep]:
             del knobs[name], dists[name]
             excluded.append(f"{name} taken out: {OPENMP_INERT} (--allow-inert {name} searches it anyway)")
+    if caps.latency and "instances" in dists and not dists["instances"].single():
+        knobs["instances"] = {"type": "int", "low": 1, "high": 1}
+        dists["instances"] = IntDistribution(1, 1)
+        excluded.append(f"instances above 1 taken out: {_one_request_at_a_time({'instances': 2}, caps)}")
     categorical = {n: list(d.choices) for n, d in dists.items() if isinstance(d, CategoricalDistribution)}
     names = list(categorical)
     combos = [dict(zip(names, values, strict=True)) for values in itertools.product(*categorical.values())]

@@ -26,7 +26,7 @@ from tuner.envs import create as create_env
 from tuner.envs import read_manifest
 from tuner.errors import TunerError, UsageError
 from tuner.launch import launch
-from tuner.models import MODELS, ModelRef, resolve
+from tuner.models import MODELS, ModelRef, name_of, resolve
 from tuner.objective import OBJECTIVES
 from tuner.objective import get as get_objective
 from tuner.pipeline import Job
@@ -155,7 +155,8 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
         visible = benchmark.visible_gpus(runner, Settings.from_params(fixed_knobs(space)), core_set(1))
         caps = Capabilities()  # GPU rows run NCHW on the GPU: the CPU's limits do not apply
     else:
-        caps = Capabilities.from_probe(prepare(runtime, runner, max(counts), space).facts)
+        ready = check_model(prepare(runtime, runner, max(counts), space), model, _log)  # one line, before any run
+        caps = Capabilities.from_probe(ready.facts)
     job = BenchmarkJob(storage, cpu_signature(), runtime, space, runner, caps, counts, modes, model, batch, policy,
                        args.settings, args.device, replicas, visible, log=_log, out=print,
                        objective=args.objective)  # fmt: skip
@@ -261,7 +262,7 @@ def cmd_recommend(args: argparse.Namespace, runner: Runner | None = None) -> int
         args.cores,
         mode,
         load_runtime(args.runtime).name,
-        _model_name(args.model),
+        _model_name(args),
         prefer_imported=args.prefer_imported,
         objective=args.objective,
         warn=_warn,
@@ -272,9 +273,10 @@ def cmd_recommend(args: argparse.Namespace, runner: Runner | None = None) -> int
     return 0
 
 
-def _model_name(text: str) -> str:
-    """How studies name the model ``--model`` gives: an application's name, or a model file's (hashed) label."""
-    return text if text in MODELS else resolve(text).label
+def _model_name(args: argparse.Namespace) -> str:
+    """How studies name the model ``--model`` gives: an application's name, or a model file's (hashed) label,
+    with the input shape where ``--input-shape`` gives one."""
+    return name_of(args.model, args.input_shape)
 
 
 def cmd_exec(args: argparse.Namespace, runner: Runner | None = None) -> int:
@@ -291,6 +293,7 @@ def cmd_exec(args: argparse.Namespace, runner: Runner | None = None) -> int:
     if not 1 <= cores <= available:
         raise UsageError(f"--cores: {cores} asked for, but only {available} physical cores are available")
     runtime = load_runtime(args.runtime).name
+    model = _model_name(args)  # a bad --model is an error, not a fallback to the defaults
     settings, source = Settings(), "TensorFlow's defaults: no storage with verdicts yet"
     if sqlite_missing(args.storage) is None:
         storage = open_storage(args.storage, create=False)  # an unreachable storage is an error, not a default
@@ -302,7 +305,7 @@ def cmd_exec(args: argparse.Namespace, runner: Runner | None = None) -> int:
                 cores,
                 modes[0],
                 runtime,
-                _model_name(args.model),
+                model,
                 warn=_warn,
                 objective=args.objective,
             )
@@ -475,11 +478,11 @@ def _document(parser: argparse.ArgumentParser) -> None:
             action.help += f" (default: {action.default})"
 
 
-def add_model_flags(parser: argparse.ArgumentParser, shape: bool = True) -> None:
-    """--model and --objective (and --input-shape where a model is loaded): which model and what to optimise."""
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """--model, --input-shape and --objective: which model, at which input shape, optimised for what (recommend
+    and exec find the verdict by them)."""
     parser.add_argument("--model", default="resnet50")
-    if shape:
-        parser.add_argument("--input-shape", default=None)
+    parser.add_argument("--input-shape", default=None)
     parser.add_argument("--objective", default="throughput", choices=tuple(OBJECTIVES))
 
 
@@ -582,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--mode", default=None, help="train or infer (default: both)")
     rec.add_argument("--cpu", default=None, help="a CPU model name, as /proc/cpuinfo prints it (default: this one)")
     rec.add_argument("--runtime", default="tensorflow", help="framework runtime: " + ", ".join(runtime_names()))
-    add_model_flags(rec, shape=False)
+    add_model_flags(rec)
     rec.add_argument("--format", default="text", help="text, shell, python or json")
     rec.add_argument(
         "--prefer-imported",
@@ -603,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_.add_argument("--cores", type=int, default=None, help="physical cores to use (default: all)")
     run_.add_argument("--mode", default="infer", help="train or infer (default: infer)")
     run_.add_argument("--runtime", default="tensorflow", help="framework runtime: " + ", ".join(runtime_names()))
-    add_model_flags(run_, shape=False)
+    add_model_flags(run_)
     run_.add_argument("--storage", default=DEFAULT_STORAGE, help="where the verdicts are: " + COMMON_HELP["storage"])
     run_.add_argument("program", nargs=argparse.REMAINDER, help="-- PROGRAM ARGS")
     run_.set_defaults(func=cmd_exec)

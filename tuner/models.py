@@ -163,6 +163,18 @@ def resolve(text: str, input_shape: str | None = None) -> ModelRef:
     return ModelRef(f"{_stem(path)}-{content_hash(path)}", kind, str(path), shape)
 
 
+LABEL = re.compile(r"[A-Za-z0-9_.-]{1,32}-[0-9a-f]{" + str(HASH_CHARS) + "}")
+
+
+def name_of(text: str, input_shape: str | None = None) -> str:
+    """The name studies of ``--model`` carry, to find their verdicts: resolved like ``resolve``, but a model
+    file's label as ``show`` prints it (``my_model-1a2b3c4d``) is taken as it is, so that a verdict can be
+    found on a machine that does not hold the file."""
+    if LABEL.fullmatch(text) and not Path(text).exists():
+        return ModelRef(text, "keras", text, parse_input_shape(input_shape)).label
+    return resolve(text, input_shape).label
+
+
 def as_ref(model: ModelRef | str) -> ModelRef:
     """A job's model given by name (tests, the stock models) or already resolved."""
     return model if isinstance(model, ModelRef) else ModelRef(model)

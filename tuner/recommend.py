@@ -277,7 +277,8 @@ def _gain(r: Recommendation) -> str:
 
 def _text(r: Recommendation) -> str:
     return one_line(
-        f"{r.model} {r.mode} on {cores_text(r.cores)} ({r.runtime}): {r.recommended}: {r.settings.label()} "
+        f"{r.model} {r.mode}{'' if r.objective == 'throughput' else f' ({r.objective})'} on {cores_text(r.cores)} "
+        f"({r.runtime}): {r.recommended}: {r.settings.label()} "
         f"[{launch_summary(r.settings, r.cores)}] "
         f"-- {r.verdict}; {r.source()}, measured {r.measured}",
         limit=1000,
@@ -287,7 +288,11 @@ def _text(r: Recommendation) -> str:
 def _provenance(r: Recommendation) -> list[str]:
     """Comment lines: each stored string made one printable line, so none can end the comment."""
     return [
-        "# " + one_line(f"tuner recommend: {r.model} {r.mode}, {r.runtime} (TensorFlow {r.framework_version})"),
+        "# "
+        + one_line(
+            f"tuner recommend: {r.model} {r.mode}, objective {r.objective}, {r.runtime} "
+            f"(TensorFlow {r.framework_version})"
+        ),
         "# " + r.source(),
         "# " + one_line(f"verdict ({r.measured}): {r.verdict}"),
     ]

@@ -59,8 +59,9 @@ class Channel:
 
 
 class Model:
-    """What a step runs: the Keras model (None for a SavedModel), a call on a list of input tensors, the inputs
-    as (name, per-sample shape, dtype), the vocabulary integer inputs are drawn within, and the loss."""
+    """What a step runs: the Keras model (None for a SavedModel), a call on the list of input tensors (in the
+    order of ``inputs``), the inputs as (name, per-sample shape, dtype), the vocabulary integer inputs are
+    drawn within, and the loss."""
 
     def __init__(self, keras_model: Any, call: Any, inputs: list[tuple[str, tuple[Any, ...], str]],
                  vocabulary: int, loss: str, classes: int = CLASSES) -> None:  # fmt: skip
@@ -156,6 +157,22 @@ def _dtype(value: Any) -> str:
     return str(getattr(value, "name", value))
 
 
+def _keras_call(model: Any) -> tuple[Any, list[Any]]:
+    """A call on a flat list of tensors for a Keras model whose inputs may be one tensor, a list or a dict of
+    named inputs (packed back into the model's own structure), and the inputs in that list's order."""
+    import tensorflow as tf
+
+    try:
+        structure = model.input  # a functional model's own structure: one tensor, a list or a dict
+    except (AttributeError, ValueError):  # a Sequential model that was never called has only its flat inputs
+        structure = list(model.inputs) if len(model.inputs) > 1 else model.inputs[0]
+
+    def call(tensors: list[Any], training: bool = False) -> Any:
+        return model(tf.nest.pack_sequence_as(structure, list(tensors)), training=training)
+
+    return call, tf.nest.flatten(structure)
+
+
 def build_model(spec: dict[str, Any], data_format: str) -> Model:
     """The model the spec names: an application or the tiny model built in the given layout, or a model file
     (``.keras`` loaded in safe mode, or a SavedModel's serving signature) with its own layout."""
@@ -186,17 +203,20 @@ def build_model(spec: dict[str, Any], data_format: str) -> Model:
                     layers.Dense(TINY_CLASSES),
                 ]
             )
-            return Model(model, model, [("input", shape, "float32")], NO_VOCABULARY, "logits", TINY_CLASSES)
+            call, _ = _keras_call(model)
+            return Model(model, call, [("input", shape, "float32")], NO_VOCABULARY, "logits", TINY_CLASSES)
         model = getattr(keras.applications, APPLICATIONS[name][0])(weights=None, input_shape=shape, classes=CLASSES)
-        return Model(model, model, [("input", shape, "float32")], NO_VOCABULARY, "sparse")
+        call, _ = _keras_call(model)
+        return Model(model, call, [("input", shape, "float32")], NO_VOCABULARY, "sparse")
     path = spec["model_path"]
     if kind == "keras":
         try:
             model = keras.saving.load_model(path, compile=False, safe_mode=True)
         except Exception as error:  # the file is the user's: any failure to load is one line
             raise SystemExit(f"cannot load the Keras model {path}: {_first_line(error)}") from None
-        declared = [(t.name, tuple(t.shape)[1:], _dtype(t.dtype)) for t in model.inputs]
-        return Model(model, model, resolve_inputs(declared, override), _keras_vocabulary(model), "square")
+        call, leaves = _keras_call(model)
+        declared = [(t.name, tuple(t.shape)[1:], _dtype(t.dtype)) for t in leaves]
+        return Model(model, call, resolve_inputs(declared, override), _keras_vocabulary(model), "square")
     if kind == "savedmodel":
         import tensorflow as tf
 
@@ -212,8 +232,8 @@ def build_model(spec: dict[str, Any], data_format: str) -> Model:
         declared = [(key, tuple(s.shape.as_list()[1:]), s.dtype.name) for key, s in sorted(named.items())]
         names = [key for key, _, _ in declared]
 
-        def call(tensors: Any, training: bool = False) -> Any:
-            return function(**dict(zip(names, tensors if isinstance(tensors, list) else [tensors], strict=True)))
+        def call(tensors: list[Any], training: bool = False) -> Any:
+            return function(**dict(zip(names, tensors, strict=True)))
 
         call.variables = list(getattr(loaded, "variables", []))  # type: ignore[attr-defined]
         vocabulary = _saved_model_vocabulary(function, call.variables)  # type: ignore[attr-defined]
@@ -236,7 +256,7 @@ def synthetic_inputs(tf: Any, model: Model, batch: int) -> Any:
             tensors.append(tf.zeros(full, dtype=tf.bool))
         else:
             raise SystemExit(f"the model's input {model.inputs[index][0]!r} has type {dtype}: not synthesised")
-    return tensors[0] if len(tensors) == 1 else tensors
+    return tensors
 
 
 def build_step(tf: Any, model: Model, mode: str, batch: int, strategy: Any = None) -> Any:
@@ -327,7 +347,14 @@ def count_flops(tf: Any, model: Model) -> dict[str, float]:
     options = ProfileOptionBuilder(ProfileOptionBuilder.float_operation()).with_empty_output().build()
     counted = {}
     for mode in ("infer", "train") if model.keras is not None else ("infer",):
-        graph = build_step(tf, model, mode, 1).get_concrete_function().graph
+        concrete = build_step(tf, model, mode, 1).get_concrete_function()
+        graph = concrete.graph
+        if model.keras is None:
+            # A SavedModel's step calls its loaded function, which the profiler does not descend into: count
+            # the graph with the calls inlined (variables frozen to constants) instead.
+            from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+            graph = convert_variables_to_constants_v2(concrete).graph
         counted[mode] = float(profile(graph=graph, options=options).total_float_ops)
     return counted
 
