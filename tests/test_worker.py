@@ -8,8 +8,8 @@ import ast
 import sys
 
 from tuner import worker
-from tuner.runner import WORKER
 from tuner.models import APPLICATIONS, MODELS
+from tuner.runner import WORKER
 
 
 def test_worker_imports_only_the_standard_library_at_module_level() -> None:
