@@ -190,21 +190,22 @@ def test_run_prints_the_table_then_table_rereads_it_in_every_format(
 ) -> None:
     assert main([*RUN, "--storage", storage_url], runner=fake_runner()) == 0
     out = capsys.readouterr().out
-    # The main job ends with the table: one row per runtime x mode, the reference's columns first.
-    rows = [line for line in out.splitlines() if line.startswith("| CPU (")]
+    # The main job ends with the table: one row per runtime x mode, named by model first (a table can hold
+    # several models and objectives), then the reference's columns.
+    rows = [line for line in out.splitlines() if line.startswith("| tiny    | CPU (")]
     assert len(rows) == 4, out
-    assert out.startswith("| runtime ") and "images/sec (ms/image)" in out
+    assert out.startswith("| model   | runtime ") and "images/sec (ms/image)" in out
     assert "no optimisation" in out and "CPU (oneDNN)" in out
     # `tuner table` reads the same records back without measuring (no runner is given).
     assert main(["table", "--storage", storage_url]) == 0
-    assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("| CPU (")] == rows
+    assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny    | CPU (")] == rows
     csv_path, html_path = tmp_path / "t.csv", tmp_path / "t.html"
     assert main(["table", "--storage", storage_url, "--format", "csv", "--output", str(csv_path)]) == 0
     assert main(["table", "--storage", storage_url, "--format", "html", "--output", str(html_path)]) == 0
     # CSV: a header, four measured rows, and the GPU rows (1 and 2 GPUs, train and infer) skipped with the
     # reason in the note column; HTML: a table element. Nothing partial is left beside them.
     lines = csv_path.read_text().strip().splitlines()
-    assert len([line for line in lines if line.startswith("CPU (")]) == 4
+    assert len([line for line in lines if line.startswith("tiny,CPU (")]) == 4
     skipped = [line for line in lines if ",skipped," in line]
     assert len(skipped) == 4 and all("no GPU visible" in line for line in skipped)
     assert "<table" in html_path.read_text()

@@ -45,8 +45,10 @@ def _yardsticks() -> list[dict[str, object]]:
 def test_table_has_the_reference_columns_then_defaults_heuristic_tuned_and_efficiency() -> None:
     frame, notes = table.build([*_group(), *_yardsticks()])
     row = frame.iloc[0]
-    # The reference table's columns come first, in its order.
-    assert list(frame.columns[:7]) == [
+    # The model (with the objective where it is not throughput) names the row, then the reference table's
+    # columns come, in its order.
+    assert list(frame.columns[:8]) == [
+        "model",
         "runtime",
         "CPU",
         "memory",
@@ -66,7 +68,7 @@ def test_table_has_the_reference_columns_then_defaults_heuristic_tuned_and_effic
     assert row["GFLOP/s tuned (% peak)"] == "640 (64%)"
     assert row["tuned settings"] == Settings(intra_op=2, inter_op=2).label()
     # Notes name the yardsticks.
-    assert any("1000 GFLOP/s" in note for note in notes) and any("8 GFLOP per image" in note for note in notes)
+    assert any("1000 GFLOP/s" in note for note in notes) and any("8 GFLOP per sample" in note for note in notes)
 
 
 def test_table_recommends_tuned_only_when_the_verdict_did_and_pairs_only_one_run() -> None:
@@ -103,9 +105,9 @@ def test_table_renders_markdown_csv_and_html_and_refuses_other_formats() -> None
     markdown = table.render(frame, notes, "markdown")
     csv = table.render(frame, notes, "csv")
     html = table.render(frame, notes, "html")
-    # Each format carries the header and the figures.
-    assert markdown.startswith("| runtime") and "64.00" in markdown
-    assert csv.splitlines()[0].startswith("runtime,CPU,memory,GPU,batch size,mode")
+    # Each format carries the header (the model first) and the figures.
+    assert markdown.startswith("| model ") and "64.00" in markdown
+    assert csv.splitlines()[0].startswith("model,runtime,CPU,memory,GPU,batch size,mode")
     assert "<table" in html and "<th>tuned settings</th>" in html
     with pytest.raises(UsageError, match="--format"):
         table.render(frame, notes, "xlsx")
