@@ -127,6 +127,7 @@ def make_record(
     images = sum(len(m.timed_seconds) * m.batch_size for m in runs)
     loop = math.fsum(m.loop_seconds for m in runs)
     rates = [rate for m in runs for rate in m.rates]
+    steps = [s for m in runs for s in m.timed_seconds]
     facts = runs[0].facts
     images_per_sec = images / loop
     return {
@@ -137,10 +138,10 @@ def make_record(
         "settings_text": settings.label(),
         "images_per_sec": images_per_sec,
         "ms_per_image": 1000.0 / images_per_sec,
-        "step_seconds": statistics.median(s for m in runs for s in m.timed_seconds),
+        "step_seconds": statistics.median(steps),
         # Request times of every timed step of every round (p99 only from P99_MIN_STEPS steps or more).
-        "p50_ms": latency_ms([s for m in runs for s in m.timed_seconds], 0.5),
-        "p99_ms": latency_ms([s for m in runs for s in m.timed_seconds], 0.99),
+        "p50_ms": latency_ms(steps, 0.5),
+        "p99_ms": latency_ms(steps, 0.99),
         "rate_median": statistics.median(rates),
         "rate_jitter": 1.4826 * median_abs_deviation(rates),
         "rate_cv": coefficient_of_variation(rates),
