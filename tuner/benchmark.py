@@ -133,6 +133,7 @@ def make_record(
     return {
         "kind": "benchmark",
         **target.key(),
+        **({"batch_size": settings.batch, "global_batch": settings.batch * target.replicas} if settings.batch else {}),
         "label": label,
         "settings": settings.params(),
         "settings_text": settings.label(),

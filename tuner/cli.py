@@ -45,7 +45,7 @@ from tuner.storage import DEFAULT_STORAGE, default_storage, open_storage, redact
 from tuner.summary import format_importance_lines, format_table, summarize, summarize_study
 from tuner.topology import core_set, cores_text, parse_core_counts, partition, physical_cores
 from tuner.tune import TuneJob
-from tuner.workload import parse_modes, workload_for
+from tuner.workload import parse_batches, parse_modes, workload_for
 
 DEFAULT_BUDGET = "50m"
 RUN_BUDGET = "60m"
@@ -101,6 +101,7 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
         seed=args.seed,
         allow_precision=tuple(args.allow_precision),
         force_precision=args.force_precision,
+        search_batch=parse_batches(args.search_batch, args.objective),
     )
     runtime = load_runtime(args.runtime)
     space = load_space(args.space or runtime.space, max(counts))
@@ -208,6 +209,7 @@ def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
     counts = parse_core_counts(args.cores, available)
     modes = parse_modes(args.mode)
     model, batch = _model_and_batch(args, modes)
+    search_batch = parse_batches(args.search_batch, args.objective)
     wanted = [name.strip() for name in args.runtimes.split(",")] if args.runtimes else runtime_names()
     runtimes = [load_runtime(name) for name in wanted]
     for runtime in runtimes:
@@ -234,6 +236,7 @@ def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
         seed=args.seed,
         allow_precision=tuple(args.allow_precision),
         force_precision=args.force_precision,
+        search_batch=search_batch,
         create_envs=not args.no_env_create,
         runner=runner,
         log=_log,
@@ -408,6 +411,12 @@ def add_precision_flags(parser: argparse.ArgumentParser) -> None:
         "--force-precision",
         action="store_true",
         help="search an allowed precision even on a CPU without its instructions (emulated, usually slower)",
+    )
+    parser.add_argument(
+        "--search-batch",
+        default=None,
+        metavar="B1,B2,...",
+        help="also search the batch size over these values (throughput per sample; the baselines keep --batch-size)",
     )
 
 

@@ -133,6 +133,9 @@ class Verdict:
                 return self.goal.describe(self.statistic(name), self.batch_size)
 
             span += f", {said(self.winner)} against {said(DEFAULT)}"
+        batches = [self.params.get(name, {}).get("batch") for name in (self.winner, DEFAULT)]
+        if batches[0] != batches[1]:  # --search-batch: the rates are per sample, so the batches compare
+            span += f", per sample at batch {batches[0]} against batch {batches[1]}"
         if self.winner == DEFAULT:
             return "tf-default is fastest: recommend tf-default"
         if self.clear:

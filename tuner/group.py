@@ -142,7 +142,7 @@ def run_group(self: SubprocessRunner, spec: TrialSpec) -> Measurement:
             raise WorkerBadOutput(f"instance {index} sent no {timed} timed steps", result.get("_tail", ""))
         check_read_back(spec.settings, result)
     steps = combine([Instance.from_result(g, r) for g, r in zip(groups, results, strict=True)],
-                    spec.workload.batch_size, spec.policy.timed)  # fmt: skip
+                    spec.batch_size, spec.policy.timed)  # fmt: skip
     warmups = [r.get("warmup_seconds") or [] for r in results]
     facts = {k: v for k, v in results[0].items() if k not in STEP_KEYS}
     facts.update(

@@ -170,6 +170,7 @@ class Job:
     seed: int = 0
     allow_precision: tuple[str, ...] = ()  # --allow-precision: bf16 is searched only when asked for
     force_precision: bool = False
+    search_batch: tuple[int, ...] = ()  # --search-batch: batch sizes searched beside batch_size (throughput)
     create_envs: bool = True
     runner: Runner | None = None  # tests pass a replaying fake; else one subprocess runner per runtime
     log: Log = print
@@ -187,6 +188,7 @@ class Job:
             seed=self.seed,
             allow_precision=self.allow_precision,
             force_precision=self.force_precision,
+            search_batch=self.search_batch,
         )
 
     # -- preparation ------------------------------------------------------------------------------------

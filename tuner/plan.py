@@ -27,11 +27,11 @@ from tuner.runner import Runner, TaskSpec
 from tuner.runtime import Runtime
 from tuner.settings import Settings
 from tuner.signature import CpuSignature
-from tuner.space import SearchSpace
+from tuner.space import SearchSpace, with_batches
 from tuner.space import load as load_space
 from tuner.study import StudyConfig
 from tuner.topology import core_set, sockets_for
-from tuner.workload import Workload
+from tuner.workload import Workload, check_batch_search
 
 MODE_WEIGHT = {"train": 3.0, "infer": 1.0}  # a train step costs about three inference steps
 
@@ -157,10 +157,19 @@ class StudyOptions:
     seed: int = 0
     allow_precision: tuple[str, ...] = ()  # bf16 changes numerics: searched only when asked for
     force_precision: bool = False
+    search_batch: tuple[int, ...] = ()  # batch sizes searched beside the study's own (--search-batch)
 
     def __post_init__(self) -> None:
         if self.trials < 1 or self.candidates < 1:
             raise TunerError(f"trials ({self.trials}) and candidates ({self.candidates}) must be at least 1")
+
+    def space(self, ready: Prepared, workload: Workload) -> SearchSpace:
+        """The prepared space, with the batch searched where ``search_batch`` asks (throughput only: a latency
+        objective's batch is the request, so it is not the tuner's to change)."""
+        if not self.search_batch:
+            return ready.space
+        check_batch_search(workload.objective)
+        return with_batches(ready.space, self.search_batch, workload.batch_size)
 
 
 def study_config(
@@ -175,7 +184,7 @@ def study_config(
     return StudyConfig(
         workload=workload,
         cores=core_set(cores),
-        space=ready.space,
+        space=options.space(ready, workload),
         signature=signature,
         runtime=ready.runtime.name,
         python=str(getattr(ready.runner, "python", "")),

@@ -68,6 +68,7 @@ class Recommendation:
                 "allocator": self.settings.allocator,
                 "allocator_missing": allocator_note(self.settings),
                 "precision": self.settings.precision,
+                "batch": self.settings.batch or None,  # None: the study's batch (not searched)
             },
             "cpu": self.cpu,
             "borrowed": self.borrowed,
@@ -131,6 +132,7 @@ def in_program(settings: Settings) -> list[str]:
 
 
 BF16_CALL = 'keras.mixed_precision.set_global_policy("mixed_bfloat16")'
+BATCH_NOTE = "batch size: {} samples per step measured fastest per sample; no variable sets it: your program does"
 
 
 def launch_summary(settings: Settings, cores: int) -> str:
@@ -141,6 +143,8 @@ def launch_summary(settings: Settings, cores: int) -> str:
     words += [f"allocator {settings.allocator}"] + (
         [f"precision {settings.precision} (changes numerics)"] if settings.precision != "fp32" else []
     )
+    if settings.batch:  # searched with --search-batch: the program's own batch size, which no variable sets
+        words.append(f"batch {settings.batch}{' per instance' if settings.instances > 1 else ''}")
     return ", ".join(words)
 
 
@@ -349,6 +353,8 @@ def _shell(r: Recommendation) -> str:
     lines.append(f'# data format: keras.backend.set_image_data_format("{DATA_FORMATS[r.settings.data_format]}")')
     if r.settings.precision != "fp32":
         lines.append(f"# precision: {BF16_CALL}")
+    if r.settings.batch:
+        lines.append(f"# {BATCH_NOTE.format(r.settings.batch)}")
     return "\n".join(lines)
 
 
@@ -385,6 +391,8 @@ def _python(r: Recommendation) -> str:
     ]
     if r.settings.precision != "fp32":
         lines.append(BF16_CALL)
+    if r.settings.batch:
+        lines.append(f"# {BATCH_NOTE.format(r.settings.batch)}")
     if r.settings.allocator != "system" or r.settings.instances > 1:
         lines.append(f"# {launch_summary(r.settings, r.cores)}: the allocator is preloaded and instances pinned")
         lines.append("# before Python starts: launch the program with `tuner exec -- python app.py`")

@@ -72,8 +72,13 @@ class TrialSpec:
             raise ValueError(f"bad target: device {self.device!r}, {self.replicas} replicas")
 
     @property
+    def batch_size(self) -> int:
+        """Samples per step per replica: the settings' batch knob where it is set, else the workload's."""
+        return self.settings.batch or self.workload.batch_size
+
+    @property
     def global_batch(self) -> int:
-        return self.workload.batch_size * self.replicas
+        return self.batch_size * self.replicas
 
     def worker_spec(self) -> dict[str, Any]:
         """The JSON the worker receives: validated values only."""
@@ -85,7 +90,7 @@ class TrialSpec:
             "cores": list(self.cores),
             **self.workload.ref.worker_fields(),
             "mode": self.workload.mode,
-            "batch_size": self.workload.batch_size,
+            "batch_size": self.batch_size,
             "warmup": self.policy.warmup,
             "timed": self.policy.timed,
             "probe": self.probe,

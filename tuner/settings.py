@@ -82,12 +82,16 @@ def _choice(name: str, choices: tuple[str, ...]) -> Callable[[Any], Any]:
     return check
 
 
+MAX_BATCH = 4096  # as a workload's (tuner/workload.py imports models, so it cannot be imported here)
+
 # Knobs one level above the framework, applied by the runner: how many pinned processes share the cores, which
-# allocator they preload, and the compute precision. Each has a default that leaves the trial as it was.
+# allocator they preload, the compute precision, and the batch (0: the study's own; searched with --search-batch,
+# rates stay per sample). Each has a default that leaves the trial as it was.
 LAUNCH_KNOBS: dict[str, tuple[Any, Callable[[Any], Any]]] = {
     "instances": (1, lambda v: _int("instances", v, 1, 1024)),
     "allocator": (ALLOCATORS[0], _choice("allocator", ALLOCATORS)),
     "precision": (PRECISIONS[0], _choice("precision", PRECISIONS)),
+    "batch": (0, lambda v: _int("batch", v, 0, MAX_BATCH)),
 }
 KNOBS = FRAMEWORK_KNOBS + tuple(ENV_KNOBS) + tuple(LAUNCH_KNOBS)
 
@@ -171,6 +175,11 @@ class Settings:
     @property
     def precision(self) -> str:
         return str(self._launch("precision"))
+
+    @property
+    def batch(self) -> int:
+        """Samples per step per instance; 0 runs the workload's own batch size."""
+        return int(self._launch("batch"))
 
     def preload_environ(self) -> dict[str, str]:
         """LD_PRELOAD (and jemalloc's MALLOC_CONF) for the allocator: from the system's own libraries only."""

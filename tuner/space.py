@@ -24,7 +24,7 @@ import json
 import math
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,6 +152,26 @@ class SearchSpace:
             for name, spec in self.data.get("baselines", {}).items()
             if cores <= int(spec.get(MAX_CORES, cores))
         }
+
+
+def with_batches(space: SearchSpace, batches: Sequence[int], batch: int) -> SearchSpace:
+    """``space`` with the batch size searched over ``batches`` and ``batch``, the study's own, which every
+    baseline keeps (rates are per sample, so the values compare across batches)."""
+    if "batch" in space.data["knobs"]:
+        raise SearchSpaceError(f"{space.path}: knobs.batch: the space searches it already; leave --search-batch out")
+    knobs = {**space.data["knobs"], "batch": {"type": "categorical", "choices": sorted({*batches, batch})}}
+    baselines = {name: {**spec, "batch": batch} for name, spec in space.data.get("baselines", {}).items()}
+    return SearchSpace(space.path, {**space.data, "knobs": knobs, "baselines": baselines})
+
+
+def searched_batches(space: SearchSpace) -> list[int]:
+    """The batch sizes a space searches (empty: it keeps the study's)."""
+    spec = space.data["knobs"].get("batch")
+    if spec is None:
+        return []
+    if spec.get("type") == "categorical":
+        return sorted(int(c) for c in spec["choices"])
+    return list(range(int(spec["low"]), int(spec["high"]) + 1, int(spec.get("step", 1))))
 
 
 def _fail(path: Path, key: str, message: str) -> SearchSpaceError:

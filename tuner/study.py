@@ -43,7 +43,7 @@ from tuner.resume import WORKER_FAILURES, Progress, baselines_done, open_study
 from tuner.runner import Runner, TrialSpec
 from tuner.settings import Settings
 from tuner.signature import CpuSignature
-from tuner.space import SearchSpace
+from tuner.space import SearchSpace, searched_batches
 from tuner.topology import cpu_quota, sockets_for, splits
 from tuner.topology import notes as topology_notes
 from tuner.workload import Workload
@@ -79,7 +79,8 @@ class StudyConfig:
     def name(self) -> str:
         w = self.workload
         goal = "" if w.objective == "throughput" else f"-{w.objective}"  # throughput studies keep their names
-        return f"{w.model}-{w.mode}{goal}-b{w.batch_size}-{self.runtime}-{len(self.cores)}c-{self.signature.id}"
+        batch = ".".join(map(str, searched_batches(self.space))) or w.batch_size  # -b1.8.32.64: batch searched
+        return f"{w.model}-{w.mode}{goal}-b{batch}-{self.runtime}-{len(self.cores)}c-{self.signature.id}"
 
     def metadata(self) -> dict[str, Any]:
         """Where and how this study measures; stored on the study when it is created."""
@@ -88,6 +89,7 @@ class StudyConfig:
             "model_source": None if self.workload.source is None else self.workload.source.worker_fields(),
             "mode": self.workload.mode,
             "batch_size": self.workload.batch_size,
+            "searched_batches": searched_batches(self.space),
             "objective": self.workload.objective,
             "model_facts": self.model_facts,
             "runtime": self.runtime,
@@ -303,14 +305,15 @@ class StudyRun:
             raise optuna.TrialPruned(skip[1])
         baseline = trial.user_attrs.get("baseline")
 
+        spec = TrialSpec(settings, self.config.workload, self.config.cores, self.config.policy)
+
         def on_step(phase: str, index: int, seconds: float) -> None:
             if phase == "timed":
-                trial.report(self.config.workload.batch_size / seconds, index)
+                trial.report(spec.global_batch / seconds, index)  # per sample, whatever the trial's batch
                 if baseline is None and trial.should_prune():  # baselines are always measured in full
                     raise Pruned(f"pruned after timed step {index}")
 
         self.progress(f"trial {trial.number}: measuring {baseline or settings.label()} ...")
-        spec = TrialSpec(settings, self.config.workload, self.config.cores, self.config.policy)
         started = self.clock()
         measurement = self.runner.run(spec, on_step)
         trial.set_user_attr("trial_seconds", self.clock() - started)

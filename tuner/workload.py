@@ -9,6 +9,7 @@ from tuner.errors import UsageError
 from tuner.models import MODELS, ModelRef, as_ref, source_of
 
 MODES = ("train", "infer")
+MAX_BATCH = 4096
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,8 @@ class Workload:
             )
         if self.mode not in MODES:
             raise UsageError(f"unknown mode {self.mode!r}; known: {', '.join(MODES)}")
-        if not 1 <= self.batch_size <= 4096:
-            raise UsageError(f"batch size must be from 1 to 4096, got {self.batch_size}")
+        if not 1 <= self.batch_size <= MAX_BATCH:
+            raise UsageError(f"batch size must be from 1 to {MAX_BATCH}, got {self.batch_size}")
 
     @property
     def ref(self) -> ModelRef:
@@ -58,3 +59,27 @@ def parse_modes(text: str | None) -> list[str]:
         if mode not in MODES:
             raise UsageError(f"--mode: unknown mode {mode!r}; expected train, infer or both")
     return list(dict.fromkeys(modes))
+
+
+def parse_batches(text: str | None, objective: str = "throughput") -> tuple[int, ...]:
+    """``--search-batch 1,8,32,64`` -> (1, 8, 32, 64); None -> () (the batch is not searched). Throughput only:
+    a latency objective's batch is the request's, set with --batch-size."""
+    if text is None:
+        return ()
+    batches = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item.isdigit() or not 1 <= int(item) <= MAX_BATCH:
+            raise UsageError(f"--search-batch: {item!r} is not a batch size from 1 to {MAX_BATCH} (e.g. 1,8,32,64)")
+        batches.append(int(item))
+    if len(set(batches)) < 2:
+        raise UsageError("--search-batch: name at least two batch sizes (e.g. 8,32,64)")
+    check_batch_search(objective)
+    return tuple(sorted(set(batches)))
+
+
+def check_batch_search(objective: str) -> None:
+    """The batch is searched for throughput only: a latency objective's batch is the request's."""
+    if objectives.get(objective).latency:
+        raise UsageError(f"--search-batch searches throughput per sample; --objective {objective} keeps the "
+                         "request's batch (set it with --batch-size)")  # fmt: skip
