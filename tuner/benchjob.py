@@ -1,10 +1,10 @@
 """`tuner benchmark`: named settings measured on each target in interleaved rounds, every result stored.
 
 For each core count and mode: the settings asked for (default tf-default, the heuristic and, once a study
-has one, the tuned setting), as they can run on this CPU (``tuner/capability.py``: a baseline that cannot run
-is stored as such and its runnable part measured instead). A setting whose worker fails is stored as failed
-with the reason while the others go on; an interrupt keeps the finished rounds, marked partial. The job
-ends with the list of what could not be measured, which the CLI turns into exit 1.
+has a confirmed verdict, the setting it recommends), as they can run on this CPU (``tuner/capability.py``: a
+baseline that cannot run is stored as such and its runnable part measured instead). A setting whose worker
+fails is stored as failed with the reason while the others go on; an interrupt keeps the finished rounds,
+marked partial. The job ends with the list of what could not be measured, which the CLI turns into exit 1.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tuner.confirm import DEFAULT, HEURISTIC, TUNED
 from tuner.errors import TunerError, UsageError
 from tuner.measurement import Measurement
 from tuner.models import ModelRef
-from tuner.pipeline import stored_tuned
+from tuner.pipeline import stored_recommended, stored_tuned
 from tuner.policy import MeasurementPolicy
 from tuner.runner import Runner
 from tuner.runtime import Runtime
@@ -33,13 +33,14 @@ from tuner.topology import core_set, sockets_for
 from tuner.workload import workload_for
 
 Log = Callable[[str], None]
+RECOMMENDED = "recommended"  # --settings: what the study's verdict recommends (tuned, or a baseline)
 Named = list[tuple[str, Settings]]
 
 
 def check_settings(wanted: Sequence[str], baselines: Sequence[str]) -> None:
-    """Every ``--settings`` string that is not a baseline's name (or its runnable part, ``heuristic-nhwc``)
-    or ``tuned`` parses (before any storage)."""
-    names = {*baselines, *(f"{b}-{r.suffix}" for b in baselines for r in REPAIRS.values()), TUNED}
+    """Every ``--settings`` string that is not a baseline's name (or its runnable part, ``heuristic-nhwc``),
+    ``tuned`` or ``recommended`` parses (before any storage)."""
+    names = {*baselines, *(f"{b}-{r.suffix}" for b in baselines for r in REPAIRS.values()), TUNED, RECOMMENDED}
     for text in wanted:
         if text not in names:
             Settings.parse(text)
@@ -58,7 +59,7 @@ class BenchmarkJob:
     model: ModelRef | str
     batch: int
     policy: MeasurementPolicy
-    wanted: Sequence[str] | None = None  # --settings; None: tf-default, heuristic and tuned where it exists
+    wanted: Sequence[str] | None = None  # --settings; None: tf-default, heuristic and recommended where it exists
     device: str = "cpu"
     replica_counts: Sequence[int] = (1,)
     visible_gpus: int | None = None  # GPU rows: how many GPUs TensorFlow sees
@@ -71,28 +72,43 @@ class BenchmarkJob:
         run_id = benchmark.new_run_id()
         for n in self.counts:
             for mode in self.modes:
-                named, not_runnable = self._settings(n, mode)
+                named, not_runnable, extra = self._settings(n, mode)
                 for count in self.replica_counts:
                     workload = workload_for(self.model, mode, self.batch, self.objective)
                     target = benchmark.Target(self.runtime.name, workload, core_set(n), self.device, count)
-                    self._target(target, named, not_runnable, run_id)
+                    self._target(target, named, not_runnable, run_id, extra)
 
-    def _settings(self, n: int, mode: str) -> tuple[Named, dict[str, str]]:
-        """The settings to measure at ``n`` cores, and those that cannot run here with why."""
+    def _settings(self, n: int, mode: str) -> tuple[Named, dict[str, str], dict[str, str]]:
+        """The settings to measure at ``n`` cores, those that cannot run here with why, and what the study's
+        verdict recommends (stored on every record, so that tables mark the recommended row)."""
         host_batch = self.batch if self.device == "cpu" else benchmark.CPU_BATCH  # GPU rows: the host's study
         workload = workload_for(self.model, mode, host_batch, self.objective)
         study = StudyConfig(workload, core_set(n), self.space, self.signature, self.runtime.name).name
-        wanted = list(self.wanted or [DEFAULT, HEURISTIC, TUNED])
-        if self.wanted is None and stored_tuned(self.storage, study) is None:
-            wanted = [DEFAULT, HEURISTIC]
-            self.log(f"study {study} has no tuned settings yet, so none are benchmarked (tuner tune or run)")
-        plan = plan_baselines(self.space.baselines(n, sockets_for(core_set(n))), self.caps)
+        wanted = list(self.wanted or [DEFAULT, HEURISTIC, RECOMMENDED])
+        baselines = self.space.baselines(n, sockets_for(core_set(n)))
+        extra: dict[str, str] = {}
+        if RECOMMENDED in wanted:
+            found = stored_recommended(self.storage, study)
+            at = wanted.index(RECOMMENDED)
+            if found is None and self.wanted is not None:
+                raise UsageError(f"--settings recommended: study {study} has no confirmed verdict in storage; "
+                                 "tune it first (tuner tune or tuner run)")  # fmt: skip
+            if found is None:
+                del wanted[at]
+                self.log(f"study {study} has no confirmed verdict yet, so no recommended setting is benchmarked")
+            else:
+                extra = {"recommended": found.label, "verdict": found.verdict, "study": study}
+                self.log(f"recommended, by the verdict of {study}: {found.label} [{found.settings.label()}]")
+                baselines = {**baselines, found.label: found.settings.params()}
+                if found.label in wanted:  # tf-default (no clear gain) is measured once, under its name
+                    del wanted[at]
+                else:
+                    wanted[at] = found.label
+        plan = plan_baselines(baselines, self.caps)
         not_runnable = {name: note for name, note in plan.not_runnable().items() if name in wanted}
         stand_ins = [plan.stand_ins[name] for name in not_runnable if plan.stand_ins.get(name) in plan.runnable]
         runnable = [w for w in wanted if w not in not_runnable] + stand_ins
-        named = _named(
-            runnable, {**self.space.baselines(n, sockets_for(core_set(n))), **plan.runnable}, self.storage, study
-        )
+        named = _named(runnable, {**baselines, **plan.runnable}, self.storage, study)
         if self.device == "gpu":  # the host's tuned threads, the GPUs' layout
             named = [(label, dataclasses.replace(s, data_format="NCHW")) for label, s in named]
         for label, settings in list(named):
@@ -101,9 +117,16 @@ class BenchmarkJob:
                 named.remove((label, settings))
                 not_runnable[label] = f"{NOT_RUNNABLE}: {broken[1]}"
                 self.failures.append(f"{label} ({mode} {n}c): {not_runnable[label]}")
-        return named, not_runnable
+        return named, not_runnable, extra
 
-    def _target(self, target: benchmark.Target, named: Named, not_runnable: dict[str, str], run_id: str) -> None:
+    def _target(
+        self,
+        target: benchmark.Target,
+        named: Named,
+        not_runnable: dict[str, str],
+        run_id: str,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         skip = None
         if self.visible_gpus is not None:
             skip = benchmark.gpu_skip_reason(self.runtime.name, self.visible_gpus, target.replicas)
@@ -125,9 +148,9 @@ class BenchmarkJob:
         try:
             benchmark.measure(self.runner, target, named, p, lambda line: self.log(f"{tag} {line}"), runs, failed)
         except (KeyboardInterrupt, TunerError):
-            self._store(target, named, runs, failed, run_id, announce=False)  # keep the finished rounds
+            self._store(target, named, runs, failed, run_id, announce=False, extra=extra)  # the finished rounds
             raise
-        self._store(target, named, runs, failed, run_id, announce=True)
+        self._store(target, named, runs, failed, run_id, announce=True, extra=extra)
 
     def _store(
         self,
@@ -137,6 +160,7 @@ class BenchmarkJob:
         failed: dict[str, str],
         run_id: str,
         announce: bool,
+        extra: dict[str, str] | None = None,
     ) -> None:
         """A record per setting measured (partial when rounds are missing), a failed one per failure."""
         for label, settings in named:
@@ -150,8 +174,10 @@ class BenchmarkJob:
             if not measured:
                 continue
             rounds = self.policy.rounds
-            extra = {"partial": f"{len(measured)} of {rounds} rounds"} if len(measured) < rounds else None
-            record = benchmark.make_record(target, label, settings, measured, self.signature, run_id, extra)
+            partial = {"partial": f"{len(measured)} of {rounds} rounds"} if len(measured) < rounds else {}
+            record = benchmark.make_record(
+                target, label, settings, measured, self.signature, run_id, {**(extra or {}), **partial}
+            )
             benchmark.store(self.storage, record)
             if announce:
                 self.out(

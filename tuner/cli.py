@@ -565,8 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--settings",
         action="append",
         default=None,
-        help="tf-default, heuristic (or another baseline), tuned (from the stored study), or a settings string "
-        "such as 'intra_op=2;inter_op=1' (repeatable; default tf-default, heuristic and tuned)",
+        help="tf-default, heuristic (or another baseline), recommended (what the stored study's verdict recommends), "
+        "tuned (its best sampled setting, even where the verdict kept tf-default), or a settings string such as "
+        "'intra_op=2;inter_op=1' (repeatable; default tf-default, heuristic and recommended)",
     )
     bench.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
     bench.add_argument("--gpus", default="1", help="GPU counts, one replica per GPU (e.g. 1,2)")

@@ -149,6 +149,28 @@ def tuned_settings(study: optuna.Study) -> Settings | None:
     return None if top is None else Settings.from_params(top.params)
 
 
+@dataclass(frozen=True)
+class Recommended:
+    """What a study's confirmed verdict recommends, named as benchmark records name it: ``tuned`` for its best
+    sampled setting, else the baseline's own name (tf-default when no setting clearly won)."""
+
+    label: str
+    settings: Settings
+    verdict: str
+
+
+def stored_recommended(storage: optuna.storages.BaseStorage, study_name: str) -> Recommended | None:
+    """The named study's recommendation; None if it does not exist or has no confirmed verdict yet."""
+    if study_name not in {s.study_name for s in storage.get_all_studies()}:
+        return None
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    if "verdict" not in study.user_attrs:
+        return None
+    verdict = StoredVerdict.from_dict(study.user_attrs["verdict"], f"study {study_name}: verdict")
+    label = TUNED if verdict.recommended == verdict.best_sampled() else verdict.recommended
+    return Recommended(label, verdict.params[verdict.recommended], verdict.text)
+
+
 def stored_tuned(storage: optuna.storages.BaseStorage, study_name: str) -> Settings | None:
     """The tuned settings of the named study in ``storage``; None if it does not exist or has none yet."""
     if study_name not in {s.study_name for s in storage.get_all_studies()}:

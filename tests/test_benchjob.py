@@ -1,0 +1,63 @@
+"""`tuner benchmark`'s third default setting is what the study's verdict recommends, not its best sample."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import one_error_line
+from tuner.benchmark import records
+from tuner.cli import main
+from tuner.replay import ReplayRunner
+from tuner.storage import open_storage
+
+TUNE = ["tune", "--model", "tiny", "--cores", "1", "--mode", "infer", "--trials", "6", "--candidates", "1"]
+BENCH = ["benchmark", "--model", "tiny", "--cores", "1", "--mode", "infer", "--warmup", "1", "--timed", "5"]
+
+
+def measured_labels(storage_url: str) -> list[str]:
+    return sorted(r["label"] for r in records(open_storage(storage_url)) if "skipped" not in r)
+
+
+def test_a_clear_winner_is_benchmarked_as_tuned_and_marked_recommended(
+    storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # More inter-op threads run much faster here, far beyond the 1% noise: a sampled setting clearly wins.
+    runner = ReplayRunner.from_rates(lambda spec: 900.0 + 300 * spec.settings.inter_op, noise=0.01)
+    assert main([*TUNE, "--storage", storage_url], runner=runner) == 0
+    capsys.readouterr()
+    assert main([*BENCH, "--storage", storage_url], runner=runner) == 0
+    captured = capsys.readouterr()
+    # The defaults: tf-default, the heuristic, and the recommended setting, which is the tuned one.
+    assert measured_labels(storage_url) == ["heuristic", "tf-default", "tuned"]
+    # The log says which setting "recommended" turned out to be, and every record carries it for the table.
+    assert "recommended, by the verdict of tiny-infer-b32-" in captured.err and ": tuned [" in captured.err
+    assert {r.get("recommended") for r in records(open_storage(storage_url))} == {"tuned"}
+
+
+def test_a_kept_default_is_benchmarked_once_not_the_best_sample(
+    storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Every setting runs alike (within 1% noise): no sampled setting clearly wins, the verdict keeps tf-default.
+    runner = ReplayRunner.from_rates(lambda spec: 1000.0, noise=0.01)
+    assert main([*TUNE, "--storage", storage_url], runner=runner) == 0
+    capsys.readouterr()
+    assert main([*BENCH, "--storage", storage_url], runner=runner) == 0
+    captured = capsys.readouterr()
+    # "recommended" is tf-default itself, measured once under its own name; the best sample is not benchmarked.
+    assert measured_labels(storage_url) == ["heuristic", "tf-default"]
+    assert ": tf-default [" in captured.err
+    assert {r.get("recommended") for r in records(open_storage(storage_url))} == {"tf-default"}
+    # `--settings tuned` still asks for the best sampled setting, by name.
+    assert main([*BENCH, "--settings", "tuned", "--storage", storage_url], runner=runner) == 0
+    assert "tuned" in measured_labels(storage_url)
+
+
+def test_recommended_without_a_verdict_is_one_line(storage_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    runner = ReplayRunner.from_rates(lambda spec: 1000.0)
+    assert main([*BENCH, "--settings", "recommended", "--storage", storage_url], runner=runner) == 1
+    # Asked for by name, a recommendation that does not exist is an error naming the flag and the remedy.
+    assert "--settings recommended: study tiny-infer-b32-" in one_error_line(capsys.readouterr().err)
+    # Left to the defaults, the same storage benchmarks tf-default and the heuristic and says why no more.
+    assert main([*BENCH, "--storage", storage_url], runner=runner) == 0
+    assert "has no confirmed verdict yet" in capsys.readouterr().err
+    assert measured_labels(storage_url) == ["heuristic", "tf-default"]
