@@ -61,3 +61,16 @@ def test_recommended_without_a_verdict_is_one_line(storage_url: str, capsys: pyt
     assert main([*BENCH, "--storage", storage_url], runner=runner) == 0
     assert "has no confirmed verdict yet" in capsys.readouterr().err
     assert measured_labels(storage_url) == ["heuristic", "tf-default"]
+
+
+def test_recommend_for_another_model_names_the_models_that_have_verdicts(
+    storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runner = ReplayRunner.from_rates(lambda spec: 1000.0, noise=0.01)
+    assert main([*TUNE, "--storage", storage_url], runner=runner) == 0
+    capsys.readouterr()
+    assert main(["recommend", "--storage", storage_url]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    # The README's tiny walkthrough leaves a verdict for tiny only: asked for resnet50 (the default), the error
+    # says what exists and the flag that reaches it.
+    assert "no confirmed verdict for resnet50" in line and "verdicts are stored for: --model tiny" in line

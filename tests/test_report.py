@@ -133,13 +133,12 @@ def test_empty_and_missing_storage(tmp_path: Path, capsys: pytest.CaptureFixture
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     optuna.create_study(study_name="someone-elses", storage=open_storage(empty))
     output = tmp_path / "r.html"
-    assert main(["report", "--storage", empty, "--output", str(output)]) == 0
-    # A storage without tuner studies gives a page that says so (and names the study it left out), not an
-    # empty chart or a crash.
-    page = output.read_text()
-    assert "No studies or benchmark records in this storage yet" in page
-    assert "Left out: 1 Optuna studies not made by tuner (someone-elses)" in page
-    capsys.readouterr()
+    assert main(["report", "--storage", empty, "--output", str(output)]) == 1
+    # A storage without tuner studies is an error, as `tuner recommend` without a verdict is: one line naming
+    # the storage, and no page of zero figures written.
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "nothing to report: no tuner studies or benchmark records in" in errors[0]
+    assert not output.exists()
     missing = tmp_path / "none.db"
     assert main(["report", "--storage", f"sqlite:///{missing}", "--output", str(tmp_path / "m.html")]) == 1
     # A storage that does not exist is one line naming it, and nothing is created.

@@ -204,9 +204,10 @@ def recommend(
 ) -> list[Recommendation]:
     """The best known settings per core count and mode for the CPU asked for (default: this machine's).
     Studies measured here win over imported ones (whatever their dates), unless ``prefer_imported``."""
+    every = verdicts(storage, warn)
     pool = [
         r
-        for r in verdicts(storage, warn)
+        for r in every
         if r.runtime == runtime and r.model == model and r.objective == objective and (mode is None or r.mode == mode)
     ]
     if cpu_name is not None:
@@ -235,7 +236,15 @@ def recommend(
         + (f" on {cores} cores" if cores else "")
     )
     cpu = cpu_name or f"{signature.model_name} ({signature.id})"
-    raise TunerError(f"no confirmed verdict for {what} of {cpu}, nor of a CPU of the same vendor and ISA family")
+    others = sorted({(r.model, r.objective, r.runtime) for r in every} - {(model, objective, runtime)})
+    flags = [
+        f"--model {shlex.quote(one_line(m, 60))}"
+        + (f" --objective {o}" if o != "throughput" else "")
+        + (f" --runtime {shlex.quote(one_line(rt, 40))}" if rt != runtime else "")
+        for m, o, rt in others
+    ]
+    hint = f"; verdicts are stored for: {', '.join(flags[:5])}" + (" ..." if len(flags) > 5 else "") if flags else ""
+    raise TunerError(f"no confirmed verdict for {what} of {cpu}, nor of a CPU of the same vendor and ISA family{hint}")
 
 
 def _similar_name(stored: str, asked: str) -> bool:

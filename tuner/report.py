@@ -26,6 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner import __version__, benchmark, table
 from tuner.confirm import DEFAULT, HEURISTIC, TUNED
+from tuner.errors import TunerError
 from tuner.records import BenchmarkRecord, StoredVerdict, StudyMeta, tuner_studies
 from tuner.topology import cores_text
 
@@ -373,8 +374,8 @@ def build(
     )
     if foreign:
         page.sentence(f"Left out: {len(foreign)} Optuna studies not made by tuner ({', '.join(sorted(foreign)[:5])}).")
-    if not groups:
-        page.sentence("No studies or benchmark records in this storage yet (run: tuner run).")
+    if not groups:  # as `tuner recommend` without a verdict: an error, not an empty page
+        raise TunerError(f"nothing to report: no tuner studies or benchmark records in {source} (run: tuner run)")
     ordered_groups = sorted(groups.items(), key=lambda item: (item[0][0], item[0][2], item[0][3], item[0][1]))
     for (cpu_id, runtime, model, objective), group in ordered_groups:
         goal = "" if objective == "throughput" else f", objective {objective}"
