@@ -193,8 +193,14 @@ def test_parse_empty_text_is_the_default() -> None:
 
 def test_label_lists_every_knob() -> None:
     label = Settings.from_params({"intra_op": 2, "KMP_BLOCKTIME": 0}).label()
-    # The label is the flat params as name=value text, framework knobs first.
-    assert label == "intra_op=2,inter_op=0,data_format=NHWC,KMP_BLOCKTIME=0"
+    # The label is the flat params as name=value text, framework knobs first, joined with ';'.
+    assert label == "intra_op=2;inter_op=0;data_format=NHWC;KMP_BLOCKTIME=0"
+
+
+def test_a_printed_label_pastes_back_even_with_a_comma_in_a_value() -> None:
+    settings = Settings.from_params({"intra_op": 2, "KMP_AFFINITY": "granularity=core,scatter"})
+    # The affinity string holds a comma; joined with ';', the label parses back to the same settings.
+    assert Settings.parse(settings.label()) == settings
 
 
 PARENT = {
@@ -282,4 +288,4 @@ def test_launch_knobs_are_checked_before_their_defaults_are_dropped() -> None:
         Settings.from_params({"instances": True})
     # At their defaults the launch knobs leave the label as it was; away from them they are named.
     assert Settings.from_params({"instances": 1, "allocator": "system", "precision": "fp32"}) == Settings()
-    assert Settings.from_params({"instances": 2}).label().endswith(",instances=2")
+    assert Settings.from_params({"instances": 2}).label().endswith(";instances=2")

@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 
 from tuner import __version__
 from tuner.confirm import interleave
-from tuner.errors import Interrupted, TunerError, WorkerError
+from tuner.errors import Interrupted, InvalidSettings, TunerError, WorkerError
 from tuner.measurement import Measurement, coefficient_of_variation, median_abs_deviation
 from tuner.models import ModelRef, as_ref
 from tuner.objective import latency_ms
@@ -159,6 +159,14 @@ def make_record(
         **provenance(signature),
         **(extra or {}),
     }
+
+
+def _same_settings(text: Any, settings: Settings) -> bool:
+    """Whether a stored settings text names ``settings`` (older labels were joined with ``,``)."""
+    try:
+        return isinstance(text, str) and Settings.parse(text) == settings
+    except InvalidSettings:
+        return False
 
 
 def skip_record(target: Target, reason: str, signature: CpuSignature, label: str = "") -> dict[str, Any]:
@@ -308,7 +316,7 @@ def matmul_peak(
             and record.get("runtime") == runtime
             and record.get("cores") == len(cores)
             and record.get("cpu", {}).get("id") == signature.id
-            and record.get("settings_text") == settings.label()
+            and _same_settings(record.get("settings_text"), settings)
         ):
             return float(record["peak_gflops"])
     result = runner.compute(TaskSpec("matmul", settings, cores))

@@ -189,7 +189,9 @@ class Settings:
             raise InvalidSettings(f"allocator {error}") from None
 
     def label(self) -> str:
-        return ",".join(f"{k}={v}" for k, v in self.params().items())
+        """'intra_op=2;inter_op=1;...': joined with ``;``, so a printed label pastes back into ``--settings``
+        even where a value holds a comma (``KMP_AFFINITY=granularity=core,scatter``)."""
+        return ";".join(f"{k}={v}" for k, v in self.params().items())
 
     def knob_environ(self) -> dict[str, str]:
         """Environment variables set by the knobs themselves (a knob at its "default" sets none)."""
