@@ -20,7 +20,7 @@ from tuner.study import StudyRun
 from tuner.workload import Workload
 
 SIGNATURE = cpu_signature()
-WINNER = "intra_op=2,inter_op=2,data_format=NHWC,onednn=True"
+WINNER = "intra_op=2;inter_op=2;data_format=NHWC;onednn=True"
 
 
 def rate(spec: TrialSpec) -> float:
