@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from tests.helpers import one_error_line
-from tuner.benchmark import Target, make_record
+from tuner.benchmark import Target, make_record, records
 from tuner.cli import main
 from tuner.measurement import Measurement
 from tuner.replay import ReplayRunner
@@ -83,3 +83,21 @@ def test_a_benchmark_record_states_the_batch_its_settings_ran() -> None:
     default = make_record(target, "tf-default", Settings(), [run], cpu_signature(), "r1")
     # A setting without the knob runs the target's batch.
     assert default["batch_size"] == 32
+
+
+def test_benchmark_finds_the_batch_searching_study_and_runs_its_batch(
+    storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runner = ReplayRunner.from_rates(per_sample, noise=0.01)
+    assert main([*TINY, "--search-batch", "8,64", "--storage", storage_url], runner=runner) == 0
+    bench = ["benchmark", "--model", "tiny", "--cores", "1", "--mode", "infer", "--warmup", "1", "--timed", "5"]
+    assert main([*bench, "--storage", storage_url], runner=runner) == 0
+    capsys.readouterr()
+    by_label = {r["label"]: r for r in records(open_storage(storage_url)) if "skipped" not in r}
+    # No study is named -b32-; the one that searched 8, 32 and 64 is found, and its recommendation (batch 64,
+    # 1.3x per sample) is benchmarked at batch 64 beside the baselines at 32.
+    assert by_label["tuned"]["batch_size"] == 64 and by_label["tuned"]["recommended"] == "tuned"
+    assert by_label["tf-default"]["batch_size"] == 32
+    assert by_label["tuned"]["images_per_sec"] / by_label["tf-default"]["images_per_sec"] == pytest.approx(
+        1.3, rel=0.05
+    )

@@ -10,6 +10,7 @@ marked partial. The job ends with the list of what could not be measured, which 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -84,6 +85,7 @@ class BenchmarkJob:
         host_batch = self.batch if self.device == "cpu" else benchmark.CPU_BATCH  # GPU rows: the host's study
         workload = workload_for(self.model, mode, host_batch, self.objective)
         study = StudyConfig(workload, core_set(n), self.space, self.signature, self.runtime.name).name
+        study = _with_searched_batch(study, host_batch, {s.study_name for s in self.storage.get_all_studies()})
         wanted = list(self.wanted or [DEFAULT, HEURISTIC, RECOMMENDED])
         baselines = self.space.baselines(n, sockets_for(core_set(n)))
         extra: dict[str, str] = {}
@@ -185,6 +187,17 @@ class BenchmarkJob:
                     f"({record['ms_per_image']:.2f} ms/image, step {record['step_seconds'] * 1000:.0f} ms, "
                     f"per-step rates cv {record['rate_cv']:.1%}) [{settings.label()}]"
                 )
+
+
+def _with_searched_batch(name: str, batch: int, names: set[str]) -> str:
+    """``name``, or where no such study exists, the study of the same target that searched the batch with
+    ``batch`` among its values (``--search-batch``: ``-b8.32.64-`` in place of ``-b32-``)."""
+    if name in names:
+        return name
+    head, _, tail = name.rpartition(f"-b{batch}-")
+    pattern = re.compile(rf"{re.escape(head)}-b(\d+(?:\.\d+)+)-{re.escape(tail)}")
+    found = sorted(n for n in names if (m := pattern.fullmatch(n)) and str(batch) in m.group(1).split("."))
+    return found[-1] if found else name
 
 
 def _named(
