@@ -408,7 +408,7 @@ def test_tuner_storage_is_the_default_storage(
         (["benchmark", "--batch-size", "0"], "argument --batch-size: '0' is not a whole number of at least 1"),
         (["benchmark", "--timed", "0"], "argument --timed: '0' is not a whole number of at least 1"),
         (["tune", "--candidates", "0"], "argument --candidates: '0' is not a whole number of at least 1"),
-        (["benchmark", "--device", "gpu", "--gpus", "0"], "--gpus: '0' is not a list of GPU counts"),
+        (["benchmark", "--device", "gpu", "--gpu-counts", "0"], "--gpu-counts: '0' is not a list of GPU counts"),
         (["env", "list", "extra"], "tuner env list takes no runtime name"),
     ],
 )

@@ -65,8 +65,24 @@ def test_shell_and_python_need_one_recommendation(storage_url: str, capsys: pyte
     # Two modes match: shell output cannot apply both, so it says which to choose.
     assert "--mode infer" in err and "--mode train" in err and len(err.strip().splitlines()) == 1
     assert main(["recommend", "--model", "tiny", "--storage", storage_url]) == 0
-    # The text format lists every core count and mode.
-    assert len(capsys.readouterr().out.strip().splitlines()) == 2
+    out = capsys.readouterr().out
+    # The text format lists every core count and mode, one block each headed by its target, within 120
+    # columns; into a pipe (not a terminal) without colour codes.
+    heads = [line for line in out.splitlines() if line and not line.startswith(" ")]
+    assert len(heads) == 2 and {"infer", "train"} == {head.split()[1] for head in heads}
+    assert all(len(line) <= 120 for line in out.splitlines()) and "\x1b" not in out
+
+
+def test_text_names_the_settings_launch_verdict_and_source_and_colours_a_win(storage_url: str) -> None:
+    (found,) = recommend.recommend(tuned_storage(storage_url), SIGNATURE, cores=2, mode="infer", model="tiny")
+    lines = recommend.render([found], "text").splitlines()
+    # First what to use, then one labelled line each for what it sets, how it launches, why, and from where.
+    assert lines[0].startswith("tiny infer on 2 cores (tensorflow): trial ")
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["settings", "launch", "verdict", "source"]
+    assert found.settings.label() in lines[1] and "wins" in lines[3]
+    # A clear win is green where colour is on; the colour wraps the name only.
+    coloured = recommend.render([found], "text", colour=True)
+    assert f"\x1b[32m{found.recommended}\x1b[0m" in coloured and "\x1b" not in "\n".join(lines)
 
 
 def test_unknown_cpu_is_borrowed_from_the_same_family_or_refused(storage_url: str) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import json
+
+import pandas as pd
 import pytest
 
 from tuner import table
@@ -46,44 +50,41 @@ def test_table_has_the_reference_columns_then_defaults_heuristic_tuned_and_effic
     frame, notes = table.build([*_group(), *_yardsticks()])
     row = frame.iloc[0]
     # The model (with the objective where it is not throughput) names the row, then the reference table's
-    # columns come, in its order.
-    assert list(frame.columns[:8]) == [
-        "model",
-        "runtime",
-        "CPU",
-        "memory",
-        "GPU",
-        "batch size",
-        "mode",
-        "images/sec (ms/image)",
-    ]
-    assert row["runtime"] == "CPU (oneDNN)" and row["GPU"] == 0 and row["batch size"] == 32
+    # columns come, in its order, the CPU split into its name and its core count (numbers stay numbers).
+    assert list(frame.columns[:8]) == ["model", "runtime", "CPU", "cores", "memory GiB", "GPU", "batch size", "mode"]
+    assert row["runtime"] == "CPU (oneDNN)" and row["GPU"] == 0 and row["batch size"] == 32 and row["cores"] == 2
     # 4 x 32 images in 4 x 0.5 s = 64 img/s for tf-default; tuned ran 0.4 s steps, so 80 img/s.
-    assert row["tf-default"] == "64.00" and row["tuned"] == "80.00"
-    # The main column shows what the verdict recommends (tf-default here), with ms per image.
-    assert row["images/sec (ms/image)"] == "64.00 (15.62ms)" and row["recommended"] == "tf-default"
-    # Measured interleaved in 3 rounds: the speedup carries a 95% interval.
-    assert row["tuned/tf-default"] == "1.25x [1.25, 1.25]"
-    # Efficiency against the best matmul peak on those cores (1000 GFLOP/s): 80 img/s x 8 GFLOP = 640.
-    assert row["GFLOP/s tuned (% peak)"] == "640 (64%)"
+    assert row["tf-default images/sec"] == pytest.approx(64.0) and row["tuned images/sec"] == pytest.approx(80.0)
+    # The main figure is what the verdict recommends (tf-default here), with ms per image beside it.
+    assert row["recommended"] == "tf-default" and row["images/sec"] == pytest.approx(64.0)
+    assert row["ms/image"] == pytest.approx(15.625)
+    # Measured interleaved in 3 rounds: the speedup carries a 95% interval, in three numeric columns.
+    ratio = [row[column] for column in table.RATIOS["tuned/tf-default"]]
+    assert ratio == pytest.approx([1.25, 1.25, 1.25])
+    # Efficiency against the best matmul peak on those cores (1000 GFLOP/s): 80 img/s x 8 GFLOP = 640, 64%.
+    assert row["tuned GFLOP/s"] == pytest.approx(640.0) and row["tuned % peak"] == pytest.approx(64.0)
     assert row["tuned settings"] == Settings(intra_op=2, inter_op=2).label()
     # Notes name the yardsticks.
     assert any("1000 GFLOP/s" in note for note in notes) and any("8 GFLOP per sample" in note for note in notes)
+    wide = table.render(frame, notes, "markdown", wide=True)
+    # The wide view writes the same figures as people read them.
+    assert "64.00 (15.62ms)" in wide and "1.25x [1.25, 1.25]" in wide and "640 (64%)" in wide
 
 
 def test_table_recommends_tuned_only_when_the_verdict_did_and_pairs_only_one_run() -> None:
     frame, _ = table.build([*_group(recommended="tuned")])
     # A confirmed win: the main column is the tuned figure.
-    assert frame.iloc[0]["recommended"] == "tuned" and frame.iloc[0]["images/sec (ms/image)"].startswith("80.00")
+    assert frame.iloc[0]["recommended"] == "tuned" and frame.iloc[0]["images/sec"] == pytest.approx(80.0)
     frame, _ = table.build([*_group(recommended="heuristic")])
     # A baseline that clearly won is shown as such (32 images in 0.6 s steps: 53.33 img/s).
     assert frame.iloc[0]["recommended"] == "heuristic"
-    assert frame.iloc[0]["images/sec (ms/image)"].startswith("53.33")
+    assert frame.iloc[0]["images/sec"] == pytest.approx(53.333, abs=0.001)
     records = _group(rounds=1)
     records[2]["run_id"] = "another run"
     frame, _ = table.build(records)
-    # Measured in different runs (or one round): a plain ratio, no interval that would pretend pairing.
-    assert frame.iloc[0]["tuned/tf-default"] == "1.25x"
+    value, low, high = (frame.iloc[0][column] for column in table.RATIOS["tuned/tf-default"])
+    # Measured in different runs (or one round): a plain ratio, and no interval that would pretend pairing.
+    assert value == pytest.approx(1.25) and pd.isna(low) and pd.isna(high)
 
 
 def test_table_keeps_the_latest_record_and_lists_skipped_targets() -> None:
@@ -93,26 +94,39 @@ def test_table_keeps_the_latest_record_and_lists_skipped_targets() -> None:
     gpu = Target("tensorflow", Workload("resnet50", "train", 64), (0, 1), "gpu", 1)
     frame, _ = table.build([new, old, skip_record(gpu, "no GPU visible", SIGNATURE)])
     # One row per target; the later measurement wins whatever the storage order.
-    assert len(frame) == 2 and frame.iloc[0]["tf-default"] == "99.00"
-    # The skipped GPU target is a row of its own that says so and why (so CSV keeps the reason too).
+    assert len(frame) == 2 and frame.iloc[0]["tf-default images/sec"] == 99.0
+    # The skipped GPU target is a row of its own that says so and why (so CSV keeps the reason too), its
+    # figures missing rather than made up.
     skipped = frame.iloc[1]
-    assert skipped["GPU"] == 1 and skipped["images/sec (ms/image)"] == "skipped"
+    assert skipped["GPU"] == 1 and skipped["status"] == "skipped" and pd.isna(skipped["images/sec"])
     assert skipped["note"] == "no GPU visible" and skipped["runtime"].startswith("GPU")
+    # The markdown view says "skipped" where the figure would be.
+    assert "| skipped " in table.render(frame, [], "markdown")
 
 
-def test_table_renders_markdown_csv_and_html_and_refuses_other_formats() -> None:
+def test_table_renders_markdown_csv_html_and_json_and_refuses_other_formats() -> None:
     frame, notes = table.build([*_group(), *_yardsticks()])
     markdown = table.render(frame, notes, "markdown")
     csv = table.render(frame, notes, "csv")
     html = table.render(frame, notes, "html")
+    data = json.loads(table.render(frame, notes, "json"))
     # Each format carries the header (the model first) and the figures.
-    assert markdown.startswith("| model ") and "64.00" in markdown
-    assert csv.splitlines()[0].startswith("model,runtime,CPU,memory,GPU,batch size,mode")
+    assert markdown.startswith("| model ") and "64.00 (15.62ms)" in markdown
+    assert csv.splitlines()[0].startswith("model,runtime,CPU,cores,memory GiB,GPU,batch size,mode,status")
     assert "<table" in html and "<th>tuned settings</th>" in html
+    # JSON: the data rows, every column, numbers as numbers, and the notes beside them.
+    assert data["rows"][0]["tf-default images/sec"] == pytest.approx(64.0) and data["notes"] == notes
+    assert list(data["rows"][0]) == list(table.COLUMNS)
+    # The terminal's markdown keeps the essential columns within 120; --wide (and html) keep every column.
+    assert "tuned settings" not in markdown and all(len(line) <= 120 for line in markdown.splitlines())
+    assert "| tuned settings " in table.render(frame, notes, "markdown", wide=True)
     with pytest.raises(UsageError, match="--format"):
         table.render(frame, notes, "xlsx")
-    # An empty storage says what to run rather than printing an empty table.
-    assert "tuner run" in table.render(table.build([])[0], [], "markdown")
+    # An empty storage says what to run rather than printing an empty table; the data formats stay data.
+    empty = table.build([])[0]
+    assert "tuner run" in table.render(empty, [], "markdown")
+    assert table.render(empty, [], "csv").split(",")[:2] == ["model", "runtime"]
+    assert json.loads(table.render(empty, [], "json")) == {"rows": [], "notes": []}
 
 
 def test_launcher_recipes_get_a_best_recipe_column_and_the_launch_is_spelled_out() -> None:
@@ -130,6 +144,62 @@ def test_launcher_recipes_get_a_best_recipe_column_and_the_launch_is_spelled_out
     row = table.build(records)[0].iloc[0]
     # The fastest recipe by images/sec is OpenVINO's small-CPU rule (0.42 s steps: 76.19 img/s), and tuned is
     # compared with it on the same rounds; the recommended launch is spelled out, instances first.
-    assert row["best recipe"] == "openvino-small 76.19"
-    assert row["tuned/best recipe"].startswith("1.20x [")
+    assert row["best recipe"] == "openvino-small" and row["best recipe images/sec"] == pytest.approx(76.19, abs=0.01)
+    value, low, high = (row[column] for column in table.RATIOS["tuned/best recipe"])
+    assert value == pytest.approx(1.2) and low <= value <= high
     assert row["recommended launch"] == "2x1 core, intra 1, inter default, tcmalloc, fp32"
+
+
+def _uneven_group() -> list[dict[str, object]]:
+    """tf-default steady at 0.5 s a step; tuned faster per step (0.4 s) but with one 2 s stall a round, so
+    its median step says 1.25x while its timed loop is slower than tf-default's."""
+    default = [run(0.5) for _ in range(3)]
+    stalled = [Measurement(32, (0.4, 0.4, 0.4, 2.0), (0.8,), {}, 0.0, 3.2) for _ in range(3)]
+    extra = {"recommended": "tf-default"}
+    return [
+        make_record(TARGET, "tf-default", Settings(), default, SIGNATURE, "r1", extra),
+        make_record(TARGET, "tuned", Settings(intra_op=2, inter_op=2), stalled, SIGNATURE, "r1", extra),
+    ]
+
+
+def test_images_per_sec_is_the_timed_loop_rate_and_the_median_step_speedup_says_so() -> None:
+    frame, notes = table.build(_uneven_group())
+    row = frame.iloc[0]
+    # Every images/sec is tf_cnn_benchmarks' figure: 4 x 32 images over the 3.2 s timed loop = 40 img/s for
+    # tuned, not the 80 img/s of its median step.
+    assert row["tuned images/sec"] == pytest.approx(40.0) and row["tf-default images/sec"] == pytest.approx(64.0)
+    # The speedup with an interval is the verdict's statistic, the ratio of median steps (0.5 / 0.4), and its
+    # column header names that statistic.
+    assert row["tuned/tf-default (median step)"] == pytest.approx(1.25)
+    wide = table.render(frame, notes, "markdown", wide=True)
+    assert "tuned/tf-default (median step, 95% CI)" in wide and "1.25x [" in wide
+    # The plain ratio beside the figures is of the figures themselves: 40 / 64.
+    assert "| 0.62x " in table.render(frame, notes, "markdown")
+
+
+def test_csv_has_numeric_columns_and_empty_missing_values() -> None:
+    avx2 = Measurement(32, (0.5,) * 4, (1.0,), {"onednn": False}, 0.0, 0.0)
+    nhwc = make_record(TARGET, "heuristic-nhwc", Settings(intra_op=2, inter_op=1), [avx2] * 2, SIGNATURE, "r1")
+    gpu = Target("tensorflow", Workload("resnet50", "train", 64), (0, 1), "gpu", 1)
+    records = [
+        *_group(),
+        *_yardsticks(),
+        nhwc | {"model": "mobilenet_v2"},
+        make_record(TARGET, "tf-default", Settings(), [avx2] * 2, SIGNATURE, "r1") | {"model": "mobilenet_v2"},
+        skip_record(TARGET, "not runnable here: NCHW needs oneDNN", SIGNATURE, "heuristic") | {"model": "mobilenet_v2"},
+        skip_record(gpu, "no GPU visible", SIGNATURE),
+    ]
+    frame, notes = table.build(records)
+    parsed = pd.read_csv(io.StringIO(table.render(frame, notes, "csv")))
+    numeric = ["cores", "GPU", "batch size", "images/sec", "ms/image", "tf-default images/sec",
+               "heuristic images/sec", "tuned images/sec", *(c for r in table.RATIOS.values() for c in r),
+               "tuned GFLOP/s", "tuned % peak", "rounds", "timed batches"]  # fmt: skip
+    # pandas reads every figure column as numbers: no "64.00 (15.62ms)" or "1.25x [1.25, 1.25]" strings.
+    assert all(pd.api.types.is_numeric_dtype(parsed[column]) for column in numeric), parsed.dtypes
+    # A missing figure is an empty cell (NaN once parsed), never "-": the skipped GPU row has none at all.
+    gpu_row = parsed[parsed["status"] == "skipped"].iloc[0]
+    assert gpu_row[numeric[3:]].isna().all() and gpu_row["note"] == "no GPU visible"
+    # The NHWC stand-in is a number in the heuristic column, named in its own column and in the note.
+    stand_in = parsed[parsed["model"] == "mobilenet_v2"].iloc[0]
+    assert stand_in["heuristic images/sec"] == pytest.approx(64.0)
+    assert stand_in["heuristic measured as"] == "heuristic-nhwc" and "(NHWC)" in stand_in["note"]

@@ -26,6 +26,7 @@ from tuner.envs import create as create_env
 from tuner.envs import read_manifest
 from tuner.errors import TunerError, UsageError
 from tuner.launch import launch
+from tuner.layout import colour_wanted
 from tuner.models import MODELS, ModelRef, name_of, resolve
 from tuner.objective import OBJECTIVES
 from tuner.objective import get as get_objective
@@ -33,6 +34,7 @@ from tuner.pipeline import Job
 from tuner.plan import StudyOptions, check_model, prepare
 from tuner.policy import CONFIRM
 from tuner.probe import fixed_knobs
+from tuner.progress import Bar, bar_for
 from tuner.runner import Runner, SubprocessRunner
 from tuner.runtime import check_knobs
 from tuner.runtime import load as load_runtime
@@ -89,7 +91,8 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
     counts = parse_core_counts(args.cores, len(physical_cores()))
     modes = parse_modes(args.mode)
     model, batch = _model_and_batch(args, modes)
-    for flag, value in (("--trials", args.trials), ("--candidates", args.candidates), ("--rounds", args.rounds)):
+    counted = (("--trials", args.trials), ("--candidates", args.candidates), ("--confirm-rounds", args.rounds))
+    for flag, value in counted:
         if value < 1:
             raise UsageError(f"{flag} must be at least 1")
     options = StudyOptions(
@@ -142,7 +145,7 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
     runtime = load_runtime(args.runtime)
     space = load_space(args.space or runtime.space, max(counts))
     if args.device == "gpu" and not re.fullmatch(r"[1-9][0-9]*(,[1-9][0-9]*)*", args.gpus.replace(" ", "")):
-        raise UsageError(f"--gpus: {args.gpus!r} is not a list of GPU counts of at least 1 (e.g. 1,2)")
+        raise UsageError(f"--gpu-counts: {args.gpus!r} is not a list of GPU counts of at least 1 (e.g. 1,2)")
     replicas = parse_core_counts(args.gpus, 64) if args.device == "gpu" else [args.replicas]
     if args.device == "cpu" and not 1 <= args.replicas <= 8:
         raise UsageError("--replicas must be from 1 to 8")
@@ -169,10 +172,13 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
 
 def _write_table(args: argparse.Namespace, storage: optuna.storages.BaseStorage) -> None:
     frame, notes = table.build(benchmark.records(storage, _warn))
-    text = table.render(frame, notes, args.format)
+    # A file holds every column, as the terminal's view does with --wide (`run` prints the narrow view).
+    text = table.render(frame, notes, args.format, wide=getattr(args, "wide", False) or bool(args.output))
+    if frame.empty and args.format in ("csv", "json"):  # the data stays parseable: the hint goes to stderr
+        print(f"tuner: {table.EMPTY}", file=sys.stderr)
     if args.output:
         _write_file(args.output, text + "\n")
-        print(f"table written to {args.output}")
+        print(f"table written to {args.output}", file=sys.stderr)
     else:
         print(text)
 
@@ -215,14 +221,22 @@ def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
     for runtime in runtimes:
         load_space(runtime.space, max(counts))  # a broken space fails now, not an hour in
     table.check_format(args.format)
+    if args.plan and args.format not in ("markdown", "json"):
+        raise UsageError(f"--plan prints text, or JSON with --format json; not {args.format}")
     budget = parse_duration(args.budget) if args.budget != "none" else None
-    storage = open_storage(args.storage)
+    if args.plan:  # the storage is only read, and only where it exists: a missing one is an empty one
+        missing = sqlite_missing(args.storage) is not None
+        storage = optuna.storages.InMemoryStorage() if missing else open_storage(args.storage, create=False)
+    else:
+        storage = open_storage(args.storage)
     signature = cpu_signature()
-    _log(
-        f"tuner {__version__} run: runtimes {', '.join(r.name for r in runtimes)}; cores {counts}; "
-        f"{', '.join(modes)}; on {signature.model_name} ({signature.id}); storage {redact(args.storage)}"
-        + (f"; budget {args.budget}" if budget else "")
-    )
+    bar = bar_for(sys.stderr) if not args.plan else Bar()  # a bar on a terminal; plain lines elsewhere
+    if not args.plan:
+        _log(
+            f"tuner {__version__} run: runtimes {', '.join(r.name for r in runtimes)}; cores {counts}; "
+            f"{', '.join(modes)}; on {signature.model_name} ({signature.id}); storage {redact(args.storage)}"
+            + (f"; budget {args.budget}" if budget else "")
+        )
     job = Job(
         storage=storage,
         signature=signature,
@@ -239,8 +253,17 @@ def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
         search_batch=search_batch,
         create_envs=not args.no_env_create,
         runner=runner,
-        log=_log,
+        log=bar.lines(_log),
+        bar=bar,
     )
+    if args.plan:
+        plan = job.plan()
+        text = json.dumps(plan.to_dict(), indent=2) if args.format == "json" else plan.render()
+        if args.output:
+            _write_file(args.output, text + "\n")
+        else:
+            print(text)
+        return 0
     job.run()
     _write_table(args, storage)
     print(f"figures of every study: tuner report --storage {redact(args.storage)}")
@@ -270,7 +293,7 @@ def cmd_recommend(args: argparse.Namespace, runner: Runner | None = None) -> int
         objective=args.objective,
         warn=_warn,
     )
-    print(recommend.render(found, args.format))
+    print(recommend.render(found, args.format, colour=colour_wanted(sys.stdout)))
     if any(r.borrowed for r in found) and args.format != "json":
         print("tuner: note: no verdict for this CPU; the advice above is BORROWED (see its source)", file=sys.stderr)
     return 0
@@ -358,12 +381,12 @@ def cmd_import(args: argparse.Namespace, runner: Runner | None = None) -> int:
 def cmd_show(args: argparse.Namespace, runner: Runner | None = None) -> int:
     storage = open_storage(args.storage, create=False)
     summaries = summarize(storage, _warn)
-    if args.json:
+    if args.format == "json":
         print(json.dumps(summaries, indent=2))
     elif not summaries:
         print(f"no tuner studies in {redact(args.storage)}")
     else:
-        print(format_table(summaries))
+        print(format_table(summaries, wide=args.wide, colour=colour_wanted(sys.stdout)))
         print(format_importance_lines(summaries))
     return 0
 
@@ -526,7 +549,15 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--pruner", default="none", choices=("none", "median", "wilcoxon"))
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--candidates", type=int, default=2, help="top sampled settings to confirm")
-    tune.add_argument("--rounds", type=int, default=CONFIRM.rounds, help="interleaved confirmation rounds")
+    tune.add_argument(
+        "--confirm-rounds",
+        dest="rounds",
+        metavar="N",
+        type=int,
+        default=CONFIRM.rounds,
+        help="interleaved confirmation rounds",
+    )
+    tune.add_argument("--rounds", dest="rounds", type=int, default=CONFIRM.rounds, help=argparse.SUPPRESS)  # old name
     tune.add_argument(
         "--no-confirm",
         action="store_true",
@@ -541,7 +572,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget", default=RUN_BUDGET, help=f"wall time for the whole job, or 'none' (default {RUN_BUDGET})"
     )
     run.add_argument(
-        "--runtimes", default=None, help="comma-separated runtimes (default: all: " + ", ".join(runtime_names()) + ")"
+        "--runtime",
+        "--runtimes",
+        dest="runtimes",
+        metavar="NAMES",
+        default=None,
+        help="runtimes, comma-separated (default: all: " + ", ".join(runtime_names()) + ")",
     )
     run.add_argument("--cores", default=None, help="core counts, e.g. 1,2 (default: 1, powers of two, all)")
     run.add_argument("--mode", default=None, help="train, infer or both (default both)")
@@ -551,7 +587,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--no-env-create", action="store_true", help="skip runtimes whose environment is missing")
     run.add_argument("--format", default="markdown", help="table format: " + ", ".join(table.FORMATS))
-    run.add_argument("--output", default=None, help="write the table to this file")
+    run.add_argument("--output", default=None, help="write the table (or the plan) to this file")
+    run.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the studies this command would run, each one's share, trials, confirmation and expected "
+        "time, and the total; measures nothing and writes nothing",
+    )
     add_precision_flags(run)
     run.set_defaults(func=cmd_run)
 
@@ -570,7 +612,14 @@ def build_parser() -> argparse.ArgumentParser:
         "'intra_op=2;inter_op=1' (repeatable; default tf-default, heuristic and recommended)",
     )
     bench.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
-    bench.add_argument("--gpus", default="1", help="GPU counts, one replica per GPU (e.g. 1,2)")
+    bench.add_argument(
+        "--gpu-counts",
+        dest="gpus",
+        metavar="N1,N2",
+        default="1",
+        help="how many GPUs per row, one replica each (e.g. 1,2: two rows)",
+    )
+    bench.add_argument("--gpus", dest="gpus", default="1", help=argparse.SUPPRESS)  # its old name
     bench.add_argument("--replicas", type=int, default=1, help="on CPU: split it into this many logical devices")
     bench.add_argument("--batch-size", type=int, default=None, help="per replica (default 32 on CPU, 64 per GPU)")
     bench.add_argument("--warmup", type=int, default=benchmark.FULL_WARMUP)
@@ -580,7 +629,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_benchmark)
 
     tab = sub.add_parser("table", help="the reference table from stored benchmark results (measures nothing)")
-    tab.add_argument("--format", default="markdown", help="markdown, csv or html")
+    tab.add_argument(
+        "--format",
+        default="markdown",
+        choices=table.FORMATS,
+        help="markdown or html for people; csv or json: the data, numbers as numbers, every column",
+    )
+    tab.add_argument(
+        "--wide",
+        action="store_true",
+        help="markdown on stdout: every column (default: the essential ones within 120 columns; --output files "
+        "always have every column)",
+    )
     tab.add_argument("--output", default=None, help="write to this file instead of stdout")
     tab.add_argument("--storage", default=DEFAULT_STORAGE)
     tab.set_defaults(func=cmd_table)
@@ -596,7 +656,12 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--cpu", default=None, help="a CPU model name, as /proc/cpuinfo prints it (default: this one)")
     rec.add_argument("--runtime", default="tensorflow", help="framework runtime: " + ", ".join(runtime_names()))
     add_model_flags(rec)
-    rec.add_argument("--format", default="text", help="text, shell, python or json")
+    rec.add_argument(
+        "--format",
+        default="text",
+        choices=recommend.FORMATS,
+        help="text for people, json (the data), or shell or python that apply one recommendation",
+    )
     rec.add_argument(
         "--prefer-imported",
         action="store_true",
@@ -633,7 +698,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = sub.add_parser("show", help="what was found, from storage, without measuring")
     show.add_argument("--storage", default=DEFAULT_STORAGE)
-    show.add_argument("--json", action="store_true")
+    show.add_argument("--format", default="text", choices=("text", "json"), help="text (a table) or json")
+    show.add_argument("--json", action="store_const", const="json", dest="format", help="the same as --format json")
+    show.add_argument("--wide", action="store_true", help="every column, however wide (default: fit 120 columns)")
     show.set_defaults(func=cmd_show)
 
     env = sub.add_parser("env", help="managed target environments for runtimes (under .envs/)")

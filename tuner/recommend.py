@@ -20,8 +20,10 @@ from typing import Any
 
 import optuna
 
+from tuner.confirm import DEFAULT
 from tuner.errors import InvalidSettings, TunerError, UsageError, check_choice
 from tuner.launch import shell_lines
+from tuner.layout import paint, shorten, wrap
 from tuner.records import MalformedRecord, StoredVerdict, StudyMeta
 from tuner.sanitize import one_line
 from tuner.settings import DATA_FORMATS, Settings
@@ -269,12 +271,14 @@ def check_format(fmt: str) -> None:
     check_choice("--format", fmt, FORMATS)
 
 
-def render(found: Sequence[Recommendation], fmt: str) -> str:
+def render(found: Sequence[Recommendation], fmt: str, colour: bool = False) -> str:
+    """``found`` as text for people (each within ``layout.WIDTH``, the chosen settings coloured where
+    ``colour`` is on), JSON with provenance, or one recommendation as shell or Python that applies it."""
     check_format(fmt)
     if fmt == "json":
         return json.dumps([r.provenance() for r in found], indent=2)
     if fmt == "text":
-        return "\n".join(_text(r) for r in found)
+        return "\n\n".join("\n".join(_text(r, colour)) for r in found)
     if len(found) != 1:
         choices = ", ".join(f"--cores {r.cores} --mode {r.mode}" for r in found)
         raise UsageError(f"--format {fmt} applies one recommendation; {len(found)} match: choose one of {choices}")
@@ -288,14 +292,21 @@ def _gain(r: Recommendation) -> str:
     return f"{s['value']:.2f}x tf-default [{s['low']:.2f}, {s['high']:.2f}]"
 
 
-def _text(r: Recommendation) -> str:
-    return one_line(
-        f"{r.model} {r.mode}{'' if r.objective == 'throughput' else f' ({r.objective})'} on {cores_text(r.cores)} "
-        f"({r.runtime}): {r.recommended}: {r.settings.label()} "
-        f"[{launch_summary(r.settings, r.cores)}] "
-        f"-- {r.verdict}; {r.source()}, measured {r.measured}",
-        limit=1000,
-    )
+def _text(r: Recommendation, colour: bool = False) -> list[str]:
+    """What to use (green where a setting clearly beat tf-default, yellow where tf-default is kept or the
+    advice is borrowed), then its settings, launch, verdict and source, each line within ``layout.WIDTH``."""
+    objective = "" if r.objective == "throughput" else f" ({r.objective})"
+    target = shorten(one_line(f"{r.model} {r.mode}{objective} on {cores_text(r.cores)} ({r.runtime}):"), 70)
+    chosen = paint(shorten(one_line(r.recommended), 38), "warn" if r.recommended == DEFAULT else "good", colour)
+    lines = [f"{target} {chosen}" + (" " + paint("BORROWED", "warn", colour) if r.borrowed else "")]
+    for label, text in (
+        ("settings", r.settings.label()),
+        ("launch", launch_summary(r.settings, r.cores)),
+        ("verdict", r.verdict),
+        ("source", f"{r.source()}, measured {r.measured}"),
+    ):
+        lines += wrap(one_line(text, 1000), indent=f"  {label + ':':10}", more=" " * 12)
+    return lines
 
 
 def _provenance(r: Recommendation) -> list[str]:

@@ -1,7 +1,14 @@
-"""What was found, read from storage without measuring: one summary per study, as a table or JSON."""
+"""What was found, read from storage without measuring: one summary per study, as a table or JSON.
+
+The headline images/sec of every setting is tf_cnn_benchmarks' figure, as the benchmark table prints it:
+timed batches x batch size / wall time of the timed loop (``Measurement.loop_images_per_sec``), pooled over
+the confirmation rounds (sum of images over sum of loop times). The verdict itself ranks and compares by the
+objective's statistic of per-step rates (the median, for throughput); its speedup column says so.
+"""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypedDict
@@ -11,9 +18,14 @@ from optuna.trial import TrialState
 
 from tuner.capability import NOT_RUNNABLE
 from tuner.confirm import DEFAULT, HEURISTIC
+from tuner.errors import InvalidSettings
+from tuner.layout import columns, wrap
+from tuner.measurement import Measurement
 from tuner.objective import OBJECTIVES
-from tuner.records import StoredRunnable, StoredVerdict, StudyMeta, tuner_studies
+from tuner.records import MalformedRecord, StoredConfirmation, StoredRunnable, StoredVerdict, StudyMeta, tuner_studies
 from tuner.sanitize import one_line
+from tuner.settings import Settings
+from tuner.topology import cores_text
 
 Params = dict[str, object]  # a setting's knobs, as Optuna stores a trial's params
 Importances = Mapping[str, float | str]  # knob -> share of the variance, or {"error": why not computed}
@@ -34,7 +46,8 @@ class TrialCounts(TypedDict):
 
 class BestTrial(TypedDict):
     number: int
-    images_per_sec: float | None
+    images_per_sec: float | None  # the trial's value: the objective's statistic (median per-step img/s)
+    loop_images_per_sec: float | None  # timed batches x batch / the timed loop's wall time
     params: Params
 
 
@@ -46,7 +59,9 @@ class VerdictSummary(TypedDict):
     recommended_params: Params
     clear: bool
     text: str
-    images_per_sec: dict[str, float]
+    images_per_sec: dict[str, float]  # median of the pooled per-step rates of each candidate
+    # Timed-loop images/sec of each candidate over the confirmation rounds (None: those runs are not stored).
+    loop_images_per_sec: dict[str, float] | None
     speedup_vs_tf_default: dict[str, float] | None
     speedup_vs_heuristic: dict[str, float] | None
     rounds: int | None
@@ -69,7 +84,8 @@ class StudySummary(TypedDict):
     framework_version: str | None
     trials: TrialCounts
     best_trial: BestTrial | None
-    search_baselines: dict[str, float | None]  # baseline -> its search trial's images/sec
+    search_baselines: dict[str, float | None]  # baseline -> its search trial's value (the objective's statistic)
+    search_loop_images_per_sec: dict[str, float | None]  # baseline -> its search trial's timed-loop images/sec
     importances: Importances | None
     inert_knobs: list[str]
     baseline_notes: dict[str, str]  # what the probe's read-back ruled out on this CPU (tuner/capability.py)
@@ -82,8 +98,32 @@ def _interval(value: Mapping[str, float] | None) -> dict[str, float] | None:
     return None if value is None else dict(value)
 
 
-def summarize_verdict(verdict: StoredVerdict) -> VerdictSummary:
-    """The verdict as show prints it, from the checked record."""
+def loop_rate(runs: Sequence[Measurement]) -> float:
+    """Timed-loop images/sec of ``runs`` together: every timed image over every timed loop's wall time."""
+    images = sum(len(m.timed_seconds) * m.batch_size for m in runs)
+    return images / math.fsum(m.loop_seconds for m in runs)
+
+
+def _trial_loop_rate(trial: optuna.trial.FrozenTrial) -> float | None:
+    try:
+        return Measurement.from_dict(trial.user_attrs["measurement"]).loop_images_per_sec
+    except (KeyError, TypeError, ValueError):
+        return None  # a trial stored before its raw steps were kept, or without them: no figure, not a guess
+
+
+def confirmed_loop_rates(verdict: StoredVerdict, confirmation: StoredConfirmation) -> dict[str, float] | None:
+    """Timed-loop images/sec of each candidate over the confirmation runs the verdict was decided on; None
+    where the stored runs are not exactly those (a later confirmation cut short, or none stored)."""
+    if not confirmation.runs or dict(confirmation.rates) != verdict.raw.get("rates"):
+        return None
+    runs: dict[str, list[Measurement]] = {}
+    for run in confirmation.runs:
+        runs.setdefault(run.candidate, []).append(run.measurement)
+    return {name: loop_rate(measured) for name, measured in runs.items()}
+
+
+def summarize_verdict(verdict: StoredVerdict, confirmation: StoredConfirmation | None = None) -> VerdictSummary:
+    """The verdict as show prints it, from the checked record (and the confirmation runs behind it)."""
     return VerdictSummary(
         winner=verdict.winner,
         recommended=verdict.recommended,
@@ -91,6 +131,7 @@ def summarize_verdict(verdict: StoredVerdict) -> VerdictSummary:
         clear=verdict.clear,
         text=verdict.text,
         images_per_sec=dict(verdict.images_per_sec),
+        loop_images_per_sec=None if confirmation is None else confirmed_loop_rates(verdict, confirmation),
         speedup_vs_tf_default=_interval(verdict.speedup),
         speedup_vs_heuristic=_interval(verdict.vs_heuristic),
         rounds=verdict.rounds,
@@ -107,6 +148,10 @@ def summarize_study(study: optuna.Study) -> StudySummary:
     meta = StudyMeta.from_dict(attrs.get("tuner"), f"{where}: tuner")
     runnable = StoredRunnable.from_dict(attrs.get("runnable"), f"{where}: runnable")
     verdict = None if "verdict" not in attrs else StoredVerdict.from_dict(attrs["verdict"], f"{where}: verdict")
+    try:
+        confirmation = StoredConfirmation.from_dict(attrs.get("confirmation"), f"{where}: confirmation")
+    except MalformedRecord:
+        confirmation = StoredConfirmation()  # checked by tuner_studies; a study loaded alone shows no loop rates
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name.lower() for t in trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -131,14 +176,22 @@ def summarize_study(study: optuna.Study) -> StudySummary:
         ),
         best_trial=None
         if best is None
-        else BestTrial(number=best.number, images_per_sec=best.value, params=dict(best.params)),
+        else BestTrial(
+            number=best.number,
+            images_per_sec=best.value,
+            loop_images_per_sec=_trial_loop_rate(best),
+            params=dict(best.params),
+        ),
         search_baselines={t.user_attrs["baseline"]: t.value for t in complete if "baseline" in t.user_attrs},
+        search_loop_images_per_sec={
+            t.user_attrs["baseline"]: _trial_loop_rate(t) for t in complete if "baseline" in t.user_attrs
+        },
         importances=attrs.get("importances"),  # checked by tuner_studies: numbers, or {"error": text}
         inert_knobs=list(meta.inert_knobs),
         baseline_notes=dict(runnable.baselines),
         excluded=list(runnable.excluded),
         probe=dict(meta.probe),
-        verdict=None if verdict is None else summarize_verdict(verdict),
+        verdict=None if verdict is None else summarize_verdict(verdict, confirmation),
     )
 
 
@@ -170,77 +223,142 @@ def _speedup(interval: Mapping[str, float] | None) -> str:
     return f"{interval['value']:.2f}x [{interval['low']:.2f}, {interval['high']:.2f}]"
 
 
-def _others(baselines: Mapping[str, float | None]) -> str:
-    """Baselines beyond tf-default and heuristic (Intel's advice, say), as 'name rate' pairs."""
-    rest = [f"{name} {rate:.2f}" for name, rate in baselines.items() if name not in (DEFAULT, HEURISTIC)]
-    return ", ".join(rest) or "-"
+def figures(s: StudySummary) -> tuple[dict[str, float | None], str, bool]:
+    """What a study's row shows for each candidate, the name of its best one, and whether those are the
+    headline figures: timed-loop images/sec for throughput (request times in ms for a latency objective), of
+    the confirmation rounds, or of the search trials where nothing was confirmed. False where a verdict's
+    confirmation runs are not stored: its pooled per-step medians stand in, and the table marks them."""
+    v, best = s["verdict"], s["best_trial"]
+    if v is None:
+        if OBJECTIVES[s["objective"]].latency:
+            searched = {**s["search_baselines"], "best": None if best is None else best["images_per_sec"]}
+            return _as_objective(s, searched), "best", True
+        best_rate = None if best is None else best["loop_images_per_sec"]
+        return {**s["search_loop_images_per_sec"], "best": best_rate}, "best", True
+    if OBJECTIVES[s["objective"]].latency:
+        return _as_objective(s, v["score"] or v["images_per_sec"]), v["winner"] or "", True
+    if v["loop_images_per_sec"] is not None:
+        return dict(v["loop_images_per_sec"]), v["winner"] or "", True
+    return dict(v["images_per_sec"]), v["winner"] or "", False
 
 
-def _rates(
-    rates: Mapping[str, float | None], baselines: Mapping[str, object], tuned: str, notes: Mapping[str, str]
-) -> list[str]:
-    """The tf-default, heuristic, other-baselines and tuned cells; a baseline that cannot run here says so."""
-    others = {name: rate for name, rate in rates.items() if name in baselines}
-    heuristic = _rate(rates.get(HEURISTIC))
-    if HEURISTIC not in rates and notes.get(HEURISTIC, "").startswith(NOT_RUNNABLE):
-        heuristic = NOT_RUNNABLE
-    return [_rate(rates.get(DEFAULT)), heuristic, _others(others), _rate(rates.get(tuned))]
+def verdict_word(s: StudySummary) -> tuple[str, str | None]:
+    """The verdict in a word or two, and its tone: a clear win (good), tf-default kept or nothing confirmed
+    yet (warn), every trial failed (bad)."""
+    v = s["verdict"]
+    if v is None:
+        if s["trials"]["complete"] == 0 and s["trials"]["fail"]:
+            return "failed", "bad"
+        return "unconfirmed", "warn"
+    if v["clear"]:
+        return "clear win", "good"
+    return ("default best" if v["winner"] == DEFAULT else "not clear"), "warn"
 
 
-def table_rows(summaries: Sequence[StudySummary]) -> list[list[str]]:
-    header = [
-        "model",
-        "runtime",
-        "mode",
-        "cores",
-        "trials",
-        "tf-default",
-        "heuristic",
-        "other baselines",
-        "tuned",
-        "tuned/default (95% CI)",
-        "tuned/heuristic (95% CI)",
-        "recommended settings",
-        "verdict",
+def _cells(s: StudySummary, wide: bool) -> list[str]:
+    """tf-default, heuristic, other baselines and best figures; a baseline that cannot run here says so (in
+    full where ``wide``), and a figure that is not the headline statistic is marked ``*``."""
+    values, best, headline = figures(s)
+    mark = "" if headline else "*"
+
+    def cell(name: str) -> str:
+        return _rate(values.get(name)) + (mark if values.get(name) is not None else "")
+
+    heuristic = cell(HEURISTIC)
+    if HEURISTIC not in values and s["baseline_notes"].get(HEURISTIC, "").startswith(NOT_RUNNABLE):
+        heuristic = NOT_RUNNABLE if wide else "not runnable"
+    rest = [
+        f"{name} {cell(name)}" for name in values if name in s["search_baselines"] and name not in (DEFAULT, HEURISTIC)
     ]
-    rows = [header]
+    return [cell(DEFAULT), heuristic, ", ".join(rest) or "-", cell(best)]
+
+
+def _mode(s: StudySummary) -> str:
+    """'infer'; 'infer, p50 ms' where the figures are request times; the batch where it is not the
+    objective's own (32 for throughput, 1 for latency)."""
+    goal = OBJECTIVES[s["objective"]]
+    batch = [f"batch {s['batch_size']}"] if s["batch_size"] != goal.default_batch else []
+    return ", ".join([s["mode"], *([goal.unit()] if goal.latency else []), *batch])
+
+
+def _settings(params: Params) -> str:
+    try:
+        return Settings.from_params(params).label()
+    except InvalidSettings:
+        return ";".join(f"{k}={v}" for k, v in params.items())
+
+
+SPEEDUP = "speedup (median)"  # the verdict's statistic, not the figures': its header says so
+HEADER = ["model", "runtime", "mode", "cores", "tf-default", "heuristic", "best", SPEEDUP, "verdict"]
+WIDE_HEADER = [
+    "model", "runtime", "mode", "cores", "trials", "tf-default", "heuristic", "other baselines", "best",
+    "best/tf-default (median step, 95% CI)", "best/heuristic (median step, 95% CI)", "recommended settings",
+    "verdict",
+]  # fmt: skip
+LEGEND = (
+    "Figures: images/sec = timed batches x batch size / wall time of the timed loop (tf_cnn_benchmarks), pooled "
+    "over the confirmation rounds, or of the search trials where not confirmed; a latency objective's are "
+    "request times in ms. speedup (median): of the best over tf-default by the verdict's statistic, the ratio of "
+    "pooled per-step medians (throughput and p50), with its 95% bootstrap interval. The verdict: a clear win, "
+    "not clear or default best (tf-default is kept), unconfirmed (search only), failed (no trial completed)."
+)
+UNMARKED = "*: median of per-step images/sec (the confirmation runs behind this verdict are not stored)."
+
+
+def table_rows(summaries: Sequence[StudySummary], wide: bool = False) -> list[list[str]]:
+    """The header and one row per study: the essential columns, or with ``wide`` every column."""
+    rows = [WIDE_HEADER if wide else HEADER]
     for s in summaries:
         v = s["verdict"]
-        goal = OBJECTIVES[s["objective"]]
-        head = [
-            s["model"],
-            s["runtime"],
-            s["mode"] if not goal.latency else f"{s['mode']} ({goal.unit()}, batch {s['batch_size']})",
-            str(s["cores"]),
-            f"{s['trials']['complete']}+{s['trials']['fail']}F",
-        ]
-        if v is None:  # searched but not confirmed: show the search's own values, and say so
-            searched, best = s["search_baselines"], s["best_trial"]
-            rates = _as_objective(s, {**searched, "best": None if best is None else best["images_per_sec"]})
-            cells = _rates(rates, searched, "best", s["baseline_notes"])
-            rows.append([*head, *cells, "-", "-", "-", "not confirmed yet (search values)"])
+        head = [s["model"], s["runtime"], _mode(s), str(s["cores"])]
+        tf_default, heuristic, others, best = _cells(s, wide)
+        speedup = _speedup(v["speedup_vs_tf_default"]) if v else "-"
+        if not wide:
+            rows.append([*head, tf_default, heuristic, best, speedup, verdict_word(s)[0]])
             continue
-        params = v["recommended_params"] or {}
-        rows.append([
-            *head,
-            *_rates(
-                _as_objective(s, v["score"]) if v["score"] else v["images_per_sec"],
-                s["search_baselines"], v["winner"] or "", s["baseline_notes"],
-            ),
-            _speedup(v["speedup_vs_tf_default"]), _speedup(v["speedup_vs_heuristic"]),
-            ",".join(f"{k}={val}" for k, val in params.items()), v["text"],
-        ])  # fmt: skip
+        head.append(f"{s['trials']['complete']}+{s['trials']['fail']}F")
+        if v is None:  # searched but not confirmed: the search's own figures, and it says so
+            rows.append(
+                [*head, tf_default, heuristic, others, best, "-", "-", "-", "not confirmed yet (search values)"]
+            )
+        else:
+            rows.append([*head, tf_default, heuristic, others, best, speedup, _speedup(v["speedup_vs_heuristic"]),
+                         _settings(v["recommended_params"] or {}), v["text"]])  # fmt: skip
     return rows
 
 
-def format_table(summaries: Sequence[StudySummary]) -> str:
-    """A plain-text table; images/sec are confirmed medians where a verdict exists. Every cell is one
-    printable line: stored text may come from another machine and must not drive the terminal."""
-    rows = [[one_line(cell, 300) for cell in row] for row in table_rows(summaries)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
+def _recommended_lines(summaries: Sequence[StudySummary]) -> list[str]:
+    """Each study's recommended settings and verdict in full, wrapped: what the narrow table leaves out."""
+    lines = ["", "Recommended (each study's verdict; --wide puts it in the table):"]
+    for s in summaries:
+        v, best = s["verdict"], s["best_trial"]
+        key = f"{s['model']} {s['runtime']} {_mode(s)}, {cores_text(s['cores'])}"
+        if v is not None:
+            lines += wrap(one_line(f"{key}: {v['recommended']}: {_settings(v['recommended_params'] or {})}", 1000),
+                          indent="  ", more="      ")  # fmt: skip
+            lines += wrap(one_line(v["text"], 1000), indent="    ", more="      ")
+        elif best is not None:
+            found = f"{key}: not confirmed yet; best searched: trial {best['number']}: {_settings(best['params'])}"
+            lines += wrap(one_line(found, 1000), indent="  ", more="      ")
+        else:
+            lines += wrap(one_line(f"{key}: no complete trial", 1000), indent="  ")
+    return lines
+
+
+def format_table(summaries: Sequence[StudySummary], wide: bool = False, colour: bool = False) -> str:
+    """The studies as a plain-text table: the essential columns within ``layout.WIDTH`` (then each study's
+    recommendation and verdict in full, and what the figures are), or with ``wide`` every column, however
+    wide. The verdict word is coloured where ``colour`` is on. Every cell is one printable line: stored text
+    may come from another machine and must not drive the terminal."""
+    rows = [[one_line(cell, 300) for cell in row] for row in table_rows(summaries, wide)]
+    if wide:
+        text = columns(rows, None, right=(3, 4, 5, 6, 8))
+    else:
+        tones = [verdict_word(s)[1] for s in summaries]
+        text = columns(rows, shrink=(1, 0, 2, 5), right=(3, 4, 5, 6), tones=tones, colour=colour)
+        text += "\n" + "\n".join(_recommended_lines(summaries))
+    legend = [LEGEND] + ([UNMARKED] if any(not figures(s)[2] for s in summaries) else [])
+    return text + "\n\n" + "\n".join(line for paragraph in legend for line in wrap(paragraph, more=""))
 
 
 def format_importances(importances: Importances | None) -> str:
@@ -252,16 +370,20 @@ def format_importances(importances: Importances | None) -> str:
 
 
 def format_importance_lines(summaries: Sequence[StudySummary]) -> str:
-    """Which knobs mattered per study (fANOVA importances, summing to 1)."""
+    """Which knobs mattered per study (fANOVA importances, summing to 1), and what the probe ruled out, each
+    line within ``layout.WIDTH``."""
     lines = ["", "What mattered (parameter importances, fANOVA):"]
     for s in summaries:
         inert = f"  [inert, searched anyway: {', '.join(s['inert_knobs'])}]" if s["inert_knobs"] else ""
-        lines.append(one_line(f"  {s['name']}: {format_importances(s['importances'])}{inert}", 1000))
+        lines += wrap(one_line(f"{s['name']}: {format_importances(s['importances'])}{inert}", 1000), indent="  ")
     ruled_out = [
-        f"  {s['name']}: {line}"
+        (s["name"], [*(f"baseline {b}: {n}" for b, n in s["baseline_notes"].items()), *s["excluded"]])
         for s in summaries
-        for line in [*(f"baseline {b}: {n}" for b, n in s["baseline_notes"].items()), *s["excluded"]]
     ]
-    if ruled_out:
-        lines += ["", "Not measured on this CPU (probe read-back):", *(one_line(line, 1000) for line in ruled_out)]
+    if any(found for _, found in ruled_out):
+        lines += ["", "Not measured on this CPU (probe read-back):"]
+        for name, found in ruled_out:
+            if found:
+                lines += wrap(one_line(f"{name}:", 300), indent="  ")
+                lines += [line for note in found for line in wrap(one_line(note, 1000), indent="    ")]
     return "\n".join(lines)

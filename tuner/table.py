@@ -5,18 +5,27 @@ table's columns first: runtime, CPU, memory, GPU, batch size, mode, images/sec (
 recommended settings. Then tf-default, heuristic and tuned images/sec side by side, the tuned speedups
 (with a 95% interval where they were measured interleaved in rounds), the achieved GFLOP/s as a share of
 the matmul peak on the same core set, and the tuned settings.
+
+``build`` returns the data: one column per quantity, numbers as numbers (a speedup's value, low and high in
+three columns), missing values empty; csv and json print it as it is. Markdown and html are views of it
+for people: every column (``wide``, html and files), or on a terminal the essential ones within
+``layout.WIDTH``. Every images/sec is tf_cnn_benchmarks' timed-loop figure (the record's ``images_per_sec``);
+the speedup columns with an interval are the verdict's statistic, the ratio of pooled per-step medians, and
+their headers say so.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 
 from tuner.capability import NOT_RUNNABLE
-from tuner.confirm import DEFAULT, HEURISTIC, TUNED, bootstrap_ratio
+from tuner.confirm import DEFAULT, HEURISTIC, TUNED, bootstrap_ratio, pooled_median
 from tuner.errors import InvalidSettings, check_choice
+from tuner.layout import WIDTH, fit, shorten, wrap
 from tuner.records import BenchmarkRecord
 from tuner.runtime import load as load_runtime
 from tuner.runtime import names as runtime_names
@@ -24,9 +33,29 @@ from tuner.sanitize import one_line
 from tuner.settings import Settings
 from tuner.topology import cores_text
 
-FORMATS = ("markdown", "csv", "html")
+FORMATS = ("markdown", "csv", "html", "json")
+EMPTY = "no benchmark results stored yet (run: tuner run, or tuner benchmark)"
 HEURISTIC_NHWC = f"{HEURISTIC}-nhwc"  # the heuristic's runnable part where NCHW cannot run (tuner/capability.py)
 MODE_NAMES = {"train": "train", "infer": "infer"}
+STATISTIC = "median step"  # what the speedup columns compare: the verdict's statistic, not images/sec
+RATIOS = {
+    name: (f"{name} ({STATISTIC})", f"{name} low", f"{name} high")
+    for name in ("tuned/tf-default", "tuned/heuristic", "tuned/best recipe")
+}
+SHARES = tuple(f"{name} {what}" for name in (DEFAULT, HEURISTIC, TUNED) for what in ("GFLOP/s", "% peak"))
+COLUMNS = (
+    "model", "runtime", "CPU", "cores", "memory GiB", "GPU", "batch size", "mode", "status",
+    "recommended", "images/sec", "ms/image", "p50 ms", "p99 ms",
+    "tf-default images/sec", "heuristic images/sec", "heuristic measured as", "tuned images/sec",
+    *RATIOS["tuned/tf-default"], *RATIOS["tuned/heuristic"],
+    "best recipe", "best recipe images/sec", *RATIOS["tuned/best recipe"], *SHARES,
+    "tuned settings", "rounds", "warm-up batches", "timed batches", "recommended launch", "note",
+)  # fmt: skip
+INTEGERS = ("cores", "GPU", "batch size", "rounds", "warm-up batches", "timed batches")
+FLOATS = (
+    "memory GiB", "images/sec", "ms/image", "p50 ms", "p99 ms", "tf-default images/sec", "heuristic images/sec",
+    "tuned images/sec", *(c for name in RATIOS.values() for c in name), "best recipe images/sec", *SHARES,
+)  # fmt: skip
 
 
 def _group_key(record: BenchmarkRecord) -> tuple[Any, ...]:
@@ -66,17 +95,17 @@ def runtime_label(name: str, facts: Mapping[str, Any] | None = None) -> str:
     return found if found == declared else f"{found} [{name}]"
 
 
-def _ratio(top: BenchmarkRecord | None, bottom: BenchmarkRecord | None) -> str:
-    """Speedup of ``top`` over ``bottom``; with a 95% paired bootstrap interval when both were measured in
-    the same interleaved run with two rounds or more, else the plain ratio."""
-    if top is None or bottom is None:
-        return "-"
+def _ratio(top: BenchmarkRecord | None, bottom: BenchmarkRecord | None) -> tuple[float | None, ...]:
+    """Speedup of ``top`` over ``bottom`` as the verdict states it, the ratio of pooled per-step medians, with
+    a 95% paired bootstrap interval when both were measured in the same interleaved run with two rounds or
+    more (else no interval): (value, low, high), None where missing."""
+    if top is None or bottom is None or not any(top["round_rates"]) or not any(bottom["round_rates"]):
+        return None, None, None
     paired = top.get("run_id") == bottom.get("run_id") and min(top["rounds"], bottom["rounds"]) >= 2
     if not paired:
-        return f"{top['images_per_sec'] / bottom['images_per_sec']:.2f}x"
-    # The ratio of pooled per-step medians, the figure its interval is about (as the verdict states it).
+        return pooled_median(top["round_rates"]) / pooled_median(bottom["round_rates"]), None, None
     interval = bootstrap_ratio(top["round_rates"], bottom["round_rates"])
-    return f"{interval.value:.2f}x [{interval.low:.2f}, {interval.high:.2f}]"
+    return interval.value, interval.low, interval.high
 
 
 def model_text(record: BenchmarkRecord) -> str:
@@ -85,23 +114,18 @@ def model_text(record: BenchmarkRecord) -> str:
     return f"{record.get('model')}" + ("" if objective == "throughput" else f", {objective}")
 
 
-def _latency(record: BenchmarkRecord | None) -> str:
-    """p50 / p99 of the timed steps' times (a step is one request of the batch); p99 needs 100 steps."""
-    if record is None or record.get("p50_ms") is None:
-        return "-"
-    p99 = record.get("p99_ms")
-    return f"{record['p50_ms']:.2f} / {'-' if p99 is None else f'{p99:.2f}'}"
+def _rate(record: BenchmarkRecord | None) -> float | None:
+    return None if record is None else record["images_per_sec"]
 
 
-def _rate(record: BenchmarkRecord | None) -> str:
-    return "-" if record is None else f"{record['images_per_sec']:.2f}"
-
-
-def _share(record: BenchmarkRecord | None, flops: dict[str, float] | None, peak: float | None) -> str:
+def _share(
+    record: BenchmarkRecord | None, flops: dict[str, float] | None, peak: float | None
+) -> tuple[float | None, float | None]:
+    """Achieved GFLOP/s and its percentage of the matmul peak on the same cores (None where not known)."""
     if record is None or not flops or not peak or record.get("device") != "cpu":
-        return "-"
+        return None, None
     achieved = record["images_per_sec"] * flops[record["mode"]] / 1e9
-    return f"{achieved:.0f} ({achieved / peak:.0%})"
+    return achieved, 100.0 * achieved / peak
 
 
 # The launchers' fixed recipes, as the stock space names its baselines (and their stand-ins' suffixes).
@@ -163,60 +187,7 @@ def build(records: Sequence[BenchmarkRecord]) -> tuple[pd.DataFrame, list[str]]:
             r = next(r for r in records if r.get("kind") == "benchmark" and _group_key(r) == key)
             rows.append(_skipped_row(r, "; ".join(f"{label}: {why}" for label, why in unmeasured[key].items())))
             continue
-        any_record = next(iter(group.values()))
-        main = _recommended(group)
-        tuned = group.get(TUNED)
-        recipe = _best_recipe(group)
-        not_run = unmeasured.get(key, {})
-        # Where the reference heuristic cannot run (NCHW without oneDNN), its runnable NHWC part stands in.
-        heuristic = group.get(HEURISTIC) or group.get(HEURISTIC_NHWC)
-        stand_in = heuristic is not None and HEURISTIC not in group
-        model = any_record["model"]
-
-        cpu_cores = (key[0], any_record["cores"])
-
-        def peak(record: BenchmarkRecord | None, at: tuple[Any, Any] = cpu_cores) -> float | None:
-            """The yardstick in the record's own precision: a bf16 row against a bf16 matmul."""
-            precision = (record or {}).get("settings", {}).get("precision", "fp32")
-            return peaks.get((*at, precision))
-
-        gpu = any_record["gpus"] if any_record["device"] == "gpu" else 0
-        cpu = any_record.get("cpu", {})
-        rows.append(
-            {
-                "model": model_text(any_record),
-                "runtime": runtime_label(any_record["runtime"], group.get(DEFAULT, any_record)),
-                "CPU": f"{cores_text(any_record['cores'])} ({cpu.get('model_name', '?')})",
-                "memory": f"{any_record.get('memory_gib', 0):.0f}G",
-                "GPU": gpu,
-                "batch size": any_record["global_batch"],
-                "mode": MODE_NAMES.get(any_record["mode"], any_record["mode"]),
-                "images/sec (ms/image)": "-"
-                if main is None
-                else f"{main['images_per_sec']:.2f} ({main['ms_per_image']:.2f}ms)",
-                "p50 / p99 ms per batch": _latency(main),
-                "tf-default": _rate(group.get(DEFAULT)),
-                "heuristic": (_rate(heuristic) + (" (NHWC)" if stand_in else ""))
-                if heuristic is not None or HEURISTIC not in not_run
-                else (NOT_RUNNABLE if not_run[HEURISTIC].startswith(NOT_RUNNABLE) else "failed"),
-                "tuned": _rate(tuned),
-                "tuned/tf-default": _ratio(tuned, group.get(DEFAULT)),
-                "tuned/heuristic": _ratio(tuned, heuristic),
-                "best recipe": "-" if recipe is None else f"{recipe[0]} {_rate(recipe[1])}",
-                "tuned/best recipe": _ratio(tuned, None if recipe is None else recipe[1]),
-                "GFLOP/s tf-default (% peak)": _share(group.get(DEFAULT), flops.get(model), peak(group.get(DEFAULT))),
-                "GFLOP/s heuristic (% peak)": _share(heuristic, flops.get(model), peak(heuristic)),
-                "GFLOP/s tuned (% peak)": _share(tuned, flops.get(model), peak(tuned)),
-                "tuned settings": "-" if tuned is None else tuned["settings_text"],
-                "timed batches": _batches(main),
-                "recommended": "-" if main is None else main["label"],
-                "recommended launch": launch_text(main),
-                "note": "; ".join(
-                    [f"{label}: {r['partial']} (interrupted)" for label, r in group.items() if "partial" in r]
-                    + [f"{label}: {why}" for label, why in not_run.items()]
-                ),
-            }
-        )
+        rows.append(_measured_row(group, unmeasured.get(key, {}), flops, peaks))
     for key in sorted(skipped, key=_sort_key):
         rows.append(_skipped_row(skipped[key], skipped[key]["skipped"]))
     notes = []
@@ -228,28 +199,95 @@ def build(records: Sequence[BenchmarkRecord]) -> tuple[pd.DataFrame, list[str]]:
     for model, counted in sorted(flops.items()):
         train = f", {counted['train'] / 1e9:.3g} for a training step" if "train" in counted else ""
         notes.append(f"{model}: {counted['infer'] / 1e9:.3g} GFLOP per sample for inference{train} (from the graphs)")
-    return pd.DataFrame(rows).fillna("-"), notes
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    return frame.astype({name: "Int64" for name in INTEGERS}).astype({name: "Float64" for name in FLOATS}), notes
+
+
+def _measured_row(
+    group: dict[str, BenchmarkRecord],
+    not_run: dict[str, str],
+    flops: dict[str, dict[str, float]],
+    peaks: dict[tuple[Any, Any, Any], float],
+) -> dict[str, Any]:
+    """One target's row from its latest record of each setting; ``not_run``: the settings that were not
+    measured, and why."""
+    any_record = next(iter(group.values()))
+    main, default, tuned, recipe = _recommended(group), group.get(DEFAULT), group.get(TUNED), _best_recipe(group)
+    # Where the reference heuristic cannot run (NCHW without oneDNN), its runnable NHWC part stands in.
+    heuristic = group.get(HEURISTIC) or group.get(HEURISTIC_NHWC)
+    notes = [f"{label}: {r['partial']} (interrupted)" for label, r in group.items() if "partial" in r]
+    notes += [f"{label}: {why}" for label, why in not_run.items()]
+    if heuristic is not None and HEURISTIC not in group:
+        notes.append(f"heuristic figures: {HEURISTIC_NHWC} (NHWC), its runnable part")
+    per_image = flops.get(any_record["model"])
+
+    def shares(name: str, record: BenchmarkRecord | None) -> dict[str, float | None]:
+        """GFLOP/s and % of the matmul peak on the same core set, in the record's own precision."""
+        precision = (record or {}).get("settings", {}).get("precision", "fp32")
+        peak = peaks.get((any_record.get("cpu", {}).get("id"), any_record["cores"], precision))
+        achieved, percent = _share(record, per_image, peak)
+        return {f"{name} GFLOP/s": achieved, f"{name} % peak": percent}
+
+    def ratio(name: str, top: BenchmarkRecord | None, bottom: BenchmarkRecord | None) -> dict[str, float | None]:
+        return dict(zip(RATIOS[name], _ratio(top, bottom), strict=True))
+
+    return {
+        **_target(any_record, runtime_label(any_record["runtime"], default or any_record)),
+        "status": "measured",
+        "recommended": None if main is None else main["label"],
+        "images/sec": _rate(main),
+        "ms/image": None if main is None else main["ms_per_image"],
+        "p50 ms": None if main is None else main.get("p50_ms"),
+        "p99 ms": None if main is None else main.get("p99_ms"),
+        "tf-default images/sec": _rate(default),
+        "heuristic images/sec": _rate(heuristic),
+        "heuristic measured as": _heuristic_as(heuristic, not_run),
+        "tuned images/sec": _rate(tuned),
+        **ratio("tuned/tf-default", tuned, default),
+        **ratio("tuned/heuristic", tuned, heuristic),
+        "best recipe": None if recipe is None else recipe[0],
+        "best recipe images/sec": None if recipe is None else _rate(recipe[1]),
+        **ratio("tuned/best recipe", tuned, None if recipe is None else recipe[1]),
+        **shares(DEFAULT, default),
+        **shares(HEURISTIC, heuristic),
+        **shares(TUNED, tuned),
+        "tuned settings": None if tuned is None else tuned["settings_text"],
+        "rounds": None if main is None else main["rounds"],
+        "warm-up batches": None if main is None else main["warmup"],
+        "timed batches": None if main is None else main["timed"],
+        "recommended launch": None if main is None else launch_text(main),
+        "note": "; ".join(notes),
+    }
+
+
+def _heuristic_as(heuristic: BenchmarkRecord | None, not_run: Mapping[str, str]) -> str | None:
+    """What the heuristic column holds: the record measured (the heuristic, or its NHWC part), or why none
+    was: not runnable here, or failed. None where it was not asked for."""
+    if heuristic is not None:
+        return heuristic["label"]
+    if HEURISTIC not in not_run:
+        return None
+    return NOT_RUNNABLE if not_run[HEURISTIC].startswith(NOT_RUNNABLE) else "failed"
+
+
+def _target(r: BenchmarkRecord, runtime: str) -> dict[str, Any]:
+    """The columns that name a row's target: the reference table's, the CPU split into its name and cores."""
+    return {
+        "model": model_text(r),
+        "runtime": runtime,
+        "CPU": r.get("cpu", {}).get("model_name"),
+        "cores": r["cores"],
+        "memory GiB": r.get("memory_gib"),
+        "GPU": r["gpus"] if r["device"] == "gpu" else 0,
+        "batch size": r["global_batch"],
+        "mode": MODE_NAMES.get(r["mode"], r["mode"]),
+    }
 
 
 def _skipped_row(r: BenchmarkRecord, note: str) -> dict[str, Any]:
     """A target with no measured setting: why, in the note."""
-    return {
-        "model": model_text(r),
-        "runtime": f"GPU ({r['runtime']})" if r["device"] == "gpu" else runtime_label(r["runtime"]),
-        "CPU": f"{cores_text(r['cores'])} ({r.get('cpu', {}).get('model_name', '?')})",
-        "memory": f"{r.get('memory_gib', 0):.0f}G",
-        "GPU": r["gpus"],
-        "batch size": r["global_batch"],
-        "mode": MODE_NAMES.get(r["mode"], r["mode"]),
-        "images/sec (ms/image)": "skipped",
-        "note": note,
-    }
-
-
-def _batches(record: BenchmarkRecord | None) -> str:
-    if record is None:
-        return "-"
-    return f"{record['rounds']}x({record['warmup']}+{record['timed']})"
+    runtime = f"GPU ({r['runtime']})" if r["device"] == "gpu" else runtime_label(r["runtime"])
+    return {**_target(r, runtime), "status": "skipped", "note": note}
 
 
 def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -274,28 +312,144 @@ def check_format(fmt: str) -> None:
     check_choice("--format", fmt, FORMATS)
 
 
-def render(frame: pd.DataFrame, notes: Sequence[str], fmt: str) -> str:
+def render(frame: pd.DataFrame, notes: Sequence[str], fmt: str, wide: bool = False) -> str:
+    """``frame`` as csv or json (the data, every column), html (every column) or markdown (the essential
+    columns within ``layout.WIDTH``, or with ``wide`` every column), with the notes under it."""
     check_format(fmt)
     # Stored text (CPU names, notes) may come from another machine: each cell and note one printable line.
     frame = frame.map(lambda value: one_line(value, 500) if isinstance(value, str) else value)
     notes = [one_line(note, 500) for note in notes]
-    if frame.empty:
-        return "no benchmark results stored yet (run: tuner run, or tuner benchmark)" + "".join(
-            f"\n- {note}" for note in notes
-        )
     if fmt == "csv":
         return str(frame.to_csv(index=False)).rstrip("\n")
+    if fmt == "json":
+        return json.dumps({"rows": records_of(frame), "notes": notes}, indent=2)
+    if frame.empty:
+        return EMPTY + "".join(f"\n- {note}" for note in notes)
+    view = pd.DataFrame([_view_row(row, wide or fmt == "html") for _, row in frame.iterrows()])
     if fmt == "html":
         items = "".join(f"<li>{_escape(note)}</li>" for note in notes)
-        return str(frame.to_html(index=False, escape=True)) + (f"\n<ul>{items}</ul>" if notes else "")
-    text = str(frame.to_markdown(index=False))
-    legend = (
-        "\nimages/sec: timed batches x batch size / wall time of the timed loop (tf_cnn_benchmarks); ms/image "
-        "is its inverse, as the reference table prints it. Speedups: 95% paired bootstrap interval where "
-        "measured interleaved in rounds. GFLOP/s: images/sec x FLOPs per image; % of the matmul peak on the "
-        "same cores. Timed batches: rounds x (warm-up + timed)."
-    )
-    return text + "\n" + legend + "".join(f"\n- {note}" for note in notes)
+        return str(view.to_html(index=False, escape=True)) + (f"\n<ul>{items}</ul>" if notes else "")
+    if not wide:
+        view, notes = _narrow(view), [*_cpu_lines(frame), *notes]
+    text = str(view.to_markdown(index=False, disable_numparse=True))
+    legend = [LEGEND_WIDE if wide else LEGEND, *(f"- {note}" for note in notes)]
+    return text + "\n\n" + "\n".join(line for part in legend for line in wrap(part, more="  "))
+
+
+LEGEND = (
+    "images/sec (ms/image): of the recommended settings (what the confirmed verdict chose: tf-default unless "
+    "another clearly won), timed batches x batch size / wall time of the timed loop (tf_cnn_benchmarks); "
+    "ms/image is its inverse. tuned/tf-default: the ratio of those two settings' images/sec. --wide: every "
+    "column (speedups with 95% intervals, GFLOP/s, settings, launch); --format csv or json: the data."
+)
+LEGEND_WIDE = (
+    "images/sec: timed batches x batch size / wall time of the timed loop (tf_cnn_benchmarks), in every column; "
+    "ms/image is its inverse, as the reference table prints it; tuned/tf-default is the ratio of two of them. "
+    f"Speedups ({STATISTIC}): the verdict's statistic, the ratio of pooled per-step medians, with a 95% paired "
+    "bootstrap interval where measured interleaved in rounds. GFLOP/s: images/sec x FLOPs per image; % of the "
+    "matmul peak on the same cores. Timed batches: rounds x (warm-up + timed)."
+)
+NARROW = ("model", "runtime", "device", "mode", "images/sec (ms/image)", "recommended", "tuned/tf-default")
+
+
+def records_of(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows as plain JSON values: numbers, text, or None where missing."""
+
+    def plain(value: Any) -> Any:
+        if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+            return None
+        return value.item() if hasattr(value, "item") else value
+
+    return [{str(name): plain(value) for name, value in row.items()} for row in frame.to_dict(orient="records")]
+
+
+def _missing(value: Any) -> bool:
+    return value is None or bool(pd.isna(value))
+
+
+def _fixed(value: Any, digits: int = 2, unit: str = "") -> str:
+    return "-" if _missing(value) else f"{value:.{digits}f}{unit}"
+
+
+def _times(row: pd.Series, name: str) -> str:
+    """'1.25x [1.20, 1.31]', '1.25x' without an interval, '-' without a value."""
+    value, low, high = (row[column] for column in RATIOS[name])
+    if _missing(value):
+        return "-"
+    return f"{value:.2f}x" + ("" if _missing(low) else f" [{low:.2f}, {high:.2f}]")
+
+
+def _interval(name: str) -> str:
+    return f"{name} ({STATISTIC}, 95% CI)"
+
+
+def _view_row(row: pd.Series, wide: bool) -> dict[str, str]:
+    """One data row as people read it: every column (``wide``) or the ``NARROW`` ones."""
+    measured = row["status"] != "skipped"
+    heuristic = row["heuristic measured as"]
+    if not _missing(row["heuristic images/sec"]):
+        heuristic = _fixed(row["heuristic images/sec"]) + (" (NHWC)" if heuristic == HEURISTIC_NHWC else "")
+    elif _missing(heuristic):
+        heuristic = "-"
+    loop_ratio = row["tuned images/sec"] / row["tf-default images/sec"] if measured else None
+    gpus = int(row["GPU"])
+    view = {
+        "model": row["model"],
+        "runtime": row["runtime"],
+        "CPU": f"{cores_text(int(row['cores']))} ({'?' if _missing(row['CPU']) else row['CPU']})",
+        "device": f"{gpus} GPU{'s' if gpus > 1 else ''}" if gpus else cores_text(int(row["cores"])),
+        "memory": _fixed(row["memory GiB"], 0, "G"),
+        "GPU": str(gpus),
+        "batch size": str(row["batch size"]),
+        "mode": row["mode"],
+        "images/sec (ms/image)": "skipped"
+        if not measured
+        else "-"
+        if _missing(row["images/sec"])
+        else f"{row['images/sec']:.2f} ({row['ms/image']:.2f}ms)",
+        "p50 / p99 ms per batch": "-" if _missing(row["p50 ms"]) else f"{row['p50 ms']:.2f} / {_fixed(row['p99 ms'])}",
+        "tf-default": _fixed(row["tf-default images/sec"]),
+        "heuristic": heuristic,
+        "tuned": _fixed(row["tuned images/sec"]),
+        "tuned/tf-default": _fixed(loop_ratio, unit="x"),
+        **{_interval(name): _times(row, name) for name in ("tuned/tf-default", "tuned/heuristic")},
+        "best recipe": "-"
+        if _missing(row["best recipe"])
+        else f"{row['best recipe']} {_fixed(row['best recipe images/sec'])}",
+        _interval("tuned/best recipe"): _times(row, "tuned/best recipe"),
+        **{
+            f"GFLOP/s {name} (% peak)": "-"
+            if _missing(row[f"{name} GFLOP/s"])
+            else f"{row[f'{name} GFLOP/s']:.0f} ({row[f'{name} % peak']:.0f}%)"
+            for name in (DEFAULT, HEURISTIC, TUNED)
+        },
+        "tuned settings": "-" if _missing(row["tuned settings"]) else row["tuned settings"],
+        "timed batches": "-"
+        if _missing(row["rounds"])
+        else f"{row['rounds']}x({row['warm-up batches']}+{row['timed batches']})",
+        "recommended": "-" if _missing(row["recommended"]) else row["recommended"],
+        "recommended launch": "-" if _missing(row["recommended launch"]) else row["recommended launch"],
+        "note": "" if _missing(row["note"]) else row["note"],
+    }
+    return {name: view[name] for name in NARROW} if not wide else {k: v for k, v in view.items() if k != "device"}
+
+
+def _narrow(view: pd.DataFrame) -> pd.DataFrame:
+    """The narrow view cut to ``layout.WIDTH`` as markdown prints it (cells padded to their header plus two,
+    three characters between columns): the longest of model, runtime and recommended give way first."""
+    rows = [[f"{name}  " for name in view.columns], *view.astype(str).values.tolist()]
+    shrink = [list(view.columns).index(name) for name in ("model", "runtime", "mode", "recommended")]
+    widths = fit(rows, WIDTH, 3 * len(view.columns) + 1, shrink)
+    cells = view.astype(str)
+    for name, size in zip(view.columns, widths, strict=True):
+        cells[name] = cells[name].map(lambda cell, size=size: shorten(cell, size))
+    return cells
+
+
+def _cpu_lines(frame: pd.DataFrame) -> list[str]:
+    """The CPU and memory the narrow view leaves out, once per machine."""
+    machines = frame[["CPU", "memory GiB"]].drop_duplicates().itertuples(index=False)
+    return [f"CPU: {'?' if _missing(cpu) else cpu}, memory {_fixed(memory, 0, 'G')}" for cpu, memory in machines]
 
 
 def _escape(text: str) -> str:
