@@ -77,7 +77,7 @@ def test_tiny_study_on_intel_tensorflow_stores_read_back_values(intel: Runtime, 
 
     url = f"sqlite:///{tmp_path}/intel.db"
     args = ["tune", "--runtime", "intel-tensorflow", "--model", "tiny", "--cores", "1", "--mode", "infer",
-            "--trials", "6", "--rounds", "2", "--budget", "none", "--storage", url]  # fmt: skip
+            "--trials", "6", "--rounds", "2", "--candidates", "1", "--budget", "none", "--storage", url]  # fmt: skip
     assert main(args) == 0
     storage = optuna.storages.RDBStorage(url)
     (summary,) = storage.get_all_studies()
