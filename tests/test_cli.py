@@ -179,7 +179,7 @@ def test_env_list_names_every_runtime(capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out
     names = [line.split()[0] for line in out.splitlines() if line.strip()]
     # Each runtime has exactly one line, which names it first, then its environment or how to create it.
-    assert sorted(names) == ["intel-tensorflow", "tensorflow", "tensorflow-eigen"]
+    assert sorted(names) == ["intel-tensorflow", "tensorflow", "tensorflow-eigen", "tensorflow-gpu"]
 
 
 RUN = ["run", "--model", "tiny", "--runtimes", "tensorflow,tensorflow-eigen", "--cores", "1", "--budget", "5m"]
@@ -207,7 +207,7 @@ def test_run_prints_the_table_then_table_rereads_it_in_every_format(
     lines = csv_path.read_text().strip().splitlines()
     assert len([line for line in lines if line.startswith("tiny,CPU (")]) == 4
     skipped = [line for line in lines if ",skipped," in line]
-    assert len(skipped) == 4 and all("no GPU visible" in line for line in skipped)
+    assert len(skipped) == 4 and all("GPU [tensorflow-gpu]" in line and "sees 0 GPUs" in line for line in skipped)
     assert "<table" in html_path.read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["studies.db", "t.csv", "t.html"]
 

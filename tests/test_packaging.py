@@ -66,10 +66,11 @@ def test_wheel_ships_runtimes_and_search_spaces(tmp_path: Path) -> None:
     assert Path(found["spaces_dir"]) == package / "search_spaces"
     # Every runtime declared in the repository is listed from the wheel, each read from the wheel's file.
     assert found["names"] == sorted(p.stem for p in (REPOSITORY / "runtimes").glob("*.toml"))
-    assert found["names"] == ["intel-tensorflow", "tensorflow", "tensorflow-eigen"]
+    assert found["names"] == ["intel-tensorflow", "tensorflow", "tensorflow-eigen", "tensorflow-gpu"]
     assert found["runtime_paths"] == [str(package / "runtimes" / f"{name}.toml") for name in found["names"]]
-    # Each runtime's own search space loads from the wheel (the three are named after their runtime).
-    assert found["runtime_spaces"] == found["names"]
+    # Each runtime's own search space loads from the wheel (the CPU runtimes' are named after their runtime;
+    # the GPU rows' runtime tunes no space of its own and names the stock one).
+    assert found["runtime_spaces"] == ["intel-tensorflow", "tensorflow", "tensorflow-eigen", "tensorflow"]
     # A bare space name resolves to the wheel's shipped file; an explicit file path is still accepted.
     assert Path(found["tensorflow_space"]) == package / "search_spaces" / "tensorflow.toml"
     assert found["space_by_path"] == "tensorflow-eigen"

@@ -171,9 +171,12 @@ def test_flops_and_matmul_tasks_measure_from_the_graph_and_the_hardware() -> Non
 
 
 def test_benchmark_on_gpu_without_one_skips_with_the_reason(tmp_path: Path) -> None:
-    """The real command on a machine whose TensorFlow sees no GPU (tensorflow-cpu has no CUDA)."""
+    """The real command with the project's own TensorFlow, which sees no GPU (tensorflow-cpu has no CUDA): the
+    worker's read-back of the GPU stack runs, and finds none. (The default GPU runtime, tensorflow-gpu, is
+    refused before any worker where no NVIDIA driver is loaded: tests/test_gpu.py.)"""
     url = f"sqlite:///{tmp_path / 'g.db'}"
-    argv = ["benchmark", "--device", "gpu", "--gpus", "1,2", "--mode", "train", "--cores", "1", "--storage", url]
+    argv = ["benchmark", "--device", "gpu", "--runtime", "tensorflow", "--gpu-counts", "1,2", "--mode", "train",
+            "--cores", "1", "--storage", url]  # fmt: skip
     done = subprocess.run([sys.executable, "-m", "tuner.cli", *argv], capture_output=True, text=True, timeout=300)
     # Exit 0, one line per GPU count saying why it was skipped.
     assert done.returncode == 0, done.stderr

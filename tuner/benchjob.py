@@ -68,6 +68,7 @@ class BenchmarkJob:
     out: Log = print  # results, one line each
     failures: list[str] = field(default_factory=list)
     objective: str = "throughput"  # whose study's tuned settings are benchmarked
+    unavailable: str | None = None  # GPU rows: why the runtime cannot run here at all (every row skipped)
 
     def run(self) -> None:
         run_id = benchmark.new_run_id()
@@ -84,7 +85,8 @@ class BenchmarkJob:
         verdict recommends (stored on every record, so that tables mark the recommended row)."""
         host_batch = self.batch if self.device == "cpu" else benchmark.CPU_BATCH  # GPU rows: the host's study
         workload = workload_for(self.model, mode, host_batch, self.objective)
-        study = StudyConfig(workload, core_set(n), self.space, self.signature, self.runtime.name).name
+        host = "tensorflow" if self.runtime.gpu_only else self.runtime.name  # GPU rows: the host's tuned study
+        study = StudyConfig(workload, core_set(n), self.space, self.signature, host).name
         study = _with_searched_batch(study, host_batch, {s.study_name for s in self.storage.get_all_studies()})
         wanted = list(self.wanted or [DEFAULT, HEURISTIC, RECOMMENDED])
         baselines = self.space.baselines(n, sockets_for(core_set(n)))
@@ -129,8 +131,8 @@ class BenchmarkJob:
         run_id: str,
         extra: dict[str, str] | None = None,
     ) -> None:
-        skip = None
-        if self.visible_gpus is not None:
+        skip = self.unavailable
+        if skip is None and self.visible_gpus is not None:
             skip = benchmark.gpu_skip_reason(self.runtime.name, self.visible_gpus, target.replicas)
         if skip is not None:
             benchmark.store(self.storage, benchmark.skip_record(target, skip, self.signature))

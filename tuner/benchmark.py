@@ -155,6 +155,9 @@ def make_record(
         "replicas_in_sync": facts.get("replicas"),  # read back from the strategy, not echoed
         "onednn": facts.get("onednn"),
         "openmp": facts.get("openmp"),
+        # GPU rows: the stack the table names them by, read back (None on a CPU row, or a build without CUDA).
+        "cuda_version": facts.get("cuda_version") if target.device == "gpu" else None,
+        "gpu_name": (facts.get("gpu_names") or [None])[0] if target.device == "gpu" else None,
         "run_id": run_id,
         **provenance(signature),
         **(extra or {}),

@@ -36,7 +36,7 @@ from tuner.policy import CONFIRM
 from tuner.probe import fixed_knobs
 from tuner.progress import Bar, bar_for
 from tuner.runner import Runner, SubprocessRunner
-from tuner.runtime import check_knobs
+from tuner.runtime import GPU_RUNTIME, check_knobs, cpu_names, for_device
 from tuner.runtime import load as load_runtime
 from tuner.runtime import names as runtime_names
 from tuner.sanitize import one_line
@@ -106,7 +106,7 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
         force_precision=args.force_precision,
         search_batch=parse_batches(args.search_batch, args.objective),
     )
-    runtime = load_runtime(args.runtime)
+    runtime = for_device(load_runtime(args.runtime), "cpu")
     space = load_space(args.space or runtime.space, max(counts))
     inert = check_knobs(runtime, space.distributions(max(counts)), args.allow_inert)
     runner = runner or SubprocessRunner(python=args.python or runtime.python())
@@ -142,7 +142,9 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
     model = resolve(args.model, args.input_shape)
     for mode in modes:
         workload_for(model, mode, 1, args.objective)
-    runtime = load_runtime(args.runtime)
+    # GPU rows run TensorFlow with CUDA (runtimes/tensorflow-gpu.toml); the project's own is tensorflow-cpu.
+    runtime = for_device(load_runtime(args.runtime or (GPU_RUNTIME if args.device == "gpu" else "tensorflow")),
+                         args.device)  # fmt: skip
     space = load_space(args.space or runtime.space, max(counts))
     if args.device == "gpu" and not re.fullmatch(r"[1-9][0-9]*(,[1-9][0-9]*)*", args.gpus.replace(" ", "")):
         raise UsageError(f"--gpu-counts: {args.gpus!r} is not a list of GPU counts of at least 1 (e.g. 1,2)")
@@ -153,17 +155,25 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
     policy = benchmark.full_policy(args.warmup, args.timed, args.rounds)
     check_settings(args.settings or [], list(space.baselines(max(counts))))  # before the storage is created
     storage = open_storage(args.storage)
+    visible, unavailable = None, None
+    if args.device == "gpu" and runner is None:  # a runtime that cannot run here skips the GPU rows, with why
+        unavailable = runtime.installable()
+        try:
+            runner = SubprocessRunner(python=runtime.python())
+        except UsageError as error:
+            unavailable = unavailable or str(error)
+            runner = SubprocessRunner()  # never started: every row is skipped with ``unavailable``
     runner = runner or SubprocessRunner(python=runtime.python())
-    visible = None
     if args.device == "gpu":
-        visible = benchmark.visible_gpus(runner, Settings.from_params(fixed_knobs(space)), core_set(1))
+        if unavailable is None:
+            visible = benchmark.visible_gpus(runner, Settings.from_params(fixed_knobs(space)), core_set(1))
         caps = Capabilities()  # GPU rows run NCHW on the GPU: the CPU's limits do not apply
     else:
         ready = check_model(prepare(runtime, runner, max(counts), space), model, _log)  # one line, before any run
         caps = Capabilities.from_probe(ready.facts)
     job = BenchmarkJob(storage, cpu_signature(), runtime, space, runner, caps, counts, modes, model, batch, policy,
                        args.settings, args.device, replicas, visible, log=_log, out=print,
-                       objective=args.objective)  # fmt: skip
+                       objective=args.objective, unavailable=unavailable)  # fmt: skip
     job.run()
     if job.failures:
         raise TunerError(f"{len(job.failures)} setting(s) could not be measured: " + "; ".join(job.failures))
@@ -216,8 +226,8 @@ def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
     modes = parse_modes(args.mode)
     model, batch = _model_and_batch(args, modes)
     search_batch = parse_batches(args.search_batch, args.objective)
-    wanted = [name.strip() for name in args.runtimes.split(",")] if args.runtimes else runtime_names()
-    runtimes = [load_runtime(name) for name in wanted]
+    wanted = [name.strip() for name in args.runtimes.split(",")] if args.runtimes else cpu_names()
+    runtimes = [for_device(load_runtime(name), "cpu") for name in wanted]
     for runtime in runtimes:
         load_space(runtime.space, max(counts))  # a broken space fails now, not an hour in
     table.check_format(args.format)
@@ -536,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"wall time for all studies, e.g. 50m or 1h30m, or 'none' (default {DEFAULT_BUDGET})",
     )
     tune.add_argument("--storage", default=DEFAULT_STORAGE)
-    tune.add_argument("--runtime", default="tensorflow", help="framework runtime: " + ", ".join(runtime_names()))
+    tune.add_argument("--runtime", default="tensorflow", help="framework runtime: " + ", ".join(cpu_names()))
     tune.add_argument("--space", default=None, help="search-space name or TOML path (default: the runtime's)")
     tune.add_argument(
         "--allow-inert",
@@ -577,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="runtimes",
         metavar="NAMES",
         default=None,
-        help="runtimes, comma-separated (default: all: " + ", ".join(runtime_names()) + ")",
+        help="runtimes, comma-separated (default: every CPU runtime: " + ", ".join(cpu_names()) + ")",
     )
     run.add_argument("--cores", default=None, help="core counts, e.g. 1,2 (default: 1, powers of two, all)")
     run.add_argument("--mode", default=None, help="train, infer or both (default both)")
@@ -598,7 +608,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     bench = sub.add_parser("benchmark", help="the full benchmark (tf_cnn_benchmarks' conventions) of named settings")
-    bench.add_argument("--runtime", default="tensorflow", help="framework runtime: " + ", ".join(runtime_names()))
+    bench.add_argument(
+        "--runtime",
+        default=None,
+        help="framework runtime: "
+        + ", ".join(runtime_names())
+        + " (default: tensorflow; tensorflow-gpu for --device gpu)",
+    )
     bench.add_argument("--space", default=None, help=argparse.SUPPRESS)
     bench.add_argument("--cores", default=None, help="core counts (for GPU targets: the host's)")
     bench.add_argument("--mode", default=None, help="train, infer or both (default both)")

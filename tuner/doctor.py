@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tuner import interrupt
 from tuner.errors import UsageError
-from tuner.runtime import Runtime, load, names
+from tuner.runtime import NVIDIA_DRIVER, Runtime, gpu_driver, load, names
 from tuner.signature import cpu_signature
 from tuner.topology import cpu_quota, physical_cores, quota_warning
 from tuner.topology import notes as topology_notes
@@ -80,6 +80,18 @@ def availability(runtime: Runtime) -> str:
     return f"available ({python})"
 
 
+def gpu_line(version_file: Path | None = None, dev: Path = Path("/dev")) -> str:
+    """Whether an NVIDIA GPU and its driver are visible, without a framework: the kernel driver's version
+    line and the device nodes it made (``/dev/nvidia0`` ...)."""
+    driver = gpu_driver(version_file)
+    if driver is None:
+        missing = version_file or NVIDIA_DRIVER
+        return f"GPU            none visible: no NVIDIA driver loaded ({missing} missing); GPU rows are skipped"
+    nodes = sorted(p.name for p in dev.glob("nvidia[0-9]*"))
+    seen = f"{len(nodes)} device node(s) ({', '.join(nodes)})" if nodes else "no /dev/nvidia* device node"
+    return f"GPU            NVIDIA driver loaded: {driver}; {seen}; GPU rows run in runtime tensorflow-gpu"
+
+
 def report() -> list[str]:
     sig = cpu_signature()
     allowed = physical_cores()
@@ -102,6 +114,7 @@ def report() -> list[str]:
             else "off by default in stock TensorFlow here (no VNNI/BF16/AMX): knob onednn=true turns it on"
         ),
         f"load average   {load1:.2f} (1 min), {load5:.2f} (5 min) on {sig.logical_cpus} CPUs",
+        gpu_line(),
     ]
     if load1 > 0.5:
         lines.append("  warning: the machine is busy; measurements will be noisy. Interleave and repeat.")

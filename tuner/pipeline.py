@@ -8,25 +8,28 @@ benchmark, which is also the confirmation: tf-default, the heuristic, the other 
 sampled setting measured in interleaved rounds, with as many timed batches as the share allows (the full
 10 + 100 when it fits). The verdict, with its 95% interval, comes from those rounds; the benchmark records
 are made from the same runs. Everything is stored as it is measured, so the same command resumes.
+``Job.plan`` says beforehand what ``run`` will do and take, measuring nothing; while it runs, its ETA comes
+from the same rules at the trial cost measured so far (both in ``tuner/forecast.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial
 
+from tuner.benchmark import FULL_TIMED as FULL_TIMED  # re-exported, as MIN_TIMED and plan_benchmark below
 from tuner.benchmark import (
-    FULL_TIMED,
-    FULL_WARMUP,
     GPU_BATCH,
     Target,
     full_policy,
+    gpu_skip_reason,
     make_record,
     matmul_peak,
     measure,
@@ -42,57 +45,41 @@ from tuner.confirm import DEFAULT, TUNED
 from tuner.cost import CostModel
 from tuner.envs import create as create_env
 from tuner.errors import TunerError
+from tuner.forecast import (
+    BUDGET_SLACK,
+    SEARCH_SHARE,
+    Cell,
+    Outlook,
+    Plan,
+    Unmeasured,
+    benchmark_policy,
+    make_plan,
+    next_share,
+    stored_costs,
+    stored_probe,
+    stored_trials,
+)
+from tuner.forecast import MIN_TIMED as MIN_TIMED
+from tuner.forecast import plan_benchmark as plan_benchmark
 from tuner.measurement import Measurement
 from tuner.models import ModelRef, as_ref
-from tuner.plan import (
-    Prepared,
-    StudyOptions,
-    Yardstick,
-    baseline_count,
-    check_model,
-    prepare,
-    share,
-    study_config,
-    weight,
-)
-from tuner.policy import BURST, CONFIRM, MeasurementPolicy
+from tuner.plan import Prepared, StudyOptions, Yardstick, check_model, prepare, study_config, weight
+from tuner.policy import BURST, CONFIRM
 from tuner.probe import fixed_knobs
+from tuner.progress import Bar
 from tuner.records import StoredConfirmation, StoredVerdict
 from tuner.runner import Runner, SubprocessRunner
-from tuner.runtime import MANIFEST, Runtime
+from tuner.runtime import GPU_RUNTIME, MANIFEST, Runtime
+from tuner.runtime import load as load_runtime
 from tuner.settings import Settings
 from tuner.signature import CpuSignature
 from tuner.space import SearchSpace
+from tuner.space import load as load_space
 from tuner.study import StudyConfig, StudyRun, duration
 from tuner.topology import core_set, sockets_for
 from tuner.workload import workload_for
 
 Log = Callable[[str], None]
-SEARCH_SHARE = 0.5  # of a study's share: the search's; the rest goes to the benchmark-confirmation
-MIN_TIMED = 3
-BUDGET_SLACK = 0.05
-
-
-def plan_benchmark(time_left: float, configs: int, overhead_s: float, step_s: float) -> MeasurementPolicy:
-    """The longest benchmark that fits ``time_left`` for ``configs`` settings: three interleaved rounds if
-    at all possible (fewer cannot give a clear verdict), tf_cnn_benchmarks' 10 + 100 batches split over
-    them when that fits, else fewer timed batches, never fewer than ``MIN_TIMED`` per round."""
-
-    def planned(warmup: int, timed: int, rounds: int) -> MeasurementPolicy:
-        # A run that takes three times its expected length is stuck: kill it rather than eat the budget.
-        timeout = 120.0 + 3 * (overhead_s + (warmup + timed) * step_s)
-        return MeasurementPolicy("full", warmup, timed, timeout_s=timeout, rounds=rounds)
-
-    for rounds in (3, 2, 1):
-        per_run = time_left / (rounds * configs)
-        steps = math.floor((per_run - overhead_s) / max(step_s, 1e-9))
-        full_timed = math.ceil(FULL_TIMED / rounds)
-        if steps >= FULL_WARMUP + full_timed:
-            return planned(FULL_WARMUP, full_timed, rounds)
-        warmup = min(FULL_WARMUP, max(2, steps // 5))
-        if steps - warmup >= MIN_TIMED:
-            return planned(warmup, min(full_timed, steps - warmup), rounds)
-    return planned(2, MIN_TIMED, 1)
 
 
 def study_records(
@@ -178,6 +165,23 @@ def stored_tuned(storage: optuna.storages.BaseStorage, study_name: str) -> Setti
     return tuned_settings(optuna.load_study(study_name=study_name, storage=storage))
 
 
+class JobStudy(StudyRun):
+    """A study of the job: its trial lines end with the job's ETA, not with the time left in the study's
+    share (that is the budget, not an estimate of when the job ends)."""
+
+    def __init__(self, *args: Any, eta: Callable[[], str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.eta = eta
+
+    def _report(self, trial: FrozenTrial, complete: int, deadline: float | None) -> None:
+        say = self.progress
+        self.progress = lambda line: say(f"{line} | {self.eta()}")
+        try:
+            super()._report(trial, complete, None)
+        finally:
+            self.progress = say
+
+
 @dataclass
 class Job:
     storage: optuna.storages.BaseStorage
@@ -197,6 +201,7 @@ class Job:
     runner: Runner | None = None  # tests pass a replaying fake; else one subprocess runner per runtime
     log: Log = print
     clock: Callable[[], float] = time.monotonic
+    bar: Bar = field(default_factory=Bar)  # over the studies, on a terminal (the CLI's); else no bar
     notes: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -218,26 +223,95 @@ class Job:
     def _runner(self, runtime: Runtime) -> Runner:
         return self.runner or SubprocessRunner(python=runtime.python())
 
+    def _env_missing(self, runtime: Runtime) -> bool:
+        """The runtime's environment is still to be built (a test's fake runner needs none)."""
+        return not (runtime.env_dir is None or (runtime.env_dir / MANIFEST).exists() or self.runner is not None)
+
+    def _skipped(self, runtime: Runtime) -> str | None:
+        """Why the runtime is left out here (its environment cannot be, or is not to be, built), or None."""
+        if not self._env_missing(runtime):
+            return None
+        if not self.create_envs:
+            return runtime.installable() or "its environment is not created (tuner env create)"
+        return runtime.installable()
+
     def _ready(self, runtime: Runtime) -> bool:
         """The runtime's environment exists, or is built now (its time counts against the budget)."""
-        if runtime.env_dir is None or (runtime.env_dir / MANIFEST).exists() or self.runner is not None:
-            return True
-        reason = runtime.installable()
-        if reason is not None:
-            self.notes.append(f"runtime {runtime.name} skipped: {reason}")
-            self.log(f"runtime {runtime.name} skipped: {reason}")
+        skipped = self._skipped(runtime)
+        if skipped is not None:
+            self.notes.append(f"runtime {runtime.name} skipped: {skipped}")
+            self.log(f"runtime {runtime.name} skipped: {skipped}")
             return False
-        if not self.create_envs:
-            self.notes.append(f"runtime {runtime.name} skipped: its environment is not created (tuner env create)")
-            return False
-        self.log(f"runtime {runtime.name}: creating its environment (counts against the budget)")
-        report = create_env(runtime, log=self.log)
-        self.log(report.line())
+        if self._env_missing(runtime):
+            self.log(f"runtime {runtime.name}: creating its environment (counts against the budget)")
+            report = create_env(runtime, log=self.log)
+            self.log(report.line())
         return True
 
     def _baseline(self, space: SearchSpace, cores: int, name: str) -> Settings:
         baselines = space.baselines(cores, sockets_for(core_set(cores)))
         return Settings.from_params({**baselines.get(name, baselines[DEFAULT]), "data_format": "NHWC"})
+
+    def _cells(self, prepared: Sequence[Prepared]) -> list[tuple[Prepared, Cell]]:
+        """Every study of the job in the order it runs them, with what the forecast needs of each."""
+        return [(ready, self._cell(ready, n, mode)) for ready in prepared for n in self.counts for mode in self.modes]
+
+    def _cell(self, ready: Prepared, n: int, mode: str) -> Cell:
+        config = self._config(ready, n, mode, None)
+        # Opened in memory, the study says what it measures here (baselines, distinct settings), storing nothing.
+        opened = StudyRun(optuna.storages.InMemoryStorage(), config, Unmeasured())
+        trials = stored_trials(self.storage, config.name)
+        return Cell(
+            config,
+            weight(mode, n, max(self.counts)),
+            len(opened.baselines.runnable),
+            opened.distinct_settings(),
+            complete=len(trials),
+            measured_baselines=sum("baseline" in t.user_attrs for t in trials),
+            kept=self._complete(config.name),
+        )
+
+    # -- the plan ---------------------------------------------------------------------------------------
+
+    def plan(self) -> Plan:
+        """What ``run`` would do, measuring nothing: no environment built, no probe, no worker started, the
+        storage only read. A runtime's space follows its probe as stored on a study of this CPU, if any."""
+        notes: list[str] = []
+        prepared = []
+        for runtime in self.runtimes:
+            skipped = self._skipped(runtime)
+            if skipped is not None:
+                notes.append(f"runtime {runtime.name} skipped: {skipped}")
+                continue
+            if self._env_missing(runtime):
+                notes.append(f"runtime {runtime.name}: its environment is built first (not in the total)")
+            facts = stored_probe(self.storage, runtime.name, self.signature.id)
+            if not facts:
+                notes.append(f"runtime {runtime.name} has no probe stored for this CPU: settings counted as declared")
+            space = load_space(runtime.space, max(self.counts))
+            prepared.append(Prepared(runtime, space, facts, Unmeasured()))
+        cells = [cell for _, cell in self._cells(prepared)]
+        costs = stored_costs(self.storage, cells, max(self.counts))
+        studies = f"{len(cells)} stud{'y' if len(cells) == 1 else 'ies'}"
+        what = (
+            f"{studies}: runtimes {', '.join(r.runtime.name for r in prepared) or 'none'}; cores "
+            f"{', '.join(map(str, self.counts))}; {', '.join(self.modes)}; model {as_ref(self.model).label}, "
+            f"batch {self.batch_size}; on {self.signature.model_name} ({self.signature.id})"
+        )
+        tasks = (len(prepared) + self._yardsticks_to_measure(prepared), self._gpu_checks())  # and the GPU check
+        return make_plan(what, cells, costs, self.budget_s, tasks, notes)
+
+    def _yardsticks_to_measure(self, prepared: Sequence[Prepared]) -> int:
+        """How many yardsticks ``_yardsticks`` would measure: those not stored yet."""
+        found = records(self.storage)
+        flops = any(r.get("kind") == "flops" and r.get("model") == as_ref(self.model).label for r in found)
+        stored = {
+            (r.get("runtime"), r.get("cores"), r.get("precision", "fp32"))
+            for r in found
+            if r.get("kind") == "matmul" and r.get("cpu", {}).get("id") == self.signature.id
+        }
+        wanted = {(r.runtime.name, n, p) for r in prepared for p in self._precisions(r) for n in self.counts}
+        return (not flops) + len(wanted - stored)
 
     # -- the job ----------------------------------------------------------------------------------------
 
@@ -263,38 +337,26 @@ class Job:
         if not prepared:
             raise TunerError("no runtime could run here: " + "; ".join(self.notes + self.failures))
         self._yardsticks(prepared)
-        cells = [(ready, n, mode) for ready in prepared for n in self.counts for mode in self.modes]
-        configs = [self._config(ready, n, mode, None) for ready, n, mode in cells]
-        done = [self._complete(config.name) for config in configs]
-        weights = [
-            0.0 if finished else weight(mode, n, max(self.counts))
-            for (_, n, mode), finished in zip(cells, done, strict=True)
-        ]
-        baselines = [baseline_count(ready, n) for ready, n, _ in cells]
+        cells = self._cells(prepared)
+        outlook = Outlook(
+            [cell for _, cell in cells],
+            stored_costs(self.storage, [cell for _, cell in cells], max(self.counts)),
+            tail_s=self._gpu_checks() * probe_s,  # the GPU check: one worker run, where the GPU runtime can run
+            deadline=deadline,
+            ends=None if self.budget_s is None else started + self.budget_s,
+        )
         yardstick = Yardstick(CostModel.estimate(probe_s, BURST))
-        for index, (ready, n, mode) in enumerate(cells):
-            tag = f"{ready.runtime.name} {mode} {n}c"
-            if done[index]:
-                self.log(f"study {index + 1}/{len(cells)}: {tag} is already benchmarked: kept")
-                continue
-            # What each study still to run needs at least: its baselines and the shortest confirmation.
-            floors = [
-                0.0 if done[i] else yardstick.floor_s(configs[i], baselines[i], weights[i])
-                for i in range(index, len(cells))
-            ]
-            budget = share(None if deadline is None else deadline - self.clock(), weights[index:], floors)
-            left = "" if deadline is None else f", {duration(deadline - self.clock())} of the budget left"
-            self.log(
-                f"study {index + 1}/{len(cells)}: {tag}" + (f", share {duration(budget)}" if budget else "") + left
-            )
-            try:
-                cost = self._cell(ready, n, mode, budget)
-            except TunerError as error:
-                self._fail(tag, error)
-                continue
-            if cost is not None:  # the floors of the studies after it, from what its runs cost
-                yardstick = Yardstick(cost, weights[index])
-        self._gpu_rows(prepared)
+        self.bar.start(len(cells))
+        try:
+            for index, (ready, _) in enumerate(cells):
+                self._study(index, ready, outlook, deadline, yardstick)
+                if outlook.latest is not None:  # the floors of the studies after it, from what its runs cost
+                    yardstick = outlook.latest
+                self.bar.advance()
+            self.bar.show("")  # the studies are over: no ETA left to show
+            self._gpu_rows(prepared)
+        finally:
+            self.bar.close()
         spent = self.clock() - started
         over = (
             ""
@@ -302,6 +364,35 @@ class Job:
             else f" (over the budget by {spent - self.budget_s:.0f} s)"
         )
         self.log(f"job done in {spent:.0f} s{over}")
+
+    def _study(
+        self, index: int, ready: Prepared, outlook: Outlook, deadline: float | None, yardstick: Yardstick
+    ) -> None:
+        """Study ``index`` of the job: kept if benchmarked already, else run within its share of the time
+        left; what its runs cost is the job's ``outlook.latest`` after it."""
+        cells = outlook.cells
+        cell = cells[index]
+        head = f"study {index + 1}/{len(cells)}: {cell.tag}"
+        if cell.kept:
+            self.log(f"{head} is already benchmarked: kept")
+            return
+        begun = self.clock()
+        budget = next_share(cells[index:], None if deadline is None else deadline - begun, yardstick)
+        eta = functools.partial(self._eta, outlook, index, begun, budget)
+        self.log(head + (f", share {duration(budget)}" if budget else "") + f", {eta(None)}")
+        try:
+            cost = self._search_and_benchmark(ready, cell, budget, eta)
+        except TunerError as error:
+            self._fail(cell.tag, error)
+            return
+        if cost is not None:
+            outlook.latest = Yardstick(cost, cell.weight)
+
+    def _eta(self, outlook: Outlook, index: int, begun: float, budget: float | None, current: CostModel | None) -> str:
+        """The job's ETA in study ``index`` (``current``: what its runs cost so far), shown on the bar too."""
+        text = outlook.eta(index, self.clock(), begun, budget, current)
+        self.bar.show(text)
+        return text
 
     def _fail(self, what: str, error: TunerError) -> None:
         self.failures.append(f"{what}: {error}")
@@ -323,19 +414,22 @@ class Job:
             self.log(f"{as_ref(self.model).label}: {counted}")
         except TunerError as error:
             self._fail("FLOP count", error)
-        # fp32 always; bf16 too where it may be searched, so a bf16 row is held against a bf16 matmul.
-        precisions = ["fp32", *(p for p in self.allow_precision if p != "fp32")]
         for ready in prepared:
             name = ready.runtime.name
-            searched = [p for p in precisions if "precision" in ready.runtime.honours or p == "fp32"]
             for n in self.counts:
-                for precision in searched:
+                for precision in self._precisions(ready):
                     try:
                         settings = yardstick_settings(n, ready.runtime.honours, precision)
                         peak = matmul_peak(self.storage, ready.runner, name, settings, core_set(n), self.signature)
                         self.log(f"matmul peak ({precision}), {name} on {n} cores: {peak:.0f} GFLOP/s")
                     except TunerError as error:
                         self._fail(f"matmul peak {precision} {name} {n}c", error)
+
+    def _precisions(self, ready: Prepared) -> list[str]:
+        """The matmul yardstick's precisions: fp32 always; bf16 too where it may be searched, so that a bf16
+        row is held against a bf16 matmul."""
+        precisions = ["fp32", *(p for p in self.allow_precision if p != "fp32")]
+        return [p for p in precisions if "precision" in ready.runtime.honours or p == "fp32"]
 
     def _config(self, ready: Prepared, n: int, mode: str, share: float | None) -> StudyConfig:
         workload = workload_for(self.model, mode, self.batch_size, self.objective)
@@ -351,22 +445,27 @@ class Job:
         run_id = confirmation_id(study)
         return any(r.get("run_id") == run_id for r in records(self.storage) if r.get("kind") == "benchmark")
 
-    def _cell(self, ready: Prepared, n: int, mode: str, share: float | None) -> CostModel | None:
+    def _search_and_benchmark(
+        self, ready: Prepared, cell: Cell, share: float | None, eta: Callable[[CostModel | None], str]
+    ) -> CostModel | None:
         """Search, then benchmark-confirm, one study; what its search runs cost (None: nothing measured)."""
-        config = self._config(ready, n, mode, share)
-        tag = f"{ready.runtime.name} {mode} {n}c"
-        run = StudyRun(
-            self.storage, config, ready.runner, progress=lambda line: self.log(f"[{tag}] {line}"), clock=self.clock
-        )
+        config = dataclasses.replace(cell.config, budget_s=share)
+        tag = cell.tag
+        opened: list[StudyRun] = []
+
+        def progress(line: str) -> None:
+            self.log(f"[{tag}] {line}")
+            if opened and self.bar.shown:  # the bar's ETA follows every line, confirmation's too
+                eta(opened[0].cost())
+
+        run = JobStudy(self.storage, config, ready.runner, progress, self.clock, eta=lambda: eta(run.cost()))
+        opened.append(run)
         start = self.clock()
         end = None if share is None else start + share
         run.search(end, stop_at=None if share is None else start + SEARCH_SHARE * share)
         cost = run.cost()
         configs = len(run.candidates())
-        if end is None or cost is None:
-            bench = full_policy(rounds=3, timed=math.ceil(FULL_TIMED / 3))
-        else:
-            bench = plan_benchmark(end - self.clock(), configs, cost.overhead_s, cost.step_s)
+        bench = benchmark_policy(cost, None if end is None else end - self.clock(), configs)
         self.log(
             f"[{tag}] benchmark-confirmation: {configs} settings x {bench.rounds} rounds x "
             f"({bench.warmup} warm-up + {bench.timed} timed batches)"
@@ -385,40 +484,60 @@ class Job:
             if (run_id, label) not in stored:
                 store(self.storage, make_record(target, label, settings, measured, self.signature, run_id, extra))
 
+    def _gpu_runner(self) -> tuple[Runner | None, str | None]:
+        """The GPU rows' runner, in the GPU runtime (runtimes/tensorflow-gpu.toml: TensorFlow with CUDA), or
+        why it cannot run here: no NVIDIA driver, or its environment not created (never built by the job: it
+        is several GiB, `tuner env create tensorflow-gpu`). Tests pass their fake runner."""
+        if self.runner is not None:
+            return self.runner, None
+        gpu = load_runtime(GPU_RUNTIME)
+        reason = gpu.installable()
+        if reason is not None:
+            return None, reason
+        try:
+            return SubprocessRunner(python=gpu.python()), None
+        except TunerError as error:
+            return None, str(error)
+
+    def _gpu_checks(self) -> int:
+        """Worker runs the GPU rows start before measuring: one question to TensorFlow, where it can run."""
+        return 0 if self.runner is None and load_runtime(GPU_RUNTIME).installable() is not None else 1
+
     def _gpu_rows(self, prepared: Sequence[Prepared]) -> None:
-        """GPU targets: 1 to N visible GPUs, one replica each, batch 64 per GPU, NCHW, the tuned host threads
-        of the largest core count. A runtime whose TensorFlow sees no GPU gets each row skipped with why."""
+        """GPU targets in the GPU runtime: 1 to N visible GPUs, one replica each, batch 64 per GPU, NCHW, with
+        the host threads tuned for the stock CPU runtime on the largest core count. Where the GPU runtime
+        cannot run here, or its TensorFlow sees no GPU, the reference table's rows are stored skipped, with why."""
         host = core_set(max(self.counts))
-        visible: dict[str, int] = {}
-        for ready in prepared:
+        stock = next((ready for ready in prepared if ready.runtime.name == "tensorflow"), prepared[0])
+        runner, reason = self._gpu_runner()
+        visible = 0
+        if runner is not None:
             try:
-                fixed = Settings.from_params(fixed_knobs(ready.space))
-                visible[ready.runtime.name] = visible_gpus(ready.runner, fixed, host)
+                visible = visible_gpus(runner, Settings.from_params(fixed_knobs(stock.space)), host)
             except TunerError as error:
-                self._fail(f"GPU check {ready.runtime.name}", error)
-        if not any(visible.values()):
-            seen = ", ".join(f"{name}: {count}" for name, count in visible.items())
-            reason = f"no GPU visible to TensorFlow in any runtime (GPUs seen: {seen})"
-            stock = "tensorflow" if "tensorflow" in visible else prepared[0].runtime.name
+                self._fail(f"GPU check {GPU_RUNTIME}", error)
+                reason = f"the GPU check failed: {error}"
+            reason = reason or gpu_skip_reason(GPU_RUNTIME, visible, 1)
+        if reason is not None or runner is None:
+            reason = reason or "no GPU runner"
             for mode in self.modes:
                 for count in (1, 2):  # the reference table's GPU rows
-                    target = Target(stock, workload_for(self.model, mode, GPU_BATCH), host, "gpu", count)
+                    target = Target(GPU_RUNTIME, workload_for(self.model, mode, GPU_BATCH), host, "gpu", count)
                     store(self.storage, skip_record(target, reason, self.signature))
             self.log(f"GPU rows skipped: {reason}")
             return
-        for ready in prepared:
-            for mode in self.modes:
-                for count in range(1, visible.get(ready.runtime.name, 0) + 1):
-                    target = Target(ready.runtime.name, workload_for(self.model, mode, GPU_BATCH), host, "gpu", count)
-                    tuned = stored_tuned(self.storage, self._config(ready, max(self.counts), mode, None).name)
-                    settings = dataclasses.replace(
-                        tuned or self._baseline(ready.space, len(host), DEFAULT), data_format="NCHW"
-                    )
-                    label = TUNED if tuned is not None else DEFAULT
-                    try:
-                        runs = measure(ready.runner, target, [(label, settings)], full_policy(), self.log)
-                    except TunerError as error:
-                        self._fail(target.describe(), error)
-                        continue
-                    record = make_record(target, label, settings, runs[label], self.signature, new_run_id())
-                    store(self.storage, record)
+        for mode in self.modes:
+            for count in range(1, visible + 1):
+                target = Target(GPU_RUNTIME, workload_for(self.model, mode, GPU_BATCH), host, "gpu", count)
+                tuned = stored_tuned(self.storage, self._config(stock, max(self.counts), mode, None).name)
+                settings = dataclasses.replace(
+                    tuned or self._baseline(stock.space, len(host), DEFAULT), data_format="NCHW"
+                )
+                label = TUNED if tuned is not None else DEFAULT
+                try:
+                    runs = measure(runner, target, [(label, settings)], full_policy(), self.log)
+                except TunerError as error:
+                    self._fail(target.describe(), error)
+                    continue
+                record = make_record(target, label, settings, runs[label], self.signature, new_run_id())
+                store(self.storage, record)

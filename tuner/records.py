@@ -381,6 +381,8 @@ class BenchmarkRecord(TypedDict, total=False):
     framework_version: str | None
     onednn: bool | None
     openmp: str | None
+    cuda_version: str | None
+    gpu_name: str | None
     run_id: str
     recommended: str
     cpu: dict[str, Any]
@@ -449,6 +451,8 @@ def check_record(data: Any, where: str = "record") -> BenchmarkRecord:
         for key in ("p50_ms", "p99_ms"):
             if _get(data, key, (int, float), where, optional=True) is not None and data[key] <= 0:
                 raise MalformedRecord(f"{where}.{key}: must be positive")
+        for key in ("cuda_version", "gpu_name"):  # a GPU row's stack, as the table labels it
+            _get(data, key, str, where, optional=True)
         if "skipped" in data:
             _get(data, "skipped", str, where)
         else:

@@ -43,7 +43,22 @@ KEYS = {
     "python",
     "machines",
     "honours",
+    "devices",
 }
+DEVICES = ("cpu", "gpu")
+GPU_RUNTIME = "tensorflow-gpu"  # the GPU rows' runtime (runtimes/tensorflow-gpu.toml)
+NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")  # present when NVIDIA's kernel driver is loaded
+
+
+def gpu_driver(version_file: Path | None = None) -> str | None:
+    """The NVIDIA kernel driver's version line (``NVRM version: ...``; default file ``NVIDIA_DRIVER``), or None
+    where no driver is loaded: read without any framework, so a GPU runtime is refused before a multi-GiB
+    CUDA install."""
+    try:
+        lines = (version_file or NVIDIA_DRIVER).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    return next((line.strip()[:160] for line in lines if line.strip()), "NVIDIA driver (version unknown)")
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,11 @@ class Runtime:
     framework: str = "tensorflow"
     path: Path = field(default=Path(), compare=False)
     label: str = ""  # how the benchmark table names it, like the reference table's first column
+    devices: tuple[str, ...] = ("cpu",)  # what its rows run on: a CUDA build is for the GPU rows only
+
+    @property
+    def gpu_only(self) -> bool:
+        return "cpu" not in self.devices
 
     @property
     def env_dir(self) -> Path | None:
@@ -75,8 +95,12 @@ class Runtime:
             raise UsageError(f"runtime {self.name}: its environment is incomplete; run: tuner env create {self.name}")
         return str(python)
 
-    def installable(self, version: str | None = None, machine: str | None = None) -> str | None:
-        """Why this runtime cannot be installed for that Python and machine, or None if it can."""
+    def installable(
+        self, version: str | None = None, machine: str | None = None, driver: str | None = ""
+    ) -> str | None:
+        """Why this runtime cannot be installed for that Python and machine (and, for a GPU-only runtime, with
+        that NVIDIA driver: "" reads this machine's), or None if it can."""
+        driver = gpu_driver() if driver == "" else driver
         version = version or ".".join(platform.python_version_tuple()[:2])
         machine = machine or platform.machine()
         if self.python_versions and version not in self.python_versions:
@@ -87,6 +111,11 @@ class Runtime:
             )
         if self.machines and machine not in self.machines:
             return f"{self.name} has wheels for {', '.join(self.machines)} Linux only, and this machine is {machine}"
+        if self.gpu_only and driver is None:
+            return (
+                f"{self.name} runs the GPU rows and needs an NVIDIA GPU and its driver; none is loaded here "
+                "(no NVIDIA driver version file), so its CUDA libraries are not installed"
+            )
         return None
 
     def inert(self, distributions: Mapping[str, BaseDistribution]) -> list[str]:
@@ -135,6 +164,9 @@ def load(name: str) -> Runtime:
     for key in ("name", "label", "description", "space", "environment", "framework"):
         if not isinstance(data.get(key, ""), str):
             raise UsageError(f"{path}: {key}: must be a string")
+    devices = _strings(path, "devices", data.get("devices", ["cpu"]))
+    if not devices or not set(devices) <= set(DEVICES):
+        raise UsageError(f"{path}: devices: must list cpu, gpu or both")
     environment = data.get("environment", "")
     if environment and not SAFE_NAME.fullmatch(environment):
         raise UsageError(f"{path}: environment: {environment!r} must be a plain folder name under .envs/")
@@ -150,8 +182,22 @@ def load(name: str) -> Runtime:
         framework=data.get("framework", "tensorflow"),
         path=path,
         label=data.get("label", "") or data.get("name", name),
+        devices=devices,
     )
 
 
 def names() -> list[str]:
     return sorted(p.stem for p in RUNTIMES_DIR.glob("*.toml"))
+
+
+def cpu_names() -> list[str]:
+    """The runtimes whose rows run on the CPU: what `tuner run` tunes by default."""
+    return [name for name in names() if not load(name).gpu_only]
+
+
+def for_device(runtime: Runtime, device: str) -> Runtime:
+    """``runtime`` if it runs on ``device``; else one line saying which runtime does."""
+    if device == "cpu" and runtime.gpu_only:
+        raise UsageError(f"runtime {runtime.name} runs the GPU rows only (tuner benchmark --device gpu); "
+                         f"for the CPU use {', '.join(cpu_names())}")  # fmt: skip
+    return runtime

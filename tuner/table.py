@@ -81,9 +81,16 @@ def runtime_label(name: str, facts: Mapping[str, Any] | None = None) -> str:
     """How a row names its runtime, like the reference table's first column, from what the worker read back
     (``onednn``, ``openmp`` of a record), never from the runtime's name alone: stock TensorFlow on a CPU where
     it leaves oneDNN off is 'CPU (no optimisation)'. The runtime's name is added where the read-back differs
-    from what the runtime declares. Without read-back facts, the declared label."""
+    from what the runtime declares. Without read-back facts, the declared label. A GPU row (``device`` gpu)
+    is named by its stack as the reference table names it, the CUDA version TensorFlow was built with and the
+    GPU's name, both read back by the worker; without them (a row not measured) 'GPU [runtime]'."""
     declared = _declared_label(name)
     facts = facts or {}
+    if facts.get("device") == "gpu":
+        cuda, gpu = facts.get("cuda_version"), facts.get("gpu_name")
+        if not cuda:
+            return f"GPU [{name}]"
+        return f"CUDA {one_line(cuda, 20)}" + (f" ({one_line(gpu, 40)})" if gpu else "") + f" [{name}]"
     if facts.get("openmp"):
         found = "CPU (oneDNN on OpenMP)"
     elif facts.get("onednn") is True:
@@ -286,7 +293,7 @@ def _target(r: BenchmarkRecord, runtime: str) -> dict[str, Any]:
 
 def _skipped_row(r: BenchmarkRecord, note: str) -> dict[str, Any]:
     """A target with no measured setting: why, in the note."""
-    runtime = f"GPU ({r['runtime']})" if r["device"] == "gpu" else runtime_label(r["runtime"])
+    runtime = runtime_label(r["runtime"], {"device": r["device"]})
     return {**_target(r, runtime), "status": "skipped", "note": note}
 
 

@@ -367,6 +367,8 @@ def runtime_facts(tf: Any) -> dict[str, Any]:
         onednn: bool | None = bool(_pywrap_util_port.IsMklEnabled())
     except (ImportError, AttributeError):
         onednn = None
+    gpus = tf.config.list_physical_devices("GPU")
+    build = dict(tf.sysconfig.get_build_info())
     return {
         "framework": "tensorflow",
         "framework_version": tf.__version__,
@@ -375,7 +377,10 @@ def runtime_facts(tf: Any) -> dict[str, Any]:
         "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
         "threads": len(os.listdir("/proc/self/task")),
         "cpus": sorted(os.sched_getaffinity(0)),
-        "gpus": len(tf.config.list_physical_devices("GPU")),
+        "gpus": len(gpus),
+        # The GPU stack as the reference table names it: CUDA as TensorFlow was built (None without CUDA).
+        "cuda_version": build.get("cuda_version") if build.get("is_cuda_build") else None,
+        "gpu_names": [str(tf.config.experimental.get_device_details(g).get("device_name", "?")) for g in gpus],
         "python": platform.python_version(),
         "pid": os.getpid(),
     }
