@@ -74,3 +74,21 @@ def test_recommend_for_another_model_names_the_models_that_have_verdicts(
     # The README's tiny walkthrough leaves a verdict for tiny only: asked for resnet50 (the default), the error
     # says what exists and the flag that reaches it.
     assert "no confirmed verdict for resnet50" in line and "verdicts are stored for: --model tiny" in line
+
+
+def test_tune_and_benchmark_print_json_data_on_stdout(storage_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    runner = ReplayRunner.from_rates(lambda spec: 900.0 + 300 * spec.settings.inter_op, noise=0.01)
+    assert main([*TUNE, "--format", "json", "--storage", storage_url], runner=runner) == 0
+    captured = capsys.readouterr()
+    (study,) = json.loads(captured.out)
+    # stdout is the studies as data (show's keys), and the progress went to stderr.
+    assert study["name"].startswith("tiny-infer-b32-") and study["verdict"]["recommended"].startswith("trial ")
+    assert "studies in" in captured.err
+    assert main([*BENCH, "--format", "json", "--storage", storage_url], runner=runner) == 0
+    captured = capsys.readouterr()
+    stored = json.loads(captured.out)
+    # Every record the benchmark stored, as data: the three default settings, each with its figures.
+    assert sorted(r["label"] for r in stored) == ["heuristic", "tf-default", "tuned"]
+    assert all(r["images_per_sec"] > 0 for r in stored) and "images/sec" in captured.err

@@ -13,6 +13,7 @@ import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import optuna
 
@@ -69,6 +70,11 @@ class BenchmarkJob:
     failures: list[str] = field(default_factory=list)
     objective: str = "throughput"  # whose study's tuned settings are benchmarked
     unavailable: str | None = None  # GPU rows: why the runtime cannot run here at all (every row skipped)
+    stored: list[dict[str, Any]] = field(default_factory=list)  # every record this job stored, in order
+
+    def _keep(self, record: dict[str, Any]) -> None:
+        benchmark.store(self.storage, record)
+        self.stored.append(record)
 
     def run(self) -> None:
         run_id = benchmark.new_run_id()
@@ -135,11 +141,11 @@ class BenchmarkJob:
         if skip is None and self.visible_gpus is not None:
             skip = benchmark.gpu_skip_reason(self.runtime.name, self.visible_gpus, target.replicas)
         if skip is not None:
-            benchmark.store(self.storage, benchmark.skip_record(target, skip, self.signature))
+            self._keep(benchmark.skip_record(target, skip, self.signature))
             self.out(f"{target.describe()}: skipped: {skip}")
             return
         for label, note in not_runnable.items():
-            benchmark.store(self.storage, benchmark.skip_record(target, note, self.signature, label))
+            self._keep(benchmark.skip_record(target, note, self.signature, label))
             self.out(f"{target.describe()} {label}: {note}")
         if not named:
             return
@@ -170,7 +176,7 @@ class BenchmarkJob:
         for label, settings in named:
             if label in failed:  # stored and counted even when an interrupt cut the benchmark short
                 reason = f"failed: {failed[label]}"
-                benchmark.store(self.storage, benchmark.skip_record(target, reason, self.signature, label))
+                self._keep(benchmark.skip_record(target, reason, self.signature, label))
                 self.out(f"{target.describe()} {label}: FAILED: {failed[label]}")
                 self.failures.append(f"{label} ({target.workload.mode} {len(target.cores)}c): {failed[label]}")
                 continue
@@ -182,7 +188,7 @@ class BenchmarkJob:
             record = benchmark.make_record(
                 target, label, settings, measured, self.signature, run_id, {**(extra or {}), **partial}
             )
-            benchmark.store(self.storage, record)
+            self._keep(record)
             if announce:
                 self.out(
                     f"{target.describe()} {label}: {record['images_per_sec']:.2f} images/sec "

@@ -126,11 +126,12 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
     started = time.monotonic()
     job.run()
     rows = [summarize_study(optuna.load_study(study_name=name, storage=storage)) for name in job.studies]
-    print(format_table(rows))
-    print(format_importance_lines(rows))
-    print(
-        f"\n{len(counts) * len(modes)} studies in {time.monotonic() - started:.0f} s; stored in {redact(args.storage)}"
-    )
+    if args.format == "json":  # the studies as `tuner show --format json` prints them; messages on stderr
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_table(rows, colour=colour_wanted(sys.stdout)))
+        print(format_importance_lines(rows))
+    _log(f"{len(counts) * len(modes)} studies in {time.monotonic() - started:.0f} s; stored in {redact(args.storage)}")
     if job.failures:
         raise TunerError(f"{len(job.failures)} of {len(counts) * len(modes)} studies failed; first: {job.failures[0]}")
     return 0
@@ -172,9 +173,14 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
         ready = check_model(prepare(runtime, runner, max(counts), space), model, _log)  # one line, before any run
         caps = Capabilities.from_probe(ready.facts)
     job = BenchmarkJob(storage, cpu_signature(), runtime, space, runner, caps, counts, modes, model, batch, policy,
-                       args.settings, args.device, replicas, visible, log=_log, out=print,
+                       args.settings, args.device, replicas, visible, log=_log,
+                       out=_log if args.format == "json" else print,
                        objective=args.objective, unavailable=unavailable)  # fmt: skip
-    job.run()
+    try:
+        job.run()
+    finally:
+        if args.format == "json":  # every record stored, measured or not, as data on stdout
+            print(json.dumps(job.stored, indent=2))
     if job.failures:
         raise TunerError(f"{len(job.failures)} setting(s) could not be measured: " + "; ".join(job.failures))
     return 0
@@ -286,23 +292,27 @@ def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
 
 def cmd_recommend(args: argparse.Namespace, runner: Runner | None = None) -> int:
     recommend.check_format(args.format)  # a bad --format fails before storage is opened
-    if args.cores is not None and not 1 <= args.cores <= 4096:
-        raise UsageError("--cores must be from 1 to 4096")
+    # --cores as tune takes it, a list (1,2,4), here counts of other CPUs too: bounded by 4096, not this one.
+    counts: list[int | None] = list(parse_core_counts(args.cores, 4096)) if args.cores is not None else [None]
     modes = parse_modes(args.mode)
     mode = modes[0] if len(modes) == 1 else None
     storage = open_storage(args.storage, create=False)
-    found = recommend.recommend(
-        storage,
-        cpu_signature(),
-        args.cpu,
-        args.cores,
-        mode,
-        load_runtime(args.runtime).name,
-        _model_name(args),
-        prefer_imported=args.prefer_imported,
-        objective=args.objective,
-        warn=_warn,
-    )
+    found = [
+        r
+        for cores in counts
+        for r in recommend.recommend(
+            storage,
+            cpu_signature(),
+            args.cpu,
+            cores,
+            mode,
+            load_runtime(args.runtime).name,
+            _model_name(args),
+            prefer_imported=args.prefer_imported,
+            objective=args.objective,
+            warn=_warn,
+        )
+    ]
     print(recommend.render(found, args.format, colour=colour_wanted(sys.stdout)))
     if any(r.borrowed for r in found) and args.format != "json":
         print("tuner: note: no verdict for this CPU; the advice above is BORROWED (see its source)", file=sys.stderr)
@@ -574,6 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="search only (for many workers sharing a study); run once more without it to confirm",
     )
     tune.add_argument("--python", default=None, help="interpreter of the target environment (default: the runtime's)")
+    tune.add_argument(
+        "--format", default="text", choices=("text", "json"), help="the studies' summary: text, or json as show's"
+    )
     add_precision_flags(tune)
     tune.set_defaults(func=cmd_tune)
 
@@ -642,6 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--timed", type=int, default=benchmark.FULL_TIMED)
     bench.add_argument("--rounds", type=int, default=1, help="interleaved rounds (timed batches each)")
     bench.add_argument("--storage", default=DEFAULT_STORAGE)
+    bench.add_argument(
+        "--format", default="text", choices=("text", "json"), help="results: a line each, or json: every stored record"
+    )
     bench.set_defaults(func=cmd_benchmark)
 
     tab = sub.add_parser("table", help="the reference table from stored benchmark results (measures nothing)")
@@ -667,7 +683,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=cmd_report)
 
     rec = sub.add_parser("recommend", help="best known settings for this (or another) CPU, from stored verdicts")
-    rec.add_argument("--cores", type=int, default=None, help="core count (default: every one with a verdict)")
+    rec.add_argument(
+        "--cores", default=None, help="core counts, e.g. 1,2 as tune takes them (default: every one with a verdict)"
+    )
     rec.add_argument("--mode", default=None, help="train or infer (default: both)")
     rec.add_argument("--cpu", default=None, help="a CPU model name, as /proc/cpuinfo prints it (default: this one)")
     rec.add_argument("--runtime", default="tensorflow", help="framework runtime: " + ", ".join(runtime_names()))
