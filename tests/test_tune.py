@@ -37,3 +37,26 @@ def test_tune_gives_the_many_core_studies_their_floor(
     assert given < by_weight - 5
     # Every study finished with a verdict.
     assert len(job.studies) == 4 and job.failures == []
+
+
+def test_tune_trial_lines_end_with_an_eta_that_the_study_meets(storage: optuna.storages.RDBStorage) -> None:
+    clock = Clock()
+    runner = ClockedRunner(clock)
+    ready = prepare(load("tensorflow-eigen"), runner, 1)
+    said: list[tuple[float, str]] = []
+    job = TuneJob(storage, cpu_signature(), ready, [1], ["infer"], None, "tiny", 32,
+                  StudyOptions(trials=8, candidates=1), log=lambda line: said.append((clock.now, line)),
+                  clock=clock)  # fmt: skip
+    job.run()
+    ended = clock.now
+    trials = [(at, line) for at, line in said if re.search(r"trial \d+ \[\d+/8\]", line)]
+    # Every trial line once a trial time is known ends with the study's ETA, never with "left" (the budget).
+    assert trials and not any(line.endswith(" left") for _, line in trials)
+    etas = []
+    for at, line in trials[2:]:
+        match = re.search(r"study ETA (\d+)m(\d\d)s$", line)
+        assert match is not None, line
+        etas.append((at + int(match.group(1)) * 60 + int(match.group(2)), ended - at))
+    # From the third trial on, the ETA (the trials left at the median trial time, then confirmation) lands
+    # within 15% of the study's real end (or 30 s), on a clock where every run costs what it would.
+    assert all(abs(predicted - ended) <= max(30.0, 0.15 * remaining) for predicted, remaining in etas), etas

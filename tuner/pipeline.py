@@ -173,6 +173,9 @@ class JobStudy(StudyRun):
         super().__init__(*args, **kwargs)
         self.eta = eta
 
+    def study_eta(self, complete: int, deadline: float | None) -> str:
+        return ""  # the job's ETA ends the line instead
+
     def _report(self, trial: FrozenTrial, complete: int, deadline: float | None) -> None:
         say = self.progress
         self.progress = lambda line: say(f"{line} | {self.eta()}")

@@ -385,9 +385,23 @@ class StudyRun:
     def _report(self, trial: FrozenTrial, complete: int, deadline: float | None) -> None:
         w = self.config.workload
         best = f"best {w.goal.describe(self.study.best_value, w.batch_size)}" if self.measured() else "no best yet"
-        left = f", ~{duration(deadline - self.clock())} left" if deadline is not None else ""
+        eta = self.study_eta(complete, deadline)
+        left = f", {eta}" if eta else ""
         line = outcome(trial, w.goal)
         self.progress(f"trial {trial.number} [{complete}/{self.config.trials}] {line} | {best}{left}")
+
+    def study_eta(self, complete: int, deadline: float | None) -> str:
+        """When this study should end: its trials still to run at the median trial time measured so far (the
+        search stops at ``deadline`` whatever is left), then its confirmation; 'at most' the time to the
+        deadline before any trial time is known."""
+        now = self.clock()
+        cost = self.cost()
+        if cost is None:
+            return f"study ETA at most {duration(max(0.0, deadline - now))}" if deadline is not None else ""
+        search = max(0, self.config.trials - complete) * cost.wall_s
+        if deadline is not None:
+            search = min(search, max(0.0, deadline - now))
+        return f"study ETA {duration(search + self.confirm_cost(self.config.confirm_policy.rounds))}"
 
     # -- confirmation -------------------------------------------------------------------------------
 

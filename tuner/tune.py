@@ -74,7 +74,7 @@ class TuneJob:
             tag = f"[{mode} {n}c]"
             study_started = self.clock()
             try:
-                run = StudyRun(self.storage, config, self.ready.runner, progress=self._tagged(tag))
+                run = StudyRun(self.storage, config, self.ready.runner, progress=self._tagged(tag), clock=self.clock)
                 if self.search_only:
                     run.search(None if budget is None else self.clock() + budget)
                     run.store_importances()
