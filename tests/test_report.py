@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tuner import report
+from tuner import benchmark, report
 from tuner.cli import main
 from tuner.errors import WorkerCrashed
 from tuner.replay import ReplayRunner
@@ -85,9 +85,21 @@ def test_the_report_has_every_figure_with_noise_and_axis_labels(filled: tuple[st
     assert sum(t == "Images/sec against KMP_BLOCKTIME" for t in titles) == 1
     page = output.read_text()
     # Every figure's title carries a second line about noise (a CV, with n), and its axes have units.
-    assert page.count("noise: per-step CV of") + page.count("error bars: 95% bootstrap interval") >= len(titles)
+    assert page.count("noise: per-step CV of") + page.count("error bars: slowest and fastest") >= len(titles)
     assert "images/sec" in page and "intra_op threads (0 = TensorFlow chooses)" in page
     assert "KMP_BLOCKTIME (ms)" in page and "cores (pinned)" in page
+
+
+def test_the_bars_show_the_tables_images_per_sec(filled: tuple[str, Path]) -> None:
+    url, _ = filled
+    stored = [r for r in benchmark.records(open_storage(url, create=False)) if "skipped" not in r]
+    figure = report.bars(stored, "tiny")
+    assert figure is not None
+    heights = sorted(round(y, 6) for trace in figure.data for y in trace.y)
+    # One definition of images/sec: each bar is a record's headline figure, the timed-loop rate the table
+    # prints, not the median per-step rate; and the axis says so.
+    assert heights == sorted(round(r["images_per_sec"], 6) for r in stored if r["device"] == "cpu")
+    assert "timed loop" in figure.layout.yaxis.title.text
 
 
 def test_the_report_is_self_contained(filled: tuple[str, Path]) -> None:
@@ -157,16 +169,6 @@ def test_an_unwritable_output_is_one_line(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no/such" in err
     assert list(tmp_path.iterdir()) == []
-
-
-def test_median_interval_covers_the_median_and_widens_with_spread() -> None:
-    tight = [[10.0, 10.1, 9.9]] * 4
-    loose = [[8.0, 12.0, 10.0], [9.0, 11.0, 10.5], [7.0, 13.0, 10.0], [10.0, 10.0, 9.0]]
-    value, low, high = report.median_interval(tight)
-    # The interval contains the pooled median; noisier rounds give a wider one.
-    assert low <= value <= high
-    loose_value, loose_low, loose_high = report.median_interval(loose)
-    assert loose_low <= loose_value <= loose_high and (loose_high - loose_low) > (high - low)
 
 
 def _need_browser() -> None:

@@ -11,7 +11,6 @@ Every figure's title says how noisy its data were; a study with no complete tria
 from __future__ import annotations
 
 import html
-import random
 import statistics
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -32,29 +31,11 @@ from tuner.topology import cores_text
 
 LABELS = (DEFAULT, HEURISTIC, TUNED)
 COLOURS = {DEFAULT: "#7f7f7f", HEURISTIC: "#ff7f0e", TUNED: "#1f77b4"}
-RESAMPLES = 1000
 RATE = "images/sec"
 MIN_IMPORTANCE_TRIALS = 3  # fANOVA needs a few distinct points; fewer gets a sentence
 
 
 # -- statistics ---------------------------------------------------------------------------------------
-
-
-def median_interval(rounds: Sequence[Sequence[float]], seed: int = 0) -> tuple[float, float, float]:
-    """Pooled median of per-step rates with a 95% hierarchical bootstrap interval (rounds, then steps):
-    the same resampling confirmation uses for ratios, here for one setting's images/sec."""
-    rounds = [run for run in rounds if run]
-    steps = [rate for run in rounds for rate in run]
-    value = statistics.median(steps)
-    if len(rounds) < 2 and len(steps) < 2:
-        return value, value, value
-    rng = random.Random(seed)
-    medians = []
-    for _ in range(RESAMPLES):
-        drawn = [rounds[rng.randrange(len(rounds))] for _ in rounds]
-        medians.append(statistics.median(run[rng.randrange(len(run))] for run in drawn for _ in run))
-    medians.sort()
-    return value, medians[int(0.025 * RESAMPLES)], medians[int(0.975 * RESAMPLES) - 1]
 
 
 def _cv_text(cvs: Sequence[float], what: str, prefix: str = "noise: ") -> str:
@@ -102,7 +83,9 @@ def _records_cvs(latest: dict[tuple[int, str, str], BenchmarkRecord]) -> list[fl
 
 
 def bars(records: Sequence[BenchmarkRecord], heading: str) -> go.Figure | None:
-    """tf-default, heuristic and tuned images/sec per core count and mode, 95% intervals as error bars."""
+    """tf-default, heuristic and tuned images/sec per core count and mode: the headline figure the table
+    prints (timed batches x batch / the timed loop's wall time, over every round), the slowest and fastest
+    round as error bars."""
     latest = _latest_cpu(records)
     if not latest:
         return None
@@ -115,7 +98,9 @@ def bars(records: Sequence[BenchmarkRecord], heading: str) -> go.Figure | None:
             record = latest.get((cores, mode, label))
             if record is None:
                 continue
-            value, low, high = median_interval(record["round_rates"])
+            value = float(record["images_per_sec"])
+            per_round = [float(r) for r in record.get("round_images_per_sec") or []] or [value]
+            low, high = min([*per_round, value]), max([*per_round, value])
             xs.append(f"{cores_text(cores)}, {mode}")
             ys.append(value)
             lows.append(value - low)
@@ -131,10 +116,10 @@ def bars(records: Sequence[BenchmarkRecord], heading: str) -> go.Figure | None:
                 )
             )
     fig.update_layout(barmode="group")
-    noise = f"error bars: 95% bootstrap interval over {'/'.join(map(str, rounds))} round(s); " + _cv_text(
+    noise = f"error bars: slowest and fastest of {'/'.join(map(str, rounds))} round(s); " + _cv_text(
         _records_cvs(latest), "benchmark runs", prefix=""
     )
-    return _title(fig, f"Images/sec by setting: {heading}", noise, "cores and mode", f"{RATE} (median)")
+    return _title(fig, f"Images/sec by setting: {heading}", noise, "cores and mode", f"{RATE} (timed loop)")
 
 
 def scaling(records: Sequence[BenchmarkRecord], heading: str) -> go.Figure | None:
@@ -369,8 +354,9 @@ def build(
     page.text(
         f"<h1>tuner report</h1><p>{len(studies)} studies and {benchmarks} benchmark records from "
         f"<code>{html.escape(source)}</code>, "
-        f"written {now} by tuner {__version__}. Images/sec are medians of per-step rates of ResNet-50 (or the "
-        "model named) on synthetic data; each figure's second title line says how noisy its data were.</p>"
+        f"written {now} by tuner {__version__}. The bars' images/sec are the table's (timed batches x batch / "
+        "wall time of the timed loop); the other figures plot per-step rates, as each says; all of ResNet-50 (or "
+        "the model named) on synthetic data; each figure's second title line says how noisy its data were.</p>"
     )
     if foreign:
         page.sentence(f"Left out: {len(foreign)} Optuna studies not made by tuner ({', '.join(sorted(foreign)[:5])}).")
