@@ -16,7 +16,6 @@ set, so every CPU row can say how close it comes to what the hardware can do.
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import statistics
@@ -31,7 +30,7 @@ from optuna.trial import TrialState
 from tuner import __version__
 from tuner.confirm import interleave
 from tuner.errors import Interrupted, InvalidSettings, TunerError, WorkerError
-from tuner.measurement import Measurement, coefficient_of_variation, median_abs_deviation
+from tuner.measurement import Measurement, coefficient_of_variation, median_abs_deviation, pooled_loop_rate
 from tuner.models import ModelRef, as_ref
 from tuner.objective import latency_ms
 from tuner.policy import MeasurementPolicy
@@ -124,12 +123,10 @@ def make_record(
     """One benchmark record from the rounds measured for ``label`` on ``target``."""
     if not runs:
         raise ValueError(f"no runs to make a record of {label}")
-    images = sum(len(m.timed_seconds) * m.batch_size for m in runs)
-    loop = math.fsum(m.loop_seconds for m in runs)
     rates = [rate for m in runs for rate in m.rates]
     steps = [s for m in runs for s in m.timed_seconds]
     facts = runs[0].facts
-    images_per_sec = images / loop
+    images_per_sec = pooled_loop_rate(runs)
     return {
         "kind": "benchmark",
         **target.key(),

@@ -130,3 +130,10 @@ class Measurement:
             wall_seconds=float(data.get("wall_seconds", 0.0)),
             timed_wall_seconds=float(data.get("timed_wall_seconds", 0.0)),
         )
+
+
+def pooled_loop_rate(runs: Sequence[Measurement]) -> float:
+    """tf_cnn_benchmarks' images/sec of ``runs`` together: every timed image over every timed loop's wall time
+    (the headline figure of benchmark records, tables, show and the report)."""
+    images = sum(len(m.timed_seconds) * m.batch_size for m in runs)
+    return images / math.fsum(m.loop_seconds for m in runs)

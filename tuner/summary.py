@@ -8,7 +8,6 @@ objective's statistic of per-step rates (the median, for throughput); its speedu
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypedDict
@@ -20,7 +19,7 @@ from tuner.capability import NOT_RUNNABLE
 from tuner.confirm import DEFAULT, HEURISTIC
 from tuner.errors import InvalidSettings
 from tuner.layout import columns, wrap
-from tuner.measurement import Measurement
+from tuner.measurement import Measurement, pooled_loop_rate
 from tuner.objective import OBJECTIVES
 from tuner.records import MalformedRecord, StoredConfirmation, StoredRunnable, StoredVerdict, StudyMeta, tuner_studies
 from tuner.sanitize import one_line
@@ -98,12 +97,6 @@ def _interval(value: Mapping[str, float] | None) -> dict[str, float] | None:
     return None if value is None else dict(value)
 
 
-def loop_rate(runs: Sequence[Measurement]) -> float:
-    """Timed-loop images/sec of ``runs`` together: every timed image over every timed loop's wall time."""
-    images = sum(len(m.timed_seconds) * m.batch_size for m in runs)
-    return images / math.fsum(m.loop_seconds for m in runs)
-
-
 def _trial_loop_rate(trial: optuna.trial.FrozenTrial) -> float | None:
     try:
         return Measurement.from_dict(trial.user_attrs["measurement"]).loop_images_per_sec
@@ -119,7 +112,7 @@ def confirmed_loop_rates(verdict: StoredVerdict, confirmation: StoredConfirmatio
     runs: dict[str, list[Measurement]] = {}
     for run in confirmation.runs:
         runs.setdefault(run.candidate, []).append(run.measurement)
-    return {name: loop_rate(measured) for name, measured in runs.items()}
+    return {name: pooled_loop_rate(measured) for name, measured in runs.items()}
 
 
 def summarize_verdict(verdict: StoredVerdict, confirmation: StoredConfirmation | None = None) -> VerdictSummary:
