@@ -21,6 +21,7 @@ import sqlalchemy.exc
 from tuner import __version__, atomic, benchmark, interrupt, recommend, report, table, transfer
 from tuner.benchjob import BenchmarkJob, check_settings
 from tuner.capability import Capabilities
+from tuner.disturbance import DEFAULT_LIMIT, parse_limit, steady
 from tuner.doctor import report as doctor_report
 from tuner.envs import create as create_env
 from tuner.envs import read_manifest
@@ -109,7 +110,8 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
     runtime = for_device(load_runtime(args.runtime), "cpu")
     space = load_space(args.space or runtime.space, max(counts))
     inert = check_knobs(runtime, space.distributions(max(counts)), args.allow_inert)
-    runner = runner or SubprocessRunner(python=args.python or runtime.python())
+    limit = parse_limit(args.max_disturbance)
+    runner = steady(runner or SubprocessRunner(python=args.python or runtime.python()), limit, _log)
     storage = open_storage(args.storage)
     signature = cpu_signature()
     budget = parse_duration(args.budget) if args.budget != "none" else None
@@ -155,6 +157,7 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
     batch = args.batch_size or (benchmark.GPU_BATCH if args.device == "gpu" else benchmark.CPU_BATCH)
     policy = benchmark.full_policy(args.warmup, args.timed, args.rounds)
     check_settings(args.settings or [], list(space.baselines(max(counts))))  # before the storage is created
+    limit = parse_limit(args.max_disturbance)
     storage = open_storage(args.storage)
     visible, unavailable = None, None
     if args.device == "gpu" and runner is None:  # a runtime that cannot run here skips the GPU rows, with why
@@ -164,7 +167,7 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
         except UsageError as error:
             unavailable = unavailable or str(error)
             runner = SubprocessRunner()  # never started: every row is skipped with ``unavailable``
-    runner = runner or SubprocessRunner(python=runtime.python())
+    runner = steady(runner or SubprocessRunner(python=runtime.python()), limit, _log)
     if args.device == "gpu":
         if unavailable is None:
             visible = benchmark.visible_gpus(runner, Settings.from_params(fixed_knobs(space)), core_set(1))
@@ -240,6 +243,7 @@ def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
     if args.plan and args.format not in ("markdown", "json"):
         raise UsageError(f"--plan prints text, or JSON with --format json; not {args.format}")
     budget = parse_duration(args.budget) if args.budget != "none" else None
+    limit = parse_limit(args.max_disturbance)
     if args.plan:  # the storage is only read, and only where it exists: a missing one is an empty one
         missing = sqlite_missing(args.storage) is not None
         storage = optuna.storages.InMemoryStorage() if missing else open_storage(args.storage, create=False)
@@ -269,6 +273,7 @@ def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
         search_batch=search_batch,
         create_envs=not args.no_env_create,
         runner=runner,
+        max_disturbance=limit,
         log=bar.lines(_log),
         bar=bar,
     )
@@ -442,6 +447,17 @@ def cmd_doctor(args: argparse.Namespace, runner: Runner | None = None) -> int:
     return 0
 
 
+def add_disturbance_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-disturbance",
+        default=f"{DEFAULT_LIMIT:g}",
+        metavar="SHARE",
+        help="a trial whose cores others used (processes, steal, quota throttling) for more than this share of "
+        f"its timed window is measured again, at most twice, and never ranked disturbed (default {DEFAULT_LIMIT:g}; "
+        "off: only record it)",
+    )
+
+
 def add_precision_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-precision",
@@ -588,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", default="text", choices=("text", "json"), help="the studies' summary: text, or json as show's"
     )
     add_precision_flags(tune)
+    add_disturbance_flag(tune)
     tune.set_defaults(func=cmd_tune)
 
     run = sub.add_parser("run", help="the main job: tune every runtime and core count, benchmark, print the table")
@@ -618,6 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
         "time, and the total; measures nothing and writes nothing",
     )
     add_precision_flags(run)
+    add_disturbance_flag(run)
     run.set_defaults(func=cmd_run)
 
     bench = sub.add_parser("benchmark", help="the full benchmark (tf_cnn_benchmarks' conventions) of named settings")
@@ -658,6 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--format", default="text", choices=("text", "json"), help="results: a line each, or json: every stored record"
     )
+    add_disturbance_flag(bench)
     bench.set_defaults(func=cmd_benchmark)
 
     tab = sub.add_parser("table", help="the reference table from stored benchmark results (measures nothing)")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from tuner import interrupt
+from tuner.disturbance import Disturbance, Monitor
 from tuner.errors import WorkerBadOutput, WorkerError, WorkerExited, WorkerTimeout
 from tuner.measurement import Measurement
 from tuner.runner import STEP_KEYS, SubprocessRunner, TrialSpec, _decode, _positive, _tail, check_read_back, kill_group
@@ -197,7 +198,8 @@ def _execute_group(
             finally:
                 os.close(write_fd)
             members.append((process, read_fd, log))
-        results = _read_group(self, members, deadline, timeout_s)
+        monitor = Monitor(sorted(c for g in groups for c in g))
+        results = _read_group(self, members, deadline, timeout_s, monitor, int(worker_specs[0]["timed"]))
         checked = []
         for index, ((process, _, member_log), result) in enumerate(zip(members, results, strict=True)):
             SubprocessRunner._wait(process, True, deadline)
@@ -214,9 +216,16 @@ def _read_group(
     members: list[tuple[subprocess.Popen[bytes], int, IO[bytes]]],
     deadline: float,
     timeout_s: float,
+    monitor: Monitor | None = None,
+    timed: int = 0,
 ) -> list[dict[str, Any]]:
-    """Every instance's result event; the barrier is released when every instance reported ready."""
+    """Every instance's result event; the barrier is released when every instance reported ready. The
+    group's disturbance is measured from the release to the last instance's last timed step, and kept on
+    the first instance's result."""
     results: list[dict[str, Any] | None] = [None] * len(members)
+    pids = [process.pid for process, _, _ in members]
+    finished: set[int] = set()
+    found: Disturbance | None = None
     buffers = [b""] * len(members)
     open_fds = {fd: index for index, (_, fd, _) in enumerate(members)}
     ready: set[int] = set()
@@ -251,15 +260,23 @@ def _read_group(
                 if event.get("event") == "ready":
                     ready.add(index)
                     if len(ready) == len(members):
+                        if monitor is not None:
+                            monitor.open(pids)
                         for process, _, _ in members:
                             assert process.stdin is not None
                             # One that died after it was ready: its channel's end says how, next read.
                             with contextlib.suppress(OSError):
                                 process.stdin.write(b"g")
                                 process.stdin.close()
+                elif event.get("phase") == "timed" and event.get("index") == timed - 1 and monitor is not None:
+                    finished.add(index)
+                    if len(finished) == len(members):
+                        found = monitor.close(pids)
                 elif event.get("event") == "result":
                     results[index] = event
                     open_fds.pop(fd, None)
+    if found is not None and results and results[0] is not None:
+        results[0]["disturbance"] = found.to_dict()
     return [r for r in results if r is not None]
 
 

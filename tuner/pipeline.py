@@ -43,6 +43,7 @@ from tuner.benchmark import (
 from tuner.benchmark import flops_per_image as count_flops
 from tuner.confirm import DEFAULT, TUNED
 from tuner.cost import CostModel
+from tuner.disturbance import DEFAULT_LIMIT, steady
 from tuner.envs import create as create_env
 from tuner.errors import TunerError
 from tuner.forecast import (
@@ -202,6 +203,7 @@ class Job:
     search_batch: tuple[int, ...] = ()  # --search-batch: batch sizes searched beside batch_size (throughput)
     create_envs: bool = True
     runner: Runner | None = None  # tests pass a replaying fake; else one subprocess runner per runtime
+    max_disturbance: float | None = DEFAULT_LIMIT  # tuner/disturbance.py: over it, a trial is measured again
     log: Log = print
     clock: Callable[[], float] = time.monotonic
     bar: Bar = field(default_factory=Bar)  # over the studies, on a terminal (the CLI's); else no bar
@@ -224,7 +226,7 @@ class Job:
     # -- preparation ------------------------------------------------------------------------------------
 
     def _runner(self, runtime: Runtime) -> Runner:
-        return self.runner or SubprocessRunner(python=runtime.python())
+        return steady(self.runner or SubprocessRunner(python=runtime.python()), self.max_disturbance, self.log)
 
     def _env_missing(self, runtime: Runtime) -> bool:
         """The runtime's environment is still to be built (a test's fake runner needs none)."""
@@ -492,13 +494,13 @@ class Job:
         why it cannot run here: no NVIDIA driver, or its environment not created (never built by the job: it
         is several GiB, `tuner env create tensorflow-gpu`). Tests pass their fake runner."""
         if self.runner is not None:
-            return self.runner, None
+            return steady(self.runner, self.max_disturbance, self.log), None
         gpu = load_runtime(GPU_RUNTIME)
         reason = gpu.installable()
         if reason is not None:
             return None, reason
         try:
-            return SubprocessRunner(python=gpu.python()), None
+            return steady(SubprocessRunner(python=gpu.python()), self.max_disturbance, self.log), None
         except TunerError as error:
             return None, str(error)
 

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 Progress = Callable[[str], None]
 # A trial whose worker failed this way is "done" (its setting known to fail); an interrupted or orphaned one is not.
 WORKER_FAILURES = {e.reason for e in (WorkerCrashed, WorkerExited, WorkerTimeout, WorkerBadOutput, WorkerOutOfMemory)}
+# Done for the budget, though not known to fail: disturbed in every attempt (tuner/disturbance.py). It has no
+# value to rank, and a resumed study queues it again.
+DONE_FAILURES = WORKER_FAILURES | {"disturbed"}
 COMPARED = ("core_set", "policy")  # besides the space: what a resumed study's trials must share with this run
 
 
@@ -103,15 +106,15 @@ def queue_baselines(study: optuna.Study, runnable: Mapping[str, Mapping[str, Any
 
 
 def baselines_done(study: optuna.Study, names: Collection[str]) -> bool:
-    """Every baseline in ``names`` has a finished trial, complete or failed by its worker: the budget may
-    end the search only after that, and a failing baseline never holds it up."""
+    """Every baseline in ``names`` has a finished trial, complete, failed by its worker, or disturbed in every
+    attempt: the budget may end the search only after that, and a failing baseline never holds it up."""
     trials = study.get_trials(deepcopy=False)
     pending = {t.user_attrs.get("baseline") for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
     done = {
         t.user_attrs.get("baseline")
         for t in trials
         if t.state == TrialState.COMPLETE
-        or (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") in WORKER_FAILURES)
+        or (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") in DONE_FAILURES)
     }
     # An interrupted or orphaned baseline is not done: it is queued again and measured first.
     return set(names) <= done - pending

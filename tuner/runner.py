@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from tuner import interrupt
+from tuner.disturbance import Disturbance, Monitor
 from tuner.errors import (
     TunerError,
     WorkerBadOutput,
@@ -325,8 +326,9 @@ class SubprocessRunner:
                 raise WorkerExited(f"cannot start worker {self.python}: {error}") from None
             finally:
                 os.close(write_fd)
+            watch = TimedWindow(worker_spec, cores, process.pid)
             try:
-                result = self._read(process, read_fd, started + timeout_s, on_step)
+                result = self._read(process, read_fd, started + timeout_s, on_step, watch)
                 exit_note = self._wait(process, result is not None, started + timeout_s)
             except subprocess.TimeoutExpired:
                 kill_group(process)
@@ -340,6 +342,8 @@ class SubprocessRunner:
                 os.close(read_fd)
             result = self._check(process.returncode, result, log, cores)
             result["_tail"] = _tail(log)
+            if watch.found is not None:
+                result["disturbance"] = watch.found.to_dict()
         if exit_note:
             result["exit"] = exit_note
         return result, env
@@ -366,7 +370,12 @@ class SubprocessRunner:
         return ""
 
     def _read(
-        self, process: subprocess.Popen[bytes], fd: int, deadline: float, on_step: StepCallback | None
+        self,
+        process: subprocess.Popen[bytes],
+        fd: int,
+        deadline: float,
+        on_step: StepCallback | None,
+        watch: TimedWindow | None = None,
     ) -> dict[str, Any] | None:
         """Read JSON lines from the channel until EOF; return the ``result`` event."""
         buffer = b""
@@ -386,6 +395,8 @@ class SubprocessRunner:
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
                 event = _decode(line)
+                if watch is not None:
+                    watch.see(event)
                 if event.get("event") == "step" and on_step is not None:
                     on_step(*_step(event))
                 elif event.get("event") == "result":
@@ -411,6 +422,28 @@ class SubprocessRunner:
                 f"worker ran on CPUs {result.get('cpus')}, not the requested {sorted(cores)}", _tail(log)
             )
         return result
+
+
+class TimedWindow:
+    """Follows a measuring worker's events and measures the disturbance of its timed loop: opened at the
+    last warm-up step (or the trace, without warm-up), closed at the last timed step, while the worker is
+    certainly alive. Tasks that time no steps are not watched."""
+
+    def __init__(self, worker_spec: dict[str, Any], cores: tuple[int, ...], pid: int) -> None:
+        self.pids = (pid,)
+        self.warmup = int(worker_spec.get("warmup", 0) or 0)
+        self.timed = int(worker_spec.get("timed", 0) or 0)
+        self.monitor = Monitor(cores) if worker_spec.get("task", "measure") == "measure" and self.timed else None
+        self.found: Disturbance | None = None  # set when the window closes
+
+    def see(self, event: dict[str, Any]) -> None:
+        if self.monitor is None:
+            return
+        kind, phase, index = event.get("event"), event.get("phase"), event.get("index")
+        if (kind == "traced" and self.warmup == 0) or (phase == "warmup" and index == self.warmup - 1):
+            self.monitor.open(self.pids)
+        elif phase == "timed" and index == self.timed - 1:
+            self.found = self.monitor.close(self.pids)
 
 
 def check_read_back(settings: Settings, result: dict[str, Any]) -> None:

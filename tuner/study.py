@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tuner import __version__, interrupt
+from tuner import __version__, disturbance, interrupt
 from tuner.capability import Capabilities, narrow, plan_baselines, unrunnable
 from tuner.confirm import (
     DEFAULT,
@@ -32,6 +32,7 @@ from tuner.confirm import (
     store_verdict,
 )
 from tuner.cost import CostModel
+from tuner.disturbance import Disturbed
 from tuner.errors import Interrupted, Pruned, TunerError
 from tuner.measurement import Measurement
 from tuner.objective import OBJECTIVES, Objective
@@ -267,6 +268,8 @@ class StudyRun:
             trial.set_user_attr("skip_reason", "pruner")
             raise optuna.TrialPruned(str(error)) from None
         except TunerError as error:
+            if isinstance(error, Disturbed):
+                trial.set_user_attr("disturbed_attempts", error.attempts)
             trial.set_user_attr("fail_reason", error.reason)
             trial.set_user_attr("fail_message", str(error))
             trial.set_user_attr("stderr_tail", getattr(error, "stderr_tail", "")[-1500:])
@@ -318,6 +321,11 @@ class StudyRun:
         measurement = self.runner.run(spec, on_step)
         trial.set_user_attr("trial_seconds", self.clock() - started)
         trial.set_user_attr("measurement", measurement.to_dict())
+        found = disturbance.of(measurement)
+        if found is not None:  # what else ran on its cores while it was timed (tuner/disturbance.py)
+            trial.set_user_attr("disturbance", found.to_dict())
+        if measurement.facts.get("disturbed_attempts"):
+            trial.set_user_attr("disturbed_attempts", measurement.facts["disturbed_attempts"])
         return self.config.workload.goal.score(measurement.rates)
 
     # -- the search -----------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 
+SPIN_WORK = 4_000_000  # additions per "spin" step: about 0.15 s of one core here
+
 
 def main() -> int:
     parser = argparse.ArgumentParser()
@@ -45,6 +47,20 @@ def main() -> int:
         time.sleep(1000)
     times = {"warmup": [(i + 1) / 100 for i in range(spec["warmup"])]}
     times["timed"] = [(i + 1) / 10 for i in range(spec["timed"])]
+    if behaviour == "spin":  # real timed steps: each a fixed amount of work on its core, as a model's step is
+        for index, seconds in enumerate(times["warmup"]):
+            send(json.dumps({"event": "step", "phase": "warmup", "index": index, "seconds": seconds}))
+        spun = []
+        for index in range(spec["timed"]):
+            begin = time.perf_counter()
+            total = 0
+            for value in range(SPIN_WORK):
+                total += value
+            spun.append(time.perf_counter() - begin)
+            send(json.dumps({"event": "step", "phase": "timed", "index": index, "seconds": spun[-1]}))
+        send(json.dumps({"event": "result", "warmup_seconds": times["warmup"], "timed_seconds": spun,
+                         "cpus": sorted(os.sched_getaffinity(0)), "pid": os.getpid()}))  # fmt: skip
+        return 0
     if spec.get("barrier"):  # one of a group: the instance on the highest CPU misbehaves for the group tests
         if behaviour == "crash-last" and max(spec["cores"]) >= 1:
             print("fake worker: instance crashing before it is ready", file=sys.stderr, flush=True)
