@@ -291,7 +291,8 @@ class Steady:
     def run(self, spec: TrialSpec, on_step: StepCallback | None = None) -> Measurement:
         seen: list[dict[str, Any]] = []
         for attempt in range(1, self.attempts + 1):
-            measurement = self.inner.run(spec, on_step)
+            # Steps go to ``on_step`` (the pruner) on the first attempt only: Optuna keeps one value per step.
+            measurement = self.inner.run(spec, on_step if attempt == 1 else None)
             found = of(measurement)
             if found is not None:
                 seen.append(found.to_dict())
@@ -340,3 +341,51 @@ def parse_limit(text: str) -> float | None:
             f"--max-disturbance: {text!r} is not a share of the cores' time between 0 and 1 (e.g. 0.05 or 5%), or off"
         )
     return share
+
+
+def study_figures(trials: Sequence[Any]) -> dict[str, Any]:
+    """A study's disturbance from its stored trials (Optuna ``FrozenTrial``s; untrusted: malformed entries
+    are left out): how many trials carry a figure, how many were measured again, how many were never ranked
+    (disturbed in every attempt), the shares of the attempts thrown away, and the largest share kept."""
+    kept: list[float] = []
+    thrown: list[float] = []
+    remeasured = not_ranked = 0
+    for trial in trials:
+        attrs = trial.user_attrs
+        found = Disturbance.from_dict(attrs.get("disturbance"))
+        if found is not None and found.judged:
+            kept.append(found.share)
+        attempts = attrs.get("disturbed_attempts")
+        shares = [d.share for d in map(Disturbance.from_dict, attempts if isinstance(attempts, list) else []) if d]
+        thrown += shares
+        if attrs.get("fail_reason") == Disturbed.reason:
+            not_ranked += 1
+        elif shares:
+            remeasured += 1
+    return {
+        "trials_with_figure": len(kept),
+        "remeasured": remeasured,
+        "not_ranked": not_ranked,
+        "thrown_away": [round(s, 4) for s in thrown],
+        "largest_kept": round(max(kept), 4) if kept else None,
+    }
+
+
+def describe_study(figures: dict[str, Any]) -> str | None:
+    """One line for show and the report, or None when nothing was disturbed and nothing is recorded."""
+    if not figures.get("trials_with_figure") and not figures.get("thrown_away"):
+        return None
+    thrown = figures.get("thrown_away") or []
+    parts = []
+    if figures.get("remeasured"):
+        parts.append(f"{figures['remeasured']} trial(s) measured again")
+    if figures.get("not_ranked"):
+        parts.append(f"{figures['not_ranked']} not ranked (disturbed in every attempt)")
+    if thrown:
+        parts.append(
+            "attempts thrown away at " + ", ".join(f"{s:.0%}" for s in thrown[:8]) + ("..." * (len(thrown) > 8))
+        )
+    largest = figures.get("largest_kept")
+    kept = f"largest share kept {largest:.1%}" if isinstance(largest, float) else "no judged window kept"
+    head = "disturbed" if parts else "undisturbed"
+    return f"{head}: {'; '.join([*parts, kept])} (of the cores' time used by others over each timed window)"

@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner import __version__, benchmark, table
 from tuner.confirm import DEFAULT, HEURISTIC, TUNED
+from tuner.disturbance import describe_study, study_figures
 from tuner.errors import TunerError
 from tuner.records import BenchmarkRecord, StoredVerdict, StudyMeta, tuner_studies
 from tuner.topology import cores_text
@@ -291,6 +292,10 @@ def _study_section(page: Page, study: optuna.Study, meta: StudyMeta) -> None:
         f"TensorFlow {html.escape(str(meta.probe.get('framework_version', '?')))}",
     ]
     page.text(f"<p>{' · '.join(facts)}</p>")
+    disturbed = describe_study(study_figures(all_trials))
+    if disturbed is not None:  # the "disturbed" mark: trials measured again or never ranked, and the shares
+        head, _, rest = disturbed.partition(":")
+        page.text(f"<p><b>{html.escape(head.capitalize())}:</b>{html.escape(rest)}</p>")
     if verdict is not None and verdict.text:
         page.text(f"<p><b>Verdict:</b> {html.escape(verdict.text)}</p>")
     if not complete:

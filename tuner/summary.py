@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import optuna
 from optuna.trial import TrialState
 
 from tuner.capability import NOT_RUNNABLE
 from tuner.confirm import DEFAULT, HEURISTIC
+from tuner.disturbance import describe_study, study_figures
 from tuner.errors import InvalidSettings
 from tuner.layout import columns, wrap
 from tuner.measurement import Measurement, pooled_loop_rate
@@ -91,6 +92,7 @@ class StudySummary(TypedDict):
     excluded: list[str]
     probe: dict[str, object]
     verdict: VerdictSummary | None
+    disturbance: dict[str, Any]  # tuner/disturbance.py study_figures: trials measured again, never ranked, shares
 
 
 def _interval(value: Mapping[str, float] | None) -> dict[str, float] | None:
@@ -185,6 +187,7 @@ def summarize_study(study: optuna.Study) -> StudySummary:
         excluded=list(runnable.excluded),
         probe=dict(meta.probe),
         verdict=None if verdict is None else summarize_verdict(verdict, confirmation),
+        disturbance=study_figures(trials),
     )
 
 
@@ -309,7 +312,9 @@ def table_rows(summaries: Sequence[StudySummary], wide: bool = False) -> list[li
         if not wide:
             rows.append([*head, tf_default, heuristic, best, speedup, verdict_word(s)[0]])
             continue
-        head.append(f"{s['trials']['complete']}+{s['trials']['fail']}F")
+        d = s["disturbance"]
+        marked = d["remeasured"] + d["not_ranked"]
+        head.append(f"{s['trials']['complete']}+{s['trials']['fail']}F" + (f" ({marked}d)" if marked else ""))
         if v is None:  # searched but not confirmed: the search's own figures, and it says so
             rows.append(
                 [*head, tf_default, heuristic, others, best, "-", "-", "-", "not confirmed yet (search values)"]
@@ -373,6 +378,12 @@ def format_importance_lines(summaries: Sequence[StudySummary]) -> str:
         (s["name"], [*(f"baseline {b}: {n}" for b, n in s["baseline_notes"].items()), *s["excluded"]])
         for s in summaries
     ]
+    disturbed = [(s["name"], describe_study(s["disturbance"])) for s in summaries]
+    if any(line and not line.startswith("undisturbed") for _, line in disturbed):
+        lines += ["", "Disturbed trials (something else used their cores; tuner/disturbance.py):"]
+        for name, line in disturbed:
+            if line and not line.startswith("undisturbed"):
+                lines += wrap(one_line(f"{name}: {line}", 1000), indent="  ", more="    ")
     if any(found for _, found in ruled_out):
         lines += ["", "Not measured on this CPU (probe read-back):"]
         for name, found in ruled_out:

@@ -1,0 +1,216 @@
+"""Disturbance accounting (tuner/disturbance.py): a real busy neighbour on a trial's core is seen and the
+trial measured again; steal and quota throttling read from fake /proc and cgroup files; a study never ranks
+a disturbed value; stored figures are checked before use and shown."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.helpers import make_config, one_error_line
+from tests.test_runner import CORES, FakeRunner, make_spec
+from tuner import cli
+from tuner.disturbance import Disturbance, Disturbed, Monitor, Sources, Steady, parse_limit, study_figures
+from tuner.errors import UsageError
+from tuner.measurement import Measurement
+from tuner.policy import MeasurementPolicy
+from tuner.replay import ReplayRunner
+from tuner.runner import StepCallback, TaskSpec, TrialSpec
+from tuner.study import StudyRun
+from tuner.summary import format_importance_lines, summarize_study
+
+SPIN = MeasurementPolicy("spin", warmup=1, timed=5, timeout_s=60.0)  # 5 real steps of ~0.15 s: a 0.75 s window
+
+
+class Counting:
+    """Counts the runs of the runner inside it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.runs = 0
+
+    def run(self, spec: TrialSpec, on_step: StepCallback | None = None) -> Measurement:
+        self.runs += 1
+        measurement: Measurement = self.inner.run(spec, on_step)
+        return measurement
+
+    def compute(self, spec: TaskSpec) -> dict[str, Any]:
+        result: dict[str, Any] = self.inner.compute(spec)
+        return result
+
+
+def busy_loop(core: int) -> subprocess.Popen[bytes]:
+    """A real neighbour: a Python busy loop pinned to ``core``."""
+    code = f"import os\nos.sched_setaffinity(0, {{{core}}})\nwhile True:\n    pass\n"
+    hog = subprocess.Popen([sys.executable, "-c", code])
+    time.sleep(0.3)  # running and pinned before the trial starts
+    return hog
+
+
+def test_a_busy_neighbour_on_the_trials_core_is_measured_again_and_a_quiet_trial_is_not() -> None:
+    inner = Counting(FakeRunner("spin"))
+    hogs: list[subprocess.Popen[bytes]] = []
+
+    def neighbour_leaves(cores: Sequence[int]) -> float:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+        return 0.0
+
+    runner = Steady(inner, limit=0.25, wait_quiet=neighbour_leaves)
+    quiet = runner.run(make_spec(SPIN))
+    # Alone on its core, the worker's window is its own: measured once, its figure recorded and small.
+    assert inner.runs == 1
+    found = Disturbance.from_dict(quiet.facts["disturbance"])
+    assert found is not None and found.judged and found.other < 0.25
+    assert "disturbed_attempts" not in quiet.facts
+
+    hogs.append(busy_loop(CORES[0]))
+    try:
+        kept = runner.run(make_spec(SPIN))
+    finally:
+        neighbour_leaves(CORES)
+    # The busy loop took about half the core during the first attempt: over the limit, so measured again
+    # after it left; the kept measurement is the quiet one and the thrown-away attempt is recorded.
+    assert inner.runs == 3
+    thrown = [Disturbance.from_dict(d) for d in kept.facts["disturbed_attempts"]]
+    assert len(thrown) == 1 and thrown[0] is not None and thrown[0].other > 0.3
+    again = Disturbance.from_dict(kept.facts["disturbance"])
+    assert again is not None and again.other < 0.25
+
+
+def write_stat(folder: Path, ticks: dict[int, tuple[int, int]]) -> None:
+    """/proc/stat with per-CPU (user, steal) ticks; every other field fixed."""
+    lines = ["cpu  0 0 0 0 0 0 0 0 0 0"]
+    for cpu, (user, steal) in sorted(ticks.items()):
+        lines.append(f"cpu{cpu} {user} 0 0 1000 0 0 0 {steal} 0 0")
+    (folder / "stat").write_text("\n".join(lines) + "\nintr 0\nctxt 0\nbtime 0\n")
+
+
+def test_steal_and_quota_throttling_are_read_from_proc_and_cgroup_files(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    v2 = tmp_path / "cgroup"
+    (v2 / "job").mkdir(parents=True)
+    (tmp_path / "self-cgroup").write_text("0::/job\n")
+    now = [100.0]
+    sources = Sources(proc=proc, cgroup=v2, proc_cgroup=tmp_path / "self-cgroup", clock=lambda: now[0])
+    write_stat(proc, {0: (500, 10), 1: (700, 20)})
+    (v2 / "job" / "cpu.stat").write_text("usage_usec 10\nnr_throttled 1\nthrottled_usec 1000000\n")
+    monitor = Monitor([0, 1], sources)
+    monitor.open(())
+    # Two seconds later: CPU 0 stole 0.5 s (50 ticks), CPU 1 0.3 s; the quota held the group off 0.4 s; and
+    # processes other than the trial's (it has none here) ran 1 s on CPU 0.
+    write_stat(proc, {0: (600, 60), 1: (700, 50)})
+    (v2 / "job" / "cpu.stat").write_text("usage_usec 10\nnr_throttled 3\nthrottled_usec 1400000\n")
+    now[0] += 2.0
+    found = monitor.close(())
+    assert found is not None
+    # Shares of 2 cores x 2 s: steal 0.8 s of 4, others 1 s of 4; throttling 0.4 s of the 2 s wall time.
+    assert found.steal == pytest.approx(0.2)
+    assert found.other == pytest.approx(0.25)
+    assert found.throttled == pytest.approx(0.2)
+    assert found.share == pytest.approx(0.65) and found.over(0.05)
+
+    # cgroup v1: the cpu controller's own hierarchy, throttled_time in nanoseconds.
+    v1 = tmp_path / "v1"
+    (v1 / "cpu,cpuacct" / "job").mkdir(parents=True)
+    (tmp_path / "self-cgroup").write_text("4:cpu,cpuacct:/job\n1:memory:/job\n")
+    sources.cgroup = v1
+    (v1 / "cpu,cpuacct" / "job" / "cpu.stat").write_text("nr_periods 5\nnr_throttled 0\nthrottled_time 0\n")
+    monitor.open(())
+    (v1 / "cpu,cpuacct" / "job" / "cpu.stat").write_text("nr_periods 9\nnr_throttled 2\nthrottled_time 500000000\n")
+    now[0] += 1.0
+    found = monitor.close(())
+    assert found is not None and found.throttled == pytest.approx(0.5) and found.steal == 0.0
+
+
+class Disturbing:
+    """Replays rates and reports, per call, the disturbance ``shares[call]`` (0 once the list is used up)."""
+
+    def __init__(self, inner: ReplayRunner, shares: dict[int, float]) -> None:
+        self.inner, self.shares, self.calls = inner, shares, 0
+
+    def run(self, spec: TrialSpec, on_step: StepCallback | None = None) -> Measurement:
+        measurement = self.inner.run(spec, on_step)
+        share = self.shares.get(self.calls, 0.0)
+        self.calls += 1
+        measurement.facts["disturbance"] = Disturbance(2.0, 2, share, 0.0, 0.0).to_dict()
+        return measurement
+
+    def compute(self, spec: TaskSpec) -> dict[str, Any]:
+        return self.inner.compute(spec)
+
+
+def test_a_study_never_ranks_a_disturbed_value(storage: optuna.storages.RDBStorage) -> None:
+    def rate(spec: TrialSpec) -> float:
+        return 1200.0 if spec.settings.intra_op == 1 and spec.settings.data_format == "NHWC" else 1000.0
+
+    # Every run of call 0 (tf-default) measures 40% disturbed; calls 0, 1 and 2 are its three attempts.
+    runner = Steady(Disturbing(ReplayRunner.from_rates(rate), {0: 0.4, 1: 0.4, 2: 0.4, 3: 0.3}), 0.05,
+                    wait_quiet=lambda cores: 0.0)  # fmt: skip
+    run = StudyRun(storage, make_config(trials=3), runner)
+    run.search(None)
+    trials = run.study.get_trials()
+    # tf-default was disturbed in all three attempts: failed as "disturbed", with no value, its attempts kept.
+    assert trials[0].state == TrialState.FAIL and trials[0].value is None
+    assert trials[0].user_attrs["fail_reason"] == "disturbed"
+    assert [a["other"] for a in trials[0].user_attrs["disturbed_attempts"]] == [0.4, 0.4, 0.4]
+    # The heuristic's first attempt (call 3) was disturbed, its second not: ranked on the second.
+    assert trials[1].state == TrialState.COMPLETE
+    assert [a["other"] for a in trials[1].user_attrs["disturbed_attempts"]] == [0.3]
+    assert trials[1].user_attrs["disturbance"]["other"] == 0.0
+    # The budget is not held by a disturbed baseline, and show says what happened.
+    assert run.baselines_done()
+    summary = summarize_study(run.study)
+    assert summary["disturbance"]["remeasured"] == 1 and summary["disturbance"]["not_ranked"] == 1
+    text = " ".join(format_importance_lines([summary]).split())  # the lines as one, whatever the wrapping
+    assert "1 trial(s) measured again; 1 not ranked (disturbed in every attempt)" in text
+    assert "40%, 40%, 40%, 30%" in text
+
+
+def test_all_attempts_disturbed_raise_with_every_attempts_figure() -> None:
+    runner = Steady(Disturbing(ReplayRunner.from_rates(lambda s: 1000.0), {0: 0.5, 1: 0.2}), 0.1, attempts=2,
+                    wait_quiet=lambda cores: 0.0)  # fmt: skip
+    with pytest.raises(Disturbed, match="disturbed in all 2 attempts") as raised:
+        runner.run(make_spec())
+    # Both attempts' figures travel with the error, so the study stores them.
+    assert [a["other"] for a in raised.value.attempts] == [0.5, 0.2]
+    # With the limit off, the figure is only recorded: one run, kept whatever it shows.
+    recording = Steady(Disturbing(ReplayRunner.from_rates(lambda s: 1000.0), {0: 0.9}), None)
+    assert recording.run(make_spec()).facts["disturbance"]["other"] == 0.9
+
+
+def test_stored_figures_are_checked_before_use() -> None:
+    # Shares must be numbers from 0 to 1, the window a finite non-negative number, cores a sane count.
+    good = {"window_s": 1.0, "cores": 2, "other": 0.1, "steal": 0.0, "throttled": 0.0}
+    assert Disturbance.from_dict(good) is not None
+    for bad in ({**good, "other": 7}, {**good, "other": "0.1"}, {**good, "cores": True}, {**good, "window_s": -1},
+                {k: v for k, v in good.items() if k != "steal"}, "0.1", None):  # fmt: skip
+        assert Disturbance.from_dict(bad) is None
+
+    class Trial:
+        def __init__(self, attrs: dict[str, Any]) -> None:
+            self.user_attrs = attrs
+
+    # Malformed stored attempts (from an imported file) are left out, not counted or printed.
+    figures = study_figures([Trial({"disturbance": good, "disturbed_attempts": [{"other": "rm -rf"}, 3]})])
+    assert figures["thrown_away"] == [] and figures["remeasured"] == 0 and figures["largest_kept"] == 0.1
+
+
+def test_limit_flag_takes_a_share_or_a_percentage_and_refuses_the_rest(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_limit("0.05") == 0.05 and parse_limit("10%") == pytest.approx(0.1) and parse_limit("off") is None
+    for bad in ("0", "1", "150%", "x", "-0.1", "nan"):
+        with pytest.raises(UsageError, match="--max-disturbance"):
+            parse_limit(bad)
+    # On the command line: one line naming the flag, exit 1, before anything is measured or stored.
+    assert cli.main(["tune", "--model", "tiny", "--max-disturbance", "2", "--storage", "sqlite:///:memory:"]) == 1
+    assert "--max-disturbance" in one_error_line(capsys.readouterr().err)
