@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+import psutil
 from optuna.trial import TrialState
 
 from tuner import __version__
@@ -90,14 +91,8 @@ def full_policy(
 
 
 def memory_gib() -> float:
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemTotal:"):
-                    return round(int(line.split()[1]) / 2**20, 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0.0
+    """This machine's memory in GiB (psutil), rounded to 0.1."""
+    return round(psutil.virtual_memory().total / 2**30, 1)
 
 
 def provenance(signature: CpuSignature) -> dict[str, Any]:

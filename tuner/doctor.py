@@ -6,13 +6,17 @@ imports a framework; a runtime counts as available when its interpreter exists a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from tuner import interrupt
+from tuner.disturbance import DEFAULT_LIMIT, Monitor
 from tuner.errors import UsageError
 from tuner.runtime import NVIDIA_DRIVER, Runtime, gpu_driver, load, names
 from tuner.signature import cpu_signature
@@ -30,36 +34,44 @@ class Busy:
     cpu_share: float
 
 
-def _cpu_ticks() -> dict[int, tuple[str, int]]:
-    ticks: dict[int, tuple[str, int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        ticks[int(entry.name)] = (name, int(fields[11]) + int(fields[12]))  # utime + stime
-    return ticks
-
-
 def busy_processes(interval: float = 0.5) -> list[Busy]:
-    """Processes that used more than BUSY_SHARE of a CPU over ``interval`` seconds (this one excluded)."""
-    before = _cpu_ticks()
+    """Processes that used more than BUSY_SHARE of a CPU over ``interval`` seconds (this one excluded), from
+    psutil's per-process CPU times."""
+    before: dict[int, tuple[psutil.Process, float]] = {}
+    for process in psutil.process_iter():
+        if process.pid == os.getpid():
+            continue
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            before[process.pid] = (process, times.user + times.system)
     with interrupt.interruptible():
         time.sleep(interval)
-    after = _cpu_ticks()
-    hertz = os.sysconf("SC_CLK_TCK")
     found = []
-    for pid, (name, ticks) in after.items():
-        if pid == os.getpid() or pid not in before:
+    for pid, (process, used) in before.items():
+        try:
+            times = process.cpu_times()
+            share = (times.user + times.system - used) / interval
+            if share > BUSY_SHARE:
+                found.append(Busy(pid, process.name(), share))
+        except psutil.Error:  # gone meanwhile, or not ours to read
             continue
-        share = (ticks - before[pid][1]) / hertz / interval
-        if share > BUSY_SHARE:
-            found.append(Busy(pid, name, share))
     return sorted(found, key=lambda b: -b.cpu_share)
+
+
+def disturbance_now(cores: list[int], seconds: float = 1.0) -> str:
+    """What a trial on ``cores`` would be disturbed by now (tuner/disturbance.py's figure over ``seconds``)."""
+    monitor = Monitor(cores)
+    monitor.open(())
+    with interrupt.interruptible():
+        time.sleep(seconds)
+    found = monitor.close(())
+    if found is None:
+        return "unknown"
+    verdict = "over" if found.over(DEFAULT_LIMIT) else "within"
+    return (
+        f"{found.describe()}: {verdict} the default limit of {DEFAULT_LIMIT:.0%} (--max-disturbance), above "
+        "which a trial is measured again"
+    )
 
 
 def availability(runtime: Runtime) -> str:
@@ -118,6 +130,7 @@ def report() -> list[str]:
     ]
     if load1 > 0.5:
         lines.append("  warning: the machine is busy; measurements will be noisy. Interleave and repeat.")
+    lines.append(f"disturbance    on CPUs {','.join(map(str, allowed))} now: {disturbance_now(list(allowed))}")
     busy = busy_processes()
     lines.append(
         "busy processes " + (", ".join(f"{b.name} (pid {b.pid}, {b.cpu_share:.0%} CPU)" for b in busy) or "none")
