@@ -282,9 +282,6 @@ class Steady:
         self.note = note
         self.wait_quiet = wait_quiet or self._wait_quiet
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)  # python, lock, memory_limit ... of the runner inside
-
     def compute(self, spec: TaskSpec) -> dict[str, Any]:
         return self.inner.compute(spec)
 
