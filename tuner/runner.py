@@ -102,7 +102,8 @@ class TrialSpec:
 class TaskSpec:
     """A worker task that is not a timed trial: ``flops`` (count the model's FLOPs per image), ``describe``
     (the same with the model's parameters and inputs: a model file's check before any trial), ``matmul`` (a
-    large fp32 matmul's GFLOP/s on ``cores``) or ``devices`` (what TensorFlow sees, GPUs included)."""
+    large fp32 matmul's GFLOP/s on ``cores``), ``devices`` (what TensorFlow sees, GPUs included) or ``screen``
+    (several thread settings timed in one process: ``fields`` holds them, built by ``tuner.screening``)."""
 
     task: str
     settings: Settings
@@ -110,14 +111,18 @@ class TaskSpec:
     model: ModelRef | str = "resnet50"
     timeout_s: float = 600.0
     gpus: bool = False  # let the worker see the GPUs (hidden from every CPU measurement)
+    fields: tuple[tuple[str, Any], ...] = ()  # further worker fields, validated values only (``screen``'s)
 
     def __post_init__(self) -> None:
-        if self.task not in ("flops", "describe", "matmul", "devices"):
+        if self.task not in ("flops", "describe", "matmul", "devices", "screen"):
             raise ValueError(f"unknown worker task {self.task!r}")
+        if {"task", "cores", "model"} & {name for name, _ in self.fields}:
+            raise ValueError("a task's fields must not replace its task, cores or model")
 
     def worker_spec(self) -> dict[str, Any]:
         return {
             **self.settings.framework_calls(),
+            **dict(self.fields),
             "task": self.task,
             "cores": list(self.cores),
             **as_ref(self.model).worker_fields(),

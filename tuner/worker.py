@@ -13,8 +13,9 @@ step times and what the runtime really applied, read back from it rather than ec
 Tasks (``"task"`` in the spec): ``measure`` (default: time train or infer steps, on one CPU replica or
 several through ``tf.distribute.MirroredStrategy``), ``flops`` and ``describe`` (count the model's FLOPs per
 sample from its graphs, with its parameters and input signature), ``matmul`` (a large fp32 matmul's GFLOP/s
-on the same core set: the hardware yardstick) and
-``devices`` (the runtime facts alone, GPUs seen included).
+on the same core set: the hardware yardstick),
+``devices`` (the runtime facts alone, GPUs seen included) and ``screen`` (several thread settings measured in
+this one process, each in its own session with its own pools: see ``screen``).
 """
 
 from __future__ import annotations
@@ -488,9 +489,153 @@ def onednn_runtime(log_path: str) -> str | None:
     return None
 
 
+# Screening: several thread settings in one process, each in its own tf.compat.v1.Session. With
+# TF_OVERRIDE_GLOBAL_THREADPOOL=1 (read when a CPU device is made) every session's device gets its own intra-op
+# pool from the session's config instead of sharing the first one made in the process; oneDNN in stock
+# TensorFlow runs on that pool; use_per_session_threads gives each session its own inter-op pool.
+INTER_POOL = "tf_Compute"  # TensorFlow names inter-op pools "Compute" and prefixes thread names with "tf_"
+# The device's intra-op pool is named "numa_-1_Eigen": "tf_numa_-1_Eigen" is over Linux's 15 characters, so
+# its threads keep the process's name. New threads of any name not starting "tf_" are counted as intra-op.
+
+
+def thread_names() -> dict[int, str]:
+    """The process's threads now: thread id -> name."""
+    names: dict[int, str] = {}
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as comm:
+                names[int(task)] = comm.read().strip()
+        except OSError:
+            continue  # the thread ended while we looked
+    return names
+
+
+def thread_cpu_seconds(tids: Any) -> dict[int, float]:
+    """User + system CPU seconds each thread has run so far (threads that ended are left out)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    seconds: dict[int, float] = {}
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        seconds[tid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14, 15 of stat)
+    return seconds
+
+
+def pool_of(name: str) -> str:
+    if name == INTER_POOL:
+        return "inter"
+    return "other" if name.startswith("tf_") else "intra"
+
+
+def screen_point(
+    tf: Any, graph: Any, init: Any, fetch: Any, point: dict[str, Any], spec: dict[str, Any]
+) -> dict[str, Any]:
+    """One setting: a new session with its own pools, the variables initialised, the first run (the session
+    optimises and instantiates the graph) timed apart, then warm-up and timed steps as in a trial. The pools
+    are read back from the process: the threads the session created, by pool, and the CPU seconds each pool's
+    threads ran during the timed loop (which shows the work ran on them)."""
+    config = tf.compat.v1.ConfigProto(
+        intra_op_parallelism_threads=point["intra_op"],
+        inter_op_parallelism_threads=point["inter_op"],
+        use_per_session_threads=True,
+    )
+    config.experimental.disable_thread_spinning = not point["spinning"]
+    before = thread_names()
+    began = time.perf_counter()
+    session = tf.compat.v1.Session(graph=graph, config=config)
+    try:
+        session.run(init)
+        opened = time.perf_counter()
+        session.run(fetch)
+        first = time.perf_counter() - opened
+        times: dict[str, list[float]] = {"warmup": [], "timed": []}
+        cpu_before: dict[int, float] = {}
+        loop_started = 0.0
+        for phase in ("warmup", "timed"):
+            if phase == "timed":
+                cpu_before = thread_cpu_seconds(thread_names())
+            loop_started = time.perf_counter()
+            for _ in range(spec[phase]):
+                begin = time.perf_counter()
+                session.run(fetch)
+                times[phase].append(time.perf_counter() - begin)
+        timed_wall = time.perf_counter() - loop_started
+        during = thread_names()
+        cpu_after = thread_cpu_seconds(during)
+    finally:
+        session.close()
+    wall = time.perf_counter() - began
+    created = {tid: name for tid, name in during.items() if tid not in before}
+    counts = {"intra": 0, "inter": 0, "other": 0}
+    cpu = {"intra": 0.0, "inter": 0.0, "other": 0.0, "rest": 0.0}  # rest: threads older than the session
+    for tid, seconds in cpu_after.items():
+        pool = pool_of(created[tid]) if tid in created else "rest"
+        cpu[pool] += seconds - cpu_before.get(tid, 0.0)
+    for name in created.values():
+        counts[pool_of(name)] += 1
+    names: dict[str, int] = {}
+    for name in created.values():
+        names[name] = names.get(name, 0) + 1
+    left = [tid for tid in thread_names() if tid in created]
+    return {
+        **point,
+        "session_seconds": opened - began,
+        "first_step_seconds": first,
+        "warmup_seconds": times["warmup"],
+        "timed_seconds": times["timed"],
+        "timed_wall_seconds": timed_wall,
+        "wall_seconds": wall,
+        "threads": {**counts, "names": names, "cpu_seconds": cpu, "left_after_close": len(left)},
+    }
+
+
+def screen(spec: dict[str, Any], channel: Channel) -> None:
+    """The ``screen`` task: build the model and its step once into a graph, then measure each setting of
+    ``spec["points"]`` in the order given, each in its own session (see ``screen_point``)."""
+    os.environ["TF_OVERRIDE_GLOBAL_THREADPOOL"] = "1"  # before TensorFlow makes any device
+    started = time.perf_counter()
+    import tensorflow as tf
+
+    # The eager context runs no step here: the smallest pools, so that its idle threads stay few.
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    imported = time.perf_counter()
+    set_precision(spec.get("precision", "fp32"))
+    graph = tf.Graph()
+    with graph.as_default():
+        model = build_model(spec, spec["data_format"])
+        fetch = build_step(tf, model, spec["mode"], spec["batch_size"])()
+        init = tf.compat.v1.global_variables_initializer()
+    graph.finalize()  # every session runs the same graph: nothing may be added between settings
+    built = time.perf_counter()
+    points = []
+    for index, point in enumerate(spec["points"]):
+        wanted = {"intra_op": int(point["intra_op"]), "inter_op": int(point["inter_op"])}
+        measured = screen_point(tf, graph, init, fetch, {**wanted, "spinning": bool(point["spinning"])}, spec)
+        points.append({"index": index, **measured})
+        channel.send("screened", index=index, wall_seconds=measured["wall_seconds"])
+    facts = runtime_facts(tf)
+    facts.update(openmp_facts(), **keras_facts())
+    facts.update(allocator_facts())
+    facts.update(compute_dtype=compute_dtype(model), model_facts=model.facts())
+    facts.update(
+        override_global_threadpool=os.environ.get("TF_OVERRIDE_GLOBAL_THREADPOOL"),
+        import_seconds=imported - started,
+        build_seconds=built - imported,
+        points=points,
+    )
+    channel.send("result", **facts)
+
+
 def run(spec: dict[str, Any], channel: Channel) -> None:
     os.sched_setaffinity(0, spec["cores"])  # before TensorFlow starts any thread
     channel.send("start", pid=os.getpid(), cpus=sorted(os.sched_getaffinity(0)))
+    if spec.get("task") == "screen":
+        screen(spec, channel)
+        return
     probe_log = None
     if spec.get("probe"):
         # Probe only: oneDNN's verbose mode prints its threading runtime on stdout, which goes to a file here
