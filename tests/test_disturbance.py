@@ -214,3 +214,35 @@ def test_limit_flag_takes_a_share_or_a_percentage_and_refuses_the_rest(capsys: p
     # On the command line: one line naming the flag, exit 1, before anything is measured or stored.
     assert cli.main(["tune", "--model", "tiny", "--max-disturbance", "2", "--storage", "sqlite:///:memory:"]) == 1
     assert "--max-disturbance" in one_error_line(capsys.readouterr().err)
+
+
+def test_instances_kept_apart_by_a_neighbour_are_measured_again_other_failures_are_not() -> None:
+    from tuner.errors import WorkerBadOutput
+
+    class Apart:
+        """Fails its first run as instances that could not run side by side, with the window's figure."""
+
+        def __init__(self, disturbed: float) -> None:
+            self.runs, self.disturbed = 0, disturbed
+            self.inner = ReplayRunner.from_rates(lambda s: 1000.0)
+
+        def run(self, spec: TrialSpec, on_step: StepCallback | None = None) -> Measurement:
+            self.runs += 1
+            if self.runs == 1:
+                error = WorkerBadOutput("the instances' timed steps hardly ran at the same time")
+                error.disturbance = Disturbance(1.0, 2, self.disturbed, 0.0, 0.0).to_dict()
+                raise error
+            return self.inner.run(spec, on_step)
+
+        def compute(self, spec: TaskSpec) -> dict[str, Any]:
+            return self.inner.compute(spec)
+
+    disturbed = Apart(0.45)
+    kept = Steady(disturbed, 0.05, wait_quiet=lambda cores: 0.0).run(make_spec())
+    # The failure came with half a core taken by others: an attempt thrown away, not a setting that fails.
+    assert disturbed.runs == 2 and [a["other"] for a in kept.facts["disturbed_attempts"]] == [0.45]
+    quiet = Apart(0.0)
+    # The same failure on quiet cores is the setting's own: raised at once, not measured again.
+    with pytest.raises(WorkerBadOutput):
+        Steady(quiet, 0.05, wait_quiet=lambda cores: 0.0).run(make_spec())
+    assert quiet.runs == 1

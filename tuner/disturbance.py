@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from tuner import interrupt
-from tuner.errors import TunerError, UsageError
+from tuner.errors import TunerError, UsageError, WorkerError
 from tuner.measurement import Measurement
 from tuner.topology import CGROUP, PROC_CGROUP
 
@@ -288,17 +288,23 @@ class Steady:
     def run(self, spec: TrialSpec, on_step: StepCallback | None = None) -> Measurement:
         seen: list[dict[str, Any]] = []
         for attempt in range(1, self.attempts + 1):
-            # Steps go to ``on_step`` (the pruner) on the first attempt only: Optuna keeps one value per step.
-            measurement = self.inner.run(spec, on_step if attempt == 1 else None)
-            found = of(measurement)
-            if found is not None:
+            try:
+                # Steps go to ``on_step`` (the pruner) on the first attempt only: Optuna keeps one value per step.
+                measurement = self.inner.run(spec, on_step if attempt == 1 else None)
+            except WorkerError as error:
+                found = Disturbance.from_dict(error.disturbance)
+                if found is None or not found.over(self.limit) or attempt == self.attempts:
+                    raise
+                seen.append(found.to_dict())  # failed while disturbed (instances kept apart): measured again
+            else:
+                found = of(measurement)
+                if found is None or not found.over(self.limit):
+                    if seen:
+                        measurement.facts["disturbed_attempts"] = seen  # the attempts thrown away
+                    return measurement
                 seen.append(found.to_dict())
-            if found is None or not found.over(self.limit):
-                if len(seen) > 1:
-                    measurement.facts["disturbed_attempts"] = seen[:-1]  # the attempts not kept
-                return measurement
-            if attempt == self.attempts:
-                break
+                if attempt == self.attempts:
+                    break
             self.note(f"disturbed: {found.describe()}; measuring again ({attempt + 1} of {self.attempts})")
             waited = self.wait_quiet(spec.cores)
             if waited > 0:

@@ -62,6 +62,9 @@ class WorkerError(TunerError):
         super().__init__(message)
         self.message = message
         self.stderr_tail = stderr_tail
+        # What else used the trial's cores while it ran (tuner/disturbance.py), where the failure may be its
+        # doing: instances that could not run side by side. A disturbed failure is measured again.
+        self.disturbance: dict[str, object] | None = None
 
     def __str__(self) -> str:
         why = cause(self.stderr_tail) if self.explained_by_stderr else ""

@@ -142,8 +142,12 @@ def run_group(self: SubprocessRunner, spec: TrialSpec) -> Measurement:
         if len(result.get("timed_seconds") or []) != timed:
             raise WorkerBadOutput(f"instance {index} sent no {timed} timed steps", result.get("_tail", ""))
         check_read_back(spec.settings, result)
-    steps = combine([Instance.from_result(g, r) for g, r in zip(groups, results, strict=True)],
-                    spec.batch_size, spec.policy.timed)  # fmt: skip
+    try:
+        steps = combine([Instance.from_result(g, r) for g, r in zip(groups, results, strict=True)],
+                        spec.batch_size, spec.policy.timed)  # fmt: skip
+    except WorkerBadOutput as error:  # a neighbour can keep instances from running side by side: say so
+        error.disturbance = results[0].get("disturbance") if results else None
+        raise
     warmups = [r.get("warmup_seconds") or [] for r in results]
     facts = {k: v for k, v in results[0].items() if k not in STEP_KEYS}
     facts.update(
