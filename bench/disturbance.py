@@ -1,21 +1,23 @@
 """A busy neighbour started mid-study, with and without disturbance accounting: does it change the pick?
 
     python -m bench.disturbance [--model tiny] [--batch-size 4096] [--cores 2] [--mode infer] [--trials 8]
-                                [--neighbour-s 25] [--repeats 1]
+                                [--neighbour-s 25] [--repeats 3] [--space FILE]
 
-Runs the same seeded search-only study (``tuner tune --no-confirm``: its pick is its best trial) in arms:
+Runs the same seeded search-only study (``tuner tune --no-confirm``: its pick is its best trial) in three
+arms, ``--repeats`` times in rotated order after a first quiet study:
 
-- ``quiet``: nothing else started (run first, and again at the end: how stable the pick is by itself);
+- ``quiet``: nothing else started (how stable the pick is by itself);
 - ``neighbour``: a Python busy loop pinned to the study's first core starts when the trial that was the
-  quiet pick begins (mid-study: after the baselines) and runs ``--neighbour-s`` seconds; accounting on
-  (the default ``--max-disturbance``);
+  first quiet study's pick begins (mid-study: after the baselines) and runs ``--neighbour-s`` seconds;
+  accounting on (the default ``--max-disturbance``);
 - ``neighbour-off``: the same neighbour, with ``--max-disturbance off`` (figures recorded, nothing measured
   again): what the tool did before.
 
-TPE's first 10 proposals are its seeded random start-up, so with ``--trials`` up to 10 every arm measures the
-same settings in the same order and only the neighbour differs. Printed per arm: the pick, its value, each
-setting's value, and the disturbance figures (trials measured again, the shares thrown away, the largest
-kept); JSON goes to bench/results/disturbance-<model>-<mode>-<cores>c.json.
+The seeded random sampler draws the same settings in the same order in every arm (TPE's start-up did not:
+its proposals after a failed trial differed), so only the neighbour differs. Printed per study: the pick,
+the first quiet pick's value, and the disturbance figures (trials measured again, the shares thrown away,
+the largest kept); then how often each arm picked what the first quiet study did. JSON goes to
+bench/results/disturbance-<model>-<mode>-<cores>c.json.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ def run_arm(args: argparse.Namespace, name: str, storage: str, start_at: int | N
     """One study; with ``start_at``, the neighbour starts when trial ``start_at`` begins measuring."""
     argv = [sys.executable, "-m", "tuner.cli", "tune", "--model", args.model, "--batch-size", str(args.batch_size),
             "--cores", str(args.cores), "--mode", args.mode, "--trials", str(args.trials), "--no-confirm",
-            "--seed", str(args.seed), "--storage", storage, "--budget", "none"]  # fmt: skip
+            "--seed", str(args.seed), "--sampler", args.sampler, "--storage", storage, "--budget", "none"]  # fmt: skip
+    if args.space:
+        argv += ["--space", args.space]
     if name == "neighbour-off":
         argv += ["--max-disturbance", "off"]
     started = time.monotonic()
@@ -114,37 +118,45 @@ def main() -> int:
     parser.add_argument("--mode", default="infer")
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sampler", default="random", help="random (default): the same settings in every arm")
     parser.add_argument("--neighbour-s", type=float, default=25.0)
+    parser.add_argument("--space", default=None, help="a search space file (default: the runtime's)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the three arms, order rotated")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
-    if args.trials > 10:
-        parser.error("--trials at most 10: beyond TPE's random start-up the arms would not measure the same settings")
     arms = []
     with tempfile.TemporaryDirectory(prefix="tuner-disturbance-") as folder:
 
         def url(name: str) -> str:
             return f"sqlite:///{os.path.join(folder, name)}.db"
 
-        quiet = run_arm(args, "quiet", url("quiet"), None)
-        arms.append(quiet)
-        target = quiet["pick"]["trial"]
-        for name in ("neighbour", "neighbour-off"):
-            arms.append(run_arm(args, name, url(name), target))
-        arms.append(run_arm(args, "quiet", url("quiet-again"), None))
+        first = run_arm(args, "quiet", url("quiet-0"), None)
+        arms.append(first)
+        target = first["pick"]["trial"]  # the neighbour starts when this trial (the quiet pick) begins
+        names = ["quiet", "neighbour", "neighbour-off"]
+        for repeat in range(args.repeats):
+            order = names[repeat % 3 :] + names[: repeat % 3]  # rotated: drift hits every arm alike
+            for name in order:
+                if repeat == 0 and name == "quiet":
+                    continue  # the first quiet study above
+                arms.append(run_arm(args, name, url(f"{name}-{repeat}"), None if name == "quiet" else target))
     print()
-    print(f"{'arm':<14} {'pick':<60} {'value':>10}  disturbance")
     for arm in arms:
         pick = arm["pick"]
-        print(f"{arm['arm']:<14} {'trial ' + str(pick['trial']) + ': ' + pick['settings']:<60.60} "
-              f"{pick['value']:>10.1f}  {arm['line']}")  # fmt: skip
-    print("\nvalue of the quiet pick's setting in each arm:")
-    wanted = quiet["pick"]["settings"]
+        print(f"{arm['arm']:<14} pick: trial {pick['trial']}: {pick['settings']} at {pick['value']:.1f}")
+        print(f"{'':<14} {arm['line']}")
+    wanted = first["pick"]["settings"]
+    print(f"\nthe first quiet study's pick: {wanted}; its value, and the pick, in each study:")
+    tally: dict[str, list[bool]] = {}
     for arm in arms:
         values = [t["value"] for t in arm["trials"] if t["settings"] == wanted and t["value"] is not None]
-        print(f"  {arm['arm']:<14} {', '.join(f'{v:.1f}' for v in values) or 'not ranked'}")
-    same = {arm["arm"]: arm["pick"]["settings"] == wanted for arm in arms}
-    print("\npick as the quiet study's: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in same.items()))
-    out = Path(args.output or f"bench/results/disturbance-{args.model}-{args.mode}-{args.cores}c.json")
+        same = arm["pick"]["settings"] == wanted
+        tally.setdefault(arm["arm"], []).append(same)
+        shown = ", ".join(f"{v:.1f} ({v / first['pick']['value']:.2f}x)" for v in values) or "not ranked"
+        print(f"  {arm['arm']:<14} {shown:<24} pick {'same' if same else 'OTHER: ' + arm['pick']['settings']}")
+    print("\nsame pick: " + ", ".join(f"{name} {sum(v)} of {len(v)}" for name, v in tally.items()))
+    suffix = f"-{Path(args.space).stem}-space" if args.space else ""
+    out = Path(args.output or f"bench/results/disturbance-{args.model}-{args.mode}-{args.cores}c{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "arms": arms}, indent=1) + "\n")
     print(f"written to {out}")
