@@ -110,6 +110,31 @@ def run_arm(args: argparse.Namespace, name: str, storage: str, start_at: int | N
     }
 
 
+def report(arms: list[dict[str, Any]]) -> None:
+    """Each study's pick and disturbance; how often each arm picked the first quiet pick, and a setting some
+    quiet study picked (near-ties among the top settings swap places by noise alone)."""
+    first = arms[0]
+    print()
+    for arm in arms:
+        pick = arm["pick"]
+        print(f"{arm['arm']:<14} pick: trial {pick['trial']}: {pick['settings']} at {pick['value']:.1f}")
+        print(f"{'':<14} {arm['line']}")
+    wanted = first["pick"]["settings"]
+    print(f"\nthe first quiet study's pick: {wanted}; its value, and the pick, in each study:")
+    tally: dict[str, list[bool]] = {}
+    for arm in arms:
+        values = [t["value"] for t in arm["trials"] if t["settings"] == wanted and t["value"] is not None]
+        same = arm["pick"]["settings"] == wanted
+        tally.setdefault(arm["arm"], []).append(same)
+        shown = ", ".join(f"{v:.1f} ({v / first['pick']['value']:.2f}x)" for v in values) or "not ranked"
+        print(f"  {arm['arm']:<14} {shown:<24} pick {'same' if same else 'OTHER: ' + arm['pick']['settings']}")
+    quiet = {arm["pick"]["settings"] for arm in arms if arm["arm"] == "quiet"}
+    print("\nsame pick: " + ", ".join(f"{name} {sum(v)} of {len(v)}" for name, v in tally.items()))
+    within = {name: sum(a["pick"]["settings"] in quiet for a in arms if a["arm"] == name) for name in tally}
+    print(f"a pick of some quiet study ({len(quiet)} distinct): "
+          + ", ".join(f"{name} {within[name]} of {len(tally[name])}" for name in tally))  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny")
@@ -123,7 +148,11 @@ def main() -> int:
     parser.add_argument("--space", default=None, help="a search space file (default: the runtime's)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the three arms, order rotated")
     parser.add_argument("--output", default=None)
+    parser.add_argument("--show", default=None, help="print a stored JSON result again, measuring nothing")
     args = parser.parse_args()
+    if args.show:
+        report(json.loads(Path(args.show).read_text())["arms"])
+        return 0
     arms = []
     with tempfile.TemporaryDirectory(prefix="tuner-disturbance-") as folder:
 
@@ -140,21 +169,7 @@ def main() -> int:
                 if repeat == 0 and name == "quiet":
                     continue  # the first quiet study above
                 arms.append(run_arm(args, name, url(f"{name}-{repeat}"), None if name == "quiet" else target))
-    print()
-    for arm in arms:
-        pick = arm["pick"]
-        print(f"{arm['arm']:<14} pick: trial {pick['trial']}: {pick['settings']} at {pick['value']:.1f}")
-        print(f"{'':<14} {arm['line']}")
-    wanted = first["pick"]["settings"]
-    print(f"\nthe first quiet study's pick: {wanted}; its value, and the pick, in each study:")
-    tally: dict[str, list[bool]] = {}
-    for arm in arms:
-        values = [t["value"] for t in arm["trials"] if t["settings"] == wanted and t["value"] is not None]
-        same = arm["pick"]["settings"] == wanted
-        tally.setdefault(arm["arm"], []).append(same)
-        shown = ", ".join(f"{v:.1f} ({v / first['pick']['value']:.2f}x)" for v in values) or "not ranked"
-        print(f"  {arm['arm']:<14} {shown:<24} pick {'same' if same else 'OTHER: ' + arm['pick']['settings']}")
-    print("\nsame pick: " + ", ".join(f"{name} {sum(v)} of {len(v)}" for name, v in tally.items()))
+    report(arms)
     suffix = f"-{Path(args.space).stem}-space" if args.space else ""
     out = Path(args.output or f"bench/results/disturbance-{args.model}-{args.mode}-{args.cores}c{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
