@@ -210,57 +210,19 @@ def run_step(opts: dict[str, str], warmup: int, timed: int, partition_graphs: bo
     started = time.perf_counter()
     import tensorflow as tf
 
-    random_input = opts["input"] == "random"
-    if opts["loop"] == "function":
-        tf.config.threading.set_intra_op_parallelism_threads(INTRA)
-        tf.config.threading.set_inter_op_parallelism_threads(INTER)
-        model, classes = _build_graph(tf, opts)
-        images = None if random_input else _images(tf)
-
-        def body() -> Any:
-            x = _images(tf) if random_input else images
-            return _fetches(tf, model(x, training=False), classes, opts["fetch"])
-
-        compiled = tf.function(body)
-        if opts["fetch"] == "sum":
-
-            def step() -> Any:
-                return float(compiled().numpy())  # the tuner's step, as tuner/worker.py runs it
-        else:
-
-            def step() -> Any:
-                return {k: v.numpy() for k, v in compiled().items()}
-
-        built = time.perf_counter()
-        result = _time_loop(step, warmup, timed)
-    elif opts["loop"] == "session":
-        graph = tf.Graph()
-        with graph.as_default():
-            model, classes = _build_graph(tf, opts)
-            if random_input:
-                x = _images(tf)
-            else:  # tf_cnn_benchmarks keeps synthetic images in a local variable, made once
-                x = tf.compat.v1.Variable(_images(tf), trainable=False, name="synthetic_images")
-            fetches = _fetches(tf, model(x, training=False), classes, opts["fetch"])
-            init = tf.compat.v1.global_variables_initializer()
-        config = tf.compat.v1.ConfigProto(
-            intra_op_parallelism_threads=INTRA, inter_op_parallelism_threads=INTER, allow_soft_placement=True
-        )
-        session = tf.compat.v1.Session(graph=graph, config=config)
-        session.run(init)
-        if partition_graphs:
-            options = tf.compat.v1.RunOptions(output_partition_graphs=True)
-            metadata = tf.compat.v1.RunMetadata()
-            session.run(fetches, options=options, run_metadata=metadata)
-            return {"ops": _op_counts(list(metadata.partition_graphs))}
-
-        def step() -> Any:
-            return session.run(fetches)
-
-        built = time.perf_counter()
-        result = _time_loop(step, warmup, timed)
-    else:
+    if opts["loop"] not in ("function", "session"):
         raise SystemExit(f"unknown loop {opts['loop']!r}")
+    tf.config.threading.set_intra_op_parallelism_threads(INTRA)
+    tf.config.threading.set_inter_op_parallelism_threads(INTER)
+    if partition_graphs and opts["loop"] == "session":
+        session, fetches = _session(tf, opts)
+        options = tf.compat.v1.RunOptions(output_partition_graphs=True)
+        metadata = tf.compat.v1.RunMetadata()
+        session.run(fetches, options=options, run_metadata=metadata)
+        return {"ops": _op_counts(list(metadata.partition_graphs))}
+    step = _make_step(tf, opts)
+    built = time.perf_counter()
+    result = _time_loop(step, warmup, timed)
     from tensorflow.python.util import _pywrap_util_port
 
     result.update(
@@ -291,10 +253,20 @@ def _make_step(tf: Any, opts: dict[str, str]) -> Any:
         if opts["fetch"] == "sum":
             return lambda: float(compiled().numpy())  # the tuner's step, as tuner/worker.py runs it
         return lambda: {k: v.numpy() for k, v in compiled().items()}
+    session, fetches = _session(tf, opts)
+    return lambda: session.run(fetches)
+
+
+def _session(tf: Any, opts: dict[str, str]) -> tuple[Any, Any]:
+    """tf_cnn_benchmarks' loop: the model in a tf.compat.v1 graph, a session with its thread counts, the
+    variables initialised; the session and what each step fetches."""
     graph = tf.Graph()
     with graph.as_default():
         model, classes = _build_graph(tf, opts)
-        x = _images(tf) if random_input else tf.compat.v1.Variable(_images(tf), trainable=False)
+        if opts["input"] == "random":
+            x = _images(tf)
+        else:  # tf_cnn_benchmarks keeps synthetic images in a local variable, made once
+            x = tf.compat.v1.Variable(_images(tf), trainable=False, name="synthetic_images")
         fetches = _fetches(tf, model(x, training=False), classes, opts["fetch"])
         init = tf.compat.v1.global_variables_initializer()
     config = tf.compat.v1.ConfigProto(
@@ -302,7 +274,7 @@ def _make_step(tf: Any, opts: dict[str, str]) -> Any:
     )
     session = tf.compat.v1.Session(graph=graph, config=config)
     session.run(init)
-    return lambda: session.run(fetches)
+    return session, fetches
 
 
 def alternate(variants: list[dict[str, str]], warmup: int, timed: int) -> dict[str, Any]:
