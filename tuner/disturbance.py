@@ -244,14 +244,15 @@ def _clip(value: float) -> float:
     return min(1.0, max(0.0, value))
 
 
-def quiet_share(cores: Sequence[int], sources: Sources | None = None, seconds: float = QUIET_SAMPLE_S) -> float:
-    """The share of ``cores``' time others use now (busy, steal and throttling over ``seconds``)."""
+def sample(cores: Sequence[int], seconds: float = QUIET_SAMPLE_S, sources: Sources | None = None) -> Disturbance:
+    """What others do on ``cores`` now: busy, steal and throttling over ``seconds``, no trial running."""
     monitor = Monitor(cores, sources or Sources())
     monitor.open(())
     with interrupt.interruptible():
         time.sleep(seconds)
     found = monitor.close(())
-    return 0.0 if found is None else found.share
+    assert found is not None  # opened above
+    return found
 
 
 def of(measurement: Measurement) -> Disturbance | None:
@@ -321,7 +322,7 @@ class Steady:
         """Seconds waited until others use at most the limit of ``cores`` over one sample."""
         started = time.monotonic()
         while time.monotonic() - started < QUIET_WAIT_S:
-            if quiet_share(cores) <= (self.limit or 1.0):
+            if sample(cores).share <= (self.limit or 1.0):
                 break
         return time.monotonic() - started
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 
 from tuner import interrupt
-from tuner.disturbance import DEFAULT_LIMIT, Monitor
+from tuner.disturbance import DEFAULT_LIMIT, sample
 from tuner.errors import UsageError
 from tuner.runtime import NVIDIA_DRIVER, Runtime, gpu_driver, load, names
 from tuner.signature import cpu_signature
@@ -60,13 +60,7 @@ def busy_processes(interval: float = 0.5) -> list[Busy]:
 
 def disturbance_now(cores: list[int], seconds: float = 1.0) -> str:
     """What a trial on ``cores`` would be disturbed by now (tuner/disturbance.py's figure over ``seconds``)."""
-    monitor = Monitor(cores)
-    monitor.open(())
-    with interrupt.interruptible():
-        time.sleep(seconds)
-    found = monitor.close(())
-    if found is None:
-        return "unknown"
+    found = sample(cores, seconds)
     verdict = "over" if found.over(DEFAULT_LIMIT) else "within"
     return (
         f"{found.describe()}: {verdict} the default limit of {DEFAULT_LIMIT:.0%} (--max-disturbance), above "
