@@ -2,6 +2,11 @@
 
 Set TUNER_TEST_POSTGRES to a URL whose role may create databases; each test gets a fresh database. Without
 it these tests are skipped, except under CI, where a missing server is a failure.
+
+The workers are real `tuner tune` processes whose trials are real worker processes started by the real
+runner under the host lock, but the worker is ``children/fake_worker.py``: this tests the storage and the
+workers' coordination, which a framework would only slow down (real TensorFlow trials are tested in
+test_tensorflow.py, and stored the same way).
 """
 
 from __future__ import annotations
@@ -26,10 +31,11 @@ from sqlalchemy.engine import make_url
 from tests.helpers import THREADS_SPACE
 from tuner.storage import open_storage
 
+CHILD = Path(__file__).resolve().parent / "children" / "fake_subprocess_tune.py"
+
 SERVER = os.environ.get("TUNER_TEST_POSTGRES", "")
 if not SERVER and os.environ.get("CI"):
     raise RuntimeError("CI must provide TUNER_TEST_POSTGRES (see .ci/run)")
-pytestmark = pytest.mark.tensorflow
 TRIALS = 8
 
 
@@ -54,11 +60,15 @@ def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def _tune(url: str, *extra: str) -> list[str]:
-    # The framework-knob space (tests/spaces/threads.toml): this tests sharing, not the stock space, whose
-    # launcher-recipe baselines would only add minutes of measuring.
-    return [sys.executable, "-m", "tuner.cli", "tune", "--model", "tiny", "--cores", "1", "--mode", "infer",
+    # The framework-knob space (tests/spaces/threads.toml): this tests sharing, not the stock space.
+    return [sys.executable, str(CHILD), "tune", "--model", "tiny", "--cores", "1", "--mode", "infer",
             "--trials", str(TRIALS), "--budget", "none", "--space", THREADS_SPACE, "--storage", url,
             *extra]  # fmt: skip
+
+
+def _owner(trial: optuna.trial.FrozenTrial) -> int | None:
+    owner = trial.user_attrs.get("owner")
+    return owner.get("pid") if isinstance(owner, dict) else None
 
 
 def test_three_workers_share_one_study_and_a_killed_one_leaves_nothing_running(shared_url: str) -> None:
@@ -70,12 +80,14 @@ def test_three_workers_share_one_study_and_a_killed_one_leaves_nothing_running(s
     ]
     storage = open_storage(pg_url)
     deadline = time.monotonic() + 240
-    # Kill one worker outright (no chance to clean up) once the study is under way.
+    # Kill one worker outright (no chance to clean up) once the study is under way and it holds a trial.
     while time.monotonic() < deadline:
         studies = storage.get_all_studies()
-        if studies and len(storage.get_all_trials(studies[0]._study_id, states=(TrialState.COMPLETE,))) >= 2:
+        trials = storage.get_all_trials(studies[0]._study_id) if studies else []
+        held = [t for t in trials if t.state == TrialState.RUNNING and _owner(t) == workers[0].pid]
+        if held and len([t for t in trials if t.state == TrialState.COMPLETE]) >= 2:
             break
-        time.sleep(0.5)
+        time.sleep(0.1)
     workers[0].send_signal(signal.SIGKILL)
     outputs = [w.communicate(timeout=300) for w in workers]
     shared_s = time.monotonic() - started
@@ -90,8 +102,11 @@ def test_three_workers_share_one_study_and_a_killed_one_leaves_nothing_running(s
     assert len(complete) == TRIALS
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert len({t.number for t in trials}) == len(trials)
+    # The killed worker held a trial (measuring, or waiting for the host lock): a survivor failed it as orphaned.
+    killed = [t for t in trials if _owner(t) == workers[0].pid and t.state == TrialState.FAIL]
+    assert [t.user_attrs.get("fail_reason") for t in killed] == ["orphaned"]
     # Several workers measured; the host lock kept their measurements from overlapping on this host.
-    assert len({t.user_attrs["owner"]["pid"] for t in complete}) >= 2
+    assert len({_owner(t) for t in complete}) >= 2
     windows = sorted(
         (w["from"], w["to"]) for w in (t.user_attrs["measurement"]["facts"]["host_lock"] for t in complete)
     )

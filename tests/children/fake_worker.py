@@ -114,6 +114,10 @@ def main() -> int:
     }
     if spec.get("barrier"):
         result["timed_ends"] = ends
+    if behaviour == "study":  # a trial of a whole study: oneDNN read back as TensorFlow on an AVX-512 CPU would
+        result["onednn"] = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") != "0"
+        result["framework"] = "fake"
+        time.sleep(0.3)  # and the trial takes wall time, so a study of several is under way long enough to kill
     if behaviour == "infinite":
         result["timed_seconds"] = [float("inf")] * spec["timed"]
     send(json.dumps(result))
