@@ -77,14 +77,15 @@ def test_tiny_study_on_intel_tensorflow_stores_read_back_values(intel: Runtime, 
 
     url = f"sqlite:///{tmp_path}/intel.db"
     args = ["tune", "--runtime", "intel-tensorflow", "--model", "tiny", "--cores", "1", "--mode", "infer",
-            "--trials", "6", "--rounds", "2", "--candidates", "1", "--budget", "none", "--storage", url]  # fmt: skip
+            "--trials", "5", "--no-confirm", "--budget", "none", "--storage", url]  # fmt: skip
     assert main(args) == 0
     storage = optuna.storages.RDBStorage(url)
     (summary,) = storage.get_all_studies()
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     complete = study.get_trials(states=(TrialState.COMPLETE,))
-    # Six complete trials, the three baselines among them (defaults, the table's heuristic, Intel's advice).
-    assert len(complete) >= 6
+    # Five complete trials, the three baselines among them (defaults, the table's heuristic, Intel's advice):
+    # the read-back is the point here, so the search is not confirmed (confirmation runs trials the same way).
+    assert len(complete) >= 5
     assert {t.user_attrs.get("baseline") for t in complete} >= {"tf-default", "heuristic", "intel-advice"}
     for trial in complete:
         facts = trial.user_attrs["measurement"]["facts"]
