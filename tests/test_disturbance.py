@@ -133,6 +133,28 @@ def test_steal_and_quota_throttling_are_read_from_proc_and_cgroup_files(tmp_path
     assert found is not None and found.throttled == pytest.approx(0.5) and found.steal == 0.0
 
 
+def test_cpus_are_numbered_by_proc_stat_where_some_are_offline(tmp_path: Path) -> None:
+    """With CPU 1 offline, /proc/stat lists cpu0, cpu2, cpu3: psutil's list is in that order, so its second
+    entry is CPU 2, not CPU 1."""
+    now = [10.0]
+    sources = Sources(proc=tmp_path, cgroup=tmp_path / "none", proc_cgroup=tmp_path / "none", clock=lambda: now[0])
+    write_stat(tmp_path, {0: (100, 0), 2: (100, 0), 3: (100, 0)})
+    monitor = Monitor([2], sources)
+    monitor.open(())
+    # One second later others ran 0.5 s on CPU 2 and 1 s on CPU 3; CPU 0 stayed idle.
+    write_stat(tmp_path, {0: (100, 0), 2: (150, 0), 3: (200, 0)})
+    now[0] += 1.0
+    found = monitor.close(())
+    # The trial's core 2 was half taken by others: its own line, not the third line (CPU 3) nor the first.
+    assert found is not None and found.judged and found.other == pytest.approx(0.5)
+    # A core that is not online has no counters: its window is recorded but not judged.
+    offline = Monitor([1], sources)
+    offline.open(())
+    now[0] += 1.0
+    unjudged = offline.close(())
+    assert unjudged is not None and not unjudged.judged
+
+
 class Disturbing:
     """Replays rates and reports, per call, the disturbance ``shares[call]`` (0 once the list is used up)."""
 

@@ -18,6 +18,7 @@ and the framework.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -134,15 +135,22 @@ class Sources:
     clock: Callable[[], float] = time.monotonic
 
     def per_cpu(self) -> tuple[dict[int, float], dict[int, float]]:
-        """Busy and steal seconds per CPU number since boot."""
+        """Busy and steal seconds per CPU number since boot. psutil lists the CPUs in /proc/stat's order,
+        which leaves offline CPUs out (CPUs 0,2,3 come as the first three), so they are numbered by the
+        file's own ``cpuN`` labels; where the two readings disagree (a CPU went on or off line in between),
+        nothing is returned and the window is not judged."""
         saved = psutil.PROCFS_PATH
         psutil.PROCFS_PATH = str(self.proc)
         try:
             times = psutil.cpu_times(percpu=True)
         finally:
             psutil.PROCFS_PATH = saved
-        busy = {cpu: sum(getattr(t, name, 0.0) for name in BUSY_FIELDS) for cpu, t in enumerate(times)}
-        steal = {cpu: float(getattr(t, "steal", 0.0)) for cpu, t in enumerate(times)}
+        numbers = _stat_cpus(self.proc / "stat")
+        if len(numbers) != len(times):
+            return {}, {}
+        pairs = list(zip(numbers, times, strict=True))
+        busy = {cpu: sum(getattr(t, name, 0.0) for name in BUSY_FIELDS) for cpu, t in pairs}
+        steal = {cpu: float(getattr(t, "steal", 0.0)) for cpu, t in pairs}
         return busy, steal
 
     def throttled(self) -> float | None:
@@ -161,6 +169,15 @@ class Sources:
                 root = self.cgroup / controllers  # v1: /sys/fs/cgroup/cpu,cpuacct
                 found += _walk(root if root.is_dir() else self.cgroup / "cpu", path, "throttled_time", 1e-9)
         return max(found) if found else None
+
+
+def _stat_cpus(stat: Path) -> list[int]:
+    """The CPU numbers of /proc/stat's per-CPU lines, in the file's order (online CPUs only)."""
+    try:
+        lines = stat.read_text().splitlines()
+    except OSError:
+        return []
+    return [int(line.split()[0][3:]) for line in lines if re.match(r"cpu\d+ ", line)]
 
 
 def _walk(root: Path, path: str, key: str, unit: float) -> list[float]:
