@@ -19,7 +19,7 @@ from tests.helpers import make_config, one_error_line
 from tests.test_runner import CORES, FakeRunner, make_spec
 from tuner import cli
 from tuner.disturbance import Disturbance, Disturbed, Monitor, Sources, Steady, parse_limit, study_figures
-from tuner.errors import UsageError
+from tuner.errors import Pruned, UsageError
 from tuner.measurement import Measurement
 from tuner.policy import MeasurementPolicy
 from tuner.replay import ReplayRunner
@@ -85,6 +85,46 @@ def test_a_busy_neighbour_on_the_trials_core_is_measured_again_and_a_quiet_trial
     assert len(thrown) == 1 and thrown[0] is not None and thrown[0].other > 0.3
     again = Disturbance.from_dict(kept.facts["disturbance"])
     assert again is not None and again.other < 0.25
+
+
+def prune_at_timed_step(last: int) -> StepCallback:
+    """A pruner that stops every trial it sees at timed step ``last``."""
+
+    def on_step(phase: str, index: int, seconds: float) -> None:
+        if phase == "timed" and index == last:
+            raise Pruned(f"pruned after timed step {index}")
+
+    return on_step
+
+
+def test_a_trial_pruned_on_disturbed_steps_is_measured_again_in_full_a_quiet_one_stays_pruned() -> None:
+    inner = Counting(FakeRunner("spin"))
+    hogs = [busy_loop(CORES[0])]
+
+    def neighbour_leaves(cores: Sequence[int]) -> float:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+        return 0.0
+
+    runner = Steady(inner, limit=0.25, wait_quiet=neighbour_leaves)
+    try:
+        kept = runner.run(make_spec(SPIN), prune_at_timed_step(2))
+    finally:
+        neighbour_leaves(CORES)
+    # The pruner stopped the first attempt while the busy loop held half its core: those steps say nothing
+    # about the setting, so it is measured again, in full (the pruner is not asked twice), and the pruned
+    # attempt is recorded with its window of three timed steps.
+    assert inner.runs == 2 and len(kept.timed_seconds) == SPIN.timed
+    (thrown,) = kept.facts["disturbed_attempts"]
+    found = Disturbance.from_dict(thrown)
+    assert thrown["pruned"] is True and found is not None and found.judged and found.other > 0.3
+    # On quiet cores the pruner's word stands: the trial is pruned, once, with its quiet window attached.
+    with pytest.raises(Pruned) as pruned:
+        runner.run(make_spec(SPIN), prune_at_timed_step(2))
+    assert inner.runs == 3
+    quiet = Disturbance.from_dict(pruned.value.disturbance)
+    assert quiet is not None and quiet.judged and quiet.other < 0.25
 
 
 def write_stat(folder: Path, ticks: dict[int, tuple[int, int]]) -> None:

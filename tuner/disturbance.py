@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from tuner import interrupt
-from tuner.errors import TunerError, UsageError, WorkerError
+from tuner.errors import Pruned, TunerError, UsageError, WorkerError
 from tuner.measurement import Measurement
 from tuner.topology import CGROUP, PROC_CGROUP
 
@@ -310,11 +310,13 @@ class Steady:
             try:
                 # Steps go to ``on_step`` (the pruner) on the first attempt only: Optuna keeps one value per step.
                 measurement = self.inner.run(spec, on_step if attempt == 1 else None)
-            except WorkerError as error:
+            except (WorkerError, Pruned) as error:
+                # Failed while disturbed (instances kept apart), or pruned on disturbed steps: measured again,
+                # the later attempts in full (the pruner saw the first attempt's steps).
                 found = Disturbance.from_dict(error.disturbance)
                 if found is None or not found.over(self.limit) or attempt == self.attempts:
                     raise
-                seen.append(found.to_dict())  # failed while disturbed (instances kept apart): measured again
+                seen.append({**found.to_dict(), "pruned": True} if isinstance(error, Pruned) else found.to_dict())
             else:
                 found = of(measurement)
                 if found is None or not found.over(self.limit):

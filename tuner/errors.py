@@ -151,6 +151,12 @@ class Interrupted(WorkerError):
 
 
 class Pruned(TunerError):
-    """The pruner stopped a trial early; the worker was killed."""
+    """The pruner stopped a trial early; the worker was killed. ``disturbance`` holds what else used its
+    cores in the timed steps it ran, where the runner measured it (a disturbed trial is measured again,
+    not pruned: tuner/disturbance.py)."""
 
     reason = "pruned"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.disturbance: dict[str, object] | None = None

@@ -30,6 +30,7 @@ from typing import IO, Any, Protocol
 from tuner import interrupt
 from tuner.disturbance import Disturbance, Monitor
 from tuner.errors import (
+    Pruned,
     TunerError,
     WorkerBadOutput,
     WorkerCrashed,
@@ -342,6 +343,10 @@ class SubprocessRunner:
                 kill_group(process)
                 error.stderr_tail = error.stderr_tail or _tail(log)
                 raise
+            except Pruned as error:  # the timed steps so far, judged while the worker is still alive
+                cut = watch.cut()
+                error.disturbance = cut.to_dict() if cut is not None else None
+                raise
             finally:
                 kill_group(process)  # also reaps any grandchildren left in the group
                 os.close(read_fd)
@@ -449,6 +454,12 @@ class TimedWindow:
             self.monitor.open(self.pids)
         elif phase == "timed" and index == self.timed - 1:
             self.found = self.monitor.close(self.pids)
+
+    def cut(self) -> Disturbance | None:
+        """The window so far, where it is open and not yet closed (a trial the pruner stopped)."""
+        if self.monitor is None or self.monitor.start is None or self.found is not None:
+            return None
+        return self.monitor.close(self.pids)
 
 
 def check_read_back(settings: Settings, result: dict[str, Any]) -> None:
