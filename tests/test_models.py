@@ -99,10 +99,11 @@ def test_keras_model_is_tuned_for_latency_end_to_end(models: Models, tmp_path: P
     ]
     assert facts["vocabulary"] == VOCABULARY
     trials = study.get_trials()
-    # Every measured trial completed: integer tokens drawn within the table never indexed out of range (a
-    # gather out of range is an error on CPU and would have failed the trial).
-    assert trials and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    # No trial failed: integer tokens drawn within the table never indexed out of range (a gather out of
+    # range is an error on CPU and would have failed the trial). Where oneDNN is off by default, the onednn-on
+    # baseline is a third baseline and stays queued past --trials 2: waiting, not failed.
     measured = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(measured) >= 2 and not [t for t in trials if t.state == TrialState.FAIL]
     # The latency objective timed one-sample requests, at least 20 per search run.
     assert all(t.user_attrs["measurement"]["batch_size"] == 1 for t in measured)
     assert all(len(t.user_attrs["measurement"]["timed_seconds"]) >= 20 for t in measured)
