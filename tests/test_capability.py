@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.helpers import make_config
+from tests.helpers import THREADS_SPACE, make_config
 from tuner.capability import Capabilities, narrow, plan_baselines, unrunnable
 from tuner.cli import main
 from tuner.errors import WorkerExited
@@ -179,6 +179,25 @@ def test_tune_on_avx2_prints_what_cannot_run_and_why(storage_url: str, capsys: p
     shown = capsys.readouterr().out
     # show says so too: in the heuristic column, and as a line naming the reason.
     assert "not runnable here" in shown and "baseline heuristic: not runnable here: NCHW needs oneDNN" in shown
+
+
+def test_fewer_trials_than_baselines_names_the_baselines_left_out_and_a_later_run_measures_them(
+    storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["tune", *TINY, "--space", THREADS_SPACE, "--budget", "none", "--no-confirm", "--storage", storage_url]
+    # On AVX2 the test space has three baselines here (tf-default, heuristic-nhwc, onednn-on); two trials hold
+    # two of them, and the search says which one it left out.
+    assert main([*argv, "--trials", "2"], runner=avx2_runner()) == 0
+    err = capsys.readouterr().err
+    assert "search ends at 2 complete trials; baselines not measured: onednn-on" in err
+    # The same command with more trials measures the queued baseline first, and says nothing is left out.
+    assert main([*argv, "--trials", "3"], runner=avx2_runner()) == 0
+    err = capsys.readouterr().err
+    assert "baselines not measured" not in err
+    (study,) = optuna.get_all_study_summaries(storage_url)
+    trials = optuna.load_study(study_name=study.study_name, storage=storage_url).trials
+    assert [t.user_attrs.get("baseline") for t in trials] == ["tf-default", "heuristic-nhwc", "onednn-on"]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
 
 
 def test_a_failing_trial_prints_the_workers_reason(storage_url: str, capsys: pytest.CaptureFixture[str]) -> None:

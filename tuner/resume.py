@@ -108,6 +108,11 @@ def queue_baselines(study: optuna.Study, runnable: Mapping[str, Mapping[str, Any
 def baselines_done(study: optuna.Study, names: Collection[str]) -> bool:
     """Every baseline in ``names`` has a finished trial, complete, failed by its worker, or disturbed in every
     attempt: the budget may end the search only after that, and a failing baseline never holds it up."""
+    return not baselines_pending(study, names)
+
+
+def baselines_pending(study: optuna.Study, names: Collection[str]) -> list[str]:
+    """The baselines in ``names`` (in their order) that ``baselines_done`` still waits for."""
     trials = study.get_trials(deepcopy=False)
     pending = {t.user_attrs.get("baseline") for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
     done = {
@@ -117,4 +122,4 @@ def baselines_done(study: optuna.Study, names: Collection[str]) -> bool:
         or (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") in DONE_FAILURES)
     }
     # An interrupted or orphaned baseline is not done: it is queued again and measured first.
-    return set(names) <= done - pending
+    return [name for name in names if name not in done - pending]

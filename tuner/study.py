@@ -40,7 +40,7 @@ from tuner.owner import fail_orphans
 from tuner.owner import identity as owner_identity
 from tuner.policy import BURST, CONFIRM, MeasurementPolicy
 from tuner.records import utc_now
-from tuner.resume import WORKER_FAILURES, Progress, baselines_done, open_study
+from tuner.resume import WORKER_FAILURES, Progress, baselines_pending, open_study
 from tuner.runner import Runner, TrialSpec
 from tuner.settings import Settings
 from tuner.signature import CpuSignature
@@ -152,6 +152,12 @@ class StopRule:
 
     def check(self, run: StudyRun, skips: int) -> str | None:
         complete = len(run.measured())
+        if complete >= self.trials and (pending := run.baselines_pending()):
+            # Fewer trials asked for than there are baselines: say which were left out (still queued).
+            return (
+                f"search ends at {self.trials} complete trials; baselines not measured: {', '.join(pending)} "
+                "(queued: a run with more trials measures them first)"
+            )
         if complete >= self.trials or len(set(run.known()) | set(run.failing())) >= self.size:
             return ""
         if complete + len(run.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))) >= self.trials:
@@ -240,7 +246,11 @@ class StudyRun:
 
     def baselines_done(self) -> bool:
         """Every baseline that can run here is finished (see ``resume.baselines_done``)."""
-        return baselines_done(self.study, self.baselines.runnable)
+        return not self.baselines_pending()
+
+    def baselines_pending(self) -> list[str]:
+        """The baselines that can run here and are not finished yet."""
+        return baselines_pending(self.study, self.baselines.runnable)
 
     def distinct_settings(self) -> int:
         """How many distinct settings can be measured here: the grid less what breaks a constraint or cannot
