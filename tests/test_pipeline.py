@@ -8,8 +8,12 @@ import optuna
 import pytest
 
 from tuner import benchmark
+from tuner.confirm import MIN_ROUNDS
+from tuner.cost import CostModel
+from tuner.forecast import FEW_CONFIRMED, confirmation_size
 from tuner.measurement import Measurement
 from tuner.pipeline import Job
+from tuner.policy import MeasurementPolicy
 from tuner.replay import ReplayRunner
 from tuner.runner import StepCallback, TaskSpec, TrialSpec
 from tuner.runtime import load
@@ -233,3 +237,47 @@ def test_with_bf16_allowed_the_yardstick_is_measured_in_both_precisions(storage:
     assert sorted(r["precision"] for r in matmuls) == ["bf16", "fp32"]
     # The worker was asked for each precision (the spec carries it).
     assert sorted(t.worker_spec()["precision"] for t in runner.task_calls if t.task == "matmul") == ["bf16", "fp32"]
+
+
+def test_when_three_rounds_of_every_candidate_do_not_fit_the_few_the_table_needs_get_them() -> None:
+    cost = CostModel(wall_s=10.0, step_s=1.0, policy=MeasurementPolicy("search", warmup=2, timed=3, timeout_s=60))
+    # A run of 2 warm-up and 3 timed batches takes 10 s: 6 settings x 3 rounds need 180 s, 4 x 3 need 120 s.
+    assert confirmation_size(6, 4, cost, 200.0)[0] == 6 and confirmation_size(6, 4, cost, 200.0)[1].rounds == 3
+    # With 150 s all six would get one round, which can never give a clear verdict: the four get three.
+    configs, policy = confirmation_size(6, 4, cost, 150.0)
+    assert configs == 4 and policy.rounds == MIN_ROUNDS
+    # Where not even the four fit three rounds, all six are measured in what fits (their records are kept).
+    configs, policy = confirmation_size(6, 4, cost, 70.0)
+    assert configs == 6 and policy.rounds < MIN_ROUNDS
+
+
+def test_a_short_job_confirms_the_tables_settings_in_three_rounds_rather_than_all_in_one(
+    storage: optuna.storages.RDBStorage,
+) -> None:
+    clock = Clock()
+    lines: list[str] = []
+    job = Job(
+        storage=storage,
+        signature=cpu_signature(),
+        runtimes=[load("tensorflow")],
+        counts=[1],
+        modes=["infer"],
+        budget_s=300.0,  # on the fake clock: six settings fit one round of confirmation, four fit three
+        model="tiny",
+        runner=ClockedRunner(clock),
+        log=lines.append,
+        clock=clock,
+    )
+    job.run()
+    (summary,) = [s for s in storage.get_all_studies() if s.study_name != benchmark.BENCH_STUDY]
+    verdict = optuna.load_study(study_name=summary.study_name, storage=storage).user_attrs["verdict"]
+    # The job said what it left out and why, and confirmed the few in three interleaved rounds, so that a
+    # verdict could be clear; tf-default, the heuristic and the best sampled setting are among them.
+    assert any("three rounds of all 6 settings do not fit" in line for line in lines), lines
+    assert verdict["rounds"] == MIN_ROUNDS and len(verdict["params"]) <= FEW_CONFIRMED
+    assert {"tf-default", "heuristic"} <= set(verdict["params"])
+    assert any(name.startswith("trial ") for name in verdict["params"])
+    # The table's three records come from those rounds; the job stayed within its budget.
+    labels = {r["label"] for r in benchmark.records(storage) if r.get("kind") == "benchmark" and "skipped" not in r}
+    assert {"tf-default", "heuristic", "tuned"} <= labels and "model-zoo" not in labels
+    assert clock.now - 1000.0 <= 300.0

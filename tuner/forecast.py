@@ -67,6 +67,22 @@ def benchmark_policy(cost: CostModel | None, time_left: float | None, configs: i
     return plan_benchmark(time_left, configs, cost.overhead_s, cost.step_s)
 
 
+FEW_CONFIRMED = 4  # tf-default, the heuristic, the best sampled setting and the best other baseline
+
+
+def confirmation_size(
+    configs: int, few: int, cost: CostModel | None, time_left: float | None
+) -> tuple[int, MeasurementPolicy]:
+    """How many settings the benchmark-confirmation measures, and how: all ``configs`` when three rounds
+    of them fit (a verdict can be clear only after ``MIN_ROUNDS``); else the ``few`` the table needs (see
+    ``StudyRun.few_candidates``) where three rounds of those fit; else all of them in what fits."""
+    bench = benchmark_policy(cost, time_left, configs)
+    if bench.rounds >= MIN_ROUNDS or few >= configs:
+        return configs, bench
+    trimmed = benchmark_policy(cost, time_left, few)
+    return (few, trimmed) if trimmed.rounds >= MIN_ROUNDS else (configs, bench)
+
+
 @dataclass(frozen=True)
 class Cell:
     """One study of the job as the forecast sees it: its config and weight, what it measures here (the
@@ -119,8 +135,10 @@ def expect(cell: Cell, cost: CostModel, budget: float | None) -> Expected:
         measured += 1
         if baselines < cell.baselines:  # the baselines are measured first
             baselines += 1
-    configs = cell.baselines + min(config.candidates, measured - baselines)
-    bench = benchmark_policy(cost, None if budget is None else budget - spent, configs)
+    every = cell.baselines + min(config.candidates, measured - baselines)
+    configs, bench = confirmation_size(
+        every, min(every, FEW_CONFIRMED), cost, None if budget is None else budget - spent
+    )
     run_s = cost.scaled(1.0, bench).wall_s  # one run measured by the benchmark's policy
     return Expected(measured - cell.complete, configs, bench, spent + configs * bench.rounds * run_s)
 

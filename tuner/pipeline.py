@@ -6,8 +6,10 @@ steps; one core about twice two cores), so a study that overruns takes from the 
 the budget. Within a study: the search (baselines first) gets about half its share; the rest is the
 benchmark, which is also the confirmation: tf-default, the heuristic, the other baselines and the best
 sampled setting measured in interleaved rounds, with as many timed batches as the share allows (the full
-10 + 100 when it fits). The verdict, with its 95% interval, comes from those rounds; the benchmark records
-are made from the same runs. Everything is stored as it is measured, so the same command resumes.
+10 + 100 when it fits); where three rounds of all of them do not fit, the few the table needs get three
+(``forecast.confirmation_size``), since fewer rounds can never give a clear verdict. The verdict, with its
+95% interval, comes from those rounds; the benchmark records are made from the same runs. Everything is
+stored as it is measured, so the same command resumes.
 ``Job.plan`` says beforehand what ``run`` will do and take, measuring nothing; while it runs, its ETA comes
 from the same rules at the trial cost measured so far (both in ``tuner/forecast.py``).
 """
@@ -53,7 +55,7 @@ from tuner.forecast import (
     Outlook,
     Plan,
     Unmeasured,
-    benchmark_policy,
+    confirmation_size,
     make_plan,
     next_share,
     stored_costs,
@@ -469,13 +471,21 @@ class Job:
         end = None if share is None else start + share
         run.search(end, stop_at=None if share is None else start + SEARCH_SHARE * share)
         cost = run.cost()
-        configs = len(run.candidates())
-        bench = benchmark_policy(cost, None if end is None else end - self.clock(), configs)
+        every, few = run.candidates(), run.few_candidates()
+        configs, bench = confirmation_size(len(every), len(few), cost, None if end is None else end - self.clock())
+        chosen = every if configs == len(every) else few
+        if chosen is few:
+            # Three rounds of every candidate do not fit, and fewer rounds can never give a clear verdict.
+            left = ", ".join(c.name for c in every if c not in few)
+            self.log(
+                f"[{tag}] three rounds of all {len(every)} settings do not fit its share: confirming the "
+                f"{len(few)} the table needs ({left}: search figures only)"
+            )
         self.log(
             f"[{tag}] benchmark-confirmation: {configs} settings x {bench.rounds} rounds x "
             f"({bench.warmup} warm-up + {bench.timed} timed batches)"
         )
-        verdict = run.confirm(None, rounds=bench.rounds, policy=bench)
+        verdict = run.confirm(None, rounds=bench.rounds, policy=bench, candidates=chosen)
         run.store_importances()
         self.log(f"[{tag}] verdict: {verdict.text()}")
         self.log(f"[{tag}] {verdict.against_each()}")

@@ -23,6 +23,7 @@ from tuner import __version__, disturbance, interrupt
 from tuner.capability import Capabilities, narrow, plan_baselines, unrunnable
 from tuner.confirm import (
     DEFAULT,
+    HEURISTIC,
     MIN_ROUNDS,
     Candidate,
     Verdict,
@@ -427,6 +428,21 @@ class StudyRun:
         """Every baseline, then the best distinct sampled settings, by search value."""
         return pick_candidates(self.measured(), self.caps.label, len(self.baselines.runnable) + self.config.candidates)
 
+    def few_candidates(self) -> list[Candidate]:
+        """What the table needs confirmed, when all the candidates cannot have three rounds: tf-default, the
+        heuristic (or its runnable part), the best sampled setting, and the best other baseline where the
+        search ranked it above all of those (at most ``forecast.FEW_CONFIRMED``)."""
+        every = self.candidates()
+        value = {t.user_attrs.get("baseline") or f"trial {t.number}": t.value or 0.0 for t in self.measured()}
+        heuristic = self.baselines.stand_ins.get(HEURISTIC, HEURISTIC)
+        kept = [c for c in every if c.name in (DEFAULT, heuristic) or c.name.startswith("trial ")]
+        rest = [c for c in every if c not in kept]
+        if rest:
+            best = max(rest, key=lambda c: value.get(c.name, 0.0))
+            if value.get(best.name, 0.0) > max((value.get(c.name, 0.0) for c in kept), default=0.0):
+                kept.append(best)
+        return [c for c in every if c in kept]
+
     def cost(self) -> CostModel | None:
         """What a run costs here, from the measured search trials; None before any."""
         return CostModel.from_trials(self.measured(), self.config.policy)
@@ -438,12 +454,16 @@ class StudyRun:
         return 0.0 if cost is None else configs * rounds * cost.run_s(self.config.confirm_policy)
 
     def confirm(
-        self, deadline: float | None, rounds: int | None = None, policy: MeasurementPolicy | None = None
+        self,
+        deadline: float | None,
+        rounds: int | None = None,
+        policy: MeasurementPolicy | None = None,
+        candidates: list[Candidate] | None = None,
     ) -> Verdict:
-        """Confirm the candidates for ``rounds`` rounds, or as many as fit before ``deadline`` (at least 3),
-        each run measured by ``policy`` (default: the study's confirm policy; `tuner run` passes its
-        benchmark's)."""
-        candidates = self.candidates()
+        """Confirm ``candidates`` (default: all of ``candidates()``) for ``rounds`` rounds, or as many as fit
+        before ``deadline`` (at least 3), each run measured by ``policy`` (default: the study's confirm
+        policy; `tuner run` passes its benchmark's)."""
+        candidates = candidates if candidates is not None else self.candidates()
         if DEFAULT not in {c.name for c in candidates}:
             raise TunerError(
                 f"study {self.config.name}: the tf-default baseline has no complete trial to confirm against"
