@@ -189,11 +189,11 @@ def test_fewer_trials_than_baselines_names_the_baselines_left_out_and_a_later_ru
     # two of them, and the search says which one it left out.
     assert main([*argv, "--trials", "2"], runner=avx2_runner()) == 0
     err = capsys.readouterr().err
-    assert "search ends at 2 complete trials; baselines not measured: onednn-on" in err
+    assert "search ends at 2 complete trials; baselines not yet measured: onednn-on" in err
     # The same command with more trials measures the queued baseline first, and says nothing is left out.
     assert main([*argv, "--trials", "3"], runner=avx2_runner()) == 0
     err = capsys.readouterr().err
-    assert "baselines not measured" not in err
+    assert "baselines not yet measured" not in err
     (study,) = optuna.get_all_study_summaries(storage_url)
     trials = optuna.load_study(study_name=study.study_name, storage=storage_url).trials
     assert [t.user_attrs.get("baseline") for t in trials] == ["tf-default", "heuristic-nhwc", "onednn-on"]

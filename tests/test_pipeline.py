@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import optuna
@@ -13,6 +14,7 @@ from tuner.cost import CostModel
 from tuner.forecast import FEW_CONFIRMED, confirmation_size
 from tuner.measurement import Measurement
 from tuner.pipeline import Job
+from tuner.plan import StudyOptions
 from tuner.policy import MeasurementPolicy
 from tuner.replay import ReplayRunner
 from tuner.runner import StepCallback, TaskSpec, TrialSpec
@@ -281,3 +283,55 @@ def test_a_short_job_confirms_the_tables_settings_in_three_rounds_rather_than_al
     labels = {r["label"] for r in benchmark.records(storage) if r.get("kind") == "benchmark" and "skipped" not in r}
     assert {"tf-default", "heuristic", "tuned"} <= labels and "model-zoo" not in labels
     assert clock.now - 1000.0 <= 300.0
+
+
+class InterruptedAt(ClockedRunner):
+    """Interrupted (as by Ctrl-C) at its ``at``-th confirmation run; else the clocked replay."""
+
+    def __init__(self, clock: Clock, at: int) -> None:
+        super().__init__(clock)
+        self.at, self.confirmations = at, 0
+
+    def run(self, spec: TrialSpec, on_step: StepCallback | None = None) -> Measurement:
+        if spec.policy.name == "full":
+            self.confirmations += 1
+            if self.confirmations == self.at:
+                raise KeyboardInterrupt  # what a Ctrl-C raises while a worker runs
+        return super().run(spec, on_step)
+
+
+def test_a_resumed_confirmation_keeps_its_settings_and_rounds_whatever_time_is_left(
+    storage: optuna.storages.RDBStorage,
+) -> None:
+    clock = Clock()
+
+    class SearchDone(Job):
+        """Six trials a study: the search ends in the first run, so the second one only confirms."""
+
+        @property
+        def options(self) -> StudyOptions:
+            return dataclasses.replace(super().options, trials=6)
+
+    def job(budget_s: float, runner: ClockedRunner, lines: list[str]) -> Job:
+        return SearchDone(storage=storage, signature=cpu_signature(), runtimes=[load("tensorflow")], counts=[1],
+                   modes=["infer"], budget_s=budget_s, model="tiny", runner=runner, log=lines.append,
+                   clock=clock)  # fmt: skip
+
+    first: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        job(300.0, InterruptedAt(clock, at=6), first).run()
+    (summary,) = [s for s in storage.get_all_studies() if s.study_name != benchmark.BENCH_STUDY]
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    stored = study.user_attrs["confirmation"]
+    # Interrupted in its second round: the few settings of a short share, five runs stored.
+    assert any("do not fit" in line for line in first) and len(stored["runs"]) == 5
+    again: list[str] = []
+    job(900.0, ClockedRunner(clock), again).run()
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    resumed = study.user_attrs["confirmation"]
+    # A longer budget would confirm all six settings, but the resumed confirmation goes on with its own:
+    # the same candidates, id and batches, its five stored runs kept, and a verdict of three rounds.
+    assert any("resuming its confirmation: 5 runs stored" in line for line in again), again
+    assert resumed["candidates"] == stored["candidates"] and resumed["id"] == stored["id"]
+    assert resumed["policy"] == stored["policy"] and resumed["runs"][:5] == stored["runs"]
+    assert study.user_attrs["verdict"]["rounds"] == MIN_ROUNDS

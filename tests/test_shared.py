@@ -71,22 +71,42 @@ def _owner(trial: optuna.trial.FrozenTrial) -> int | None:
     return owner.get("pid") if isinstance(owner, dict) else None
 
 
-def test_three_workers_share_one_study_and_a_killed_one_leaves_nothing_running(shared_url: str) -> None:
+def _trials(storage: optuna.storages.BaseStorage) -> list[optuna.trial.FrozenTrial]:
+    studies = storage.get_all_studies()
+    return storage.get_all_trials(studies[0]._study_id) if studies else []
+
+
+def _complete(storage: optuna.storages.BaseStorage) -> int:
+    return len([t for t in _trials(storage) if t.state == TrialState.COMPLETE])
+
+
+def _held(storage: optuna.storages.BaseStorage, pid: int) -> bool:
+    return any(t.state == TrialState.RUNNING and _owner(t) == pid for t in _trials(storage))
+
+
+def test_three_workers_share_one_study_and_a_killed_one_leaves_nothing_running(shared_url: str, tmp_path: Path) -> None:
     pg_url = shared_url
     started = time.monotonic()
+    # The workers share a lock of their own: they must not overlap each other, and a measurement elsewhere on
+    # this host must not make them wait.
+    env = {**os.environ, "FAKE_TUNE_LOCK": str(tmp_path / "lock")}
     workers = [
-        subprocess.Popen(_tune(pg_url, "--no-confirm"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            _tune(pg_url, "--no-confirm"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
         for _ in range(3)
     ]
     storage = open_storage(pg_url)
     deadline = time.monotonic() + 240
-    # Kill one worker outright (no chance to clean up) once the study is under way and it holds a trial.
-    while time.monotonic() < deadline:
-        studies = storage.get_all_studies()
-        trials = storage.get_all_trials(studies[0]._study_id) if studies else []
-        held = [t for t in trials if t.state == TrialState.RUNNING and _owner(t) == workers[0].pid]
-        if held and len([t for t in trials if t.state == TrialState.COMPLETE]) >= 2:
-            break
+    # Kill one worker outright (no chance to clean up) once the study is under way and it holds a trial:
+    # stopped first, so that the trial seen RUNNING cannot finish between the look and the kill.
+    while True:
+        assert time.monotonic() < deadline, "worker 0 never held a trial after two were complete"
+        if _complete(storage) >= 2:
+            workers[0].send_signal(signal.SIGSTOP)
+            if _held(storage, workers[0].pid):
+                break
+            workers[0].send_signal(signal.SIGCONT)
         time.sleep(0.1)
     workers[0].send_signal(signal.SIGKILL)
     outputs = [w.communicate(timeout=300) for w in workers]
@@ -114,7 +134,7 @@ def test_three_workers_share_one_study_and_a_killed_one_leaves_nothing_running(s
     # One more run of the same command (without --no-confirm) confirms and stores the verdict (one candidate
     # and two rounds: enough to show the shared study confirms; confirmation itself is tested in test_study).
     final = subprocess.run(_tune(pg_url, "--candidates", "1", "--rounds", "2"), capture_output=True, text=True,
-                           timeout=300)  # fmt: skip
+                           timeout=300, env=env)  # fmt: skip
     assert final.returncode == 0, final.stderr
     assert "verdict" in optuna.load_study(study_name=study.study_name, storage=storage).user_attrs
     # The password in the URL is never printed, nor stored in the study's metadata.

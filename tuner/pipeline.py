@@ -7,7 +7,8 @@ the budget. Within a study: the search (baselines first) gets about half its sha
 benchmark, which is also the confirmation: tf-default, the heuristic, the other baselines and the best
 sampled setting measured in interleaved rounds, with as many timed batches as the share allows (the full
 10 + 100 when it fits); where three rounds of all of them do not fit, the few the table needs get three
-(``forecast.confirmation_size``), since fewer rounds can never give a clear verdict. The verdict, with its
+(``forecast.confirmation_size``), since fewer rounds can never give a clear verdict; only where not even
+those fit are all of them measured in fewer rounds. The verdict, with its
 95% interval, comes from those rounds; the benchmark records are made from the same runs. Everything is
 stored as it is measured, so the same command resumes.
 ``Job.plan`` says beforehand what ``run`` will do and take, measuring nothing; while it runs, its ETA comes
@@ -19,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,7 @@ from tuner.forecast import (
     Outlook,
     Plan,
     Unmeasured,
+    benchmark_policy,
     confirmation_size,
     make_plan,
     next_share,
@@ -67,7 +69,7 @@ from tuner.forecast import plan_benchmark as plan_benchmark
 from tuner.measurement import Measurement
 from tuner.models import ModelRef, as_ref
 from tuner.plan import Prepared, StudyOptions, Yardstick, check_model, prepare, study_config, weight
-from tuner.policy import BURST, CONFIRM
+from tuner.policy import BURST, CONFIRM, MeasurementPolicy
 from tuner.probe import fixed_knobs
 from tuner.progress import Bar
 from tuner.records import StoredConfirmation, StoredVerdict
@@ -110,6 +112,14 @@ def study_records(
         }
         parts.append((label, verdict.params[name], measured, extra))
     return parts
+
+
+def resumed_policy(fresh: MeasurementPolicy, shape: Mapping[str, int]) -> MeasurementPolicy:
+    """``fresh`` (its rounds) with the warm-up and timed batches of a stored confirmation (checked ints), its
+    timeout scaled to their number."""
+    warmup, timed = max(0, shape["warmup"]), max(1, shape["timed"])
+    scale = max(1.0, (warmup + timed) / (fresh.warmup + fresh.timed))
+    return dataclasses.replace(fresh, warmup=warmup, timed=timed, timeout_s=fresh.timeout_s * scale)
 
 
 def stored_confirmation(study: optuna.Study) -> StoredConfirmation:
@@ -471,15 +481,27 @@ class Job:
         end = None if share is None else start + share
         run.search(end, stop_at=None if share is None else start + SEARCH_SHARE * share)
         cost = run.cost()
-        every, few = run.candidates(), run.few_candidates()
-        configs, bench = confirmation_size(len(every), len(few), cost, None if end is None else end - self.clock())
+        every = run.candidates()
+        few = run.few_candidates(every)
+        left = None if end is None else end - self.clock()
+        configs, bench = confirmation_size(len(every), len(few), cost, left)
         chosen = every if configs == len(every) else few
-        if chosen is few:
+        stored = stored_confirmation(run.study)
+        resumed = next(
+            (kept for kept in (every, few) if stored.rates and list(stored.candidates) == [c.name for c in kept]),
+            None,
+        )
+        if resumed is not None and stored.policy:
+            # An interrupted confirmation goes on with its settings and batches, so its rounds count.
+            chosen, configs = resumed, len(resumed)
+            bench = resumed_policy(benchmark_policy(cost, left, configs), stored.policy)
+            self.log(f"[{tag}] resuming its confirmation: {len(stored.runs)} runs stored")
+        elif chosen is few and len(few) < len(every):
             # Three rounds of every candidate do not fit, and fewer rounds can never give a clear verdict.
-            left = ", ".join(c.name for c in every if c not in few)
+            out = ", ".join(c.name for c in every if c not in few)
             self.log(
                 f"[{tag}] three rounds of all {len(every)} settings do not fit its share: confirming the "
-                f"{len(few)} the table needs ({left}: search figures only)"
+                f"{len(few)} the table needs ({out}: not confirmed, their search trials stay in the study)"
             )
         self.log(
             f"[{tag}] benchmark-confirmation: {configs} settings x {bench.rounds} rounds x "

@@ -156,7 +156,7 @@ class StopRule:
         if complete >= self.trials and (pending := run.baselines_pending()):
             # Fewer trials asked for than there are baselines: say which were left out (still queued).
             return (
-                f"search ends at {self.trials} complete trials; baselines not measured: {', '.join(pending)} "
+                f"search ends at {self.trials} complete trials; baselines not yet measured: {', '.join(pending)} "
                 "(queued: a run with more trials measures them first)"
             )
         if complete >= self.trials or len(set(run.known()) | set(run.failing())) >= self.size:
@@ -428,19 +428,19 @@ class StudyRun:
         """Every baseline, then the best distinct sampled settings, by search value."""
         return pick_candidates(self.measured(), self.caps.label, len(self.baselines.runnable) + self.config.candidates)
 
-    def few_candidates(self) -> list[Candidate]:
-        """What the table needs confirmed, when all the candidates cannot have three rounds: tf-default, the
-        heuristic (or its runnable part), the best sampled setting, and the best other baseline where the
-        search ranked it above all of those (at most ``forecast.FEW_CONFIRMED``)."""
-        every = self.candidates()
-        value = {t.user_attrs.get("baseline") or f"trial {t.number}": t.value or 0.0 for t in self.measured()}
+    def few_candidates(self, every: list[Candidate]) -> list[Candidate]:
+        """Of ``every`` candidate, what the table needs confirmed when all of them cannot have three rounds:
+        tf-default, the heuristic (or its runnable part), the best sampled settings, and the other baseline the
+        search ranked best (``forecast.FEW_CONFIRMED`` in all with `tuner run`'s one sampled candidate)."""
+        value: dict[str, float] = {}
+        for t in self.measured():
+            name = t.user_attrs.get("baseline") or f"trial {t.number}"
+            value[name] = max(value.get(name, 0.0), t.value or 0.0)
         heuristic = self.baselines.stand_ins.get(HEURISTIC, HEURISTIC)
         kept = [c for c in every if c.name in (DEFAULT, heuristic) or c.name.startswith("trial ")]
         rest = [c for c in every if c not in kept]
         if rest:
-            best = max(rest, key=lambda c: value.get(c.name, 0.0))
-            if value.get(best.name, 0.0) > max((value.get(c.name, 0.0) for c in kept), default=0.0):
-                kept.append(best)
+            kept.append(max(rest, key=lambda c: value.get(c.name, 0.0)))
         return [c for c in every if c in kept]
 
     def cost(self) -> CostModel | None:

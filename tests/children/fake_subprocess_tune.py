@@ -5,22 +5,23 @@ storage and the workers' coordination, not a framework."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from tuner.cli import main
 from tuner.replay import ReplayRunner
-from tuner.runner import SubprocessRunner, TaskSpec
+from tuner.runner import HOST_LOCK, SubprocessRunner, TaskSpec
 
 FAKE_WORKER = Path(__file__).resolve().parent / "fake_worker.py"
 
 
 class FakeWorkerRunner(SubprocessRunner):
-    """The real runner (the default host lock included) with the worker script swapped for the fake one."""
+    """The real runner (its host lock, or ``FAKE_TUNE_LOCK``) with the worker script swapped for the fake one."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(lock=Path(os.environ.get("FAKE_TUNE_LOCK") or HOST_LOCK))  # the test's own, or the host's
         self.tasks = ReplayRunner(lambda spec, call: [])
 
     def argv(self, worker_spec: dict[str, Any], channel_fd: int) -> list[str]:
