@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +55,8 @@ def busy_loop(core: int) -> subprocess.Popen[bytes]:
     return hog
 
 
-def test_a_busy_neighbour_on_the_trials_core_is_measured_again_and_a_quiet_trial_is_not() -> None:
-    inner = Counting(FakeRunner("spin"))
-    hogs: list[subprocess.Popen[bytes]] = []
+def leaving(hogs: list[subprocess.Popen[bytes]]) -> Callable[[Sequence[int]], float]:
+    """Steady's wait for quiet cores, played by the neighbours ``hogs`` leaving at once."""
 
     def neighbour_leaves(cores: Sequence[int]) -> float:
         for hog in hogs:
@@ -65,6 +64,13 @@ def test_a_busy_neighbour_on_the_trials_core_is_measured_again_and_a_quiet_trial
             hog.wait()
         return 0.0
 
+    return neighbour_leaves
+
+
+def test_a_busy_neighbour_on_the_trials_core_is_measured_again_and_a_quiet_trial_is_not() -> None:
+    inner = Counting(FakeRunner("spin"))
+    hogs: list[subprocess.Popen[bytes]] = []
+    neighbour_leaves = leaving(hogs)
     runner = Steady(inner, limit=0.25, wait_quiet=neighbour_leaves)
     quiet = runner.run(make_spec(SPIN))
     # Alone on its core, the worker's window is its own: measured once, its figure recorded and small.
@@ -99,14 +105,7 @@ def prune_at_timed_step(last: int) -> StepCallback:
 
 def test_a_trial_pruned_on_disturbed_steps_is_measured_again_in_full_a_quiet_one_stays_pruned() -> None:
     inner = Counting(FakeRunner("spin"))
-    hogs = [busy_loop(CORES[0])]
-
-    def neighbour_leaves(cores: Sequence[int]) -> float:
-        for hog in hogs:
-            hog.kill()
-            hog.wait()
-        return 0.0
-
+    neighbour_leaves = leaving([busy_loop(CORES[0])])
     runner = Steady(inner, limit=0.25, wait_quiet=neighbour_leaves)
     try:
         kept = runner.run(make_spec(SPIN), prune_at_timed_step(2))

@@ -55,6 +55,20 @@ class ClockedRunner(ReplayRunner):
         return super().compute(spec)
 
 
+def infer_1c_job(
+    storage: optuna.storages.BaseStorage,
+    clock: Clock,
+    budget_s: float,
+    runner: ReplayRunner,
+    lines: list[str] | None = None,
+    kind: type[Job] = Job,
+) -> Job:
+    """The job of one study: stock TensorFlow, tiny model, inference on 1 core, on the fake clock."""
+    return kind(storage=storage, signature=cpu_signature(), runtimes=[load("tensorflow")], counts=[1],
+                modes=["infer"], budget_s=budget_s, model="tiny", runner=runner,
+                log=(lines.append if lines is not None else lambda line: None), clock=clock)  # fmt: skip
+
+
 @pytest.mark.parametrize("budget_min", [30, 90])
 def test_job_tunes_and_benchmarks_every_cell_within_its_budget(
     storage: optuna.storages.RDBStorage, budget_min: int
@@ -115,18 +129,7 @@ def test_rerunning_the_job_does_not_duplicate_records(storage: optuna.storages.R
     clock = Clock()
 
     def job() -> Job:
-        return Job(
-            storage=storage,
-            signature=cpu_signature(),
-            runtimes=[load("tensorflow")],
-            counts=[1],
-            modes=["infer"],
-            budget_s=600.0,
-            model="tiny",
-            runner=ClockedRunner(clock),
-            log=lambda line: None,
-            clock=clock,
-        )
+        return infer_1c_job(storage, clock, 600.0, ClockedRunner(clock))
 
     first_job = job()
     first_job.run()
@@ -258,19 +261,8 @@ def test_a_short_job_confirms_the_tables_settings_in_three_rounds_rather_than_al
 ) -> None:
     clock = Clock()
     lines: list[str] = []
-    job = Job(
-        storage=storage,
-        signature=cpu_signature(),
-        runtimes=[load("tensorflow")],
-        counts=[1],
-        modes=["infer"],
-        budget_s=300.0,  # on the fake clock: six settings fit one round of confirmation, four fit three
-        model="tiny",
-        runner=ClockedRunner(clock),
-        log=lines.append,
-        clock=clock,
-    )
-    job.run()
+    # 300 s on the fake clock: six settings fit one round of confirmation, four fit three.
+    infer_1c_job(storage, clock, 300.0, ClockedRunner(clock), lines).run()
     (summary,) = [s for s in storage.get_all_studies() if s.study_name != benchmark.BENCH_STUDY]
     verdict = optuna.load_study(study_name=summary.study_name, storage=storage).user_attrs["verdict"]
     # The job said what it left out and why, and confirmed the few in three interleaved rounds, so that a
@@ -312,21 +304,16 @@ def test_a_resumed_confirmation_keeps_its_settings_and_rounds_whatever_time_is_l
         def options(self) -> StudyOptions:
             return dataclasses.replace(super().options, trials=6)
 
-    def job(budget_s: float, runner: ClockedRunner, lines: list[str]) -> Job:
-        return SearchDone(storage=storage, signature=cpu_signature(), runtimes=[load("tensorflow")], counts=[1],
-                   modes=["infer"], budget_s=budget_s, model="tiny", runner=runner, log=lines.append,
-                   clock=clock)  # fmt: skip
-
     first: list[str] = []
     with pytest.raises(KeyboardInterrupt):
-        job(300.0, InterruptedAt(clock, at=6), first).run()
+        infer_1c_job(storage, clock, 300.0, InterruptedAt(clock, at=6), first, SearchDone).run()
     (summary,) = [s for s in storage.get_all_studies() if s.study_name != benchmark.BENCH_STUDY]
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     stored = study.user_attrs["confirmation"]
     # Interrupted in its second round: the few settings of a short share, five runs stored.
     assert any("do not fit" in line for line in first) and len(stored["runs"]) == 5
     again: list[str] = []
-    job(900.0, ClockedRunner(clock), again).run()
+    infer_1c_job(storage, clock, 900.0, ClockedRunner(clock), again, SearchDone).run()
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     resumed = study.user_attrs["confirmation"]
     # A longer budget would confirm all six settings, but the resumed confirmation goes on with its own:
