@@ -527,27 +527,33 @@ def compare(arms: list[str], pairs: int, name: str, warmup: int, timed: int, out
             order.append(arm)
             print(f"[{index}/{pairs * len(arms)}] round {round_ + 1} {arm}: {result['images_per_sec']:.2f} img/s "
                   f"({result['wall_seconds']:.0f} s)", flush=True)  # fmt: skip
-    summary = {}
-    first = arms[0]
-    for arm in arms:
-        rates = [r["images_per_sec"] for r in runs[arm]]
-        ratios = [a["images_per_sec"] / b["images_per_sec"] for a, b in zip(runs[arm], runs[first], strict=True)]
-        summary[arm] = {
-            "median": statistics.median(rates),
-            "range": [min(rates), max(rates)],
-            "runs": rates,
-            f"paired_ratio_to_{first}": {"median": statistics.median(ratios), "range": [min(ratios), max(ratios)]},
-        }
-    print(f"\n{name}: {pairs} rounds, {warmup} warm-up + {timed} timed batches, images/sec")
-    for arm, s in summary.items():
-        ratio = s[f"paired_ratio_to_{first}"]
-        print(f"  {arm:58} median {s['median']:6.2f}  range {s['range'][0]:6.2f} to {s['range'][1]:6.2f}  "
-              f"/ {first}: {ratio['median']:.3f} [{ratio['range'][0]:.3f}, {ratio['range'][1]:.3f}]")  # fmt: skip
+    rates = {arm: [r["images_per_sec"] for r in runs[arm]] for arm in arms}
+    summary = summarize(rates, f"{name}: {pairs} rounds, {warmup} warm-up + {timed} timed batches, images/sec")
     record = {"arms": arms, "rounds": pairs, "warmup": warmup, "timed": timed, "order": order, "summary": summary}
     record.update(runs=runs, measured=time.strftime("%Y-%m-%dT%H:%M:%S%z"), design="one process per run")
     merge_output(name, record, output)
     print(f"written to {output} ({name})")
     return 0
+
+
+def summarize(rates: dict[str, list[float]], heading: str) -> dict[str, dict[str, Any]]:
+    """Each arm's median, range and runs, and its paired ratios to the first arm; printed under ``heading``."""
+    first = next(iter(rates))
+    summary: dict[str, dict[str, Any]] = {}
+    for arm, runs in rates.items():
+        ratios = [a / b for a, b in zip(runs, rates[first], strict=True)]
+        summary[arm] = {
+            "median": statistics.median(runs),
+            "range": [min(runs), max(runs)],
+            "runs": runs,
+            f"paired_ratio_to_{first}": {"median": statistics.median(ratios), "range": [min(ratios), max(ratios)]},
+        }
+    print(f"\n{heading}")
+    for arm, s in summary.items():
+        ratio = s[f"paired_ratio_to_{first}"]
+        print(f"  {arm:58} median {s['median']:6.2f}  range {s['range'][0]:6.2f} to {s['range'][1]:6.2f}  "
+              f"/ {first}: {ratio['median']:.3f} [{ratio['range'][0]:.3f}, {ratio['range'][1]:.3f}]")  # fmt: skip
+    return summary
 
 
 def interleaved(arms: list[str], rounds: int, name: str, warmup: int, timed: int, output: Path) -> int:
@@ -574,21 +580,8 @@ def interleaved(arms: list[str], rounds: int, name: str, warmup: int, timed: int
             per_arm[arm].append(variant["images_per_sec"])
         rates = ", ".join(f"{arm}: {v['images_per_sec']:.2f}" for arm, v in zip(order, result["variants"], strict=True))
         print(f"[{round_ + 1}/{rounds}] {rates} ({result['wall_seconds']:.0f} s)", flush=True)
-    first = arms[0]
-    summary: dict[str, dict[str, Any]] = {}
-    for arm in arms:
-        ratios = [a / b for a, b in zip(per_arm[arm], per_arm[first], strict=True)]
-        summary[arm] = {
-            "median": statistics.median(per_arm[arm]),
-            "range": [min(per_arm[arm]), max(per_arm[arm])],
-            "runs": per_arm[arm],
-            f"paired_ratio_to_{first}": {"median": statistics.median(ratios), "range": [min(ratios), max(ratios)]},
-        }
-    print(f"\n{name}: {rounds} processes, steps alternated, {warmup} warm-up + {timed} timed batches each, images/sec")
-    for arm, s in summary.items():
-        ratio = s[f"paired_ratio_to_{first}"]
-        print(f"  {arm:58} median {s['median']:6.2f}  range {s['range'][0]:6.2f} to {s['range'][1]:6.2f}  "
-              f"/ {first}: {ratio['median']:.3f} [{ratio['range'][0]:.3f}, {ratio['range'][1]:.3f}]")  # fmt: skip
+    heading = f"{name}: {rounds} processes, steps alternated, {warmup} warm-up + {timed} timed batches each, images/sec"
+    summary = summarize(per_arm, heading)
     record = {"arms": arms, "rounds": rounds, "warmup": warmup, "timed": timed, "summary": summary}
     record.update(processes=processes, measured=time.strftime("%Y-%m-%dT%H:%M:%S%z"), design="in-process alternation")
     merge_output(name, record, output)
