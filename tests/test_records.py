@@ -115,3 +115,56 @@ def test_stored_verdict_reads_what_show_prints() -> None:
     # A round count that is not a number is refused.
     with pytest.raises(MalformedRecord, match=r"verdict\.rounds"):
         StoredVerdict.from_dict({**data, "rounds": "three"})
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        ({"recommended": "tf-default\x1b]0;owned\x07"}, "verdict"),
+        ({"recommended": "trial 1; rm -rf ~"}, "verdict"),
+        ({"winner": "<script>"}, "verdict"),
+        ({"images_per_sec": {"tf-default": 20.0, "$(id)": 21.0}}, r"verdict\.images_per_sec"),
+        ({"params": {"../x": {"intra_op": 1}}}, r"verdict\.params"),
+    ],
+)
+def test_a_verdict_naming_a_candidate_otherwise_than_a_name_is_refused(change: dict[str, Any], where: str) -> None:
+    data = {
+        "recommended": "tf-default",
+        "recommended_params": {"intra_op": 0, "inter_op": 0, "data_format": "NHWC"},
+        "clear": False,
+        "text": "no clear gain",
+    }
+    # Well formed, it reads.
+    assert StoredVerdict.from_dict(data).recommended == "tf-default"
+    # Candidate names are printed, logged and keyed on: from a shared study they must be a baseline's name or
+    # "trial N", so escape sequences, shell text or markup in one make the whole verdict malformed.
+    with pytest.raises(MalformedRecord, match=f"{where}.*not a candidate name"):
+        StoredVerdict.from_dict({**data, **change})
+
+
+def test_a_stored_confirmation_with_foreign_names_or_a_huge_policy_is_refused() -> None:
+    # A resumed confirmation sizes its runs (and their timeout, while holding the host's lock) from the stored
+    # policy: a shared study's policy of 10**12 timed steps would hold the lock for ever, so it is refused.
+    with pytest.raises(MalformedRecord, match=r"confirmation\.policy\.timed"):
+        StoredConfirmation.from_dict({"candidates": ["tf-default"], "policy": {"warmup": 1, "timed": 10**12}})
+    with pytest.raises(MalformedRecord, match=r"confirmation\.policy\.warmup"):
+        StoredConfirmation.from_dict({"candidates": ["tf-default"], "policy": {"warmup": -1, "timed": 5}})
+    # Candidate names, in the list, the rates and each run, must be names.
+    with pytest.raises(MalformedRecord, match=r"confirmation\.candidates"):
+        StoredConfirmation.from_dict({"candidates": ["tf-default", "\x1b[2J"]})
+    with pytest.raises(MalformedRecord, match=r"confirmation\.rates"):
+        StoredConfirmation.from_dict({"rates": {"a b": [[1.0]]}})
+    run = {**ConfirmationRun(0, "tf-default", MEASUREMENT).to_dict(), "candidate": "x\ny"}
+    with pytest.raises(MalformedRecord, match=r"run\.candidate"):
+        ConfirmationRun.from_dict(run)
+
+
+def test_a_trial_whose_baseline_attribute_is_not_a_name_counts_as_sampled() -> None:
+    from tuner.records import baseline_name
+
+    # The search, resume and confirmation read a trial's baseline through this: a well-formed name is kept,
+    # anything else (another worker's text, a number) makes the trial a sampled one, named "trial N".
+    assert baseline_name({"baseline": "run_cpu-throughput"}) == "run_cpu-throughput"
+    assert baseline_name({"baseline": "tf-default\x1b[31m"}) is None
+    assert baseline_name({"baseline": ["tf-default"]}) is None
+    assert baseline_name({}) is None

@@ -279,3 +279,37 @@ def test_optuna_dashboard_reads_the_studies(filled: tuple[str, Path]) -> None:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_figures_draw_a_shared_studys_numbers_and_valid_settings_only(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    runner = ReplayRunner.from_rates(rate, noise=0.02)
+    assert main([*TUNE, "--trials", "4", "--cores", "1", "--mode", "infer", "--storage", url], runner=runner) == 0
+    storage = open_storage(url, create=False)
+    study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+    # Someone sharing the study wrote markup into a trial's attributes and stored a trial no knob validates.
+    first = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))[0]
+    attrs = {"stderr_tail": '<a href="https://evil.example">x</a>', "baseline": "<b>tf-default</b>"}
+    study.add_trial(
+        optuna.trial.create_trial(
+            params=first.params, distributions=first.distributions, value=first.value, user_attrs=attrs
+        )
+    )
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"evil_knob": "evil.example"},
+            distributions={"evil_knob": optuna.distributions.CategoricalDistribution(["evil.example"])},
+            value=1e6,
+        )
+    )
+    drawn, left_out = report.plotted(study)
+    # The copy the figures draw keeps every trial's number, the valid trials' values and params, and no
+    # attribute but a well-formed baseline name; the trial with invalid params is left out and counted.
+    assert [t.number for t in drawn.trials] == [t.number for t in study.trials]
+    complete = drawn.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert left_out == 1 and len(complete) == 5 and all(t.value is not None and t.value < 1e6 for t in complete)
+    assert all(set(t.user_attrs) <= {"baseline"} for t in complete) and "baseline" not in complete[-1].user_attrs
+    document, _ = report.build(storage, url)
+    # So the page (hover text included) holds none of that text, and says what it left out.
+    assert "evil.example" not in document and "<b>tf-default" not in document
+    assert "1 complete trial(s) left out of the figures" in document

@@ -203,6 +203,9 @@ MALFORMED = [
     ("baseline-wrong-type", VALID.replace("inter_op = 1", 'inter_op = "1"'), 2, "baselines.b.inter_op"),
     ("baseline-missing-knob", VALID.replace("inter_op = 1\n", ""), 2, "baselines.b"),
     ("baseline-unknown-knob", VALID + "threads = 2\n", 2, "baselines.b.threads"),
+    # A baseline's name is printed and stored as a candidate's name: letters, digits and . _ + - only.
+    ("baseline-name-shell", VALID.replace("[baselines.b]", '[baselines."b; rm"]'), 2, "baselines.b; rm"),
+    ("baseline-name-too-long", VALID.replace("[baselines.b]", f"[baselines.{'b' * 59}]"), 2, "baselines." + "b" * 59),
     # A choice that the knob's own validator refuses is caught on the knob, before any baseline uses it.
     ("env-choice-invalid", AFFINITY + '[baselines.b]\nKMP_AFFINITY = "$(x)"\n', 2, "knobs.KMP_AFFINITY"),
 ]  # fmt: skip

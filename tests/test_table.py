@@ -203,3 +203,13 @@ def test_csv_has_numeric_columns_and_empty_missing_values() -> None:
     stand_in = parsed[parsed["model"] == "mobilenet_v2"].iloc[0]
     assert stand_in["heuristic images/sec"] == pytest.approx(64.0)
     assert stand_in["heuristic measured as"] == "heuristic-nhwc" and "(NHWC)" in stand_in["note"]
+
+
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_quoted() -> None:
+    frame = pd.DataFrame([{"CPU": '=HYPERLINK("http://x")', "note": "@SUM(A1)", "ratio": "-", "low": "-0.5"}])
+    parsed = pd.read_csv(io.StringIO(table.render(frame, [], "csv")), dtype=str)
+    # Stored text from another machine opens as text: "=", "+", "-", "@" first gets a leading quote ...
+    assert parsed["CPU"][0] == '\'=HYPERLINK("http://x")' and parsed["note"][0] == "'@SUM(A1)"
+    assert parsed["ratio"][0] == "'-"
+    # ... while a figure stays a figure.
+    assert parsed["low"][0] == "-0.5"

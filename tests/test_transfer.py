@@ -61,7 +61,6 @@ def poison(study: dict[str, Any]) -> None:
     meta["probe"]["framework_version"] = EVIL
     meta["runtime_note"] = EVIL
     verdict["text"] = EVIL
-    verdict["recommended"] = EVIL
     verdict["measured"] = "2099-01-01T00:00:00+00:00"  # later than any genuine verdict
 
 
@@ -88,6 +87,10 @@ def test_crafted_strings_never_become_statements(tmp_path: Path, capsys: pytest.
     assert names <= {"TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS"}
     # No control character or escape code survives into the output.
     assert "\x1b" not in shell and "\r" not in shell and "\u2028" not in shell
+    # Pasted into an interactive zsh, where "#" starts no comment, a comment line runs as a command: the
+    # stored text in it holds nothing a shell acts on (separators, substitutions, quotes, globs).
+    provenance = [line for line in shell.splitlines() if "tuner-pwned" in line]
+    assert provenance and all(not set(";|&$`'\"<>*?(){}") & set(line) for line in provenance)
     capsys.readouterr()
     assert main(["recommend", *TINY, "--format", "python", "--storage", target]) == 0
     python = capsys.readouterr().out
@@ -106,6 +109,21 @@ def test_crafted_strings_never_become_statements(tmp_path: Path, capsys: pytest.
     shown = capsys.readouterr().out
     # show prints the crafted strings as plain text on their own row: no escape code reaches the terminal.
     assert "\x1b" not in shown and "\r" not in shown and "tuner-pwned" in shown
+
+
+def test_a_verdict_recommending_a_crafted_name_is_refused_on_import(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = exported(tmp_path, f"sqlite:///{tmp_path / 'source.db'}")
+    data["studies"][0]["user_attrs"]["verdict"]["recommended"] = EVIL
+    target = f"sqlite:///{tmp_path / 'target.db'}"
+    # The recommended candidate's name is logged by tuner exec and benchmark and keyed on by the table: it
+    # must be a baseline's name or "trial N". The study is refused whole, in one line, and nothing is stored.
+    assert main(["import", str(write(tmp_path, data)), "--storage", target]) == 1
+    err = capsys.readouterr().err
+    assert "not a candidate name" in err and "\x1b" not in err
+    assert main(["show", "--storage", target]) == 0
+    assert "no tuner studies" in capsys.readouterr().out
 
 
 def test_an_encoding_declaration_in_stored_text_cannot_turn_a_comment_into_code(

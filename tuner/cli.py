@@ -40,7 +40,7 @@ from tuner.runner import Runner, SubprocessRunner
 from tuner.runtime import GPU_RUNTIME, check_knobs, cpu_names, for_device
 from tuner.runtime import load as load_runtime
 from tuner.runtime import names as runtime_names
-from tuner.sanitize import one_line
+from tuner.sanitize import one_line, printable
 from tuner.settings import Settings
 from tuner.signature import cpu_signature
 from tuner.space import load as load_space
@@ -66,12 +66,18 @@ def parse_duration(text: str) -> float:
     return float(total)
 
 
+# Log, warning and result lines may quote stored text (a shared study's names, a verdict, a worker's reason):
+# each is printed through ``printable``, so no stored escape sequence reaches the terminal.
 def _log(line: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+    print(f"[{time.strftime('%H:%M:%S')}] {printable(line)}", file=sys.stderr, flush=True)
 
 
 def _warn(line: str) -> None:
-    print(f"tuner: warning: {line}", file=sys.stderr, flush=True)
+    print(f"tuner: warning: {printable(line)}", file=sys.stderr, flush=True)
+
+
+def _out(line: str) -> None:
+    print(printable(line), flush=True)
 
 
 def _tagged(tag: str) -> Callable[[str], None]:
@@ -177,7 +183,7 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
         caps = Capabilities.from_probe(ready.facts)
     job = BenchmarkJob(storage, cpu_signature(), runtime, space, runner, caps, counts, modes, model, batch, policy,
                        args.settings, args.device, replicas, visible, log=_log,
-                       out=_log if args.format == "json" else print,
+                       out=_log if args.format == "json" else _out,
                        objective=args.objective, unavailable=unavailable)  # fmt: skip
     try:
         job.run()
@@ -289,7 +295,7 @@ def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
     _write_table(args, storage)
     print(f"figures of every study: tuner report --storage {redact(args.storage)}")
     for note in job.notes:
-        print(f"note: {note}")
+        print(f"note: {printable(note)}")
     if job.failures:
         raise TunerError(f"{len(job.failures)} part(s) of the job failed; first: {job.failures[0]}")
     return 0
@@ -363,7 +369,7 @@ def cmd_exec(args: argparse.Namespace, runner: Runner | None = None) -> int:
             exact = [r for r in found if r.cores == cores and not r.borrowed]
             if not exact:
                 raise TunerError(f"no confirmed verdict for {cores_text(cores)} of this CPU")
-            settings, source = exact[0].settings, f"{exact[0].recommended}, {exact[0].source()}"
+            settings, source = exact[0].settings, f"{one_line(exact[0].recommended, 60)}, {exact[0].source()}"
         except TunerError as error:
             source = f"TensorFlow's defaults: {one_line(error, 200)}"
     groups = partition(core_set(cores), settings.instances)

@@ -22,7 +22,7 @@ from tuner.cost import CostModel
 from tuner.measurement import Measurement
 from tuner.objective import OBJECTIVES, Objective, latency_ms, quantile
 from tuner.policy import MeasurementPolicy
-from tuner.records import ConfirmationRun, StoredConfirmation, utc_now
+from tuner.records import ConfirmationRun, StoredConfirmation, baseline_name, utc_now
 from tuner.runner import Runner, TrialSpec
 from tuner.settings import Settings
 from tuner.workload import Workload
@@ -245,8 +245,8 @@ def pick_candidates(
     chosen: dict[str, Candidate] = {}
     ranked = sorted(trials, key=lambda t: -(t.value or 0.0))
     for trial in ranked:
-        if "baseline" in trial.user_attrs:
-            name = trial.user_attrs["baseline"]
+        name = baseline_name(trial.user_attrs)
+        if name is not None:
             chosen.setdefault(name, Candidate(name, Settings.from_params(trial.params)))
     labels = {label(c.settings.params()) for c in chosen.values()}
     for trial in ranked:

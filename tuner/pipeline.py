@@ -72,7 +72,7 @@ from tuner.plan import Prepared, StudyOptions, Yardstick, check_model, prepare, 
 from tuner.policy import BURST, CONFIRM, MeasurementPolicy
 from tuner.probe import fixed_knobs
 from tuner.progress import Bar
-from tuner.records import StoredConfirmation, StoredVerdict
+from tuner.records import StoredConfirmation, StoredVerdict, baseline_name
 from tuner.runner import Runner, SubprocessRunner
 from tuner.runtime import GPU_RUNTIME, MANIFEST, Runtime
 from tuner.runtime import load as load_runtime
@@ -143,7 +143,7 @@ def tuned_settings(study: optuna.Study) -> Settings | None:
     sampled = [
         t
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if "baseline" not in t.user_attrs
+        if baseline_name(t.user_attrs) is None
     ]
     top = max(sampled, key=lambda t: t.value or 0.0, default=None)
     return None if top is None else Settings.from_params(top.params)
@@ -284,7 +284,7 @@ class Job:
             len(opened.baselines.runnable),
             opened.distinct_settings(),
             complete=len(trials),
-            measured_baselines=sum("baseline" in t.user_attrs for t in trials),
+            measured_baselines=sum(baseline_name(t.user_attrs) is not None for t in trials),
             kept=self._complete(config.name),
         )
 

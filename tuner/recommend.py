@@ -25,7 +25,7 @@ from tuner.errors import InvalidSettings, TunerError, UsageError, check_choice
 from tuner.launch import shell_lines
 from tuner.layout import paint, shorten, wrap
 from tuner.records import MalformedRecord, StoredVerdict, StudyMeta
-from tuner.sanitize import one_line
+from tuner.sanitize import one_line, shell_comment
 from tuner.settings import DATA_FORMATS, Settings
 from tuner.signature import CpuSignature
 from tuner.topology import core_set, cores_text, partition
@@ -309,16 +309,17 @@ def _text(r: Recommendation, colour: bool = False) -> list[str]:
     return lines
 
 
-def _provenance(r: Recommendation) -> list[str]:
-    """Comment lines: each stored string made one printable line, so none can end the comment."""
+def _provenance(r: Recommendation, clean: Callable[[Any], str] = one_line) -> list[str]:
+    """Comment lines: each stored string made one printable line, so none can end the comment (``clean``:
+    ``shell_comment`` for shell output, where a pasted line may not be a comment at all)."""
     return [
         "# "
-        + one_line(
+        + clean(
             f"tuner recommend: {r.model} {r.mode}, objective {r.objective}, {r.runtime} "
             f"(TensorFlow {r.framework_version})"
         ),
-        "# " + r.source(),
-        "# " + one_line(f"verdict ({r.measured}): {r.verdict}"),
+        "# " + clean(r.source()),
+        "# " + clean(f"verdict ({r.measured}): {r.verdict}"),
     ]
 
 
@@ -354,7 +355,7 @@ def _launch_function(r: Recommendation, env: dict[str, str | None]) -> list[str]
 
 
 def _shell(r: Recommendation) -> str:
-    lines = _provenance(r)
+    lines = _provenance(r, shell_comment)
     lines.append("# " + launch_summary(r.settings, r.cores))
     env = environment(r.settings, strict=False)
     missing = allocator_note(r.settings)

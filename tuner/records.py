@@ -12,7 +12,8 @@ its readers, never fatal for the rest of the storage.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypedDict, cast
@@ -34,6 +35,10 @@ MAX_DEPTH = 12  # nesting of any stored attribute (a verdict's rates are 4 deep)
 MAX_TEXT = 4096  # characters in any one stored string
 MAX_ITEMS = 200_000  # entries in any one list or mapping
 MODES = ("train", "infer")
+# A candidate's name: a baseline of a search space (tuner/space.py checks them on load) or "trial N". Stored
+# names are printed, logged and keyed on; a shared study's names must be these and nothing else.
+NAME = re.compile(r"trial [0-9]{1,9}|[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+MAX_STEPS = 100_000  # warm-up or timed steps of one stored confirmation run: a run is sized from them
 
 
 class MalformedRecord(TunerError):
@@ -213,6 +218,10 @@ class StoredVerdict:
         if not isinstance(params, Mapping):
             raise MalformedRecord(f"{where}.params: must be an object")
         settings = _settings(data.get("recommended_params"), f"{where}.recommended_params")
+        _names([data.get("recommended")] + ([data["winner"]] if data.get("winner") is not None else []), where)
+        for key in ("params", "images_per_sec", "score", "latency_ms", "speedup_vs_each"):
+            if isinstance(data.get(key), Mapping):
+                _names(data[key], f"{where}.{key}")
         return cls(
             recommended=_get(data, "recommended", str, where),
             settings=settings,
@@ -237,6 +246,7 @@ def _rates(value: Any, where: str) -> dict[str, list[list[float]]]:
     """Per-step rates by candidate, round by round: names to lists of lists of positive numbers."""
     if not isinstance(value, Mapping):
         raise MalformedRecord(f"{where}: must be an object")
+    _names(value, where)
     for name, runs in value.items():
         if not isinstance(runs, list) or not all(
             isinstance(run, list) and all(_positive(rate) for rate in run) for run in runs
@@ -269,7 +279,9 @@ class ConfirmationRun:
             measurement = Measurement.from_dict(dict(measured))
         except (KeyError, TypeError, ValueError) as error:
             raise MalformedRecord(f"{where}.measurement: {one_line(error, 200)}") from None
-        return cls(round_, _get(data, "candidate", str, where), measurement)
+        candidate = _get(data, "candidate", str, where)
+        _names([candidate], f"{where}.candidate")
+        return cls(round_, candidate, measurement)
 
     def to_dict(self) -> dict[str, object]:
         return {"round": self.round, "candidate": self.candidate, "measurement": self.measurement.to_dict()}
@@ -294,12 +306,15 @@ class StoredConfirmation:
             raise MalformedRecord(f"{where}: must be an object")
         check_shape(data, where)
         candidates = data.get("candidates") or []
-        if not isinstance(candidates, list) or not all(isinstance(name, str) for name in candidates):
+        if not isinstance(candidates, list):
             raise MalformedRecord(f"{where}.candidates: must be a list of names")
+        _names(candidates, f"{where}.candidates")
         policy = _get(data, "policy", Mapping, where, optional=True)
         if policy is not None:
             for key in ("warmup", "timed"):
-                _get(policy, key, int, f"{where}.policy")
+                steps = _get(policy, key, int, f"{where}.policy")
+                if isinstance(steps, bool) or not 0 <= steps <= MAX_STEPS:
+                    raise MalformedRecord(f"{where}.policy.{key}: {steps!r} is not a step count from 0 to {MAX_STEPS}")
         runs = data.get("runs") or []
         if not isinstance(runs, list):
             raise MalformedRecord(f"{where}.runs: must be a list")
@@ -334,6 +349,7 @@ class StoredRunnable:
         baselines = data.get("baselines") or {}
         if not isinstance(baselines, Mapping) or not all(isinstance(note, str) for note in baselines.values()):
             raise MalformedRecord(f"{where}.baselines: must map names to strings")
+        _names(baselines, f"{where}.baselines")
         capabilities = data.get("capabilities") or {}
         if not isinstance(capabilities, Mapping):
             raise MalformedRecord(f"{where}.capabilities: must be an object")
@@ -486,6 +502,24 @@ def tuner_studies(storage: Any, warn: Callable[[str], None]) -> list[Any]:
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_name(value: Any) -> bool:
+    """Whether ``value`` is a candidate's name (``NAME``)."""
+    return isinstance(value, str) and NAME.fullmatch(value) is not None
+
+
+def baseline_name(attrs: Mapping[str, Any]) -> str | None:
+    """A trial's ``baseline`` attribute if it is a well-formed name; otherwise (absent, or written by someone
+    else as anything else) None: the trial counts as a sampled one."""
+    value = attrs.get("baseline")
+    return value if is_name(value) else None
+
+
+def _names(names: Iterable[Any], where: str) -> None:
+    bad = next((name for name in names if not is_name(name)), None)
+    if bad is not None:
+        raise MalformedRecord(f"{where}: {one_line(repr(bad), 60)} is not a candidate name (a baseline or 'trial N')")
 
 
 def _numbers(value: Any, where: str) -> None:

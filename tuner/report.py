@@ -26,8 +26,9 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner import __version__, benchmark, table
 from tuner.confirm import DEFAULT, HEURISTIC, TUNED
 from tuner.disturbance import describe_study, study_figures
-from tuner.errors import TunerError
-from tuner.records import BenchmarkRecord, StoredVerdict, StudyMeta, tuner_studies
+from tuner.errors import InvalidSettings, TunerError
+from tuner.records import BenchmarkRecord, StoredVerdict, StudyMeta, baseline_name, tuner_studies
+from tuner.settings import Settings
 from tuner.topology import cores_text
 
 LABELS = (DEFAULT, HEURISTIC, TUNED)
@@ -55,6 +56,32 @@ def _trials_noise(complete: Sequence[FrozenTrial]) -> str:
 
 
 # -- figures ------------------------------------------------------------------------------------------
+
+
+def plotted(study: optuna.Study) -> tuple[optuna.Study, int]:
+    """What a study's figures draw: an in-memory copy that keeps each trial's number and each complete
+    trial's value, its params where ``Settings`` validates them, and a well-formed baseline name, nothing else.
+    Optuna's figures put every attribute a trial holds into their hover text, and a shared or imported
+    study's attributes (hosts, stderr tails, names) are anyone's text. Returns the copy and how many complete
+    trials were left out because no knob validates their params."""
+    copy = optuna.create_study(direction=study.direction)  # in memory
+    left_out = 0
+    for t in study.get_trials(deepcopy=False):
+        kept = None
+        if t.state == TrialState.COMPLETE and t.value is not None:
+            try:
+                Settings.from_params(t.params)
+                name = baseline_name(t.user_attrs)
+                kept = optuna.trial.create_trial(
+                    params=dict(t.params),
+                    distributions=dict(t.distributions),
+                    value=float(t.value),
+                    user_attrs={"baseline": name} if name else {},
+                )
+            except (InvalidSettings, ValueError, TypeError):
+                left_out += 1
+        copy.add_trial(kept or optuna.trial.create_trial(state=TrialState.FAIL))  # keeps the numbering
+    return copy, left_out
 
 
 def _title(fig: go.Figure, title: str, noise: str, x: str, y: str) -> go.Figure:
@@ -301,13 +328,19 @@ def _study_section(page: Page, study: optuna.Study, meta: StudyMeta) -> None:
     if not complete:
         page.sentence("No complete trial yet: nothing to plot for this study.")
         return
-    searched = _searched(complete)
     noise = _trials_noise(complete)
-    page.figure(history(study, complete, noise))
-    page.figure(importances(study, complete, searched, noise))
+    drawn, left_out = plotted(study)
+    if left_out:
+        page.sentence(f"{left_out} complete trial(s) left out of the figures: their params are not valid settings.")
+    complete = drawn.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return
+    searched = _searched(complete)
+    page.figure(history(drawn, complete, noise))
+    page.figure(importances(drawn, complete, searched, noise))
     page.figure(heatmap(complete, noise))
     if "KMP_BLOCKTIME" in searched:
-        page.figure(blocktime(study, noise))
+        page.figure(blocktime(drawn, noise))
 
 
 CSS = """

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from tuner.capability import BaselinePlan, Capabilities
 from tuner.errors import TunerError, WorkerBadOutput, WorkerCrashed, WorkerExited, WorkerOutOfMemory, WorkerTimeout
 from tuner.owner import fail_orphans
-from tuner.records import StoredRunnable
+from tuner.records import StoredRunnable, baseline_name
 from tuner.topology import cpu_quota, quota_warning
 from tuner.topology import notes as topology_notes
 
@@ -96,7 +96,7 @@ def warn_limits(cores: tuple[int, ...], progress: Progress) -> None:
 def queue_baselines(study: optuna.Study, runnable: Mapping[str, Mapping[str, Any]]) -> None:
     """Queue each baseline that has no complete, queued or running trial yet, in order: measured first."""
     queued = {
-        t.user_attrs.get("baseline")
+        baseline_name(t.user_attrs)
         for t in study.get_trials(deepcopy=False)
         if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
     }
@@ -114,9 +114,9 @@ def baselines_done(study: optuna.Study, names: Collection[str]) -> bool:
 def baselines_pending(study: optuna.Study, names: Collection[str]) -> list[str]:
     """The baselines in ``names`` (in their order) that ``baselines_done`` still waits for."""
     trials = study.get_trials(deepcopy=False)
-    pending = {t.user_attrs.get("baseline") for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
+    pending = {baseline_name(t.user_attrs) for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
     done = {
-        t.user_attrs.get("baseline")
+        baseline_name(t.user_attrs)
         for t in trials
         if t.state == TrialState.COMPLETE
         or (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") in DONE_FAILURES)

@@ -29,3 +29,21 @@ def one_line(value: Any, limit: int = MAX_CHARS) -> str:
     text = "".join(" " if _unsafe(char) else char for char in text)
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def printable(value: Any) -> str:
+    """``value`` with terminal escape sequences and control characters made spaces, its lines kept: for
+    log lines, whose spacing and length are the tool's own but which may quote stored text."""
+    lines = _ESCAPE.sub(" ", str(value)).split("\n")
+    return "\n".join("".join(" " if _unsafe(char) else char for char in line) for line in lines)
+
+
+_PARENS = str.maketrans("()", "[]")
+_SHELL_SAFE = re.compile(r"[^A-Za-z0-9 .,:/@%+=_\[\]-]")
+
+
+def shell_comment(value: Any, limit: int = MAX_CHARS) -> str:
+    """``value`` as one line safe after ``# `` even where ``#`` starts no comment (interactive zsh without
+    INTERACTIVE_COMMENTS runs a pasted comment line as a command): parentheses become brackets and every
+    character that the shell could act on (``; | & $ ` ' " < > * ? ! ~ { }``, non-ASCII) becomes ``_``."""
+    return _SHELL_SAFE.sub("_", one_line(value, limit).translate(_PARENS))

@@ -40,7 +40,7 @@ from tuner.objective import OBJECTIVES, Objective
 from tuner.owner import fail_orphans
 from tuner.owner import identity as owner_identity
 from tuner.policy import BURST, CONFIRM, MeasurementPolicy
-from tuner.records import utc_now
+from tuner.records import baseline_name, utc_now
 from tuner.resume import WORKER_FAILURES, Progress, baselines_pending, open_study
 from tuner.runner import Runner, TrialSpec
 from tuner.settings import Settings
@@ -231,7 +231,7 @@ class StudyRun:
 
     def sampled(self) -> list[FrozenTrial]:
         """Complete trials of settings the sampler proposed (not baselines)."""
-        return [t for t in self.measured() if "baseline" not in t.user_attrs]
+        return [t for t in self.measured() if baseline_name(t.user_attrs) is None]
 
     def known(self) -> dict[str, int]:
         """Settings measured, by label (settings that run alike share one), to the trial that measured them."""
@@ -291,7 +291,7 @@ class StudyRun:
 
     def _skip(self, trial: optuna.Trial, params: dict[str, Any]) -> tuple[str, str] | None:
         """Why this proposal is not measured (the stored skip reason, the pruned message), or None."""
-        if trial.user_attrs.get("baseline") is None:  # a baseline is measured even where it repeats a setting
+        if baseline_name(trial.user_attrs) is None:  # a baseline is measured even where it repeats a setting
             seen = self.known().get(self.caps.label(params))
             failed = self.failing().get(self.caps.label(params))
             for reason, number in (("duplicate of", seen), ("known to fail, as", failed)):
@@ -317,7 +317,7 @@ class StudyRun:
         if skip is not None:
             trial.set_user_attr("skip_reason", skip[0])
             raise optuna.TrialPruned(skip[1])
-        baseline = trial.user_attrs.get("baseline")
+        baseline = baseline_name(trial.user_attrs)
 
         spec = TrialSpec(settings, self.config.workload, self.config.cores, self.config.policy)
 
@@ -434,7 +434,7 @@ class StudyRun:
         search ranked best (``forecast.FEW_CONFIRMED`` in all with `tuner run`'s one sampled candidate)."""
         value: dict[str, float] = {}
         for t in self.measured():
-            name = t.user_attrs.get("baseline") or f"trial {t.number}"
+            name = baseline_name(t.user_attrs) or f"trial {t.number}"
             value[name] = max(value.get(name, 0.0), t.value or 0.0)
         heuristic = self.baselines.stand_ins.get(HEURISTIC, HEURISTIC)
         kept = [c for c in every if c.name in (DEFAULT, heuristic) or c.name.startswith("trial ")]
@@ -501,7 +501,7 @@ class StudyRun:
 
 def outcome(trial: FrozenTrial, goal: Objective = OBJECTIVES["throughput"]) -> str:
     """What one finished trial measured, or why it failed or was skipped, as a progress line says it."""
-    label = trial.user_attrs.get("baseline") or Settings.from_params(trial.params).label()
+    label = baseline_name(trial.user_attrs) or Settings.from_params(trial.params).label()
     if trial.state == TrialState.COMPLETE:
         m = Measurement.from_dict(trial.user_attrs["measurement"])
         value = goal.describe(goal.score(m.rates), m.batch_size)

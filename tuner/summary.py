@@ -22,7 +22,15 @@ from tuner.errors import InvalidSettings
 from tuner.layout import columns, wrap
 from tuner.measurement import Measurement, pooled_loop_rate
 from tuner.objective import OBJECTIVES
-from tuner.records import MalformedRecord, StoredConfirmation, StoredRunnable, StoredVerdict, StudyMeta, tuner_studies
+from tuner.records import (
+    MalformedRecord,
+    StoredConfirmation,
+    StoredRunnable,
+    StoredVerdict,
+    StudyMeta,
+    baseline_name,
+    tuner_studies,
+)
 from tuner.sanitize import one_line
 from tuner.settings import Settings
 from tuner.topology import cores_text
@@ -177,9 +185,9 @@ def summarize_study(study: optuna.Study) -> StudySummary:
             loop_images_per_sec=_trial_loop_rate(best),
             params=dict(best.params),
         ),
-        search_baselines={t.user_attrs["baseline"]: t.value for t in complete if "baseline" in t.user_attrs},
+        search_baselines={name: t.value for t in complete if (name := baseline_name(t.user_attrs))},
         search_loop_images_per_sec={
-            t.user_attrs["baseline"]: _trial_loop_rate(t) for t in complete if "baseline" in t.user_attrs
+            name: _trial_loop_rate(t) for t in complete if (name := baseline_name(t.user_attrs))
         },
         importances=attrs.get("importances"),  # checked by tuner_studies: numbers, or {"error": text}
         inert_knobs=list(meta.inert_knobs),

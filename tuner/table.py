@@ -17,6 +17,7 @@ their headers say so.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ from tuner.settings import Settings
 from tuner.topology import cores_text
 
 FORMATS = ("markdown", "csv", "html", "json")
+_NUMBER = re.compile(r"[-+]?[0-9][0-9.,]*(e[-+]?[0-9]+)?x?")  # -0.5, +1.2e3, 1.03x: a figure, not a formula
 EMPTY = "no benchmark results stored yet (run: tuner run, or tuner benchmark)"
 HEURISTIC_NHWC = f"{HEURISTIC}-nhwc"  # the heuristic's runnable part where NCHW cannot run (tuner/capability.py)
 MODE_NAMES = {"train": "train", "infer": "infer"}
@@ -319,6 +321,14 @@ def check_format(fmt: str) -> None:
     check_choice("--format", fmt, FORMATS)
 
 
+def _csv_cell(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@`` first, not a number)
+    gets a leading ``'``: stored text from another machine is data, never a formula."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@") and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
 def render(frame: pd.DataFrame, notes: Sequence[str], fmt: str, wide: bool = False) -> str:
     """``frame`` as csv or json (the data, every column), html (every column) or markdown (the essential
     columns within ``layout.WIDTH``, or with ``wide`` every column), with the notes under it."""
@@ -327,7 +337,7 @@ def render(frame: pd.DataFrame, notes: Sequence[str], fmt: str, wide: bool = Fal
     frame = frame.map(lambda value: one_line(value, 500) if isinstance(value, str) else value)
     notes = [one_line(note, 500) for note in notes]
     if fmt == "csv":
-        return str(frame.to_csv(index=False)).rstrip("\n")
+        return str(frame.map(_csv_cell).to_csv(index=False)).rstrip("\n")
     if fmt == "json":
         return json.dumps({"rows": records_of(frame), "notes": notes}, indent=2)
     if frame.empty:
