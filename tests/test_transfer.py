@@ -19,6 +19,7 @@ from tests.helpers import make_config
 from tuner import benchmark, interrupt, recommend, transfer
 from tuner.benchmark import Target, make_record
 from tuner.cli import main
+from tuner.errors import TunerError
 from tuner.measurement import Measurement
 from tuner.replay import ReplayRunner
 from tuner.runner import TrialSpec
@@ -163,6 +164,19 @@ def test_imported_verdict_does_not_replace_this_machines_own(
     (other,) = recommend.recommend(storage, SIGNATURE, cores=2, mode="infer", model="tiny", prefer_imported=True)
     # Asked for, the imported one is used, and it says so.
     assert other.settings.intra_op == 1 and "IMPORTED from" in other.source()
+
+
+def test_an_imported_study_is_never_resumed_as_this_machines_own(tmp_path: Path) -> None:
+    data = exported(tmp_path, f"sqlite:///{tmp_path / 'source.db'}")
+    target = f"sqlite:///{tmp_path / 'target.db'}"
+    assert main(["import", str(write(tmp_path, data)), "--storage", target]) == 0
+    before = len(optuna.load_study(study_name=data["studies"][0]["name"], storage=target).trials)
+    # The same CPU, model and settings name the study as the imported one: tuning here would resume it, mix
+    # its trials (measured elsewhere) with this machine's and benchmark its verdict as if measured here. It is
+    # refused with one line saying why and what to do, and the imported study is left as it was.
+    with pytest.raises(TunerError, match=r"was imported \(from .*crafted\.json\).*another --storage"):
+        tuned(target)
+    assert len(optuna.load_study(study_name=data["studies"][0]["name"], storage=target).trials) == before
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from tuner.capability import BaselinePlan, Capabilities
 from tuner.errors import TunerError, WorkerBadOutput, WorkerCrashed, WorkerExited, WorkerOutOfMemory, WorkerTimeout
 from tuner.owner import fail_orphans
 from tuner.records import StoredRunnable, baseline_name
+from tuner.sanitize import one_line
 from tuner.topology import cpu_quota, quota_warning
 from tuner.topology import notes as topology_notes
 
@@ -46,6 +47,13 @@ def open_study(
     """Make ``study`` ready to search: its metadata stored (new) or checked (resumed), what can run here
     stored and said, warnings said, orphaned trials failed and the missing baselines queued."""
     meta = config.metadata()
+    imported = study.user_attrs.get("imported")
+    if imported is not None:
+        source = one_line(imported.get("file", "a file") if isinstance(imported, Mapping) else imported, 80)
+        raise TunerError(
+            f"study {config.name} was imported (from {source}): its trials and verdict were measured elsewhere, "
+            "and tuning it here would mix them with this machine's; tune into another --storage"
+        )
     if "tuner" not in study.user_attrs:
         study.set_user_attr("tuner", meta)
     else:
@@ -64,13 +72,13 @@ def check_comparable(name: str, stored: Any, meta: Mapping[str, Any]) -> None:
     if stored.get("space_hash") != meta["space_hash"]:
         raise TunerError(
             f"study {name} was made with another version of search space "
-            f"{meta['space']} (hash {stored.get('space_hash')}, now {meta['space_hash']}); "
+            f"{meta['space']} (hash {one_line(stored.get('space_hash'), 20)}, now {meta['space_hash']}); "
             "use a new --storage or restore the space file"
         )
     for key in COMPARED:
         if stored.get(key) != meta[key]:
             raise TunerError(
-                f"study {name} was measured with {key} {stored.get(key)}, not "
+                f"study {name} was measured with {key} {one_line(stored.get(key), 80)}, not "
                 f"{meta[key]}: its trials would not be comparable; use a new --storage"
             )
 
