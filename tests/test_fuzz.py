@@ -8,6 +8,7 @@ strings as random text. A generated input may happen to be valid: then the comma
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -178,3 +179,54 @@ def test_fuzzed_settings_strings(tmp_path: Path, text: str, capsys: pytest.Captu
     argv = ["benchmark", "--model", "tiny", "--cores", "1", "--mode", "infer", "--timed", "1", "--warmup", "0"]
     code = main([*argv, "--settings", text, "--storage", f"sqlite:///{db}"], runner=ReplayRunner(never_measures))
     one_line_or_success(code, capsys.readouterr().err)
+
+
+TRIAL_ATTRS = ["measurement", "trial_seconds", "disturbance", "disturbed_attempts", "baseline", "owner",
+               "fail_reason", "fail_message", "skip_reason", "pruned", "stderr_tail", "attempts"]  # fmt: skip
+attrs = st.dictionaries(st.sampled_from(TRIAL_ATTRS) | odd_text, values, max_size=5)
+
+
+@pytest.fixture(scope="module")
+def tuned_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("shared") / "genuine.db"
+    runner = ReplayRunner(never_measures)
+    args = ["tune", "--model", "tiny", "--cores", "1", "--mode", "infer", "--trials", "4", "--budget", "none"]
+    assert main([*args, "--storage", f"sqlite:///{path}"], runner=runner) == 0
+    return path
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(complete=attrs, failed=attrs)
+def test_a_shared_study_with_fuzzed_trial_attributes_breaks_no_reader(
+    tuned_db: Path, tmp_path: Path, complete: dict[str, Any], failed: dict[str, Any]
+) -> None:
+    import shutil
+
+    import optuna
+
+    path = tmp_path / "shared.db"
+    shutil.copy(tuned_db, path)
+    url = f"sqlite:///{path}"
+    study = optuna.load_study(study_name=optuna.get_all_study_names(url)[0], storage=url)
+    genuine = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))[0]
+    # Another worker on a shared PostgreSQL study writes trials whose attributes are anything at all.
+    kinds = ((optuna.trial.TrialState.COMPLETE, complete), (optuna.trial.TrialState.FAIL, failed))
+    for state, written in kinds:
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=state,
+                params=genuine.params,
+                distributions=genuine.distributions,
+                value=genuine.value if state == optuna.trial.TrialState.COMPLETE else None,
+                user_attrs=written,
+            )
+        )
+    # Readers skip what they cannot read in such a trial and show the genuine ones: show, its JSON, the
+    # report and recommend all work; a resumed tune searches on (its cost model, skips and orphan checks
+    # read every trial) and stores its new trials.
+    tune = ["tune", "--model", "tiny", "--cores", "1", "--mode", "infer", "--trials", "6", "--budget", "none"]
+    for command in (["show"], ["show", "--format", "json"], ["report", "--output", str(tmp_path / "r.html")],
+                    ["recommend", "--model", "tiny", "--cores", "1", "--mode", "infer"], tune):  # fmt: skip
+        with contextlib.redirect_stderr(io.StringIO()) as stream, contextlib.redirect_stdout(io.StringIO()):
+            code = main([*command, "--storage", url], runner=ReplayRunner(never_measures))
+        assert code == 0, (command, stream.getvalue()[-2000:])

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from optuna.trial import FrozenTrial
 
 from tuner.policy import MeasurementPolicy
+from tuner.records import trial_measurement, trial_seconds
 
 
 @dataclass(frozen=True)
@@ -22,11 +23,16 @@ class CostModel:
     @classmethod
     def from_trials(cls, trials: Sequence[FrozenTrial], policy: MeasurementPolicy) -> CostModel | None:
         """From complete trials that stored their wall time; None before any."""
-        timed = [t for t in trials if "trial_seconds" in t.user_attrs]
+        timed = [
+            (seconds, measured)
+            for t in trials
+            if (seconds := trial_seconds(t.user_attrs)) is not None
+            and (measured := trial_measurement(t.user_attrs)) is not None
+        ]
         if not timed:
             return None
-        wall = statistics.median(float(t.user_attrs["trial_seconds"]) for t in timed)
-        step = statistics.median(float(t.user_attrs["measurement"]["median_step_seconds"]) for t in timed)
+        wall = statistics.median(seconds for seconds, _ in timed)
+        step = statistics.median(measured.median_step_seconds for _, measured in timed)
         return cls(wall, step, policy)
 
     @classmethod

@@ -12,6 +12,7 @@ its readers, never fatal for the rest of the storage.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -514,6 +515,32 @@ def baseline_name(attrs: Mapping[str, Any]) -> str | None:
     else as anything else) None: the trial counts as a sampled one."""
     value = attrs.get("baseline")
     return value if is_name(value) else None
+
+
+def trial_measurement(attrs: Mapping[str, Any]) -> Measurement | None:
+    """A trial's ``measurement`` attribute, or None where it is absent or malformed: a shared study's trials
+    may hold anything, and every reader skips what this cannot read rather than fail on it."""
+    data = attrs.get("measurement")
+    if not isinstance(data, Mapping):
+        return None
+    try:
+        return Measurement.from_dict(dict(data))
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
+
+
+def trial_text(attrs: Mapping[str, Any], key: str) -> str | None:
+    """A trial's text attribute (``fail_reason``, ``skip_reason``, ...), or None where it is not text."""
+    value = attrs.get(key)
+    return value if isinstance(value, str) else None
+
+
+def trial_seconds(attrs: Mapping[str, Any]) -> float | None:
+    """A trial's wall time (``trial_seconds``), or None where it is not a finite, non-negative number."""
+    value = attrs.get("trial_seconds")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
 
 
 def _names(names: Iterable[Any], where: str) -> None:

@@ -27,7 +27,7 @@ from tuner import __version__, benchmark, table
 from tuner.confirm import DEFAULT, HEURISTIC, TUNED
 from tuner.disturbance import describe_study, study_figures
 from tuner.errors import InvalidSettings, TunerError
-from tuner.records import BenchmarkRecord, StoredVerdict, StudyMeta, baseline_name, tuner_studies
+from tuner.records import BenchmarkRecord, StoredVerdict, StudyMeta, baseline_name, trial_measurement, tuner_studies
 from tuner.settings import Settings
 from tuner.topology import cores_text
 
@@ -51,8 +51,8 @@ def _cv_text(cvs: Sequence[float], what: str, prefix: str = "noise: ") -> str:
 
 def _trials_noise(complete: Sequence[FrozenTrial]) -> str:
     """The noise line of a study's figures: the per-step CV its complete trials recorded."""
-    cvs = [t.user_attrs.get("measurement", {}).get("cv") for t in complete]
-    return _cv_text([float(cv) for cv in cvs if isinstance(cv, int | float)], "trials")
+    measured = [trial_measurement(t.user_attrs) for t in complete]
+    return _cv_text([m.cv for m in measured if m is not None], "trials")
 
 
 # -- figures ------------------------------------------------------------------------------------------

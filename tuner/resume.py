@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from tuner.capability import BaselinePlan, Capabilities
 from tuner.errors import TunerError, WorkerBadOutput, WorkerCrashed, WorkerExited, WorkerOutOfMemory, WorkerTimeout
 from tuner.owner import fail_orphans
-from tuner.records import StoredRunnable, baseline_name
+from tuner.records import StoredRunnable, baseline_name, trial_text
 from tuner.sanitize import one_line
 from tuner.topology import cpu_quota, quota_warning
 from tuner.topology import notes as topology_notes
@@ -127,7 +127,7 @@ def baselines_pending(study: optuna.Study, names: Collection[str]) -> list[str]:
         baseline_name(t.user_attrs)
         for t in trials
         if t.state == TrialState.COMPLETE
-        or (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") in DONE_FAILURES)
+        or (t.state == TrialState.FAIL and trial_text(t.user_attrs, "fail_reason") in DONE_FAILURES)
     }
     # An interrupted or orphaned baseline is not done: it is queued again and measured first.
     return [name for name in names if name not in done - pending]

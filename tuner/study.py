@@ -35,12 +35,11 @@ from tuner.confirm import (
 from tuner.cost import CostModel
 from tuner.disturbance import Disturbed
 from tuner.errors import Interrupted, Pruned, TunerError
-from tuner.measurement import Measurement
 from tuner.objective import OBJECTIVES, Objective
 from tuner.owner import fail_orphans
 from tuner.owner import identity as owner_identity
 from tuner.policy import BURST, CONFIRM, MeasurementPolicy
-from tuner.records import baseline_name, utc_now
+from tuner.records import baseline_name, trial_measurement, trial_text, utc_now
 from tuner.resume import WORKER_FAILURES, Progress, baselines_pending, open_study
 from tuner.runner import Runner, TrialSpec
 from tuner.settings import Settings
@@ -242,7 +241,7 @@ class StudyRun:
         return {
             self.caps.label(t.params): t.number
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            if t.user_attrs.get("fail_reason") in WORKER_FAILURES and t.params
+            if trial_text(t.user_attrs, "fail_reason") in WORKER_FAILURES and t.params
         }
 
     def baselines_done(self) -> bool:
@@ -502,14 +501,16 @@ class StudyRun:
 def outcome(trial: FrozenTrial, goal: Objective = OBJECTIVES["throughput"]) -> str:
     """What one finished trial measured, or why it failed or was skipped, as a progress line says it."""
     label = baseline_name(trial.user_attrs) or Settings.from_params(trial.params).label()
-    if trial.state == TrialState.COMPLETE:
-        m = Measurement.from_dict(trial.user_attrs["measurement"])
+    m = trial_measurement(trial.user_attrs)
+    if trial.state == TrialState.COMPLETE and m is not None:
         value = goal.describe(goal.score(m.rates), m.batch_size)
         return f"{label}: {value} (cv {m.cv:.1%}{', unstable' if m.unstable else ''})"
+    if trial.state == TrialState.COMPLETE:
+        return f"{label}: {trial.value} (no measurement stored)"
     if trial.state == TrialState.FAIL:
-        reason = trial.user_attrs.get("fail_reason", "error")
-        return f"{label}: FAILED ({reason}: {trial.user_attrs.get('fail_message', '')})"
-    return f"{label}: skipped ({trial.user_attrs.get('skip_reason', 'pruned')})"
+        reason = trial_text(trial.user_attrs, "fail_reason") or "error"
+        return f"{label}: FAILED ({reason}: {trial_text(trial.user_attrs, 'fail_message') or ''})"
+    return f"{label}: skipped ({trial_text(trial.user_attrs, 'skip_reason') or 'pruned'})"
 
 
 def compute_importances(study: optuna.Study, params: list[str], seed: int = 0) -> dict[str, float]:

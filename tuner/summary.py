@@ -29,6 +29,7 @@ from tuner.records import (
     StoredVerdict,
     StudyMeta,
     baseline_name,
+    trial_measurement,
     tuner_studies,
 )
 from tuner.sanitize import one_line
@@ -108,10 +109,10 @@ def _interval(value: Mapping[str, float] | None) -> dict[str, float] | None:
 
 
 def _trial_loop_rate(trial: optuna.trial.FrozenTrial) -> float | None:
-    try:
-        return Measurement.from_dict(trial.user_attrs["measurement"]).loop_images_per_sec
-    except (KeyError, TypeError, ValueError):
-        return None  # a trial stored before its raw steps were kept, or without them: no figure, not a guess
+    measured = trial_measurement(trial.user_attrs)
+    # A trial stored before its raw steps were kept, or without them (or a shared study's malformed one):
+    # no figure, not a guess.
+    return None if measured is None else measured.loop_images_per_sec
 
 
 def confirmed_loop_rates(verdict: StoredVerdict, confirmation: StoredConfirmation) -> dict[str, float] | None:
@@ -159,7 +160,8 @@ def summarize_study(study: optuna.Study) -> StudySummary:
     counts = Counter(t.state.name.lower() for t in trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = max(complete, key=lambda t: t.value or 0.0, default=None)
-    framework = next((t.user_attrs["measurement"]["facts"].get("framework_version") for t in complete), None)
+    measured = [m for t in complete if (m := trial_measurement(t.user_attrs)) is not None]
+    framework = next((m.facts.get("framework_version") for m in measured if m.facts.get("framework_version")), None)
     return StudySummary(
         name=study.study_name,
         model=meta.model,
