@@ -299,3 +299,15 @@ def test_instance_counts_that_would_span_sockets_are_taken_out() -> None:
         "2 instances cannot split these cores without one spanning two sockets",
     )
     assert unrunnable({"instances": 3}, caps) is None and unrunnable({}, caps) is None
+
+
+def test_every_stand_in_of_a_valid_baseline_name_is_a_candidate_name() -> None:
+    from tuner.capability import REPAIRS
+    from tuner.records import BASELINE_NAME, NAME, SUFFIX_ROOM
+
+    # A stand-in is its baseline's name plus "-" and a repair's suffix; a search space's names leave room
+    # for the longest suffix, so a stand-in of the longest valid name is still a name the stored records
+    # accept (else it would be queued again on every resume and never count as done).
+    longest = next(n for n in ("b" * k for k in range(80, 0, -1)) if BASELINE_NAME.fullmatch(n))
+    assert all(len(repair.suffix) + 1 <= SUFFIX_ROOM for repair in REPAIRS.values())
+    assert all(NAME.fullmatch(f"{longest}-{repair.suffix}") for repair in REPAIRS.values())

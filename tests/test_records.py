@@ -168,3 +168,21 @@ def test_a_trial_whose_baseline_attribute_is_not_a_name_counts_as_sampled() -> N
     assert baseline_name({"baseline": "tf-default\x1b[31m"}) is None
     assert baseline_name({"baseline": ["tf-default"]}) is None
     assert baseline_name({}) is None
+
+
+def test_trial_accessors_give_none_for_what_they_cannot_read() -> None:
+    from tuner.records import imported_from, trial_measurement, trial_seconds, trial_text
+
+    # Another worker's trial may hold anything: each accessor gives the value, or None, never an exception.
+    assert trial_seconds({"trial_seconds": 12.5}) == 12.5
+    assert trial_seconds({"trial_seconds": 10**400}) is None  # past float's range: OverflowError if unguarded
+    assert trial_seconds({"trial_seconds": True}) is None and trial_seconds({"trial_seconds": -1}) is None
+    assert trial_text({"fail_reason": ["exited"]}, "fail_reason") is None
+    assert trial_measurement({"measurement": None}) is None
+    assert trial_measurement({"measurement": {"batch_size": 32, "timed_seconds": "fast"}}) is None
+    assert trial_measurement({"measurement": MEASUREMENT.to_dict()}) == MEASUREMENT
+    # An imported study names its file (the name only, whatever the path's length); one cut short while
+    # importing counts as imported too; a study of this machine's own is not.
+    assert imported_from({"imported": {"file": "/" + "d" * 200 + "/crafted.json"}}) == "crafted.json"
+    assert imported_from({"tuner_importing": True}) == "a file (import not finished)"
+    assert imported_from({"tuner": {}}) is None

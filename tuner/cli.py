@@ -369,7 +369,7 @@ def cmd_exec(args: argparse.Namespace, runner: Runner | None = None) -> int:
             exact = [r for r in found if r.cores == cores and not r.borrowed]
             if not exact:
                 raise TunerError(f"no confirmed verdict for {cores_text(cores)} of this CPU")
-            settings, source = exact[0].settings, f"{one_line(exact[0].recommended, 60)}, {exact[0].source()}"
+            settings, source = exact[0].settings, f"{exact[0].recommended}, {exact[0].source()}"
         except TunerError as error:
             source = f"TensorFlow's defaults: {one_line(error, 200)}"
     groups = partition(core_set(cores), settings.instances)

@@ -24,7 +24,7 @@ from tuner.confirm import DEFAULT
 from tuner.errors import InvalidSettings, TunerError, UsageError, check_choice
 from tuner.launch import shell_lines
 from tuner.layout import paint, shorten, wrap
-from tuner.records import MalformedRecord, StoredVerdict, StudyMeta
+from tuner.records import MalformedRecord, StoredVerdict, StudyMeta, imported_from
 from tuner.sanitize import one_line, shell_comment
 from tuner.settings import DATA_FORMATS, Settings
 from tuner.signature import CpuSignature
@@ -165,8 +165,7 @@ def verdicts(storage: optuna.storages.BaseStorage, warn: Warn = lambda line: Non
         try:
             meta = StudyMeta.from_dict(attrs["tuner"])
             verdict = StoredVerdict.from_dict(attrs["verdict"])
-            imported = attrs.get("imported")
-            source = one_line(imported.get("file", "?"), 80) if isinstance(imported, dict) else None
+            source = imported_from(attrs)
         except MalformedRecord as error:
             warn(f"study {one_line(info.study_name, 80)} skipped: {one_line(error)}")
             continue

@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import PurePath
 from typing import Any, TypedDict, cast
 
 from tuner.errors import InvalidSettings, TunerError
@@ -38,7 +39,12 @@ MAX_ITEMS = 200_000  # entries in any one list or mapping
 MODES = ("train", "infer")
 # A candidate's name: a baseline of a search space (tuner/space.py checks them on load) or "trial N". Stored
 # names are printed, logged and keyed on; a shared study's names must be these and nothing else.
-NAME = re.compile(r"trial [0-9]{1,9}|[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+NAME_LENGTH = 64
+NAME = re.compile(rf"trial [0-9]{{1,9}}|[A-Za-z0-9][A-Za-z0-9_.+-]{{0,{NAME_LENGTH - 1}}}")
+# A stand-in is named after its baseline plus "-" and its repair's suffix (tuner/capability.py REPAIRS):
+# a search space's baseline names leave room for the longest, so every stand-in's name is a NAME too.
+SUFFIX_ROOM = len("-system-malloc")
+BASELINE_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.+-]{{0,{NAME_LENGTH - SUFFIX_ROOM - 1}}}")
 MAX_STEPS = 100_000  # warm-up or timed steps of one stored confirmation run: a run is sized from them
 
 
@@ -314,7 +320,7 @@ class StoredConfirmation:
         if policy is not None:
             for key in ("warmup", "timed"):
                 steps = _get(policy, key, int, f"{where}.policy")
-                if isinstance(steps, bool) or not 0 <= steps <= MAX_STEPS:
+                if not 0 <= steps <= MAX_STEPS:
                     raise MalformedRecord(f"{where}.policy.{key}: {steps!r} is not a step count from 0 to {MAX_STEPS}")
         runs = data.get("runs") or []
         if not isinstance(runs, list):
@@ -540,7 +546,21 @@ def trial_seconds(attrs: Mapping[str, Any]) -> float | None:
     value = attrs.get("trial_seconds")
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) and value >= 0 else None
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer past float's range
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def imported_from(attrs: Mapping[str, Any]) -> str | None:
+    """The file an imported study came from (its ``imported`` stamp), as one printable line; None when the
+    study was not imported. A study still being imported counts as imported, from an unknown file."""
+    stamp = attrs.get("imported")
+    if stamp is None:
+        return "a file (import not finished)" if attrs.get(IMPORTING) else None
+    source = stamp.get("file") if isinstance(stamp, Mapping) else None
+    return one_line(PurePath(source).name if isinstance(source, str) and source else "?", 80)
 
 
 def _names(names: Iterable[Any], where: str) -> None:

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from tuner.capability import BaselinePlan, Capabilities
 from tuner.errors import TunerError, WorkerBadOutput, WorkerCrashed, WorkerExited, WorkerOutOfMemory, WorkerTimeout
 from tuner.owner import fail_orphans
-from tuner.records import StoredRunnable, baseline_name, trial_text
+from tuner.records import StoredRunnable, baseline_name, imported_from, trial_text
 from tuner.sanitize import one_line
 from tuner.topology import cpu_quota, quota_warning
 from tuner.topology import notes as topology_notes
@@ -47,9 +47,8 @@ def open_study(
     """Make ``study`` ready to search: its metadata stored (new) or checked (resumed), what can run here
     stored and said, warnings said, orphaned trials failed and the missing baselines queued."""
     meta = config.metadata()
-    imported = study.user_attrs.get("imported")
-    if imported is not None:
-        source = one_line(imported.get("file", "a file") if isinstance(imported, Mapping) else imported, 80)
+    source = imported_from(study.user_attrs)
+    if source is not None:
         raise TunerError(
             f"study {config.name} was imported (from {source}): its trials and verdict were measured elsewhere, "
             "and tuning it here would mix them with this machine's; tune into another --storage"

@@ -23,19 +23,21 @@ def _unsafe(char: str) -> bool:
     return unicodedata.category(char) in ("Cc", "Zl", "Zp", "Cf")
 
 
+def _clean(text: str) -> str:
+    """Escape sequences and unsafe characters (newlines included) made spaces."""
+    return "".join(" " if _unsafe(char) else char for char in _ESCAPE.sub(" ", text))
+
+
 def one_line(value: Any, limit: int = MAX_CHARS) -> str:
     """``value`` as one printable line of at most ``limit`` characters (``...`` marks a cut)."""
-    text = _ESCAPE.sub(" ", str(value))
-    text = "".join(" " if _unsafe(char) else char for char in text)
-    text = " ".join(text.split())
+    text = " ".join(_clean(str(value)).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def printable(value: Any) -> str:
     """``value`` with terminal escape sequences and control characters made spaces, its lines kept: for
     log lines, whose spacing and length are the tool's own but which may quote stored text."""
-    lines = _ESCAPE.sub(" ", str(value)).split("\n")
-    return "\n".join("".join(" " if _unsafe(char) else char for char in line) for line in lines)
+    return "\n".join(_clean(line) for line in str(value).split("\n"))
 
 
 _PARENS = str.maketrans("()", "[]")

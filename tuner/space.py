@@ -33,6 +33,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 
 from tuner.errors import InvalidSettings, SearchSpaceError
+from tuner.records import BASELINE_NAME, NAME_LENGTH, SUFFIX_ROOM
 from tuner.settings import KNOBS, Settings
 
 CHECKOUT = Path(__file__).resolve().parent.parent  # the repository, when tuner runs from a checkout
@@ -55,9 +56,6 @@ def shipped(folder: str) -> Path:
 SPACES_DIR = shipped("search_spaces")
 _CORES = re.compile(r"^\s*(?:(\d+)\s*\*\s*)?cores(?:\s*\*\s*(\d+))?\s*$")
 _PER = re.compile(r"^\s*cores\s*/\s*(\d+|sockets)\s*$")  # cores/4: instances of about 4 cores each
-# A baseline's name is printed, stored and keyed on (tuner/records.py NAME), with room for a suffix of its
-# runnable part (heuristic-nhwc): a search space that names one otherwise is refused when it loads.
-BASELINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,57}")
 TOP_KEYS = {"runtime", "description", "knobs", "constraints", "baselines"}
 INT_KEYS = {"type", "low", "high", "step", "log"}
 CATEGORICAL_KEYS = {"type", "choices"}
@@ -268,7 +266,11 @@ def validate(path: Path, data: dict[str, Any], max_cores: int) -> None:
         raise _fail(path, "baselines", "must be a table of [baselines.NAME] tables")
     for name, spec in baselines.items():
         if not BASELINE_NAME.fullmatch(name):
-            raise _fail(path, f"baselines.{name}", "a baseline's name is letters, digits and . _ + - (at most 58)")
+            raise _fail(
+                path,
+                f"baselines.{name}",
+                f"rename it: a baseline's name is letters, digits and . _ + - (at most {NAME_LENGTH - SUFFIX_ROOM})",
+            )
         if not isinstance(spec, dict):
             raise _fail(path, f"baselines.{name}", "must be a table of knob values")
         limit = spec.get(MAX_CORES, 1)
