@@ -254,6 +254,10 @@ def test_when_three_rounds_of_every_candidate_do_not_fit_the_few_the_table_needs
     # Where not even the four fit three rounds, all six are measured in what fits (their records are kept).
     configs, policy = confirmation_size(6, 4, cost, 70.0)
     assert configs == 6 and policy.rounds < MIN_ROUNDS
+    # Where not even one round of all six fits (60 s), the study is past its share: only the four the table
+    # needs are measured, so it overruns by four runs, not six.
+    configs, policy = confirmation_size(6, 4, cost, 30.0)
+    assert configs == 4 and policy.rounds == 1
 
 
 def test_a_short_job_confirms_the_tables_settings_in_three_rounds_rather_than_all_in_one(

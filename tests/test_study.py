@@ -338,3 +338,57 @@ def test_stop_rule_names_each_exit_of_the_search(storage: optuna.storages.RDBSto
     )
     # The sampler proposing only measured settings 25 times in a row: the space is exhausted for it.
     assert StopRule(10, size).check(run, skips=25) == "sampler proposed only measured settings 25 times: search ends"
+
+
+def test_a_baseline_disturbed_in_every_search_attempt_is_confirmed_from_its_plan(
+    storage: optuna.storages.RDBStorage,
+) -> None:
+    from tests.helpers import FAST
+    from tuner.disturbance import Disturbed
+    from tuner.settings import Settings
+
+    tf_default = Settings.from_params({"intra_op": 0, "inter_op": 0, "data_format": "NHWC", "onednn": "default"})
+    heuristic = Settings.from_params({"intra_op": 2, "inter_op": 1, "data_format": "NCHW", "onednn": "default"})
+    alike = {"intra_op": 0, "inter_op": 0, "data_format": "NHWC", "onednn": True}  # tf-default, oneDNN on here
+    confirmed: list[Settings] = []
+
+    def script(spec: TrialSpec, call: int) -> list[float] | BaseException:
+        searching = spec.policy == FAST
+        if searching and spec.settings == tf_default:  # a neighbour kept its cores busy in every attempt
+            return Disturbed("disturbed in all 3 attempts")
+        if spec.settings == heuristic:  # its worker crashes: known to fail, wherever it is measured
+            return WorkerCrashed("worker killed by SIGSEGV")
+        if not searching:
+            confirmed.append(spec.settings)
+        fast = spec.settings == Settings.from_params(alike)  # the search ranks the setting that runs alike first
+        return [0.016 if fast else 0.032] * (spec.policy.warmup + spec.policy.timed)
+
+    config = make_config(cores=2, trials=6)
+    run = StudyRun(storage, config, ReplayRunner(script))
+    run.study.enqueue_trial(alike)
+    verdict = run.run()
+    reasons = {t.user_attrs.get("baseline"): t.user_attrs.get("fail_reason") for t in run.study.trials}
+    # Both baselines failed in the search: tf-default only because it was disturbed, the heuristic by crashing.
+    assert reasons["tf-default"] == "disturbed" and reasons["heuristic"] == "crashed"
+    # The study does not fail for want of a tf-default trial: confirmation measures tf-default from its
+    # planned settings, every round, and the verdict compares against it. The crashing heuristic, known to
+    # fail, is not measured again.
+    assert "tf-default" in verdict.rates and len(verdict.rates["tf-default"]) == 3
+    assert confirmed.count(tf_default) == 3 and "heuristic" not in verdict.rates
+    # The sampled setting that runs as tf-default here is not confirmed beside it, and the extra baseline
+    # takes no sampled setting's place: at most the baselines plus --candidates settings are confirmed.
+    alike_trial = next(t for t in run.study.trials if t.params == alike and t.state == TrialState.COMPLETE)
+    assert f"trial {alike_trial.number}" not in verdict.rates
+    assert len(verdict.rates) <= len(run.baselines.runnable) + config.candidates
+    # A baseline with a disturbed trial and a crashed one is known to fail: it stays out.
+    run.study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.FAIL,
+            params=heuristic.params(),
+            distributions=next(
+                t for t in run.study.trials if t.user_attrs.get("baseline") == "heuristic"
+            ).distributions,
+            user_attrs={"baseline": "heuristic", "fail_reason": "disturbed"},
+        )
+    )
+    assert run.unranked_baselines() == ["tf-default"]

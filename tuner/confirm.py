@@ -237,17 +237,22 @@ class ConfirmationLog:
 
 
 def pick_candidates(
-    trials: Sequence[FrozenTrial], label: Callable[[Mapping[str, Any]], str], most: int
+    trials: Sequence[FrozenTrial],
+    label: Callable[[Mapping[str, Any]], str],
+    most: int,
+    extra: Sequence[Candidate] = (),
 ) -> list[Candidate]:
-    """What confirmation measures, at most ``most`` in all: every measured baseline under its name, then the
-    best distinct sampled settings ("trial N") by search value; settings that run alike (one ``label``)
-    count once."""
+    """What confirmation measures, at most ``most`` in all: every measured baseline under its name, then
+    ``extra`` (baselines confirmed without a search value), then the best distinct sampled settings
+    ("trial N") by search value; settings that run alike (one ``label``) count once."""
     chosen: dict[str, Candidate] = {}
     ranked = sorted(trials, key=lambda t: -(t.value or 0.0))
     for trial in ranked:
         name = baseline_name(trial.user_attrs)
         if name is not None:
             chosen.setdefault(name, Candidate(name, Settings.from_params(trial.params)))
+    for candidate in extra:
+        chosen.setdefault(candidate.name, candidate)
     labels = {label(c.settings.params()) for c in chosen.values()}
     for trial in ranked:
         if len(chosen) >= most:

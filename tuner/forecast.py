@@ -75,12 +75,18 @@ def confirmation_size(
 ) -> tuple[int, MeasurementPolicy]:
     """How many settings the benchmark-confirmation measures, and how: all ``configs`` when three rounds
     of them fit (a verdict can be clear only after ``MIN_ROUNDS``); else the ``few`` the table needs (see
-    ``StudyRun.few_candidates``) where three rounds of those fit; else all of them in what fits."""
+    ``StudyRun.few_candidates``) where three rounds of those fit; else all of them in what fits, as long as
+    one round of all of them fits; past that (the study has overrun its share) only the few, so that the
+    overrun is the table's settings' and no more."""
     bench = benchmark_policy(cost, time_left, configs)
     if bench.rounds >= MIN_ROUNDS or few >= configs:
         return configs, bench
     trimmed = benchmark_policy(cost, time_left, few)
-    return (few, trimmed) if trimmed.rounds >= MIN_ROUNDS else (configs, bench)
+    if trimmed.rounds >= MIN_ROUNDS:
+        return few, trimmed
+    if cost is not None and time_left is not None and configs * cost.run_s(bench) > time_left:
+        return few, trimmed
+    return configs, bench
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ the budget. Within a study: the search (baselines first) gets about half its sha
 benchmark, which is also the confirmation: tf-default, the heuristic, the other baselines and the best
 sampled setting measured in interleaved rounds, with as many timed batches as the share allows (the full
 10 + 100 when it fits); where three rounds of all of them do not fit, the few the table needs get three
-(``forecast.confirmation_size``), since fewer rounds can never give a clear verdict; only where not even
-those fit are all of them measured in fewer rounds. The verdict, with its
+(``forecast.confirmation_size``), since fewer rounds can never give a clear verdict; where not even
+those fit, all of them are measured in fewer rounds, or, where not even one round of all fits, the few
+in what is left. The verdict, with its
 95% interval, comes from those rounds; the benchmark records are made from the same runs. Everything is
 stored as it is measured, so the same command resumes.
 ``Job.plan`` says beforehand what ``run`` will do and take, measuring nothing; while it runs, its ETA comes

@@ -424,8 +424,34 @@ class StudyRun:
     # -- confirmation -------------------------------------------------------------------------------
 
     def candidates(self) -> list[Candidate]:
-        """Every baseline, then the best distinct sampled settings, by search value."""
-        return pick_candidates(self.measured(), self.caps.label, len(self.baselines.runnable) + self.config.candidates)
+        """Every baseline, then the best distinct sampled settings, by search value. A baseline whose search
+        trials were disturbed (never ranked) and none failed by its worker is confirmed from its planned
+        settings: confirmation measures it afresh, so a busy neighbour during the search loses no baseline."""
+        unranked = self.unranked_baselines()
+        extra = [Candidate(name, Settings.from_params(self.baselines.runnable[name])) for name in unranked]
+        most = len(self.baselines.runnable) + self.config.candidates
+        return pick_candidates(self.measured(), self.caps.label, most, extra)
+
+    def unranked_baselines(self) -> list[str]:
+        """Runnable baselines, in plan order, with no complete trial and a disturbed one, none of whose trials
+        failed by its worker (those are known to fail and stay out)."""
+        reasons: dict[str, set[str | None]] = {}
+        complete: set[str] = set()
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+            name = baseline_name(t.user_attrs)
+            if name is None:
+                continue
+            if t.state == TrialState.COMPLETE:
+                complete.add(name)
+            else:
+                reasons.setdefault(name, set()).add(trial_text(t.user_attrs, "fail_reason"))
+        return [
+            name
+            for name in self.baselines.runnable
+            if name not in complete
+            and Disturbed.reason in reasons.get(name, set())
+            and not reasons[name] & WORKER_FAILURES
+        ]
 
     def few_candidates(self, every: list[Candidate]) -> list[Candidate]:
         """Of ``every`` candidate, what the table needs confirmed when all of them cannot have three rounds:

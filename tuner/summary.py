@@ -273,8 +273,12 @@ def _cells(s: StudySummary, wide: bool) -> list[str]:
     heuristic = cell(HEURISTIC)
     if HEURISTIC not in values and s["baseline_notes"].get(HEURISTIC, "").startswith(NOT_RUNNABLE):
         heuristic = NOT_RUNNABLE if wide else "not runnable"
+    # Every other baseline, confirmed or searched, whether or not its search trial ranked (one disturbed in the
+    # search is confirmed from its plan): the names that are not sampled trials nor tf-default and heuristic.
     rest = [
-        f"{name} {cell(name)}" for name in values if name in s["search_baselines"] and name not in (DEFAULT, HEURISTIC)
+        f"{name} {cell(name)}"
+        for name in values
+        if not name.startswith("trial ") and name not in (DEFAULT, HEURISTIC, "best")
     ]
     return [cell(DEFAULT), heuristic, ", ".join(rest) or "-", cell(best)]
 
