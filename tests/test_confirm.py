@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -20,11 +20,14 @@ from tuner.confirm import (
     Verdict,
     bootstrap_ratio,
     confirm,
+    confirm_logged,
     decide,
     pick_candidates,
     planned_rounds,
 )
 from tuner.cost import CostModel
+from tuner.disturbance import Disturbed
+from tuner.errors import Interrupted, TunerError, WorkerExited, WorkerOutOfMemory, WorkerTimeout
 from tuner.measurement import Measurement
 from tuner.policy import MeasurementPolicy
 from tuner.records import ConfirmationRun, MalformedRecord, StoredConfirmation
@@ -300,3 +303,85 @@ def test_the_winner_is_compared_with_every_other_candidate() -> None:
     assert verdict.vs_others["openvino-small"].value == pytest.approx(165.5 / 150.5, rel=1e-3)
     assert verdict.against_each().startswith("trial 3 over: tf-default 1.65x")
     assert set(verdict.to_dict()["speedup_vs_each"]) == {DEFAULT, "openvino-small"}
+
+
+# -- a candidate whose run fails ----------------------------------------------------------------------
+
+
+def failing_runner(fails: dict[str, BaseException], rates: dict[str, float] | None = None) -> ReplayRunner:
+    """Each candidate at its rate (100 images/sec unless told), except that the runs of those in ``fails``
+    raise the error given, every time."""
+    rates = rates or {}
+    by_settings = {c.settings: c.name for c in CANDIDATES}
+
+    def script(spec: TrialSpec, _call: int) -> Sequence[float] | BaseException:
+        name = by_settings[spec.settings]
+        if name in fails:
+            return fails[name]
+        return [spec.global_batch / rates.get(name, 100.0)] * (spec.policy.warmup + spec.policy.timed)
+
+    return ReplayRunner(script)
+
+
+def test_a_candidate_whose_run_fails_is_dropped_and_the_others_are_confirmed() -> None:
+    oom = WorkerOutOfMemory("worker ran out of memory (exit status 137)", "MemoryError: cannot allocate\n")
+    runner = failing_runner({"trial 3": oom}, {DEFAULT: 100.0, HEURISTIC: 120.0})
+    seen: list[tuple[int, str, str]] = []
+    verdict = run_confirm(runner, rounds=3, on_drop=lambda r, c, why: seen.append((r, c.name, why)))
+    # trial 3 fails in its first run (round 1, third in order) and is measured no more: 1 run of it, then
+    # 3 rounds of the two others.
+    assert sum(spec.settings == C.settings for spec in runner.calls) == 1
+    assert len(runner.calls) == 1 + 2 * 3
+    # The verdict is decided on the two that ran, every round of theirs, and names the dropped one with why
+    # (the worker's own last words, shortened to one line).
+    assert set(verdict.rates) == {DEFAULT, HEURISTIC} and all(len(r) == 3 for r in verdict.rates.values())
+    assert verdict.winner == HEURISTIC
+    assert verdict.dropped == {"trial 3": "worker ran out of memory (exit status 137): MemoryError: cannot allocate"}
+    assert seen == [(0, "trial 3", verdict.dropped["trial 3"])]
+    assert "dropped (a confirmation run failed): trial 3 (worker ran out of memory" in verdict.text()
+    # And the stored form carries it, for show and the table.
+    assert verdict.to_dict()["dropped"] == verdict.dropped
+    assert "trial 3" not in verdict.to_dict()["params"]
+
+
+def test_a_candidate_disturbed_in_every_attempt_is_dropped_too() -> None:
+    disturbed = Disturbed("disturbed in all 3 attempts (last: 40% of its cores' time taken)", [])
+    verdict = run_confirm(failing_runner({HEURISTIC: disturbed}), rounds=3)
+    # A busy neighbour that keeps one candidate from a fair measurement costs that candidate, not the verdict.
+    assert set(verdict.rates) == {DEFAULT, "trial 3"} and HEURISTIC in verdict.dropped
+    assert verdict.vs_heuristic is None
+
+
+def test_tf_default_failing_ends_the_confirmation_and_an_interrupt_is_no_failure() -> None:
+    crashed = WorkerExited("worker exited with status 1", "RuntimeError: broken\n")
+    # Without tf-default there is nothing to compare against: one error naming it and why, never a verdict.
+    with pytest.raises(TunerError, match=r"tf-default failed in confirmation round 1: worker exited .*broken"):
+        run_confirm(failing_runner({DEFAULT: crashed}), rounds=3)
+    # Ctrl-C while a candidate runs is the user's, not the candidate's: it stops everything, nothing is dropped.
+    with pytest.raises(Interrupted):
+        run_confirm(failing_runner({"trial 3": Interrupted("interrupted")}), rounds=3)
+
+
+def test_a_resumed_confirmation_keeps_its_dropped_candidates_dropped(storage: optuna.storages.RDBStorage) -> None:
+    study = optuna.create_study(storage=storage, study_name="dropped")
+    timeout = WorkerTimeout("worker ran past 60 s")
+    first = confirm_logged(study, failing_runner({"trial 3": timeout}), CANDIDATES, WORKLOAD, CORES, POLICY, 2)
+    stored = StoredConfirmation.from_dict(study.user_attrs["confirmation"])
+    # The drop is stored with the runs, as it happens.
+    assert stored.dropped == {"trial 3": "worker ran past 60 s"} == first.dropped
+    # Resumed with one more round, by a runner under which trial 3 would now run: it is not tried again
+    # (its failure is on record), only the third round of the others is measured.
+    runner = failing_runner({})
+    lines: list[str] = []
+    again = confirm_logged(study, runner, CANDIDATES, WORKLOAD, CORES, POLICY, 3, progress=lines.append)
+    assert [spec.settings for spec in runner.calls] == [A.settings, B.settings]
+    assert again.dropped == first.dropped and set(again.rates) == {DEFAULT, HEURISTIC}
+    assert "trial 3: dropped earlier in this confirmation (worker ran past 60 s)" in lines
+
+
+def test_a_stored_drop_must_name_a_candidate() -> None:
+    # A shared study's "dropped" is checked like every other name: a crafted key is refused where it is.
+    with pytest.raises(MalformedRecord, match=r"confirmation\.dropped"):
+        StoredConfirmation.from_dict({"candidates": [DEFAULT], "dropped": {"$(rm -rf ~)": "x"}})
+    with pytest.raises(MalformedRecord, match=r"confirmation\.dropped"):
+        StoredConfirmation.from_dict({"candidates": [DEFAULT], "dropped": {"trial 3": 7}})

@@ -10,13 +10,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.helpers import make_config
+from tests.helpers import FAST_CONFIRM, make_config
 from tuner.errors import TunerError, WorkerCrashed
 from tuner.owner import identity as owner_identity
 from tuner.policy import MeasurementPolicy
 from tuner.replay import ReplayRunner
 from tuner.runner import TrialSpec
 from tuner.study import WAIT, StopRule, StudyRun
+from tuner.summary import format_table, summarize_study
 
 
 def fast(params: dict[str, object]) -> bool:
@@ -392,3 +393,30 @@ def test_a_baseline_disturbed_in_every_search_attempt_is_confirmed_from_its_plan
         )
     )
     assert run.unranked_baselines() == ["tf-default"]
+
+
+def test_a_candidate_failing_in_confirmation_is_dropped_and_the_study_still_gets_its_verdict(
+    storage: optuna.storages.RDBStorage,
+) -> None:
+    def script(spec: TrialSpec, call: int) -> list[float] | BaseException:
+        # The fast setting runs in the search, then its worker dies in every confirmation run (as a setting
+        # near the memory limit may once the confirmation's longer runs start).
+        if fast(spec.settings.params()) and spec.policy.name == FAST_CONFIRM.name:
+            return WorkerCrashed("worker killed by SIGKILL", "Killed")
+        return [spec.global_batch / rate(spec)] * (spec.policy.warmup + spec.policy.timed)
+
+    config = make_config(cores=1, trials=16)
+    verdict = StudyRun(storage, config, ReplayRunner(script)).run()
+    # The search's best (fast whatever oneDNN's switch: one or two candidates) are dropped with why; the
+    # others are confirmed and a verdict is stored all the same.
+    dropped = [name for name in verdict.dropped if name.startswith("trial ")]
+    assert dropped and all(verdict.dropped[name].startswith("worker killed by SIGKILL") for name in dropped)
+    run_trials = optuna.load_study(study_name=config.name, storage=storage).trials
+    assert all(fast(run_trials[int(name.split()[1])].params) for name in dropped)
+    assert not set(dropped) & set(verdict.rates)
+    assert verdict.recommended == "tf-default" and len(verdict.rates) >= 2
+    # show says so: the verdict line names the dropped candidate and why, and show --json carries it.
+    summary = summarize_study(optuna.load_study(study_name=config.name, storage=storage))
+    assert summary["verdict"] is not None and summary["verdict"]["dropped"] == verdict.dropped
+    shown = " ".join(format_table([summary]).split())  # the verdict line is wrapped to the terminal
+    assert f"dropped (a confirmation run failed): {dropped[0]} (worker killed by SIGKILL: Killed)" in shown

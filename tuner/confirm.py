@@ -19,11 +19,14 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from tuner.cost import CostModel
+from tuner.disturbance import Disturbed
+from tuner.errors import Interrupted, TunerError, WorkerError
 from tuner.measurement import Measurement
 from tuner.objective import OBJECTIVES, Objective, latency_ms, quantile
 from tuner.policy import MeasurementPolicy
 from tuner.records import ConfirmationRun, StoredConfirmation, baseline_name, utc_now
 from tuner.runner import Runner, TrialSpec
+from tuner.sanitize import one_line
 from tuner.settings import Settings
 from tuner.workload import Workload
 
@@ -101,6 +104,7 @@ class Verdict:
     vs_others: dict[str, Interval] = field(default_factory=dict)  # the winner over every other candidate
     objective: str = "throughput"  # whose statistic ranked the candidates (tuner/objective.py)
     batch_size: int = 0  # the batch a request is, to state latencies (0: not stated)
+    dropped: dict[str, str] = field(default_factory=dict)  # candidates whose confirmation runs failed -> why
 
     @property
     def goal(self) -> Objective:
@@ -137,12 +141,15 @@ class Verdict:
         if batches[0] != batches[1]:  # --search-batch: the rates are per sample, so the batches compare
             span += f", per sample at batch {batches[0]} against batch {batches[1]}"
         if self.winner == DEFAULT:
-            return "tf-default is fastest: recommend tf-default"
-        if self.clear:
-            return f"{self.winner} wins: {span}"
-        if min(len(r) for r in self.rates.values()) < MIN_ROUNDS:
-            return f"too few rounds to be sure: {self.winner} at {span}; recommend tf-default"
-        return f"no clear gain over tf-default: {self.winner} at {span}; recommend tf-default"
+            line = "tf-default is fastest: recommend tf-default"
+        elif self.clear:
+            line = f"{self.winner} wins: {span}"
+        elif min(len(r) for r in self.rates.values()) < MIN_ROUNDS:
+            line = f"too few rounds to be sure: {self.winner} at {span}; recommend tf-default"
+        else:
+            line = f"no clear gain over tf-default: {self.winner} at {span}; recommend tf-default"
+        gone = [f"{name} ({why})" for name, why in self.dropped.items()]
+        return line + (f"; dropped (a confirmation run failed): {'; '.join(gone)}" if gone else "")
 
     def against_each(self) -> str:
         """'trial 18 over: openvino-small 1.03x [0.98, 1.06], ...': the winner against every other candidate."""
@@ -166,6 +173,7 @@ class Verdict:
             "rounds": min(len(runs) for runs in self.rates.values()),
             "params": self.params,
             "rates": self.rates,
+            "dropped": self.dropped,
         }
 
 
@@ -175,6 +183,7 @@ def decide(
     seed: int = 0,
     objective: str = "throughput",
     batch_size: int = 0,
+    dropped: Mapping[str, str] | None = None,
 ) -> Verdict:
     """Pick the winner by the objective's statistic (the median rate for throughput) and test it against
     tf-default.
@@ -193,7 +202,9 @@ def decide(
     clear = winner != DEFAULT and enough and strict.low > 1.0
     # Against every other candidate too (the launchers' recipes among them), each with its 95% interval.
     others = {name: bootstrap_ratio(rates[winner], rates[name], seed, q=q) for name in rates if name != winner}
-    return Verdict(rates, params, winner, clear, vs_default, vs_heuristic, others, objective, batch_size)
+    return Verdict(
+        rates, params, winner, clear, vs_default, vs_heuristic, others, objective, batch_size, dict(dropped or {})
+    )
 
 
 class ConfirmationLog:
@@ -207,7 +218,7 @@ class ConfirmationLog:
         )
         self.shape = {"warmup": policy.warmup, "timed": policy.timed}
         same = list(stored.candidates) == names and stored.policy in (None, self.shape)
-        resumed = same and bool(stored.rates)
+        resumed = same and bool(stored.rates or stored.dropped)
         self.study = study
         self.names = names
         self.id = stored.id if resumed and stored.id else uuid.uuid4().hex[:12]
@@ -215,6 +226,10 @@ class ConfirmationLog:
             {name: [list(run) for run in runs] for name, runs in stored.rates.items()} if resumed else {}
         )
         self.runs: list[ConfirmationRun] = list(stored.runs) if resumed else []
+        # Candidates dropped because a run of theirs failed stay dropped when the confirmation resumes.
+        self.dropped: dict[str, str] = (
+            {name: why for name, why in stored.dropped.items() if name in names and name != DEFAULT} if resumed else {}
+        )
 
     def rates(self) -> dict[str, list[list[float]]]:
         """Per-step rates of the rounds already measured, by candidate."""
@@ -225,6 +240,10 @@ class ConfirmationLog:
         self.runs.append(ConfirmationRun(round_, name, measurement))
         self.study.set_user_attr("confirmation", self.to_dict())
 
+    def drop(self, name: str, why: str) -> None:
+        self.dropped[name] = why
+        self.study.set_user_attr("confirmation", self.to_dict())
+
     def to_dict(self) -> dict[str, object]:
         """The ``confirmation`` attribute as stored."""
         return {
@@ -233,6 +252,7 @@ class ConfirmationLog:
             "policy": self.shape,
             "rates": self._rates,
             "runs": [run.to_dict() for run in self.runs],
+            "dropped": self.dropped,
         }
 
 
@@ -273,6 +293,17 @@ def planned_rounds(policy: MeasurementPolicy, configs: int, cost: CostModel | No
 
 
 OnRun = Callable[[int, Candidate, Measurement], None]  # called after every run, so nothing is lost
+OnDrop = Callable[[int, Candidate, str], None]  # called when a candidate is dropped, with why
+DROP_REASON_CHARS = 300
+
+
+def own_failure(error: TunerError) -> bool:
+    """Whether ``error`` is a failure of the setting measured, not of the whole confirmation: its worker failed
+    (crashed, exited, ran out of memory or time, sent no result), or every attempt was disturbed. An
+    interrupt, the host lock or a bug ends the confirmation instead."""
+    return isinstance(error, Disturbed) or (isinstance(error, WorkerError) and not isinstance(error, Interrupted))
+
+
 T = TypeVar("T")
 
 
@@ -297,16 +328,40 @@ def confirm(
     done: dict[str, list[list[float]]] | None = None,
     on_run: OnRun | None = None,
     seed: int = 0,
+    dropped: Mapping[str, str] | None = None,
+    on_drop: OnDrop | None = None,
 ) -> Verdict:
-    """Measure ``candidates`` interleaved for ``rounds`` rounds; runs already in ``done`` are kept."""
+    """Measure ``candidates`` interleaved for ``rounds`` rounds; runs already in ``done`` are kept.
+
+    A candidate whose run fails by its own doing (``own_failure``) is dropped, with why, and the others go
+    on: the verdict is decided without it and names it. So are those ``dropped`` before (a resumed
+    confirmation). tf-default is never dropped: without it nothing can be compared, so its failure ends the
+    confirmation (the runs measured so far are the caller's, through ``on_run``)."""
     rates: dict[str, list[list[float]]] = {c.name: list((done or {}).get(c.name, [])) for c in candidates}
-    for round_, candidate in interleave(candidates, rounds, lambda c, r: len(rates[c.name]) > r):
-        measurement = runner.run(TrialSpec(candidate.settings, workload, cores, policy))
+    gone = {name: why for name, why in (dropped or {}).items() if name in rates and name != DEFAULT}
+    for round_, candidate in interleave(candidates, rounds, lambda c, r: c.name in gone or len(rates[c.name]) > r):
+        try:
+            measurement = runner.run(TrialSpec(candidate.settings, workload, cores, policy))
+        except TunerError as error:
+            if not own_failure(error):
+                raise
+            why = one_line(str(error), DROP_REASON_CHARS)
+            if candidate.name == DEFAULT:
+                raise TunerError(
+                    f"tf-default failed in confirmation round {round_ + 1}: {why}; nothing can be compared without "
+                    "it (the runs measured so far are kept: the same command resumes)"
+                ) from error
+            gone[candidate.name] = why
+            if on_drop is not None:
+                on_drop(round_, candidate, why)
+            continue
         rates[candidate.name].append(measurement.rates)
         if on_run is not None:
             on_run(round_, candidate, measurement)
-    params = {c.name: c.settings.params() for c in candidates}
-    return decide(rates, params, seed, workload.objective, workload.batch_size)
+    kept = [c for c in candidates if c.name not in gone]
+    params = {c.name: c.settings.params() for c in kept}
+    measured = {c.name: rates[c.name] for c in kept}
+    return decide(measured, params, seed, workload.objective, workload.batch_size, gone)
 
 
 def confirm_logged(
@@ -330,7 +385,13 @@ def confirm_logged(
         value = workload.goal.describe(workload.goal.score(m.rates), workload.batch_size)
         progress(f"confirm round {round_ + 1}/{rounds} {candidate.name}: {value}")
 
-    return confirm(runner, candidates, workload, cores, policy, rounds, log.rates(), on_run, seed)
+    def on_drop(round_: int, candidate: Candidate, why: str) -> None:
+        log.drop(candidate.name, why)
+        progress(f"confirm round {round_ + 1}/{rounds} {candidate.name}: FAILED ({why}); dropped, the others go on")
+
+    for name, why in log.dropped.items():
+        progress(f"{name}: dropped earlier in this confirmation ({why})")
+    return confirm(runner, candidates, workload, cores, policy, rounds, log.rates(), on_run, seed, log.dropped, on_drop)
 
 
 def store_verdict(

@@ -189,6 +189,7 @@ class StoredVerdict:
     objective: str = "throughput"  # whose statistic ranked the candidates
     score: Mapping[str, float] = field(default_factory=dict)  # each candidate's statistic (higher is better)
     latency_ms: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)  # p50, p99 by candidate
+    dropped: Mapping[str, str] = field(default_factory=dict)  # candidates whose confirmation run failed -> why
 
     def ranking(self) -> Mapping[str, float]:
         """What ranked the candidates: the objective's statistic, or (verdicts before objectives) the median."""
@@ -246,6 +247,7 @@ class StoredVerdict:
             objective=objective,
             score=dict(data.get("score") or {}),
             latency_ms={name: dict(v) for name, v in latency.items()},
+            dropped=_dropped(data.get("dropped"), f"{where}.dropped"),
         )
 
 
@@ -260,6 +262,16 @@ def _rates(value: Any, where: str) -> dict[str, list[list[float]]]:
         ):
             raise MalformedRecord(f"{where}.{name[:40]}: must be a list of rounds of positive rates")
     return {name: [[float(rate) for rate in run] for run in runs] for name, runs in value.items()}
+
+
+def _dropped(value: Any, where: str) -> dict[str, str]:
+    """Dropped candidates: names to why (absent: none)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(why, str) for why in value.values()):
+        raise MalformedRecord(f"{where}: must map names to reasons")
+    _names(value, where)
+    return dict(value)
 
 
 def _positive(value: Any) -> bool:
@@ -304,6 +316,7 @@ class StoredConfirmation:
     policy: Mapping[str, int] | None = None  # warm-up and timed steps of its runs; None: not recorded
     rates: Mapping[str, list[list[float]]] = field(default_factory=dict)  # per-step rates by candidate
     runs: tuple[ConfirmationRun, ...] = ()
+    dropped: Mapping[str, str] = field(default_factory=dict)  # candidates whose run failed -> why
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "confirmation") -> StoredConfirmation:
@@ -331,6 +344,7 @@ class StoredConfirmation:
             policy=policy,
             rates=_rates(data.get("rates") or {}, f"{where}.rates"),
             runs=tuple(ConfirmationRun.from_dict(run, f"{where}.runs[{index}]") for index, run in enumerate(runs)),
+            dropped=_dropped(data.get("dropped"), f"{where}.dropped"),
         )
 
 

@@ -77,6 +77,7 @@ class VerdictSummary(TypedDict):
     measured: str | None
     score: dict[str, float]  # the objective's statistic of each candidate (higher is better)
     latency_ms: dict[str, dict[str, float | None]]  # p50 and p99 request times of each candidate
+    dropped: dict[str, str]  # candidates whose confirmation run failed, with why (left out of the verdict)
 
 
 class StudySummary(TypedDict):
@@ -142,6 +143,7 @@ def summarize_verdict(verdict: StoredVerdict, confirmation: StoredConfirmation |
         measured=verdict.measured,
         score=dict(verdict.score),
         latency_ms={name: dict(v) for name, v in verdict.latency_ms.items()},
+        dropped=dict(verdict.dropped),
     )
 
 
