@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from tests.helpers import make_config
 from tuner import benchmark, interrupt, recommend, transfer
 from tuner.benchmark import Target, make_record
 from tuner.cli import main
-from tuner.errors import TunerError
+from tuner.errors import TunerError, WorkerExited
 from tuner.measurement import Measurement
 from tuner.replay import ReplayRunner
 from tuner.runner import TrialSpec
@@ -374,3 +375,71 @@ def test_benchmark_records_of_another_machine_are_merged_not_dropped(
     # Both machines' records are there, each once, though the target already had a benchmark study.
     runs = sorted(r.get("run_id", "") for r in benchmark.records(open_storage(mine, create=False)))
     assert runs == ["mine", "theirs"]
+
+
+def test_a_redacted_export_keeps_the_results_and_drops_who_and_where(
+    tmp_path: Path, storage_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(socket, "gethostname", lambda: "alice-laptop")
+    stderr = (
+        'Traceback (most recent call last):\n  File "/home/alice/work/model.py", line 3, in <module>\n'
+        "ValueError: no weights at /home/alice/work/weights.h5 on alice-laptop\n"
+    )
+
+    def script(spec: TrialSpec, call: int) -> list[float] | BaseException:
+        if call == 3:  # one sampled trial fails, its worker's last words naming a home directory and the host
+            return WorkerExited("worker exited with status 1", stderr)
+        return [spec.global_batch / rate(spec)] * (spec.policy.warmup + spec.policy.timed)
+
+    source = open_storage(storage_url)
+    config = make_config(cores=2, trials=8, candidates=1, workload=Workload("tiny", "infer", 32))
+    StudyRun(source, config, ReplayRunner(script)).run()
+    target = Target("tensorflow", Workload("tiny", "infer", 32), (0, 1))
+    m = Measurement(32, (0.1, 0.1), (0.2,), {"framework_version": "2.21.0", "openmp_path": "/opt/intel/libiomp5.so"})
+    benchmark.store(source, make_record(target, "tf-default", Settings(), [m], SIGNATURE, "r1"))
+    path = tmp_path / "shared.json"
+    assert main(["export", "--output", str(path), "--storage", storage_url, "--redact"]) == 0
+    said = capsys.readouterr().out
+    text = path.read_text()
+    # Nothing names the machine, its user or its processes: the host is host-1 wherever it was (owner,
+    # metadata, records, free text), no pid, boot id or worker stderr is left, and paths keep their last part.
+    assert "alice" not in text and "/home/" not in text and "/opt/" not in text
+    assert '"pid"' not in text and "boot_id" not in text and "stderr_tail" not in text
+    assert "host-1" in text and "redacted 1 host names" in said
+    failed = next(t for s in json.loads(text)["studies"] for t in s["trials"] if t["state"] == "FAIL")
+    assert failed["user_attrs"]["fail_message"].endswith("ValueError: no weights at .../weights.h5 on host-1")
+    # What the file is for is whole: it imports, and the copy has the same verdict, trial values, params and
+    # measurements (the CPU signature among them), and the same benchmark figures.
+    copy_url = f"sqlite:///{tmp_path / 'copy.db'}"
+    assert main(["import", str(path), "--storage", copy_url]) == 0
+    copy = open_storage(copy_url, create=False)
+    a = optuna.load_study(study_name=config.name, storage=source)
+    b = optuna.load_study(study_name=config.name, storage=copy)
+    assert b.user_attrs["verdict"] == a.user_attrs["verdict"]
+    assert b.user_attrs["tuner"]["cpu"] == a.user_attrs["tuner"]["cpu"]
+    assert [(t.state, t.value, t.params) for t in a.trials] == [(t.state, t.value, t.params) for t in b.trials]
+    assert [t.user_attrs.get("measurement") for t in a.trials] == [t.user_attrs.get("measurement") for t in b.trials]
+    def figures(storage: optuna.storages.RDBStorage) -> list[tuple[Any, ...]]:
+        return [(r.get("label"), r.get("images_per_sec"), r.get("round_rates")) for r in benchmark.records(storage)]
+
+    assert figures(copy) == figures(source) and any(label == "tf-default" for label, _, _ in figures(copy))
+
+
+@pytest.mark.parametrize(
+    ("stored", "shared"),
+    [
+        ("/home/alice/envs/tf/bin/python", ".../python"),
+        ("cannot start worker ~/envs/tf/bin/python: no such file", "cannot start worker .../python: no such file"),
+        ("sqlite:////home/alice/studies.db", "sqlite:///.../studies.db"),
+        ("KERAS_HOME=/tmp/tuner-keras-x1", "KERAS_HOME=.../tuner-keras-x1"),
+        # Not paths: ratios, units, dates and relative names stay as they are.
+        ("1/2 of its cores, 24.5 img/s on 2026/11/30", "1/2 of its cores, 24.5 img/s on 2026/11/30"),
+        ("studies/tuner.db", "studies/tuner.db"),
+    ],
+)
+def test_redaction_cuts_directories_and_leaves_what_is_no_path(stored: str, shared: str) -> None:
+    data = {"studies": [{"name": "s", "user_attrs": {"note": stored}, "trials": []}]}
+    transfer.redact(data)
+    # Only the directories of an absolute (or ~) path go; the file name stays, so the reader still knows
+    # which library or interpreter it was.
+    assert data["studies"][0]["user_attrs"]["note"] == shared

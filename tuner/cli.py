@@ -390,9 +390,12 @@ def cmd_exec(args: argparse.Namespace, runner: Runner | None = None) -> int:
 
 def cmd_export(args: argparse.Namespace, runner: Runner | None = None) -> int:
     data = transfer.export(open_storage(args.storage, create=False))
+    redacted = transfer.redact(data) if args.redact else None
     transfer.write(data, Path(args.output))
     trials = sum(len(study["trials"]) for study in data["studies"])
     print(f"exported {len(data['studies'])} studies ({trials} trials) from {redact(args.storage)} to {args.output}")
+    if redacted is not None:
+        print(redacted.describe())
     return 0
 
 
@@ -748,6 +751,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="write every tuner study and benchmark record to one JSON file")
     exp.add_argument("--output", required=True)
     exp.add_argument("--storage", default=DEFAULT_STORAGE)
+    exp.add_argument(
+        "--redact",
+        action="store_true",
+        help="to share: host names as host-N, no process ids or worker stderr, paths cut to their last part",
+    )
     exp.set_defaults(func=cmd_export)
 
     imp = sub.add_parser("import", help="add the studies of an export file to a storage (validated first)")

@@ -17,6 +17,8 @@ running the same import again deletes a study left marked as importing and impor
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,85 @@ def export(storage: optuna.storages.BaseStorage) -> dict[str, Any]:
         "tool_version": __version__,
         "studies": studies,
     }
+
+
+# What ``redact`` takes out: process identities (they say nothing about a setting's speed), and the workers'
+# stderr tails, which may quote anything (environment, paths, user names).
+PROCESS_KEYS = frozenset({"pid", "instance_pids"})
+OWNER_KEYS = frozenset({"pid", "pid_ns", "boot_id", "start"})  # of a trial's ``owner``: its process
+DROPPED_KEYS = frozenset({"stderr_tail"})
+# The directories of an absolute path (or ~/...), wherever a string holds one: '/home/alice/envs/x/python'
+# becomes '.../python'. Not after a word character, so ratios ('1/2') and units ('img/s') stay.
+_DIRECTORIES = re.compile(r"(?<![\w.~-])~?/(?:[^\s/:;,'\"()\[\]{}<>|]+/)+")
+# Names that other records refer to (a study's, a candidate's): never rewritten, so the file stays whole.
+NAME_KEYS = frozenset({"name", "study", "study_name", "candidate", "label", "baseline", "recommended", "winner"})
+
+
+@dataclass
+class Redacted:
+    """What ``redact`` changed, counted for the line export prints."""
+
+    hosts: dict[str, str] = field(default_factory=dict)  # host name -> its stand-in (host-1, host-2, ...)
+    process_ids: int = 0  # pids, boot ids, process start times
+    paths: int = 0
+    stderr_tails: int = 0
+
+    def describe(self) -> str:
+        return (
+            f"redacted {len(self.hosts)} host names (as host-N), {self.process_ids} process identities, "
+            f"{self.paths} paths (directories cut, file names kept), {self.stderr_tails} stderr tails"
+        )
+
+
+def redact(data: dict[str, Any]) -> Redacted:
+    """Make an export fit to share, in place: host names become host-1, host-2 ... (the same name the same
+    stand-in, so trials of one machine still go together), process identities (pids, boot ids, process
+    start times) and worker stderr tails are removed, and every absolute path keeps only its last part,
+    in free text too. CPU signatures, settings, measurements, verdicts and dates are kept: they are what
+    the file is for. The result still imports (the tests import it)."""
+    done = Redacted()
+    _hosts(data, done.hosts)
+    names = sorted(done.hosts, key=len, reverse=True)
+    known = re.compile(r"\b(?:" + "|".join(re.escape(name) for name in names) + r")\b") if names else None
+    data["studies"] = [_redacted(study, done, known) for study in data["studies"]]
+    data["redacted"] = True
+    return done
+
+
+def _hosts(value: Any, found: dict[str, str]) -> None:
+    """Give every string under a ``host`` key a stand-in, in order of appearance."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "host" and isinstance(item, str) and item and item not in found:
+                found[item] = f"host-{len(found) + 1}"
+            _hosts(item, found)
+    elif isinstance(value, list):
+        for item in value:
+            _hosts(item, found)
+
+
+def _redacted(value: Any, done: Redacted, known: re.Pattern[str] | None, key: str = "") -> Any:
+    if isinstance(value, dict):
+        kept = {}
+        for name, item in value.items():
+            if name in PROCESS_KEYS or (key == "owner" and name in OWNER_KEYS):
+                done.process_ids += 1
+            elif name in DROPPED_KEYS:
+                done.stderr_tails += 1
+            else:
+                kept[name] = _redacted(item, done, known, name)
+        return kept
+    if isinstance(value, list):
+        return [_redacted(item, done, known, key) for item in value]
+    if not isinstance(value, str):
+        return value
+    if key == "host" and value in done.hosts:
+        return done.hosts[value]
+    if key in NAME_KEYS:
+        return value
+    text, cuts = _DIRECTORIES.subn(".../", value)
+    done.paths += cuts
+    return text if known is None else known.sub(lambda m: done.hosts[m.group(0)], text)
 
 
 def write(data: dict[str, Any], path: Path) -> None:
