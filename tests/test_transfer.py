@@ -419,6 +419,7 @@ def test_a_redacted_export_keeps_the_results_and_drops_who_and_where(
     assert b.user_attrs["tuner"]["cpu"] == a.user_attrs["tuner"]["cpu"]
     assert [(t.state, t.value, t.params) for t in a.trials] == [(t.state, t.value, t.params) for t in b.trials]
     assert [t.user_attrs.get("measurement") for t in a.trials] == [t.user_attrs.get("measurement") for t in b.trials]
+
     def figures(storage: optuna.storages.RDBStorage) -> list[tuple[Any, ...]]:
         return [(r.get("label"), r.get("images_per_sec"), r.get("round_rates")) for r in benchmark.records(storage)]
 
