@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -213,3 +214,16 @@ def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_quoted() -> None:
     assert parsed["ratio"][0] == "'-"
     # ... while a figure stays a figure.
     assert parsed["low"][0] == "-0.5"
+
+
+def test_a_pipe_in_stored_text_cannot_break_a_markdown_row() -> None:
+    records = _group()
+    for record in records:
+        record["cpu"] = {**record["cpu"], "model_name": "EPYC | forged | cells"}  # type: ignore[dict-item]
+    frame, notes = table.build([*records, *_yardsticks()])
+    for wide in (False, True):
+        lines = [line for line in table.render(frame, notes, "markdown", wide=wide).splitlines() if line.startswith("|")]
+        # Every row of the table has as many cell borders as its header: a stored "|" is escaped, not a border.
+        borders = [len(re.findall(r"(?<!\\)\|", line)) for line in lines]
+        assert len(set(borders)) == 1 and len(lines) >= 3
+        assert wide is False or any("EPYC \\| forged \\| cells" in line for line in lines)
