@@ -326,3 +326,36 @@ def test_a_resumed_confirmation_keeps_its_settings_and_rounds_whatever_time_is_l
     assert resumed["candidates"] == stored["candidates"] and resumed["id"] == stored["id"]
     assert resumed["policy"] == stored["policy"] and resumed["runs"][:5] == stored["runs"]
     assert study.user_attrs["verdict"]["rounds"] == MIN_ROUNDS
+
+
+def test_a_study_that_cannot_fit_the_budget_left_is_not_started_and_a_later_run_does_it(
+    storage: optuna.storages.RDBStorage,
+) -> None:
+    def job(budget_min: float, lines: list[str]) -> Job:
+        return Job(storage=storage, signature=cpu_signature(), runtimes=[load("tensorflow-eigen"), load("tensorflow")],
+                   counts=[1, 2], modes=["train", "infer"], budget_s=budget_min * 60.0, model="tiny",
+                   runner=ClockedRunner(clock), log=lines.append, clock=clock)  # fmt: skip
+
+    clock = Clock()
+    lines: list[str] = []
+    first = job(12, lines)
+    first.run()
+    # 12 minutes on this fake CPU are less than the eight studies' least (their baselines searched, one short
+    # round of the table's settings: about 17 minutes together). The studies that no longer fit are not
+    # started, so the job ends within its budget instead of running on past it (before, all eight ran).
+    assert clock.now - 1000.0 <= 12 * 60, lines[-3:]
+    assert first.not_started and first.failures == []
+    skipped = [line for line in lines if ": not started: it needs at least " in line]
+    assert len(skipped) == len(first.not_started)
+    assert any(f"not started for want of budget ({', '.join(first.not_started)})" in note for note in first.notes)
+    # The first study always runs; every study started has its verdict, none not started was even created.
+    studies = {s.study_name for s in storage.get_all_studies()} - {benchmark.BENCH_STUDY}
+    assert len(studies) == 8 - len(first.not_started) and "study 1/8" not in " ".join(skipped)
+    assert all("verdict" in optuna.load_study(study_name=name, storage=storage).user_attrs for name in studies)
+    # The same command with a larger budget keeps the studies done and runs only those left.
+    again: list[str] = []
+    second = job(30, again)
+    second.run()
+    assert sum("is already benchmarked: kept" in line for line in again) == 8 - len(first.not_started)
+    assert second.not_started == [] and second.failures == []
+    assert len({s.study_name for s in storage.get_all_studies()} - {benchmark.BENCH_STUDY}) == 8

@@ -238,3 +238,20 @@ def test_the_bar_is_shown_only_on_a_terminal() -> None:
     plain = bar_for(io.StringIO())
     assert type(plain) is Bar and not plain.shown
     assert plain.lines(print) is print
+
+
+def test_the_plan_names_the_studies_the_job_will_not_start(storage: optuna.storages.RDBStorage) -> None:
+    clock = Clock()
+    make_job(storage, clock, "tensorflow", [1], ["infer"], 600.0).run()  # the cost to plan from
+    plan = make_job(storage, clock, "tensorflow", [1, 2], ["train", "infer"], 8 * 60.0).plan()
+    planned = [row["study"] for row in plan.to_dict()["studies"] if not row["started"]]
+    job = make_job(storage, clock, "tensorflow", [1, 2], ["train", "infer"], 8 * 60.0)
+    begun = clock.now
+    job.run()
+    # Eight minutes hold the 1-core training study and the 2-core training one, not the least of the 2-core
+    # inference study as well: the plan says "not run" for the very study the job then leaves out, and its
+    # total is the job's within 15%.
+    assert len(planned) == len(job.not_started) == 1 and planned[0].startswith("tiny-infer-b32-tensorflow-2c")
+    assert job.not_started == ["tensorflow infer 2c"]
+    assert plan.total_s is not None and abs((clock.now - begun) - plan.total_s) <= 0.15 * plan.total_s
+    assert "not run: tensorflow infer 2c:" in " ".join(plan.render().split())

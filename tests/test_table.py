@@ -222,7 +222,9 @@ def test_a_pipe_in_stored_text_cannot_break_a_markdown_row() -> None:
         record["cpu"] = {**record["cpu"], "model_name": "EPYC | forged | cells"}  # type: ignore[dict-item]
     frame, notes = table.build([*records, *_yardsticks()])
     for wide in (False, True):
-        lines = [line for line in table.render(frame, notes, "markdown", wide=wide).splitlines() if line.startswith("|")]
+        lines = [
+            line for line in table.render(frame, notes, "markdown", wide=wide).splitlines() if line.startswith("|")
+        ]
         # Every row of the table has as many cell borders as its header: a stored "|" is escaped, not a border.
         borders = [len(re.findall(r"(?<!\\)\|", line)) for line in lines]
         assert len(set(borders)) == 1 and len(lines) >= 3

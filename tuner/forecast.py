@@ -149,6 +149,18 @@ def expect(cell: Cell, cost: CostModel, budget: float | None) -> Expected:
     return Expected(measured - cell.complete, configs, bench, spent + configs * bench.rounds * run_s)
 
 
+def least_s(cell: Cell, cost: CostModel) -> float:
+    """The least study ``cell`` can do at ``cost`` (its own, at its weight) and still put its rows in the
+    table: what is left of its baselines and one sampled setting measured by its search, then one round of
+    the few settings the table needs by the shortest benchmark (``MIN_TIMED`` timed batches). A job does not
+    start a study that cannot do this much in the time left of its budget."""
+    config = cell.config
+    searched = max(0, cell.baselines + 1 - cell.complete)
+    few = min(FEW_CONFIRMED, cell.baselines + config.candidates)
+    shortest = cost.scaled(1.0, plan_benchmark(0.0, few, cost.overhead_s, cost.step_s)).wall_s
+    return searched * cost.run_s(config.policy) + few * shortest
+
+
 def next_share(cells: Sequence[Cell], time_left: float | None, yardstick: Yardstick) -> float | None:
     """The share of ``cells[0]``, the next study to run, of ``time_left`` (None: no budget), as the job gives
     it: by weight among the studies still to run (kept ones weigh nothing), each at least its floor."""
@@ -164,18 +176,30 @@ class Step:
     share: float | None
     expected: Expected | None
     seconds: float | None
+    started: bool = True  # False: the time left is less than its least (``least_s``), so the job skips it
 
 
 def schedule(
-    cells: Sequence[Cell], costs: Sequence[CostModel | None], time_left: float | None, yardstick: Yardstick
+    cells: Sequence[Cell],
+    costs: Sequence[CostModel | None],
+    time_left: float | None,
+    yardstick: Yardstick,
+    spare: float = 0.0,
+    first: bool = True,
 ) -> list[Step]:
     """The studies run one after another as the job runs them: each one's share of what the ones before it
-    left, then what it does at its cost; a study measured sets the floors of the ones after it."""
+    left, then what it does at its cost; a study measured sets the floors of the ones after it. As the job
+    does, a study after the first one run (``first``: none has run yet) is not started where its least does
+    not fit the time left plus ``spare`` (the budget's slack beyond the time planned with)."""
     steps = []
     for index, (cell, cost) in enumerate(zip(cells, costs, strict=True)):
         if cell.kept:
             steps.append(Step(None, None, 0.0))
             continue
+        if not first and time_left is not None and cost is not None and least_s(cell, cost) > time_left + spare:
+            steps.append(Step(None, None, 0.0, started=False))
+            continue
+        first = False
         given = next_share(cells[index:], time_left, yardstick)
         expected = None if cost is None else expect(cell, cost, given)
         seconds = given if expected is None else expected.seconds
@@ -205,7 +229,8 @@ def eta(
         return "ETA unknown" if cap is None else f"ETA at most {duration(cap)}"
     rest = max(0.0, expect(cells[0], first, budget).seconds - elapsed)
     left = None if time_left is None else time_left - rest
-    later = schedule(cells[1:], costs[1:], left, Yardstick(first, cells[0].weight))
+    spare = 0.0 if time_left is None or cap is None else max(0.0, cap - time_left)
+    later = schedule(cells[1:], costs[1:], left, Yardstick(first, cells[0].weight), spare, first=False)
     seconds = [step.seconds for step in later]
     if any(s is None for s in seconds):
         return "ETA unknown"
@@ -320,6 +345,7 @@ class Plan:
                         "timed": expected.bench.timed,
                     },
                     "expected_s": step.seconds,
+                    "started": step.started,
                 }
             )
         return rows
@@ -354,6 +380,14 @@ class Plan:
         setup = _seconds(self.setup_s, "unknown")
         lines += wrap(f"set-up: {self.setup_tasks} worker runs (probes, yardsticks, GPU checks), {setup}", width)
         lines += wrap(self._total_line(), width)
+        skipped = [cell.tag for cell, step in zip(self.cells, self.steps, strict=True) if not step.started]
+        if skipped:
+            lines += wrap(
+                f"not run: {', '.join(skipped)}: the time left would be less than the least each needs (its "
+                "baselines and one sampled setting searched, one short round of the table's settings); a larger "
+                "--budget runs them",
+                width,
+            )
         for note in self.notes:
             lines += wrap(f"note: {note}", width)
         return "\n".join(lines)
@@ -372,7 +406,7 @@ class Plan:
             row["cost"] if source is None else f"scaled [{sources.index(source) + 1}]",
             "-" if row["search_trials"] is None else str(row["search_trials"]),
             f"{runs}x({confirmation['warmup']}+{confirmation['timed']})" if confirmation else "-",
-            "-" if kept else _seconds(row["expected_s"], "unknown"),
+            "-" if kept else "not run" if not row["started"] else _seconds(row["expected_s"], "unknown"),
         ]
 
     def _total_line(self) -> str:
@@ -411,7 +445,8 @@ def make_plan(
     time_left = None if budget_s is None else budget_s * (1 - BUDGET_SLACK) - (before or 0.0)
     # Before any study has measured, the job's floors come from a probe's time: a run's overhead.
     yardstick = Yardstick(CostModel.estimate(task_s or 0.0, BURST))
-    steps = schedule(cells, [c.model for c in costs], time_left, yardstick)
+    spare = 0.0 if budget_s is None else budget_s * BUDGET_SLACK
+    steps = schedule(cells, [c.model for c in costs], time_left, yardstick, spare)
     setup = None if before is None or after is None else before + after
     return Plan(what, tuple(cells), tuple(costs), tuple(steps), budget_s, sum(tasks), setup, tuple(notes))
 

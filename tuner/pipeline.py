@@ -59,6 +59,7 @@ from tuner.forecast import (
     Unmeasured,
     benchmark_policy,
     confirmation_size,
+    least_s,
     make_plan,
     next_share,
     stored_costs,
@@ -222,6 +223,7 @@ class Job:
     bar: Bar = field(default_factory=Bar)  # over the studies, on a terminal (the CLI's); else no bar
     notes: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    not_started: list[str] = field(default_factory=list)  # studies the budget left no time for
 
     @property
     def options(self) -> StudyOptions:
@@ -382,6 +384,12 @@ class Job:
             else f" (over the budget by {spent - self.budget_s:.0f} s)"
         )
         self.log(f"job done in {spent:.0f} s{over}")
+        if self.not_started:
+            self.notes.append(
+                f"{len(self.not_started)} stud{'y' if len(self.not_started) == 1 else 'ies'} not started for want of "
+                f"budget ({', '.join(self.not_started)}): the same command with a larger --budget runs "
+                f"{'it' if len(self.not_started) == 1 else 'them'}, and keeps the studies done"
+            )
 
     def _study(
         self, index: int, ready: Prepared, outlook: Outlook, deadline: float | None, yardstick: Yardstick
@@ -395,6 +403,20 @@ class Job:
             self.log(f"{head} is already benchmarked: kept")
             return
         begun = self.clock()
+        cost = outlook.costs(index)[0]
+        started = any(not c.kept for c in cells[:index])  # the first study the job runs always starts
+        if started and outlook.ends is not None and cost is not None:
+            need, left = least_s(cell, cost), max(0.0, outlook.ends - begun)
+            if need > left:
+                # Started, it would overrun the budget by more than it is worth: its rows wait for a run with
+                # time for them, and the job ends near its budget instead of far past it.
+                self.not_started.append(cell.tag)
+                self.log(
+                    f"{head}: not started: it needs at least {duration(need)} (its baselines and one sampled setting "
+                    f"searched, then one short round of the settings the table needs), {duration(left)} of the "
+                    "budget is left"
+                )
+                return
         budget = next_share(cells[index:], None if deadline is None else deadline - begun, yardstick)
         eta = functools.partial(self._eta, outlook, index, begun, budget)
         self.log(head + (f", share {duration(budget)}" if budget else "") + f", {eta(None)}")
