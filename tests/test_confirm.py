@@ -24,16 +24,26 @@ from tuner.confirm import (
     decide,
     pick_candidates,
     planned_rounds,
+    store_verdict,
 )
 from tuner.cost import CostModel
 from tuner.disturbance import Disturbed
-from tuner.errors import Interrupted, TunerError, WorkerExited, WorkerOutOfMemory, WorkerTimeout
+from tuner.errors import (
+    Interrupted,
+    TunerError,
+    WorkerCrashed,
+    WorkerExited,
+    WorkerNotStarted,
+    WorkerOutOfMemory,
+    WorkerTimeout,
+)
 from tuner.measurement import Measurement
 from tuner.policy import MeasurementPolicy
-from tuner.records import ConfirmationRun, MalformedRecord, StoredConfirmation
+from tuner.records import ConfirmationRun, MalformedRecord, StoredConfirmation, StoredVerdict
 from tuner.replay import ReplayRunner
 from tuner.runner import TrialSpec
 from tuner.settings import Settings
+from tuner.summary import confirmed_loop_rates
 from tuner.workload import Workload
 
 POLICY = MeasurementPolicy("test", warmup=1, timed=4, timeout_s=60.0)
@@ -326,8 +336,14 @@ def failing_runner(fails: dict[str, BaseException], rates: dict[str, float] | No
 def test_a_candidate_whose_run_fails_is_dropped_and_the_others_are_confirmed() -> None:
     oom = WorkerOutOfMemory("worker ran out of memory (exit status 137)", "MemoryError: cannot allocate\n")
     runner = failing_runner({"trial 3": oom}, {DEFAULT: 100.0, HEURISTIC: 120.0})
-    seen: list[tuple[int, str, str]] = []
-    verdict = run_confirm(runner, rounds=3, on_drop=lambda r, c, why: seen.append((r, c.name, why)))
+    failed: list[tuple[int, str, str]] = []
+    stored: list[tuple[str, str, bool]] = []
+    verdict = run_confirm(
+        runner,
+        rounds=3,
+        on_fail=lambda r, c, why: failed.append((r, c.name, why)),
+        on_drop=lambda c, why, lasting: stored.append((c.name, why, lasting)),
+    )
     # trial 3 fails in its first run (round 1, third in order) and is measured no more: 1 run of it, then
     # 3 rounds of the two others.
     assert sum(spec.settings == C.settings for spec in runner.calls) == 1
@@ -337,7 +353,10 @@ def test_a_candidate_whose_run_fails_is_dropped_and_the_others_are_confirmed() -
     assert set(verdict.rates) == {DEFAULT, HEURISTIC} and all(len(r) == 3 for r in verdict.rates.values())
     assert verdict.winner == HEURISTIC
     assert verdict.dropped == {"trial 3": "worker ran out of memory (exit status 137): MemoryError: cannot allocate"}
-    assert seen == [(0, "trial 3", verdict.dropped["trial 3"])]
+    # Said when it fails; handed on to be stored once tf-default has run well after it (round 2 starts with
+    # the heuristic, then tf-default): a lasting drop, as running out of memory is the setting's own.
+    assert failed == [(0, "trial 3", verdict.dropped["trial 3"])]
+    assert stored == [("trial 3", verdict.dropped["trial 3"], True)]
     assert "dropped (a confirmation run failed): trial 3 (worker ran out of memory" in verdict.text()
     # And the stored form carries it, for show and the table.
     assert verdict.to_dict()["dropped"] == verdict.dropped
@@ -346,10 +365,17 @@ def test_a_candidate_whose_run_fails_is_dropped_and_the_others_are_confirmed() -
 
 def test_a_candidate_disturbed_in_every_attempt_is_dropped_too() -> None:
     disturbed = Disturbed("disturbed in all 3 attempts (last: 40% of its cores' time taken)", [])
-    verdict = run_confirm(failing_runner({HEURISTIC: disturbed}), rounds=3)
+    stored: list[tuple[str, bool]] = []
+    verdict = run_confirm(
+        failing_runner({HEURISTIC: disturbed}),
+        rounds=3,
+        on_drop=lambda c, why, lasting: stored.append((c.name, lasting)),
+    )
     # A busy neighbour that keeps one candidate from a fair measurement costs that candidate, not the verdict.
     assert set(verdict.rates) == {DEFAULT, "trial 3"} and HEURISTIC in verdict.dropped
     assert verdict.vs_heuristic is None
+    # But not for good: the neighbour may be gone when the confirmation resumes, so the drop does not last.
+    assert stored == [(HEURISTIC, False)]
 
 
 def test_tf_default_failing_ends_the_confirmation_and_an_interrupt_is_no_failure() -> None:
@@ -357,9 +383,50 @@ def test_tf_default_failing_ends_the_confirmation_and_an_interrupt_is_no_failure
     # Without tf-default there is nothing to compare against: one error naming it and why, never a verdict.
     with pytest.raises(TunerError, match=r"tf-default failed in confirmation round 1: worker exited .*broken"):
         run_confirm(failing_runner({DEFAULT: crashed}), rounds=3)
-    # Ctrl-C while a candidate runs is the user's, not the candidate's: it stops everything, nothing is dropped.
+    # Ctrl-C while a candidate runs is the user's, not the candidate's: it stops everything, nothing is dropped;
+    # so does a worker that could not even be started (the machine's fault, never the settings').
     with pytest.raises(Interrupted):
         run_confirm(failing_runner({"trial 3": Interrupted("interrupted")}), rounds=3)
+    with pytest.raises(WorkerNotStarted):
+        run_confirm(failing_runner({"trial 3": WorkerNotStarted("cannot start worker x: [Errno 12]")}), rounds=3)
+
+
+def test_when_tf_default_fails_too_no_drop_is_stored_and_a_resume_measures_them_all(
+    storage: optuna.storages.RDBStorage,
+) -> None:
+    study = optuna.create_study(storage=storage, study_name="machine")
+    broken = WorkerExited("worker exited with status 1", "OSError: [Errno 28] No space left on device\n")
+    # The disk fills up in round 2: the heuristic (first in that round) fails, then tf-default does too.
+    # The heuristic's failure was the machine's, not its own, so it is not stored as dropped.
+    with pytest.raises(TunerError, match="tf-default failed in confirmation round 2"):
+        confirm_logged(study, RoundRunner(fail_from=3, error=broken), CANDIDATES, WORKLOAD, CORES, POLICY, 3)
+    assert StoredConfirmation.from_dict(study.user_attrs["confirmation"]).dropped == {}
+    # Space freed, the same confirmation resumes and measures every candidate, the heuristic included.
+    again = confirm_logged(study, failing_runner({}), CANDIDATES, WORKLOAD, CORES, POLICY, 3)
+    assert again.dropped == {} and all(len(runs) == 3 for runs in again.rates.values())
+
+
+class RoundRunner(ReplayRunner):
+    """Every candidate at 100 images/sec until its ``fail_from``-th run, from which every run raises ``error``."""
+
+    def __init__(self, fail_from: int, error: BaseException) -> None:
+        def script(spec: TrialSpec, call: int) -> Sequence[float] | BaseException:
+            if call >= fail_from:
+                return error
+            return [spec.global_batch / 100.0] * (spec.policy.warmup + spec.policy.timed)
+
+        super().__init__(script)
+
+
+def test_once_only_tf_default_is_left_nothing_more_is_measured() -> None:
+    crashed = WorkerCrashed("worker killed by SIGSEGV", "Segmentation fault")
+    runner = failing_runner({HEURISTIC: crashed, "trial 3": crashed})
+    verdict = run_confirm(runner, rounds=3)
+    # Round 1 measures tf-default, then sees both others fail; tf-default runs once more (round 2), which
+    # shows the failures were theirs, and is then not measured alone for a third round.
+    assert len(runner.calls) == 4 and set(verdict.rates) == {DEFAULT}
+    assert verdict.text().startswith("nothing left to compare with tf-default: recommend tf-default; dropped")
+    assert verdict.against_each() == "tf-default over: no other candidate"
 
 
 def test_a_resumed_confirmation_keeps_its_dropped_candidates_dropped(storage: optuna.storages.RDBStorage) -> None:
@@ -385,3 +452,28 @@ def test_a_stored_drop_must_name_a_candidate() -> None:
         StoredConfirmation.from_dict({"candidates": [DEFAULT], "dropped": {"$(rm -rf ~)": "x"}})
     with pytest.raises(MalformedRecord, match=r"confirmation\.dropped"):
         StoredConfirmation.from_dict({"candidates": [DEFAULT], "dropped": {"trial 3": 7}})
+
+
+def test_a_candidate_dropped_after_good_rounds_leaves_the_verdicts_loop_rates_whole(
+    storage: optuna.storages.RDBStorage,
+) -> None:
+    study = optuna.create_study(storage=storage, study_name="late")
+    oom = WorkerOutOfMemory("worker ran out of memory (exit status 137)")
+    runs = {"trial 3": 0}
+
+    def script(spec: TrialSpec, _call: int) -> Sequence[float] | BaseException:
+        if spec.settings == C.settings:
+            runs["trial 3"] += 1
+            if runs["trial 3"] > 1:  # its first round runs; from the second on it runs out of memory
+                return oom
+        return [spec.global_batch / 100.0] * (spec.policy.warmup + spec.policy.timed)
+
+    verdict = confirm_logged(study, ReplayRunner(script), CANDIDATES, WORKLOAD, CORES, POLICY, 3)
+    store_verdict(study, verdict, dict, trials=3)
+    stored = StoredVerdict.from_dict(study.user_attrs["verdict"])
+    confirmation = StoredConfirmation.from_dict(study.user_attrs["confirmation"])
+    # Its good round stays on record with the runs, but the verdict was decided without it ...
+    assert len(confirmation.rates["trial 3"]) == 1 and "trial 3" in stored.dropped
+    # ... and show's timed-loop figures are those of the candidates the verdict compared, not "not stored".
+    loop = confirmed_loop_rates(stored, confirmation)
+    assert loop is not None and set(loop) == {DEFAULT, HEURISTIC}

@@ -124,7 +124,7 @@ SUMMARY_KEYS = [
 ]  # fmt: skip
 VERDICT_KEYS = [
     "winner", "recommended", "recommended_params", "clear", "text", "images_per_sec", "loop_images_per_sec",
-    "speedup_vs_tf_default", "speedup_vs_heuristic", "rounds", "measured", "score", "latency_ms",
+    "speedup_vs_tf_default", "speedup_vs_heuristic", "rounds", "measured", "score", "latency_ms", "dropped",
 ]  # fmt: skip
 
 

@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 from tests.helpers import FAST_CONFIRM, make_config
 from tuner.errors import TunerError, WorkerCrashed
 from tuner.owner import identity as owner_identity
+from tuner.pipeline import tuned_settings
 from tuner.policy import MeasurementPolicy
 from tuner.replay import ReplayRunner
 from tuner.runner import TrialSpec
@@ -418,5 +419,8 @@ def test_a_candidate_failing_in_confirmation_is_dropped_and_the_study_still_gets
     # show says so: the verdict line names the dropped candidate and why, and show --json carries it.
     summary = summarize_study(optuna.load_study(study_name=config.name, storage=storage))
     assert summary["verdict"] is not None and summary["verdict"]["dropped"] == verdict.dropped
+    # The fast setting is never run as "tuned" (GPU rows, `benchmark --settings tuned`): it fails there.
+    tuned = tuned_settings(optuna.load_study(study_name=config.name, storage=storage))
+    assert tuned is None or not fast(tuned.params())
     shown = " ".join(format_table([summary]).split())  # the verdict line is wrapped to the terminal
     assert f"dropped (a confirmation run failed): {dropped[0]} (worker killed by SIGKILL: Killed)" in shown

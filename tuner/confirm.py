@@ -20,11 +20,11 @@ from optuna.trial import FrozenTrial
 
 from tuner.cost import CostModel
 from tuner.disturbance import Disturbed
-from tuner.errors import Interrupted, TunerError, WorkerError
+from tuner.errors import Interrupted, TunerError, WorkerError, WorkerNotStarted
 from tuner.measurement import Measurement
 from tuner.objective import OBJECTIVES, Objective, latency_ms, quantile
 from tuner.policy import MeasurementPolicy
-from tuner.records import ConfirmationRun, StoredConfirmation, baseline_name, utc_now
+from tuner.records import DROP_REASON_CHARS, ConfirmationRun, StoredConfirmation, baseline_name, utc_now
 from tuner.runner import Runner, TrialSpec
 from tuner.sanitize import one_line
 from tuner.settings import Settings
@@ -140,7 +140,9 @@ class Verdict:
         batches = [self.params.get(name, {}).get("batch") for name in (self.winner, DEFAULT)]
         if batches[0] != batches[1]:  # --search-batch: the rates are per sample, so the batches compare
             span += f", per sample at batch {batches[0]} against batch {batches[1]}"
-        if self.winner == DEFAULT:
+        if self.winner == DEFAULT and len(self.rates) == 1 and self.dropped:
+            line = "nothing left to compare with tf-default: recommend tf-default"
+        elif self.winner == DEFAULT:
             line = "tf-default is fastest: recommend tf-default"
         elif self.clear:
             line = f"{self.winner} wins: {span}"
@@ -154,7 +156,7 @@ class Verdict:
     def against_each(self) -> str:
         """'trial 18 over: openvino-small 1.03x [0.98, 1.06], ...': the winner against every other candidate."""
         spans = [f"{name} {i.value:.2f}x [{i.low:.2f}, {i.high:.2f}]" for name, i in self.vs_others.items()]
-        return f"{self.winner} over: " + ", ".join(spans)
+        return f"{self.winner} over: " + (", ".join(spans) or "no other candidate")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -293,15 +295,17 @@ def planned_rounds(policy: MeasurementPolicy, configs: int, cost: CostModel | No
 
 
 OnRun = Callable[[int, Candidate, Measurement], None]  # called after every run, so nothing is lost
-OnDrop = Callable[[int, Candidate, str], None]  # called when a candidate is dropped, with why
-DROP_REASON_CHARS = 300
+OnDrop = Callable[[Candidate, str, bool], None]  # a candidate dropped, why, and whether that lasts on resume
+OnFail = Callable[[int, Candidate, str], None]  # a candidate's run failed (round, candidate, why): it is dropped
 
 
 def own_failure(error: TunerError) -> bool:
-    """Whether ``error`` is a failure of the setting measured, not of the whole confirmation: its worker failed
-    (crashed, exited, ran out of memory or time, sent no result), or every attempt was disturbed. An
-    interrupt, the host lock or a bug ends the confirmation instead."""
-    return isinstance(error, Disturbed) or (isinstance(error, WorkerError) and not isinstance(error, Interrupted))
+    """Whether ``error`` may be a failure of the setting measured, not of the whole confirmation: its worker
+    failed (crashed, exited, ran out of memory or time, sent no result), or every attempt was disturbed. An
+    interrupt, a worker that could not even start, the host lock or a bug ends the confirmation instead."""
+    if isinstance(error, (Interrupted, WorkerNotStarted)):
+        return False
+    return isinstance(error, (Disturbed, WorkerError))
 
 
 T = TypeVar("T")
@@ -330,16 +334,31 @@ def confirm(
     seed: int = 0,
     dropped: Mapping[str, str] | None = None,
     on_drop: OnDrop | None = None,
+    on_fail: OnFail | None = None,
 ) -> Verdict:
     """Measure ``candidates`` interleaved for ``rounds`` rounds; runs already in ``done`` are kept.
 
-    A candidate whose run fails by its own doing (``own_failure``) is dropped, with why, and the others go
-    on: the verdict is decided without it and names it. So are those ``dropped`` before (a resumed
-    confirmation). tf-default is never dropped: without it nothing can be compared, so its failure ends the
-    confirmation (the runs measured so far are the caller's, through ``on_run``)."""
+    A candidate whose run fails by what may be its own doing (``own_failure``) is dropped, with why, and the
+    others go on: the verdict is decided without it and names it. So are those ``dropped`` before (a resumed
+    confirmation). A drop is passed to ``on_drop`` (to be stored) only once tf-default has run well after it,
+    or the confirmation ends: where tf-default fails too, the fault was the machine's, and a resumed
+    confirmation measures them all again. A drop for disturbance does not last either (its neighbour may be
+    gone). tf-default is never dropped: without it nothing can be compared, so its failure ends the
+    confirmation (the runs measured so far are the caller's, through ``on_run``), and once it is the only
+    candidate left it is measured only to settle the last drops."""
     rates: dict[str, list[list[float]]] = {c.name: list((done or {}).get(c.name, [])) for c in candidates}
     gone = {name: why for name, why in (dropped or {}).items() if name in rates and name != DEFAULT}
+    pending: list[tuple[Candidate, str, bool]] = []  # dropped since tf-default last ran well
+
+    def settle() -> None:
+        for candidate, why, lasting in pending:
+            if on_drop is not None:
+                on_drop(candidate, why, lasting)
+        pending.clear()
+
     for round_, candidate in interleave(candidates, rounds, lambda c, r: c.name in gone or len(rates[c.name]) > r):
+        if not pending and len(candidates) > 1 and all(c.name in gone for c in candidates if c.name != DEFAULT):
+            break  # nothing left to compare tf-default with (once it has run after the last drop)
         try:
             measurement = runner.run(TrialSpec(candidate.settings, workload, cores, policy))
         except TunerError as error:
@@ -352,12 +371,16 @@ def confirm(
                     "it (the runs measured so far are kept: the same command resumes)"
                 ) from error
             gone[candidate.name] = why
-            if on_drop is not None:
-                on_drop(round_, candidate, why)
+            pending.append((candidate, why, not isinstance(error, Disturbed)))
+            if on_fail is not None:
+                on_fail(round_, candidate, why)
             continue
         rates[candidate.name].append(measurement.rates)
         if on_run is not None:
             on_run(round_, candidate, measurement)
+        if candidate.name == DEFAULT:
+            settle()
+    settle()
     kept = [c for c in candidates if c.name not in gone]
     params = {c.name: c.settings.params() for c in kept}
     measured = {c.name: rates[c.name] for c in kept}
@@ -385,13 +408,18 @@ def confirm_logged(
         value = workload.goal.describe(workload.goal.score(m.rates), workload.batch_size)
         progress(f"confirm round {round_ + 1}/{rounds} {candidate.name}: {value}")
 
-    def on_drop(round_: int, candidate: Candidate, why: str) -> None:
-        log.drop(candidate.name, why)
+    def on_fail(round_: int, candidate: Candidate, why: str) -> None:
         progress(f"confirm round {round_ + 1}/{rounds} {candidate.name}: FAILED ({why}); dropped, the others go on")
+
+    def on_drop(candidate: Candidate, why: str, lasting: bool) -> None:
+        if lasting:
+            log.drop(candidate.name, why)
 
     for name, why in log.dropped.items():
         progress(f"{name}: dropped earlier in this confirmation ({why})")
-    return confirm(runner, candidates, workload, cores, policy, rounds, log.rates(), on_run, seed, log.dropped, on_drop)
+    return confirm(
+        runner, candidates, workload, cores, policy, rounds, log.rates(), on_run, seed, log.dropped, on_drop, on_fail
+    )
 
 
 def store_verdict(

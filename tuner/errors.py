@@ -124,6 +124,11 @@ class WorkerExited(WorkerError):
     reason = "exited"
 
 
+class WorkerNotStarted(WorkerExited):
+    """The worker process could not be started at all (its interpreter missing, no memory or file handles
+    left to start it): the machine's fault, never the settings'. Stored as ``exited``."""
+
+
 class WorkerOutOfMemory(WorkerError):
     """The worker ran out of memory (its allocation failed under the memory limit)."""
 

@@ -136,16 +136,19 @@ def confirmation_id(study: optuna.Study) -> str:
 
 
 def tuned_settings(study: optuna.Study) -> Settings | None:
-    """The tuned settings of a study: its best confirmed sampled setting, else its best sampled trial."""
+    """The tuned settings of a study: its best confirmed sampled setting, else its best sampled trial that
+    confirmation did not drop (a setting whose confirmation run failed is never run as "tuned")."""
+    dropped: Mapping[str, str] = {}
     if "verdict" in study.user_attrs:
         verdict = StoredVerdict.from_dict(study.user_attrs["verdict"], f"study {study.study_name}: verdict")
         best = verdict.best_sampled()
         if best is not None:
             return verdict.params[best]
+        dropped = verdict.dropped
     sampled = [
         t
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if baseline_name(t.user_attrs) is None
+        if baseline_name(t.user_attrs) is None and f"trial {t.number}" not in dropped
     ]
     top = max(sampled, key=lambda t: t.value or 0.0, default=None)
     return None if top is None else Settings.from_params(top.params)
@@ -511,7 +514,11 @@ class Job:
         chosen = every if configs == len(every) else few
         stored = stored_confirmation(run.study)
         resumed = next(
-            (kept for kept in (every, few) if stored.rates and list(stored.candidates) == [c.name for c in kept]),
+            (
+                kept
+                for kept in (every, few)
+                if (stored.rates or stored.dropped) and list(stored.candidates) == [c.name for c in kept]
+            ),
             None,
         )
         if resumed is not None and stored.policy:

@@ -264,6 +264,9 @@ def _rates(value: Any, where: str) -> dict[str, list[list[float]]]:
     return {name: [[float(rate) for rate in run] for run in runs] for name, runs in value.items()}
 
 
+DROP_REASON_CHARS = 300  # a dropped candidate's reason, as confirmation stores it
+
+
 def _dropped(value: Any, where: str) -> dict[str, str]:
     """Dropped candidates: names to why (absent: none)."""
     if value is None:
@@ -271,7 +274,7 @@ def _dropped(value: Any, where: str) -> dict[str, str]:
     if not isinstance(value, Mapping) or not all(isinstance(why, str) for why in value.values()):
         raise MalformedRecord(f"{where}: must map names to reasons")
     _names(value, where)
-    return dict(value)
+    return {name: one_line(why, DROP_REASON_CHARS) for name, why in value.items()}  # one printable line each
 
 
 def _positive(value: Any) -> bool:

@@ -36,6 +36,7 @@ from tuner.errors import (
     WorkerCrashed,
     WorkerError,
     WorkerExited,
+    WorkerNotStarted,
     WorkerOutOfMemory,
     WorkerTimeout,
 )
@@ -329,7 +330,7 @@ class SubprocessRunner:
                 )
             except (OSError, ValueError) as error:
                 os.close(read_fd)
-                raise WorkerExited(f"cannot start worker {self.python}: {error}") from None
+                raise WorkerNotStarted(f"cannot start worker {self.python}: {error}") from None
             finally:
                 os.close(write_fd)
             watch = TimedWindow(worker_spec, cores, process.pid)

@@ -118,12 +118,15 @@ def _trial_loop_rate(trial: optuna.trial.FrozenTrial) -> float | None:
 
 def confirmed_loop_rates(verdict: StoredVerdict, confirmation: StoredConfirmation) -> dict[str, float] | None:
     """Timed-loop images/sec of each candidate over the confirmation runs the verdict was decided on; None
-    where the stored runs are not exactly those (a later confirmation cut short, or none stored)."""
-    if not confirmation.runs or dict(confirmation.rates) != verdict.raw.get("rates"):
+    where the stored runs are not exactly those (a later confirmation cut short, or none stored). A candidate
+    dropped after some good runs has them stored, but the verdict was decided without it: they are left out."""
+    kept = {name: runs for name, runs in confirmation.rates.items() if name not in verdict.dropped}
+    if not confirmation.runs or kept != verdict.raw.get("rates"):
         return None
     runs: dict[str, list[Measurement]] = {}
     for run in confirmation.runs:
-        runs.setdefault(run.candidate, []).append(run.measurement)
+        if run.candidate not in verdict.dropped:
+            runs.setdefault(run.candidate, []).append(run.measurement)
     return {name: pooled_loop_rate(measured) for name, measured in runs.items()}
 
 
