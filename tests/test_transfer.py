@@ -431,16 +431,48 @@ def test_a_redacted_export_keeps_the_results_and_drops_who_and_where(
     [
         ("/home/alice/envs/tf/bin/python", ".../python"),
         ("cannot start worker ~/envs/tf/bin/python: no such file", "cannot start worker .../python: no such file"),
-        ("sqlite:////home/alice/studies.db", "sqlite:///.../studies.db"),
+        ("sqlite:////home/alice/studies.db", "sqlite://.../studies.db"),
         ("KERAS_HOME=/tmp/tuner-keras-x1", "KERAS_HOME=.../tuner-keras-x1"),
+        # A home folder is a user name: it goes whole, with or without a path under it.
+        ("HOME=/home/alice", "HOME=~"),
+        ("in /Users/alice/My Documents", "in ~/My Documents"),
+        ("~alice/envs/python", ".../python"),
+        ("see https://example.com/docs/page", "see https://example.com/docs/page"),
         # Not paths: ratios, units, dates and relative names stay as they are.
         ("1/2 of its cores, 24.5 img/s on 2026/11/30", "1/2 of its cores, 24.5 img/s on 2026/11/30"),
         ("studies/tuner.db", "studies/tuner.db"),
     ],
 )
 def test_redaction_cuts_directories_and_leaves_what_is_no_path(stored: str, shared: str) -> None:
-    data = {"studies": [{"name": "s", "user_attrs": {"note": stored}, "trials": []}]}
+    data = {
+        "studies": [{"name": "s", "direction": "maximize", "user_attrs": {"tuner": {}, "note": stored}, "trials": []}]
+    }
     transfer.redact(data)
     # Only the directories of an absolute (or ~) path go; the file name stays, so the reader still knows
     # which library or interpreter it was.
     assert data["studies"][0]["user_attrs"]["note"] == shared
+
+
+def test_a_host_named_like_a_value_changes_no_data_only_free_text(
+    tmp_path: Path, storage_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A machine called "default" (or "tensorflow"): its name is also a word of the data itself.
+    monkeypatch.setattr(socket, "gethostname", lambda: "default")
+    source = tuned(storage_url)
+    study = optuna.load_study(study_name=source.get_all_studies()[0].study_name, storage=source)
+    study.set_user_attr("note", "measured on default while idle")
+    data = transfer.export(source)
+    before = json.loads(json.dumps(data))
+    transfer.redact(data)
+    shared, original = data["studies"][0], before["studies"][0]
+    # The host is host-1 where it is a host and in free text ...
+    assert shared["user_attrs"]["tuner"]["host"] == "host-1"
+    assert shared["user_attrs"]["note"] == "measured on host-1 while idle"
+    # ... while the data keeps "default": the confirmation's candidates, the verdict, every trial's params.
+    assert shared["user_attrs"]["confirmation"]["candidates"] == original["user_attrs"]["confirmation"]["candidates"]
+    assert "tf-default" in shared["user_attrs"]["confirmation"]["candidates"]
+    assert (
+        shared["user_attrs"]["verdict"]["recommended_params"] == original["user_attrs"]["verdict"]["recommended_params"]
+    )
+    assert [t["params"] for t in shared["trials"]] == [t["params"] for t in original["trials"]]
+    assert shared["user_attrs"]["tuner"]["runtime"] == original["user_attrs"]["tuner"]["runtime"]

@@ -90,10 +90,22 @@ PROCESS_KEYS = frozenset({"pid", "instance_pids"})
 OWNER_KEYS = frozenset({"pid", "pid_ns", "boot_id", "start"})  # of a trial's ``owner``: its process
 DROPPED_KEYS = frozenset({"stderr_tail"})
 # The directories of an absolute path (or ~/...), wherever a string holds one: '/home/alice/envs/x/python'
-# becomes '.../python'. Not after a word character, so ratios ('1/2') and units ('img/s') stay.
-_DIRECTORIES = re.compile(r"(?<![\w.~-])~?/(?:[^\s/:;,'\"()\[\]{}<>|]+/)+")
-# Names that other records refer to (a study's, a candidate's): never rewritten, so the file stays whole.
+# becomes '.../python'. Not after a word character, so ratios ('1/2') and units ('img/s') stay, nor in a URL's
+# '//' ('https://example.com/a' keeps its host). A home folder itself ('/home/alice') becomes '~' first, so
+# that no user name is left as a path's last part.
+_DIRECTORIES = re.compile(r"(?<![\w.~-])(?<!:/)~?/(?:[^\s/:;,'\"()\[\]{}<>|]+/)+")
+_HOME = re.compile(r"(?<![\w.~-])(?:/home|/Users)/[^\s/:;,'\"()\[\]{}<>|]+|(?<![\w.~/-])~[A-Za-z_][\w.-]*(?=/|$)")
+# Names that other records refer to (a study's, a candidate's), and the data the file is for (settings,
+# signatures, rates): never rewritten, so the file stays whole and its figures as measured.
 NAME_KEYS = frozenset({"name", "study", "study_name", "candidate", "label", "baseline", "recommended", "winner"})
+KEPT_KEYS = frozenset(
+    {"params", "distributions", "cpu", "candidates", "rates", "recommended_params", "settings", "run_id", "signature"}
+)
+# Free text, where a host name may be quoted and is replaced by its stand-in: not in structured values, where
+# a host named like one ('default', 'tensorflow') would change the data.
+FREE_TEXT_KEYS = frozenset(
+    {"fail_message", "skip_reason", "text", "skipped", "note", "notes", "message", "error", "excluded", "dropped"}
+)
 
 
 @dataclass
@@ -124,6 +136,11 @@ def redact(data: dict[str, Any]) -> Redacted:
     known = re.compile(r"\b(?:" + "|".join(re.escape(name) for name in names) + r")\b") if names else None
     data["studies"] = [_redacted(study, done, known) for study in data["studies"]]
     data["redacted"] = True
+    for index, study in enumerate(data["studies"]):  # what import checks: a redaction that broke it is a bug
+        try:
+            _check_study(Path("redacted export"), index, study)
+        except ImportRefused as error:
+            raise TunerError(f"redacting broke the export, nothing written: {error}") from None
     return done
 
 
@@ -139,7 +156,10 @@ def _hosts(value: Any, found: dict[str, str]) -> None:
             _hosts(item, found)
 
 
-def _redacted(value: Any, done: Redacted, known: re.Pattern[str] | None, key: str = "") -> Any:
+def _redacted(value: Any, done: Redacted, known: re.Pattern[str] | None, key: str = "", free: bool = False) -> Any:
+    """``value`` under ``key`` redacted; ``free``: inside free text (host names quoted there are replaced)."""
+    if key in KEPT_KEYS:
+        return value
     if isinstance(value, dict):
         kept = {}
         for name, item in value.items():
@@ -148,19 +168,22 @@ def _redacted(value: Any, done: Redacted, known: re.Pattern[str] | None, key: st
             elif name in DROPPED_KEYS:
                 done.stderr_tails += 1
             else:
-                kept[name] = _redacted(item, done, known, name)
+                kept[name] = _redacted(item, done, known, name, free or key in FREE_TEXT_KEYS)
         return kept
     if isinstance(value, list):
-        return [_redacted(item, done, known, key) for item in value]
+        return [_redacted(item, done, known, key, free) for item in value]
     if not isinstance(value, str):
         return value
     if key == "host" and value in done.hosts:
         return done.hosts[value]
     if key in NAME_KEYS:
         return value
-    text, cuts = _DIRECTORIES.subn(".../", value)
-    done.paths += cuts
-    return text if known is None else known.sub(lambda m: done.hosts[m.group(0)], text)
+    text, homes = _HOME.subn("~", value)
+    text, cuts = _DIRECTORIES.subn(".../", text)
+    done.paths += homes + cuts
+    if known is None or not (free or key in FREE_TEXT_KEYS):
+        return text
+    return known.sub(lambda m: done.hosts[m.group(0)], text)
 
 
 def write(data: dict[str, Any], path: Path) -> None:
