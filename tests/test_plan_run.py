@@ -245,7 +245,8 @@ def test_the_plan_names_the_studies_the_job_will_not_start(storage: optuna.stora
     make_job(storage, clock, "tensorflow", [1], ["infer"], 600.0).run()  # the cost to plan from
     plan = make_job(storage, clock, "tensorflow", [1, 2], ["train", "infer"], 8 * 60.0).plan()
     planned = [row["study"] for row in plan.to_dict()["studies"] if not row["started"]]
-    job = make_job(storage, clock, "tensorflow", [1, 2], ["train", "infer"], 8 * 60.0)
+    log: list[tuple[float, str]] = []
+    job = make_job(storage, clock, "tensorflow", [1, 2], ["train", "infer"], 8 * 60.0, log)
     begun = clock.now
     job.run()
     # Eight minutes hold the 1-core training study and the 2-core training one, not the least of the 2-core
@@ -255,3 +256,10 @@ def test_the_plan_names_the_studies_the_job_will_not_start(storage: optuna.stora
     assert job.not_started == ["tensorflow infer 2c"]
     assert plan.total_s is not None and abs((clock.now - begun) - plan.total_s) <= 0.15 * plan.total_s
     assert "not run: tensorflow infer 2c:" in " ".join(plan.render().split())
+    # The ETA said as each of the two studies run starts is when the job then really ended (within 15%, or
+    # 30 s): it holds no time for the study left out (here the budget left, its cap, would hide it too).
+    etas = [(now, eta_s(line)) for now, line in log if line.startswith("study ") and ETA.search(line)]
+    assert len(etas) == 2
+    for now, seconds in etas:
+        left = clock.now - now
+        assert abs(seconds - left) <= max(0.15 * left, 30.0), (seconds, left)
