@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from typing import Any
 
 import optuna
 import pytest
 
-from tuner import benchmark
+from tuner import benchmark, table
 from tuner.confirm import MIN_ROUNDS
 from tuner.cost import CostModel
 from tuner.forecast import FEW_CONFIRMED, confirmation_size
@@ -336,6 +337,10 @@ def test_a_study_that_cannot_fit_the_budget_left_is_not_started_and_a_later_run_
                    counts=[1, 2], modes=["train", "infer"], budget_s=budget_min * 60.0, model="tiny",
                    runner=ClockedRunner(clock), log=lines.append, clock=clock)  # fmt: skip
 
+    def cpu_rows() -> Any:
+        frame, _ = table.build(benchmark.records(storage))
+        return frame[frame["GPU"] == 0]  # the CPU rows (the GPU rows are skipped here: no GPU)
+
     clock = Clock()
     lines: list[str] = []
     first = job(12, lines)
@@ -352,6 +357,16 @@ def test_a_study_that_cannot_fit_the_budget_left_is_not_started_and_a_later_run_
     studies = {s.study_name for s in storage.get_all_studies()} - {benchmark.BENCH_STUDY}
     assert len(studies) == 8 - len(first.not_started) and "study 1/8" not in " ".join(skipped)
     assert all("verdict" in optuna.load_study(study_name=name, storage=storage).user_attrs for name in studies)
+    # The table accounts for every study asked for: those not started are rows that say so, and why.
+    waiting = {
+        f"{r['runtime']} {r['mode']} {r['cores']}c": r["skipped"]
+        for r in benchmark.records(storage)
+        if "skipped" in r and r["runtime"] != "tensorflow-gpu"
+    }
+    assert set(waiting) == set(first.not_started)
+    assert all(why.startswith("not started: the budget ran out (it needs at least") for why in waiting.values())
+    cpu = cpu_rows()
+    assert len(cpu) == 8 and (cpu["status"] == "skipped").sum() == len(first.not_started)
     # The same command with a larger budget keeps the studies done and runs only those left.
     again: list[str] = []
     second = job(30, again)
@@ -359,3 +374,6 @@ def test_a_study_that_cannot_fit_the_budget_left_is_not_started_and_a_later_run_
     assert sum("is already benchmarked: kept" in line for line in again) == 8 - len(first.not_started)
     assert second.not_started == [] and second.failures == []
     assert len({s.study_name for s in storage.get_all_studies()} - {benchmark.BENCH_STUDY}) == 8
+    # Now every row is measured: the skips gave way to the measurements.
+    cpu = cpu_rows()
+    assert len(cpu) == 8 and "skipped" not in set(cpu["status"])

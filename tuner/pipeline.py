@@ -419,6 +419,12 @@ class Job:
                     f"searched, then one short round of the settings the table needs), {duration(left)} of the "
                     "budget is left"
                 )
+                # The table lists its target as skipped, with why, until a run with time for it measures it.
+                reason = (
+                    f"not started: the budget ran out (it needs at least {duration(need)}, {duration(left)} was left)"
+                )
+                target = Target(ready.runtime.name, cell.config.workload, cell.config.cores)
+                store(self.storage, skip_record(target, reason, self.signature))
                 return
         budget = next_share(cells[index:], None if deadline is None else deadline - begun, yardstick)
         eta = functools.partial(self._eta, outlook, index, begun, budget)
