@@ -477,3 +477,28 @@ def test_a_candidate_dropped_after_good_rounds_leaves_the_verdicts_loop_rates_wh
     # ... and show's timed-loop figures are those of the candidates the verdict compared, not "not stored".
     loop = confirmed_loop_rates(stored, confirmation)
     assert loop is not None and set(loop) == {DEFAULT, HEURISTIC}
+
+
+def test_a_failure_after_tf_defaults_last_run_is_checked_by_one_more_run_of_it(
+    storage: optuna.storages.RDBStorage,
+) -> None:
+    broken = WorkerExited("worker exited with status 1", "OSError: [Errno 28] No space left on device\n")
+    # Round 3 runs trial 3, tf-default, then the heuristic (call 8), which fails: no tf-default run follows in
+    # the rounds, so one more run of it (call 9) is the check. Here the disk is full for it too: the
+    # heuristic's failure may be the machine's, so the confirmation ends and nothing is stored as dropped.
+    study = optuna.create_study(storage=storage, study_name="late-machine")
+    with pytest.raises(TunerError, match="tf-default failed in the check after confirmation's last round"):
+        confirm_logged(study, RoundRunner(fail_from=8, error=broken), CANDIDATES, WORKLOAD, CORES, POLICY, 3)
+    assert StoredConfirmation.from_dict(study.user_attrs["confirmation"]).dropped == {}
+    # Where only the heuristic fails, the check passes: its drop is the heuristic's own, stored, and the
+    # check's run is not a round (tf-default keeps its three).
+    calls: list[int] = []
+
+    def script(spec: TrialSpec, call: int) -> Sequence[float] | BaseException:
+        calls.append(call)
+        return broken if call == 8 else [spec.global_batch / 100.0] * (spec.policy.warmup + spec.policy.timed)
+
+    study = optuna.create_study(storage=storage, study_name="late-own")
+    verdict = confirm_logged(study, ReplayRunner(script), CANDIDATES, WORKLOAD, CORES, POLICY, 3)
+    assert calls == list(range(10)) and len(verdict.rates[DEFAULT]) == 3
+    assert set(StoredConfirmation.from_dict(study.user_attrs["confirmation"]).dropped) == {HEURISTIC}

@@ -424,3 +424,19 @@ def test_a_candidate_failing_in_confirmation_is_dropped_and_the_study_still_gets
     assert tuned is None or not fast(tuned.params())
     shown = " ".join(format_table([summary]).split())  # the verdict line is wrapped to the terminal
     assert f"dropped (a confirmation run failed): {dropped[0]} (worker killed by SIGKILL: Killed)" in shown
+
+
+def test_a_setting_dropped_by_an_unfinished_confirmation_is_never_tuned(storage: optuna.storages.RDBStorage) -> None:
+    config = make_config(cores=1, trials=16)
+    run = StudyRun(storage, config, ReplayRunner.from_rates(rate, noise=0.01, seed=3))
+    run.search(None)
+    sampled = [t for t in run.study.trials if t.state == TrialState.COMPLETE and "baseline" not in t.user_attrs]
+    best = max(sampled, key=lambda t: t.value or 0.0)
+    # Its confirmation dropped the best sampled setting, then ended without a verdict (tf-default failed).
+    run.study.set_user_attr(
+        "confirmation",
+        {"candidates": ["tf-default", f"trial {best.number}"], "dropped": {f"trial {best.number}": "killed"}},
+    )
+    tuned = tuned_settings(optuna.load_study(study_name=config.name, storage=storage))
+    # "tuned" (GPU rows, `benchmark --settings tuned`) falls back to the best sampled trial not dropped.
+    assert tuned is not None and tuned.params() != best.params

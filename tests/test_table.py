@@ -229,3 +229,14 @@ def test_a_pipe_in_stored_text_cannot_break_a_markdown_row() -> None:
         borders = [len(re.findall(r"(?<!\\)\|", line)) for line in lines]
         assert len(set(borders)) == 1 and len(lines) >= 3
         assert wide is False or any("EPYC \\| forged \\| cells" in line for line in lines)
+
+
+def test_a_target_skipped_after_it_was_measured_keeps_its_measured_row() -> None:
+    measured = _group()
+    for record in measured:
+        record["measured"] = "2026-01-01T00:00:00+00:00"
+    later = skip_record(TARGET, "not started: the budget ran out", SIGNATURE)
+    later["measured"] = "2026-02-01T00:00:00+00:00"
+    frame, _ = table.build([*measured, later])
+    # A later run that had no time for the target does not double its row: the measurement stands, alone.
+    assert len(frame) == 1 and frame.iloc[0]["status"] != "skipped"

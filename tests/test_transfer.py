@@ -397,6 +397,8 @@ def test_a_redacted_export_keeps_the_results_and_drops_who_and_where(
     target = Target("tensorflow", Workload("tiny", "infer", 32), (0, 1))
     m = Measurement(32, (0.1, 0.1), (0.2,), {"framework_version": "2.21.0", "openmp_path": "/opt/intel/libiomp5.so"})
     benchmark.store(source, make_record(target, "tf-default", Settings(), [m], SIGNATURE, "r1"))
+    run_id = benchmark.new_run_id()  # 'PID-HEX', as tuner benchmark names its runs
+    benchmark.store(source, make_record(target, "heuristic", Settings(), [m], SIGNATURE, run_id))
     path = tmp_path / "shared.json"
     assert main(["export", "--output", str(path), "--storage", storage_url, "--redact"]) == 0
     said = capsys.readouterr().out
@@ -405,6 +407,7 @@ def test_a_redacted_export_keeps_the_results_and_drops_who_and_where(
     # metadata, records, free text), no pid, boot id or worker stderr is left, and paths keep their last part.
     assert "alice" not in text and "/home/" not in text and "/opt/" not in text
     assert '"pid"' not in text and "boot_id" not in text and "stderr_tail" not in text
+    assert run_id not in text and f"run-{run_id.split('-')[1]}" in text  # the run keeps a name, not the pid
     assert "host-1" in text and "redacted 1 host names" in said
     failed = next(t for s in json.loads(text)["studies"] for t in s["trials"] if t["state"] == "FAIL")
     assert failed["user_attrs"]["fail_message"].endswith("ValueError: no weights at .../weights.h5 on host-1")

@@ -340,12 +340,13 @@ def confirm(
 
     A candidate whose run fails by what may be its own doing (``own_failure``) is dropped, with why, and the
     others go on: the verdict is decided without it and names it. So are those ``dropped`` before (a resumed
-    confirmation). A drop is passed to ``on_drop`` (to be stored) only once tf-default has run well after it,
-    or the confirmation ends: where tf-default fails too, the fault was the machine's, and a resumed
-    confirmation measures them all again. A drop for disturbance does not last either (its neighbour may be
-    gone). tf-default is never dropped: without it nothing can be compared, so its failure ends the
-    confirmation (the runs measured so far are the caller's, through ``on_run``), and once it is the only
-    candidate left it is measured only to settle the last drops."""
+    confirmation). A drop is passed to ``on_drop`` (to be stored) only once tf-default has run well after it
+    (after the last round, one more run of tf-default checks the drops since its last): where tf-default
+    fails too, the fault was the machine's, and a resumed confirmation measures them all again. A drop for
+    disturbance does not last either (its neighbour may be gone). tf-default is never dropped: without it
+    nothing can be compared, so its failure ends the confirmation (the runs measured so far are the
+    caller's, through ``on_run``), and once it is the only candidate left it is measured only to settle the
+    last drops."""
     rates: dict[str, list[list[float]]] = {c.name: list((done or {}).get(c.name, [])) for c in candidates}
     gone = {name: why for name, why in (dropped or {}).items() if name in rates and name != DEFAULT}
     pending: list[tuple[Candidate, str, bool]] = []  # dropped since tf-default last ran well
@@ -380,7 +381,22 @@ def confirm(
             on_run(round_, candidate, measurement)
         if candidate.name == DEFAULT:
             settle()
-    settle()
+    if pending:
+        # Failures after tf-default's last run: one more run of it (a check, not a round) tells the machine's
+        # fault from theirs before their drops are stored.
+        default = next(c for c in candidates if c.name == DEFAULT)
+        try:
+            runner.run(TrialSpec(default.settings, workload, cores, policy))
+        except TunerError as error:
+            if not own_failure(error):
+                raise
+            why = one_line(str(error), DROP_REASON_CHARS)
+            raise TunerError(
+                f"tf-default failed in the check after confirmation's last round: {why}; the failures before it "
+                "may be the machine's, so nothing is dropped (the runs measured so far are kept: the same command "
+                "resumes)"
+            ) from error
+        settle()
     kept = [c for c in candidates if c.name not in gone]
     params = {c.name: c.settings.params() for c in kept}
     measured = {c.name: rates[c.name] for c in kept}

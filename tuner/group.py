@@ -26,7 +26,7 @@ from typing import IO, Any
 
 from tuner import interrupt
 from tuner.disturbance import Disturbance, Monitor
-from tuner.errors import WorkerBadOutput, WorkerError, WorkerExited, WorkerTimeout
+from tuner.errors import WorkerBadOutput, WorkerError, WorkerNotStarted, WorkerTimeout
 from tuner.measurement import Measurement
 from tuner.runner import STEP_KEYS, SubprocessRunner, TrialSpec, _decode, _positive, _tail, check_read_back, kill_group
 from tuner.settings import ENV_ALLOWLIST, Settings
@@ -198,7 +198,7 @@ def _execute_group(
                     preexec_fn=self._child_setup,
                 )
             except (OSError, ValueError) as error:
-                raise WorkerExited(f"cannot start instance {index} with {self.python}: {error}") from None
+                raise WorkerNotStarted(f"cannot start instance {index} with {self.python}: {error}") from None
             finally:
                 os.close(write_fd)
             members.append((process, read_fd, log))

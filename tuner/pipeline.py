@@ -138,13 +138,13 @@ def confirmation_id(study: optuna.Study) -> str:
 def tuned_settings(study: optuna.Study) -> Settings | None:
     """The tuned settings of a study: its best confirmed sampled setting, else its best sampled trial that
     confirmation did not drop (a setting whose confirmation run failed is never run as "tuned")."""
-    dropped: Mapping[str, str] = {}
+    dropped: Mapping[str, str] = stored_confirmation(study).dropped
     if "verdict" in study.user_attrs:
         verdict = StoredVerdict.from_dict(study.user_attrs["verdict"], f"study {study.study_name}: verdict")
         best = verdict.best_sampled()
         if best is not None:
             return verdict.params[best]
-        dropped = verdict.dropped
+        dropped = {**dropped, **verdict.dropped}
     sampled = [
         t
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))

@@ -197,7 +197,8 @@ def build(records: Sequence[BenchmarkRecord]) -> tuple[pd.DataFrame, list[str]]:
             rows.append(_skipped_row(r, "; ".join(f"{label}: {why}" for label, why in unmeasured[key].items())))
             continue
         rows.append(_measured_row(group, unmeasured.get(key, {}), flops, peaks))
-    for key in sorted(skipped, key=_sort_key):
+    # A target skipped after it was measured (a later run had no time or no GPU for it) keeps its measured row.
+    for key in sorted(set(skipped) - set(groups) - set(unmeasured), key=_sort_key):
         rows.append(_skipped_row(skipped[key], skipped[key]["skipped"]))
     notes = []
     for (cpu_id, cores, precision), top in sorted(peaks.items(), key=lambda item: (str(item[0][0]), item[0][1] or 0)):

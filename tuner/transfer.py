@@ -95,6 +95,7 @@ DROPPED_KEYS = frozenset({"stderr_tail"})
 # that no user name is left as a path's last part.
 _DIRECTORIES = re.compile(r"(?<![\w.~-])(?<!:/)~?/(?:[^\s/:;,'\"()\[\]{}<>|]+/)+")
 _HOME = re.compile(r"(?<![\w.~-])(?:/home|/Users)/[^\s/:;,'\"()\[\]{}<>|]+|(?<![\w.~/-])~[A-Za-z_][\w.-]*(?=/|$)")
+_PID_RUN_ID = re.compile(r"^\d+-([0-9a-f]+)$")
 # Names that other records refer to (a study's, a candidate's), and the data the file is for (settings,
 # signatures, rates): never rewritten, so the file stays whole and its figures as measured.
 NAME_KEYS = frozenset({"name", "study", "study_name", "candidate", "label", "baseline", "recommended", "winner"})
@@ -131,6 +132,7 @@ def redact(data: dict[str, Any]) -> Redacted:
     in free text too. CPU signatures, settings, measurements, verdicts and dates are kept: they are what
     the file is for. The result still imports (the tests import it)."""
     done = Redacted()
+    valid = {study["name"] for study in data["studies"] if _valid(study)}
     _hosts(data, done.hosts)
     names = sorted(done.hosts, key=len, reverse=True)
     known = re.compile(r"\b(?:" + "|".join(re.escape(name) for name in names) + r")\b") if names else None
@@ -139,9 +141,22 @@ def redact(data: dict[str, Any]) -> Redacted:
     for index, study in enumerate(data["studies"]):  # what import checks: a redaction that broke it is a bug
         try:
             _check_study(Path("redacted export"), index, study)
-        except ImportRefused as error:
+            if study["name"] in valid:  # one malformed already (a shared study's) is refused on import anyway
+                check_study(study["name"], study["user_attrs"])
+        except (ImportRefused, MalformedRecord) as error:
             raise TunerError(f"redacting broke the export, nothing written: {error}") from None
     return done
+
+
+def _valid(study: dict[str, Any]) -> bool:
+    """Whether import would take ``study``'s attributes (the benchmark study's records are checked apart)."""
+    if study.get("name") == BENCH_STUDY:
+        return False
+    try:
+        check_study(study["name"], study["user_attrs"])
+    except MalformedRecord:
+        return False
+    return True
 
 
 def _hosts(value: Any, found: dict[str, str]) -> None:
@@ -158,6 +173,9 @@ def _hosts(value: Any, found: dict[str, str]) -> None:
 
 def _redacted(value: Any, done: Redacted, known: re.Pattern[str] | None, key: str = "", free: bool = False) -> Any:
     """``value`` under ``key`` redacted; ``free``: inside free text (host names quoted there are replaced)."""
+    if key == "run_id" and isinstance(value, str) and _PID_RUN_ID.match(value):
+        done.process_ids += 1  # 'PID-HEX' (benchmark.new_run_id): the hex part alone still names the run
+        return _PID_RUN_ID.sub(r"run-\1", value)
     if key in KEPT_KEYS:
         return value
     if isinstance(value, dict):
