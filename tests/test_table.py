@@ -240,3 +240,16 @@ def test_a_target_skipped_after_it_was_measured_keeps_its_measured_row() -> None
     frame, _ = table.build([*measured, later])
     # A later run that had no time for the target does not double its row: the measurement stands, alone.
     assert len(frame) == 1 and frame.iloc[0]["status"] != "skipped"
+
+
+def test_the_onednn_on_point_has_its_column_where_it_was_measured() -> None:
+    # On a CPU where TensorFlow leaves oneDNN off (AVX2 only), the stock space measures oneDNN forced on as
+    # its own baseline: the table shows it beside tf-default (--wide and the data formats).
+    forced = Settings.from_params({"onednn": True})
+    on = make_record(TARGET, "onednn-on", forced, [run(0.25) for _ in range(3)], SIGNATURE, "r1")
+    frame, notes = table.build([*_group(), on])
+    assert frame.iloc[0]["onednn-on images/sec"] == pytest.approx(128.0)
+    assert "| onednn-on " in table.render(frame, notes, "markdown", wide=True)
+    # Where it was not measured (oneDNN on by default: it is tf-default itself), it is missing, not made up.
+    frame, _ = table.build(_group())
+    assert pd.isna(frame.iloc[0]["onednn-on images/sec"])

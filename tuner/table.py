@@ -38,6 +38,9 @@ FORMATS = ("markdown", "csv", "html", "json")
 _NUMBER = re.compile(r"[-+]?[0-9][0-9.,]*(e[-+]?[0-9]+)?x?")  # -0.5, +1.2e3, 1.03x: a figure, not a formula
 EMPTY = "no benchmark results stored yet (run: tuner run, or tuner benchmark)"
 HEURISTIC_NHWC = f"{HEURISTIC}-nhwc"  # the heuristic's runnable part where NCHW cannot run (tuner/capability.py)
+# The stock space's oneDNN-forced-on point (search_spaces/tensorflow.toml): measured only where TensorFlow's
+# default leaves oneDNN off (a CPU without AVX-512 VNNI/BF16 or AMX); elsewhere it is tf-default itself.
+ONEDNN_ON = "onednn-on"
 MODE_NAMES = {"train": "train", "infer": "infer"}
 STATISTIC = "median step"  # what the speedup columns compare: the verdict's statistic, not images/sec
 RATIOS = {
@@ -48,7 +51,8 @@ SHARES = tuple(f"{name} {what}" for name in (DEFAULT, HEURISTIC, TUNED) for what
 COLUMNS = (
     "model", "runtime", "CPU", "cores", "memory GiB", "GPU", "batch size", "mode", "status",
     "recommended", "images/sec", "ms/image", "p50 ms", "p99 ms",
-    "tf-default images/sec", "heuristic images/sec", "heuristic measured as", "tuned images/sec",
+    "tf-default images/sec", "heuristic images/sec", "heuristic measured as", "onednn-on images/sec",
+    "tuned images/sec",
     *RATIOS["tuned/tf-default"], *RATIOS["tuned/heuristic"],
     "best recipe", "best recipe images/sec", *RATIOS["tuned/best recipe"], *SHARES,
     "tuned settings", "rounds", "warm-up batches", "timed batches", "recommended launch", "note",
@@ -56,7 +60,8 @@ COLUMNS = (
 INTEGERS = ("cores", "GPU", "batch size", "rounds", "warm-up batches", "timed batches")
 FLOATS = (
     "memory GiB", "images/sec", "ms/image", "p50 ms", "p99 ms", "tf-default images/sec", "heuristic images/sec",
-    "tuned images/sec", *(c for name in RATIOS.values() for c in name), "best recipe images/sec", *SHARES,
+    "onednn-on images/sec", "tuned images/sec", *(c for name in RATIOS.values() for c in name),
+    "best recipe images/sec", *SHARES,
 )  # fmt: skip
 
 
@@ -252,6 +257,7 @@ def _measured_row(
         "tf-default images/sec": _rate(default),
         "heuristic images/sec": _rate(heuristic),
         "heuristic measured as": _heuristic_as(heuristic, not_run),
+        "onednn-on images/sec": _rate(group.get(ONEDNN_ON)),
         "tuned images/sec": _rate(tuned),
         **ratio("tuned/tf-default", tuned, default),
         **ratio("tuned/heuristic", tuned, heuristic),
@@ -430,6 +436,7 @@ def _view_row(row: pd.Series, wide: bool) -> dict[str, str]:
         "p50 / p99 ms per batch": "-" if _missing(row["p50 ms"]) else f"{row['p50 ms']:.2f} / {_fixed(row['p99 ms'])}",
         "tf-default": _fixed(row["tf-default images/sec"]),
         "heuristic": heuristic,
+        "onednn-on": _fixed(row["onednn-on images/sec"]),
         "tuned": _fixed(row["tuned images/sec"]),
         "tuned/tf-default": _fixed(loop_ratio, unit="x"),
         **{_interval(name): _times(row, name) for name in ("tuned/tf-default", "tuned/heuristic")},
