@@ -420,7 +420,12 @@ class Plan:
             return f"total: {duration(total)} (no budget)"
         planned = duration(self.budget_s * (1 - BUDGET_SLACK))
         unknown = any(c.model is None for c, cell in zip(self.costs, self.cells, strict=True) if not cell.kept)
-        fills = "; a study whose trial cost is unknown fills its share" if unknown else ""
+        fills = (
+            "; a study whose trial cost is unknown fills its share, and once costs are measured a study whose least "
+            "no longer fits is not started"
+            if unknown
+            else ""
+        )
         budget = duration(self.budget_s)
         return f"total: {duration(total or 0.0)} of the {budget} budget (planned against {planned}{fills})"
 
