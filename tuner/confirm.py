@@ -351,6 +351,15 @@ def confirm(
     gone = {name: why for name, why in (dropped or {}).items() if name in rates and name != DEFAULT}
     pending: list[tuple[Candidate, str, bool]] = []  # dropped since tf-default last ran well
 
+    def attempt(candidate: Candidate) -> Measurement | TunerError:
+        """One run of ``candidate``, or the error where it failed by what may be its own doing."""
+        try:
+            return runner.run(TrialSpec(candidate.settings, workload, cores, policy))
+        except TunerError as error:
+            if not own_failure(error):
+                raise
+            return error
+
     def settle() -> None:
         for candidate, why, lasting in pending:
             if on_drop is not None:
@@ -360,19 +369,16 @@ def confirm(
     for round_, candidate in interleave(candidates, rounds, lambda c, r: c.name in gone or len(rates[c.name]) > r):
         if not pending and len(candidates) > 1 and all(c.name in gone for c in candidates if c.name != DEFAULT):
             break  # nothing left to compare tf-default with (once it has run after the last drop)
-        try:
-            measurement = runner.run(TrialSpec(candidate.settings, workload, cores, policy))
-        except TunerError as error:
-            if not own_failure(error):
-                raise
-            why = one_line(str(error), DROP_REASON_CHARS)
+        measurement = attempt(candidate)
+        if isinstance(measurement, TunerError):
+            why = one_line(str(measurement), DROP_REASON_CHARS)
             if candidate.name == DEFAULT:
                 raise TunerError(
                     f"tf-default failed in confirmation round {round_ + 1}: {why}; nothing can be compared without "
                     "it (the runs measured so far are kept: the same command resumes)"
-                ) from error
+                ) from measurement
             gone[candidate.name] = why
-            pending.append((candidate, why, not isinstance(error, Disturbed)))
+            pending.append((candidate, why, not isinstance(measurement, Disturbed)))
             if on_fail is not None:
                 on_fail(round_, candidate, why)
             continue
@@ -384,18 +390,13 @@ def confirm(
     if pending:
         # Failures after tf-default's last run: one more run of it (a check, not a round) tells the machine's
         # fault from theirs before their drops are stored.
-        default = next(c for c in candidates if c.name == DEFAULT)
-        try:
-            runner.run(TrialSpec(default.settings, workload, cores, policy))
-        except TunerError as error:
-            if not own_failure(error):
-                raise
-            why = one_line(str(error), DROP_REASON_CHARS)
+        check = attempt(next(c for c in candidates if c.name == DEFAULT))
+        if isinstance(check, TunerError):
             raise TunerError(
-                f"tf-default failed in the check after confirmation's last round: {why}; the failures before it "
-                "may be the machine's, so nothing is dropped (the runs measured so far are kept: the same command "
-                "resumes)"
-            ) from error
+                f"tf-default failed in the check after confirmation's last round: "
+                f"{one_line(str(check), DROP_REASON_CHARS)}; the failures before it may be the machine's, so nothing "
+                "is dropped (the runs measured so far are kept: the same command resumes)"
+            ) from check
         settle()
     kept = [c for c in candidates if c.name not in gone]
     params = {c.name: c.settings.params() for c in kept}

@@ -161,6 +161,15 @@ def least_s(cell: Cell, cost: CostModel) -> float:
     return searched * cost.run_s(config.policy) + few * shortest
 
 
+LEAST = "its baselines and one sampled setting searched, then one short round of the settings the table needs"
+
+
+def too_late(cell: Cell, cost: CostModel | None, time_left: float | None) -> bool:
+    """Whether ``time_left`` (None: no budget) is less than ``cell``'s least at ``cost`` (None: unknown, so
+    nothing to judge by): the job does not start such a study, and the plan says so."""
+    return time_left is not None and cost is not None and least_s(cell, cost) > time_left
+
+
 def next_share(cells: Sequence[Cell], time_left: float | None, yardstick: Yardstick) -> float | None:
     """The share of ``cells[0]``, the next study to run, of ``time_left`` (None: no budget), as the job gives
     it: by weight among the studies still to run (kept ones weigh nothing), each at least its floor."""
@@ -196,7 +205,7 @@ def schedule(
         if cell.kept:
             steps.append(Step(None, None, 0.0))
             continue
-        if not first and time_left is not None and cost is not None and least_s(cell, cost) > time_left + spare:
+        if not first and too_late(cell, cost, None if time_left is None else time_left + spare):
             steps.append(Step(None, None, 0.0, started=False))
             continue
         first = False
@@ -383,9 +392,8 @@ class Plan:
         skipped = [cell.tag for cell, step in zip(self.cells, self.steps, strict=True) if not step.started]
         if skipped:
             lines += wrap(
-                f"not run: {', '.join(skipped)}: the time left would be less than the least each needs (its "
-                "baselines and one sampled setting searched, one short round of the table's settings); a larger "
-                "--budget runs them",
+                f"not run: {', '.join(skipped)}: the time left would be less than the least each needs ({LEAST}); "
+                "a larger --budget runs them",
                 width,
             )
         for note in self.notes:

@@ -52,6 +52,7 @@ from tuner.envs import create as create_env
 from tuner.errors import TunerError
 from tuner.forecast import (
     BUDGET_SLACK,
+    LEAST,
     SEARCH_SHARE,
     Cell,
     Outlook,
@@ -65,6 +66,7 @@ from tuner.forecast import (
     stored_costs,
     stored_probe,
     stored_trials,
+    too_late,
 )
 from tuner.forecast import MIN_TIMED as MIN_TIMED
 from tuner.forecast import plan_benchmark as plan_benchmark
@@ -408,24 +410,18 @@ class Job:
         begun = self.clock()
         cost = outlook.costs(index)[0]
         started = any(not c.kept for c in cells[:index])  # the first study the job runs always starts
-        if started and outlook.ends is not None and cost is not None:
-            need, left = least_s(cell, cost), max(0.0, outlook.ends - begun)
-            if need > left:
-                # Started, it would overrun the budget by more than it is worth: its rows wait for a run with
-                # time for them, and the job ends near its budget instead of far past it.
-                self.not_started.append(cell.tag)
-                self.log(
-                    f"{head}: not started: it needs at least {duration(need)} (its baselines and one sampled setting "
-                    f"searched, then one short round of the settings the table needs), {duration(left)} of the "
-                    "budget is left"
-                )
-                # The table lists its target as skipped, with why, until a run with time for it measures it.
-                reason = (
-                    f"not started: the budget ran out (it needs at least {duration(need)}, {duration(left)} was left)"
-                )
-                target = Target(ready.runtime.name, cell.config.workload, cell.config.cores)
-                store(self.storage, skip_record(target, reason, self.signature))
-                return
+        left = None if outlook.ends is None else max(0.0, outlook.ends - begun)
+        if started and cost is not None and left is not None and too_late(cell, cost, left):
+            # Started, it would overrun the budget by more than it is worth: its rows wait for a run with time
+            # for them, and the job ends near its budget instead of far past it.
+            need = duration(least_s(cell, cost))
+            self.not_started.append(cell.tag)
+            self.log(f"{head}: not started: it needs at least {need} ({LEAST}), {duration(left)} of the budget is left")
+            # The table lists its target as skipped, with why, until a run with time for it measures it.
+            reason = f"not started: the budget ran out (it needs at least {need}, {duration(left)} was left)"
+            target = Target(ready.runtime.name, cell.config.workload, cell.config.cores)
+            store(self.storage, skip_record(target, reason, self.signature))
+            return
         budget = next_share(cells[index:], None if deadline is None else deadline - begun, yardstick)
         eta = functools.partial(self._eta, outlook, index, begun, budget)
         self.log(head + (f", share {duration(budget)}" if budget else "") + f", {eta(None)}")
