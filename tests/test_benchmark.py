@@ -7,8 +7,10 @@ import pytest
 
 from tuner import benchmark
 from tuner.benchmark import Target, make_record, skip_record, store
+from tuner.errors import WorkerExited, WorkerNotStarted
 from tuner.measurement import Measurement
 from tuner.pipeline import FULL_TIMED, MIN_TIMED, plan_benchmark
+from tuner.policy import MeasurementPolicy
 from tuner.replay import ReplayRunner
 from tuner.settings import Settings
 from tuner.signature import cpu_signature
@@ -63,6 +65,30 @@ def test_records_round_trip_through_storage_and_stay_out_of_the_studies(
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL"]
     # `tuner show` lists tuning studies only: the benchmark study is not one.
     assert summarize(storage) == []
+
+
+def test_a_failing_setting_is_noted_but_a_worker_that_cannot_start_ends_the_benchmark() -> None:
+    named = [("a", Settings(intra_op=1)), ("b", Settings(intra_op=2))]
+    bench = MeasurementPolicy("t", warmup=1, timed=3, timeout_s=60.0, rounds=2)
+
+    def script(failure: BaseException) -> ReplayRunner:
+        return ReplayRunner(lambda spec, call: failure if spec.settings.intra_op == 2 else [0.1] * 4)
+
+    runs: dict[str, list[Measurement]] = {}
+    failed: dict[str, str] = {}
+    benchmark.measure(
+        script(WorkerExited("worker exited with status 1")), TARGET, named, bench, runs=runs, failed=failed
+    )
+    # The setting's own failure is noted with its reason and left out of round 2; "a" runs both rounds.
+    assert failed == {"b": "worker exited with status 1"} and len(runs["a"]) == 2
+    runs, failed = {}, {}
+    with pytest.raises(WorkerNotStarted):
+        benchmark.measure(
+            script(WorkerNotStarted("cannot start worker")), TARGET, named, bench, runs=runs, failed=failed
+        )
+    # A worker that could not start says nothing of "b": nothing is noted against it, and the run of "a"
+    # measured before it is kept for the caller to store.
+    assert failed == {} and len(runs["a"]) == 1
 
 
 def test_yardsticks_are_measured_once_then_read_from_storage(storage: optuna.storages.RDBStorage) -> None:

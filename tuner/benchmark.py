@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 
 from tuner import __version__
 from tuner.confirm import interleave
-from tuner.errors import Interrupted, InvalidSettings, TunerError, WorkerError
+from tuner.errors import Interrupted, InvalidSettings, TunerError, WorkerError, WorkerNotStarted
 from tuner.measurement import Measurement, coefficient_of_variation, median_abs_deviation, pooled_loop_rate
 from tuner.models import ModelRef, as_ref
 from tuner.objective import latency_ms
@@ -226,7 +226,8 @@ def measure(
     """Measure every named setting for ``bench.rounds`` interleaved rounds, order rotated each round.
     Runs are added to ``runs`` as they finish, so a caller keeps what was measured if it is interrupted.
     With ``failed``, a setting whose worker fails is noted there with its reason and left out of later
-    rounds while the others go on; without it, the first failure is raised."""
+    rounds while the others go on; without it, the first failure is raised. An interrupt, and a worker that
+    could not even start (the machine's fault, not the setting's), are always raised: the runs so far stay."""
     runs = {label: [] for label, _ in named} if runs is None else runs
     for label, _ in named:
         runs.setdefault(label, [])
@@ -236,7 +237,7 @@ def measure(
         try:
             measurement = runner.run(spec)
         except WorkerError as error:
-            if failed is None or isinstance(error, Interrupted):
+            if failed is None or isinstance(error, (Interrupted, WorkerNotStarted)):
                 raise
             failed[label] = str(error)
             progress(f"round {round_ + 1}/{bench.rounds} {label}: FAILED ({error.reason}: {error})")
