@@ -353,10 +353,11 @@ def render(frame: pd.DataFrame, notes: Sequence[str], fmt: str, wide: bool = Fal
     if fmt == "html":
         items = "".join(f"<li>{_escape(note)}</li>" for note in notes)
         return str(view.to_html(index=False, escape=True)) + (f"\n<ul>{items}</ul>" if notes else "")
+    # A "|" in stored text would end its cell: escaped, as markdown reads it, before the narrow view is cut
+    # to width, so that the escapes are counted.
+    view = view.map(lambda value: value.replace("|", "\\|") if isinstance(value, str) else value)
     if not wide:
         view, notes = _narrow(view), [*_cpu_lines(frame), *notes]
-    # A "|" in stored text would end its cell: escaped, as markdown reads it.
-    view = view.map(lambda value: value.replace("|", "\\|") if isinstance(value, str) else value)
     text = str(view.to_markdown(index=False, disable_numparse=True))
     legend = [LEGEND_WIDE if wide else LEGEND, *(f"- {note}" for note in notes)]
     return text + "\n\n" + "\n".join(line for part in legend for line in wrap(part, more="  "))
