@@ -456,6 +456,28 @@ def test_redaction_cuts_directories_and_leaves_what_is_no_path(stored: str, shar
     assert data["studies"][0]["user_attrs"]["note"] == shared
 
 
+@pytest.mark.parametrize(
+    ("stored", "shared"),
+    [
+        ("HOME=/srv/alice", "HOME=~"),
+        ("no weights at /srv/alice", "no weights at ~"),
+        ("cannot start worker /srv/alice/envs/tf/bin/python", "cannot start worker .../python"),
+        # Another folder that only starts the same keeps its last part, as any path does.
+        ("/srv/alice2/model.py and /srv/alice2", ".../model.py and .../alice2"),
+    ],
+)
+def test_the_exporting_users_own_home_goes_wherever_it_is(
+    stored: str, shared: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", "/srv/alice")  # not under /home or /Users: its last part would name the user
+    data = {
+        "studies": [{"name": "s", "direction": "maximize", "user_attrs": {"tuner": {}, "note": stored}, "trials": []}]
+    }
+    transfer.redact(data)
+    # The home folder itself becomes '~', so "alice" is not left as a path's last part.
+    assert data["studies"][0]["user_attrs"]["note"] == shared
+
+
 def test_a_host_named_like_a_value_changes_no_data_only_free_text(
     tmp_path: Path, storage_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

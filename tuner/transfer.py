@@ -16,7 +16,9 @@ running the same import again deletes a study left marked as importing and impor
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -91,10 +93,10 @@ OWNER_KEYS = frozenset({"pid", "pid_ns", "boot_id", "start"})  # of a trial's ``
 DROPPED_KEYS = frozenset({"stderr_tail"})
 # The directories of an absolute path (or ~/...), wherever a string holds one: '/home/alice/envs/x/python'
 # becomes '.../python'. Not after a word character, so ratios ('1/2') and units ('img/s') stay, nor in a URL's
-# '//' ('https://example.com/a' keeps its host). A home folder itself ('/home/alice') becomes '~' first, so
-# that no user name is left as a path's last part.
+# '//' ('https://example.com/a' keeps its host). A home folder itself ('/home/alice', or the exporting
+# user's own wherever it is: ``_home``) becomes '~' first, so that no user name is left as a path's last part.
 _DIRECTORIES = re.compile(r"(?<![\w.~-])(?<!:/)~?/(?:[^\s/:;,'\"()\[\]{}<>|]+/)+")
-_HOME = re.compile(r"(?<![\w.~-])(?:/home|/Users)/[^\s/:;,'\"()\[\]{}<>|]+|(?<![\w.~/-])~[A-Za-z_][\w.-]*(?=/|$)")
+_HOMES = r"(?<![\w.~-])(?:/home|/Users)/[^\s/:;,'\"()\[\]{}<>|]+|(?<![\w.~/-])~[A-Za-z_][\w.-]*(?=/|$)"
 _PID_RUN_ID = re.compile(r"^\d+-([0-9a-f]+)$")
 # Names that other records refer to (a study's, a candidate's), and the data the file is for (settings,
 # signatures, rates): never rewritten, so the file stays whole and its figures as measured.
@@ -196,12 +198,22 @@ def _redacted(value: Any, done: Redacted, known: re.Pattern[str] | None, key: st
         return done.hosts[value]
     if key in NAME_KEYS:
         return value
-    text, homes = _HOME.subn("~", value)
+    text, homes = _home(os.path.expanduser("~")).subn("~", value)
     text, cuts = _DIRECTORIES.subn(".../", text)
     done.paths += homes + cuts
     if known is None or not (free or key in FREE_TEXT_KEYS):
         return text
     return known.sub(lambda m: done.hosts[m.group(0)], text)
+
+
+@functools.cache
+def _home(own: str) -> re.Pattern[str]:
+    """Home folders as ``redact`` finds them: under /home or /Users, ``~user``, and the exporting user's own
+    ``own`` wherever it is (``/srv/alice``), a whole path part, so that its last part (often the user name) goes."""
+    extra = own.rstrip("/")
+    if extra.count("/") < 1 or not extra.startswith("/") or re.fullmatch(r"/(?:home|Users)/[^/]+", extra):
+        return re.compile(_HOMES)  # '/' itself, or a home the general rule already covers
+    return re.compile(rf"(?<![\w.~-]){re.escape(extra)}(?![^\s/:;,'\"()\[\]{{}}<>|])|{_HOMES}")
 
 
 def write(data: dict[str, Any], path: Path) -> None:
