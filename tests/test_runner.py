@@ -25,6 +25,7 @@ from tuner.errors import (
     WorkerCrashed,
     WorkerError,
     WorkerExited,
+    WorkerNotStarted,
     WorkerOutOfMemory,
     WorkerTimeout,
 )
@@ -251,9 +252,9 @@ def test_keyboard_interrupt_from_on_step_propagates_and_leaves_no_process(tmp_pa
     assert is_gone(pids["grandchild"])
 
 
-def test_missing_interpreter_is_exited_in_one_line() -> None:
+def test_missing_interpreter_is_not_started_in_one_line() -> None:
     before = open_fds()
-    with pytest.raises(WorkerExited) as caught:
+    with pytest.raises(WorkerNotStarted) as caught:
         SubprocessRunner(python="/nonexistent/python", parent_env=MINIMAL_ENV, lock=PRIVATE_LOCK).run(make_spec())
     # One line that names the interpreter, fit for the CLI's one-line error.
     assert "/nonexistent/python" in str(caught.value)
@@ -313,7 +314,7 @@ def test_popen_gets_a_list_no_shell_own_session_and_built_env(monkeypatch: pytes
     monkeypatch.setattr(subprocess, "Popen", fake_popen)
     settings = Settings(env_knobs=(("onednn", False),))
     parent = {**MINIMAL_ENV, "OMP_NUM_THREADS": "9"}
-    with pytest.raises(WorkerExited):
+    with pytest.raises(WorkerNotStarted):
         SubprocessRunner(python=sys.executable, parent_env=parent, lock=PRIVATE_LOCK).run(make_spec(settings=settings))
     (args, kwargs) = calls[0]
     # An explicit argv list and never a shell, so no value is ever parsed by sh.

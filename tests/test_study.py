@@ -11,7 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.helpers import FAST_CONFIRM, make_config
-from tuner.errors import TunerError, WorkerCrashed
+from tuner.errors import TunerError, WorkerCrashed, WorkerNotStarted
 from tuner.owner import identity as owner_identity
 from tuner.pipeline import tuned_settings
 from tuner.policy import MeasurementPolicy
@@ -79,6 +79,31 @@ def test_three_failures_in_a_row_stop_the_study(storage: optuna.storages.RDBStor
     with pytest.raises(TunerError, match="3 trials in a row failed; last: crashed"):
         run.search(None)
     assert states(run.study).count(TrialState.FAIL) == 3
+
+
+def test_a_worker_that_cannot_start_ends_the_search_and_holds_nothing_against_the_setting(
+    storage: optuna.storages.RDBStorage,
+) -> None:
+    def script(spec: TrialSpec, call: int) -> list[float] | BaseException:
+        # The third worker cannot be started: the machine's fault (no memory to fork, say).
+        return (
+            WorkerNotStarted("cannot start worker python: [Errno 12] Cannot allocate memory")
+            if call == 2
+            else [0.03] * 5
+        )
+
+    run = StudyRun(storage, make_config(trials=6), ReplayRunner(script))
+    # The search stops at once with the reason: every trial after it would fail alike, whatever its settings.
+    with pytest.raises(TunerError, match="Cannot allocate memory"):
+        run.search(None)
+    assert states(run.study).count(TrialState.COMPLETE) == 2 and states(run.study)[-1] == TrialState.FAIL
+    stopped = run.study.get_trials()[-1]
+    # Stored as not started, which is neither "known to fail" nor done: the setting is not held against.
+    assert stopped.user_attrs["fail_reason"] == "not-started" and run.failing() == {}
+    # Once workers start again, the same command goes on and completes the study.
+    again = StudyRun(storage, make_config(trials=6), ReplayRunner.from_rates(rate))
+    again.search(None)
+    assert states(again.study).count(TrialState.COMPLETE) == 6
 
 
 def test_rerun_resumes_without_repeating_baselines(storage: optuna.storages.RDBStorage) -> None:

@@ -4,7 +4,8 @@ For each core count and mode: the settings asked for (default tf-default, the he
 has a confirmed verdict, the setting it recommends), as they can run on this CPU (``tuner/capability.py``: a
 baseline that cannot run is stored as such and its runnable part measured instead). A setting whose worker
 fails is stored as failed with the reason while the others go on; an interrupt, or a worker that cannot
-start at all (the machine's fault, not the setting's), keeps the finished rounds, marked partial. The job ends with the list of what could not be measured, which the CLI turns into exit 1.
+start at all (the machine's fault, not the setting's), keeps the finished rounds, marked partial. The job
+ends with the list of what could not be measured, which the CLI turns into exit 1.
 """
 
 from __future__ import annotations

@@ -124,9 +124,12 @@ class WorkerExited(WorkerError):
     reason = "exited"
 
 
-class WorkerNotStarted(WorkerExited):
+class WorkerNotStarted(WorkerError):
     """The worker process could not be started at all (its interpreter missing, no memory or file handles
-    left to start it): the machine's fault, never the settings'. Stored as ``exited``."""
+    left to start it): the machine's fault, never the settings'. A trial that fails so is not "known to fail"
+    (``resume.WORKER_FAILURES``), and it ends the search, the confirmation or the benchmark it was in."""
+
+    reason = "not-started"
 
 
 class WorkerOutOfMemory(WorkerError):

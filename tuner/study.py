@@ -34,7 +34,7 @@ from tuner.confirm import (
 )
 from tuner.cost import CostModel
 from tuner.disturbance import Disturbed
-from tuner.errors import Interrupted, Pruned, TunerError
+from tuner.errors import Interrupted, Pruned, TunerError, WorkerNotStarted
 from tuner.objective import OBJECTIVES, Objective
 from tuner.owner import fail_orphans
 from tuner.owner import identity as owner_identity
@@ -367,6 +367,9 @@ class StudyRun:
             )
             skips = skips + 1 if "skip_reason" in last.user_attrs and last.user_attrs["skip_reason"] != "pruner" else 0
             self._report(last, complete + (last.state == TrialState.COMPLETE), deadline)
+            if last.state == TrialState.FAIL and trial_text(last.user_attrs, "fail_reason") == WorkerNotStarted.reason:
+                # The machine could not start a worker: the next trial would fail alike, whatever its settings.
+                raise TunerError(f"trial {last.number}: {trial_text(last.user_attrs, 'fail_message')}")
             if failures >= MAX_FAILURES_IN_A_ROW:
                 raise TunerError(
                     f"{failures} trials in a row failed; last: {last.user_attrs.get('fail_reason')}: "
