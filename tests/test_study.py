@@ -81,6 +81,28 @@ def test_three_failures_in_a_row_stop_the_study(storage: optuna.storages.RDBStor
     assert states(run.study).count(TrialState.FAIL) == 3
 
 
+def test_sampled_settings_failing_in_a_row_end_the_search_and_the_study_still_gets_its_verdict(
+    storage: optuna.storages.RDBStorage,
+) -> None:
+    def script(spec: TrialSpec, call: int) -> list[float] | BaseException:
+        # The baselines run; every setting the sampler proposes dies (a region of the space this CPU cannot
+        # hold, say), and so does no confirmation run of a baseline.
+        if spec.policy.name != FAST_CONFIRM.name and call >= 2:
+            return WorkerCrashed("worker killed by SIGABRT", "Aborted")
+        return [spec.global_batch / rate(spec)] * (spec.policy.warmup + spec.policy.timed)
+
+    lines: list[str] = []
+    config = make_config(trials=8)
+    verdict = StudyRun(storage, config, ReplayRunner(script), progress=lines.append).run()
+    trials = optuna.load_study(study_name=config.name, storage=storage).trials
+    # Three failures in a row end the search, saying so, not the study: tf-default and the heuristic were
+    # measured, and their confirmation gives the verdict.
+    measured = [t.state for t in trials if t.state != TrialState.PRUNED]  # skips (duplicates) measure nothing
+    assert measured == [TrialState.COMPLETE] * 2 + [TrialState.FAIL] * 3
+    assert any(line.startswith("search ends: 3 trials in a row failed; last: crashed") for line in lines)
+    assert verdict.recommended == "tf-default" and set(verdict.rates) == {"tf-default", "heuristic"}
+
+
 def test_a_worker_that_cannot_start_ends_the_search_and_holds_nothing_against_the_setting(
     storage: optuna.storages.RDBStorage,
 ) -> None:

@@ -346,7 +346,8 @@ class StudyRun:
         budget). Past ``stop_at`` (a soft end, which leaves the rest to a longer benchmark) it stops once one
         sampled setting is measured."""
         rule = StopRule(self.config.trials, self.distinct_settings(), deadline, stop_at)
-        failures = skips = 0
+        streak: list[str] = []  # the reasons of the failures since the last complete trial
+        skips = 0
         while True:
             interrupt.checkpoint()  # between trials: a Ctrl-C received during Optuna's bookkeeping stops here
             why = rule.check(self, skips)
@@ -362,19 +363,33 @@ class StudyRun:
             if last is None:
                 continue
             # Skips measure nothing: only a complete trial breaks a run of failures.
-            failures = (
-                failures + 1 if last.state == TrialState.FAIL else 0 if last.state == TrialState.COMPLETE else failures
-            )
+            if last.state == TrialState.FAIL:
+                streak.append(trial_text(last.user_attrs, "fail_reason") or "")
+            elif last.state == TrialState.COMPLETE:
+                streak = []
             skips = skips + 1 if "skip_reason" in last.user_attrs and last.user_attrs["skip_reason"] != "pruner" else 0
             self._report(last, complete + (last.state == TrialState.COMPLETE), deadline)
             if last.state == TrialState.FAIL and trial_text(last.user_attrs, "fail_reason") == WorkerNotStarted.reason:
                 # The machine could not start a worker: the next trial would fail alike, whatever its settings.
                 raise TunerError(f"trial {last.number}: {trial_text(last.user_attrs, 'fail_message')}")
-            if failures >= MAX_FAILURES_IN_A_ROW:
-                raise TunerError(
-                    f"{failures} trials in a row failed; last: {last.user_attrs.get('fail_reason')}: "
-                    f"{last.user_attrs.get('fail_message', '')}".strip()
+            if len(streak) >= MAX_FAILURES_IN_A_ROW:
+                why = (
+                    f"{len(streak)} trials in a row failed; last: {trial_text(last.user_attrs, 'fail_reason')}: "
+                    f"{trial_text(last.user_attrs, 'fail_message') or ''}".strip()
                 )
+                if not self._failing_settings(streak):
+                    raise TunerError(why)
+                self.progress(f"search ends: {why}; the {len(self.measured())} settings measured go on to confirmation")
+                return
+
+    def _failing_settings(self, streak: list[str]) -> bool:
+        """Whether a run of failures ``streak`` (their reasons) is the settings' own doing, with tf-default
+        measured: each worker failed (crash, exit, timeout, bad output, out of memory), not disturbed,
+        interrupted or taken by another process. Then the search ends and what it measured is confirmed, as
+        settings that fail in a region of the space need not cost the study its verdict; otherwise (a busy
+        or broken machine, or nothing to compare with) the study stops with the reason."""
+        default = any(baseline_name(t.user_attrs) == DEFAULT for t in self.measured())
+        return default and all(reason in WORKER_FAILURES for reason in streak)
 
     def _wait_for_others(self) -> None:
         """Workers elsewhere are measuring the last trials: wait for them rather than overshoot; if one fails
