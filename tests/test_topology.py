@@ -18,6 +18,7 @@ from tuner.topology import (
     partition,
     physical_cores,
     quota_warning,
+    splits,
 )
 
 
@@ -245,17 +246,21 @@ def test_partition_two_sockets_round_robin_smt_one_group_per_socket(tmp_path: Pa
     assert partition(cores, 4, root) == [(0,), (2,), (1,), (3,)]
 
 
-def test_partition_refuses_a_group_spanning_sockets(tmp_path: Path) -> None:
-    root = fake_sys_smt(tmp_path, TWO_SOCKETS_SMT)
-    cores = core_set(4, range(8), root)
+def test_partition_refuses_one_of_several_groups_spanning_sockets(tmp_path: Path) -> None:
+    # Two sockets of three cores, numbered round-robin: CPUs 0, 2, 4 on package 0 and 1, 3, 5 on package 1.
+    root = fake_sys_smt(tmp_path, {cpu: (cpu % 2, cpu // 2) for cpu in range(6)})
+    cores = core_set(4, range(6), root)
+    assert cores == (0, 2, 4, 1)
     with pytest.raises(UsageError) as error:
-        partition(cores, 1, root)
-    # One instance on all four cores would span both packages: refused with one line naming them.
-    assert "span packages 0,1" in str(error.value)
+        partition(cores, 2, root)
+    # Two instances of two cores: the second (CPUs 4 and 1) would span both packages: refused in one line.
+    assert "instance 1 (CPUs 4,1) would span packages 0,1" in str(error.value)
     assert "\n" not in str(error.value)
-    # Three cores (two on socket 0, one on socket 1) as one instance would span the sockets too: refused.
-    with pytest.raises(UsageError, match="span packages"):
-        partition(core_set(3, range(8), root), 1, root)
+    # One instance takes the whole set across both sockets, as a trial's one process does (and tf-default
+    # and the heuristic are measured so on a 2-socket core set): `tuner exec` and `recommend` can start it.
+    assert partition(cores, 1, root) == [(0, 2, 4, 1)]
+    assert partition(core_set(3, range(6), root), 1, root) == [(0, 2, 4)]
+    assert splits(cores, root) == (1, 4)
 
 
 def test_partition_refuses_a_count_that_does_not_divide(tmp_path: Path) -> None:

@@ -155,7 +155,8 @@ def packages_of(cores: Iterable[int], root: Path = SYS_CPU) -> int:
 
 
 def splits(cores: Sequence[int], root: Path = SYS_CPU) -> tuple[int, ...]:
-    """The instance counts this core set can be partitioned into: equal groups, none spanning a socket."""
+    """The instance counts this core set can be partitioned into: 1, and equal groups none of which spans a
+    socket."""
     found = []
     for count in range(1, len(cores) + 1):
         if len(cores) % count == 0:
@@ -176,8 +177,9 @@ def sockets_for(cores: Sequence[int], root: Path = SYS_CPU) -> int:
 
 def partition(cores: Sequence[int], instances: int, root: Path = SYS_CPU) -> list[tuple[int, ...]]:
     """``cores`` (one logical CPU per physical core, in ``core_set``'s order: package, die, core) split into
-    ``instances`` equal consecutive groups, one per instance, none spanning two packages. One ``UsageError``
-    line where ``instances`` does not divide the core count or a group would span packages."""
+    ``instances`` equal consecutive groups, one per instance, none of several spanning two packages (one
+    instance takes the whole set, whatever it spans, as a trial of one process does). One ``UsageError``
+    line where ``instances`` does not divide the core count or one of several groups would span packages."""
     if instances < 1:
         raise UsageError(f"instances must be at least 1, got {instances}")
     if not cores or len(cores) % instances:
@@ -187,7 +189,7 @@ def partition(cores: Sequence[int], instances: int, root: Path = SYS_CPU) -> lis
     size = len(cores) // instances
     groups = [tuple(cores[start : start + size]) for start in range(0, len(cores), size)]
     for index, group in enumerate(groups):
-        if packages_of(group, root) > 1:
+        if instances > 1 and packages_of(group, root) > 1:
             packages = sorted({_package(cpu, root) for cpu in group})
             raise UsageError(
                 f"{instances} instances of {cores_text(size)} on CPUs {','.join(map(str, cores))}: instance "
