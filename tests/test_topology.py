@@ -110,6 +110,26 @@ def test_parse_core_counts_none_gives_defaults() -> None:
     assert parse_core_counts(None, 6) == [1, 2, 4, 6]
 
 
+def test_default_core_counts_stop_at_a_cpu_quota(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Kubernetes limits.cpu 2.5 on a 16-core node: studies on 4 cores or more would measure the throttling.
+    assert parse_core_counts(None, 16, 2.5) == [1, 2]
+    # A quota under one CPU still leaves the 1-core study; a quota above the cores changes nothing.
+    assert parse_core_counts(None, 16, 0.5) == [1] and parse_core_counts(None, 6, 8.0) == [1, 2, 4, 6]
+    # Counts named with --cores are the user's: measured (each study warns of the quota), not cut.
+    assert parse_core_counts("4,16", 16, 2.5) == [4, 16]
+    from tuner import cli
+
+    monkeypatch.setattr(cli, "physical_cores", lambda: list(range(16)))
+    monkeypatch.setattr(cli, "cpu_quota", lambda: 2.5)
+    # The commands say where the quota cut their default counts, in one warning line.
+    assert cli._core_counts(None) == [1, 2]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "quota allows 2.5 CPUs' time: core counts up to 2 of the 16" in err
+    assert cli._core_counts("8") == [8] and capsys.readouterr().err == ""
+
+
 def test_parse_core_counts_sorts_and_dedups() -> None:
     # Order and repeats in user input do not matter; spaces are ignored.
     assert parse_core_counts("4, 1,2,4", 4) == [1, 2, 4]
@@ -202,9 +222,34 @@ def test_quota_of_a_parent_group_counts_and_no_quota_is_none(tmp_path: Path) -> 
     assert cpu_quota(root, proc) == 1.0
     root, proc = _cgroup(tmp_path / "free", {"docker/abc": "max 100000"})
     assert cpu_quota(root, proc) is None
-    # No cgroup v2 line at all (v1 or none): no quota known.
+    # A cgroup v1 line whose controller has no quota files under this root: no quota known.
     (tmp_path / "v1").write_text("4:cpu,cpuacct:/\n")
     assert cpu_quota(root, tmp_path / "v1") is None
+
+
+def _v1(root: Path, folder: str, quota: int, period: int = 100000) -> None:
+    group = root / "cpu,cpuacct" / folder
+    group.mkdir(parents=True, exist_ok=True)
+    (group / "cpu.cfs_quota_us").write_text(f"{quota}\n")
+    (group / "cpu.cfs_period_us").write_text(f"{period}\n")
+
+
+def test_cgroup_v1_quota_is_read_where_the_cpu_controller_is_mounted(tmp_path: Path) -> None:
+    root = tmp_path / "cgroup"
+    _v1(root, "", -1)  # the root group: no limit
+    _v1(root, "docker", -1)
+    _v1(root, "docker/abc", 200000)
+    proc = tmp_path / "proc-cgroup"
+    # An older Docker, RHEL 7/8 or EKS node: the cpu controller on v1 (a hybrid host has a '0::' line too).
+    proc.write_text("12:cpu,cpuacct:/docker/abc\n3:memory:/docker/abc\n0::/docker/abc\n")
+    # docker --cpus 2 on v1: cpu.cfs_quota_us 200000 per 100000 us is 2 CPUs' time; -1 above it is none.
+    assert cpu_quota(root, proc) == 2.0
+    assert quota_warning(4, cpu_quota(root, proc)) is not None
+    # Inside the container without a cgroup namespace: /proc names the host's path, but the mount shows the
+    # container's own group at its root. The quota is read there, not lost.
+    inside = tmp_path / "inside"
+    _v1(inside, "", 150000)
+    assert cpu_quota(inside, proc) == 1.5
 
 
 def fake_sys_smt(root: Path, cpus: dict[int, tuple[int, int]]) -> Path:

@@ -46,7 +46,15 @@ from tuner.signature import cpu_signature
 from tuner.space import load as load_space
 from tuner.storage import DEFAULT_STORAGE, default_storage, open_storage, redact, sqlite_missing, storage_cause
 from tuner.summary import format_importance_lines, format_table, summarize, summarize_study
-from tuner.topology import core_set, cores_text, parse_core_counts, partition, physical_cores
+from tuner.topology import (
+    core_set,
+    cores_text,
+    cpu_quota,
+    parse_core_counts,
+    partition,
+    physical_cores,
+    quota_cores,
+)
 from tuner.tune import TuneJob
 from tuner.workload import parse_batches, parse_modes, workload_for
 
@@ -76,6 +84,19 @@ def _warn(line: str) -> None:
     print(f"tuner: warning: {printable(line)}", file=sys.stderr, flush=True)
 
 
+def _core_counts(text: str | None) -> list[int]:
+    """``--cores``, or the default counts up to the physical cores this process may use and a cgroup CPU
+    quota's whole CPUs; a line says where the quota cut the defaults."""
+    available, quota = len(physical_cores()), cpu_quota()
+    counts = parse_core_counts(text, available, quota)
+    if text is None and quota_cores(available, quota) < available:
+        _warn(
+            f"a cgroup CPU quota allows {quota:g} CPUs' time: core counts up to {max(counts)} of the {available} "
+            "physical cores (more would measure the throttling; name them with --cores to measure them anyway)"
+        )
+    return counts
+
+
 def _out(line: str) -> None:
     print(printable(line), flush=True)
 
@@ -95,7 +116,7 @@ def _model_and_batch(args: argparse.Namespace, modes: Sequence[str]) -> tuple[Mo
 
 
 def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
-    counts = parse_core_counts(args.cores, len(physical_cores()))
+    counts = _core_counts(args.cores)
     modes = parse_modes(args.mode)
     model, batch = _model_and_batch(args, modes)
     counted = (("--trials", args.trials), ("--candidates", args.candidates), ("--confirm-rounds", args.rounds))
@@ -146,7 +167,7 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int:
-    counts = parse_core_counts(args.cores, len(physical_cores()))
+    counts = _core_counts(args.cores)
     modes = parse_modes(args.mode)
     model = resolve(args.model, args.input_shape)
     for mode in modes:
@@ -236,8 +257,7 @@ def cmd_report(args: argparse.Namespace, runner: Runner | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
-    available = len(physical_cores())
-    counts = parse_core_counts(args.cores, available)
+    counts = _core_counts(args.cores)
     modes = parse_modes(args.mode)
     model, batch = _model_and_batch(args, modes)
     search_batch = parse_batches(args.search_batch, args.objective)

@@ -110,7 +110,7 @@ def report() -> list[str]:
         f"{sig.numa_nodes} NUMA node(s), SMT {'on' if sig.smt else 'off'}; this process may use "
         f"{len(allowed)} physical core(s): CPUs {','.join(map(str, allowed))}",
         *(f"  warning: {note}" for note in topology_notes()),
-        f"CPU quota      {'none' if quota is None else f'{quota:g} CPUs (cgroup cpu.max)'}",
+        f"CPU quota      {'none' if quota is None else f'{quota:g} CPUs (cgroup cpu.max or cpu.cfs_quota_us)'}",
         *(f"  warning: {line}" for line in [quota_warning(len(allowed), quota)] if line),
         f"ISA            {' '.join(sig.isa) or 'none of note'}",
         "oneDNN         "

@@ -5,14 +5,16 @@ each package and die). Cores are ordered by package, die and core, not by CPU nu
 stays inside one package where N fits (CPUs numbered round-robin across sockets would otherwise span both). A
 core count N always maps to the same N physical cores, so every trial of a study measures on the same silicon.
 Where the topology files are missing, each logical CPU is taken as a core and ``notes`` says so; a cgroup CPU
-quota (``cpu.max``, as ``docker --cpus`` sets) that would throttle trials is read by ``cpu_quota``.
+quota (``cpu.max``, or v1's ``cpu.cfs_quota_us``, as ``docker --cpus`` sets) that would throttle trials is
+read by ``cpu_quota``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from tuner.errors import TopologyError, UsageError
@@ -64,28 +66,63 @@ def notes(allowed: Iterable[int] | None = None, root: Path = SYS_CPU) -> list[st
 
 
 def cpu_quota(cgroup: Path = CGROUP, proc: Path = PROC_CGROUP) -> float | None:
-    """CPUs' worth of time this process's cgroup (v2) may use, the tightest ``cpu.max`` from its own group up
-    to the root; None without a quota. ``docker --cpus 1.5`` gives 1.5: trials on 2 cores would be throttled."""
+    """CPUs' worth of time this process's cgroup may use, the tightest limit from its own group up to the
+    root: ``cpu.max`` (cgroup v2) or ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (v1, under the ``cpu``
+    controller's mount, as older Docker, RHEL 7/8 and EKS nodes have it); None without a quota. ``docker
+    --cpus 1.5`` gives 1.5: trials on 2 cores would be throttled."""
     try:
         lines = proc.read_text().splitlines()
     except OSError:
         return None
-    path = next((line.split("::", 1)[1] for line in lines if line.startswith("0::")), None)
-    if path is None:
-        return None
-    folder = (cgroup / path.lstrip("/")).resolve()
     quotas = []
-    while True:
-        try:
-            quota, period = (folder / "cpu.max").read_text().split()[:2]
-            if quota != "max" and int(period) > 0:
-                quotas.append(int(quota) / int(period))
-        except (OSError, ValueError):
-            pass
-        if folder == cgroup.resolve() or folder == folder.parent:
-            break
-        folder = folder.parent
+    for line in lines:
+        fields = line.split(":", 2)  # 'ID:CONTROLLERS:PATH'; v2's unified line is '0::PATH'
+        if len(fields) != 3:
+            continue
+        number, controllers, path = fields
+        if number == "0" and not controllers:
+            quotas += _limits(cgroup, path, _v2_limit)
+        elif "cpu" in controllers.split(","):
+            for mount in dict.fromkeys((cgroup / controllers, cgroup / "cpu")):
+                if mount.is_dir():
+                    quotas += _limits(mount, path, _v1_limit)
+                    break
     return min(quotas) if quotas else None
+
+
+def _limits(top: Path, path: str, limit: Callable[[Path], float | None]) -> list[float]:
+    """Each ``limit`` from the group ``path`` up to ``top``, the hierarchy's mount. Where the group is not
+    there as named (a container that sees its own group at the mount's root, without a cgroup namespace),
+    the longest tail of ``path`` that is, else the root."""
+    parts = [part for part in path.split("/") if part]
+    folder = next(
+        (top.joinpath(*parts[i:]) for i in range(len(parts)) if top.joinpath(*parts[i:]).is_dir()), top
+    ).resolve()
+    found = []
+    while True:
+        value = limit(folder)
+        if value is not None:
+            found.append(value)
+        if folder == top.resolve() or folder == folder.parent:
+            return found
+        folder = folder.parent
+
+
+def _v2_limit(folder: Path) -> float | None:
+    try:
+        quota, period = (folder / "cpu.max").read_text().split()[:2]
+        return int(quota) / int(period) if quota != "max" and int(period) > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def _v1_limit(folder: Path) -> float | None:
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None  # -1: no quota
+    except (OSError, ValueError):
+        return None
 
 
 def quota_warning(cores: int, quota: float | None) -> str | None:
@@ -121,10 +158,12 @@ def default_core_counts(available: int) -> list[int]:
     return sorted(counts)
 
 
-def parse_core_counts(text: str | None, available: int) -> list[int]:
-    """``'1,2,4'`` -> [1, 2, 4]; ``None`` -> the defaults. Refuses junk and counts past ``available``."""
+def parse_core_counts(text: str | None, available: int, quota: float | None = None) -> list[int]:
+    """``'1,2,4'`` -> [1, 2, 4]; ``None`` -> the defaults, up to ``available`` and, under a CPU ``quota``,
+    its whole CPUs (a study on more cores would measure the throttling, not the cores: asked for by name, it
+    runs with the quota's warning). Refuses junk and counts past ``available``."""
     if text is None:
-        return default_core_counts(available)
+        return default_core_counts(quota_cores(available, quota))
     counts: list[int] = []
     for item in text.split(","):
         item = item.strip()
@@ -137,6 +176,11 @@ def parse_core_counts(text: str | None, available: int) -> list[int]:
             f"--cores: {too_many[0]} cores asked for, but only {available} physical cores are available"
         )
     return sorted(set(counts))
+
+
+def quota_cores(available: int, quota: float | None) -> int:
+    """The most cores a study may use unthrottled: ``available``, or fewer under a ``quota`` (at least 1)."""
+    return available if quota is None else max(1, min(available, math.floor(quota)))
 
 
 def cores_text(count: int) -> str:
