@@ -18,6 +18,7 @@ from tuner.topology import (
     partition,
     physical_cores,
     quota_warning,
+    sockets_for,
     splits,
 )
 
@@ -103,6 +104,32 @@ def test_core_set_zero_is_a_usage_error(tmp_path: Path) -> None:
 def test_default_core_counts(available: int, expected: list[int]) -> None:
     # 1, the powers of two below the available count, and the count itself, without duplicates.
     assert default_core_counts(available) == expected
+
+
+@pytest.mark.parametrize(
+    ("packages", "expected"),
+    [
+        ([28, 28], [1, 2, 4, 8, 16, 28, 56]),  # a 2 x 28 Xeon: one socket, both; no 32 (28 + 4)
+        ([32, 32], [1, 2, 4, 8, 16, 32, 64]),  # sockets of a power of two: as on one socket
+        ([6, 6], [1, 2, 4, 6, 12]),  # no 8 (6 + 2)
+        ([8, 8, 8, 8], [1, 2, 4, 8, 16, 32]),  # one, two and four sockets
+        ([1] * 8, [1, 2, 4, 8]),  # a VM of 8 one-core sockets: powers of two are whole sockets
+    ],
+)
+def test_default_core_counts_on_several_sockets_take_whole_ones(packages: list[int], expected: list[int]) -> None:
+    # Past the first socket, a default count is whole sockets: a study on 28 + 4 cores would measure the
+    # second socket's four as much as the count, and no launcher's one-instance-per-socket would fit it.
+    assert default_core_counts(sum(packages), packages) == expected
+    # Under a quota of 30 CPUs on 2 x 28 cores: one socket is the most; 30 would span both.
+    assert parse_core_counts(None, 56, 30.0, [28, 28]) == [1, 2, 4, 8, 16, 28]
+
+
+def test_sockets_for_counts_only_equal_shares(tmp_path: Path) -> None:
+    # Two sockets of three cores, numbered round-robin.
+    root = fake_sys_smt(tmp_path, {cpu: (cpu % 2, cpu // 2) for cpu in range(6)})
+    # 4 cores are 3 + 1: not "one instance per socket" (instances must split cores equally); 6 are 3 + 3.
+    assert sockets_for(core_set(4, range(6), root), root) == 1
+    assert sockets_for(core_set(6, range(6), root), root) == 2
 
 
 def test_parse_core_counts_none_gives_defaults() -> None:

@@ -50,6 +50,7 @@ from tuner.topology import (
     core_set,
     cores_text,
     cpu_quota,
+    package_sizes,
     parse_core_counts,
     partition,
     physical_cores,
@@ -85,10 +86,12 @@ def _warn(line: str) -> None:
 
 
 def _core_counts(text: str | None) -> list[int]:
-    """``--cores``, or the default counts up to the physical cores this process may use and a cgroup CPU
-    quota's whole CPUs; a line says where the quota cut the defaults."""
-    available, quota = len(physical_cores()), cpu_quota()
-    counts = parse_core_counts(text, available, quota)
+    """``--cores``, or the default counts (whole sockets among them on a machine of several) up to the
+    physical cores this process may use and a cgroup CPU quota's whole CPUs; a line says where the quota
+    cut the defaults."""
+    cores, quota = physical_cores(), cpu_quota()
+    available = len(cores)
+    counts = parse_core_counts(text, available, quota, package_sizes(cores))
     if text is None and quota_cores(available, quota) < available:
         _warn(
             f"a cgroup CPU quota allows {quota:g} CPUs' time: core counts up to {max(counts)} of the {available} "
@@ -592,7 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune = sub.add_parser("tune", help="search threading settings, then confirm the winners")
     add_model_flags(tune)
     tune.add_argument("--mode", default=None, help="train, infer or both (default both)")
-    tune.add_argument("--cores", default=None, help="core counts, e.g. 1,2,4 (default: 1, powers of two, all)")
+    tune.add_argument(
+        "--cores", default=None, help="core counts, e.g. 1,2,4 (default: 1, powers of two, whole sockets, all)"
+    )
     tune.add_argument("--batch-size", type=int, default=None)
     tune.add_argument("--trials", type=int, default=20, help="complete trials per study, baselines included")
     tune.add_argument(
@@ -648,7 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="runtimes, comma-separated (default: every CPU runtime: " + ", ".join(cpu_names()) + ")",
     )
-    run.add_argument("--cores", default=None, help="core counts, e.g. 1,2 (default: 1, powers of two, all)")
+    run.add_argument(
+        "--cores", default=None, help="core counts, e.g. 1,2 (default: 1, powers of two, whole sockets, all)"
+    )
     run.add_argument("--mode", default=None, help="train, infer or both (default both)")
     add_model_flags(run)
     run.add_argument("--batch-size", type=int, default=None)

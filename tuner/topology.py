@@ -148,22 +148,45 @@ def core_set(count: int, allowed: Iterable[int] | None = None, root: Path = SYS_
     return tuple(cores[:count])
 
 
-def default_core_counts(available: int) -> list[int]:
-    """1, the powers of two below ``available``, and ``available`` itself."""
-    counts = {available}
+def default_core_counts(available: int, packages: Sequence[int] = ()) -> list[int]:
+    """1, the powers of two below ``available``, and ``available`` itself. On several packages
+    (``packages``: how many of the cores each holds, in ``physical_cores``' order), one, two, four ...
+    whole packages too, and no power of two that would take part of a package past the first: on 2 x 28
+    cores, 28 and 56 but not 32 (28 + 4, the second socket's share too small to mean anything)."""
+    sizes = [size for size in packages if size > 0]
+    bounds = {sum(sizes[:k]) for k in range(1, len(sizes) + 1)}  # whole packages, in order
+    whole = {sum(sizes[: 2**j]) for j in range(len(sizes).bit_length())}  # 1, 2, 4 ... of them
+    first = sizes[0] if len(sizes) > 1 else available
+    counts = {available, *(n for n in whole if n < available)}
     power = 1
     while power < available:
-        counts.add(power)
+        if power <= first or power in bounds:
+            counts.add(power)
         power *= 2
     return sorted(counts)
 
 
-def parse_core_counts(text: str | None, available: int, quota: float | None = None) -> list[int]:
-    """``'1,2,4'`` -> [1, 2, 4]; ``None`` -> the defaults, up to ``available`` and, under a CPU ``quota``,
-    its whole CPUs (a study on more cores would measure the throttling, not the cores: asked for by name, it
-    runs with the quota's warning). Refuses junk and counts past ``available``."""
+def package_sizes(cores: Sequence[int], root: Path = SYS_CPU) -> list[int]:
+    """How many of ``cores`` (in ``physical_cores``' order) each package holds, in that order."""
+    sizes: dict[int, int] = {}
+    for cpu in cores:
+        package = _package(cpu, root)
+        sizes[package] = sizes.get(package, 0) + 1
+    return list(sizes.values())
+
+
+def parse_core_counts(
+    text: str | None, available: int, quota: float | None = None, packages: Sequence[int] = ()
+) -> list[int]:
+    """``'1,2,4'`` -> [1, 2, 4]; ``None`` -> the defaults (``default_core_counts``, with the cores of each
+    of ``packages``), up to ``available`` and, under a CPU ``quota``, its whole CPUs (a study on more cores
+    would measure the throttling, not the cores: asked for by name, it runs with the quota's warning).
+    Refuses junk and counts past ``available``."""
     if text is None:
-        return default_core_counts(quota_cores(available, quota))
+        usable = quota_cores(available, quota)
+        below = [n for n in default_core_counts(available, packages) if n <= usable]
+        within = len([size for size in packages if size > 0]) < 2 or usable <= packages[0]
+        return below if usable in below or not within else [*below, usable]
     counts: list[int] = []
     for item in text.split(","):
         item = item.strip()
@@ -215,8 +238,8 @@ def splits(cores: Sequence[int], root: Path = SYS_CPU) -> tuple[int, ...]:
 def sockets_for(cores: Sequence[int], root: Path = SYS_CPU) -> int:
     """The sockets a core set spans, as the launchers' "one instance per socket" counts them: 1 when they
     hold unequal shares of it (instances must split the cores equally)."""
-    packages = packages_of(cores, root)
-    return packages if packages and len(cores) % packages == 0 else 1
+    sizes = package_sizes(cores, root)
+    return len(sizes) if sizes and len(set(sizes)) == 1 else 1
 
 
 def partition(cores: Sequence[int], instances: int, root: Path = SYS_CPU) -> list[tuple[int, ...]]:
