@@ -273,7 +273,7 @@ def test_bf16_is_searched_only_when_opted_into_and_where_the_cpu_has_it() -> Non
     # Each exclusion says why, in one line naming the flag that would change it.
     _, lines = narrow(space, Capabilities.from_probe(without, ("bf16",)), 2)
     assert lines == [
-        "precision=bf16 taken out: this CPU has no bf16 instructions (avx512_bf16, amx_bf16): bf16 would be "
+        "precision=bf16 taken out: this CPU has no bf16 instructions (avx512_bf16, amx_bf16, bf16): bf16 would be "
         "emulated (--force-precision)"
     ]
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from tuner.signature import ISA_FLAGS, CpuSignature, cpu_signature
+from tuner.signature import BF16_FLAGS, ISA_FLAGS, CpuSignature, cpu_signature
 
 # Flags in the kernel's order (not ISA_FLAGS order), with some that do not matter for kernel choice.
 FLAGS = "fpu sse2 avx512f fma avx2 amx_tile avx ht avx512_vnni"
@@ -140,6 +140,29 @@ def test_arm_trailer_block_is_not_a_cpu(tmp_path: Path) -> None:
     )
     # Two processor blocks are two CPUs; the board description after them is not a third.
     assert cpu_signature(cpuinfo, tmp_path / "none").logical_cpus == 2
+
+
+def _arm(part: str, features: str) -> str:
+    block = (
+        "processor\t: {n}\nBogoMIPS\t: 2100.00\nFeatures\t: " + features + "\nCPU implementer\t: 0x41\n"
+        "CPU architecture: 8\nCPU variant\t: 0x1\nCPU part\t: " + part + "\nCPU revision\t: 1\n\n"
+    )
+    return "".join(block.format(n=n) for n in range(4))
+
+
+def test_aarch64_cpus_are_told_apart_by_their_part_and_features(tmp_path: Path) -> None:
+    (tmp_path / "n1").write_text(_arm("0xd0c", "fp asimd evtstrm aes crc32 atomics asimddp"))
+    (tmp_path / "v1").write_text(_arm("0xd40", "fp asimd asimddp sve i8mm bf16 svebf16"))
+    n1, v1 = (cpu_signature(tmp_path / name, tmp_path / "none") for name in ("n1", "v1"))
+    # No vendor_id, model name or flags on aarch64: the implementer, part and Features stand in, so a
+    # Graviton2 (Neoverse-N1) and a Graviton3 (Neoverse-V1) are two CPUs, not one "unknown".
+    assert (n1.vendor, n1.model_name, n1.family, n1.model, n1.stepping) == (
+        "ARM", "ARM Neoverse-N1", "8", "0xd0c", "r0x1p1"
+    )  # fmt: skip
+    assert v1.model_name == "ARM Neoverse-V1" and n1.id != v1.id
+    assert n1.isa == ("asimd", "asimddp") and v1.isa == ("asimd", "asimddp", "sve", "bf16", "i8mm")
+    # The V1's bf16 is native bf16 arithmetic: a bf16 precision is not taken out as emulated there.
+    assert BF16_FLAGS & set(v1.isa) and not BF16_FLAGS & set(n1.isa)
 
 
 def test_real_machine_signature_reads() -> None:

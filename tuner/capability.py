@@ -35,7 +35,7 @@ class Capabilities:
     openmp: str | None = None
     openmp_known: bool = False  # whether the probe read the OpenMP library back (then None means none loaded)
     allocators: tuple[str, ...] | None = None  # the allocators installed here; None: unknown, nothing taken out
-    bf16_instructions: bool | None = None  # the CPU has avx512_bf16 or amx_bf16; None: unknown
+    bf16_instructions: bool | None = None  # the CPU has avx512_bf16, amx_bf16 or aarch64's bf16; None: unknown
     precisions: tuple[str, ...] = ("fp32",)  # precisions the user allowed (--allow-precision)
     force_precision: bool = False  # search an allowed precision even without the CPU's instructions for it
     splits: tuple[int, ...] | None = None  # instance counts the study's cores split into (topology.splits)
@@ -134,7 +134,7 @@ def _precision_opted_in(params: Mapping[str, Any], caps: Capabilities) -> str | 
 def _bf16_instructions(params: Mapping[str, Any], caps: Capabilities) -> str | None:
     if params.get("precision") != "bf16" or caps.bf16_instructions is not False or caps.force_precision:
         return None
-    return "this CPU has no bf16 instructions (avx512_bf16, amx_bf16): bf16 would be emulated (--force-precision)"
+    return "this CPU has no bf16 instructions (avx512_bf16, amx_bf16, bf16): bf16 would be emulated (--force-precision)"
 
 
 def _layout_of_model_file(params: Mapping[str, Any], caps: Capabilities) -> str | None:

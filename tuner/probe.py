@@ -17,7 +17,7 @@ from tuner.policy import MeasurementPolicy
 from tuner.runner import Runner, TrialSpec
 from tuner.runtime import OPENMP_KNOBS, Runtime
 from tuner.settings import Settings
-from tuner.signature import cpu_signature
+from tuner.signature import BF16_FLAGS, cpu_signature
 from tuner.space import SearchSpace
 from tuner.workload import Workload
 
@@ -77,5 +77,5 @@ def probe(
     # Controller-side facts the space follows: the allocators installed here (their libraries are preloaded
     # from fixed system folders) and whether the CPU has bf16 instructions.
     found["allocators"] = available_allocators()
-    found["bf16_instructions"] = bool({"avx512_bf16", "amx_bf16"} & set(cpu_signature().isa))
+    found["bf16_instructions"] = bool(BF16_FLAGS & set(cpu_signature().isa))
     return found

@@ -14,11 +14,24 @@ import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-# ISA features that change which oneDNN/Eigen kernels run.
+# ISA features that change which oneDNN/Eigen/ACL kernels run: x86's ``flags``, then aarch64's ``Features``
+# (no x86 flag has those names, so an x86 signature is the same with or without them).
 ISA_FLAGS = (
     "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
     "avx_vnni", "amx_tile", "amx_bf16", "amx_int8",
+    "asimd", "asimddp", "sve", "sve2", "bf16", "i8mm",
 )  # fmt: skip
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # native bf16 arithmetic: x86, aarch64
+# aarch64 /proc/cpuinfo has no vendor or model name: its "CPU implementer" code names the vendor, and
+# "CPU part" the core (the Arm Neoverse parts of the cloud servers named; others stay as their code).
+ARM_IMPLEMENTERS = {
+    "0x41": "ARM", "0x42": "Broadcom", "0x43": "Cavium", "0x46": "Fujitsu", "0x48": "HiSilicon",
+    "0x4e": "NVIDIA", "0x50": "APM", "0x51": "Qualcomm", "0x61": "Apple", "0xc0": "Ampere",
+}  # fmt: skip
+ARM_PARTS = {
+    ("0x41", "0xd0c"): "Neoverse-N1", ("0x41", "0xd40"): "Neoverse-V1", ("0x41", "0xd49"): "Neoverse-N2",
+    ("0x41", "0xd4f"): "Neoverse-V2", ("0x41", "0xd8e"): "Neoverse-N3", ("0x41", "0xd84"): "Neoverse-V3",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -70,16 +83,22 @@ def cpu_signature(
 ) -> CpuSignature:
     """Read this machine's signature (the whole machine, not only this process's allowed CPUs)."""
     info, cores = _cpuinfo(cpuinfo)
-    flags = set(info.get("flags", "").split())
+    flags = set(info.get("flags", info.get("Features", "")).split())
     numa = len(list(nodes.glob("node[0-9]*"))) if nodes.exists() else 1
     logical = len(cores) or os.cpu_count() or 1
     physical = len(set(cores)) or logical
+    vendor, model_name = info.get("vendor_id"), info.get("model name")
+    implementer, part = info.get("CPU implementer", "").lower(), info.get("CPU part", "").lower()
+    if vendor is None and implementer:  # aarch64: the implementer and part codes stand for both
+        vendor = ARM_IMPLEMENTERS.get(implementer, f"implementer {implementer}")
+        model_name = model_name or f"{vendor} {ARM_PARTS.get((implementer, part), f'part {part}')}"
+    arm_stepping = f"r{info['CPU variant']}p{info['CPU revision']}" if implementer and "CPU variant" in info else ""
     return CpuSignature(
-        vendor=info.get("vendor_id", platform.machine()),
-        model_name=info.get("model name", platform.processor() or "unknown"),
-        family=info.get("cpu family", ""),
-        model=info.get("model", ""),
-        stepping=info.get("stepping", ""),
+        vendor=vendor or platform.machine(),
+        model_name=model_name or platform.processor() or "unknown",
+        family=info.get("cpu family", info.get("CPU architecture", "")),
+        model=info.get("model", part),
+        stepping=info.get("stepping", arm_stepping),
         physical_cores=physical,
         logical_cpus=logical,
         sockets=len({socket for socket, _ in cores}) or 1,
