@@ -102,6 +102,27 @@ def test_the_bars_show_the_tables_images_per_sec(filled: tuple[str, Path]) -> No
     assert "timed loop" in figure.layout.yaxis.title.text
 
 
+def test_a_setting_that_failed_in_a_benchmark_leaves_the_report_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    bench = ["benchmark", "--model", "tiny", "--cores", "1", "--mode", "infer", "--warmup", "1", "--timed", "3"]
+    bench += ["--settings", "tf-default", "--settings", "heuristic", "--storage", url]
+    assert main(bench, runner=ReplayRunner.from_rates(rate)) == 0
+
+    def heuristic_dies(spec: TrialSpec, call: int) -> list[float] | BaseException:
+        return WorkerCrashed("killed by SIGSEGV") if spec.settings.data_format == "NCHW" else [0.03] * 4
+
+    # A later run in which the heuristic's worker dies: stored as a skipped record labelled "heuristic".
+    assert main(bench, runner=ReplayRunner(heuristic_dies)) == 1
+    output = tmp_path / "report.html"
+    # The report is written, not a KeyError: the failed run has no figure, and the bars draw the last
+    # measured one of each setting.
+    assert main(["report", "--storage", url, "--output", str(output)]) == 0
+    figure = report.bars(benchmark.records(open_storage(url, create=False)), "tiny")
+    assert figure is not None and sorted(trace.name for trace in figure.data) == ["heuristic", "tf-default"]
+
+
 def test_the_report_is_self_contained(filled: tuple[str, Path]) -> None:
     _, output = filled
     page = output.read_text()
