@@ -35,3 +35,11 @@ def test_a_reused_pid_is_told_apart_by_its_start_time() -> None:
     assert isinstance(me["start"], int)
     # The pid is alive but started at another time: it is not the owner, which is gone.
     assert gone({**me, "start": me["start"] - 1})
+
+
+def test_a_forged_pid_out_of_range_is_judged_by_nothing() -> None:
+    host = identity()["host"]
+    # A shared study's RUNNING trial claiming this host with a pid no process can have (2**70, 0, -1):
+    # os.kill would raise OverflowError or reach a process group. Nothing can be told, and no error.
+    for pid in (2**70, 0, -1):
+        assert not gone({"host": host, "pid": pid})

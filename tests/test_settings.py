@@ -68,6 +68,7 @@ def test_bad_knob_values_are_refused(params: dict[str, Any]) -> None:
         "",
         "COMPACT",
         " compact",
+        "compact,\u0661\u0662",  # Arabic-Indic digits: a regex \d would take them, the OpenMP runtime would not
     ],
 )
 def test_bad_affinity_strings_are_refused(affinity: str) -> None:

@@ -85,3 +85,17 @@ def test_show_format_json_and_its_json_alias(
     # A format that does not exist is one line naming the flag.
     assert main(["show", "--format", "yaml", "--storage", storage_url]) == 1
     assert "--format" in capsys.readouterr().err
+
+
+def test_a_forged_zero_rate_in_a_latency_study_shows_as_no_time() -> None:
+    from tuner.summary import _as_objective
+
+    study = {"objective": "latency", "batch_size": 1}
+    values = {"tf-default": 100.0, "forged": 0.0, "negative": -5.0, "missing": None}
+    # 1 request at 100/s is 10 ms; a rate of 0 or below has no request time: '-', not ZeroDivisionError.
+    assert _as_objective(study, values) == {  # type: ignore[arg-type]
+        "tf-default": 10.0,
+        "forged": None,
+        "negative": None,
+        "missing": None,
+    }

@@ -235,6 +235,20 @@ def test_a_pipe_in_stored_text_cannot_break_a_markdown_row() -> None:
         assert wide is True or max(len(line) for line in lines) <= WIDTH
 
 
+def test_stored_html_is_text_in_a_markdown_table() -> None:
+    records = _group()
+    for record in records:
+        record["cpu"] = {**record["cpu"], "model_name": "EPYC <img src=x onerror=alert(1)>"}  # type: ignore[dict-item]
+        record["model"] = "m\\<script>"  # a stored backslash must not cancel the escape
+    frame, notes = table.build([*records, *_yardsticks()])
+    for wide in (False, True):
+        text = table.render(frame, notes, "markdown", wide=wide)
+        # Where the markdown is rendered (a README, a PR comment) no tag opens: every "<" is escaped, and
+        # the stored backslash is a backslash, not the start of an escape.
+        assert not re.search(r"(?<!\\)<", text) and "\\<img" in text
+        assert "| m\\\\\\<script> |" in text
+
+
 def test_a_target_skipped_after_it_was_measured_keeps_its_measured_row() -> None:
     measured = _group()
     for record in measured:

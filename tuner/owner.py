@@ -30,6 +30,9 @@ def _read(path: str) -> str | None:
         return None
 
 
+PID_MAX = 2**22  # Linux's largest pid_max: a stored pid past it (or below 1) names no process
+
+
 def _pid_namespace() -> str | None:
     try:
         return os.readlink("/proc/self/ns/pid")
@@ -75,6 +78,8 @@ def gone(owner: Mapping[str, Any]) -> bool:
     me = identity()
     pid = owner.get("pid")
     if owner.get("host") != me["host"] or not isinstance(pid, int) or isinstance(pid, bool):
+        return False
+    if not 1 <= pid <= PID_MAX:  # no process here has it (a forged or corrupt owner): nothing to tell by
         return False
     recorded = "boot_id" in owner or "pid_ns" in owner  # older records had host and pid only
     if recorded and (owner.get("boot_id") != me["boot_id"] or owner.get("pid_ns") != me["pid_ns"]):

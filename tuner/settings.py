@@ -28,7 +28,7 @@ ENV_FIXED = {
 
 DATA_FORMATS = {"NHWC": "channels_last", "NCHW": "channels_first"}
 _AFFINITY = re.compile(
-    r"disabled|none|((granularity=(fine|core|thread),)?(verbose,)?(compact|scatter|balanced)(,\d{1,3}){0,2})"
+    r"disabled|none|((granularity=(fine|core|thread),)?(verbose,)?(compact|scatter|balanced)(,[0-9]{1,3}){0,2})"
 )
 
 
@@ -230,7 +230,7 @@ class Settings:
 
 
 def _typed(raw: str) -> Any:
-    if re.fullmatch(r"-?\d+", raw):
+    if re.fullmatch(r"-?[0-9]+", raw):
         return int(raw)
     if raw.lower() in ("true", "false"):
         return raw.lower() == "true"

@@ -222,10 +222,14 @@ def _rate(value: float | None) -> str:
 
 def _as_objective(s: StudySummary, values: Mapping[str, float | None]) -> dict[str, float | None]:
     """Values of the study's statistic (higher is better) as its table shows them: images/sec for throughput,
-    milliseconds per request (batch / rate) for the latency objectives."""
+    milliseconds per request (batch / rate) for the latency objectives; a rate that is not positive (only a
+    forged study stores one) has no such time and shows as '-'."""
     if not OBJECTIVES[s["objective"]].latency:
         return dict(values)
-    return {name: None if rate is None else 1000.0 * s["batch_size"] / rate for name, rate in values.items()}
+    return {
+        name: 1000.0 * s["batch_size"] / rate if rate is not None and rate > 0 else None
+        for name, rate in values.items()
+    }
 
 
 def _speedup(interval: Mapping[str, float] | None) -> str:

@@ -353,11 +353,12 @@ def render(frame: pd.DataFrame, notes: Sequence[str], fmt: str, wide: bool = Fal
     if fmt == "html":
         items = "".join(f"<li>{_escape(note)}</li>" for note in notes)
         return str(view.to_html(index=False, escape=True)) + (f"\n<ul>{items}</ul>" if notes else "")
-    # A "|" in stored text would end its cell: escaped, as markdown reads it, before the narrow view is cut
-    # to width, so that the escapes are counted.
-    view = view.map(lambda value: value.replace("|", "\\|") if isinstance(value, str) else value)
+    # A "|" in stored text would end its cell, and a "<" could open raw HTML where the markdown is rendered:
+    # both escaped, as markdown reads them, before the narrow view is cut to width, so that the escapes count.
+    view = view.map(lambda value: _markdown(value).replace("|", "\\|") if isinstance(value, str) else value)
     if not wide:
         view, notes = _narrow(view), [*_cpu_lines(frame), *notes]
+    notes = [_markdown(note) for note in notes]
     text = str(view.to_markdown(index=False, disable_numparse=True))
     legend = [LEGEND_WIDE if wide else LEGEND, *(f"- {note}" for note in notes)]
     return text + "\n\n" + "\n".join(line for part in legend for line in wrap(part, more="  "))
@@ -478,6 +479,12 @@ def _cpu_lines(frame: pd.DataFrame) -> list[str]:
     """The CPU and memory the narrow view leaves out, once per machine."""
     machines = frame[["CPU", "memory GiB"]].drop_duplicates().itertuples(index=False)
     return [f"CPU: {'?' if _missing(cpu) else cpu}, memory {_fixed(memory, 0, 'G')}" for cpu, memory in machines]
+
+
+def _markdown(text: str) -> str:
+    """Stored text as markdown text, never raw HTML: "<" backslash-escaped (CommonMark), and a backslash
+    itself first, so that a stored one cannot cancel an escape ("\\<" would open a tag again)."""
+    return text.replace("\\", "\\\\").replace("<", "\\<")
 
 
 def _escape(text: str) -> str:
