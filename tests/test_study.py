@@ -103,6 +103,31 @@ def test_sampled_settings_failing_in_a_row_end_the_search_and_the_study_still_ge
     assert verdict.recommended == "tf-default" and set(verdict.rates) == {"tf-default", "heuristic"}
 
 
+def test_forged_trials_in_a_shared_study_are_left_out_not_fatal(storage: optuna.storages.RDBStorage) -> None:
+    config = make_config(trials=6)
+    StudyRun(storage, config, ReplayRunner.from_rates(rate)).search(None)
+    study = optuna.load_study(study_name=config.name, storage=storage)
+    bogus = optuna.distributions.IntDistribution(0, 2)
+    # Another process wrote a complete trial whose params are no settings, and one of valid settings whose
+    # value is infinite (it would always rank first).
+    study.add_trial(optuna.trial.create_trial(params={"bogus": 1}, distributions={"bogus": bogus}, value=5.0))
+    valid = study.trials[2]
+    infinite = optuna.trial.create_trial(params=valid.params, distributions=valid.distributions, value=float("inf"))
+    study.add_trial(infinite)
+    lines: list[str] = []
+    run = StudyRun(storage, dataclasses.replace(config, trials=8), ReplayRunner.from_rates(rate), progress=lines.append)
+    # Each is named once when the study opens, with why ...
+    left_out = [line for line in lines if "left out" in line]
+    assert len(left_out) == 2 and "not valid settings" in left_out[0] and "not a finite number" in left_out[1]
+    # ... and the study goes on: searched, confirmed with a verdict, none of the two among its candidates
+    # or run as tuned.
+    verdict = run.run()
+    forged = {f"trial {number}" for number in (len(study.trials) - 2, len(study.trials) - 1)}
+    assert not forged & set(verdict.rates)
+    tuned = tuned_settings(optuna.load_study(study_name=config.name, storage=storage))
+    assert tuned is not None
+
+
 def test_a_worker_that_cannot_start_ends_the_search_and_holds_nothing_against_the_setting(
     storage: optuna.storages.RDBStorage,
 ) -> None:

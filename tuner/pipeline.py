@@ -84,7 +84,7 @@ from tuner.settings import Settings
 from tuner.signature import CpuSignature
 from tuner.space import SearchSpace
 from tuner.space import load as load_space
-from tuner.study import StudyConfig, StudyRun, duration
+from tuner.study import StudyConfig, StudyRun, duration, unusable
 from tuner.topology import core_set, sockets_for
 from tuner.workload import workload_for
 
@@ -150,7 +150,7 @@ def tuned_settings(study: optuna.Study) -> Settings | None:
     sampled = [
         t
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if baseline_name(t.user_attrs) is None and f"trial {t.number}" not in dropped
+        if baseline_name(t.user_attrs) is None and f"trial {t.number}" not in dropped and unusable(t) is None
     ]
     top = max(sampled, key=lambda t: t.value or 0.0, default=None)
     return None if top is None else Settings.from_params(top.params)

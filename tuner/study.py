@@ -9,6 +9,7 @@ stored FAIL with their reason, never scored. The verdict from confirmation is st
 from __future__ import annotations
 
 import dataclasses
+import math
 import socket
 import time
 import warnings
@@ -34,7 +35,7 @@ from tuner.confirm import (
 )
 from tuner.cost import CostModel
 from tuner.disturbance import Disturbed
-from tuner.errors import Interrupted, Pruned, TunerError, WorkerNotStarted
+from tuner.errors import Interrupted, InvalidSettings, Pruned, TunerError, WorkerNotStarted
 from tuner.objective import OBJECTIVES, Objective
 from tuner.owner import fail_orphans
 from tuner.owner import identity as owner_identity
@@ -42,6 +43,7 @@ from tuner.policy import BURST, CONFIRM, MeasurementPolicy
 from tuner.records import baseline_name, trial_measurement, trial_text, utc_now
 from tuner.resume import WORKER_FAILURES, Progress, baselines_pending, open_study
 from tuner.runner import Runner, TrialSpec
+from tuner.sanitize import one_line
 from tuner.settings import Settings
 from tuner.signature import CpuSignature
 from tuner.space import SearchSpace, searched_batches
@@ -222,11 +224,17 @@ class StudyRun:
         baselines = {name: {k: v for k, v in params.items() if k in kept} for name, params in named.items()}
         self.baselines = plan_baselines(baselines, self.caps)
         open_study(self.study, config, self.caps, self.baselines, excluded, progress)
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+            why = unusable(trial)
+            if why is not None:
+                progress(f"trial {trial.number} left out: {why} (another process wrote it)")
 
     # -- the trials -----------------------------------------------------------------------------------
 
     def measured(self) -> list[FrozenTrial]:
-        return self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        """Complete trials, less any whose stored params or value cannot be used (``unusable``)."""
+        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        return [t for t in complete if unusable(t) is None]
 
     def sampled(self) -> list[FrozenTrial]:
         """Complete trials of settings the sampler proposed (not baselines)."""
@@ -241,7 +249,7 @@ class StudyRun:
         return {
             self.caps.label(t.params): t.number
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            if trial_text(t.user_attrs, "fail_reason") in WORKER_FAILURES and t.params
+            if trial_text(t.user_attrs, "fail_reason") in WORKER_FAILURES and t.params and unusable(t) is None
         }
 
     def baselines_done(self) -> bool:
@@ -540,6 +548,19 @@ class StudyRun:
             return {}
         self.study.set_user_attr("importances", importances)
         return importances
+
+
+def unusable(trial: FrozenTrial) -> str | None:
+    """Why a stored trial cannot be used, or None: its params are not valid settings, or it is complete with
+    no finite value. In a shared study another process may have written anything; such a trial is left out
+    (never ranked, skipped by, confirmed or run as tuned) rather than stopping the study with an error."""
+    if trial.state == TrialState.COMPLETE and (trial.value is None or not math.isfinite(trial.value)):
+        return f"its value {trial.value!r} is not a finite number"
+    try:
+        Settings.from_params(trial.params)
+    except InvalidSettings as error:
+        return f"its params are not valid settings ({one_line(error, 200)})"
+    return None
 
 
 def outcome(trial: FrozenTrial, goal: Objective = OBJECTIVES["throughput"]) -> str:
