@@ -12,6 +12,7 @@ from tuner.topology import (
     core_set,
     cpu_quota,
     default_core_counts,
+    efficiency_cpus,
     notes,
     packages_of,
     parse_core_counts,
@@ -293,6 +294,26 @@ def fake_sys_smt(root: Path, cpus: dict[int, tuple[int, int]]) -> Path:
 # Two sockets of two cores with two hardware threads each, CPUs numbered round-robin across the packages:
 # cpu0 pkg0 core0, cpu1 pkg1 core0, cpu2 pkg0 core1, cpu3 pkg1 core1, then cpu4..7 are their SMT siblings.
 TWO_SOCKETS_SMT = {cpu: (cpu % 2, (cpu // 2) % 2) for cpu in range(8)}
+
+
+def test_a_hybrid_cpu_gives_performance_cores_first_and_says_so(tmp_path: Path) -> None:
+    root = tmp_path / "devices" / "system" / "cpu"
+    # Firmware that numbers the four E-cores first (CPUs 0-3, one thread each), then two P-cores with SMT
+    # (CPUs 4-7); the kernel lists the E-cores in /sys/devices/cpu_atom/cpus.
+    fake_sys_smt(root, {0: (0, 0), 1: (0, 1), 2: (0, 2), 3: (0, 3), 4: (0, 8), 5: (0, 8), 6: (0, 12), 7: (0, 12)})
+    (tmp_path / "devices" / "cpu_atom").mkdir()
+    (tmp_path / "devices" / "cpu_atom" / "cpus").write_text("0-3\n")
+    assert efficiency_cpus(root) == {0, 1, 2, 3}
+    # A 2-core study runs on the two P-cores, not on E-cores because their core ids come first.
+    assert physical_cores(range(8), root) == [4, 6, 0, 1, 2, 3] and core_set(2, range(8), root) == (4, 6)
+    # The machine's notes say it is hybrid; a core set of P-cores only has nothing to say, one that takes
+    # E-cores too is named as mixing them.
+    (line,) = notes(range(8), root)
+    assert "hybrid CPU: 2 performance and 4 efficiency cores" in line and "CPUs 0,1,2,3" in line
+    assert notes([4, 6], root) == []
+    # Without the kernel's list (AMD, older kernels, a container), nothing is claimed.
+    (tmp_path / "devices" / "cpu_atom" / "cpus").write_text("garbage\n")
+    assert efficiency_cpus(root) == frozenset() and physical_cores(range(8), root)[0] == 0
 
 
 def test_partition_one_socket_two_cores(tmp_path: Path) -> None:

@@ -40,15 +40,34 @@ def _core_key(cpu: int, root: Path) -> tuple[int, int, int] | None:
     return _read_int(topo / "physical_package_id", 0), _read_int(topo / "die_id", 0), core
 
 
+def efficiency_cpus(root: Path = SYS_CPU) -> frozenset[int]:
+    """The logical CPUs of a hybrid CPU's efficiency cores: Intel's E-cores, which Linux lists in
+    /sys/devices/cpu_atom/cpus (``16-23``, ``16-19,24``); none elsewhere."""
+    try:
+        text = (root.parent.parent / "cpu_atom" / "cpus").read_text().strip()
+    except OSError:
+        return frozenset()
+    found: set[int] = set()
+    for part in filter(None, text.split(",")):
+        low, _, high = part.partition("-")
+        if not re.fullmatch(r"[0-9]+", low) or (high and not re.fullmatch(r"[0-9]+", high)):
+            return frozenset()  # not the kernel's list format: claim nothing
+        found.update(range(int(low), int(high or low) + 1))
+    return frozenset(found)
+
+
 def physical_cores(allowed: Iterable[int] | None = None, root: Path = SYS_CPU) -> list[int]:
     """One logical CPU (the lowest-numbered) per physical core in ``allowed``, ordered by package, die and
-    core. A CPU without topology files is taken as a core of its own (see ``notes``)."""
+    core, a hybrid CPU's performance cores before its efficiency cores (so that a study on fewer cores than
+    it has P-cores runs on P-cores only). A CPU without topology files is taken as a core of its own (see
+    ``notes``)."""
     cpus = sorted(os.sched_getaffinity(0) if allowed is None else allowed)
+    slow = efficiency_cpus(root)
     first: dict[tuple[int, int, int], int] = {}
     for cpu in cpus:
         key = _core_key(cpu, root) or (-1, 0, cpu)  # unknown: its own core, after no known one
         first.setdefault(key, cpu)
-    return [cpu for _, cpu in sorted(first.items(), key=lambda item: (item[0][0] < 0, item[0]))]
+    return [cpu for _, cpu in sorted(first.items(), key=lambda item: (item[0][0] < 0, item[1] in slow, item[0]))]
 
 
 def notes(allowed: Iterable[int] | None = None, root: Path = SYS_CPU) -> list[str]:
@@ -61,6 +80,14 @@ def notes(allowed: Iterable[int] | None = None, root: Path = SYS_CPU) -> list[st
         found.append(
             f"no topology files for CPUs {','.join(map(str, unknown))} under {root}: each is taken as a physical "
             "core, so hardware threads of one core may be counted as two"
+        )
+    slow, cores = efficiency_cpus(root), physical_cores(cpus, root)
+    mixed = [cpu for cpu in cores if cpu in slow]
+    if mixed and len(mixed) < len(cores):
+        found.append(
+            f"a hybrid CPU: {len(cores) - len(mixed)} performance and {len(mixed)} efficiency cores here "
+            f"(E-cores: CPUs {','.join(map(str, mixed))}); core counts take P-cores first, and a study on more "
+            "cores mixes the two kinds, which run the same thread at different speeds"
         )
     return found
 
