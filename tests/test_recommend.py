@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import optuna
 import pytest
@@ -41,9 +42,13 @@ def test_recommendation_for_this_machine_in_every_format(storage_url: str, capsy
     # The confirmed winner, measured on this very CPU: not borrowed.
     assert found.settings.label() == WINNER and not found.borrowed and found.recommended.startswith("trial ")
     shell = recommend.render([found], "shell")
-    # Shell: export lines TensorFlow reads before it starts, and the calls for use inside a program.
+    # Shell: export lines TensorFlow reads before it starts, and where a program sets them itself.
     assert "export TF_NUM_INTRAOP_THREADS=2" in shell and "export TF_NUM_INTEROP_THREADS=2" in shell
-    assert "set_intra_op_parallelism_threads(2)" in shell
+    assert "intra_op 2 and inter_op 2 by tf.config.threading" in shell
+    # Every comment line, the tool's own words too, holds nothing a shell acts on: pasted into an
+    # interactive zsh, where "#" starts no comment, it runs nothing.
+    comments = [line[2:] for line in shell.splitlines() if line.startswith("# ")]
+    assert comments and all(re.fullmatch(r"[A-Za-z0-9 .,:/@%+=_\[\]-]*", line) for line in comments)
     python = recommend.render([found], "python")
     # Python: valid code that sets the threads through TensorFlow's own API.
     compile(python, "<recommend>", "exec")

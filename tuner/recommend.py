@@ -366,16 +366,16 @@ def _shell(r: Recommendation) -> str:
         for name, value in env.items():
             lines.append(f"unset {name}" if value is None else f"export {name}={shlex.quote(value)}")
     lines.append(
-        "# or in the program, before TensorFlow runs anything: "
-        f"tf.config.threading.set_intra_op_parallelism_threads({r.settings.intra_op}); "
-        f"tf.config.threading.set_inter_op_parallelism_threads({r.settings.inter_op})"
+        f"# or in the program, before TensorFlow runs anything: intra_op {r.settings.intra_op} and inter_op "
+        f"{r.settings.inter_op} by tf.config.threading, as tuner recommend --format python writes it"
     )
-    lines.append(f'# data format: keras.backend.set_image_data_format("{DATA_FORMATS[r.settings.data_format]}")')
+    lines.append(f"# data format: {DATA_FORMATS[r.settings.data_format]}, by keras.backend.set_image_data_format")
     if r.settings.precision != "fp32":
-        lines.append(f"# precision: {BF16_CALL}")
+        lines.append("# precision: mixed_bfloat16, by keras.mixed_precision.set_global_policy")
     if r.settings.batch:
         lines.append(f"# {BATCH_NOTE.format(r.settings.batch)}")
-    return "\n".join(lines)
+    # Every comment line, the tool's own words too, is safe where "#" starts no comment (interactive zsh).
+    return "\n".join("# " + shell_comment(line[2:], 1000) if line.startswith("# ") else line for line in lines)
 
 
 def _python(r: Recommendation) -> str:
