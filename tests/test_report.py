@@ -116,11 +116,11 @@ def test_a_setting_that_failed_in_a_benchmark_leaves_the_report_whole(
     # A later run in which the heuristic's worker dies: stored as a skipped record labelled "heuristic".
     assert main(bench, runner=ReplayRunner(heuristic_dies)) == 1
     output = tmp_path / "report.html"
-    # The report is written, not a KeyError: the failed run has no figure, and the bars draw the last
-    # measured one of each setting.
+    # The report is written, not a KeyError: as in the table on the same page, the heuristic's latest run
+    # failed, so it has no bar; tf-default's latest run has its.
     assert main(["report", "--storage", url, "--output", str(output)]) == 0
     figure = report.bars(benchmark.records(open_storage(url, create=False)), "tiny")
-    assert figure is not None and sorted(trace.name for trace in figure.data) == ["heuristic", "tf-default"]
+    assert figure is not None and [trace.name for trace in figure.data] == ["tf-default"]
 
 
 def test_the_report_is_self_contained(filled: tuple[str, Path]) -> None:

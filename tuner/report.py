@@ -98,14 +98,14 @@ def _title(fig: go.Figure, title: str, noise: str, x: str, y: str) -> go.Figure:
 
 
 def _latest_cpu(records: Sequence[BenchmarkRecord]) -> dict[tuple[int, str, str], BenchmarkRecord]:
-    """The latest measured CPU record of each (cores, mode, setting) among tf-default, heuristic and tuned:
-    a setting that failed or could not run here (a skipped record with its label) has no figure to draw, and
-    an earlier measurement of it stands, as in the table."""
+    """The latest CPU record of each (cores, mode, setting) among tf-default, heuristic and tuned, as the
+    table shows it: where that latest run failed or could not run here (a skipped record with its label),
+    the setting has no figure to draw."""
     latest: dict[tuple[int, str, str], BenchmarkRecord] = {}
     for r in sorted(records, key=lambda r: r.get("measured", "")):
-        if r.get("device") == "cpu" and r.get("label") in LABELS and "skipped" not in r:
+        if r.get("device") == "cpu" and r.get("label") in LABELS:
             latest[(r["cores"], r["mode"], r["label"])] = r
-    return latest
+    return {key: r for key, r in latest.items() if "skipped" not in r}
 
 
 def _records_cvs(latest: dict[tuple[int, str, str], BenchmarkRecord]) -> list[float]:
