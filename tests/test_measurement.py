@@ -6,7 +6,16 @@ import math
 
 import pytest
 
-from tuner.measurement import UNSTABLE_CV, Measurement, median_abs_deviation
+from tuner.measurement import (
+    MAX_BATCH_SIZE,
+    MAX_LOOP_SECONDS,
+    MAX_STEP_SECONDS,
+    MIN_STEP_SECONDS,
+    UNSTABLE_CV,
+    Measurement,
+    median_abs_deviation,
+    pooled_loop_rate,
+)
 
 # Step times chosen so the rates are round numbers: batch 32 at 0.1 s is 320 images/sec.
 STEADY = (0.1, 0.1, 0.1, 0.1, 0.1)
@@ -137,3 +146,59 @@ def test_rejects_non_finite_steps(bad: float) -> None:
 def test_facts_do_not_affect_equality() -> None:
     # Facts are context (versions, cpus), not part of what was measured.
     assert Measurement(32, STEADY, facts={"a": 1}) == Measurement(32, STEADY, facts={"b": 2})
+
+
+@pytest.mark.parametrize("batch", [0, -32, True, 32.0, 2**40, MAX_BATCH_SIZE + 1])
+def test_rejects_a_batch_size_that_is_no_count_in_range(batch: object) -> None:
+    # A stored record's batch size multiplies every rate: it must be a whole count a run can measure, not a
+    # bool, a float or a number so large the rates overflow.
+    with pytest.raises(ValueError, match="batch size"):
+        Measurement(batch, STEADY)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("steps", [(5e-324,), (0.1, 1e-10), (1e300,), (0.1, MAX_STEP_SECONDS * 2)])
+def test_rejects_steps_whose_rates_would_not_be_finite(steps: tuple[float, ...]) -> None:
+    # 32 / 5e-324 is an infinite rate; huge steps overflow the loop's sum (fsum raises OverflowError): a step
+    # takes from a nanosecond to ten million seconds, or the record is refused.
+    with pytest.raises(ValueError, match="a step must take"):
+        Measurement(32, steps)
+    # Warm-up steps the same: they are stored and summed alike.
+    with pytest.raises(ValueError, match="a step must take"):
+        Measurement(32, STEADY, steps)
+
+
+@pytest.mark.parametrize("loop", [5e-324, -1.0, math.inf, 1e300])
+def test_rejects_a_timed_loop_time_whose_loop_rate_would_not_be_finite(loop: float) -> None:
+    # The headline figure divides by the loop's wall time: a denormal one gives an infinite rate.
+    with pytest.raises(ValueError, match="timed loop"):
+        Measurement(32, STEADY, timed_wall_seconds=loop)
+
+
+def test_the_extremes_a_run_can_measure_keep_every_figure_finite() -> None:
+    # The largest batch (4096 per step on each of 64 replicas in each of 1024 instances) in the shortest step,
+    # and one batch in the longest: both accepted, every rate finite and above 0, as ms/image is too.
+    fast = Measurement(MAX_BATCH_SIZE, (MIN_STEP_SECONDS,) * 3, timed_wall_seconds=MIN_STEP_SECONDS)
+    slow = Measurement(1, (MAX_STEP_SECONDS,) * 3, (MAX_STEP_SECONDS,), timed_wall_seconds=MAX_LOOP_SECONDS)
+    for m in (fast, slow):
+        figures = [*m.rates, m.images_per_sec, m.loop_images_per_sec, 1000.0 / m.loop_images_per_sec]
+        assert all(math.isfinite(f) and f > 0 for f in figures)
+    assert math.isfinite(pooled_loop_rate([slow] * 100_000)) and pooled_loop_rate([slow]) > 0
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"batch_size": math.inf},  # JSON's 1e999: int(inf) raises OverflowError
+        {"batch_size": 10**400},
+        {"timed_seconds": [10**400]},  # float() of it raises OverflowError
+        {"wall_seconds": 10**400},
+        {"wall_seconds": math.nan},
+        {"timed_wall_seconds": -(10**400)},
+    ],
+)
+def test_from_dict_raises_value_error_for_numbers_out_of_range(change: dict[str, object]) -> None:
+    data = {**Measurement(32, STEADY).to_dict(), **change}
+    # Readers of stored records catch KeyError, TypeError and ValueError: a stored number out of range is a
+    # ValueError too, never an OverflowError that escapes them and crashes a command.
+    with pytest.raises(ValueError):
+        Measurement.from_dict(data)

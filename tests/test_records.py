@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 import pytest
@@ -14,7 +16,9 @@ from tuner.records import (
     StoredRunnable,
     StoredVerdict,
     StudyMeta,
+    check_record,
     check_study,
+    trial_measurement,
 )
 
 MEASUREMENT = Measurement(32, (0.032, 0.031, 0.033), (0.05,), {"onednn": True}, 1.5, 0.1)
@@ -102,6 +106,10 @@ def test_stored_verdict_reads_what_show_prints() -> None:
         "winner": "trial 4",
         "recommended": "tf-default",
         "recommended_params": {"intra_op": 0, "inter_op": 0, "data_format": "NHWC", "onednn": True},
+        "params": {
+            "tf-default": {"intra_op": 0, "inter_op": 0, "data_format": "NHWC", "onednn": "default"},
+            "trial 4": {"intra_op": 2, "inter_op": 1, "data_format": "NHWC"},
+        },
         "clear": False,
         "text": "no clear gain",
         "rounds": 3,
@@ -131,6 +139,7 @@ def test_a_verdict_naming_a_candidate_otherwise_than_a_name_is_refused(change: d
     data = {
         "recommended": "tf-default",
         "recommended_params": {"intra_op": 0, "inter_op": 0, "data_format": "NHWC"},
+        "params": {"tf-default": {"intra_op": 0, "inter_op": 0, "data_format": "NHWC"}},
         "clear": False,
         "text": "no clear gain",
     }
@@ -186,3 +195,206 @@ def test_trial_accessors_give_none_for_what_they_cannot_read() -> None:
     assert imported_from({"imported": {"file": "/" + "d" * 200 + "/crafted.json"}}) == "crafted.json"
     assert imported_from({"tuner_importing": True}) == "a file (import not finished)"
     assert imported_from({"tuner": {}}) is None
+
+
+def stored_verdict(
+    rates: dict[str, list[list[float]]], params: dict[str, dict[str, Any]], onednn_default: bool | None
+) -> dict[str, Any]:
+    """A verdict as confirmation stores it (``store_verdict``: oneDNN "default" resolved for the CPU), read
+    back through JSON as a storage gives it."""
+    import optuna
+
+    from tuner.capability import Capabilities
+    from tuner.confirm import decide, store_verdict
+
+    study = optuna.create_study()
+    store_verdict(study, decide(rates, params), Capabilities(onednn_default=onednn_default).effective, 5)
+    stored: dict[str, Any] = json.loads(json.dumps(study.user_attrs["verdict"]))
+    return stored
+
+
+DEFAULT_PARAMS = {"intra_op": 0, "inter_op": 0, "data_format": "NHWC", "onednn": "default"}
+TRIAL_PARAMS = {"intra_op": 2, "inter_op": 1, "data_format": "NHWC", "onednn": "default", "instances": 2}
+
+
+@pytest.mark.parametrize("onednn_default", [True, False, None])
+# tf-default faster; the trial faster but measured too few rounds to be sure; the trial a clear winner.
+@pytest.mark.parametrize(("trial_rate", "rounds"), [(90.0, 3), (300.0, 2), (300.0, 3)])
+def test_every_verdict_confirmation_stores_reads_back(
+    onednn_default: bool | None, trial_rate: float, rounds: int
+) -> None:
+    rates = {
+        "tf-default": [[100.0, 100.5, 99.5]] * rounds,
+        "trial 4": [[trial_rate, trial_rate + 0.5, trial_rate - 0.5]] * rounds,
+    }
+    data = stored_verdict(rates, {"tf-default": DEFAULT_PARAMS, "trial 4": TRIAL_PARAMS}, onednn_default)
+    verdict = StoredVerdict.from_dict(data)
+    # Whether tf-default is kept (as fastest, or as not clearly beaten) or the trial wins, and whatever oneDNN
+    # "default" meant on the CPU measured, a genuine verdict's name, settings and params agree: never refused.
+    assert verdict.recommended == ("trial 4" if rounds == 3 and trial_rate > 100 else "tf-default")
+    assert verdict.winner == ("trial 4" if trial_rate > 100 else "tf-default")
+    assert verdict.params[verdict.recommended].intra_op == verdict.settings.intra_op
+    assert verdict.settings.instances == verdict.params[verdict.recommended].instances
+
+
+def test_a_verdict_whose_recommendation_contradicts_itself_is_refused() -> None:
+    rates = {"tf-default": [[100.0, 100.5, 99.5]] * 3, "trial 4": [[90.0, 90.5, 89.5]] * 3}
+    data = stored_verdict(rates, {"tf-default": DEFAULT_PARAMS, "trial 4": TRIAL_PARAMS}, True)
+    # As stored, it reads: tf-default recommended, its oneDNN "default" stored as on (this CPU's choice).
+    assert StoredVerdict.from_dict(data).recommended == "tf-default" and data["recommended_params"]["onednn"] is True
+    # Labelled tf-default but carrying trial 4's settings: tables would say tf-default while recommend and exec
+    # hand out the trial's settings. A lie in the label, refused.
+    with pytest.raises(MalformedRecord, match=r"verdict\.recommended_params: not the settings of 'tf-default'"):
+        StoredVerdict.from_dict({**data, "recommended_params": TRIAL_PARAMS})
+    # oneDNN off where the candidate confirmed ran it forced on: another setting. (TensorFlow's own choice,
+    # "default", may be stored as on or off: which it meant is the measuring CPU's fact, not the verdict's.)
+    forced = {**data, "params": {**data["params"], "tf-default": {**DEFAULT_PARAMS, "onednn": True}}}
+    assert StoredVerdict.from_dict(forced).settings == StoredVerdict.from_dict(data).settings
+    with pytest.raises(MalformedRecord, match=r"verdict\.recommended_params"):
+        StoredVerdict.from_dict({**forced, "recommended_params": {**DEFAULT_PARAMS, "onednn": False}})
+    # A recommended name that is no confirmed candidate: benchmark would look it up in params (KeyError).
+    with pytest.raises(MalformedRecord, match=r"verdict\.recommended: 'heuristic' is not one of the confirmed"):
+        StoredVerdict.from_dict({**data, "recommended": "heuristic"})
+    # No params at all (every verdict confirmation writes has them): nothing says what the name stands for.
+    with pytest.raises(MalformedRecord, match=r"verdict\.recommended"):
+        StoredVerdict.from_dict({key: value for key, value in data.items() if key != "params"})
+    # check_study, which every reader and import goes through, refuses it the same way: skipped, not fatal.
+    with pytest.raises(MalformedRecord, match=r"study 's': verdict\.recommended"):
+        check_study("s", {"verdict": {**data, "recommended": "trial 9"}})
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"batch_size": math.inf}, "batch size|out of range"),  # JSON's 1e999: int() overflows
+        ({"batch_size": 10**400}, "batch size"),  # rates overflow float
+        ({"batch_size": 2.0**80}, "batch size"),
+        ({"timed_seconds": [5e-324, 0.1]}, "a step must take"),  # an infinite rate
+        ({"timed_seconds": [10**400]}, "out of range"),
+        ({"warmup_seconds": [1e300]}, "a step must take"),  # sums overflow
+        ({"timed_wall_seconds": 5e-324}, "timed loop"),  # an infinite loop rate
+    ],
+)
+def test_a_stored_run_whose_figures_overflow_is_malformed_not_a_crash(change: dict[str, Any], error: str) -> None:
+    run = {**ConfirmationRun(0, "tf-default", MEASUREMENT).to_dict()}
+    run["measurement"] = {**run["measurement"], **change}
+    # An OverflowError or an infinite rate escaped check_study and crashed show, report and import: a run whose
+    # numbers cannot give finite rates is one malformed record, named, like any other.
+    with pytest.raises(MalformedRecord, match=f"run.measurement: .*({error})"):
+        ConfirmationRun.from_dict(run)
+    with pytest.raises(MalformedRecord, match=r"confirmation\.runs\[0\]\.measurement"):
+        check_study("s", {"confirmation": {"runs": [run]}})
+    # A trial's own measurement attribute reads as absent, as every reader of trials expects.
+    assert trial_measurement({"measurement": run["measurement"]}) is None
+
+
+class FakeYardsticks:
+    """A runner whose worker counts FLOPs (no training count for a SavedModel) and times the matmul, as the
+    real worker answers."""
+
+    def compute(self, spec: Any) -> dict[str, Any]:
+        from tuner.models import as_ref
+
+        if spec.task == "flops":
+            counted = {"infer": 8e9, **({"train": 24e9} if as_ref(spec.model).trainable else {})}
+            return {"flops_per_image": counted, "framework_version": "2.21.0"}
+        return {"gflops": [400.0, 500.0], "size": 4096, "dtype": "bfloat16", "onednn": True, "framework_version": "2"}
+
+
+def genuine_records() -> list[dict[str, Any]]:
+    """Every kind of record the tool writes: measured, skipped (a target, a setting), FLOPs of a Keras model and
+    of a SavedModel (no training count), the matmul yardstick; read back through a storage, as readers see them."""
+    import optuna
+
+    from tuner import benchmark
+    from tuner.models import ModelRef
+    from tuner.settings import Settings
+    from tuner.signature import cpu_signature
+    from tuner.workload import Workload
+
+    signature = cpu_signature()
+    target = benchmark.Target("tensorflow", Workload("resnet50", "infer", 32), (0, 1))
+    tuned = Settings.from_params({"intra_op": 2, "inter_op": 1, "precision": "bf16", "onednn": True})
+    runs = [MEASUREMENT, Measurement(32, (0.03, 0.05), (0.1,), {}, 0.2, 0.0)]
+    storage = optuna.storages.InMemoryStorage()
+    for record in (
+        benchmark.make_record(target, "tuned", tuned, runs, signature, "r1", {"recommended": "tuned", "verdict": "x"}),
+        benchmark.skip_record(target, "no time left", signature),
+        benchmark.skip_record(target, "not runnable here", signature, "heuristic"),
+    ):
+        benchmark.store(storage, record)
+    runner: Any = FakeYardsticks()
+    saved = ModelRef("my_model-1a2b3c4d", kind="savedmodel", path="/models/my_model")
+    benchmark.flops_per_image(storage, runner, "resnet50", Settings(), (0, 1), signature)
+    benchmark.flops_per_image(storage, runner, saved, Settings(), (0, 1), signature)
+    yardstick = benchmark.yardstick_settings(2, ["onednn"], "bf16")
+    benchmark.matmul_peak(storage, runner, "tensorflow", yardstick, (0, 1), signature)
+    study = optuna.load_study(study_name=benchmark.BENCH_STUDY, storage=storage)
+    return [json.loads(json.dumps(t.user_attrs["record"])) for t in study.trials]
+
+
+def test_every_record_the_tool_writes_passes_the_check() -> None:
+    records = genuine_records()
+    # Three benchmark records, two FLOP counts (one without a training count) and one matmul peak: none refused.
+    assert [r["kind"] for r in records] == ["benchmark"] * 3 + ["flops", "flops", "matmul"]
+    assert "train" not in records[4]["flops_per_image"]
+    for record in records:
+        check_record(record)
+
+
+def _changed(record: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """``record`` with the value at ``path`` ("cpu.id") replaced, or removed where ``value`` is ``DROP``."""
+    copy = json.loads(json.dumps(record))
+    *parents, key = path.split(".")
+    inner = copy
+    for name in parents:
+        inner = inner[name]
+    if value is DROP:
+        del inner[key]
+    else:
+        inner[key] = value
+    return copy
+
+
+DROP = object()
+
+
+@pytest.mark.parametrize(
+    ("index", "path", "value", "where"),
+    [
+        (0, "measured", None, r"\.measured"),  # sorted by date: None and text do not compare
+        (0, "round_rates", [[0]], "round_rates"),  # a zero rate: ZeroDivisionError in the speedups
+        (0, "round_rates", [[-1.0, 2.0]], "round_rates"),
+        (0, "round_rates", [[10**400]], "round_rates"),  # past float's range
+        (0, "images_per_sec", 10**400, "images_per_sec"),
+        (0, "round_images_per_sec", ["fast"], "round_images_per_sec"),  # the report's bars take float() of each
+        (0, "settings", 5, r"\.settings"),
+        (0, "settings", {"precision": [1]}, r"settings\.precision"),  # a key of the peaks: unhashable
+        (0, "recommended", [1], r"\.recommended"),  # the table looks the label up: unhashable
+        (0, "cpu.id", [1], r"cpu\.id"),  # the table groups by it
+        (0, "cpu.model_name", ["EPYC"], r"cpu\.model_name"),
+        (0, "cpu.isa", "avx2", r"cpu\.isa"),  # the report joins the flags
+        (0, "cpu", "zz", r"\.cpu"),
+        (0, "cores", 10**20, r"\.cores"),  # a table column of 64-bit integers: OverflowError
+        (0, "ms_per_image", 10**400, "ms_per_image"),
+        (0, "p99_ms", math.inf, "p99_ms"),  # no genuine request takes for ever
+        (1, "cpu.id", {"a": 1}, r"cpu\.id"),  # a skipped record too
+        (1, "measured", 7, r"\.measured"),
+        (3, "flops_per_image.train", 10**400, r"flops_per_image\.train"),
+        (3, "flops_per_image.infer", math.nan, r"flops_per_image\.infer"),
+        (3, "measured", None, r"\.measured"),
+        (5, "cpu", "zz", r"\.cpu"),  # the table keys matmul peaks by cpu.id: AttributeError on text
+        (5, "cpu.id", [1], r"cpu\.id"),
+        (5, "precision", [1], r"\.precision"),  # a key of the peaks: unhashable
+        (5, "peak_gflops", 10**400, "peak_gflops"),
+        (5, "cores", -1, r"\.cores"),
+    ],
+)
+def test_a_benchmark_record_with_a_field_its_readers_cannot_use_is_refused(
+    index: int, path: str, value: Any, where: str
+) -> None:
+    record = _changed(genuine_records()[index], path, value)
+    # Each of these crashed tuner table or report with a traceback; refused here, the record is one warning
+    # line and left out (benchmark.records), the rest of the storage still read.
+    with pytest.raises(MalformedRecord, match=where):
+        check_record(record)

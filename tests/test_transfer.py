@@ -22,6 +22,7 @@ from tuner.benchmark import Target, make_record
 from tuner.cli import main
 from tuner.errors import TunerError, WorkerExited
 from tuner.measurement import Measurement
+from tuner.records import tuner_studies
 from tuner.replay import ReplayRunner
 from tuner.runner import TrialSpec
 from tuner.settings import Settings
@@ -155,6 +156,8 @@ def test_imported_verdict_does_not_replace_this_machines_own(
     study["name"] = "other-" + study["name"]
     study["user_attrs"]["verdict"]["measured"] = "2099-01-01T00:00:00+00:00"
     study["user_attrs"]["verdict"]["recommended_params"] = {"intra_op": 1, "inter_op": 1, "data_format": "NHWC"}
+    verdict = study["user_attrs"]["verdict"]  # a verdict whose parts agree: its recommended name's settings
+    verdict["params"][verdict["recommended"]] = verdict["recommended_params"]
     own = f"sqlite:///{tmp_path / 'own.db'}"
     tuned(own)
     assert main(["import", str(write(tmp_path, data)), "--storage", own]) == 0
@@ -375,6 +378,113 @@ def test_benchmark_records_of_another_machine_are_merged_not_dropped(
     # Both machines' records are there, each once, though the target already had a benchmark study.
     runs = sorted(r.get("run_id", "") for r in benchmark.records(open_storage(mine, create=False)))
     assert runs == ["mine", "theirs"]
+
+
+@pytest.mark.parametrize("hidden", [False, True])
+def test_a_files_benchmark_study_brings_its_records_and_none_of_its_attributes(
+    tmp_path: Path, hidden: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = Measurement(32, (0.1, 0.1), (0.2,), {"framework_version": "2.21.0"})
+    target = Target("tensorflow", Workload("tiny", "infer", 32), (0, 1))
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    benchmark.store(tuned(source), make_record(target, "tf-default", Settings(), [m], SIGNATURE, "theirs"))
+    data = transfer.export(open_storage(source, create=False))
+    genuine = next(s for s in data["studies"] if "verdict" in s["user_attrs"])
+    (bench,) = (s for s in data["studies"] if s["name"] == benchmark.BENCH_STUDY)
+    # The attacker's benchmark study carries a verdict of its own: dated later than any genuine one, with
+    # other settings; or also the importing mark that makes export leave a study out.
+    forged = json.loads(json.dumps(genuine["user_attrs"]))
+    forged["verdict"]["measured"] = "2099-01-01T00:00:00+00:00"
+    forged["verdict"]["recommended_params"] = {"intra_op": 1, "inter_op": 1, "data_format": "NHWC"}
+    forged["verdict"]["params"][forged["verdict"]["recommended"]] = forged["verdict"]["recommended_params"]
+    bench["user_attrs"].update(forged, **({transfer.IMPORTING: True} if hidden else {}))
+    data["studies"] = [bench]
+    own = f"sqlite:///{tmp_path / 'own.db'}"
+    benchmark.store(tuned(own), make_record(target, "tf-default", Settings(), [m], SIGNATURE, "mine"))
+    path = write(tmp_path, data)
+    capsys.readouterr()
+    assert main(["import", str(path), "--storage", own]) == 0
+    storage = open_storage(own, create=False)
+    attrs = optuna.load_study(study_name=benchmark.BENCH_STUDY, storage=storage).user_attrs
+    # Only the file's record is merged; none of its attributes of the study reach this machine's.
+    assert attrs == {"tuner_benchmarks": 1}
+    assert sorted(r.get("run_id", "") for r in benchmark.records(storage)) == ["mine", "theirs"]
+    # So this machine's own verdict is still the one recommended (the forged one never reads as ours) ...
+    (found,) = recommend.recommend(storage, SIGNATURE, cores=2, mode="infer", model="tiny")
+    assert found.imported is None and found.settings.intra_op != 1 and found.study != benchmark.BENCH_STUDY
+    # ... and export still passes on this machine's records with the merged ones.
+    shared = transfer.export(storage)
+    (records,) = (s["trials"] for s in shared["studies"] if s["name"] == benchmark.BENCH_STUDY)
+    assert sorted(t["user_attrs"]["record"]["run_id"] for t in records) == ["mine", "theirs"]
+    # The output says what happened: a record was merged, no study imported, so the study is not "kept".
+    assert "imported 0 studies and 1 benchmark records" in (out := capsys.readouterr().out) and "kept" not in out
+    # Importing again finds every record there: none merged, nothing written, and now "kept" is true.
+    assert transfer.import_into(storage, transfer.read(path), str(path)).records == 0
+    assert main(["import", str(path), "--storage", own]) == 0
+    assert f"kept {benchmark.BENCH_STUDY}" in capsys.readouterr().out
+    assert optuna.load_study(study_name=benchmark.BENCH_STUDY, storage=storage).user_attrs == attrs
+
+
+@pytest.mark.parametrize(
+    ("where", "token"),
+    [("attribute", "NaN"), ("attribute", "Infinity"), ("intermediate", "-Infinity"), ("value", "1e999")],
+)
+def test_nan_or_infinity_in_a_file_is_refused_and_writes_nothing(
+    tmp_path: Path, where: str, token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = exported(tmp_path, f"sqlite:///{tmp_path / 'source.db'}")
+    study = data["studies"][0]
+    trial = next(t for t in study["trials"] if t["state"] == "COMPLETE")
+    if where == "value":
+        trial["value"] = "PLACEHOLDER"
+    elif where == "intermediate":
+        trial["intermediate_values"]["0"] = "PLACEHOLDER"
+    else:
+        study["user_attrs"]["note"] = {"rate": "PLACEHOLDER"}
+    path = tmp_path / "crafted.json"
+    path.write_text(json.dumps(data).replace('"PLACEHOLDER"', token))  # as Python's json.dumps would write it
+    url = f"sqlite:///{tmp_path / 'target.db'}"
+    capsys.readouterr()
+    assert main(["import", str(path), "--storage", url]) == 1
+    err = capsys.readouterr().err.strip()
+    # JSON has no NaN or Infinity (1e999 reads as Infinity) and export could not write them back: the file is
+    # refused with one line naming it and the number, and the target storage was never created.
+    assert err.startswith(f"tuner: error: {path}: ") and token in err and "\n" not in err
+    assert not (tmp_path / "target.db").exists()
+
+
+def test_a_malformed_record_in_a_file_is_refused_and_the_others_are_merged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = Measurement(32, (0.1, 0.1), (0.2,), {"framework_version": "2.21.0"})
+    target = Target("tensorflow", Workload("tiny", "infer", 32), (0, 1))
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    storage = open_storage(source)
+    for run_id in ("good", "bad"):
+        benchmark.store(storage, make_record(target, "tf-default", Settings(), [m], SIGNATURE, run_id))
+    data = transfer.export(open_storage(source, create=False))
+    (bench,) = (s for s in data["studies"] if s["name"] == benchmark.BENCH_STUDY)
+    bad = next(t for t in bench["trials"] if t["user_attrs"]["record"]["run_id"] == "bad")
+    bad["user_attrs"]["record"]["round_rates"] = [[0]]  # a rate of 0 would divide the table by zero
+    own = f"sqlite:///{tmp_path / 'own.db'}"
+    # The good record is merged; the bad one is refused with a line naming it, and the command exits 1.
+    assert main(["import", str(write(tmp_path, data)), "--storage", own]) == 1
+    err = capsys.readouterr().err
+    assert "refused tuner-benchmarks record" in err and "round_rates" in err
+    assert [r["run_id"] for r in benchmark.records(open_storage(own, create=False))] == ["good"]
+
+
+def test_a_benchmark_study_poisoned_before_the_fix_gives_no_verdict(tmp_path: Path) -> None:
+    own = f"sqlite:///{tmp_path / 'own.db'}"
+    storage = tuned(own)
+    genuine = next(s for s in storage.get_all_studies() if "verdict" in s.user_attrs)
+    poisoned = optuna.create_study(storage=storage, study_name=benchmark.BENCH_STUDY)
+    # What an import wrote on the records' study before it stopped copying the file's attributes.
+    for key, value in genuine.user_attrs.items():
+        poisoned.set_user_attr(key, value)
+    # Neither recommend nor show takes the records' study for a tuner study, whatever it holds.
+    assert all(r.study != benchmark.BENCH_STUDY for r in recommend.verdicts(storage))
+    assert all(s.study_name != benchmark.BENCH_STUDY for s in tuner_studies(storage, lambda line: None))
 
 
 def test_a_redacted_export_keeps_the_results_and_drops_who_and_where(

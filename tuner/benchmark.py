@@ -35,6 +35,7 @@ from tuner.measurement import Measurement, coefficient_of_variation, median_abs_
 from tuner.models import ModelRef, as_ref
 from tuner.objective import latency_ms
 from tuner.policy import MeasurementPolicy
+from tuner.records import BENCH_STUDY as BENCH_STUDY  # named here too, where the records are kept
 from tuner.records import BenchmarkRecord, MalformedRecord, check_record, utc_now
 from tuner.runner import Runner, TaskSpec, TrialSpec
 from tuner.sanitize import one_line
@@ -42,7 +43,6 @@ from tuner.settings import Settings
 from tuner.signature import CpuSignature
 from tuner.workload import Workload
 
-BENCH_STUDY = "tuner-benchmarks"
 CPU_BATCH = 32
 GPU_BATCH = 64  # per GPU, as the reference table
 FULL_WARMUP = 10

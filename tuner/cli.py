@@ -424,14 +424,18 @@ def cmd_export(args: argparse.Namespace, runner: Runner | None = None) -> int:
 
 def cmd_import(args: argparse.Namespace, runner: Runner | None = None) -> int:
     data = transfer.read(Path(args.file))  # validated whole before the storage is touched
-    imported, kept, refused = transfer.import_into(open_storage(args.storage), data, args.file)
-    print(f"imported {len(imported)} studies into {redact(args.storage)}")
-    for name in kept:
+    done = transfer.import_into(open_storage(args.storage), data, args.file)
+    studies = [name for name in done.imported if name != benchmark.BENCH_STUDY]
+    print(f"imported {len(studies)} studies and {done.records} benchmark records into {redact(args.storage)}")
+    for name in done.kept:
         print(f"kept {one_line(name)}: it already exists in the target")
-    for line in refused:
+    for line in done.refused:
         print(f"tuner: warning: refused {line}", file=sys.stderr)
-    if refused:
-        raise TunerError(f"{len(refused)} malformed studies were not imported (the others were); first: {refused[0]}")
+    if done.refused:
+        raise TunerError(
+            f"{len(done.refused)} malformed studies or records were not imported (the others were); "
+            f"first: {done.refused[0]}"
+        )
     return 0
 
 

@@ -27,8 +27,8 @@ from typing import IO, Any
 from tuner import interrupt
 from tuner.disturbance import Disturbance, Monitor
 from tuner.errors import WorkerBadOutput, WorkerError, WorkerNotStarted, WorkerTimeout
-from tuner.measurement import Measurement
-from tuner.runner import STEP_KEYS, SubprocessRunner, TrialSpec, _decode, _positive, _tail, check_read_back, kill_group
+from tuner.measurement import Measurement, seconds_ok
+from tuner.runner import STEP_KEYS, SubprocessRunner, TrialSpec, _decode, _tail, check_read_back, kill_group
 from tuner.settings import ENV_ALLOWLIST, Settings
 from tuner.topology import partition
 
@@ -137,8 +137,10 @@ def run_group(self: SubprocessRunner, spec: TrialSpec) -> Measurement:
 
     results, env = self._holding_lock(execute)
     for index, result in enumerate(results):
-        if not all(_positive(s) for s in [*result.get("timed_seconds", []), *result.get("warmup_seconds", [])]):
-            raise WorkerBadOutput("an instance's step times are not finite positive numbers", result.get("_tail", ""))
+        if not all(seconds_ok(s) for s in [*result.get("timed_seconds", []), *result.get("warmup_seconds", [])]):
+            raise WorkerBadOutput(
+                "an instance's step times are not numbers of seconds a step can take", result.get("_tail", "")
+            )
         if len(result.get("timed_seconds") or []) != timed:
             raise WorkerBadOutput(f"instance {index} sent no {timed} timed steps", result.get("_tail", ""))
         check_read_back(spec.settings, result)

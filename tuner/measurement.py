@@ -16,6 +16,21 @@ from typing import Any
 from tuner.objective import latency_ms
 
 UNSTABLE_CV = 0.10  # per-step rates spread more than 10%: the burst did not measure one steady state
+# Stored measurements come from other machines too (a shared storage, an imported file): every figure derived
+# from them must stay a finite number. The largest batch one run measures: a --search-batch batch (4096) on
+# each of 64 replicas in each of 1024 instances; a step takes from a nanosecond (no model runs a batch
+# faster) to ten million seconds (far past any run's timeout), and a timed loop as long as a million such, so
+# rates, loop rates and their inverses stay finite and positive.
+MAX_BATCH_SIZE = 4096 * 64 * 1024
+MIN_STEP_SECONDS = 1e-9
+MAX_STEP_SECONDS = 1e7
+MAX_LOOP_SECONDS = 1e13
+
+
+def seconds_ok(value: Any, high: float = MAX_STEP_SECONDS) -> bool:
+    """Whether a worker's ``value`` is a number of seconds a step may take (``high``: ``MAX_LOOP_SECONDS``
+    for a timed loop): a real, finite number from ``MIN_STEP_SECONDS``, as ``Measurement`` takes it."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and MIN_STEP_SECONDS <= value <= high
 
 
 def coefficient_of_variation(values: Sequence[float]) -> float:
@@ -40,13 +55,21 @@ class Measurement:
     timed_wall_seconds: float = 0.0  # the timed loop's wall time as the worker clocked it (0: not recorded)
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch size must be positive, got {self.batch_size}")
+        batch = self.batch_size
+        if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH_SIZE:
+            raise ValueError(f"batch size must be an integer from 1 to {MAX_BATCH_SIZE}, got {str(batch)[:40]}")
         steps = (*self.timed_seconds, *self.warmup_seconds)
-        if not math.isfinite(self.timed_wall_seconds) or self.timed_wall_seconds < 0:
-            raise ValueError("the timed loop's wall time must be finite and not negative")
+        loop = self.timed_wall_seconds
+        if not math.isfinite(loop) or (loop != 0 and not MIN_STEP_SECONDS <= loop <= MAX_LOOP_SECONDS):
+            raise ValueError(
+                f"the timed loop's wall time must be 0 (not recorded) or {MIN_STEP_SECONDS:g} to {MAX_LOOP_SECONDS:g} s"
+            )
+        if not math.isfinite(self.wall_seconds) or self.wall_seconds < 0:
+            raise ValueError("the wall time must be finite and not negative")
         if not self.timed_seconds or any(not math.isfinite(s) or s <= 0 for s in steps):
             raise ValueError("a measurement needs at least one positive timed step, all finite")
+        if any(not MIN_STEP_SECONDS <= s <= MAX_STEP_SECONDS for s in steps):
+            raise ValueError(f"a step must take from {MIN_STEP_SECONDS:g} to {MAX_STEP_SECONDS:g} seconds")
 
     @property
     def rates(self) -> list[float]:
@@ -122,14 +145,20 @@ class Measurement:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Measurement:
-        return cls(
-            batch_size=int(data["batch_size"]),
-            timed_seconds=tuple(float(s) for s in data["timed_seconds"]),
-            warmup_seconds=tuple(float(s) for s in data.get("warmup_seconds", ())),
-            facts=dict(data.get("facts", {})),
-            wall_seconds=float(data.get("wall_seconds", 0.0)),
-            timed_wall_seconds=float(data.get("timed_wall_seconds", 0.0)),
-        )
+        """The record as stored; a malformed one (a stored record may come from anywhere) raises ``KeyError``,
+        ``TypeError`` or ``ValueError``, never ``OverflowError`` (an infinite batch size, a number past
+        float's range are ``ValueError`` here)."""
+        try:
+            return cls(
+                batch_size=int(data["batch_size"]),
+                timed_seconds=tuple(float(s) for s in data["timed_seconds"]),
+                warmup_seconds=tuple(float(s) for s in data.get("warmup_seconds", ())),
+                facts=dict(data.get("facts", {})),
+                wall_seconds=float(data.get("wall_seconds", 0.0)),
+                timed_wall_seconds=float(data.get("timed_wall_seconds", 0.0)),
+            )
+        except OverflowError as error:
+            raise ValueError(f"a number out of range: {error}") from None
 
 
 def pooled_loop_rate(runs: Sequence[Measurement]) -> float:

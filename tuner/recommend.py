@@ -24,7 +24,7 @@ from tuner.confirm import DEFAULT
 from tuner.errors import InvalidSettings, TunerError, UsageError, check_choice
 from tuner.launch import shell_lines
 from tuner.layout import paint, shorten, wrap
-from tuner.records import MalformedRecord, StoredVerdict, StudyMeta, imported_from
+from tuner.records import BENCH_STUDY, MalformedRecord, StoredVerdict, StudyMeta, imported_from
 from tuner.sanitize import one_line, shell_comment
 from tuner.settings import DATA_FORMATS, Settings
 from tuner.signature import CpuSignature
@@ -160,8 +160,8 @@ def verdicts(storage: optuna.storages.BaseStorage, warn: Warn = lambda line: Non
     found = []
     for info in storage.get_all_studies():
         attrs = info.user_attrs
-        if "tuner" not in attrs or "verdict" not in attrs:
-            continue
+        if "tuner" not in attrs or "verdict" not in attrs or info.study_name == BENCH_STUDY:
+            continue  # the records' study holds no verdict, whatever a forged import once wrote on it
         try:
             meta = StudyMeta.from_dict(attrs["tuner"])
             verdict = StoredVerdict.from_dict(attrs["verdict"])

@@ -24,7 +24,7 @@ from tuner.errors import InvalidSettings, TunerError
 from tuner.measurement import Measurement
 from tuner.objective import OBJECTIVES
 from tuner.sanitize import one_line
-from tuner.settings import Settings
+from tuner.settings import ONEDNN_DEFAULT, Settings
 
 
 def utc_now() -> str:
@@ -33,6 +33,7 @@ def utc_now() -> str:
 
 
 IMPORTING = "tuner_importing"  # set on a study while it is imported; readers leave such a study alone
+BENCH_STUDY = "tuner-benchmarks"  # the benchmark records' study: never a tuner study, whatever it holds
 MAX_DEPTH = 12  # nesting of any stored attribute (a verdict's rates are 4 deep)
 MAX_TEXT = 4096  # characters in any one stored string
 MAX_ITEMS = 200_000  # entries in any one list or mapping
@@ -230,15 +231,26 @@ class StoredVerdict:
         for key in ("params", "images_per_sec", "score", "latency_ms", "speedup_vs_each"):
             if isinstance(data.get(key), Mapping):
                 _names(data[key], f"{where}.{key}")
+        recommended: str = _get(data, "recommended", str, where)
+        candidates = {name: _settings(p, f"{where}.params.{name[:40]}") for name, p in params.items()}
+        # The recommendation is stated three times: its name (tables), its settings (recommend, exec) and the
+        # name's entry in params (benchmark): they must agree, or one of them lies about what is recommended.
+        if recommended not in candidates:
+            raise MalformedRecord(f"{where}.recommended: {recommended!r} is not one of the confirmed params")
+        if not _resolves_to(candidates[recommended], settings):
+            raise MalformedRecord(
+                f"{where}.recommended_params: not the settings of {recommended!r} in params "
+                f"({one_line(candidates[recommended].label(), 200)})"
+            )
         return cls(
-            recommended=_get(data, "recommended", str, where),
+            recommended=recommended,
             settings=settings,
             clear=_get(data, "clear", bool, where),
             text=_get(data, "text", str, where),
             measured=_date(data, "measured", where),
             speedup=speedup,
             raw=data,
-            params={name: _settings(p, f"{where}.params.{name[:40]}") for name, p in params.items()},
+            params=candidates,
             images_per_sec=dict(data.get("images_per_sec") or {}),
             winner=_get(data, "winner", str, where, optional=True),
             rounds=_get(data, "rounds", int, where, optional=True),
@@ -249,6 +261,24 @@ class StoredVerdict:
             latency_ms={name: dict(v) for name, v in latency.items()},
             dropped=_dropped(data.get("dropped"), f"{where}.dropped"),
         )
+
+
+def _resolves_to(candidate: Settings, stored: Settings) -> bool:
+    """Whether ``stored`` (a verdict's ``recommended_params``) is ``candidate`` (its entry in ``params``) as
+    ``confirm.store_verdict`` writes it: the same knobs, except that oneDNN "default" may be stored as what it
+    meant on the CPU measured (on or off); "default" and no oneDNN knob at all run alike."""
+    have, want = dict(candidate.env_knobs), dict(stored.env_knobs)
+    if have.get("onednn") == ONEDNN_DEFAULT and isinstance(want.get("onednn"), bool):
+        have["onednn"] = want["onednn"]
+    for knobs in (have, want):
+        if knobs.get("onednn") == ONEDNN_DEFAULT:
+            del knobs["onednn"]
+    same = (candidate.intra_op, candidate.inter_op, candidate.data_format) == (
+        stored.intra_op,
+        stored.inter_op,
+        stored.data_format,
+    )
+    return same and have == want and dict(candidate.launch) == dict(stored.launch)
 
 
 def _rates(value: Any, where: str) -> dict[str, list[list[float]]]:
@@ -299,7 +329,7 @@ class ConfirmationRun:
         measured = _get(data, "measurement", Mapping, where)
         try:
             measurement = Measurement.from_dict(dict(measured))
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, OverflowError) as error:
             raise MalformedRecord(f"{where}.measurement: {one_line(error, 200)}") from None
         candidate = _get(data, "candidate", str, where)
         _names([candidate], f"{where}.candidate")
@@ -460,6 +490,47 @@ _FIGURES: dict[str, _Kind] = {
 }
 
 
+def _finite_positive(value: Any) -> bool:
+    """A number (not a bool) that is finite and above 0 as a float: a rate or count every reader divides by."""
+    if not _number(value):
+        return False
+    try:
+        return math.isfinite(float(value)) and value > 0
+    except OverflowError:  # an integer past float's range
+        return False
+
+
+MAX_COUNT = 2**31 - 1  # a record's counts (cores, batches, rounds) are table columns of 64-bit integers
+
+
+def _typed(data: Mapping[str, Any], key: str, kind: _Kind, where: str, optional: bool = False) -> Any:
+    """``_get``, and a number within what its readers convert: a count from 0 to ``MAX_COUNT``, a figure
+    finite as a float (pandas and the figures turn it into one) and not negative (times, rates, spreads)."""
+    value = _get(data, key, kind, where, optional)
+    if not _number(value):
+        return value
+    if kind is int and not 0 <= value <= MAX_COUNT:
+        raise MalformedRecord(f"{where}.{key}: must be a count from 0 to {MAX_COUNT}")
+    if kind is not int and not (_finite_positive(value) or value == 0):
+        raise MalformedRecord(f"{where}.{key}: must be a finite number, not negative")
+    return value
+
+
+def _record_cpu(data: Mapping[str, Any], where: str, required: bool) -> None:
+    """A record's ``cpu`` (its signature, as ``provenance`` stores it): an object whose id and model name
+    are text and whose ISA flags are a list of text, each where present (``required``: the object itself)."""
+    cpu = _get(data, "cpu", Mapping, where, optional=not required)
+    if cpu is None:
+        if "cpu" in data:
+            raise MalformedRecord(f"{where}.cpu: must be an object")
+        return
+    for key in ("id", "model_name", "vendor"):
+        _get(cpu, key, str, f"{where}.cpu", optional=True)
+    isa = cpu.get("isa", [])
+    if not isinstance(isa, list) or not all(isinstance(flag, str) for flag in isa):
+        raise MalformedRecord(f"{where}.cpu.isa: must be a list of strings")
+
+
 def check_record(data: Any, where: str = "record") -> BenchmarkRecord:
     """A stored benchmark record, checked for the keys and types its readers use (table, report, the main
     job); raises ``MalformedRecord`` naming the first problem."""
@@ -467,44 +538,65 @@ def check_record(data: Any, where: str = "record") -> BenchmarkRecord:
         raise MalformedRecord(f"{where}: must be an object")
     check_shape(data, where)
     kind = data.get("kind")
+    if kind not in ("benchmark", "flops", "matmul"):
+        raise MalformedRecord(f"{where}.kind: {str(kind)[:20]!r} is not benchmark, flops or matmul")
+    # Every kind: where it was measured and when (records are sorted by the date: text, never null).
+    _record_cpu(data, where, required=kind == "benchmark")
+    if "measured" in data:
+        _get(data, "measured", str, where)
+        _date(data, "measured", where)
     if kind == "flops":
         flops = _get(data, "flops_per_image", Mapping, where)
         for mode in MODES:  # inference always; a SavedModel cannot train, so it has no training count
             if _get(flops, mode, (int, float), f"{where}.flops_per_image", optional=mode == "train") is None:
                 continue
-            if flops[mode] <= 0:
-                raise MalformedRecord(f"{where}.flops_per_image.{mode}: must be positive")
+            if not _finite_positive(flops[mode]):
+                raise MalformedRecord(f"{where}.flops_per_image.{mode}: must be finite and positive")
         _get(data, "model", str, where)
     elif kind == "matmul":
         _get(data, "runtime", str, where)
-        _get(data, "cores", int, where)
-        if _get(data, "peak_gflops", (int, float), where) <= 0:
-            raise MalformedRecord(f"{where}.peak_gflops: must be positive")
-    elif kind == "benchmark":
+        _typed(data, "cores", int, where)
+        _get(data, "precision", str, where, optional=True)
+        if not _finite_positive(_get(data, "peak_gflops", (int, float), where)):
+            raise MalformedRecord(f"{where}.peak_gflops: must be finite and positive")
+    else:
         for key, expected in _TARGET.items():
-            _get(data, key, expected, where)
+            _typed(data, key, expected, where)
         if data["mode"] not in MODES or data["device"] not in ("cpu", "gpu"):
             raise MalformedRecord(f"{where}: mode must be train or infer, device cpu or gpu")
-        _get(data, "memory_gib", (int, float), where, optional=True)
+        _typed(data, "memory_gib", (int, float), where, optional=True)
         if (_get(data, "objective", str, where, optional=True) or "throughput") not in OBJECTIVES:
             raise MalformedRecord(f"{where}.objective: unknown objective")
         for key in ("p50_ms", "p99_ms"):
-            if _get(data, key, (int, float), where, optional=True) is not None and data[key] <= 0:
+            if _typed(data, key, (int, float), where, optional=True) is not None and data[key] <= 0:
                 raise MalformedRecord(f"{where}.{key}: must be positive")
         for key in ("cuda_version", "gpu_name"):  # a GPU row's stack, as the table labels it
             _get(data, key, str, where, optional=True)
+        # What the verdict recommends (a label the table keys on), and the settings (the table reads their
+        # precision to find the matmul peak of the same precision).
+        _get(data, "recommended", str, where, optional=True)
+        settings = _get(data, "settings", Mapping, where, optional=True)
+        if settings is None and "settings" in data:
+            raise MalformedRecord(f"{where}.settings: must be an object")
+        if settings is not None:
+            _get(settings, "precision", str, f"{where}.settings", optional=True)
         if "skipped" in data:
             _get(data, "skipped", str, where)
         else:
             for key, expected in _FIGURES.items():
-                _get(data, key, expected, where)
-            if data["images_per_sec"] <= 0 or not all(
-                isinstance(run, list) and all(isinstance(v, (int, float)) for v in run) for run in data["round_rates"]
+                _typed(data, key, expected, where)
+            # Rates are divided by and into (speedups, ms/image): each finite and above 0.
+            if not _finite_positive(data["images_per_sec"]) or not all(
+                isinstance(run, list) and all(_finite_positive(v) for v in run) for run in data["round_rates"]
             ):
-                raise MalformedRecord(f"{where}: images_per_sec must be positive and round_rates lists of numbers")
-        _date(data, "measured", where)
-    else:
-        raise MalformedRecord(f"{where}.kind: {str(kind)[:20]!r} is not benchmark, flops or matmul")
+                raise MalformedRecord(
+                    f"{where}: images_per_sec must be finite and positive, round_rates lists of such rates"
+                )
+            per_round = data.get("round_images_per_sec")
+            if per_round is not None and (
+                not isinstance(per_round, list) or not all(_finite_positive(v) for v in per_round)
+            ):
+                raise MalformedRecord(f"{where}.round_images_per_sec: must be a list of finite, positive rates")
     return cast(BenchmarkRecord, data)
 
 
@@ -513,8 +605,8 @@ def tuner_studies(storage: Any, warn: Callable[[str], None]) -> list[Any]:
     ``FrozenStudy`` summaries; each malformed one is one ``warn`` line and left out, never fatal."""
     found = []
     for info in storage.get_all_studies():
-        if "tuner" not in info.user_attrs or info.user_attrs.get(IMPORTING):
-            continue  # not tuner's, or an import of it was cut short (transfer.py redoes it)
+        if "tuner" not in info.user_attrs or info.user_attrs.get(IMPORTING) or info.study_name == BENCH_STUDY:
+            continue  # not tuner's, an import of it cut short (transfer.py redoes it), or the records' study
         try:
             check_study(info.study_name, info.user_attrs)
         except MalformedRecord as error:

@@ -11,7 +11,6 @@ import contextlib
 import ctypes
 import fcntl
 import json
-import math
 import os
 import resource
 import select
@@ -40,7 +39,7 @@ from tuner.errors import (
     WorkerOutOfMemory,
     WorkerTimeout,
 )
-from tuner.measurement import Measurement
+from tuner.measurement import MAX_LOOP_SECONDS, Measurement, seconds_ok
 from tuner.models import ModelRef, as_ref
 from tuner.policy import MeasurementPolicy
 from tuner.settings import ENV_ALLOWLIST, Settings
@@ -241,9 +240,9 @@ class SubprocessRunner:
         warmup = result.get("warmup_seconds")
         if not isinstance(timed, list) or len(timed) != spec.policy.timed or not isinstance(warmup, list):
             raise WorkerBadOutput(f"worker result has no {spec.policy.timed} timed steps", result.get("_tail", ""))
-        if not all(_positive(s) for s in timed + warmup):
+        if not all(seconds_ok(s) for s in timed + warmup):
             raise WorkerBadOutput(
-                "worker result has step times that are not finite positive numbers", result.get("_tail", "")
+                "worker result has step times that are not numbers of seconds a step can take", result.get("_tail", "")
             )
         check_read_back(spec.settings, result)
         loop = result.get("timed_wall_seconds", 0.0)
@@ -255,7 +254,7 @@ class SubprocessRunner:
             warmup_seconds=tuple(warmup),
             facts=facts,
             wall_seconds=time.monotonic() - started,
-            timed_wall_seconds=float(loop) if _positive(loop) else 0.0,
+            timed_wall_seconds=float(loop) if seconds_ok(loop, MAX_LOOP_SECONDS) else 0.0,
         )
 
     def compute(self, spec: TaskSpec) -> dict[str, Any]:
@@ -479,15 +478,11 @@ def check_read_back(settings: Settings, result: dict[str, Any]) -> None:
         )
 
 
-def _positive(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-
-
 def _step(event: dict[str, Any]) -> tuple[str, int, float]:
     phase, index, seconds = event.get("phase"), event.get("index"), event.get("seconds")
-    if phase not in ("warmup", "timed") or not isinstance(index, int) or not _positive(seconds):
+    if phase not in ("warmup", "timed") or not isinstance(index, int) or not seconds_ok(seconds):
         raise WorkerBadOutput(f"worker sent a malformed step event: {json.dumps(event)[:120]}")
-    return str(phase), index, float(seconds)  # type: ignore[arg-type]  # checked by _positive
+    return str(phase), index, float(seconds)  # type: ignore[arg-type]  # checked by seconds_ok
 
 
 def _decode(line: bytes) -> dict[str, Any]:

@@ -17,14 +17,13 @@ of one screen. Values reach the worker only from validated ``Settings`` and ``Sc
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from tuner.errors import InvalidSettings, TunerError, WorkerBadOutput
-from tuner.measurement import Measurement
+from tuner.measurement import MAX_LOOP_SECONDS, Measurement, seconds_ok
 from tuner.policy import MeasurementPolicy
 from tuner.runner import Runner, TaskSpec
 from tuner.settings import Settings
@@ -152,18 +151,14 @@ class ScreenResult:
         return {p.label(): m for p, m in zip(self.points, self.measurements, strict=True)}
 
 
-def _positive(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-
-
 def _seconds(value: Any) -> float:
     """A positive finite number of seconds, else 0 (not recorded)."""
-    return float(value) if _positive(value) else 0.0
+    return float(value) if seconds_ok(value, MAX_LOOP_SECONDS) else 0.0
 
 
 def _steps(entry: dict[str, Any], key: str, count: int, tail: str) -> tuple[float, ...]:
     values = entry.get(key)
-    if not isinstance(values, list) or len(values) != count or not all(_positive(v) for v in values):
+    if not isinstance(values, list) or len(values) != count or not all(seconds_ok(v) for v in values):
         raise WorkerBadOutput(f"screen result has no {count} positive {key.replace('_', ' ')}", tail)
     return tuple(float(v) for v in values)
 

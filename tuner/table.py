@@ -136,9 +136,10 @@ def _share(
     record: BenchmarkRecord | None, flops: dict[str, float] | None, peak: float | None
 ) -> tuple[float | None, float | None]:
     """Achieved GFLOP/s and its percentage of the matmul peak on the same cores (None where not known)."""
-    if record is None or not flops or not peak or record.get("device") != "cpu":
+    per = None if record is None or not flops else flops.get(record["mode"])  # a SavedModel's: inference only
+    if record is None or not per or not peak or record.get("device") != "cpu":
         return None, None
-    achieved = record["images_per_sec"] * flops[record["mode"]] / 1e9
+    achieved = record["images_per_sec"] * per / 1e9
     return achieved, 100.0 * achieved / peak
 
 

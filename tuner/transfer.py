@@ -5,7 +5,9 @@ study, each with its finished trials (COMPLETE, PRUNED, FAIL; never RUNNING or W
 distributions, values, intermediate values and user attributes. Import validates the whole file before
 writing anything, and every study's attributes against the stored schema (``tuner/records.py``): a study
 that breaks it is refused with one line and the others are imported. A study that already exists in the
-target is left alone and reported, so importing twice changes nothing.
+target is left alone and reported, so importing twice changes nothing. The benchmark study is not imported
+as a study: only its records (trials) are merged into this machine's, and none of the file's attributes of
+that study are written (they could make it read as a verdict of this machine's, or hide it from export).
 
 Import is atomic per study: the study is created marked as importing, its trials are added, then its other
 attributes, and last the ones that make it a tuner study with a verdict (``tuner``, ``verdict``) and the
@@ -18,8 +20,10 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +36,7 @@ from optuna.trial import TrialState
 from tuner import __version__, atomic, interrupt
 from tuner.benchmark import BENCH_STUDY
 from tuner.errors import TunerError, UsageError
-from tuner.records import IMPORTING, MalformedRecord, check_shape, check_study
+from tuner.records import IMPORTING, MalformedRecord, check_record, check_shape, check_study
 from tuner.sanitize import one_line
 
 FORMAT = "tuner-export"
@@ -45,6 +49,21 @@ CHUNK = 500  # trials added per batch, with a chance to stop between batches
 
 class ImportRefused(UsageError):
     """A malformed or foreign export file."""
+
+
+class _NotFinite(ValueError):
+    """NaN, Infinity or a number past a float's range in an export file: JSON has none, and export fails on one."""
+
+
+def _no_constant(text: str) -> Any:
+    raise _NotFinite(text)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # '1e999' parses to inf
+        raise _NotFinite(text[:40])
+    return value
 
 
 def _ours(attrs: dict[str, Any], name: str) -> bool:
@@ -229,11 +248,13 @@ def read(path: Path) -> dict[str, Any]:
     try:
         if path.stat().st_size > MAX_BYTES:
             raise ImportRefused(f"{path}: larger than {MAX_BYTES // 2**20} MiB; not a tuner export")
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant, parse_float=_finite)
     except OSError as error:
         raise ImportRefused(f"cannot read {path}: {error.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ImportRefused(f"{path}: not JSON ({error})") from None
+    except _NotFinite as error:
+        raise ImportRefused(f"{path}: holds {one_line(error, 40)}, not a finite number; not a tuner export") from None
+    except (UnicodeDecodeError, ValueError) as error:  # ValueError: JSONDecodeError, or an integer too long
+        raise ImportRefused(f"{path}: not JSON ({one_line(error, 200)})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ImportRefused(f'{path}: not a tuner export (no "format": "{FORMAT}")')
     if data.get("version") != VERSION:
@@ -268,7 +289,7 @@ def _check_study(path: Path, index: int, study: Any) -> None:
     for number, trial in enumerate(trials):
         try:
             _frozen(trial)
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
             raise ImportRefused(f"{where}.trials[{number}] ({name}): {error}") from None
 
 
@@ -310,22 +331,36 @@ def _with_times(
     return trial
 
 
-def import_into(
-    storage: optuna.storages.BaseStorage, data: dict[str, Any], source: str = ""
-) -> tuple[list[str], list[str], list[str]]:
-    """Create the studies the target lacks, each atomically; return (imported, kept because they exist,
-    refused as malformed: one line each). ``source`` (the file) is recorded on every imported study."""
+@dataclass
+class Imported:
+    """What ``import_into`` did. It unpacks as (imported, kept, refused), the lists of study names (refused:
+    one line each); ``records`` counts the benchmark records merged into this machine's benchmark study."""
+
+    imported: list[str] = field(default_factory=list)  # studies created (the benchmark study: records merged)
+    kept: list[str] = field(default_factory=list)  # studies that exist in the target, left as they are
+    refused: list[str] = field(default_factory=list)
+    records: int = 0
+
+    def __iter__(self) -> Iterator[list[str]]:
+        return iter((self.imported, self.kept, self.refused))
+
+
+def import_into(storage: optuna.storages.BaseStorage, data: dict[str, Any], source: str = "") -> Imported:
+    """Create the studies the target lacks, each atomically, and merge the benchmark records it lacks; return
+    what was done (``Imported``). ``source`` (the file) is recorded on every imported study."""
     existing = {s.study_name: s.user_attrs for s in storage.get_all_studies()}
-    imported: list[str] = []
-    kept: list[str] = []
-    refused: list[str] = []
+    done = Imported()
+    imported, kept, refused = done.imported, done.kept, done.refused
     stamp = {"file": one_line(source, 200), "at": datetime.now(UTC).isoformat(timespec="seconds")}
     for study in data["studies"]:
         interrupt.checkpoint()  # a Ctrl-C stops here, between studies
         name = study["name"]
         if name == BENCH_STUDY:  # this machine's records stay; the file's are added where missing
-            added = _merge_records(storage, study)
-            (imported if added else kept).append(name)
+            done.records = _merge_records(storage, study, name in existing, refused)
+            if done.records:
+                imported.append(name)
+            elif name in existing:  # nothing written: it is left exactly as it was
+                kept.append(name)
             continue
         if name in existing and not existing[name].get(IMPORTING):
             kept.append(name)
@@ -339,7 +374,7 @@ def import_into(
             optuna.delete_study(study_name=name, storage=storage)
         _import_study(storage, study, stamp)
         imported.append(name)
-    return imported, kept, refused
+    return done
 
 
 def _record_key(trial: optuna.trial.FrozenTrial) -> str:
@@ -348,15 +383,33 @@ def _record_key(trial: optuna.trial.FrozenTrial) -> str:
     return json.dumps([record.get(key) for key in keys] if isinstance(record, dict) else None, default=str)
 
 
-def _merge_records(storage: optuna.storages.BaseStorage, study: dict[str, Any]) -> int:
+def _merge_records(
+    storage: optuna.storages.BaseStorage, study: dict[str, Any], exists: bool, refused: list[str]
+) -> int:
     """Add the export's benchmark records that the target lacks (by kind, run, label, target and date);
-    each record is one trial, added whole. Returns how many were added."""
+    each record is one trial, added whole. Returns how many were added. The file's attributes of the study
+    are never written: only its records are data; its attributes could be anything (a ``tuner`` and
+    ``verdict`` that make it read as this machine's own verdict, an importing mark that hides it from export).
+    The study is created (with what ``tuner.benchmark`` stores on it) only where there is a record to add. A
+    record its readers would skip as malformed (``check_record``) is not added: one line in ``refused``."""
+    trials = []
+    for trial in (_frozen(t) for t in study["trials"]):  # their shape checked when the file was read
+        try:
+            check_record(trial.user_attrs.get("record"), f"{BENCH_STUDY} record {trial.number}")
+        except MalformedRecord as error:
+            refused.append(one_line(error, 300))
+            continue
+        trials.append(trial)
+    have = set()
+    if exists:
+        stored = optuna.load_study(study_name=BENCH_STUDY, storage=storage).get_trials(deepcopy=False)
+        have = {_record_key(t) for t in stored}
+    new = [trial for trial in trials if _record_key(trial) not in have]
+    if not new:
+        return 0
     target = optuna.create_study(storage=storage, study_name=BENCH_STUDY, direction="maximize", load_if_exists=True)
-    for key, value in study["user_attrs"].items():
-        if key not in target.user_attrs:
-            target.set_user_attr(key, value)
-    have = {_record_key(t) for t in target.get_trials(deepcopy=False)}
-    new = [trial for trial in (_frozen(t) for t in study["trials"]) if _record_key(trial) not in have]
+    if "tuner_benchmarks" not in target.user_attrs:  # as tuner.benchmark marks the study it creates
+        target.set_user_attr("tuner_benchmarks", 1)
     for start in range(0, len(new), CHUNK):
         interrupt.checkpoint()
         target.add_trials(new[start : start + CHUNK])
