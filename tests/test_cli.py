@@ -283,7 +283,7 @@ def test_interrupted_benchmark_keeps_its_finished_rounds_marked_partial(
     assert main(["table", "--storage", storage_url, "--format", "csv"]) == 0
     out = capsys.readouterr().out
     # The finished runs are stored (one of tf-default, two of heuristic) and the row says it was cut short.
-    assert "tf-default: 1 of 3 rounds (interrupted)" in out and "heuristic: 2 of 3 rounds (interrupted)" in out
+    assert "tf-default: 1 of 3 rounds (cut short)" in out and "heuristic: 2 of 3 rounds (cut short)" in out
 
 
 def test_signals_at_random_moments_never_lose_a_trial_and_the_command_resumes(tmp_path: Path) -> None:

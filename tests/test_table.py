@@ -249,6 +249,14 @@ def test_stored_html_is_text_in_a_markdown_table() -> None:
         assert "| m\\\\\\<script> |" in text
 
 
+def test_stored_html_is_text_in_the_notes_of_a_table_with_no_rows() -> None:
+    flops = {"kind": "flops", "model": "m<img src=x onerror=alert(1)>", "flops_per_image": {"infer": 1e9}}
+    frame, notes = table.build([flops])
+    text = table.render(frame, notes, "markdown")
+    # No benchmark row, only the notes: stored text there is escaped as in the table's cells.
+    assert frame.empty and "m\\<img" in text and not re.search(r"(?<!\\)<", text)
+
+
 def test_a_target_skipped_after_it_was_measured_keeps_its_measured_row() -> None:
     measured = _group()
     for record in measured:

@@ -121,8 +121,13 @@ def test_default_core_counts_on_several_sockets_take_whole_ones(packages: list[i
     # Past the first socket, a default count is whole sockets: a study on 28 + 4 cores would measure the
     # second socket's four as much as the count, and no launcher's one-instance-per-socket would fit it.
     assert default_core_counts(sum(packages), packages) == expected
+
+
+def test_a_quota_on_two_sockets_stops_at_whole_sockets() -> None:
     # Under a quota of 30 CPUs on 2 x 28 cores: one socket is the most; 30 would span both.
     assert parse_core_counts(None, 56, 30.0, [28, 28]) == [1, 2, 4, 8, 16, 28]
+    # Under 20, inside the first socket: 20 itself is a count.
+    assert parse_core_counts(None, 56, 20.0, [28, 28]) == [1, 2, 4, 8, 16, 20]
 
 
 def test_sockets_for_counts_only_equal_shares(tmp_path: Path) -> None:

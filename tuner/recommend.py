@@ -34,7 +34,7 @@ FORMATS = ("text", "shell", "python", "json")
 PROGRAM = "PROGRAM"  # the user's program in a generated launch function, replaced by "$@"
 Warn = Callable[[str], None]
 # The ISA features that decide which kernels run: a CPU with another set is not a stand-in.
-ISA_FAMILY = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
+ISA_FAMILY = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "sve", "sve2", "bf16", "i8mm")
 
 
 @dataclass(frozen=True)

@@ -87,15 +87,17 @@ def cpu_signature(
     numa = len(list(nodes.glob("node[0-9]*"))) if nodes.exists() else 1
     logical = len(cores) or os.cpu_count() or 1
     physical = len(set(cores)) or logical
-    vendor, model_name = info.get("vendor_id"), info.get("model name")
+    # x86 names itself; aarch64 has only the implementer and part codes. A key that is there stays as it is,
+    # even empty (as some hypervisors print it): the ids of signatures stored before are kept.
     implementer, part = info.get("CPU implementer", "").lower(), info.get("CPU part", "").lower()
-    if vendor is None and implementer:  # aarch64: the implementer and part codes stand for both
-        vendor = ARM_IMPLEMENTERS.get(implementer, f"implementer {implementer}")
-        model_name = model_name or f"{vendor} {ARM_PARTS.get((implementer, part), f'part {part}')}"
-    arm_stepping = f"r{info['CPU variant']}p{info['CPU revision']}" if implementer and "CPU variant" in info else ""
+    arm = ARM_IMPLEMENTERS.get(implementer, f"implementer {implementer}") if implementer else None
+    vendor = info.get("vendor_id", arm or platform.machine())
+    arm_name = f"{arm} {ARM_PARTS.get((implementer, part), f'part {part}')}" if arm else None
+    model_name = info.get("model name", arm_name or platform.processor() or "unknown")
+    arm_stepping = f"r{info.get('CPU variant', '')}p{info.get('CPU revision', '')}" if arm else ""
     return CpuSignature(
-        vendor=vendor or platform.machine(),
-        model_name=model_name or platform.processor() or "unknown",
+        vendor=vendor,
+        model_name=model_name,
         family=info.get("cpu family", info.get("CPU architecture", "")),
         model=info.get("model", part),
         stepping=info.get("stepping", arm_stepping),

@@ -387,7 +387,7 @@ class StudyRun:
                 )
                 if not self._failing_settings(streak):
                     raise TunerError(why)
-                self.progress(f"search ends: {why}; the {len(self.measured())} settings measured go on to confirmation")
+                self.progress(f"search ends: {why}; confirmation takes what it measured")
                 return
 
     def _failing_settings(self, streak: list[str]) -> bool:

@@ -231,7 +231,7 @@ def _measured_row(
     main, default, tuned, recipe = _recommended(group), group.get(DEFAULT), group.get(TUNED), _best_recipe(group)
     # Where the reference heuristic cannot run (NCHW without oneDNN), its runnable NHWC part stands in.
     heuristic = group.get(HEURISTIC) or group.get(HEURISTIC_NHWC)
-    notes = [f"{label}: {r['partial']} (interrupted)" for label, r in group.items() if "partial" in r]
+    notes = [f"{label}: {r['partial']} (cut short)" for label, r in group.items() if "partial" in r]
     notes += [f"{label}: {why}" for label, why in not_run.items()]
     if heuristic is not None and HEURISTIC not in group:
         notes.append(f"heuristic figures: {HEURISTIC_NHWC} (NHWC), its runnable part")
@@ -349,7 +349,7 @@ def render(frame: pd.DataFrame, notes: Sequence[str], fmt: str, wide: bool = Fal
     if fmt == "json":
         return json.dumps({"rows": records_of(frame), "notes": notes}, indent=2)
     if frame.empty:
-        return EMPTY + "".join(f"\n- {note}" for note in notes)
+        return EMPTY + "".join(f"\n- {_markdown(note)}" for note in notes)
     view = pd.DataFrame([_view_row(row, wide or fmt == "html") for _, row in frame.iterrows()])
     if fmt == "html":
         items = "".join(f"<li>{_escape(note)}</li>" for note in notes)
