@@ -466,8 +466,10 @@ def test_a_malformed_record_in_a_file_is_refused_and_the_others_are_merged(
     (bench,) = (s for s in data["studies"] if s["name"] == benchmark.BENCH_STUDY)
     bad = next(t for t in bench["trials"] if t["user_attrs"]["record"]["run_id"] == "bad")
     bad["user_attrs"]["record"]["round_rates"] = [[0]]  # a rate of 0 would divide the table by zero
+    good = next(t for t in bench["trials"] if t["user_attrs"]["record"]["run_id"] == "good")
+    bench["trials"].append(json.loads(json.dumps(good)))  # and the good one twice
     own = f"sqlite:///{tmp_path / 'own.db'}"
-    # The good record is merged; the bad one is refused with a line naming it, and the command exits 1.
+    # The good record is merged, once; the bad one is refused with a line naming it, and the command exits 1.
     assert main(["import", str(write(tmp_path, data)), "--storage", own]) == 1
     err = capsys.readouterr().err
     assert "refused tuner-benchmarks record" in err and "round_rates" in err

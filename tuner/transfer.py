@@ -404,7 +404,12 @@ def _merge_records(
     if exists:
         stored = optuna.load_study(study_name=BENCH_STUDY, storage=storage).get_trials(deepcopy=False)
         have = {_record_key(t) for t in stored}
-    new = [trial for trial in trials if _record_key(trial) not in have]
+    new = []
+    for trial in trials:  # each record once, though the file held it twice
+        key = _record_key(trial)
+        if key not in have:
+            have.add(key)
+            new.append(trial)
     if not new:
         return 0
     target = optuna.create_study(storage=storage, study_name=BENCH_STUDY, direction="maximize", load_if_exists=True)
