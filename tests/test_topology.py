@@ -301,6 +301,16 @@ def fake_sys_smt(root: Path, cpus: dict[int, tuple[int, int]]) -> Path:
 TWO_SOCKETS_SMT = {cpu: (cpu % 2, (cpu // 2) % 2) for cpu in range(8)}
 
 
+def test_cores_fill_one_numa_node_of_a_split_socket_before_the_next(tmp_path: Path) -> None:
+    # One package split in two NUMA nodes (Intel SNC2, AMD NPS2) whose core ids alternate between the nodes.
+    root = fake_sys_smt(tmp_path, {cpu: (0, cpu) for cpu in range(4)})
+    for cpu in range(4):
+        (root / f"cpu{cpu}" / f"node{cpu % 2}").mkdir()
+    # A 2-core study stays in node 0 (its memory near both), and two instances of two cores get a node each.
+    assert physical_cores(range(4), root) == [0, 2, 1, 3] and core_set(2, range(4), root) == (0, 2)
+    assert partition(core_set(4, range(4), root), 2, root) == [(0, 2), (1, 3)]
+
+
 def test_a_hybrid_cpu_gives_performance_cores_first_and_says_so(tmp_path: Path) -> None:
     root = tmp_path / "devices" / "system" / "cpu"
     # Firmware that numbers the four E-cores first (CPUs 0-3, one thread each), then two P-cores with SMT

@@ -1,8 +1,9 @@
 """Which cores a trial may use: physical cores of this process's allowed set, one hardware thread each.
 
 The topology comes from /sys (physical_package_id, die_id and core_id per logical CPU; core_id restarts on
-each package and die). Cores are ordered by package, die and core, not by CPU number, so a study on N cores
-stays inside one package where N fits (CPUs numbered round-robin across sockets would otherwise span both). A
+each package and die). Cores are ordered by package, NUMA node, die and core, not by CPU number, so a study on
+N cores stays inside one package (and node) where N fits (CPUs numbered round-robin across sockets would
+otherwise span both). A
 core count N always maps to the same N physical cores, so every trial of a study measures on the same silicon.
 Where the topology files are missing, each logical CPU is taken as a core and ``notes`` says so; a cgroup CPU
 quota (``cpu.max``, or v1's ``cpu.cfs_quota_us``, as ``docker --cpus`` sets) that would throttle trials is
@@ -31,13 +32,20 @@ def _read_int(path: Path, default: int) -> int:
         return default
 
 
-def _core_key(cpu: int, root: Path) -> tuple[int, int, int] | None:
-    """(package, die, core) of a logical CPU; None where its topology files are missing."""
+def _core_key(cpu: int, root: Path) -> tuple[int, int, int, int] | None:
+    """(package, NUMA node, die, core) of a logical CPU; None where its topology files are missing."""
     topo = root / f"cpu{cpu}" / "topology"
     core = _read_int(topo / "core_id", -1)
     if core < 0:
         return None
-    return _read_int(topo / "physical_package_id", 0), _read_int(topo / "die_id", 0), core
+    return _read_int(topo / "physical_package_id", 0), _node(cpu, root), _read_int(topo / "die_id", 0), core
+
+
+def _node(cpu: int, root: Path) -> int:
+    """The NUMA node of a logical CPU (its ``nodeN`` link), 0 where none is listed: several per package where
+    the CPU splits its sockets (Intel SNC, AMD NPS2/NPS4), and a core set then fills one node before the next."""
+    found = [int(link.name[4:]) for link in (root / f"cpu{cpu}").glob("node*") if link.name[4:].isdigit()]
+    return min(found, default=0)
 
 
 def efficiency_cpus(root: Path = SYS_CPU) -> frozenset[int]:
@@ -57,15 +65,15 @@ def efficiency_cpus(root: Path = SYS_CPU) -> frozenset[int]:
 
 
 def physical_cores(allowed: Iterable[int] | None = None, root: Path = SYS_CPU) -> list[int]:
-    """One logical CPU (the lowest-numbered) per physical core in ``allowed``, ordered by package, die and
-    core, a hybrid CPU's performance cores before its efficiency cores (so that a study on fewer cores than
+    """One logical CPU (the lowest-numbered) per physical core in ``allowed``, ordered by package, NUMA node,
+    die and core, a hybrid CPU's performance cores before its efficiency cores (so that a study on fewer cores than
     it has P-cores runs on P-cores only). A CPU without topology files is taken as a core of its own (see
     ``notes``)."""
     cpus = sorted(os.sched_getaffinity(0) if allowed is None else allowed)
     slow = efficiency_cpus(root)
-    first: dict[tuple[int, int, int], int] = {}
+    first: dict[tuple[int, int, int, int], int] = {}
     for cpu in cpus:
-        key = _core_key(cpu, root) or (-1, 0, cpu)  # unknown: its own core, after no known one
+        key = _core_key(cpu, root) or (-1, 0, 0, cpu)  # unknown: its own core, after no known one
         first.setdefault(key, cpu)
     return [cpu for _, cpu in sorted(first.items(), key=lambda item: (item[0][0] < 0, item[1] in slow, item[0]))]
 
