@@ -229,6 +229,7 @@ class Job:
     notes: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     not_started: list[str] = field(default_factory=list)  # studies the budget left no time for
+    not_started_s: float = 0.0  # the least they need together, at the cost measured (``least_s``)
 
     @property
     def options(self) -> StudyOptions:
@@ -392,7 +393,8 @@ class Job:
         if self.not_started:
             self.notes.append(
                 f"{len(self.not_started)} stud{'y' if len(self.not_started) == 1 else 'ies'} not started for want of "
-                f"budget ({', '.join(self.not_started)}): the same command with a larger --budget runs "
+                f"budget ({', '.join(self.not_started)}): the same command with a --budget of at least "
+                f"{duration(self.not_started_s)} (their least at the cost measured; set-up aside) runs "
                 f"{'it' if len(self.not_started) == 1 else 'them'}, and keeps the studies done"
             )
 
@@ -416,6 +418,7 @@ class Job:
             # for them, and the job ends near its budget instead of far past it.
             need = duration(least_s(cell, cost))
             self.not_started.append(cell.tag)
+            self.not_started_s += least_s(cell, cost)
             self.log(f"{head}: not started: it needs at least {need} ({LEAST}), {duration(left)} of the budget is left")
             # The table lists its target as skipped, with why, until a run with time for it measures it.
             reason = f"not started: the budget ran out (it needs at least {need}, {duration(left)} was left)"
