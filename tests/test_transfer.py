@@ -484,9 +484,16 @@ def test_a_benchmark_study_poisoned_before_the_fix_gives_no_verdict(tmp_path: Pa
     # What an import wrote on the records' study before it stopped copying the file's attributes.
     for key, value in genuine.user_attrs.items():
         poisoned.set_user_attr(key, value)
+    poisoned.set_user_attr(transfer.IMPORTING, True)
+    m = Measurement(32, (0.1, 0.1), (0.2,), {"framework_version": "2.21.0"})
+    target = Target("tensorflow", Workload("tiny", "infer", 32), (0, 1))
+    benchmark.store(storage, make_record(target, "tf-default", Settings(), [m], SIGNATURE, "mine"))
     # Neither recommend nor show takes the records' study for a tuner study, whatever it holds.
     assert all(r.study != benchmark.BENCH_STUDY for r in recommend.verdicts(storage))
     assert all(s.study_name != benchmark.BENCH_STUDY for s in tuner_studies(storage, lambda line: None))
+    # Export passes its records on, despite the importing mark, and none of the forged attributes.
+    (bench,) = (s for s in transfer.export(storage)["studies"] if s["name"] == benchmark.BENCH_STUDY)
+    assert bench["user_attrs"] == {"tuner_benchmarks": 1} and len(bench["trials"]) == 1
 
 
 def test_a_redacted_export_keeps_the_results_and_drops_who_and_where(
