@@ -224,17 +224,24 @@ class StudyRun:
         baselines = {name: {k: v for k, v in params.items() if k in kept} for name, params in named.items()}
         self.baselines = plan_baselines(baselines, self.caps)
         open_study(self.study, config, self.caps, self.baselines, excluded, progress)
+        self._why_unusable: dict[int, str | None] = {}  # by trial number: a finished trial never changes
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-            why = unusable(trial)
+            why = self._unusable(trial)
             if why is not None:
                 progress(f"trial {trial.number} left out: {why} (another process wrote it)")
 
     # -- the trials -----------------------------------------------------------------------------------
 
+    def _unusable(self, trial: FrozenTrial) -> str | None:
+        """``unusable(trial)``, judged once per finished trial: the search asks for its trials many times."""
+        if trial.number not in self._why_unusable:
+            self._why_unusable[trial.number] = unusable(trial)
+        return self._why_unusable[trial.number]
+
     def measured(self) -> list[FrozenTrial]:
         """Complete trials, less any whose stored params or value cannot be used (``unusable``)."""
         complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        return [t for t in complete if unusable(t) is None]
+        return [t for t in complete if self._unusable(t) is None]
 
     def sampled(self) -> list[FrozenTrial]:
         """Complete trials of settings the sampler proposed (not baselines)."""
@@ -249,7 +256,7 @@ class StudyRun:
         return {
             self.caps.label(t.params): t.number
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            if trial_text(t.user_attrs, "fail_reason") in WORKER_FAILURES and t.params and unusable(t) is None
+            if trial_text(t.user_attrs, "fail_reason") in WORKER_FAILURES and t.params and self._unusable(t) is None
         }
 
     def baselines_done(self) -> bool:
