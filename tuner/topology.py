@@ -201,7 +201,7 @@ def default_core_counts(available: int, packages: Sequence[int] = ()) -> list[in
     return sorted(counts)
 
 
-def package_sizes(cores: Sequence[int], root: Path = SYS_CPU) -> list[int]:
+def package_sizes(cores: Iterable[int], root: Path = SYS_CPU) -> list[int]:
     """How many of ``cores`` (in ``physical_cores``' order) each package holds, in that order."""
     sizes: dict[int, int] = {}
     for cpu in cores:
@@ -253,7 +253,7 @@ def _package(cpu: int, root: Path) -> int:
 
 def packages_of(cores: Iterable[int], root: Path = SYS_CPU) -> int:
     """How many packages (sockets) the logical CPUs ``cores`` span."""
-    return len({_package(cpu, root) for cpu in cores})
+    return len(package_sizes(cores, root))
 
 
 def splits(cores: Sequence[int], root: Path = SYS_CPU) -> tuple[int, ...]:
