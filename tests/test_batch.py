@@ -101,3 +101,18 @@ def test_benchmark_finds_the_batch_searching_study_and_runs_its_batch(
     assert by_label["tuned"]["images_per_sec"] / by_label["tf-default"]["images_per_sec"] == pytest.approx(
         1.3, rel=0.05
     )
+
+
+def test_benchmark_for_latency_runs_batch_1_and_finds_the_latency_study(
+    storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runner = ReplayRunner.from_rates(lambda spec: 100.0 * spec.batch_size, noise=0.01)
+    latency = ["--objective", "latency"]
+    assert main([*TINY, *latency, "--storage", storage_url], runner=runner) == 0
+    bench = ["benchmark", "--model", "tiny", "--cores", "1", "--mode", "infer", "--warmup", "1", "--timed", "5"]
+    assert main([*bench, *latency, "--settings", "recommended", "--storage", storage_url], runner=runner) == 0
+    capsys.readouterr()
+    stored = [r for r in records(open_storage(storage_url)) if "skipped" not in r]
+    # Without --batch-size, a latency benchmark runs batch 1 as tune did (it ran batch 32 and then found no
+    # "-latency-b32-" study to take the recommendation from, exiting 1).
+    assert [r["batch_size"] for r in stored] == [1] and "recommended" in stored[0]

@@ -184,7 +184,10 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
     replicas = parse_core_counts(args.gpus, 64) if args.device == "gpu" else [args.replicas]
     if args.device == "cpu" and not 1 <= args.replicas <= 8:
         raise UsageError("--replicas must be from 1 to 8")
-    batch = args.batch_size or (benchmark.GPU_BATCH if args.device == "gpu" else benchmark.CPU_BATCH)
+    # As tune: the objective's batch (32 for throughput, 1 for latency and p99), so `--settings recommended` finds
+    # the study that tune made for the same objective. GPU rows keep the reference table's 64 per GPU.
+    cpu_batch = get_objective(args.objective).default_batch
+    batch = args.batch_size or (benchmark.GPU_BATCH if args.device == "gpu" else cpu_batch)
     policy = benchmark.full_policy(args.warmup, args.timed, args.rounds)
     check_settings(args.settings or [], list(space.baselines(max(counts))))  # before the storage is created
     limit = parse_limit(args.max_disturbance)
@@ -687,7 +690,11 @@ def build_parser() -> argparse.ArgumentParser:
         + " (default: tensorflow; tensorflow-gpu for --device gpu)",
     )
     bench.add_argument("--space", default=None, help=argparse.SUPPRESS)
-    bench.add_argument("--cores", default=None, help="core counts (for GPU targets: the host's)")
+    bench.add_argument(
+        "--cores",
+        default=None,
+        help="core counts, e.g. 1,2 (default: 1, powers of two, whole sockets, all; GPU: the host's)",
+    )
     bench.add_argument("--mode", default=None, help="train, infer or both (default both)")
     add_model_flags(bench)
     bench.add_argument(
