@@ -411,3 +411,17 @@ def test_every_choice_and_bound_is_checked_when_the_file_loads(tmp_path: Path, s
     # before any trial could be stored with it.
     with pytest.raises(SearchSpaceError, match=f"knobs.{names}"):
         load(str(path), 8)
+
+
+def test_the_readmes_example_space_loads_as_written(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Search spaces") :]
+    start = section.index("```toml\n") + len("```toml\n")
+    example = section[start : section.index("```", start)]
+    path = tmp_path / "readme.toml"
+    path.write_text(example, encoding="utf-8")
+    space = load(str(path), 2)
+    # The README's example is a space a user can copy: it loads, and its baseline resolves at 2 cores. (Before,
+    # its `constraints` fell inside the last knob's table and the baseline set a knob it never declared.)
+    assert sorted(space.distributions(2)) == ["data_format", "inter_op", "intra_op"]
+    assert space.baselines(2) == {"heuristic": {"intra_op": 2, "inter_op": 1, "data_format": "NCHW"}}
