@@ -9,6 +9,7 @@ import pytest
 
 from tuner.errors import TopologyError, UsageError
 from tuner.topology import (
+    capacities,
     core_set,
     cpu_quota,
     default_core_counts,
@@ -329,6 +330,27 @@ def test_a_hybrid_cpu_gives_performance_cores_first_and_says_so(tmp_path: Path) 
     # Without the kernel's list (AMD, older kernels, a container), nothing is claimed.
     (tmp_path / "devices" / "cpu_atom" / "cpus").write_text("garbage\n")
     assert efficiency_cpus(root) == frozenset() and physical_cores(range(8), root)[0] == 0
+
+
+def test_an_arm_big_little_cpu_gives_its_fastest_cores_first_from_cpu_capacity(tmp_path: Path) -> None:
+    root = tmp_path / "devices" / "system" / "cpu"
+    # An ARM DynamIQ phone or board: four little cores (CPUs 0-3, capacity 400), three middle ones (4-6, 800) and
+    # one big (7, 1024). No cpu_atom list: the kernel states each CPU's relative speed in cpu_capacity.
+    fake_sys(root, {cpu: (0, cpu) for cpu in range(8)})
+    for cpu in range(8):
+        (root / f"cpu{cpu}" / "cpu_capacity").write_text(f"{400 if cpu < 4 else 800 if cpu < 7 else 1024}\n")
+    assert capacities(root) == {0: 400, 1: 400, 2: 400, 3: 400, 4: 800, 5: 800, 6: 800, 7: 1024}
+    assert efficiency_cpus(root) == {0, 1, 2, 3, 4, 5, 6}
+    # A 1-core study runs on the big core, a 4-core one on the big and the middle cores, never on a little core
+    # while a faster one is free; before, core ids put the little cores first.
+    assert physical_cores(range(8), root) == [7, 4, 5, 6, 0, 1, 2, 3] and core_set(4, range(8), root) == (7, 4, 5, 6)
+    (line,) = notes(range(8), root)
+    assert "hybrid CPU: 1 performance and 7 efficiency cores" in line
+    # Equal capacities (an ARM server such as Graviton lists 1024 on every core) claim nothing and keep the order.
+    for cpu in range(8):
+        (root / f"cpu{cpu}" / "cpu_capacity").write_text("1024\n")
+    assert efficiency_cpus(root) == frozenset() and physical_cores(range(8), root) == list(range(8))
+    assert notes(range(8), root) == []
 
 
 def test_partition_one_socket_two_cores(tmp_path: Path) -> None:

@@ -50,11 +50,15 @@ def _node(cpu: int, root: Path) -> int:
 
 def efficiency_cpus(root: Path = SYS_CPU) -> frozenset[int]:
     """The logical CPUs of a hybrid CPU's efficiency cores: Intel's E-cores, which Linux lists in
-    /sys/devices/cpu_atom/cpus (``16-23``, ``16-19,24``); none elsewhere."""
+    /sys/devices/cpu_atom/cpus (``16-23``, ``16-19,24``), else, where the kernel states each CPU's relative
+    speed (``cpuN/cpu_capacity``: ARM big.LITTLE and DynamIQ, newer kernels on x86 hybrids), those below the
+    fastest; none elsewhere."""
     try:
         text = (root.parent.parent / "cpu_atom" / "cpus").read_text().strip()
     except OSError:
-        return frozenset()
+        capacity = capacities(root)
+        fastest = max(capacity.values(), default=0)
+        return frozenset(cpu for cpu, value in capacity.items() if value < fastest)
     found: set[int] = set()
     for part in filter(None, text.split(",")):
         low, _, high = part.partition("-")
@@ -64,18 +68,34 @@ def efficiency_cpus(root: Path = SYS_CPU) -> frozenset[int]:
     return frozenset(found)
 
 
+def capacities(root: Path = SYS_CPU) -> dict[int, int]:
+    """Each logical CPU's ``cpu_capacity`` (1024 for the fastest kind), where the kernel states it; a CPU
+    whose file is missing or unreadable is left out."""
+    found = {}
+    for path in root.glob("cpu[0-9]*/cpu_capacity"):
+        number, value = path.parent.name[3:], _read_int(path, -1)
+        if number.isdigit() and value > 0:
+            found[int(number)] = value
+    return found
+
+
 def physical_cores(allowed: Iterable[int] | None = None, root: Path = SYS_CPU) -> list[int]:
     """One logical CPU (the lowest-numbered) per physical core in ``allowed``, ordered by package, NUMA node,
     die and core, a hybrid CPU's performance cores before its efficiency cores (so that a study on fewer cores than
     it has P-cores runs on P-cores only). A CPU without topology files is taken as a core of its own (see
     ``notes``)."""
     cpus = sorted(os.sched_getaffinity(0) if allowed is None else allowed)
-    slow = efficiency_cpus(root)
+    slow, capacity = efficiency_cpus(root), capacities(root)
     first: dict[tuple[int, int, int, int], int] = {}
     for cpu in cpus:
         key = _core_key(cpu, root) or (-1, 0, 0, cpu)  # unknown: its own core, after no known one
         first.setdefault(key, cpu)
-    return [cpu for _, cpu in sorted(first.items(), key=lambda item: (item[0][0] < 0, item[1] in slow, item[0]))]
+
+    def order(item: tuple[tuple[int, int, int, int], int]) -> tuple[bool, bool, int, tuple[int, int, int, int]]:
+        key, cpu = item  # fast kinds first (three kinds on some ARM CPUs: the middle one before the little)
+        return key[0] < 0, cpu in slow, -capacity.get(cpu, 0), key
+
+    return [cpu for _, cpu in sorted(first.items(), key=order)]
 
 
 def notes(allowed: Iterable[int] | None = None, root: Path = SYS_CPU) -> list[str]:
