@@ -94,3 +94,18 @@ def test_the_cuda_runtime_cannot_tune_the_cpu(storage_url: str, capsys: pytest.C
     assert main(argv, runner=ReplayRunner.from_rates(lambda spec: 1.0)) == 1
     # One line naming the runtime and where its rows belong.
     assert "runs the GPU rows only" in one_error_line(capsys.readouterr().err)
+
+
+def test_gpu_rows_of_a_latency_benchmark_take_the_hosts_latency_study(
+    storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runner = ReplayRunner.from_rates(lambda spec: 100.0 * spec.batch_size * spec.replicas)
+    tune = ["tune", "--model", "tiny", "--cores", "1", "--mode", "infer", "--trials", "6", "--candidates", "1"]
+    assert main([*tune, "--objective", "latency", "--storage", storage_url], runner=runner) == 0
+    runner.tasks["devices"] = {"gpus": 1}
+    argv = [*BENCH, "--timed", "3", "--objective", "latency", "--settings", "recommended", "--storage", storage_url]
+    # The host's study was tuned at batch 1 (`-latency-b1-`); the GPU rows find its verdict there. Before, they
+    # looked for a `-latency-b32-` study and `--settings recommended` ended with "has no confirmed verdict".
+    assert main(argv, runner=runner) == 0, capsys.readouterr().err
+    (record,) = [r for r in records(open_storage(storage_url)) if r.get("device") == "gpu" and "skipped" not in r]
+    assert "recommended" in record and "-latency-b1-" in record["study"]

@@ -9,11 +9,11 @@ import pytest
 
 from tuner.errors import TopologyError, UsageError
 from tuner.topology import (
-    capacities,
     core_set,
     cpu_quota,
     default_core_counts,
     efficiency_cpus,
+    kinds,
     notes,
     packages_of,
     parse_core_counts,
@@ -339,18 +339,39 @@ def test_an_arm_big_little_cpu_gives_its_fastest_cores_first_from_cpu_capacity(t
     fake_sys(root, {cpu: (0, cpu) for cpu in range(8)})
     for cpu in range(8):
         (root / f"cpu{cpu}" / "cpu_capacity").write_text(f"{400 if cpu < 4 else 800 if cpu < 7 else 1024}\n")
-    assert capacities(root) == {0: 400, 1: 400, 2: 400, 3: 400, 4: 800, 5: 800, 6: 800, 7: 1024}
+    assert kinds(root) == {0: 2, 1: 2, 2: 2, 3: 2, 4: 1, 5: 1, 6: 1, 7: 0}
     assert efficiency_cpus(root) == {0, 1, 2, 3, 4, 5, 6}
     # A 1-core study runs on the big core, a 4-core one on the big and the middle cores, never on a little core
     # while a faster one is free; before, core ids put the little cores first.
     assert physical_cores(range(8), root) == [7, 4, 5, 6, 0, 1, 2, 3] and core_set(4, range(8), root) == (7, 4, 5, 6)
     (line,) = notes(range(8), root)
     assert "hybrid CPU: 1 performance and 7 efficiency cores" in line
-    # Equal capacities (an ARM server such as Graviton lists 1024 on every core) claim nothing and keep the order.
+    # A process allowed only the middle and little cores still hears that its cores are of two kinds.
+    (line,) = notes(range(7), root)
+    assert "hybrid CPU: 3 performance and 4 efficiency cores" in line and "CPUs 0,1,2,3" in line
+    # Equal capacities (an ARM server such as Graviton, and x86 kernels, list 1024 on every core) claim nothing
+    # and keep the order.
     for cpu in range(8):
         (root / f"cpu{cpu}" / "cpu_capacity").write_text("1024\n")
     assert efficiency_cpus(root) == frozenset() and physical_cores(range(8), root) == list(range(8))
     assert notes(range(8), root) == []
+
+
+def test_capacity_never_outranks_the_socket_and_a_few_percent_is_one_kind(tmp_path: Path) -> None:
+    root = tmp_path / "devices" / "system" / "cpu"
+    # Two sockets of two cores with SMT (siblings numbered apart); CPPC firmware gives one boosted core per socket
+    # 1024 and the rest 1009, as some arm64 servers do. Each SMT sibling states its core's capacity.
+    fake_sys_smt(root, {0: (0, 0), 1: (0, 1), 2: (1, 0), 3: (1, 1), 4: (0, 0), 5: (0, 1), 6: (1, 0), 7: (1, 1)})
+    for cpu in range(8):
+        (root / f"cpu{cpu}" / "cpu_capacity").write_text(f"{1024 if cpu in (1, 3, 5, 7) else 1009}\n")
+    # 1009 is within 10% of 1024: one kind, no hybrid note, and the order is the topology's, socket by socket.
+    assert set(kinds(root).values()) == {0} and efficiency_cpus(root) == frozenset()
+    assert physical_cores(range(8), root) == [0, 1, 2, 3] and notes(range(8), root) == []
+    # A real second kind on both sockets orders within each socket: a 2-core set stays in socket 0 and takes its
+    # fast core first, not the fast cores of both sockets.
+    for cpu in range(8):
+        (root / f"cpu{cpu}" / "cpu_capacity").write_text(f"{1024 if cpu in (1, 3, 5, 7) else 512}\n")
+    assert physical_cores(range(8), root) == [1, 0, 3, 2] and packages_of(core_set(2, range(8), root), root) == 1
 
 
 def test_partition_one_socket_two_cores(tmp_path: Path) -> None:

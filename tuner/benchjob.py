@@ -24,6 +24,7 @@ from tuner.confirm import DEFAULT, HEURISTIC, TUNED
 from tuner.errors import TunerError, UsageError
 from tuner.measurement import Measurement
 from tuner.models import ModelRef
+from tuner.objective import get as get_objective
 from tuner.pipeline import stored_recommended, stored_tuned
 from tuner.policy import MeasurementPolicy
 from tuner.runner import Runner
@@ -90,7 +91,8 @@ class BenchmarkJob:
     def _settings(self, n: int, mode: str) -> tuple[Named, dict[str, str], dict[str, str]]:
         """The settings to measure at ``n`` cores, those that cannot run here with why, and what the study's
         verdict recommends (stored on every record, so that tables mark the recommended row)."""
-        host_batch = self.batch if self.device == "cpu" else benchmark.CPU_BATCH  # GPU rows: the host's study
+        # GPU rows take the recommendation of the host's study, tuned at the objective's own batch.
+        host_batch = self.batch if self.device == "cpu" else get_objective(self.objective).default_batch
         workload = workload_for(self.model, mode, host_batch, self.objective)
         host = "tensorflow" if self.runtime.gpu_only else self.runtime.name  # GPU rows: the host's tuned study
         study = StudyConfig(workload, core_set(n), self.space, self.signature, host).name

@@ -715,7 +715,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--gpus", dest="gpus", default="1", help=argparse.SUPPRESS)  # its old name
     bench.add_argument("--replicas", type=int, default=1, help="on CPU: split it into this many logical devices")
-    bench.add_argument("--batch-size", type=int, default=None, help="per replica (default 32 on CPU, 64 per GPU)")
+    bench.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="per replica (default: the objective's on CPU, 32 or 1 for latency and p99; 64 per GPU)",
+    )
     bench.add_argument("--warmup", type=int, default=benchmark.FULL_WARMUP)
     bench.add_argument("--timed", type=int, default=benchmark.FULL_TIMED)
     bench.add_argument("--rounds", type=int, default=1, help="interleaved rounds (timed batches each)")

@@ -48,17 +48,18 @@ def _node(cpu: int, root: Path) -> int:
     return min(found, default=0)
 
 
-def efficiency_cpus(root: Path = SYS_CPU) -> frozenset[int]:
+TIER = 0.9  # a CPU below 90% of a faster kind's capacity is a slower kind (big.LITTLE: 0.3 to 0.8 of the big)
+
+
+def efficiency_cpus(root: Path = SYS_CPU, among: Iterable[int] | None = None) -> frozenset[int]:
     """The logical CPUs of a hybrid CPU's efficiency cores: Intel's E-cores, which Linux lists in
-    /sys/devices/cpu_atom/cpus (``16-23``, ``16-19,24``), else, where the kernel states each CPU's relative
-    speed (``cpuN/cpu_capacity``: ARM big.LITTLE and DynamIQ, newer kernels on x86 hybrids), those below the
-    fastest; none elsewhere."""
+    /sys/devices/cpu_atom/cpus (``16-23``, ``16-19,24``); else, where the kernel gives CPUs different
+    ``cpuN/cpu_capacity`` (ARM big.LITTLE and DynamIQ), those of ``among`` (default: every CPU) slower than its
+    fastest kind; none elsewhere."""
     try:
         text = (root.parent.parent / "cpu_atom" / "cpus").read_text().strip()
     except OSError:
-        capacity = capacities(root)
-        fastest = max(capacity.values(), default=0)
-        return frozenset(cpu for cpu, value in capacity.items() if value < fastest)
+        return frozenset(cpu for cpu, kind in kinds(root, among).items() if kind > 0)
     found: set[int] = set()
     for part in filter(None, text.split(",")):
         low, _, high = part.partition("-")
@@ -68,32 +69,39 @@ def efficiency_cpus(root: Path = SYS_CPU) -> frozenset[int]:
     return frozenset(found)
 
 
-def capacities(root: Path = SYS_CPU) -> dict[int, int]:
-    """Each logical CPU's ``cpu_capacity`` (1024 for the fastest kind), where the kernel states it; a CPU
-    whose file is missing or unreadable is left out."""
-    found = {}
+def kinds(root: Path = SYS_CPU, among: Iterable[int] | None = None) -> dict[int, int]:
+    """Each logical CPU's kind by ``cpu_capacity``, 0 for the fastest of ``among`` (default: every CPU that
+    states one), 1 for the next ... A kind begins below ``TIER`` of the one before, so the few percent that
+    CPPC firmware gives boosted cores of one kind (1024 against 1009) make no second kind. A CPU whose file
+    is missing or unreadable is left out."""
+    wanted = None if among is None else set(among)
+    capacity = {}
     for path in root.glob("cpu[0-9]*/cpu_capacity"):
         number, value = path.parent.name[3:], _read_int(path, -1)
-        if number.isdigit() and value > 0:
-            found[int(number)] = value
-    return found
+        if number.isdigit() and value > 0 and (wanted is None or int(number) in wanted):
+            capacity[int(number)] = value
+    tops: list[int] = []  # the fastest capacity of each kind, fastest kind first
+    for value in sorted(set(capacity.values()), reverse=True):
+        if not tops or value < TIER * tops[-1]:
+            tops.append(value)
+    return {cpu: max(i for i, top in enumerate(tops) if value <= top) for cpu, value in capacity.items()}
 
 
 def physical_cores(allowed: Iterable[int] | None = None, root: Path = SYS_CPU) -> list[int]:
     """One logical CPU (the lowest-numbered) per physical core in ``allowed``, ordered by package, NUMA node,
-    die and core, a hybrid CPU's performance cores before its efficiency cores (so that a study on fewer cores than
-    it has P-cores runs on P-cores only). A CPU without topology files is taken as a core of its own (see
-    ``notes``)."""
+    then a hybrid CPU's kind (performance cores before efficiency cores, by ``cpu_capacity`` the big cores
+    before the middle and the little ones, so that a study on fewer cores than a package has fast ones runs on
+    those only), die and core. A CPU without topology files is taken as a core of its own (see ``notes``)."""
     cpus = sorted(os.sched_getaffinity(0) if allowed is None else allowed)
-    slow, capacity = efficiency_cpus(root), capacities(root)
+    slow, kind = efficiency_cpus(root), kinds(root)
     first: dict[tuple[int, int, int, int], int] = {}
     for cpu in cpus:
         key = _core_key(cpu, root) or (-1, 0, 0, cpu)  # unknown: its own core, after no known one
         first.setdefault(key, cpu)
 
-    def order(item: tuple[tuple[int, int, int, int], int]) -> tuple[bool, bool, int, tuple[int, int, int, int]]:
-        key, cpu = item  # fast kinds first (three kinds on some ARM CPUs: the middle one before the little)
-        return key[0] < 0, cpu in slow, -capacity.get(cpu, 0), key
+    def order(item: tuple[tuple[int, int, int, int], int]) -> tuple[int, ...]:
+        (package, node, die, core), cpu = item
+        return package < 0, package, node, cpu in slow, kind.get(cpu, 0), die, core
 
     return [cpu for _, cpu in sorted(first.items(), key=order)]
 
@@ -109,7 +117,7 @@ def notes(allowed: Iterable[int] | None = None, root: Path = SYS_CPU) -> list[st
             f"no topology files for CPUs {','.join(map(str, unknown))} under {root}: each is taken as a physical "
             "core, so hardware threads of one core may be counted as two"
         )
-    slow, cores = efficiency_cpus(root), physical_cores(cpus, root)
+    slow, cores = efficiency_cpus(root, cpus), physical_cores(cpus, root)
     mixed = [cpu for cpu in cores if cpu in slow]
     if mixed and len(mixed) < len(cores):
         found.append(
