@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from collections import Counter
 from typing import Any
 
@@ -353,9 +355,17 @@ def test_a_study_that_cannot_fit_the_budget_left_is_not_started_and_a_later_run_
     assert first.not_started and first.failures == []
     skipped = [line for line in lines if ": not started: it needs at least " in line]
     assert len(skipped) == len(first.not_started)
+    # Each line's need is more than the time it says is left, as printed (need rounded up, time left down).
+    for line in skipped:
+        found = re.search(r"at least (\d+)m(\d+)s .*, (\d+)m(\d+)s of the budget is left", line)
+        assert found is not None, line
+        minutes, seconds, left_minutes, left_seconds = map(int, found.groups())
+        assert minutes * 60 + seconds > left_minutes * 60 + left_seconds, line
     assert any(f"not started for want of budget ({', '.join(first.not_started)})" in note for note in first.notes)
     # The note says what budget would start them: their least together, at the cost the job measured.
-    assert first.not_started_s > 0 and any(f"at least {duration(first.not_started_s)}" in n for n in first.notes)
+    assert first.not_started_s > 0 and any(
+        f"at least {duration(math.ceil(first.not_started_s))}" in n for n in first.notes
+    )
     # The first study always runs; every study started has its verdict, none not started was even created.
     studies = {s.study_name for s in storage.get_all_studies()} - {benchmark.BENCH_STUDY}
     assert len(studies) == 8 - len(first.not_started) and "study 1/8" not in " ".join(skipped)

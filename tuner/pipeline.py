@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -394,7 +395,7 @@ class Job:
             self.notes.append(
                 f"{len(self.not_started)} stud{'y' if len(self.not_started) == 1 else 'ies'} not started for want of "
                 f"budget ({', '.join(self.not_started)}): the same command with a --budget of at least "
-                f"{duration(self.not_started_s)} (their least at the cost measured; set-up aside) runs "
+                f"{duration(math.ceil(self.not_started_s))} (their least at the cost measured; set-up aside) runs "
                 f"{'it' if len(self.not_started) == 1 else 'them'}, and keeps the studies done"
             )
 
@@ -416,7 +417,7 @@ class Job:
         if started and cost is not None and left is not None and too_late(cell, cost, left):
             # Started, it would overrun the budget by more than it is worth: its rows wait for a run with time
             # for them, and the job ends near its budget instead of far past it.
-            need = duration(least_s(cell, cost))
+            need = duration(math.ceil(least_s(cell, cost)))  # rounded up, the time left down: never "4m15s, 4m15s"
             self.not_started.append(cell.tag)
             self.not_started_s += least_s(cell, cost)
             self.log(f"{head}: not started: it needs at least {need} ({LEAST}), {duration(left)} of the budget is left")
