@@ -56,15 +56,22 @@ def efficiency_cpus(root: Path = SYS_CPU, among: Iterable[int] | None = None) ->
     /sys/devices/cpu_atom/cpus (``16-23``, ``16-19,24``); else, where the kernel gives CPUs different
     ``cpuN/cpu_capacity`` (ARM big.LITTLE and DynamIQ), those of ``among`` (default: every CPU) slower than its
     fastest kind; none elsewhere."""
+    atom = _atom_cpus(root)
+    return atom if atom is not None else frozenset(cpu for cpu, kind in kinds(root, among).items() if kind > 0)
+
+
+def _atom_cpus(root: Path) -> frozenset[int] | None:
+    """Intel's E-cores as the kernel lists them in /sys/devices/cpu_atom/cpus; None without the file, none
+    where it is not in the kernel's list format (nothing is claimed then)."""
     try:
         text = (root.parent.parent / "cpu_atom" / "cpus").read_text().strip()
     except OSError:
-        return frozenset(cpu for cpu, kind in kinds(root, among).items() if kind > 0)
+        return None
     found: set[int] = set()
     for part in filter(None, text.split(",")):
         low, _, high = part.partition("-")
         if not re.fullmatch(r"[0-9]+", low) or (high and not re.fullmatch(r"[0-9]+", high)):
-            return frozenset()  # not the kernel's list format: claim nothing
+            return frozenset()
         found.update(range(int(low), int(high or low) + 1))
     return frozenset(found)
 
@@ -93,7 +100,7 @@ def physical_cores(allowed: Iterable[int] | None = None, root: Path = SYS_CPU) -
     before the middle and the little ones, so that a study on fewer cores than a package has fast ones runs on
     those only), die and core. A CPU without topology files is taken as a core of its own (see ``notes``)."""
     cpus = sorted(os.sched_getaffinity(0) if allowed is None else allowed)
-    slow, kind = efficiency_cpus(root), kinds(root)
+    atom, kind = _atom_cpus(root) or frozenset(), kinds(root)  # cpu_capacity read once (efficiency_cpus would again)
     first: dict[tuple[int, int, int, int], int] = {}
     for cpu in cpus:
         key = _core_key(cpu, root) or (-1, 0, 0, cpu)  # unknown: its own core, after no known one
@@ -101,7 +108,7 @@ def physical_cores(allowed: Iterable[int] | None = None, root: Path = SYS_CPU) -
 
     def order(item: tuple[tuple[int, int, int, int], int]) -> tuple[int, ...]:
         (package, node, die, core), cpu = item
-        return package < 0, package, node, cpu in slow, kind.get(cpu, 0), die, core
+        return package < 0, package, node, cpu in atom, kind.get(cpu, 0), die, core
 
     return [cpu for _, cpu in sorted(first.items(), key=order)]
 
