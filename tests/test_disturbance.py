@@ -84,11 +84,12 @@ def test_a_busy_neighbour_on_the_trials_core_is_measured_again_and_a_quiet_trial
         kept = runner.run(make_spec(SPIN))
     finally:
         neighbour_leaves(CORES)
-    # The busy loop took about half the core during the first attempt: over the limit, so measured again
-    # after it left; the kept measurement is the quiet one and the thrown-away attempt is recorded.
+    # The busy loop took up to half the core during the first attempt (29% to 50% seen, less when the
+    # machine is busy too): over the limit, so measured again after it left; the kept measurement is the
+    # quiet one and the thrown-away attempt is recorded with its share over the limit.
     assert inner.runs == 3
     thrown = [Disturbance.from_dict(d) for d in kept.facts["disturbed_attempts"]]
-    assert len(thrown) == 1 and thrown[0] is not None and thrown[0].other > 0.3
+    assert len(thrown) == 1 and thrown[0] is not None and thrown[0].other > 0.25
     again = Disturbance.from_dict(kept.facts["disturbance"])
     assert again is not None and again.other < 0.25
 
@@ -117,7 +118,7 @@ def test_a_trial_pruned_on_disturbed_steps_is_measured_again_in_full_a_quiet_one
     assert inner.runs == 2 and len(kept.timed_seconds) == SPIN.timed
     (thrown,) = kept.facts["disturbed_attempts"]
     found = Disturbance.from_dict(thrown)
-    assert thrown["pruned"] is True and found is not None and found.judged and found.other > 0.3
+    assert thrown["pruned"] is True and found is not None and found.judged and found.other > 0.25
     # On quiet cores the pruner's word stands: the trial is pruned, once, with its quiet window attached.
     with pytest.raises(Pruned) as pruned:
         runner.run(make_spec(SPIN), prune_at_timed_step(2))

@@ -74,8 +74,12 @@ def probe(
             f"omp_max_threads={found['omp_max_threads']}, not the {PROBE_BLOCKTIME} and 1 that were set"
         )
     found["inert"] = [knob for knob in OPENMP_KNOBS if not found["openmp"]]
-    # Controller-side facts the space follows: the allocators installed here (their libraries are preloaded
-    # from fixed system folders) and whether the CPU has bf16 instructions.
-    found["allocators"] = available_allocators()
-    found["bf16_instructions"] = bool(BF16_FLAGS & set(cpu_signature().isa))
+    found.update(machine_facts())
     return found
+
+
+def machine_facts() -> dict[str, Any]:
+    """Controller-side facts the space follows: the allocators installed here (their libraries are preloaded
+    from fixed system folders) and whether the CPU has bf16 instructions. (Tests with fake workers fix them, so
+    that their spaces do not depend on the machine the suite runs on.)"""
+    return {"allocators": available_allocators(), "bf16_instructions": bool(BF16_FLAGS & set(cpu_signature().isa))}
