@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import optuna
 import pytest
 
 from tests.helpers import one_error_line
@@ -32,6 +33,12 @@ def test_a_clear_winner_is_benchmarked_as_tuned_and_marked_recommended(
     # The log says which setting "recommended" turned out to be, and every record carries it for the table.
     assert "recommended, by the verdict of tiny-infer-b32-" in captured.err and ": tuned [" in captured.err
     assert {r.get("recommended") for r in records(open_storage(storage_url))} == {"tuned"}
+    # The tuned record says of how many sampled settings it is the best: the study's complete trials that are
+    # no baseline (6 trials, some of them the baselines).
+    study = optuna.load_study(study_name=records(open_storage(storage_url))[0]["study"], storage=storage_url)
+    sampled = [t for t in study.trials if t.state.name == "COMPLETE" and "baseline" not in t.user_attrs]
+    assert 1 <= len(sampled) < 6
+    assert {r.get("sampled") for r in records(open_storage(storage_url))} == {len(sampled)}
 
 
 def test_a_kept_default_is_benchmarked_once_not_the_best_sample(

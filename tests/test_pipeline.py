@@ -111,6 +111,12 @@ def test_job_tunes_and_benchmarks_every_cell_within_its_budget(
     studies = [s for s in storage.get_all_studies() if s.study_name != benchmark.BENCH_STUDY]
     assert len(studies) == 8
     assert all("verdict" in optuna.load_study(study_name=s.study_name, storage=storage).user_attrs for s in studies)
+    # Each tuned record says of how many sampled settings (its study's, baselines aside) it is the best.
+    for r in records:
+        if r.get("label") == "tuned":
+            study = optuna.load_study(study_name=r["study"], storage=storage)
+            sampled = [t for t in study.trials if t.state.name == "COMPLETE" and "baseline" not in t.user_attrs]
+            assert r["sampled"] == len(sampled) >= 1
     # Yardsticks: FLOPs counted once, a matmul peak per runtime and core count.
     kinds = Counter(r["kind"] for r in records)
     assert kinds["flops"] == 1 and kinds["matmul"] == 4

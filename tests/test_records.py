@@ -318,7 +318,9 @@ def genuine_records() -> list[dict[str, Any]]:
     runs = [MEASUREMENT, Measurement(32, (0.03, 0.05), (0.1,), {}, 0.2, 0.0)]
     storage = optuna.storages.InMemoryStorage()
     for record in (
-        benchmark.make_record(target, "tuned", tuned, runs, signature, "r1", {"recommended": "tuned", "verdict": "x"}),
+        benchmark.make_record(
+            target, "tuned", tuned, runs, signature, "r1", {"recommended": "tuned", "verdict": "x", "sampled": 4}
+        ),
         benchmark.skip_record(target, "no time left", signature),
         benchmark.skip_record(target, "not runnable here", signature, "heuristic"),
     ):
@@ -378,6 +380,9 @@ DROP = object()
         (0, "cores", 10**20, r"\.cores"),  # a table column of 64-bit integers: OverflowError
         (0, "ms_per_image", 10**400, "ms_per_image"),
         (0, "p99_ms", math.inf, "p99_ms"),  # no genuine request takes for ever
+        (0, "sampled", -1, r"\.sampled"),  # a count of sampled settings, an integer column of the table
+        (0, "sampled", True, r"\.sampled"),
+        (0, "sampled", "12; rm -rf /", r"\.sampled"),
         (1, "cpu.id", {"a": 1}, r"cpu\.id"),  # a skipped record too
         (1, "measured", 7, r"\.measured"),
         (3, "flops_per_image.train", 10**400, r"flops_per_image\.train"),

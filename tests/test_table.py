@@ -279,3 +279,21 @@ def test_the_onednn_on_point_has_its_column_where_it_was_measured() -> None:
     # Where it was not measured (oneDNN on by default: it is tf-default itself), it is missing, not made up.
     frame, _ = table.build(_group())
     assert pd.isna(frame.iloc[0]["onednn-on images/sec"])
+
+
+def test_tuned_says_of_how_many_sampled_settings_it_is_the_best() -> None:
+    records = _group()
+    records[2]["sampled"] = 1  # the search had room for one sampled setting (a short budget)
+    frame, notes = table.build(records)
+    # The count is data (an integer column), and each view prints it beside the tuned figure: 1.25x from one
+    # sampled setting is no search result, and a reader must see that rather than take it for tuning's best.
+    assert frame.iloc[0]["sampled settings"] == 1
+    assert "1.25x (best of 1)" in table.render(frame, notes, "markdown")
+    assert "80.00 (best of 1)" in table.render(frame, notes, "markdown", wide=True)
+    assert json.loads(table.render(frame, notes, "json"))["rows"][0]["sampled settings"] == 1
+    # A record stored before the count was kept (or by tuner benchmark --settings with no study): no count,
+    # and no "(best of" made up.
+    frame, notes = table.build(_group())
+    assert pd.isna(frame.iloc[0]["sampled settings"])
+    views = table.render(frame, notes, "markdown") + table.render(frame, notes, "markdown", wide=True)
+    assert re.search(r"\(best of \d", views) is None

@@ -25,7 +25,7 @@ from tuner.errors import TunerError, UsageError
 from tuner.measurement import Measurement
 from tuner.models import ModelRef
 from tuner.objective import get as get_objective
-from tuner.pipeline import stored_recommended, stored_tuned
+from tuner.pipeline import stored_recommended, stored_sampled, stored_tuned
 from tuner.policy import MeasurementPolicy
 from tuner.runner import Runner
 from tuner.runtime import Runtime
@@ -88,9 +88,10 @@ class BenchmarkJob:
                     target = benchmark.Target(self.runtime.name, workload, core_set(n), self.device, count)
                     self._target(target, named, not_runnable, run_id, extra)
 
-    def _settings(self, n: int, mode: str) -> tuple[Named, dict[str, str], dict[str, str]]:
+    def _settings(self, n: int, mode: str) -> tuple[Named, dict[str, str], dict[str, Any]]:
         """The settings to measure at ``n`` cores, those that cannot run here with why, and what the study's
-        verdict recommends (stored on every record, so that tables mark the recommended row)."""
+        verdict recommends and how many settings it sampled (stored on every record, so that tables mark the
+        recommended row and say of how many the tuned one is the best)."""
         # GPU rows take the recommendation of the host's study, tuned at the objective's own batch.
         host_batch = self.batch if self.device == "cpu" else get_objective(self.objective).default_batch
         workload = workload_for(self.model, mode, host_batch, self.objective)
@@ -99,7 +100,7 @@ class BenchmarkJob:
         study = _with_searched_batch(study, host_batch, {s.study_name for s in self.storage.get_all_studies()})
         wanted = list(self.wanted or [DEFAULT, HEURISTIC, RECOMMENDED])
         baselines = self.space.baselines(n, sockets_for(core_set(n)))
-        extra: dict[str, str] = {}
+        extra: dict[str, Any] = {}
         if RECOMMENDED in wanted:
             found = stored_recommended(self.storage, study)
             at = wanted.index(RECOMMENDED)
@@ -110,13 +111,17 @@ class BenchmarkJob:
                 del wanted[at]
                 self.log(f"study {study} has no confirmed verdict yet, so no recommended setting is benchmarked")
             else:
-                extra = {"recommended": found.label, "verdict": found.verdict, "study": study}
+                extra.update(recommended=found.label, verdict=found.verdict, study=study)
                 self.log(f"recommended, by the verdict of {study}: {found.label} [{found.settings.label()}]")
                 baselines = {**baselines, found.label: found.settings.params()}
                 if found.label in wanted:  # tf-default (no clear gain) is measured once, under its name
                     del wanted[at]
                 else:
                     wanted[at] = found.label
+        if TUNED in wanted:  # the best of how many sampled settings (the table says so beside its figures)
+            sampled = stored_sampled(self.storage, study)
+            if sampled is not None:
+                extra["sampled"] = sampled
         plan = plan_baselines(baselines, self.caps)
         not_runnable = {name: note for name, note in plan.not_runnable().items() if name in wanted}
         stand_ins = [plan.stand_ins[name] for name in not_runnable if plan.stand_ins.get(name) in plan.runnable]
@@ -138,7 +143,7 @@ class BenchmarkJob:
         named: Named,
         not_runnable: dict[str, str],
         run_id: str,
-        extra: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         skip = self.unavailable
         if skip is None and self.visible_gpus is not None:
@@ -173,7 +178,7 @@ class BenchmarkJob:
         failed: dict[str, str],
         run_id: str,
         announce: bool,
-        extra: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         """A record per setting measured (partial when rounds are missing), a failed one per failure."""
         for label, settings in named:

@@ -104,17 +104,20 @@ def study_records(
         runs.setdefault(run.candidate, []).append(run.measurement)
     best = verdict.best_sampled()
     recommended_label = TUNED if verdict.recommended == best else verdict.recommended
+    searched = sampled_count(study)
     parts = []
     for name, measured in runs.items():
         if name not in verdict.params or (name.startswith("trial ") and name != best):
             continue
         label = TUNED if name == best else name
-        extra = {
+        extra: dict[str, Any] = {
             "study": study.study_name,
             "candidate": name,
             "recommended": recommended_label,
             "verdict": verdict.text,
         }
+        if label == TUNED:  # the best of how many: one sampled setting is no search (the table says so)
+            extra["sampled"] = searched
         parts.append((label, verdict.params[name], measured, extra))
     return parts
 
@@ -136,6 +139,20 @@ def confirmation_id(study: optuna.Study) -> str:
     """Names one confirmation's runs: a new confirmation, or more rounds of it, is another id."""
     confirmation = stored_confirmation(study)
     return f"{study.study_name}:{confirmation.id}:{len(confirmation.runs)}"
+
+
+def sampled_count(study: optuna.Study) -> int:
+    """How many sampled settings the study's search measured: its complete trials that are no baseline and
+    are usable. "tuned" is the best confirmed of these; with one or two it is hardly a search."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return sum(1 for t in complete if baseline_name(t.user_attrs) is None and unusable(t) is None)
+
+
+def stored_sampled(storage: optuna.storages.BaseStorage, study_name: str) -> int | None:
+    """``sampled_count`` of the named study in ``storage``; None if it does not exist."""
+    if study_name not in {s.study_name for s in storage.get_all_studies()}:
+        return None
+    return sampled_count(optuna.load_study(study_name=study_name, storage=storage))
 
 
 def tuned_settings(study: optuna.Study) -> Settings | None:

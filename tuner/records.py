@@ -575,6 +575,7 @@ def check_record(data: Any, where: str = "record") -> BenchmarkRecord:
         # What the verdict recommends (a label the table keys on), and the settings (the table reads their
         # precision to find the matmul peak of the same precision).
         _get(data, "recommended", str, where, optional=True)
+        _typed(data, "sampled", int, where, optional=True)  # how many settings the search sampled (the table)
         settings = _get(data, "settings", Mapping, where, optional=True)
         if settings is None and "settings" in data:
             raise MalformedRecord(f"{where}.settings: must be an object")

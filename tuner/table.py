@@ -52,12 +52,12 @@ COLUMNS = (
     "model", "runtime", "CPU", "cores", "memory GiB", "GPU", "batch size", "mode", "status",
     "recommended", "images/sec", "ms/image", "p50 ms", "p99 ms",
     "tf-default images/sec", "heuristic images/sec", "heuristic measured as", "onednn-on images/sec",
-    "tuned images/sec",
+    "tuned images/sec", "sampled settings",
     *RATIOS["tuned/tf-default"], *RATIOS["tuned/heuristic"],
     "best recipe", "best recipe images/sec", *RATIOS["tuned/best recipe"], *SHARES,
     "tuned settings", "rounds", "warm-up batches", "timed batches", "recommended launch", "note",
 )  # fmt: skip
-INTEGERS = ("cores", "GPU", "batch size", "rounds", "warm-up batches", "timed batches")
+INTEGERS = ("cores", "GPU", "batch size", "sampled settings", "rounds", "warm-up batches", "timed batches")
 FLOATS = (
     "memory GiB", "images/sec", "ms/image", "p50 ms", "p99 ms", "tf-default images/sec", "heuristic images/sec",
     "onednn-on images/sec", "tuned images/sec", *(c for name in RATIOS.values() for c in name),
@@ -260,6 +260,7 @@ def _measured_row(
         "heuristic measured as": _heuristic_as(heuristic, not_run),
         "onednn-on images/sec": _rate(group.get(ONEDNN_ON)),
         "tuned images/sec": _rate(tuned),
+        "sampled settings": None if tuned is None else tuned.get("sampled"),
         **ratio("tuned/tf-default", tuned, default),
         **ratio("tuned/heuristic", tuned, heuristic),
         "best recipe": None if recipe is None else recipe[0],
@@ -368,12 +369,14 @@ def render(frame: pd.DataFrame, notes: Sequence[str], fmt: str, wide: bool = Fal
 LEGEND = (
     "images/sec (ms/image): of the recommended settings (what the confirmed verdict chose: tf-default unless "
     "another clearly won), timed batches x batch size / wall time of the timed loop (tf_cnn_benchmarks); "
-    "ms/image is its inverse. tuned/tf-default: the ratio of those two settings' images/sec. --wide: every "
+    "ms/image is its inverse. tuned/tf-default: the ratio of those two settings' images/sec, tuned being the "
+    "best confirmed of the settings the search sampled (best of n: how many). --wide: every "
     "column (speedups with 95% intervals, GFLOP/s, settings, launch); --format csv or json: the data."
 )
 LEGEND_WIDE = (
     "images/sec: timed batches x batch size / wall time of the timed loop (tf_cnn_benchmarks), in every column; "
     "ms/image is its inverse, as the reference table prints it; tuned/tf-default is the ratio of two of them. "
+    "tuned: the best confirmed of the n settings the search sampled (best of n). "
     f"Speedups ({STATISTIC}): the verdict's statistic, the ratio of pooled per-step medians, with a 95% paired "
     "bootstrap interval where measured interleaved in rounds. GFLOP/s: images/sec x FLOPs per image; % of the "
     "matmul peak on the same cores. Timed batches: rounds x (warm-up + timed)."
@@ -408,6 +411,14 @@ def _times(row: pd.Series, name: str) -> str:
     return f"{value:.2f}x" + ("" if _missing(low) else f" [{low:.2f}, {high:.2f}]")
 
 
+def _best_of(row: pd.Series) -> str:
+    """' (best of n)' after a tuned figure: of how many sampled settings it is the best (one or two is hardly
+    a search: a short budget); empty where no tuned figure or no count was stored."""
+    if _missing(row["tuned images/sec"]) or _missing(row["sampled settings"]):
+        return ""
+    return f" (best of {row['sampled settings']})"
+
+
 def _interval(name: str) -> str:
     return f"{name} ({STATISTIC}, 95% CI)"
 
@@ -440,8 +451,8 @@ def _view_row(row: pd.Series, wide: bool) -> dict[str, str]:
         "tf-default": _fixed(row["tf-default images/sec"]),
         "heuristic": heuristic,
         "onednn-on": _fixed(row["onednn-on images/sec"]),
-        "tuned": _fixed(row["tuned images/sec"]),
-        "tuned/tf-default": _fixed(loop_ratio, unit="x"),
+        "tuned": _fixed(row["tuned images/sec"]) + _best_of(row),
+        "tuned/tf-default": _fixed(loop_ratio, unit="x") + ("" if wide else _best_of(row)),
         **{_interval(name): _times(row, name) for name in ("tuned/tf-default", "tuned/heuristic")},
         "best recipe": "-"
         if _missing(row["best recipe"])
