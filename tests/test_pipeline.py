@@ -185,6 +185,8 @@ def test_gpu_rows_run_one_replica_per_visible_gpu_with_the_tuned_host_threads(
     for record in gpu:
         assert record["label"] == "tuned" and record["settings"]["data_format"] == "NCHW"
         assert record["settings"]["intra_op"] == cpu_tuned["settings"]["intra_op"]
+        # Of as many sampled settings as the host's tuned row: the table says "best of n" for both.
+        assert record["sampled"] == cpu_tuned["sampled"] >= 1
     specs = [c for c in runner.calls if c.device == "gpu"]
     # The worker was asked for GPU replicas with the full benchmark's 10 + 100 batches.
     assert {(c.replicas, c.policy.warmup, c.policy.timed) for c in specs} == {(1, 10, 100), (2, 10, 100)}

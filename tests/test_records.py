@@ -123,6 +123,11 @@ def test_stored_verdict_reads_what_show_prints() -> None:
     # A round count that is not a number is refused.
     with pytest.raises(MalformedRecord, match=r"verdict\.rounds"):
         StoredVerdict.from_dict({**data, "rounds": "three"})
+    # The count of sampled settings it chose from is optional (verdicts before it have none), a count when given.
+    assert verdict.sampled is None and StoredVerdict.from_dict({**data, "sampled": 7}).sampled == 7
+    for bad in (-1, True, "7", 2**40):
+        with pytest.raises(MalformedRecord, match=r"verdict\.sampled"):
+            StoredVerdict.from_dict({**data, "sampled": bad})
 
 
 @pytest.mark.parametrize(

@@ -440,11 +440,17 @@ def confirm_logged(
 
 
 def store_verdict(
-    study: optuna.Study, verdict: Verdict, effective: Callable[[Mapping[str, Any]], dict[str, Any]], trials: int
+    study: optuna.Study,
+    verdict: Verdict,
+    effective: Callable[[Mapping[str, Any]], dict[str, Any]],
+    trials: int,
+    sampled: int | None = None,
 ) -> None:
     """Store ``verdict`` on the study (attribute ``verdict``, read back as ``records.StoredVerdict``), its
     recommended settings as ``effective`` resolves them on this CPU (oneDNN "default" made on or off), so
-    the recommendation holds where it is used; with when it was measured and after how many trials."""
+    the recommendation holds where it is used; with when it was measured, after how many trials, and of
+    how many sampled settings (baselines aside) its candidates were chosen."""
     stored = verdict.to_dict()
     stored["recommended_params"] = effective(stored["recommended_params"])
-    study.set_user_attr("verdict", {**stored, "measured": utc_now(), "trials": trials})
+    counts = {"trials": trials} if sampled is None else {"trials": trials, "sampled": sampled}
+    study.set_user_attr("verdict", {**stored, "measured": utc_now(), **counts})

@@ -142,8 +142,14 @@ def confirmation_id(study: optuna.Study) -> str:
 
 
 def sampled_count(study: optuna.Study) -> int:
-    """How many sampled settings the study's search measured: its complete trials that are no baseline and
-    are usable. "tuned" is the best confirmed of these; with one or two it is hardly a search."""
+    """How many sampled settings the study's search had measured when its verdict was confirmed (trials
+    added since, by an unfinished tune or another worker of a shared study, are not what "tuned" was chosen
+    from); without that count (no verdict yet, or one stored before it was kept), its complete trials that
+    are no baseline and are usable. "tuned" is the best of these; with one or two it is hardly a search."""
+    if "verdict" in study.user_attrs:
+        verdict = StoredVerdict.from_dict(study.user_attrs["verdict"], f"study {study.study_name}: verdict")
+        if verdict.sampled is not None:
+            return verdict.sampled
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     return sum(1 for t in complete if baseline_name(t.user_attrs) is None and unusable(t) is None)
 
@@ -619,7 +625,8 @@ class Job:
         for mode in self.modes:
             for count in range(1, visible + 1):
                 target = Target(GPU_RUNTIME, workload_for(self.model, mode, GPU_BATCH), host, "gpu", count)
-                tuned = stored_tuned(self.storage, self._config(stock, max(self.counts), mode, None).name)
+                host_study = self._config(stock, max(self.counts), mode, None).name
+                tuned = stored_tuned(self.storage, host_study)
                 settings = dataclasses.replace(
                     tuned or self._baseline(stock.space, len(host), DEFAULT), data_format="NCHW"
                 )
@@ -629,5 +636,6 @@ class Job:
                 except TunerError as error:
                     self._fail(target.describe(), error)
                     continue
-                record = make_record(target, label, settings, runs[label], self.signature, new_run_id())
+                extra = {"sampled": stored_sampled(self.storage, host_study)} if tuned is not None else None
+                record = make_record(target, label, settings, runs[label], self.signature, new_run_id(), extra)
                 store(self.storage, record)

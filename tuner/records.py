@@ -191,6 +191,7 @@ class StoredVerdict:
     score: Mapping[str, float] = field(default_factory=dict)  # each candidate's statistic (higher is better)
     latency_ms: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)  # p50, p99 by candidate
     dropped: Mapping[str, str] = field(default_factory=dict)  # candidates whose confirmation run failed -> why
+    sampled: int | None = None  # sampled settings measured when it was confirmed (verdicts before: unknown)
 
     def ranking(self) -> Mapping[str, float]:
         """What ranked the candidates: the objective's statistic, or (verdicts before objectives) the median."""
@@ -260,6 +261,7 @@ class StoredVerdict:
             score=dict(data.get("score") or {}),
             latency_ms={name: dict(v) for name, v in latency.items()},
             dropped=_dropped(data.get("dropped"), f"{where}.dropped"),
+            sampled=_typed(data, "sampled", int, where, optional=True),
         )
 
 
@@ -435,6 +437,7 @@ class BenchmarkRecord(TypedDict, total=False):
     partial: str
     settings: dict[str, Any]
     settings_text: str
+    sampled: int  # on a tuned record: how many sampled settings its study's verdict chose from
     images_per_sec: float
     ms_per_image: float
     step_seconds: float

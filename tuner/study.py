@@ -533,7 +533,7 @@ class StudyRun:
         verdict = confirm_logged(
             self.study, self.runner, candidates, cfg.workload, cfg.cores, policy, rounds, cfg.seed, self.progress
         )
-        store_verdict(self.study, verdict, self.caps.effective, len(self.measured()))
+        store_verdict(self.study, verdict, self.caps.effective, len(self.measured()), len(self.sampled()))
         return verdict
 
     def run(self) -> Verdict:

@@ -370,13 +370,13 @@ LEGEND = (
     "images/sec (ms/image): of the recommended settings (what the confirmed verdict chose: tf-default unless "
     "another clearly won), timed batches x batch size / wall time of the timed loop (tf_cnn_benchmarks); "
     "ms/image is its inverse. tuned/tf-default: the ratio of those two settings' images/sec, tuned being the "
-    "best confirmed of the settings the search sampled (best of n: how many). --wide: every "
+    "best of the n settings the search sampled and measured (best of n). --wide: every "
     "column (speedups with 95% intervals, GFLOP/s, settings, launch); --format csv or json: the data."
 )
 LEGEND_WIDE = (
     "images/sec: timed batches x batch size / wall time of the timed loop (tf_cnn_benchmarks), in every column; "
     "ms/image is its inverse, as the reference table prints it; tuned/tf-default is the ratio of two of them. "
-    "tuned: the best confirmed of the n settings the search sampled (best of n). "
+    "tuned: the best of the n settings the search sampled and measured (best of n). "
     f"Speedups ({STATISTIC}): the verdict's statistic, the ratio of pooled per-step medians, with a 95% paired "
     "bootstrap interval where measured interleaved in rounds. GFLOP/s: images/sec x FLOPs per image; % of the "
     "matmul peak on the same cores. Timed batches: rounds x (warm-up + timed)."
@@ -414,7 +414,7 @@ def _times(row: pd.Series, name: str) -> str:
 def _best_of(row: pd.Series) -> str:
     """' (best of n)' after a tuned figure: of how many sampled settings it is the best (one or two is hardly
     a search: a short budget); empty where no tuned figure or no count was stored."""
-    if _missing(row["tuned images/sec"]) or _missing(row["sampled settings"]):
+    if _missing(row["tuned images/sec"]) or _missing(row["sampled settings"]) or row["sampled settings"] < 1:
         return ""
     return f" (best of {row['sampled settings']})"
 
@@ -452,7 +452,7 @@ def _view_row(row: pd.Series, wide: bool) -> dict[str, str]:
         "heuristic": heuristic,
         "onednn-on": _fixed(row["onednn-on images/sec"]),
         "tuned": _fixed(row["tuned images/sec"]) + _best_of(row),
-        "tuned/tf-default": _fixed(loop_ratio, unit="x") + ("" if wide else _best_of(row)),
+        "tuned/tf-default": _fixed(loop_ratio, unit="x") + ("" if wide or _missing(loop_ratio) else _best_of(row)),
         **{_interval(name): _times(row, name) for name in ("tuned/tf-default", "tuned/heuristic")},
         "best recipe": "-"
         if _missing(row["best recipe"])
