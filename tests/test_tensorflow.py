@@ -99,11 +99,12 @@ def _count(db: Path, state: TrialState) -> int:
 
 def test_signals_mid_study_keep_finished_trials_and_the_same_command_resumes(tmp_path: Path) -> None:
     """Ctrl-C, then SIGTERM on the resumed run, each landing mid-trial; then the same command finishes. One
-    study for both signals: they take the same path, and each real TensorFlow study costs over a minute."""
+    study for both signals: they take the same path. Search only (--no-confirm): the signals land in the
+    search, and confirmation's nine real worker runs (3 settings x 3 rounds) would double the test's time;
+    a resume that ends in a verdict is test_cli's (fake workers, signals at random moments)."""
     db = tmp_path / "t.db"
     cmd = [sys.executable, "-m", "tuner.cli", "tune", "--model", "tiny", "--cores", "1", "--mode", "infer",
-           "--trials", "5", "--rounds", "2", "--candidates", "1", "--space", THREADS_SPACE,
-           "--storage", f"sqlite:///{db}"]  # fmt: skip
+           "--trials", "4", "--no-confirm", "--space", THREADS_SPACE, "--storage", f"sqlite:///{db}"]  # fmt: skip
     finished = 0
     for sig in (signal.SIGINT, signal.SIGTERM):
         process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -120,10 +121,10 @@ def test_signals_mid_study_keep_finished_trials_and_the_same_command_resumes(tmp
         assert "run the same command to resume" in err
         assert _count(db, TrialState.RUNNING) == 0 and finished > before
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    # The same command resumes: every finished trial is still there and the study reaches its count and verdict.
+    # The same command resumes: every finished trial is still there and the study reaches its count.
     assert again.returncode == 0, again.stderr
-    assert _count(db, TrialState.COMPLETE) >= max(5, finished)
-    assert "verdict:" in again.stderr
+    assert _count(db, TrialState.COMPLETE) >= max(4, finished)
+    assert "importances:" in again.stderr  # what the search-only study prints once its search is over
 
 
 @pytest.mark.resnet50
