@@ -330,7 +330,7 @@ def test_signals_at_random_moments_never_lose_a_trial_and_the_command_resumes(tm
 
 def test_inference_bursts_warm_up_once_and_training_twice(storage_url: str) -> None:
     runner = fake_runner()
-    argv = ["tune", "--model", "tiny", "--cores", "1", "--mode", "train,infer", "--trials", "4", "--rounds", "2"]
+    argv = ["tune", "--model", "tiny", "--cores", "1", "--mode", "train,infer", "--trials", "4", "--rounds", "3"]
     assert main([*argv, "--storage", storage_url], runner=runner) == 0
     storage = open_storage(storage_url, create=False)
     policies = {s.user_attrs["tuner"]["mode"]: s.user_attrs["tuner"]["policy"] for s in storage.get_all_studies()}
@@ -408,6 +408,8 @@ def test_tuner_storage_is_the_default_storage(
         (["benchmark", "--batch-size", "0"], "argument --batch-size: '0' is not a whole number of at least 1"),
         (["benchmark", "--timed", "0"], "argument --timed: '0' is not a whole number of at least 1"),
         (["tune", "--candidates", "0"], "argument --candidates: '0' is not a whole number of at least 1"),
+        # Fewer confirmation rounds than a clear verdict needs: refused, not silently raised to three.
+        (["tune", "--confirm-rounds", "2"], "--confirm-rounds 2: confirmation needs at least 3 interleaved rounds"),
         (["benchmark", "--device", "gpu", "--gpu-counts", "0"], "--gpu-counts: '0' is not a list of GPU counts"),
         (["env", "list", "extra"], "tuner env list takes no runtime name"),
     ],

@@ -21,6 +21,7 @@ import sqlalchemy.exc
 from tuner import __version__, atomic, benchmark, interrupt, recommend, report, table, transfer
 from tuner.benchjob import BenchmarkJob, check_settings
 from tuner.capability import Capabilities
+from tuner.confirm import MIN_ROUNDS
 from tuner.disturbance import DEFAULT_LIMIT, parse_limit, steady
 from tuner.doctor import report as doctor_report
 from tuner.envs import create as create_env
@@ -122,10 +123,15 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
     counts = _core_counts(args.cores)
     modes = parse_modes(args.mode)
     model, batch = _model_and_batch(args, modes)
-    counted = (("--trials", args.trials), ("--candidates", args.candidates), ("--confirm-rounds", args.rounds))
+    counted = (("--trials", args.trials), ("--candidates", args.candidates))
     for flag, value in counted:
         if value < 1:
             raise UsageError(f"{flag} must be at least 1")
+    if args.rounds < MIN_ROUNDS:  # refused, not silently raised to 3: the user asked for fewer runs than happen
+        raise UsageError(
+            f"--confirm-rounds {args.rounds}: confirmation needs at least {MIN_ROUNDS} interleaved rounds (fewer "
+            "cannot make a verdict clear); --no-confirm searches without confirming"
+        )
     options = StudyOptions(
         trials=args.trials,
         candidates=args.candidates,
@@ -632,7 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         type=int,
         default=CONFIRM.rounds,
-        help="interleaved confirmation rounds",
+        help=f"interleaved confirmation rounds, at least {MIN_ROUNDS}",
     )
     tune.add_argument("--rounds", dest="rounds", type=int, default=CONFIRM.rounds, help=argparse.SUPPRESS)  # old name
     tune.add_argument(
