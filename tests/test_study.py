@@ -406,6 +406,12 @@ def test_stop_rule_names_each_exit_of_the_search(storage: optuna.storages.RDBSto
     assert StopRule(10, size, deadline=now[0] + 119.0).check(run, skips=0) == (
         "search ends after 3 complete trials: the rest of the budget is confirmation's"
     )
+    # A search alone (--no-confirm) keeps no time for a confirmation that will not come: with 119 s left it
+    # goes on, and it ends, saying so, only once the deadline itself is reached.
+    assert StopRule(10, size, deadline=now[0] + 119.0, confirms=False).check(run, skips=0) is None
+    assert StopRule(10, size, deadline=now[0], confirms=False).check(run, skips=0) == (
+        "search ends after 3 complete trials: its budget is spent"
+    )
     # Past a soft end with one sampled setting measured: it ends, saying its share is spent.
     assert StopRule(10, size, deadline=now[0] + 1e6, stop_at=now[0]).check(run, skips=0) == (
         "search ends after 3 complete trials: its share of the budget is spent"

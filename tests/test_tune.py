@@ -39,14 +39,18 @@ def test_tune_gives_the_many_core_studies_their_floor(
     assert len(job.studies) == 4 and job.failures == []
 
 
-def test_tune_trial_lines_end_with_an_eta_that_the_study_meets(storage: optuna.storages.RDBStorage) -> None:
+@pytest.mark.parametrize("search_only", [False, True])
+def test_tune_trial_lines_end_with_an_eta_that_the_study_meets(
+    storage: optuna.storages.RDBStorage, search_only: bool
+) -> None:
+    """With a confirmation after the search, and without one (--no-confirm: its ETA counts none)."""
     clock = Clock()
     runner = ClockedRunner(clock)
     ready = prepare(load("tensorflow-eigen"), runner, 1)
     said: list[tuple[float, str]] = []
     job = TuneJob(storage, cpu_signature(), ready, [1], ["infer"], None, "tiny", 32,
-                  StudyOptions(trials=8, candidates=1), log=lambda line: said.append((clock.now, line)),
-                  clock=clock)  # fmt: skip
+                  StudyOptions(trials=8, candidates=1), search_only=search_only,
+                  log=lambda line: said.append((clock.now, line)), clock=clock)  # fmt: skip
     job.run()
     ended = clock.now
     trials = [(at, line) for at, line in said if re.search(r"trial \d+ \[\d+/8\]", line)]
@@ -60,3 +64,25 @@ def test_tune_trial_lines_end_with_an_eta_that_the_study_meets(storage: optuna.s
     # From the third trial on, the ETA (the trials left at the median trial time, then confirmation) lands
     # within 15% of the study's real end (or 30 s), on a clock where every run costs what it would.
     assert all(abs(predicted - ended) <= max(30.0, 0.15 * remaining) for predicted, remaining in etas), etas
+
+
+def test_a_search_alone_uses_its_whole_budget(storage: optuna.storages.RDBStorage) -> None:
+    """--no-confirm (a fleet worker): no confirmation follows, so none of the budget is kept for one. Stock
+    TensorFlow's space: more settings than 600 s can measure."""
+    clock = Clock()
+    runner = ClockedRunner(clock)
+    ready = prepare(load("tensorflow"), runner, 1)
+    lines: list[str] = []
+    started = clock.now
+    job = TuneJob(storage, cpu_signature(), ready, [1], ["infer"], 600.0, "tiny", 32, StudyOptions(trials=500),
+                  search_only=True, log=lines.append, clock=clock)  # fmt: skip
+    job.run()
+    spent = clock.now - started
+    runs = [spec for spec in runner.calls if spec.policy.name != "probe"]
+    one_run = spent / len(runs)
+    # The search ran until its budget was spent, not until only a confirmation's time (3 rounds of its
+    # baselines and candidates, over a dozen runs) was left: it ends within one run of the budget's end.
+    assert 600.0 - one_run <= spent <= 600.0 + one_run, (spent, one_run)
+    assert any("search ends after" in line and "its budget is spent" in line for line in lines)
+    # Search alone: nothing was confirmed.
+    assert "verdict" not in storage.get_all_studies()[0].user_attrs

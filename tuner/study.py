@@ -151,6 +151,7 @@ class StopRule:
     size: int  # distinct settings that can be measured here
     deadline: float | None = None
     stop_at: float | None = None
+    confirms: bool = True  # False for a search alone (--no-confirm): no time is kept for a confirmation
 
     def check(self, run: StudyRun, skips: int) -> str | None:
         complete = len(run.measured())
@@ -168,9 +169,10 @@ class StopRule:
             self.deadline is not None
             and run.baselines_done()
             and (self.stop_at is None or run.sampled())  # with a soft end: one sampled setting at least
-            and run.clock() + run.confirm_cost(MIN_ROUNDS) >= self.deadline
+            and run.clock() + (run.confirm_cost(MIN_ROUNDS) if self.confirms else 0.0) >= self.deadline
         ):
-            return f"search ends after {complete} complete trials: the rest of the budget is confirmation's"
+            rest = "the rest of the budget is confirmation's" if self.confirms else "its budget is spent"
+            return f"search ends after {complete} complete trials: {rest}"
         if self.stop_at is not None and run.clock() >= self.stop_at and run.baselines_done() and run.sampled():
             return f"search ends after {complete} complete trials: its share of the budget is spent"
         if skips >= MAX_SKIPS_IN_A_ROW:
@@ -210,6 +212,7 @@ class StudyRun:
         if done:
             self.study.sampler = make_sampler(config.sampler, config.seed + done)
         self._current = -1  # the trial being measured, to tell whether another process finished it
+        self._confirms = True  # whether this run's search is followed by a confirmation (``search``)
         caps = Capabilities.from_probe(config.probe, config.allow_precision, config.force_precision)
         self.caps = dataclasses.replace(
             caps,
@@ -355,12 +358,13 @@ class StudyRun:
 
     # -- the search -----------------------------------------------------------------------------------
 
-    def search(self, deadline: float | None, stop_at: float | None = None) -> None:
+    def search(self, deadline: float | None, stop_at: float | None = None, confirms: bool = True) -> None:
         """Run trials until the ``StopRule`` ends the search: enough are complete, the space is exhausted,
         or only the time that confirmation needs is left before ``deadline`` (the end of the study's
-        budget). Past ``stop_at`` (a soft end, which leaves the rest to a longer benchmark) it stops once one
-        sampled setting is measured."""
-        rule = StopRule(self.config.trials, self.distinct_settings(), deadline, stop_at)
+        budget; all of it for a search alone, ``confirms`` False). Past ``stop_at`` (a soft end, which leaves
+        the rest to a longer benchmark) it stops once one sampled setting is measured."""
+        self._confirms = confirms  # the ETA of each trial line counts confirmation only where one follows
+        rule = StopRule(self.config.trials, self.distinct_settings(), deadline, stop_at, confirms)
         streak: list[str] = []  # the reasons of the failures since the last complete trial
         skips = 0
         while True:
@@ -452,7 +456,8 @@ class StudyRun:
         search = max(0, self.config.trials - complete) * cost.wall_s
         if deadline is not None:
             search = min(search, max(0.0, deadline - now))
-        return f"study ETA {duration(search + self.confirm_cost(self.config.confirm_policy.rounds))}"
+        confirmation = self.confirm_cost(self.config.confirm_policy.rounds) if self._confirms else 0.0
+        return f"study ETA {duration(search + confirmation)}"
 
     # -- confirmation -------------------------------------------------------------------------------
 

@@ -76,7 +76,7 @@ class TuneJob:
             try:
                 run = StudyRun(self.storage, config, self.ready.runner, progress=self._tagged(tag), clock=self.clock)
                 if self.search_only:
-                    run.search(None if budget is None else self.clock() + budget)
+                    run.search(None if budget is None else self.clock() + budget, confirms=False)
                     run.store_importances()
                 else:
                     verdict = run.run()
