@@ -90,8 +90,8 @@ class BenchmarkJob:
 
     def _settings(self, n: int, mode: str) -> tuple[Named, dict[str, str], dict[str, Any]]:
         """The settings to measure at ``n`` cores, those that cannot run here with why, and what the study's
-        verdict recommends and how many settings it sampled (stored on every record, so that tables mark the
-        recommended row and say of how many the tuned one is the best)."""
+        verdict recommends (stored on every record, so that tables mark the recommended row) and how many
+        settings it sampled (on the tuned record: the table says of how many it is the best)."""
         # GPU rows take the recommendation of the host's study, tuned at the objective's own batch.
         host_batch = self.batch if self.device == "cpu" else get_objective(self.objective).default_batch
         workload = workload_for(self.model, mode, host_batch, self.objective)
@@ -193,8 +193,9 @@ class BenchmarkJob:
                 continue
             rounds = self.policy.rounds
             partial = {"partial": f"{len(measured)} of {rounds} rounds"} if len(measured) < rounds else {}
+            own = {k: v for k, v in (extra or {}).items() if k != "sampled" or label == TUNED}  # tuned's count
             record = benchmark.make_record(
-                target, label, settings, measured, self.signature, run_id, {**(extra or {}), **partial}
+                target, label, settings, measured, self.signature, run_id, {**own, **partial}
             )
             self._keep(record)
             if announce:

@@ -450,7 +450,8 @@ def store_verdict(
     recommended settings as ``effective`` resolves them on this CPU (oneDNN "default" made on or off), so
     the recommendation holds where it is used; with when it was measured, after how many trials, and of
     how many sampled settings (baselines aside) its candidates were chosen."""
-    stored = verdict.to_dict()
+    stored = {**verdict.to_dict(), "measured": utc_now(), "trials": trials}
     stored["recommended_params"] = effective(stored["recommended_params"])
-    counts = {"trials": trials} if sampled is None else {"trials": trials, "sampled": sampled}
-    study.set_user_attr("verdict", {**stored, "measured": utc_now(), **counts})
+    if sampled is not None:
+        stored["sampled"] = sampled
+    study.set_user_attr("verdict", stored)

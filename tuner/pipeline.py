@@ -85,7 +85,7 @@ from tuner.settings import Settings
 from tuner.signature import CpuSignature
 from tuner.space import SearchSpace
 from tuner.space import load as load_space
-from tuner.study import StudyConfig, StudyRun, duration, unusable
+from tuner.study import StudyConfig, StudyRun, duration, sampled_trials
 from tuner.topology import core_set, sockets_for
 from tuner.workload import workload_for
 
@@ -104,7 +104,7 @@ def study_records(
         runs.setdefault(run.candidate, []).append(run.measurement)
     best = verdict.best_sampled()
     recommended_label = TUNED if verdict.recommended == best else verdict.recommended
-    searched = sampled_count(study)
+    searched = len(sampled_trials(study)) if verdict.sampled is None else verdict.sampled
     parts = []
     for name, measured in runs.items():
         if name not in verdict.params or (name.startswith("trial ") and name != best):
@@ -150,8 +150,7 @@ def sampled_count(study: optuna.Study) -> int:
         verdict = StoredVerdict.from_dict(study.user_attrs["verdict"], f"study {study.study_name}: verdict")
         if verdict.sampled is not None:
             return verdict.sampled
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return sum(1 for t in complete if baseline_name(t.user_attrs) is None and unusable(t) is None)
+    return len(sampled_trials(study))
 
 
 def stored_sampled(storage: optuna.storages.BaseStorage, study_name: str) -> int | None:
@@ -171,12 +170,8 @@ def tuned_settings(study: optuna.Study) -> Settings | None:
         if best is not None:
             return verdict.params[best]
         dropped = {**dropped, **verdict.dropped}
-    sampled = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if baseline_name(t.user_attrs) is None and f"trial {t.number}" not in dropped and unusable(t) is None
-    ]
-    top = max(sampled, key=lambda t: t.value or 0.0, default=None)
+    kept = [t for t in sampled_trials(study) if f"trial {t.number}" not in dropped]
+    top = max(kept, key=lambda t: t.value or 0.0, default=None)
     return None if top is None else Settings.from_params(top.params)
 
 

@@ -243,12 +243,11 @@ class StudyRun:
 
     def measured(self) -> list[FrozenTrial]:
         """Complete trials, less any whose stored params or value cannot be used (``unusable``)."""
-        complete = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        return [t for t in complete if self._unusable(t) is None]
+        return measured_trials(self.study, self._unusable)
 
     def sampled(self) -> list[FrozenTrial]:
         """Complete trials of settings the sampler proposed (not baselines)."""
-        return [t for t in self.measured() if baseline_name(t.user_attrs) is None]
+        return sampled_trials(self.study, self._unusable)
 
     def known(self) -> dict[str, int]:
         """Settings measured, by label (settings that run alike share one), to the trial that measured them."""
@@ -560,6 +559,21 @@ class StudyRun:
             return {}
         self.study.set_user_attr("importances", importances)
         return importances
+
+
+def measured_trials(
+    study: optuna.Study, why_unusable: Callable[[FrozenTrial], str | None] | None = None
+) -> list[FrozenTrial]:
+    """The study's complete trials, less any ``why_unusable`` (default ``unusable``) finds a reason to leave out."""
+    why = why_unusable or unusable
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if why(t) is None]
+
+
+def sampled_trials(
+    study: optuna.Study, why_unusable: Callable[[FrozenTrial], str | None] | None = None
+) -> list[FrozenTrial]:
+    """``measured_trials`` of settings the sampler proposed: no baseline. "tuned" is the best of these."""
+    return [t for t in measured_trials(study, why_unusable) if baseline_name(t.user_attrs) is None]
 
 
 def unusable(trial: FrozenTrial) -> str | None:
