@@ -14,28 +14,37 @@ from tuner.signature import cpu_signature
 from tuner.tune import TuneJob
 
 
-def test_tune_gives_the_many_core_studies_their_floor(
-    storage: optuna.storages.RDBStorage, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A 16-core machine, as in test_pipeline: by weight alone a 16-core study gets a few seconds.
-    monkeypatch.setattr("tuner.plan.core_set", lambda count, *a, **k: tuple(range(count)))
+def _first_share(storage: optuna.storages.BaseStorage, search_only: bool) -> tuple[int, TuneJob]:
+    """The 1-core training study's share of 12 minutes on a 16-core machine (as in test_pipeline: by weight
+    alone a 16-core study gets a few seconds); the job, run."""
     clock = Clock()
     runner = ClockedRunner(clock)
     ready = prepare(load("tensorflow-eigen"), runner, 16)
     lines: list[str] = []
-    plan = [(mode, n) for n in (1, 16) for mode in ("train", "infer")]
     job = TuneJob(storage, cpu_signature(), ready, [1, 16], ["train", "infer"], 12 * 60.0, "tiny", 32,
-                  StudyOptions(trials=6, candidates=1), probe_s=20.0, log=lines.append, clock=clock)  # fmt: skip
+                  StudyOptions(trials=6, candidates=1), search_only=search_only, probe_s=20.0, log=lines.append,
+                  clock=clock)  # fmt: skip
     job.run()
     shares = [line for line in lines if re.search(r"study \d/4: .* share ", line)]
     first = re.search(r"share (\d+)m(\d\d)s", shares[0])
     assert first is not None
-    given = int(first.group(1)) * 60 + int(first.group(2))
+    return int(first.group(1)) * 60 + int(first.group(2)), job
+
+
+def test_tune_gives_the_many_core_studies_their_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tuner.plan.core_set", lambda count, *a, **k: tuple(range(count)))
+    given, job = _first_share(optuna.storages.InMemoryStorage(), search_only=False)
+    plan = [(mode, n) for n in (1, 16) for mode in ("train", "infer")]
     by_weight = share(12 * 60.0, [weight(mode, n, 16) for mode, n in plan])
     assert by_weight is not None
     # The first (one-core training) study gave up part of its weighted share to the floors of the others.
     assert given < by_weight - 5
     # Every study finished with a verdict.
+    assert len(job.studies) == 4 and job.failures == []
+    alone, job = _first_share(optuna.storages.InMemoryStorage(), search_only=True)
+    # A search alone (--no-confirm): the other studies' floors hold no confirmation, so the first study
+    # gives up less of its share; they still hold the baselines, so it gives up some.
+    assert given < alone < by_weight
     assert len(job.studies) == 4 and job.failures == []
 
 

@@ -78,12 +78,12 @@ class Yardstick:
     cost: CostModel
     weight: float = 1.0
 
-    def floor_s(self, config: StudyConfig, baselines: int, weight: float) -> float:
+    def floor_s(self, config: StudyConfig, baselines: int, weight: float, confirms: bool = True) -> float:
         """The least a study of ``weight`` needs: its baselines and candidates measured once by its search,
-        then MIN_ROUNDS interleaved rounds of confirmation; its steps scaled from the yardstick's by weight,
-        each run's overhead as measured."""
+        then MIN_ROUNDS interleaved rounds of confirmation (none for a search alone, ``confirms`` False); its
+        steps scaled from the yardstick's by weight, each run's overhead as measured."""
         cost = self.cost.scaled(weight / self.weight if self.weight > 0 else 1.0, config.policy)
-        return cost.floor_s(baselines + config.candidates, MIN_ROUNDS, config.confirm_policy)
+        return cost.floor_s(baselines + config.candidates, MIN_ROUNDS if confirms else 0, config.confirm_policy)
 
 
 def baseline_count(ready: Prepared, cores: int) -> int:

@@ -60,10 +60,13 @@ class TuneJob:
         ]
         baselines = [baseline_count(self.ready, n) for _, n in plan]
         yardstick = Yardstick(CostModel.estimate(self.probe_s, BURST))
+        confirms = not self.search_only  # a search alone needs no time for a confirmation
         for index, (mode, n) in enumerate(plan):
             left = None if deadline is None else deadline - self.clock()
             # As `tuner run` shares it: no study below what its baselines and shortest confirmation need.
-            floors = [yardstick.floor_s(configs[i], baselines[i], weights[i]) for i in range(index, len(plan))]
+            floors = [
+                yardstick.floor_s(configs[i], baselines[i], weights[i], confirms) for i in range(index, len(plan))
+            ]
             budget = share(left, weights[index:], floors)
             workload = self._workload(mode)
             config = study_config(self.ready, workload, n, self.signature, budget, self.options)
