@@ -402,6 +402,14 @@ def test_tuner_storage_is_the_default_storage(
     assert "no tuner studies" in capsys.readouterr().out
 
 
+def test_confirm_rounds_are_not_checked_for_a_search_alone(storage_url: str) -> None:
+    argv = [*TINY, "--no-confirm", "--confirm-rounds", "2", "--storage", storage_url]
+    # --no-confirm runs no confirmation, so its rounds are never used: fewer than three is no error there.
+    assert main(argv, runner=fake_runner()) == 0
+    (study,) = open_storage(storage_url, create=False).get_all_studies()
+    assert "verdict" not in study.user_attrs
+
+
 @pytest.mark.parametrize(
     ("argv", "words"),
     [

@@ -407,10 +407,11 @@ def test_stop_rule_names_each_exit_of_the_search(storage: optuna.storages.RDBSto
         "search ends after 3 complete trials: the rest of the budget is confirmation's"
     )
     # A search alone (--no-confirm) keeps no time for a confirmation that will not come: with 119 s left it
-    # goes on, and it ends, saying so, only once the deadline itself is reached.
+    # goes on, and it ends, saying so, only once less than a trial's time (10 s) is left.
     assert StopRule(10, size, deadline=now[0] + 119.0, confirms=False).check(run, skips=0) is None
-    assert StopRule(10, size, deadline=now[0], confirms=False).check(run, skips=0) == (
-        "search ends after 3 complete trials: its budget is spent"
+    assert StopRule(10, size, deadline=now[0] + 11.0, confirms=False).check(run, skips=0) is None
+    assert StopRule(10, size, deadline=now[0] + 9.0, confirms=False).check(run, skips=0) == (
+        "search ends after 3 complete trials: another trial would not fit"
     )
     # Past a soft end with one sampled setting measured: it ends, saying its share is spent.
     assert StopRule(10, size, deadline=now[0] + 1e6, stop_at=now[0]).check(run, skips=0) == (

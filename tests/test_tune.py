@@ -89,9 +89,11 @@ def test_a_search_alone_uses_its_whole_budget(storage: optuna.storages.RDBStorag
     spent = clock.now - started
     runs = [spec for spec in runner.calls if spec.policy.name != "probe"]
     one_run = spent / len(runs)
-    # The search ran until its budget was spent, not until only a confirmation's time (3 rounds of its
-    # baselines and candidates, over a dozen runs) was left: it ends within one run of the budget's end.
-    assert 600.0 - one_run <= spent <= 600.0 + one_run, (spent, one_run)
-    assert any("search ends after" in line and "its budget is spent" in line for line in lines)
+    # The search ran until another trial would not fit, not until only a confirmation's time (3 rounds of
+    # its baselines and candidates, over a dozen runs) was left: it ends within two runs of the budget's end
+    # (trial times vary with the settings), and not past it, so no overrun is reported.
+    assert 600.0 - 2 * one_run <= spent <= 600.0, (spent, one_run)
+    assert any("search ends after" in line and "another trial would not fit" in line for line in lines)
+    assert not any("overran" in line for line in lines)
     # Search alone: nothing was confirmed.
     assert "verdict" not in storage.get_all_studies()[0].user_attrs

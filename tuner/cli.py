@@ -127,7 +127,7 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
     for flag, value in counted:
         if value < 1:
             raise UsageError(f"{flag} must be at least 1")
-    if args.rounds < MIN_ROUNDS:  # refused, not silently raised to 3: the user asked for fewer runs than happen
+    if args.rounds < MIN_ROUNDS and not args.no_confirm:  # refused, not silently raised: fewer than asked run
         raise UsageError(
             f"--confirm-rounds {args.rounds}: confirmation needs at least {MIN_ROUNDS} interleaved rounds (fewer "
             "cannot make a verdict clear); --no-confirm searches without confirming"

@@ -143,9 +143,10 @@ class StopRule:
     trials, or None to measure another trial. The exits, in the order they are checked: enough complete
     trials; every distinct setting that can run here tried; the study's other trials taken by workers
     elsewhere (wait); only the time confirmation needs left before ``deadline`` (the end of the study's
-    budget), once the baselines are done (and, with a soft end, one sampled setting measured); past
-    ``stop_at`` (a soft end, which leaves the rest to a longer benchmark), the same; the sampler proposing
-    only measured or forbidden settings ``MAX_SKIPS_IN_A_ROW`` times."""
+    budget; for a search alone, ``confirms`` False, less than a trial's time), once the baselines are done
+    (and, with a soft end, one sampled setting measured); past ``stop_at`` (a soft end, which leaves the
+    rest to a longer benchmark), the same; the sampler proposing only measured or forbidden settings
+    ``MAX_SKIPS_IN_A_ROW`` times."""
 
     trials: int  # complete trials wanted
     size: int  # distinct settings that can be measured here
@@ -169,9 +170,9 @@ class StopRule:
             self.deadline is not None
             and run.baselines_done()
             and (self.stop_at is None or run.sampled())  # with a soft end: one sampled setting at least
-            and run.clock() + (run.confirm_cost(MIN_ROUNDS) if self.confirms else 0.0) >= self.deadline
+            and run.clock() + (run.confirm_cost(MIN_ROUNDS) if self.confirms else run.trial_s()) >= self.deadline
         ):
-            rest = "the rest of the budget is confirmation's" if self.confirms else "its budget is spent"
+            rest = "the rest of the budget is confirmation's" if self.confirms else "another trial would not fit"
             return f"search ends after {complete} complete trials: {rest}"
         if self.stop_at is not None and run.clock() >= self.stop_at and run.baselines_done() and run.sampled():
             return f"search ends after {complete} complete trials: its share of the budget is spent"
@@ -360,8 +361,8 @@ class StudyRun:
     def search(self, deadline: float | None, stop_at: float | None = None, confirms: bool = True) -> None:
         """Run trials until the ``StopRule`` ends the search: enough are complete, the space is exhausted,
         or only the time that confirmation needs is left before ``deadline`` (the end of the study's
-        budget; all of it for a search alone, ``confirms`` False). Past ``stop_at`` (a soft end, which leaves
-        the rest to a longer benchmark) it stops once one sampled setting is measured."""
+        budget; for a search alone, ``confirms`` False, less than a trial's time). Past ``stop_at`` (a soft
+        end, which leaves the rest to a longer benchmark) it stops once one sampled setting is measured."""
         self._confirms = confirms  # the ETA of each trial line counts confirmation only where one follows
         rule = StopRule(self.config.trials, self.distinct_settings(), deadline, stop_at, confirms)
         streak: list[str] = []  # the reasons of the failures since the last complete trial
@@ -508,6 +509,11 @@ class StudyRun:
     def cost(self) -> CostModel | None:
         """What a run costs here, from the measured search trials; None before any."""
         return CostModel.from_trials(self.measured(), self.config.policy)
+
+    def trial_s(self) -> float:
+        """Seconds a search trial takes here, start to exit (the median so far; 0 before anything is measured)."""
+        cost = self.cost()
+        return 0.0 if cost is None else cost.wall_s
 
     def confirm_cost(self, rounds: int) -> float:
         """Seconds that ``rounds`` rounds of confirmation take here (0 before anything is measured)."""

@@ -63,7 +63,8 @@ class TuneJob:
         confirms = not self.search_only  # a search alone needs no time for a confirmation
         for index, (mode, n) in enumerate(plan):
             left = None if deadline is None else deadline - self.clock()
-            # As `tuner run` shares it: no study below what its baselines and shortest confirmation need.
+            # As `tuner run` shares it: no study below what its baselines and shortest confirmation (none for
+            # a search alone) need.
             floors = [
                 yardstick.floor_s(configs[i], baselines[i], weights[i], confirms) for i in range(index, len(plan))
             ]
@@ -91,7 +92,8 @@ class TuneJob:
                 continue
             spent = self.clock() - study_started
             if budget is not None and spent > budget:
-                # The baselines and three confirmation rounds are always measured: say what that cost.
+                # The baselines and three confirmation rounds are always measured, and a trial can take longer
+                # than those before it: say what that cost.
                 self.log(f"{tag} study overran its share of {budget:.0f} s by {spent - budget:.0f} s")
             self.log(f"{tag} importances: {format_importances(run.study.user_attrs.get('importances', {}))}")
             self.studies.append(config.name)
