@@ -86,6 +86,19 @@ def test_bootstrap_interval_brackets_the_ratio() -> None:
     assert 1.0 < interval.low <= interval.value <= interval.high
 
 
+def test_bootstrap_leaves_out_a_pair_with_a_round_of_no_steps() -> None:
+    top = [[110.0, 111.0, 109.0], [], [108.0, 112.0, 110.0]]
+    bottom = [[100.0, 101.0, 99.0], [102.0], [98.0, 100.0, 103.0]]
+    # Only a crafted record has an empty round: its pair is left out of the resampling (drawing it alone
+    # would leave no steps to take a median of), and the interval is that of the other two pairs.
+    interval = bootstrap_ratio(top, bottom)
+    alone = bootstrap_ratio([top[0], top[2]], [bottom[0], bottom[2]])
+    assert (interval.low, interval.high) == (alone.low, alone.high)
+    # With no pair left there is nothing to resample: an error, not a made-up interval.
+    with pytest.raises(ValueError, match="a pair of rounds with steps"):
+        bootstrap_ratio([[]], [[100.0]])
+
+
 def test_bootstrap_is_reproducible_by_seed() -> None:
     top = [[110.0, 90.0, 105.0], [95.0, 115.0, 100.0]]
     bottom = [[100.0, 101.0, 99.0], [97.0, 103.0, 100.0]]

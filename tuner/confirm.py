@@ -8,13 +8,13 @@ units and steps within one process are not.
 
 from __future__ import annotations
 
-import random
 import statistics
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
@@ -73,22 +73,44 @@ def bootstrap_ratio(
     latency) of per-step rates, with a (1 - alpha) paired hierarchical bootstrap interval.
 
     Rounds are paired (round i of both was measured back to back), so the same round indices are drawn for
-    both sides, then steps within each drawn round; drift that hits both sides of a round cancels.
+    both sides, then steps within each drawn round; drift that hits both sides of a round cancels. A pair
+    with a round of no steps (only a crafted record has one) is left out of the resampling. Vectorised with
+    numpy: RESAMPLES resamples at once, where a Python loop took 0.04 s to 0.4 s per interval.
     """
-    rng = random.Random(seed)
-    pairs = min(len(top), len(bottom))
-
-    def statistic_of(runs: Sequence[Sequence[float]], rounds: list[int]) -> float:
-        drawn = [runs[i][rng.randrange(len(runs[i]))] for i in rounds for _ in runs[i]]
-        return statistics.median(drawn) if q == 0.5 else quantile(drawn, q)
-
-    ratios = []
-    for _ in range(RESAMPLES):
-        rounds = [rng.randrange(pairs) for _ in range(pairs)]
-        ratios.append(statistic_of(top, rounds) / statistic_of(bottom, rounds))
-    ratios.sort()
+    pairs = [i for i in range(min(len(top), len(bottom))) if len(top[i]) and len(bottom[i])]
+    if not pairs:
+        raise ValueError("a bootstrap needs a pair of rounds with steps on both sides")
+    rng = np.random.default_rng(seed)
+    rounds = rng.integers(len(pairs), size=(RESAMPLES, len(pairs)))  # the same rounds for both sides
+    ratios = np.sort(
+        _resampled([top[i] for i in pairs], rounds, rng, q) / _resampled([bottom[i] for i in pairs], rounds, rng, q)
+    )
     low = max(0, int(alpha / 2 * RESAMPLES))
-    return Interval(pooled(top, q) / pooled(bottom, q), ratios[low], ratios[RESAMPLES - 1 - low])
+    return Interval(pooled(top, q) / pooled(bottom, q), float(ratios[low]), float(ratios[RESAMPLES - 1 - low]))
+
+
+def _resampled(runs: Sequence[Sequence[float]], rounds: np.ndarray, rng: np.random.Generator, q: float) -> np.ndarray:
+    """For each resample (a row of ``rounds``, round indices drawn with replacement): each drawn round's
+    steps drawn with replacement, as many as it has, then the ``q`` quantile of them all (linear
+    interpolation, as ``objective.quantile`` and ``pooled``)."""
+    sizes = np.array([len(run) for run in runs])
+    width = int(sizes.max())
+    table = np.full((len(runs), width), np.nan)
+    for i, run in enumerate(runs):
+        table[i, : len(run)] = run
+    drawn_sizes = sizes[rounds]  # (resamples, rounds)
+    steps = (rng.random((*rounds.shape, width)) * drawn_sizes[..., None]).astype(np.int64)  # below each size
+    values = table[rounds[..., None], steps]
+    values[np.arange(width) >= drawn_sizes[..., None]] = np.nan  # a shorter round gives only its own count
+    ordered = np.sort(values.reshape(len(rounds), -1), axis=1)  # NaN last
+    count = drawn_sizes.sum(axis=1)
+    position = q * (count - 1)
+    below = np.floor(position).astype(np.int64)
+    above = np.minimum(below + 1, count - 1)
+    at = np.arange(len(rounds))
+    low, high = ordered[at, below], ordered[at, above]
+    result: np.ndarray = low + (high - low) * (position - below)
+    return result
 
 
 @dataclass(frozen=True)
