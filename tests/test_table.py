@@ -87,6 +87,12 @@ def test_table_recommends_tuned_only_when_the_verdict_did_and_pairs_only_one_run
     value, low, high = (frame.iloc[0][column] for column in table.RATIOS["tuned/tf-default"])
     # Measured in different runs (or one round): a plain ratio, and no interval that would pretend pairing.
     assert value == pytest.approx(1.25) and pd.isna(low) and pd.isna(high)
+    records = _group()
+    records[2]["round_rates"][1] = []  # type: ignore[index]  # a crafted record: one round of no steps
+    frame, _ = table.build(records)
+    value, low, high = (frame.iloc[0][column] for column in table.RATIOS["tuned/tf-default"])
+    # Its pair is left out of the bootstrap, and the other two rounds still give an interval around 1.25.
+    assert value == pytest.approx(1.25) and low <= value <= high
 
 
 def test_table_keeps_the_latest_record_and_lists_skipped_targets() -> None:
