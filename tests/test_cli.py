@@ -416,6 +416,9 @@ def test_confirm_rounds_are_not_checked_for_a_search_alone(storage_url: str) -> 
         (["benchmark", "--batch-size", "0"], "argument --batch-size: '0' is not a whole number of at least 1"),
         (["benchmark", "--timed", "0"], "argument --timed: '0' is not a whole number of at least 1"),
         (["tune", "--candidates", "0"], "argument --candidates: '0' is not a whole number of at least 1"),
+        # A negative seed: Optuna's samplers refuse one, so it was an "unexpected ValueError" after the probe.
+        (["tune", "--seed", "-1"], "argument --seed: '-1' is not a whole number of at least 0"),
+        (["run", "--seed", "-1"], "argument --seed: '-1' is not a whole number of at least 0"),
         # Fewer confirmation rounds than a clear verdict needs: refused, not silently raised to three.
         (["tune", "--confirm-rounds", "2"], "--confirm-rounds 2: confirmation needs at least 3 interleaved rounds"),
         (["benchmark", "--device", "gpu", "--gpu-counts", "0"], "--gpu-counts: '0' is not a list of GPU counts"),

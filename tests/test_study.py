@@ -519,3 +519,12 @@ def test_a_setting_dropped_by_an_unfinished_confirmation_is_never_tuned(storage:
     tuned = tuned_settings(optuna.load_study(study_name=config.name, storage=storage))
     # "tuned" (GPU rows, `benchmark --settings tuned`) falls back to the best sampled trial not dropped.
     assert tuned is not None and tuned.params() != best.params
+
+
+def test_a_seed_offset_past_two_to_the_32_still_makes_a_sampler() -> None:
+    from tuner.study import make_sampler
+
+    # A resumed study offsets the user's seed by its trials: from the largest seed Optuna takes, that passes
+    # 2**32, which Optuna's generators refuse ("Seed must be between 0 and 2**32 - 1"). It wraps instead.
+    for name in ("tpe", "random"):
+        make_sampler(name, 2**32 - 1 + 7)

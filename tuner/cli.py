@@ -570,7 +570,16 @@ def _whole(low: int) -> Callable[[str], int]:
 
 
 # Counts checked when the command line is read, naming the flag, before any probe or storage is touched.
-AT_LEAST = {"batch_size": 1, "trials": 1, "candidates": 1, "rounds": 1, "timed": 1, "replicas": 1, "warmup": 0}
+AT_LEAST = {
+    "batch_size": 1,
+    "trials": 1,
+    "candidates": 1,
+    "rounds": 1,
+    "timed": 1,
+    "replicas": 1,
+    "warmup": 0,
+    "seed": 0,  # the samplers' and the bootstrap's generators take no negative seed
+}
 
 
 def _document(parser: argparse.ArgumentParser) -> None:

@@ -34,6 +34,7 @@ DEFAULT = "tf-default"  # the names of candidates, everywhere: TensorFlow's defa
 HEURISTIC = "heuristic"  # the reference table's hand-picked settings,
 TUNED = "tuned"  # and the best confirmed sampled setting, as benchmark records and tables call it
 RESAMPLES = 2000
+BLOCK_CELLS = 2_000_000  # steps drawn per block of resamples in bootstrap_ratio (16 MiB per float array)
 MIN_ROUNDS = 3  # fewer paired rounds cannot support a "clear" verdict
 
 
@@ -82,8 +83,18 @@ def bootstrap_ratio(
         raise ValueError("a bootstrap needs a pair of rounds with steps on both sides")
     rng = np.random.default_rng(seed)
     rounds = rng.integers(len(pairs), size=(RESAMPLES, len(pairs)))  # the same rounds for both sides
+    tops, bottoms = [top[i] for i in pairs], [bottom[i] for i in pairs]
+    # Resamples in blocks of about BLOCK_CELLS drawn steps: long stored rounds (a table's, a bench's) stay
+    # within tens of MiB rather than growing with RESAMPLES x rounds x the longest round.
+    longest = max(len(run) for run in (*tops, *bottoms))
+    block = max(1, BLOCK_CELLS // (len(pairs) * longest))
     ratios = np.sort(
-        _resampled([top[i] for i in pairs], rounds, rng, q) / _resampled([bottom[i] for i in pairs], rounds, rng, q)
+        np.concatenate(
+            [
+                _resampled(tops, rounds[at : at + block], rng, q) / _resampled(bottoms, rounds[at : at + block], rng, q)
+                for at in range(0, RESAMPLES, block)
+            ]
+        )
     )
     low = max(0, int(alpha / 2 * RESAMPLES))
     return Interval(pooled(top, q) / pooled(bottom, q), float(ratios[low]), float(ratios[RESAMPLES - 1 - low]))
@@ -99,7 +110,7 @@ def _resampled(runs: Sequence[Sequence[float]], rounds: np.ndarray, rng: np.rand
     for i, run in enumerate(runs):
         table[i, : len(run)] = run
     drawn_sizes = sizes[rounds]  # (resamples, rounds)
-    steps = (rng.random((*rounds.shape, width)) * drawn_sizes[..., None]).astype(np.int64)  # below each size
+    steps = rng.integers(drawn_sizes[..., None], size=(*rounds.shape, width))  # below each round's size
     values = table[rounds[..., None], steps]
     values[np.arange(width) >= drawn_sizes[..., None]] = np.nan  # a shorter round gives only its own count
     ordered = np.sort(values.reshape(len(rounds), -1), axis=1)  # NaN last

@@ -114,6 +114,9 @@ class StudyConfig:
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """The named sampler, seeded. Optuna's samplers take seeds below 2**32: a resumed study offsets the
+    user's seed by its trials, which may pass that, so the seed wraps."""
+    seed %= 2**32
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)
     if name == "random":
