@@ -96,23 +96,29 @@ def test_three_workers_share_one_study_and_a_killed_one_leaves_nothing_running(s
         )
         for _ in range(3)
     ]
-    storage = open_storage(pg_url)
-    deadline = time.monotonic() + 240
-    # Kill one worker outright (no chance to clean up) once the study is under way and it holds a trial:
-    # stopped first, so that the trial seen RUNNING cannot finish between the look and the kill.
-    while True:
-        assert time.monotonic() < deadline, "worker 0 never held a trial after two were complete"
-        if _complete(storage) >= 2:
-            workers[0].send_signal(signal.SIGSTOP)
-            try:
-                if _held(storage, workers[0].pid):
-                    break
-            except optuna.exceptions.StorageInternalError:
-                pass  # SQLite: stopped in the middle of a commit, it holds the file's lock; let it go on and look again
-            workers[0].send_signal(signal.SIGCONT)
-        time.sleep(0.1)
-    workers[0].send_signal(signal.SIGKILL)
-    outputs = [w.communicate(timeout=300) for w in workers]
+    try:
+        storage = open_storage(pg_url)
+        deadline = time.monotonic() + 240
+        # Kill one worker outright (no chance to clean up) once the study is under way and it holds a trial:
+        # stopped first, so that the trial seen RUNNING cannot finish between the look and the kill.
+        while True:
+            assert time.monotonic() < deadline, "worker 0 never held a trial after two were complete"
+            if _complete(storage) >= 2:
+                workers[0].send_signal(signal.SIGSTOP)
+                try:
+                    if _held(storage, workers[0].pid):
+                        break
+                except optuna.exceptions.StorageInternalError:
+                    pass  # SQLite: stopped mid-commit, it holds the file's lock; let it go on and look again
+                workers[0].send_signal(signal.SIGCONT)
+            time.sleep(0.1)
+        workers[0].send_signal(signal.SIGKILL)
+        outputs = [w.communicate(timeout=300) for w in workers]
+    finally:  # a failure above must not leave a worker stopped (SIGSTOP) or running after the test
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
     shared_s = time.monotonic() - started
     print(f"three workers, one killed: {TRIALS} trials in {shared_s:.1f} s")
     # The two survivors finish normally.
