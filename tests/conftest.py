@@ -3,6 +3,8 @@ import live in tests/helpers.py."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,31 @@ import pytest
 
 from tuner.allocator import ALLOCATORS
 from tuner.storage import open_storage
+
+RAM_FOLDER = Path("/dev/shm")
+RAM_FREE = 2 * 2**30  # a container's 64 MiB /dev/shm would fill: the disk is used there
+RAM_BASETEMP = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Temporary folders (the tests' SQLite storages above all) in RAM where Linux offers a roomy tmpfs: the
+    suite commits to SQLite thousands of times, and each commit waits for the disk (test_pipeline and
+    test_transfer ran 15-25% faster, measured A B A B). ``--basetemp`` still chooses; the folder is
+    removed when the session ends."""
+    if config.option.basetemp or not RAM_FOLDER.is_dir():
+        return
+    try:
+        if shutil.disk_usage(RAM_FOLDER).free < RAM_FREE:
+            return
+        config.option.basetemp = tempfile.mkdtemp(prefix="tuner-tests-", dir=RAM_FOLDER)
+    except OSError:  # not writable here: pytest's own folder on disk
+        return
+    config.stash[RAM_BASETEMP] = config.option.basetemp
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if RAM_BASETEMP in config.stash:
+        shutil.rmtree(config.stash[RAM_BASETEMP], ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
