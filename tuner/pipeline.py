@@ -104,7 +104,7 @@ def study_records(
         runs.setdefault(run.candidate, []).append(run.measurement)
     best = verdict.best_sampled()
     recommended_label = TUNED if verdict.recommended == best else verdict.recommended
-    searched = len(sampled_trials(study)) if verdict.sampled is None else verdict.sampled
+    searched = _searched(study, verdict)
     parts = []
     for name, measured in runs.items():
         if name not in verdict.params or (name.startswith("trial ") and name != best):
@@ -146,11 +146,15 @@ def sampled_count(study: optuna.Study) -> int:
     added since, by an unfinished tune or another worker of a shared study, are not what "tuned" was chosen
     from); without that count (no verdict yet, or one stored before it was kept), its complete trials that
     are no baseline and are usable. "tuned" is the best of these; with one or two it is hardly a search."""
+    verdict = None
     if "verdict" in study.user_attrs:
         verdict = StoredVerdict.from_dict(study.user_attrs["verdict"], f"study {study.study_name}: verdict")
-        if verdict.sampled is not None:
-            return verdict.sampled
-    return len(sampled_trials(study))
+    return _searched(study, verdict)
+
+
+def _searched(study: optuna.Study, verdict: StoredVerdict | None) -> int:
+    """``sampled_count`` from a verdict already read: its count, else the study's sampled trials."""
+    return verdict.sampled if verdict is not None and verdict.sampled is not None else len(sampled_trials(study))
 
 
 def stored_sampled(storage: optuna.storages.BaseStorage, study_name: str) -> int | None:
