@@ -1,5 +1,5 @@
 """The user's own model, with real TensorFlow: a functional Keras model with an image input and a token input
-(an Embedding of 30 rows) saved as a .keras file and tuned for latency end to end; the same layers with
+(an Embedding of 30 rows) saved as a .keras file and searched for latency; the same layers with
 unknown image sizes exported as a SavedModel, which needs --input-shape, cannot train, and is tuned for p99;
 the synthetic tokens kept within the embedding table; broken models refused before any trial."""
 
@@ -75,21 +75,19 @@ def last_error_line(err: str) -> str:
     return errors[0]
 
 
-def test_keras_model_is_tuned_for_latency_end_to_end(models: Models, tmp_path: Path) -> None:
+def test_keras_model_is_searched_for_latency(models: Models, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/s.db"
-    argv = ["tune", "--model", str(models.keras), "--objective", "latency", *SEARCH, "--storage", url]
-    # The .keras file loads in the worker, is checked, searched and confirmed: exit 0.
+    # Search only: the real-TensorFlow verdict of a latency objective is the p99 test's below, and ranking by
+    # latency is test_objective's; confirming here too cost three more rounds of worker starts.
+    argv = ["tune", "--model", str(models.keras), "--objective", "latency", *SEARCH, "--no-confirm",
+            "--storage", url]  # fmt: skip
+    # The .keras file loads in the worker, is checked and searched: exit 0.
     assert main(argv) == 0
     study = only_study(url)
     # Studies of a model file are named by its stem and hash, with the objective and batch 1 of latency.
     assert study.study_name.startswith("mixed-") and "-infer-latency-b1-" in study.study_name
-    verdict = study.user_attrs["verdict"]
-    # The verdict was ranked by latency, and the winner is the candidate with the best statistic.
-    assert verdict["objective"] == "latency"
-    assert verdict["score"][verdict["winner"]] == max(verdict["score"].values())
-    winner = verdict["latency_ms"][verdict["winner"]]
-    # The winner's p50 is a real time; 3 rounds of 40 timed steps (120 >= 100) also state its p99.
-    assert winner["p50"] > 0 and winner["p99"] is not None and winner["p99"] >= winner["p50"]
+    # Searched alone, the study has no verdict.
+    assert "verdict" not in study.user_attrs
     facts = study.user_attrs["tuner"]["model_facts"]
     # The model's facts, read from the loaded file, are stored on the study: parameters, inputs, vocabulary.
     assert facts["params"] == PARAMS and facts["kind"] == "keras"
