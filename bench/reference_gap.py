@@ -48,7 +48,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-INTEL_PYTHON = ROOT / ".envs" / "intel-tensorflow" / "bin" / "python"
+# Where `tuner env create` put it ($TUNER_ENVS as tuner/runtime.py reads it; this script also runs inside that
+# environment, which has no Optuna to import tuner.runtime with).
+INTEL_PYTHON = Path(os.environ.get("TUNER_ENVS") or ROOT / ".envs").expanduser() / "intel-tensorflow" / "bin" / "python"
 TFCNN = Path(os.environ.get("TFCNN_DIR", "/work/tfcnn/scripts/tf_cnn_benchmarks"))
 OUTPUT = ROOT / "bench" / "results" / "reference-gap-infer-2c.json"
 LOCK = "/tmp/tuner-measure.lock"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -91,6 +92,48 @@ def test_half_built_environment_is_not_used(tmp_path: object, monkeypatch: pytes
     (envs / "intel-tensorflow" / "bin").mkdir(parents=True)
     (envs / "intel-tensorflow" / "bin" / "python").write_text("")
     monkeypatch.setattr(runtime_module, "ENVS_DIR", envs)
+    monkeypatch.delenv("TUNER_ENVS", raising=False)  # CI keeps its environments elsewhere
     # An interpreter without the manifest that `env create` writes last is an interrupted build.
     with pytest.raises(UsageError, match="environment is incomplete; run: tuner env create intel-tensorflow"):
         load("intel-tensorflow").python()
+
+
+def test_tuner_envs_moves_managed_environments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tuner.runtime as runtime_module
+
+    monkeypatch.setattr(runtime_module, "ENVS_DIR", tmp_path / "default")
+    monkeypatch.delenv("TUNER_ENVS", raising=False)
+    # Unset (or empty), environments stay in the default folder (.envs/ of the checkout).
+    assert load("intel-tensorflow").env_dir == tmp_path / "default" / "intel-tensorflow"
+    monkeypatch.setenv("TUNER_ENVS", "")
+    assert load("intel-tensorflow").env_dir == tmp_path / "default" / "intel-tensorflow"
+    # Set, every managed environment lives under it; a relative path is taken from the working directory,
+    # so a later command run elsewhere still finds the same folder.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TUNER_ENVS", "cache/envs")
+    assert load("intel-tensorflow").env_dir == tmp_path / "cache" / "envs" / "intel-tensorflow"
+    # The tuner's own environment is not moved: stock TensorFlow still has none to manage.
+    assert load("tensorflow").env_dir is None
+    # A file where the folder should be is one line naming the variable and the value.
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("TUNER_ENVS", str(tmp_path / "file"))
+    with pytest.raises(UsageError, match=r"\$TUNER_ENVS=.*file' is not a folder"):
+        load("intel-tensorflow").python()
+
+
+def test_env_list_and_create_use_tuner_envs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    from tests.helpers import one_error_line
+    from tuner.cli import main
+
+    monkeypatch.setenv("TUNER_ENVS", str(tmp_path / "envs"))
+    # `env list` shows where each managed environment would be: under $TUNER_ENVS, not yet created.
+    assert main(["env", "list"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("intel-tensorflow"))
+    assert f"{tmp_path / 'envs' / 'intel-tensorflow'}: not created" in line
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("TUNER_ENVS", str(tmp_path / "file"))
+    # A bad $TUNER_ENVS stops `env create` in one line and exit 1, before pip or venv touch anything.
+    assert main(["env", "create", "intel-tensorflow"]) == 1
+    assert "is not a folder" in one_error_line(capsys.readouterr().err)
+    assert (tmp_path / "file").read_text() == ""

@@ -476,7 +476,7 @@ def cmd_env(args: argparse.Namespace, runner: Runner | None = None) -> int:
                 f"{path}: {manifest['size_bytes'] / 2**20:.0f} MiB, framework {manifest['framework_version']}, "
                 f"created {manifest['created']} in {manifest['seconds']:.0f} s"
                 if manifest
-                else f"not created (tuner env create {name})"
+                else f"{path}: not created (tuner env create {name})"
             )
             print(f"{name:18} {state}")
         return 0

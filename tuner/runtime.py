@@ -7,6 +7,7 @@ runtime ignores only fits noise. A one-trial probe checks the declaration agains
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import sys
@@ -27,8 +28,11 @@ RUNTIMES_DIR = shipped("runtimes")
 # editable install, as the README and CI install it) they stay where they always were, in the repository
 # root beside runtimes/; installed from a wheel, where runtimes/ lies in site-packages, they go to .envs/ in
 # the working directory, so `tuner env create` and `tuner run` must then start from the same folder.
+# `$TUNER_ENVS` moves them anywhere (``envs_dir``): one set of environments for several checkouts, a larger
+# disk, or a cache that outlives a fresh clone, as CI keeps it.
 ROOT = CHECKOUT if RUNTIMES_DIR == CHECKOUT / "runtimes" else Path.cwd()
 ENVS_DIR = ROOT / ".envs"
+ENVS_VARIABLE = "TUNER_ENVS"
 OPENMP_KNOBS = ("OMP_NUM_THREADS", "KMP_BLOCKTIME", "KMP_AFFINITY")
 MANIFEST = "tuner-env.json"  # written when an environment's build has finished
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -48,6 +52,18 @@ KEYS = {
 DEVICES = ("cpu", "gpu")
 GPU_RUNTIME = "tensorflow-gpu"  # the GPU rows' runtime (runtimes/tensorflow-gpu.toml)
 NVIDIA_DRIVER = Path("/proc/driver/nvidia/version")  # present when NVIDIA's kernel driver is loaded
+
+
+def envs_dir() -> Path:
+    """Where managed environments live: ``$TUNER_ENVS`` where set (made absolute from the working directory),
+    else ``ENVS_DIR``; a path that exists and is not a folder is one line."""
+    value = os.environ.get(ENVS_VARIABLE, "")
+    if not value:
+        return ENVS_DIR
+    path = Path(value).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"${ENVS_VARIABLE}={value!r} is not a folder: it says where managed environments live")
+    return path
 
 
 def gpu_driver(version_file: Path | None = None) -> str | None:
@@ -82,7 +98,7 @@ class Runtime:
 
     @property
     def env_dir(self) -> Path | None:
-        return ENVS_DIR / self.environment if self.environment else None
+        return envs_dir() / self.environment if self.environment else None
 
     def python(self) -> str:
         """The interpreter trials run with; a managed environment must have been created first."""
