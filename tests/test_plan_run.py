@@ -183,6 +183,27 @@ def test_plan_reads_an_existing_storage_and_leaves_it_as_it_was(
     assert runner.calls == [] and database.read_bytes() == before
 
 
+def test_a_stored_study_name_reaches_the_plan_as_plain_text(
+    storage_url: str, storage: optuna.storages.RDBStorage, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clock = Clock()
+    make_job(storage, clock, "tensorflow", [1], ["infer"], 600.0).run()
+    (name,) = [n for n in optuna.get_all_study_names(storage) if n.startswith("tiny-infer-")]
+    # A peer's study (shared PostgreSQL, or an imported file) may be named anything: terminal escapes that set
+    # the title, clear the screen and print a line of their own.
+    forged = "x\x1b]0;PWNED\x07\x1b[2J\x1b[31mFAKE: all verdicts verified\x1b[0m\nsecond line"
+    optuna.copy_study(from_study_name=name, from_storage=storage, to_storage=storage, to_study_name=forged)
+    optuna.delete_study(study_name=name, storage=storage)
+    for extra in ([], ["--output", str(Path(storage_url.removeprefix("sqlite:///")).parent / "plan.txt")]):
+        assert main([*PLAN, "--storage", storage_url, "--budget", "none", *extra], runner=Refusing()) == 0
+        text = capsys.readouterr().out if not extra else Path(extra[1]).read_text()
+        # The plan still says where its trial cost came from, but as plain text on one line: no escape
+        # character, no control character and no line of the name's own reaches the terminal or the file.
+        line = next(x for x in text.splitlines() if "scaled by step cost from" in x)
+        assert "FAKE: all verdicts verified second line" in line
+        assert not [c for c in text if ord(c) < 32 and c != "\n"], repr(text)
+
+
 def test_plan_refuses_a_table_format(storage_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     # --plan prints text or JSON; a table format is a usage error, one line, before anything is read.
     assert main([*PLAN, "--storage", storage_url, "--format", "csv"], runner=Refusing()) == 1

@@ -255,6 +255,26 @@ def test_stored_html_is_text_in_a_markdown_table() -> None:
         assert "| m\\\\\\<script> |" in text
 
 
+def test_stored_links_and_images_are_text_in_a_markdown_table() -> None:
+    records = _group()
+    for record in records:
+        pixel = "![pixel](https://evil.example/t.png?from=you) [verify your results](https://evil.example/login)"
+        record["cpu"] = {**record["cpu"], "model_name": f"EPYC {pixel}"}  # type: ignore[dict-item]
+        record["model"] = "m\\](x)"  # a stored backslash must not cancel the escape
+    frame, notes = table.build([*records, *_yardsticks()])
+    for wide in (False, True):
+        text = table.render(frame, notes, "markdown", wide=wide)
+        # A pasted table (a README, an issue) would fetch the image and show the links: no "](" is left
+        # unescaped, so neither is an image or a link where the markdown is rendered ...
+        assert not re.search(r"\]\(", text)
+        assert wide is False or "![pixel]\\(https://evil.example/t.png?from=you)" in text
+        # ... and the stored backslash is a backslash, not the escape of the "(" after it.
+        assert "| m\\\\]\\(x) |" in text
+    # The tool's own brackets stay as they are: the interval of a ratio is no link.
+    plain, plain_notes = table.build([*_group(), *_yardsticks()])
+    assert "\\[" not in table.render(plain, plain_notes, "markdown", wide=True)
+
+
 def test_stored_html_is_text_in_the_notes_of_a_table_with_no_rows() -> None:
     flops = {"kind": "flops", "model": "m<img src=x onerror=alert(1)>", "flops_per_image": {"infer": 1e9}}
     frame, notes = table.build([flops])

@@ -317,7 +317,8 @@ def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
     )
     if args.plan:
         plan = job.plan()
-        text = json.dumps(plan.to_dict(), indent=2) if args.format == "json" else plan.render()
+        # The text names stored studies: printable, as every log line (JSON escapes them itself).
+        text = json.dumps(plan.to_dict(), indent=2) if args.format == "json" else printable(plan.render())
         if args.output:
             _write_file(args.output, text + "\n")
         else:

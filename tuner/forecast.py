@@ -30,6 +30,7 @@ from tuner.plan import Yardstick, share, weight
 from tuner.policy import BURST, MeasurementPolicy
 from tuner.records import StudyMeta, tuner_studies
 from tuner.runner import StepCallback, TaskSpec, TrialSpec
+from tuner.sanitize import one_line
 from tuner.study import StudyConfig, duration
 
 SEARCH_SHARE = 0.5  # of a study's share: the search's; the rest goes to the benchmark-confirmation
@@ -384,8 +385,8 @@ class Plan:
             "confirmation: settings x rounds x (warm-up + timed batches)",
             width,
         )
-        for number, source in enumerate(sources, 1):
-            lines += wrap(f"[{number}] trial cost scaled by step cost from {source}", width)
+        for number, source in enumerate(sources, 1):  # a stored study's name: anyone's text (shared storage)
+            lines += wrap(f"[{number}] trial cost scaled by step cost from {one_line(source, 200)}", width)
         setup = _seconds(self.setup_s, "unknown")
         lines += wrap(f"set-up: {self.setup_tasks} worker runs (probes, yardsticks, GPU checks), {setup}", width)
         lines += wrap(self._total_line(), width)

@@ -494,9 +494,11 @@ def _cpu_lines(frame: pd.DataFrame) -> list[str]:
 
 
 def _markdown(text: str) -> str:
-    """Stored text as markdown text, never raw HTML: "<" backslash-escaped (CommonMark), and a backslash
-    itself first, so that a stored one cannot cancel an escape ("\\<" would open a tag again)."""
-    return text.replace("\\", "\\\\").replace("<", "\\<")
+    """Stored text as markdown text, never raw HTML, a link or an image: "<" backslash-escaped (CommonMark),
+    and the "(" of every "](" (an inline link or image, which a pasted table would fetch or show as
+    anyone's link; "[1.00, 1.20]" stays as it is); a backslash itself first, so that a stored one cannot
+    cancel an escape ("\\<" would open a tag again)."""
+    return text.replace("\\", "\\\\").replace("<", "\\<").replace("](", "]\\(")
 
 
 def _escape(text: str) -> str:
