@@ -11,6 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.helpers import FAST_CONFIRM, make_config
+from tuner.confirm import DEFAULT, HEURISTIC
 from tuner.errors import TunerError, WorkerCrashed, WorkerNotStarted
 from tuner.owner import identity as owner_identity
 from tuner.pipeline import tuned_settings
@@ -126,6 +127,47 @@ def test_forged_trials_in_a_shared_study_are_left_out_not_fatal(storage: optuna.
     assert not forged & set(verdict.rates)
     tuned = tuned_settings(optuna.load_study(study_name=config.name, storage=storage))
     assert tuned is not None
+
+
+def test_a_peers_baseline_impostors_and_out_of_space_queue_are_skipped_not_measured_or_confirmed(
+    storage: optuna.storages.RDBStorage,
+) -> None:
+    config = make_config(trials=6)
+    first = StudyRun(storage, config, ReplayRunner.from_rates(rate))
+    first.search(None)
+    planned = first.baselines.runnable
+    study = optuna.load_study(study_name=config.name, storage=storage)
+    forged = dict(planned[DEFAULT], intra_op=1, inter_op=1)  # the fast settings, posing as tf-default
+    space = first.space.distributions(2)
+    # Another process wrote a finished tf-default of other settings with a huge value (it would rank first
+    # and be confirmed as tf-default: every ratio of the verdict would be to it) ...
+    study.add_trial(optuna.trial.create_trial(params=forged, distributions=space, value=1e9,
+                                              user_attrs={"baseline": DEFAULT}))  # fmt: skip
+    impostor = len(study.trials) - 1
+    # ... and queued a heuristic of other settings, a data format the space lacks (Optuna stops the search
+    # at a choice it lacks) and an intra_op out of range (Optuna measures it, with a warning).
+    study.enqueue_trial(dict(planned[HEURISTIC], intra_op=1), user_attrs={"baseline": HEURISTIC})
+    study.enqueue_trial(dict(planned[DEFAULT], data_format="NCDHW"))
+    study.enqueue_trial(dict(planned[DEFAULT], intra_op=999))
+    queued = range(impostor + 1, impostor + 4)
+    lines: list[str] = []
+    runner = ReplayRunner.from_rates(rate)
+    run = StudyRun(storage, dataclasses.replace(config, trials=10), runner, progress=lines.append)
+    # The finished impostor is named once when the study opens, with why.
+    assert any(f"trial {impostor} left out" in line and "not tf-default's here" in line for line in lines), lines
+    verdict = run.run()
+    trials = optuna.load_study(study_name=config.name, storage=storage).trials
+    # Each queued one was skipped before any worker ran, with who queued it and why ...
+    reasons = [trials[n].user_attrs.get("skip_reason", "") for n in queued]
+    assert all(r.startswith("queued by another process") for r in reasons), reasons
+    assert "not heuristic's here" in reasons[0] and "data_format=NCDHW" in reasons[1] and "intra_op=999" in reasons[2]
+    assert all(trials[n].state == TrialState.PRUNED for n in queued)
+    # ... so no worker ever ran those settings.
+    ran = [spec.settings.params() for spec in runner.calls]
+    assert not [p for p in ran if p.get("intra_op") == 999 or p.get("data_format") == "NCDHW"]
+    # The verdict's baselines are this study's own: tf-default and heuristic as planned, never the impostor.
+    assert verdict.params[DEFAULT] == planned[DEFAULT] and verdict.params[HEURISTIC] == planned[HEURISTIC]
+    assert f"trial {impostor}" not in verdict.rates
 
 
 def test_a_worker_that_cannot_start_ends_the_search_and_holds_nothing_against_the_setting(

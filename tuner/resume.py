@@ -10,11 +10,11 @@ are measured first. ``baselines_done`` tells the search when its budget may end 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from tuner.capability import BaselinePlan, Capabilities
 from tuner.errors import TunerError, WorkerBadOutput, WorkerCrashed, WorkerExited, WorkerOutOfMemory, WorkerTimeout
@@ -100,27 +100,54 @@ def warn_limits(cores: tuple[int, ...], progress: Progress) -> None:
             progress(f"warning: {warning}")
 
 
+def not_the_baseline(trial: FrozenTrial, runnable: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """Why ``trial``, which claims to be a baseline, is not that baseline here, or None (it is, or it claims
+    none). In a shared study anyone may write a trial named ``tf-default`` with settings of their own; taken
+    at its name it would be confirmed as tf-default, and every ratio of the verdict would be to it. So a
+    baseline is its name and its settings: a name this run measures as a baseline, and, on every knob the
+    baseline sets, the settings it was queued with (waiting or running) or measured with (finished)."""
+    name = baseline_name(trial.user_attrs)
+    if name is None:
+        return None
+    planned = runnable.get(name)
+    if planned is None:
+        return f"it is named baseline {name}, which is not measured as a baseline here"
+    queued = trial.system_attrs.get("fixed_params") if trial.state in (TrialState.WAITING, TrialState.RUNNING) else None
+    params = queued if isinstance(queued, Mapping) else trial.params
+    if any(knob not in params or not _same(params[knob], value) for knob, value in planned.items()):
+        return f"it is named baseline {name} but its settings are not {name}'s here"
+    return None
+
+
+def _same(stored: Any, planned: Any) -> bool:
+    """Equal values of the same type (True is no 1 here)."""
+    return type(stored) is type(planned) and stored == planned
+
+
 def queue_baselines(study: optuna.Study, runnable: Mapping[str, Mapping[str, Any]]) -> None:
-    """Queue each baseline that has no complete, queued or running trial yet, in order: measured first."""
+    """Queue each baseline that has no complete, queued or running trial of its own settings yet, in order:
+    measured first."""
     queued = {
         baseline_name(t.user_attrs)
         for t in study.get_trials(deepcopy=False)
         if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
+        and not not_the_baseline(t, runnable)
     }
     for name, params in runnable.items():
         if name not in queued:
             study.enqueue_trial(dict(params), user_attrs={"baseline": name}, skip_if_exists=False)
 
 
-def baselines_done(study: optuna.Study, names: Collection[str]) -> bool:
-    """Every baseline in ``names`` has a finished trial, complete, failed by its worker, or disturbed in every
-    attempt: the budget may end the search only after that, and a failing baseline never holds it up."""
-    return not baselines_pending(study, names)
+def baselines_done(study: optuna.Study, runnable: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Every baseline in ``runnable`` has a finished trial, complete, failed by its worker, or disturbed in
+    every attempt: the budget may end the search only after that, and a failing baseline never holds it up."""
+    return not baselines_pending(study, runnable)
 
 
-def baselines_pending(study: optuna.Study, names: Collection[str]) -> list[str]:
-    """The baselines in ``names`` (in their order) that ``baselines_done`` still waits for."""
-    trials = study.get_trials(deepcopy=False)
+def baselines_pending(study: optuna.Study, runnable: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The baselines in ``runnable`` (in their order) that ``baselines_done`` still waits for; a trial with a
+    baseline's name and other settings (``not_the_baseline``) counts for none."""
+    trials = [t for t in study.get_trials(deepcopy=False) if not not_the_baseline(t, runnable)]
     pending = {baseline_name(t.user_attrs) for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
     done = {
         baseline_name(t.user_attrs)
@@ -129,4 +156,4 @@ def baselines_pending(study: optuna.Study, names: Collection[str]) -> list[str]:
         or (t.state == TrialState.FAIL and trial_text(t.user_attrs, "fail_reason") in DONE_FAILURES)
     }
     # An interrupted or orphaned baseline is not done: it is queued again and measured first.
-    return [name for name in names if name not in done - pending]
+    return [name for name in runnable if name not in done - pending]

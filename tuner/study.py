@@ -41,7 +41,14 @@ from tuner.owner import fail_orphans
 from tuner.owner import identity as owner_identity
 from tuner.policy import BURST, CONFIRM, MeasurementPolicy
 from tuner.records import baseline_name, trial_measurement, trial_text, utc_now
-from tuner.resume import WORKER_FAILURES, Progress, baselines_pending, open_study
+from tuner.resume import (
+    WORKER_FAILURES,
+    Progress,
+    baselines_pending,
+    not_the_baseline,
+    open_study,
+    queue_baselines,
+)
 from tuner.runner import Runner, TrialSpec
 from tuner.sanitize import one_line
 from tuner.settings import Settings
@@ -240,10 +247,37 @@ class StudyRun:
     # -- the trials -----------------------------------------------------------------------------------
 
     def _unusable(self, trial: FrozenTrial) -> str | None:
-        """``unusable(trial)``, judged once per finished trial: the search asks for its trials many times."""
+        """``unusable(trial)``, or a baseline's name on settings that are not that baseline's here
+        (``not_the_baseline``); judged once per finished trial: the search asks for its trials many times."""
         if trial.number not in self._why_unusable:
-            self._why_unusable[trial.number] = unusable(trial)
+            why = unusable(trial) or not_the_baseline(trial, self.baselines.runnable)
+            self._why_unusable[trial.number] = why
         return self._why_unusable[trial.number]
+
+    def _foreign(self, trial: optuna.Trial) -> str | None:
+        """Why the settings ``trial`` was queued with are not this study's to measure, or None (it was not
+        queued, or it is a baseline as planned here). Only this run queues trials, its baselines; in a shared
+        study another process may queue anything: a baseline's name on other settings, or values outside the
+        space (Optuna would measure an integer out of range, and stop the search at a choice it lacks)."""
+        frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number)
+        fixed = frozen.system_attrs.get("fixed_params")
+        if not fixed:
+            return None
+        if baseline_name(frozen.user_attrs) is not None:  # one of the baselines, as planned here, or not
+            claim = not_the_baseline(frozen, self.baselines.runnable)
+            return None if claim is None else f"queued by another process: {claim}"
+        if not isinstance(fixed, dict):
+            return "queued by another process with no settings"
+        space = self.space.distributions(len(self.config.cores))
+        for knob, value in fixed.items():
+            dist = space.get(knob)
+            try:
+                inside = dist is not None and dist._contains(dist.to_internal_repr(value))
+            except (TypeError, ValueError):
+                inside = False
+            if not inside:
+                return f"queued by another process with {one_line(knob, 40)}={one_line(value, 40)}, outside the space"
+        return None
 
     def measured(self) -> list[FrozenTrial]:
         """Complete trials, less any whose stored params or value cannot be used (``unusable``)."""
@@ -331,6 +365,11 @@ class StudyRun:
             # Several workers share this study: the trials before this one already make the count.
             trial.set_user_attr("skip_reason", "surplus: the study's trials are taken by other workers")
             raise optuna.TrialPruned("surplus")
+        foreign = self._foreign(trial)
+        if foreign is not None:
+            trial.set_user_attr("skip_reason", foreign)
+            queue_baselines(self.study, self.baselines.runnable)  # the baselines it posed as, queued as planned
+            raise optuna.TrialPruned(foreign)
         params = self.space.suggest(trial, len(self.config.cores))
         settings = Settings.from_params(params)
         skip = self._skip(trial, params)
@@ -480,7 +519,7 @@ class StudyRun:
         complete: set[str] = set()
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
             name = baseline_name(t.user_attrs)
-            if name is None:
+            if name is None or not_the_baseline(t, self.baselines.runnable):
                 continue
             if t.state == TrialState.COMPLETE:
                 complete.add(name)
