@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
 
-from tuner import benchmark, table
+from tuner import benchmark, table, transfer
 from tuner.confirm import MIN_ROUNDS
 from tuner.cost import CostModel
 from tuner.forecast import FEW_CONFIRMED, confirmation_size
@@ -155,6 +157,41 @@ def test_rerunning_the_job_does_not_duplicate_records(storage: optuna.storages.R
     assert measured == [r for r in first if r.get("kind") == "benchmark" and "skipped" not in r]
     # Yardsticks are read back, not measured again.
     assert Counter(r["kind"] for r in second)["matmul"] == Counter(r["kind"] for r in first)["matmul"] == 1
+
+
+def test_imported_records_say_where_they_came_from_and_never_stand_for_this_jobs_own(
+    storage: optuna.storages.RDBStorage, tmp_path: Path
+) -> None:
+    clock = Clock()
+    infer_1c_job(storage, clock, 600.0, ClockedRunner(clock)).run()
+    # The job's own records, exported to a file whose records say they came from somewhere else ...
+    data = transfer.export(storage)
+    (bench,) = [study for study in data["studies"] if study["name"] == benchmark.BENCH_STUDY]
+    for trial in bench["trials"]:
+        trial["user_attrs"]["record"]["imported"] = {"file": "elsewhere.json", "at": "2000-01-01T00:00:00+00:00"}
+    data["studies"] = [bench]
+    path = tmp_path / "records.json"
+    path.write_text(json.dumps(data))
+    # ... are lost here (the benchmark study deleted), then imported back: the same runs, the same run ids.
+    optuna.delete_study(study_name=benchmark.BENCH_STUDY, storage=storage)
+    assert transfer.import_into(storage, transfer.read(path), str(path)).records > 0
+    merged = [r for r in benchmark.records(storage) if r.get("kind") == "benchmark"]
+    # Each merged record says this import is where it came from, whatever the file said.
+    assert merged and all(r["imported"]["file"] == str(path) and r["imported"]["at"] > "2026" for r in merged)
+    # The table names them in the row's note, and the narrow view under the table.
+    frame, notes = table.build(benchmark.records(storage))
+    day = merged[0]["imported"]["at"][:10]
+    assert all(f"imported from {path} on {day}" in note for note in frame["note"])
+    narrow = " ".join(table.render(frame, notes, "markdown").split())  # its notes are wrapped to the width
+    assert re.search(rf"tiny infer on 1 core \(CPU [^:]*\): imported from {re.escape(str(path))} on {day}", narrow)
+    lines: list[str] = []
+    again = infer_1c_job(storage, clock, 600.0, ClockedRunner(clock), lines)
+    again.run()
+    # The study's verdict names runs whose records are now only imported ones: another machine's, as far as
+    # this storage knows. So the job benchmarks it again rather than keep it, and stores records of its own.
+    assert not any("already benchmarked: kept" in line for line in lines)
+    own = [r for r in benchmark.records(storage) if r.get("kind") == "benchmark" and "imported" not in r]
+    assert {r["label"] for r in own} >= {r["label"] for r in merged}
 
 
 def test_gpu_rows_run_one_replica_per_visible_gpu_with_the_tuned_host_threads(

@@ -77,7 +77,7 @@ from tuner.plan import Prepared, StudyOptions, Yardstick, check_model, prepare, 
 from tuner.policy import BURST, CONFIRM, MeasurementPolicy
 from tuner.probe import fixed_knobs
 from tuner.progress import Bar
-from tuner.records import StoredConfirmation, StoredVerdict, baseline_name
+from tuner.records import BenchmarkRecord, StoredConfirmation, StoredVerdict, baseline_name
 from tuner.runner import Runner, SubprocessRunner
 from tuner.runtime import GPU_RUNTIME, MANIFEST, Runtime
 from tuner.runtime import load as load_runtime
@@ -514,7 +514,7 @@ class Job:
         if "verdict" not in study.user_attrs:
             return False
         run_id = confirmation_id(study)
-        return any(r.get("run_id") == run_id for r in records(self.storage) if r.get("kind") == "benchmark")
+        return any(r.get("run_id") == run_id for r in self._own_benchmarks())
 
     def _search_and_benchmark(
         self, ready: Prepared, cell: Cell, share: float | None, eta: Callable[[CostModel | None], str]
@@ -572,8 +572,13 @@ class Job:
         self._store_records(run.study, Target(ready.runtime.name, config.workload, config.cores))
         return cost
 
+    def _own_benchmarks(self) -> list[BenchmarkRecord]:
+        """The benchmark records this storage's own runs stored: an imported one (``tuner import``) is
+        another machine's, whatever run it names, and never stands for a benchmark of this job's."""
+        return [r for r in records(self.storage) if r.get("kind") == "benchmark" and "imported" not in r]
+
     def _store_records(self, study: optuna.Study, target: Target) -> None:
-        stored = {(r.get("run_id"), r.get("label")) for r in records(self.storage) if r.get("kind") == "benchmark"}
+        stored = {(r.get("run_id"), r.get("label")) for r in self._own_benchmarks()}
         run_id = confirmation_id(study)  # the same confirmation runs always give the same records
         for label, settings, measured, extra in study_records(study, target, self.signature):
             if (run_id, label) not in stored:

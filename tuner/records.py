@@ -461,6 +461,7 @@ class BenchmarkRecord(TypedDict, total=False):
     cpu: dict[str, Any]
     memory_gib: float
     measured: str
+    imported: dict[str, str]  # merged by `tuner import`: {"file": ..., "at": ISO date}; absent when measured here
     flops_per_image: dict[str, float]
     peak_gflops: float
 
@@ -548,6 +549,11 @@ def check_record(data: Any, where: str = "record") -> BenchmarkRecord:
     if "measured" in data:
         _get(data, "measured", str, where)
         _date(data, "measured", where)
+    if "imported" in data:  # merged by `tuner import` (tuner/transfer.py): from which file, when
+        origin = _get(data, "imported", Mapping, where)
+        _get(origin, "file", str, f"{where}.imported")
+        if _date(origin, "at", f"{where}.imported") is None:
+            raise MalformedRecord(f"{where}.imported.at: must be str, not NoneType")
     if kind == "flops":
         flops = _get(data, "flops_per_image", Mapping, where)
         for mode in MODES:  # inference always; a SavedModel cannot train, so it has no training count

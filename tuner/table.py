@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -235,6 +235,7 @@ def _measured_row(
     notes += [f"{label}: {why}" for label, why in not_run.items()]
     if heuristic is not None and HEURISTIC not in group:
         notes.append(f"heuristic figures: {HEURISTIC_NHWC} (NHWC), its runnable part")
+    notes += _origins(group.values())
     per_image = flops.get(any_record["model"])
 
     def shares(name: str, record: BenchmarkRecord | None) -> dict[str, float | None]:
@@ -303,9 +304,16 @@ def _target(r: BenchmarkRecord, runtime: str) -> dict[str, Any]:
 
 
 def _skipped_row(r: BenchmarkRecord, note: str) -> dict[str, Any]:
-    """A target with no measured setting: why, in the note."""
+    """A target with no measured setting: why, in the note (and where it came from, if imported)."""
     runtime = runtime_label(r["runtime"], {"device": r["device"]})
-    return {**_target(r, runtime), "status": "skipped", "note": note}
+    return {**_target(r, runtime), "status": "skipped", "note": "; ".join([note, *_origins([r])])}
+
+
+def _origins(records: Iterable[BenchmarkRecord]) -> list[str]:
+    """Where the records that `tuner import` merged came from: one note per file and day, none for this
+    storage's own (measured elsewhere, so a row never passes for this machine's without saying so)."""
+    found = sorted({(r["imported"]["file"], r["imported"]["at"][:10]) for r in records if "imported" in r})
+    return [f"imported from {file} on {day}" for file, day in found]
 
 
 def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -359,7 +367,7 @@ def render(frame: pd.DataFrame, notes: Sequence[str], fmt: str, wide: bool = Fal
     # both escaped, as markdown reads them, before the narrow view is cut to width, so that the escapes count.
     view = view.map(lambda value: _markdown(value).replace("|", "\\|") if isinstance(value, str) else value)
     if not wide:
-        view, notes = _narrow(view), [*_cpu_lines(frame), *notes]
+        view, notes = _narrow(view), [*_cpu_lines(frame), *_imported_lines(frame), *notes]
     notes = [_markdown(note) for note in notes]
     text = str(view.to_markdown(index=False, disable_numparse=True))
     legend = [LEGEND_WIDE if wide else LEGEND, *(f"- {note}" for note in notes)]
@@ -437,7 +445,7 @@ def _view_row(row: pd.Series, wide: bool) -> dict[str, str]:
         "model": row["model"],
         "runtime": row["runtime"],
         "CPU": f"{cores_text(int(row['cores']))} ({'?' if _missing(row['CPU']) else row['CPU']})",
-        "device": f"{gpus} GPU{'s' if gpus > 1 else ''}" if gpus else cores_text(int(row["cores"])),
+        "device": _device(row),
         "memory": _fixed(row["memory GiB"], 0, "G"),
         "GPU": str(gpus),
         "batch size": str(row["batch size"]),
@@ -491,6 +499,23 @@ def _cpu_lines(frame: pd.DataFrame) -> list[str]:
     """The CPU and memory the narrow view leaves out, once per machine."""
     machines = frame[["CPU", "memory GiB"]].drop_duplicates().itertuples(index=False)
     return [f"CPU: {'?' if _missing(cpu) else cpu}, memory {_fixed(memory, 0, 'G')}" for cpu, memory in machines]
+
+
+def _device(row: pd.Series) -> str:
+    """What a row ran on, as the narrow view names it: its GPUs, else its cores."""
+    gpus = int(row["GPU"])
+    return f"{gpus} GPU{'s' if gpus > 1 else ''}" if gpus else cores_text(int(row["cores"]))
+
+
+def _imported_lines(frame: pd.DataFrame) -> list[str]:
+    """The rows measured elsewhere (merged by `tuner import`), which the narrow view has no note column to
+    show: which row, and the file and day it came from."""
+    lines = []
+    for _, row in frame.iterrows():
+        parts = [] if _missing(row["note"]) else row["note"].split("; ")
+        origins = [part for part in parts if part.startswith("imported from ")]
+        lines += [f"{row['model']} {row['mode']} on {_device(row)} ({row['runtime']}): {o}" for o in origins]
+    return lines
 
 
 def _markdown(text: str) -> str:

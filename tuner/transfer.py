@@ -359,7 +359,7 @@ def import_into(storage: optuna.storages.BaseStorage, data: dict[str, Any], sour
         interrupt.checkpoint()  # a Ctrl-C stops here, between studies
         name = study["name"]
         if name == BENCH_STUDY:  # this machine's records stay; the file's are added where missing
-            done.records = _merge_records(storage, study, name in existing, refused)
+            done.records = _merge_records(storage, study, name in existing, refused, stamp)
             if done.records:
                 imported.append(name)
             elif name in existing:  # nothing written: it is left exactly as it was
@@ -387,14 +387,20 @@ def _record_key(trial: optuna.trial.FrozenTrial) -> str:
 
 
 def _merge_records(
-    storage: optuna.storages.BaseStorage, study: dict[str, Any], exists: bool, refused: list[str]
+    storage: optuna.storages.BaseStorage,
+    study: dict[str, Any],
+    exists: bool,
+    refused: list[str],
+    stamp: dict[str, str],
 ) -> int:
     """Add the export's benchmark records that the target lacks (by kind, run, label, target and date);
-    each record is one trial, added whole. Returns how many were added. The file's attributes of the study
-    are never written: only its records are data; its attributes could be anything (a ``tuner`` and
-    ``verdict`` that make it read as this machine's own verdict, an importing mark that hides it from export).
-    The study is created (with what ``tuner.benchmark`` stores on it) only where there is a record to add. A
-    record its readers would skip as malformed (``check_record``) is not added: one line in ``refused``."""
+    each record is one trial, added whole, and says where it came from (``stamp``, the file and the time,
+    as ``imported``: the table names it, and the main job never takes it for a benchmark of its own).
+    Returns how many were added. The file's attributes of the study are never written: only its records
+    are data; its attributes could be anything (a ``tuner`` and ``verdict`` that make it read as this
+    machine's own verdict, an importing mark that hides it from export). The study is created (with what
+    ``tuner.benchmark`` stores on it) only where there is a record to add. A record its readers would skip
+    as malformed (``check_record``) is not added: one line in ``refused``."""
     trials = []
     for trial in (_frozen(t) for t in study["trials"]):  # their shape checked when the file was read
         try:
@@ -402,6 +408,8 @@ def _merge_records(
         except MalformedRecord as error:
             refused.append(one_line(error, 300))
             continue
+        # Whatever the file said of its origin, this import is where it came from here.
+        trial.user_attrs["record"] = {**trial.user_attrs["record"], "imported": stamp}
         trials.append(trial)
     have = set()
     if exists:
