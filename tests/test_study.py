@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 from tests.helpers import FAST_CONFIRM, make_config
 from tuner.confirm import DEFAULT, HEURISTIC
 from tuner.errors import TunerError, WorkerCrashed, WorkerNotStarted
+from tuner.models import ModelRef
 from tuner.owner import identity as owner_identity
 from tuner.pipeline import tuned_settings
 from tuner.policy import MeasurementPolicy
@@ -20,6 +21,7 @@ from tuner.replay import ReplayRunner
 from tuner.runner import TrialSpec
 from tuner.study import WAIT, StopRule, StudyRun
 from tuner.summary import format_table, summarize_study
+from tuner.workload import Workload
 
 
 def fast(params: dict[str, object]) -> bool:
@@ -168,6 +170,28 @@ def test_a_peers_baseline_impostors_and_out_of_space_queue_are_skipped_not_measu
     # The verdict's baselines are this study's own: tf-default and heuristic as planned, never the impostor.
     assert verdict.params[DEFAULT] == planned[DEFAULT] and verdict.params[HEURISTIC] == planned[HEURISTIC]
     assert f"trial {impostor}" not in verdict.rates
+
+
+def test_a_model_files_stand_in_baseline_is_its_own_though_it_sets_a_knob_the_space_lacks(
+    storage: optuna.storages.RDBStorage,
+) -> None:
+    ref = ModelRef("mine-0123abcd", "keras", "/models/mine.keras")
+    config = make_config(trials=4, workload=Workload(ref.label, "infer", 32, source=ref))
+    run = StudyRun(storage, config, ReplayRunner.from_rates(rate))
+    # A model file keeps its layout: the heuristic's NCHW cannot apply, its NHWC part stands in, planned
+    # with the file's own precision (fp32), a knob this space does not search.
+    stand_in = run.baselines.runnable["heuristic-nhwc"]
+    assert stand_in.get("precision") == "fp32" and "precision" not in run.space.data["knobs"]
+    verdict = run.run()
+    # Measured with the space's knobs only, it is still the stand-in as planned (the precision it lacks is
+    # the default): ranked, and confirmed under its name.
+    assert "heuristic-nhwc" in verdict.params
+    assert len(run.measured()) >= 4
+    skipped = [
+        t for t in optuna.load_study(study_name=config.name, storage=storage).trials if "skip_reason" in t.user_attrs
+    ]
+    # No proposal was skipped as surplus: the complete trials were counted as complete.
+    assert not [t for t in skipped if t.user_attrs["skip_reason"].startswith("surplus")]
 
 
 def test_a_worker_that_cannot_start_ends_the_search_and_holds_nothing_against_the_setting(

@@ -17,10 +17,19 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.capability import BaselinePlan, Capabilities
-from tuner.errors import TunerError, WorkerBadOutput, WorkerCrashed, WorkerExited, WorkerOutOfMemory, WorkerTimeout
+from tuner.errors import (
+    InvalidSettings,
+    TunerError,
+    WorkerBadOutput,
+    WorkerCrashed,
+    WorkerExited,
+    WorkerOutOfMemory,
+    WorkerTimeout,
+)
 from tuner.owner import fail_orphans
 from tuner.records import StoredRunnable, baseline_name, imported_from, trial_text
 from tuner.sanitize import one_line
+from tuner.settings import Settings
 from tuner.topology import cpu_quota, quota_warning
 from tuner.topology import notes as topology_notes
 
@@ -104,8 +113,9 @@ def not_the_baseline(trial: FrozenTrial, runnable: Mapping[str, Mapping[str, Any
     """Why ``trial``, which claims to be a baseline, is not that baseline here, or None (it is, or it claims
     none). In a shared study anyone may write a trial named ``tf-default`` with settings of their own; taken
     at its name it would be confirmed as tf-default, and every ratio of the verdict would be to it. So a
-    baseline is its name and its settings: a name this run measures as a baseline, and, on every knob the
-    baseline sets, the settings it was queued with (waiting or running) or measured with (finished)."""
+    baseline is its name and its settings: a name this run measures as a baseline, and the settings it was
+    queued with (waiting or running) or measured with (finished) equal to that baseline's here, as
+    ``Settings`` (a knob the space lacks is at its default either way)."""
     name = baseline_name(trial.user_attrs)
     if name is None:
         return None
@@ -114,14 +124,11 @@ def not_the_baseline(trial: FrozenTrial, runnable: Mapping[str, Mapping[str, Any
         return f"it is named baseline {name}, which is not measured as a baseline here"
     queued = trial.system_attrs.get("fixed_params") if trial.state in (TrialState.WAITING, TrialState.RUNNING) else None
     params = queued if isinstance(queued, Mapping) else trial.params
-    if any(knob not in params or not _same(params[knob], value) for knob, value in planned.items()):
-        return f"it is named baseline {name} but its settings are not {name}'s here"
-    return None
-
-
-def _same(stored: Any, planned: Any) -> bool:
-    """Equal values of the same type (True is no 1 here)."""
-    return type(stored) is type(planned) and stored == planned
+    try:
+        same = Settings.from_params(params) == Settings.from_params(planned)
+    except InvalidSettings:
+        same = False
+    return None if same else f"it is named baseline {name} but its settings are not {name}'s here"
 
 
 def queue_baselines(study: optuna.Study, runnable: Mapping[str, Mapping[str, Any]]) -> None:
