@@ -170,6 +170,10 @@ def test_a_peers_baseline_impostors_and_out_of_space_queue_are_skipped_not_measu
     # The verdict's baselines are this study's own: tf-default and heuristic as planned, never the impostor.
     assert verdict.params[DEFAULT] == planned[DEFAULT] and verdict.params[HEURISTIC] == planned[HEURISTIC]
     assert f"trial {impostor}" not in verdict.rates
+    # The impostor never counted for the study's trials: 10 usable ones were measured, and no proposal was
+    # skipped as surplus on its account.
+    assert len(run.measured()) == 10
+    assert not [t for t in trials if t.user_attrs.get("skip_reason", "").startswith("surplus")]
 
 
 def test_a_model_files_stand_in_baseline_is_its_own_though_it_sets_a_knob_the_space_lacks(

@@ -360,8 +360,12 @@ class StudyRun:
         return None
 
     def _measure(self, trial: optuna.Trial) -> float:
-        ahead = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-        if len([t for t in ahead if t.number < trial.number]) >= self.config.trials:
+        ahead = [  # a complete trial that is left out (``_unusable``) counts for nothing here, as in the StopRule
+            t
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+            if t.number < trial.number and (t.state == TrialState.RUNNING or self._unusable(t) is None)
+        ]
+        if len(ahead) >= self.config.trials:
             # Several workers share this study: the trials before this one already make the count.
             trial.set_user_attr("skip_reason", "surplus: the study's trials are taken by other workers")
             raise optuna.TrialPruned("surplus")
