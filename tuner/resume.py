@@ -122,8 +122,11 @@ def not_the_baseline(trial: FrozenTrial, runnable: Mapping[str, Mapping[str, Any
     planned = runnable.get(name)
     if planned is None:
         return f"it is named baseline {name}, which is not measured as a baseline here"
-    queued = trial.system_attrs.get("fixed_params") if trial.state in (TrialState.WAITING, TrialState.RUNNING) else None
-    params = queued if isinstance(queued, Mapping) else trial.params
+    params: Any = trial.params
+    if trial.state in (TrialState.WAITING, TrialState.RUNNING):  # what it will run is what it was queued with
+        params = trial.system_attrs.get("fixed_params")
+        if not isinstance(params, Mapping):
+            return f"it is named baseline {name} but was queued with no settings"
     try:
         same = Settings.from_params(params) == Settings.from_params(planned)
     except InvalidSettings:

@@ -21,7 +21,6 @@ import hashlib
 import importlib.resources
 import itertools
 import json
-import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -309,7 +308,7 @@ def _check_baseline(path: Path, base: str, params: dict[str, Any], dists: dict[s
         dist = dists.get(knob)
         if dist is None:
             raise _fail(path, f"baselines.{base}.{knob}", "not a knob of this space")
-        if not _representable(dist, value) or not dist._contains(dist.to_internal_repr(value)):
+        if not contains(dist, value):
             raise _fail(path, f"baselines.{base}.{knob}", f"{value!r} is outside {dist}")
     missing = sorted(set(dists) - set(params))
     if missing:
@@ -320,10 +319,14 @@ def _check_baseline(path: Path, base: str, params: dict[str, Any], dists: dict[s
         raise _fail(path, f"baselines.{base}", str(error)) from None
 
 
-def _representable(dist: BaseDistribution, value: Any) -> bool:
+def contains(dist: BaseDistribution, value: Any) -> bool:
+    """Whether ``value`` is a point of ``dist`` as it is, type included: an int in range on its step, or one
+    of the choices (where Optuna's own check takes 1 or 1.0 for the choice True, and True for the int 1)."""
     if isinstance(dist, IntDistribution):
-        return isinstance(value, int) and not isinstance(value, bool) and math.isfinite(value)
-    return isinstance(dist, CategoricalDistribution) and value in dist.choices
+        return type(value) is int and dist.low <= value <= dist.high and (value - dist.low) % dist.step == 0
+    if isinstance(dist, CategoricalDistribution):
+        return any(type(choice) is type(value) and choice == value for choice in dist.choices)
+    return False
 
 
 def resolve_path(name_or_path: str) -> Path:

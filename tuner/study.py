@@ -53,7 +53,7 @@ from tuner.runner import Runner, TrialSpec
 from tuner.sanitize import one_line
 from tuner.settings import Settings
 from tuner.signature import CpuSignature
-from tuner.space import SearchSpace, searched_batches
+from tuner.space import SearchSpace, contains, searched_batches
 from tuner.topology import cpu_quota, sockets_for, splits
 from tuner.topology import notes as topology_notes
 from tuner.workload import Workload
@@ -254,28 +254,24 @@ class StudyRun:
             self._why_unusable[trial.number] = why
         return self._why_unusable[trial.number]
 
-    def _foreign(self, trial: optuna.Trial) -> str | None:
-        """Why the settings ``trial`` was queued with are not this study's to measure, or None (it was not
-        queued, or it is a baseline as planned here). Only this run queues trials, its baselines; in a shared
-        study another process may queue anything: a baseline's name on other settings, or values outside the
-        space (Optuna would measure an integer out of range, and stop the search at a choice it lacks)."""
-        frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number)
-        fixed = frozen.system_attrs.get("fixed_params")
+    def _foreign(self, trial: FrozenTrial) -> str | None:
+        """Why the settings ``trial`` (running now) was queued with are not this study's to measure, or None
+        (it was not queued, or it is a baseline as planned here). Only this run queues trials, its baselines;
+        in a shared study another process may queue anything: a baseline's name on other settings or none,
+        or values outside the space (Optuna would measure an integer out of range, and stop the search at a
+        choice it lacks)."""
+        if baseline_name(trial.user_attrs) is not None:  # one of the baselines, as planned here, or not
+            claim = not_the_baseline(trial, self.baselines.runnable)
+            return None if claim is None else f"queued by another process: {claim}"
+        fixed = trial.system_attrs.get("fixed_params")
         if not fixed:
             return None
-        if baseline_name(frozen.user_attrs) is not None:  # one of the baselines, as planned here, or not
-            claim = not_the_baseline(frozen, self.baselines.runnable)
-            return None if claim is None else f"queued by another process: {claim}"
         if not isinstance(fixed, dict):
             return "queued by another process with no settings"
         space = self.space.distributions(len(self.config.cores))
         for knob, value in fixed.items():
             dist = space.get(knob)
-            try:
-                inside = dist is not None and dist._contains(dist.to_internal_repr(value))
-            except (TypeError, ValueError):
-                inside = False
-            if not inside:
+            if dist is None or not contains(dist, value):
                 return f"queued by another process with {one_line(knob, 40)}={one_line(value, 40)}, outside the space"
         return None
 
@@ -360,16 +356,18 @@ class StudyRun:
         return None
 
     def _measure(self, trial: optuna.Trial) -> float:
+        every = self.study.get_trials(deepcopy=False)
         ahead = [  # a complete trial that is left out (``_unusable``) counts for nothing here, as in the StopRule
             t
-            for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-            if t.number < trial.number and (t.state == TrialState.RUNNING or self._unusable(t) is None)
+            for t in every
+            if t.number < trial.number
+            and (t.state == TrialState.RUNNING or (t.state == TrialState.COMPLETE and self._unusable(t) is None))
         ]
         if len(ahead) >= self.config.trials:
             # Several workers share this study: the trials before this one already make the count.
             trial.set_user_attr("skip_reason", "surplus: the study's trials are taken by other workers")
             raise optuna.TrialPruned("surplus")
-        foreign = self._foreign(trial)
+        foreign = next((self._foreign(t) for t in every if t.number == trial.number), None)
         if foreign is not None:
             trial.set_user_attr("skip_reason", foreign)
             queue_baselines(self.study, self.baselines.runnable)  # the baselines it posed as, queued as planned
