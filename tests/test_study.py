@@ -19,6 +19,7 @@ from tuner.pipeline import tuned_settings
 from tuner.policy import MeasurementPolicy
 from tuner.replay import ReplayRunner
 from tuner.runner import TrialSpec
+from tuner.space import load as load_space
 from tuner.study import WAIT, StopRule, StudyRun
 from tuner.summary import format_table, summarize_study
 from tuner.workload import Workload
@@ -200,6 +201,24 @@ def test_a_model_files_stand_in_baseline_is_its_own_though_it_sets_a_knob_the_sp
     ]
     # No proposal was skipped as surplus: the complete trials were counted as complete.
     assert not [t for t in skipped if t.user_attrs["skip_reason"].startswith("surplus")]
+
+
+def test_a_resume_planned_otherwise_still_confirms_against_tf_default(storage: optuna.storages.RDBStorage) -> None:
+    # The stock runtime loads no OpenMP library: the OpenMP build's space has its OMP/KMP knobs taken out.
+    config = make_config(trials=5, space=load_space("intel-tensorflow", 2), probe={"onednn": True, "openmp": None})
+    StudyRun(storage, config, ReplayRunner.from_rates(rate)).search(None)
+    lines: list[str] = []
+    # Resumed with those knobs allowed (--allow-inert): the baselines are now planned with them, so none of
+    # the trials measured before is tf-default as planned now; and 3 trials are asked for, fewer than stored.
+    inert = ("OMP_NUM_THREADS", "KMP_BLOCKTIME", "KMP_AFFINITY")
+    again = StudyRun(storage, dataclasses.replace(config, inert=inert, trials=3), ReplayRunner.from_rates(rate),
+                     progress=lines.append)  # fmt: skip
+    assert any("not tf-default's here (written by another process, or planned otherwise)" in x for x in lines), lines
+    verdict = again.run()
+    # The search ends on its trial count, and confirmation measures tf-default afresh from its planned
+    # settings: the study gets a verdict against tf-default as planned now, not "no complete trial".
+    assert verdict.params[DEFAULT] == again.baselines.runnable[DEFAULT]
+    assert "OMP_NUM_THREADS" in verdict.params[DEFAULT]
 
 
 def test_a_worker_that_cannot_start_ends_the_search_and_holds_nothing_against_the_setting(

@@ -242,7 +242,7 @@ class StudyRun:
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
             why = self._unusable(trial)
             if why is not None:
-                progress(f"trial {trial.number} left out: {why} (another process wrote it)")
+                progress(f"trial {trial.number} left out: {why} (written by another process, or planned otherwise)")
 
     # -- the trials -----------------------------------------------------------------------------------
 
@@ -508,15 +508,18 @@ class StudyRun:
     def candidates(self) -> list[Candidate]:
         """Every baseline, then the best distinct sampled settings, by search value. A baseline whose search
         trials were disturbed (never ranked) and none failed by its worker is confirmed from its planned
-        settings: confirmation measures it afresh, so a busy neighbour during the search loses no baseline."""
+        settings: confirmation measures it afresh, so a busy neighbour during the search loses no baseline;
+        tf-default is, whenever it has no usable complete trial (``unranked_baselines``)."""
         unranked = self.unranked_baselines()
         extra = [Candidate(name, Settings.from_params(self.baselines.runnable[name])) for name in unranked]
         most = len(self.baselines.runnable) + self.config.candidates
         return pick_candidates(self.measured(), self.caps.label, most, extra)
 
     def unranked_baselines(self) -> list[str]:
-        """Runnable baselines, in plan order, with no complete trial and a disturbed one, none of whose trials
-        failed by its worker (those are known to fail and stay out)."""
+        """Runnable baselines, in plan order, with no usable complete trial and a disturbed one, none of whose
+        trials failed by its worker (those are known to fail and stay out); tf-default also without a disturbed
+        one, since every verdict is to it and a resumed study may hold none of its settings as planned now
+        (a knob allowed by --allow-inert since, say)."""
         reasons: dict[str, set[str | None]] = {}
         complete: set[str] = set()
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
@@ -524,15 +527,16 @@ class StudyRun:
             if name is None or not_the_baseline(t, self.baselines.runnable):
                 continue
             if t.state == TrialState.COMPLETE:
-                complete.add(name)
+                if self._unusable(t) is None:
+                    complete.add(name)
             else:
                 reasons.setdefault(name, set()).add(trial_text(t.user_attrs, "fail_reason"))
         return [
             name
             for name in self.baselines.runnable
             if name not in complete
-            and Disturbed.reason in reasons.get(name, set())
-            and not reasons[name] & WORKER_FAILURES
+            and (name == DEFAULT or Disturbed.reason in reasons.get(name, set()))
+            and not reasons.get(name, set()) & WORKER_FAILURES
         ]
 
     def few_candidates(self, every: list[Candidate]) -> list[Candidate]:
