@@ -24,7 +24,7 @@ print(json.dumps({
     "tuner": tuner.__file__,
     "runtimes_dir": str(runtime.RUNTIMES_DIR),
     "spaces_dir": str(space.SPACES_DIR),
-    "envs_dir": str(runtime.ENVS_DIR),
+    "envs_dir": str(runtime.envs_dir()),
     "names": runtime.names(),
     "runtime_paths": [str(runtime.load(name).path) for name in runtime.names()],
     "runtime_spaces": [space.load(runtime.load(name).space, 4).name for name in runtime.names()],
@@ -54,7 +54,7 @@ def test_wheel_ships_runtimes_and_search_spaces(tmp_path: Path) -> None:
     # The unpacked wheel comes first on sys.path; the working directory is neither the repository nor its copy.
     work = tmp_path / "work"
     work.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(installed)}
+    env = {**{k: v for k, v in os.environ.items() if k != "TUNER_ENVS"}, "PYTHONPATH": str(installed)}  # CI sets it
     done = subprocess.run([sys.executable, "-c", PROBE], cwd=work, env=env, check=True, capture_output=True, text=True)
     found = json.loads(done.stdout.splitlines()[-1])
     package = installed / "tuner"

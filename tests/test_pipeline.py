@@ -7,6 +7,7 @@ import json
 import math
 import re
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -174,14 +175,16 @@ def test_imported_records_say_where_they_came_from_and_never_stand_for_this_jobs
     path.write_text(json.dumps(data))
     # ... are lost here (the benchmark study deleted), then imported back: the same runs, the same run ids.
     optuna.delete_study(study_name=benchmark.BENCH_STUDY, storage=storage)
+    before = datetime.now(UTC).isoformat(timespec="seconds")
     assert transfer.import_into(storage, transfer.read(path), str(path)).records > 0
     merged = [r for r in benchmark.records(storage) if r.get("kind") == "benchmark"]
     # Each merged record says this import is where it came from, whatever the file said.
-    assert merged and all(r["imported"]["file"] == str(path) and r["imported"]["at"] > "2026" for r in merged)
-    # The table names them in the row's note, and the narrow view under the table.
+    assert merged and all(r["imported"]["file"] == str(path) and r["imported"]["at"] >= before for r in merged)
+    # The table names them in its "imported from" column, and the narrow view under the table.
     frame, notes = table.build(benchmark.records(storage))
     day = merged[0]["imported"]["at"][:10]
-    assert all(f"imported from {path} on {day}" in note for note in frame["note"])
+    assert list(frame["imported from"]) == [f"{path} on {day}"] * len(frame)
+    assert f"| {path} on {day} |" in table.render(frame, notes, "markdown", wide=True)
     narrow = " ".join(table.render(frame, notes, "markdown").split())  # its notes are wrapped to the width
     assert re.search(rf"tiny infer on 1 core \(CPU [^:]*\): imported from {re.escape(str(path))} on {day}", narrow)
     lines: list[str] = []
@@ -192,6 +195,28 @@ def test_imported_records_say_where_they_came_from_and_never_stand_for_this_jobs
     assert not any("already benchmarked: kept" in line for line in lines)
     own = [r for r in benchmark.records(storage) if r.get("kind") == "benchmark" and "imported" not in r]
     assert {r["label"] for r in own} >= {r["label"] for r in merged}
+    # Its yardsticks too: the FLOP count and the matmul peak are measured here again, not read from the file.
+    kinds = {r["kind"] for r in benchmark.records(storage) if "imported" not in r}
+    assert {"flops", "matmul"} <= kinds
+
+
+def test_a_study_brought_by_import_is_kept_as_measured_elsewhere(
+    storage: optuna.storages.RDBStorage, tmp_path: Path
+) -> None:
+    clock = Clock()
+    other = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'other.db'}")
+    infer_1c_job(other, clock, 600.0, ClockedRunner(clock)).run()
+    # Another machine's whole storage (its study, verdict and records) exported and imported here.
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(transfer.export(other)))
+    transfer.import_into(storage, transfer.read(path), str(path))
+    lines: list[str] = []
+    job = infer_1c_job(storage, clock, 600.0, ClockedRunner(clock), lines)
+    job.run()
+    # The job does not tune into it (a run here may not: its trials were measured elsewhere) and does not
+    # fail on it: it says where it came from and how to measure it here, and runs nothing for it.
+    assert any("was imported (from other.json): kept as measured elsewhere" in line for line in lines), lines
+    assert job.failures == []
 
 
 def test_gpu_rows_run_one_replica_per_visible_gpu_with_the_tuned_host_threads(

@@ -107,8 +107,8 @@ def test_tuner_envs_moves_managed_environments(tmp_path: Path, monkeypatch: pyte
     assert load("intel-tensorflow").env_dir == tmp_path / "default" / "intel-tensorflow"
     monkeypatch.setenv("TUNER_ENVS", "")
     assert load("intel-tensorflow").env_dir == tmp_path / "default" / "intel-tensorflow"
-    # Set, every managed environment lives under it; a relative path is taken from the working directory,
-    # so a later command run elsewhere still finds the same folder.
+    # Set, every managed environment lives under it; a relative path is taken from the working directory
+    # of the command (made absolute, so the child processes it starts elsewhere use the same folder).
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TUNER_ENVS", "cache/envs")
     assert load("intel-tensorflow").env_dir == tmp_path / "cache" / "envs" / "intel-tensorflow"

@@ -255,6 +255,24 @@ def test_stored_html_is_text_in_a_markdown_table() -> None:
         assert "| m\\\\\\<script> |" in text
 
 
+def test_yardsticks_measured_here_outrank_imported_ones() -> None:
+    stamp = {"imported": {"file": "forged.json", "at": "2099-01-01T00:00:00+00:00"}}
+    cpu = {"cpu": SIGNATURE.to_dict()}
+    # A file claims this CPU's id with a matmul peak 8 times this machine's best and a FLOP count 10 times
+    # the model's: imported, either would rescale every efficiency figure of this machine's rows.
+    forged = [
+        {"kind": "matmul", "runtime": "tensorflow", "cores": 2, "peak_gflops": 8000.0, **cpu, **stamp},
+        {"kind": "flops", "model": "resnet50", "flops_per_image": {"infer": 8e10, "train": 24e10}, **stamp},
+    ]
+    for order in (forged + _yardsticks(), _yardsticks() + forged):
+        row = table.build([*_group(), *order])[0].iloc[0]
+        # Whatever the order: 80 img/s x 8 GFLOP (the count made here) against 1000 GFLOP/s (the peak here).
+        assert row["tuned GFLOP/s"] == pytest.approx(640.0) and row["tuned % peak"] == pytest.approx(64.0)
+    # Where nothing was measured here, the imported yardsticks are what there is.
+    row = table.build([*_group(), *forged])[0].iloc[0]
+    assert row["tuned GFLOP/s"] == pytest.approx(6400.0) and row["tuned % peak"] == pytest.approx(80.0)
+
+
 def test_stored_links_and_images_are_text_in_a_markdown_table() -> None:
     records = _group()
     for record in records:
@@ -272,7 +290,10 @@ def test_stored_links_and_images_are_text_in_a_markdown_table() -> None:
         assert "| m\\\\]\\(x) |" in text
     # The tool's own brackets stay as they are: the interval of a ratio is no link.
     plain, plain_notes = table.build([*_group(), *_yardsticks()])
-    assert "\\[" not in table.render(plain, plain_notes, "markdown", wide=True)
+    wide = table.render(plain, plain_notes, "markdown", wide=True)
+    assert "\\[" not in wide
+    # Every row was measured here: the wide view has no empty "imported from" column.
+    assert "imported from" not in wide
 
 
 def test_stored_html_is_text_in_the_notes_of_a_table_with_no_rows() -> None:

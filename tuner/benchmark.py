@@ -261,8 +261,8 @@ def flops_per_image(
     """FLOPs per image for inference and one training step (inference only for a SavedModel), counted once
     per model and stored."""
     name = as_ref(model).label
-    for record in records(storage):
-        if record.get("kind") == "flops" and record.get("model") == name:
+    for record in records(storage):  # counted here: an imported count could be anything
+        if record.get("kind") == "flops" and record.get("model") == name and "imported" not in record:
             return {mode: float(v) for mode, v in record["flops_per_image"].items()}
     result = runner.compute(TaskSpec("flops", settings, cores, model=model))
     counted = result.get("flops_per_image")
@@ -309,6 +309,7 @@ def matmul_peak(
     for record in records(storage):
         if (
             record.get("kind") == "matmul"
+            and "imported" not in record  # measured here: a file may claim this CPU's id
             and record.get("runtime") == runtime
             and record.get("cores") == len(cores)
             and record.get("cpu", {}).get("id") == signature.id

@@ -829,7 +829,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--wide", action="store_true", help="every column, however wide (default: fit 120 columns)")
     show.set_defaults(func=cmd_show)
 
-    env = sub.add_parser("env", help="managed target environments for runtimes (under .envs/)")
+    env = sub.add_parser("env", help="managed target environments for runtimes (under .envs/, or $TUNER_ENVS)")
     env.add_argument("action", choices=("create", "list"))
     env.add_argument("name", nargs="?", help="runtime whose environment to create")
     env.add_argument("--with-python", default=sys.executable, help="interpreter to build it from")

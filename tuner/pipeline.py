@@ -77,7 +77,7 @@ from tuner.plan import Prepared, StudyOptions, Yardstick, check_model, prepare, 
 from tuner.policy import BURST, CONFIRM, MeasurementPolicy
 from tuner.probe import fixed_knobs
 from tuner.progress import Bar
-from tuner.records import BenchmarkRecord, StoredConfirmation, StoredVerdict, baseline_name
+from tuner.records import BenchmarkRecord, StoredConfirmation, StoredVerdict, baseline_name, imported_from
 from tuner.runner import Runner, SubprocessRunner
 from tuner.runtime import GPU_RUNTIME, MANIFEST, Runtime
 from tuner.runtime import load as load_runtime
@@ -352,7 +352,7 @@ class Job:
 
     def _yardsticks_to_measure(self, prepared: Sequence[Prepared]) -> int:
         """How many yardsticks ``_yardsticks`` would measure: those not stored yet."""
-        found = records(self.storage)
+        found = [r for r in records(self.storage) if "imported" not in r]  # as benchmark.matmul_peak reads them
         flops = any(r.get("kind") == "flops" and r.get("model") == as_ref(self.model).label for r in found)
         stored = {
             (r.get("runtime"), r.get("cores"), r.get("precision", "fp32"))
@@ -430,7 +430,13 @@ class Job:
         cell = cells[index]
         head = f"study {index + 1}/{len(cells)}: {cell.tag}"
         if cell.kept:
-            self.log(f"{head} is already benchmarked: kept")
+            source = self._imported(cell.config.name)
+            self.log(
+                f"{head} is already benchmarked: kept"
+                if source is None
+                else f"{head} was imported (from {source}): kept as measured elsewhere; "
+                "another --storage measures it here"
+            )
             return
         begun = self.clock()
         cost = outlook.costs(index)[0]
@@ -506,10 +512,18 @@ class Job:
         workload = workload_for(self.model, mode, self.batch_size, self.objective)
         return study_config(ready, workload, n, self.signature, share, self.options)
 
+    def _imported(self, study_name: str) -> str | None:
+        """The file the study came from, where `tuner import` brought it (None: none, or measured here)."""
+        found = [s for s in self.storage.get_all_studies() if s.study_name == study_name]
+        return imported_from(found[0].user_attrs) if found else None
+
     def _complete(self, study_name: str) -> bool:
-        """The study has a verdict and the benchmark records of that very confirmation are stored."""
+        """The study has a verdict and the benchmark records of that very confirmation are stored; or it was
+        imported, which no run here may tune (``resume.open_study``): it is kept as measured elsewhere."""
         if study_name not in {s.study_name for s in self.storage.get_all_studies()}:
             return False
+        if self._imported(study_name) is not None:
+            return True
         study = optuna.load_study(study_name=study_name, storage=self.storage)
         if "verdict" not in study.user_attrs:
             return False

@@ -185,7 +185,9 @@ def load(name: str) -> Runtime:
         raise UsageError(f"{path}: devices: must list cpu, gpu or both")
     environment = data.get("environment", "")
     if environment and not SAFE_NAME.fullmatch(environment):
-        raise UsageError(f"{path}: environment: {environment!r} must be a plain folder name under .envs/")
+        raise UsageError(
+            f"{path}: environment: {environment!r} must be a plain folder name (under .envs/ or $TUNER_ENVS)"
+        )
     return Runtime(
         name=data.get("name", name),
         description=data.get("description", ""),

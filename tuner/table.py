@@ -55,7 +55,7 @@ COLUMNS = (
     "tuned images/sec", "sampled settings",
     *RATIOS["tuned/tf-default"], *RATIOS["tuned/heuristic"],
     "best recipe", "best recipe images/sec", *RATIOS["tuned/best recipe"], *SHARES,
-    "tuned settings", "rounds", "warm-up batches", "timed batches", "recommended launch", "note",
+    "tuned settings", "rounds", "warm-up batches", "timed batches", "recommended launch", "note", "imported from",
 )  # fmt: skip
 INTEGERS = ("cores", "GPU", "batch size", "sampled settings", "rounds", "warm-up batches", "timed batches")
 FLOATS = (
@@ -175,12 +175,18 @@ def _recommended(group: dict[str, BenchmarkRecord]) -> BenchmarkRecord | None:
 
 def build(records: Sequence[BenchmarkRecord]) -> tuple[pd.DataFrame, list[str]]:
     """The table, and notes (skipped targets, what the columns mean) to print under it."""
-    flops = {r["model"]: r["flops_per_image"] for r in records if r.get("kind") == "flops"}
-    peaks: dict[tuple[Any, Any, Any], float] = {}
+    # Yardsticks measured here come first: an imported one (any file may claim this CPU's id) counts only
+    # where none was measured here.
+    imported_first = sorted(records, key=lambda r: "imported" not in r)
+    flops = {r["model"]: r["flops_per_image"] for r in imported_first if r.get("kind") == "flops"}
+    own: dict[tuple[Any, Any, Any], float] = {}
+    elsewhere: dict[tuple[Any, Any, Any], float] = {}
     for r in records:
         if r.get("kind") == "matmul":
             key = (r.get("cpu", {}).get("id"), r.get("cores"), r.get("precision", "fp32"))
-            peaks[key] = max(peaks.get(key, 0.0), float(r["peak_gflops"]))
+            found = elsewhere if "imported" in r else own
+            found[key] = max(found.get(key, 0.0), float(r["peak_gflops"]))
+    peaks = {**elsewhere, **own}
     groups: dict[tuple[Any, ...], dict[str, BenchmarkRecord]] = {}
     skipped: dict[tuple[Any, ...], BenchmarkRecord] = {}
     unmeasured: dict[tuple[Any, ...], dict[str, str]] = {}  # settings of a target that were not measured, why
@@ -235,7 +241,6 @@ def _measured_row(
     notes += [f"{label}: {why}" for label, why in not_run.items()]
     if heuristic is not None and HEURISTIC not in group:
         notes.append(f"heuristic figures: {HEURISTIC_NHWC} (NHWC), its runnable part")
-    notes += _origins(group.values())
     per_image = flops.get(any_record["model"])
 
     def shares(name: str, record: BenchmarkRecord | None) -> dict[str, float | None]:
@@ -276,6 +281,7 @@ def _measured_row(
         "timed batches": None if main is None else main["timed"],
         "recommended launch": None if main is None else launch_text(main),
         "note": "; ".join(notes),
+        "imported from": _origin(group.values()),
     }
 
 
@@ -306,14 +312,14 @@ def _target(r: BenchmarkRecord, runtime: str) -> dict[str, Any]:
 def _skipped_row(r: BenchmarkRecord, note: str) -> dict[str, Any]:
     """A target with no measured setting: why, in the note (and where it came from, if imported)."""
     runtime = runtime_label(r["runtime"], {"device": r["device"]})
-    return {**_target(r, runtime), "status": "skipped", "note": "; ".join([note, *_origins([r])])}
+    return {**_target(r, runtime), "status": "skipped", "note": note, "imported from": _origin([r])}
 
 
-def _origins(records: Iterable[BenchmarkRecord]) -> list[str]:
-    """Where the records that `tuner import` merged came from: one note per file and day, none for this
-    storage's own (measured elsewhere, so a row never passes for this machine's without saying so)."""
+def _origin(records: Iterable[BenchmarkRecord]) -> str | None:
+    """Where the records that `tuner import` merged came from ("FILE on DAY", several joined by "; "); None
+    for this storage's own. A row measured elsewhere never passes for this machine's without saying so."""
     found = sorted({(r["imported"]["file"], r["imported"]["at"][:10]) for r in records if "imported" in r})
-    return [f"imported from {file} on {day}" for file, day in found]
+    return "; ".join(f"{file} on {day}" for file, day in found) or None
 
 
 def _sort_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -360,6 +366,8 @@ def render(frame: pd.DataFrame, notes: Sequence[str], fmt: str, wide: bool = Fal
     if frame.empty:
         return EMPTY + "".join(f"\n- {_markdown(note)}" for note in notes)
     view = pd.DataFrame([_view_row(row, wide or fmt == "html") for _, row in frame.iterrows()])
+    if "imported from" in view and not view["imported from"].astype(bool).any():
+        view = view.drop(columns="imported from")  # every row measured here: no empty column to read
     if fmt == "html":
         items = "".join(f"<li>{_escape(note)}</li>" for note in notes)
         return str(view.to_html(index=False, escape=True)) + (f"\n<ul>{items}</ul>" if notes else "")
@@ -479,6 +487,7 @@ def _view_row(row: pd.Series, wide: bool) -> dict[str, str]:
         "recommended": "-" if _missing(row["recommended"]) else row["recommended"],
         "recommended launch": "-" if _missing(row["recommended launch"]) else row["recommended launch"],
         "note": "" if _missing(row["note"]) else row["note"],
+        "imported from": "" if _missing(row["imported from"]) else row["imported from"],
     }
     return {name: view[name] for name in NARROW} if not wide else {k: v for k, v in view.items() if k != "device"}
 
@@ -510,12 +519,11 @@ def _device(row: pd.Series) -> str:
 def _imported_lines(frame: pd.DataFrame) -> list[str]:
     """The rows measured elsewhere (merged by `tuner import`), which the narrow view has no note column to
     show: which row, and the file and day it came from."""
-    lines = []
-    for _, row in frame.iterrows():
-        parts = [] if _missing(row["note"]) else row["note"].split("; ")
-        origins = [part for part in parts if part.startswith("imported from ")]
-        lines += [f"{row['model']} {row['mode']} on {_device(row)} ({row['runtime']}): {o}" for o in origins]
-    return lines
+    return [
+        f"{row['model']} {row['mode']} on {_device(row)} ({row['runtime']}): imported from {row['imported from']}"
+        for _, row in frame.iterrows()
+        if not _missing(row["imported from"])
+    ]
 
 
 def _markdown(text: str) -> str:
