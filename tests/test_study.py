@@ -34,6 +34,11 @@ def rate(spec: TrialSpec) -> float:
     return 1200.0 if fast(spec.settings.params()) else 1000.0
 
 
+def rate_of(params: dict[str, object]) -> float:
+    """What ``rate`` gives the settings ``params``."""
+    return 1200.0 if fast(params) else 1000.0
+
+
 def states(study: optuna.Study) -> list[TrialState]:
     return [t.state for t in study.get_trials()]
 
@@ -175,6 +180,9 @@ def test_a_peers_baseline_impostors_and_out_of_space_queue_are_skipped_not_measu
     assert not [p for p in ran if p.get("intra_op") == 999 or p.get("data_format") == "NCDHW" or p["onednn"] == 1.0]
     # The verdict's baselines are this study's own: tf-default and heuristic as planned, never the impostor.
     assert verdict.params[DEFAULT] == planned[DEFAULT] and verdict.params[HEURISTIC] == planned[HEURISTIC]
+    # `show` reports tf-default's search value from the real one, never the impostor's 1e9.
+    shown = summarize_study(optuna.load_study(study_name=config.name, storage=storage))
+    assert shown["search_baselines"][DEFAULT] == rate_of(planned[DEFAULT])
     # The impostor never counted for the study's trials: 10 usable ones were measured, and no proposal was
     # skipped as surplus on its account.
     assert len(run.measured()) == 10

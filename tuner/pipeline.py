@@ -78,6 +78,7 @@ from tuner.policy import BURST, CONFIRM, MeasurementPolicy
 from tuner.probe import fixed_knobs
 from tuner.progress import Bar
 from tuner.records import BenchmarkRecord, StoredConfirmation, StoredVerdict, baseline_name, imported_from
+from tuner.resume import not_the_baseline
 from tuner.runner import Runner, SubprocessRunner
 from tuner.runtime import GPU_RUNTIME, MANIFEST, Runtime
 from tuner.runtime import load as load_runtime
@@ -316,7 +317,10 @@ class Job:
             len(opened.baselines.runnable),
             opened.distinct_settings(),
             complete=len(trials),
-            measured_baselines=sum(baseline_name(t.user_attrs) is not None for t in trials),
+            measured_baselines=sum(  # a trial with a baseline's name and other settings is no baseline
+                baseline_name(t.user_attrs) is not None and not not_the_baseline(t, opened.baselines.runnable)
+                for t in trials
+            ),
             kept=self._complete(config.name),
         )
 

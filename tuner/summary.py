@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypedDict
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from tuner.capability import NOT_RUNNABLE
 from tuner.confirm import DEFAULT, HEURISTIC
@@ -150,6 +150,25 @@ def summarize_verdict(verdict: StoredVerdict, confirmation: StoredConfirmation |
     )
 
 
+def _search_baselines(complete: Sequence[FrozenTrial], verdict: StoredVerdict | None) -> dict[str, FrozenTrial]:
+    """Each baseline's search trial as show reports it: the first complete trial of its name (a run queues its
+    baselines before anything else), and, where the verdict confirmed that name, only one of the settings it
+    confirmed: in a shared study anyone may write a trial with a baseline's name and other settings."""
+    found: dict[str, FrozenTrial] = {}
+    for t in complete:
+        name = baseline_name(t.user_attrs)
+        if name is None or name in found:
+            continue
+        confirmed = None if verdict is None else verdict.params.get(name)
+        try:
+            if confirmed is not None and Settings.from_params(t.params) != confirmed:
+                continue
+        except InvalidSettings:
+            continue
+        found[name] = t
+    return found
+
+
 def summarize_study(study: optuna.Study) -> StudySummary:
     """One study as show prints it (and its --json), from the study's checked metadata and verdict."""
     attrs = study.user_attrs
@@ -167,6 +186,7 @@ def summarize_study(study: optuna.Study) -> StudySummary:
     best = max(complete, key=lambda t: t.value or 0.0, default=None)
     measured = [m for t in complete if (m := trial_measurement(t.user_attrs)) is not None]
     framework = next((m.facts.get("framework_version") for m in measured if m.facts.get("framework_version")), None)
+    searched = _search_baselines(complete, verdict)
     return StudySummary(
         name=study.study_name,
         model=meta.model,
@@ -192,10 +212,8 @@ def summarize_study(study: optuna.Study) -> StudySummary:
             loop_images_per_sec=_trial_loop_rate(best),
             params=dict(best.params),
         ),
-        search_baselines={name: t.value for t in complete if (name := baseline_name(t.user_attrs))},
-        search_loop_images_per_sec={
-            name: _trial_loop_rate(t) for t in complete if (name := baseline_name(t.user_attrs))
-        },
+        search_baselines={name: t.value for name, t in searched.items()},
+        search_loop_images_per_sec={name: _trial_loop_rate(t) for name, t in searched.items()},
         importances=attrs.get("importances"),  # checked by tuner_studies: numbers, or {"error": text}
         inert_knobs=list(meta.inert_knobs),
         baseline_notes=dict(runnable.baselines),
