@@ -11,6 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.helpers import FAST_CONFIRM, make_config
+from tuner import report
 from tuner.confirm import DEFAULT, HEURISTIC
 from tuner.errors import TunerError, WorkerCrashed, WorkerNotStarted
 from tuner.models import ModelRef
@@ -181,8 +182,13 @@ def test_a_peers_baseline_impostors_and_out_of_space_queue_are_skipped_not_measu
     # The verdict's baselines are this study's own: tf-default and heuristic as planned, never the impostor.
     assert verdict.params[DEFAULT] == planned[DEFAULT] and verdict.params[HEURISTIC] == planned[HEURISTIC]
     # `show` reports tf-default's search value from the real one, never the impostor's 1e9.
-    shown = summarize_study(optuna.load_study(study_name=config.name, storage=storage))
+    stored = optuna.load_study(study_name=config.name, storage=storage)
+    shown = summarize_study(stored)
     assert shown["search_baselines"][DEFAULT] == rate_of(planned[DEFAULT])
+    # The report's figures draw the impostor as a plain trial, not as tf-default; the real one keeps its name.
+    drawn = report.plotted(stored)[0].trials
+    assert "baseline" not in drawn[impostor].user_attrs
+    assert [t.user_attrs.get("baseline") for t in drawn].count(DEFAULT) == 1
     # The impostor never counted for the study's trials: 10 usable ones were measured, and no proposal was
     # skipped as surplus on its account.
     assert len(run.measured()) == 10

@@ -642,6 +642,23 @@ def baseline_name(attrs: Mapping[str, Any]) -> str | None:
     return value if is_name(value) else None
 
 
+def confirmed_baseline(
+    params: Mapping[str, Any], attrs: Mapping[str, Any], verdict: StoredVerdict | None
+) -> str | None:
+    """A finished trial's baseline name (``baseline_name``) where its ``params`` are the settings ``verdict``
+    confirmed under that name; with no verdict, or one that did not confirm that name, the name as written.
+    For readers without the run's plan (show, report): in a shared study anyone may write a trial with a
+    baseline's name and other settings, and the verdict is the study's word on what that baseline is."""
+    name = baseline_name(attrs)
+    confirmed = None if name is None or verdict is None else verdict.params.get(name)
+    if confirmed is None:
+        return name
+    try:
+        return name if Settings.from_params(params) == confirmed else None
+    except InvalidSettings:
+        return None
+
+
 def trial_measurement(attrs: Mapping[str, Any]) -> Measurement | None:
     """A trial's ``measurement`` attribute, or None where it is absent or malformed: a shared study's trials
     may hold anything, and every reader skips what this cannot read rather than fail on it."""

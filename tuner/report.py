@@ -27,7 +27,15 @@ from tuner import __version__, benchmark, table
 from tuner.confirm import DEFAULT, HEURISTIC, TUNED
 from tuner.disturbance import describe_study, study_figures
 from tuner.errors import InvalidSettings, TunerError
-from tuner.records import BenchmarkRecord, StoredVerdict, StudyMeta, baseline_name, trial_measurement, tuner_studies
+from tuner.records import (
+    BenchmarkRecord,
+    MalformedRecord,
+    StoredVerdict,
+    StudyMeta,
+    confirmed_baseline,
+    trial_measurement,
+    tuner_studies,
+)
 from tuner.settings import Settings
 from tuner.topology import cores_text
 
@@ -66,12 +74,16 @@ def plotted(study: optuna.Study) -> tuple[optuna.Study, int]:
     trials were left out because no knob validates their params."""
     copy = optuna.create_study(direction=study.direction)  # in memory
     left_out = 0
+    try:  # the study's word on what each baseline is: a trial with a baseline's name and other settings is none
+        verdict = StoredVerdict.from_dict(study.user_attrs["verdict"]) if "verdict" in study.user_attrs else None
+    except MalformedRecord:
+        verdict = None
     for t in study.get_trials(deepcopy=False):
         kept = None
         if t.state == TrialState.COMPLETE and t.value is not None:
             try:
                 Settings.from_params(t.params)
-                name = baseline_name(t.user_attrs)
+                name = confirmed_baseline(t.params, t.user_attrs, verdict)
                 kept = optuna.trial.create_trial(
                     params=dict(t.params),
                     distributions=dict(t.distributions),

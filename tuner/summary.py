@@ -28,7 +28,7 @@ from tuner.records import (
     StoredRunnable,
     StoredVerdict,
     StudyMeta,
-    baseline_name,
+    confirmed_baseline,
     trial_measurement,
     tuner_studies,
 )
@@ -152,20 +152,12 @@ def summarize_verdict(verdict: StoredVerdict, confirmation: StoredConfirmation |
 
 def _search_baselines(complete: Sequence[FrozenTrial], verdict: StoredVerdict | None) -> dict[str, FrozenTrial]:
     """Each baseline's search trial as show reports it: the first complete trial of its name (a run queues its
-    baselines before anything else), and, where the verdict confirmed that name, only one of the settings it
-    confirmed: in a shared study anyone may write a trial with a baseline's name and other settings."""
+    baselines before anything else) whose settings the verdict confirmed under it (``confirmed_baseline``)."""
     found: dict[str, FrozenTrial] = {}
     for t in complete:
-        name = baseline_name(t.user_attrs)
-        if name is None or name in found:
-            continue
-        confirmed = None if verdict is None else verdict.params.get(name)
-        try:
-            if confirmed is not None and Settings.from_params(t.params) != confirmed:
-                continue
-        except InvalidSettings:
-            continue
-        found[name] = t
+        name = confirmed_baseline(t.params, t.user_attrs, verdict)
+        if name is not None and name not in found:
+            found[name] = t
     return found
 
 
