@@ -211,6 +211,12 @@ def records(
     return found
 
 
+def own_records(storage: optuna.storages.BaseStorage) -> list[BenchmarkRecord]:
+    """The records this storage's own runs stored (``records``), without those `tuner import` merged: another
+    machine's, whatever CPU id, run or model they name, so never a benchmark or yardstick of this one."""
+    return [r for r in records(storage) if "imported" not in r]
+
+
 # -- measuring ----------------------------------------------------------------------------------------
 
 
@@ -261,8 +267,8 @@ def flops_per_image(
     """FLOPs per image for inference and one training step (inference only for a SavedModel), counted once
     per model and stored."""
     name = as_ref(model).label
-    for record in records(storage):  # counted here: an imported count could be anything
-        if record.get("kind") == "flops" and record.get("model") == name and "imported" not in record:
+    for record in own_records(storage):  # counted here: an imported count could be anything
+        if record.get("kind") == "flops" and record.get("model") == name:
             return {mode: float(v) for mode, v in record["flops_per_image"].items()}
     result = runner.compute(TaskSpec("flops", settings, cores, model=model))
     counted = result.get("flops_per_image")
@@ -306,10 +312,9 @@ def matmul_peak(
 ) -> float:
     """Best GFLOP/s of a 4096x4096 fp32 matmul in ``runtime`` on ``cores`` with ``settings`` (see
     ``yardstick_settings``), measured once and stored with the settings and whether oneDNN really ran."""
-    for record in records(storage):
+    for record in own_records(storage):  # measured here: a file may claim this CPU's id
         if (
             record.get("kind") == "matmul"
-            and "imported" not in record  # measured here: a file may claim this CPU's id
             and record.get("runtime") == runtime
             and record.get("cores") == len(cores)
             and record.get("cpu", {}).get("id") == signature.id

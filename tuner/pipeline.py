@@ -39,7 +39,7 @@ from tuner.benchmark import (
     matmul_peak,
     measure,
     new_run_id,
-    records,
+    own_records,
     skip_record,
     store,
     visible_gpus,
@@ -356,7 +356,7 @@ class Job:
 
     def _yardsticks_to_measure(self, prepared: Sequence[Prepared]) -> int:
         """How many yardsticks ``_yardsticks`` would measure: those not stored yet."""
-        found = [r for r in records(self.storage) if "imported" not in r]  # as benchmark.matmul_peak reads them
+        found = own_records(self.storage)  # as benchmark.matmul_peak and flops_per_image read them
         flops = any(r.get("kind") == "flops" and r.get("model") == as_ref(self.model).label for r in found)
         stored = {
             (r.get("runtime"), r.get("cores"), r.get("precision", "fp32"))
@@ -524,13 +524,14 @@ class Job:
     def _complete(self, study_name: str) -> bool:
         """The study has a verdict and the benchmark records of that very confirmation are stored; or it was
         imported, which no run here may tune (``resume.open_study``): it is kept as measured elsewhere."""
-        if study_name not in {s.study_name for s in self.storage.get_all_studies()}:
+        found = [s for s in self.storage.get_all_studies() if s.study_name == study_name]
+        if not found:
             return False
-        if self._imported(study_name) is not None:
+        if imported_from(found[0].user_attrs) is not None:
             return True
-        study = optuna.load_study(study_name=study_name, storage=self.storage)
-        if "verdict" not in study.user_attrs:
+        if "verdict" not in found[0].user_attrs:
             return False
+        study = optuna.load_study(study_name=study_name, storage=self.storage)
         run_id = confirmation_id(study)
         return any(r.get("run_id") == run_id for r in self._own_benchmarks())
 
@@ -593,7 +594,7 @@ class Job:
     def _own_benchmarks(self) -> list[BenchmarkRecord]:
         """The benchmark records this storage's own runs stored: an imported one (``tuner import``) is
         another machine's, whatever run it names, and never stands for a benchmark of this job's."""
-        return [r for r in records(self.storage) if r.get("kind") == "benchmark" and "imported" not in r]
+        return [r for r in own_records(self.storage) if r.get("kind") == "benchmark"]
 
     def _store_records(self, study: optuna.Study, target: Target) -> None:
         stored = {(r.get("run_id"), r.get("label")) for r in self._own_benchmarks()}

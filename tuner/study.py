@@ -524,11 +524,10 @@ class StudyRun:
         complete: set[str] = set()
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
             name = baseline_name(t.user_attrs)
-            if name is None or not_the_baseline(t, self.baselines.runnable):
+            if name is None or self._unusable(t) is not None:  # not_the_baseline included
                 continue
             if t.state == TrialState.COMPLETE:
-                if self._unusable(t) is None:
-                    complete.add(name)
+                complete.add(name)
             else:
                 reasons.setdefault(name, set()).add(trial_text(t.user_attrs, "fail_reason"))
         return [
