@@ -88,8 +88,16 @@ def test_check_study_refuses_a_malformed_confirmation_or_runnable_record() -> No
     # A baseline note that is not text could not be printed by show: refused too.
     with pytest.raises(MalformedRecord, match=r"runnable\.baselines"):
         check_study("s", {"runnable": {"baselines": {"heuristic": 3}}})
-    # Well-formed records pass.
-    check_study("s", {"runnable": StoredRunnable(("x taken out",), {"heuristic": "note"}).to_dict()})
+    # Planned baselines whose settings are not valid settings, or not an object, are refused: show and the
+    # report compare trials with them.
+    with pytest.raises(MalformedRecord, match=r"runnable\.planned\.tf-default"):
+        check_study("s", {"runnable": {"planned": {"tf-default": {"intra_op": -3}}}})
+    with pytest.raises(MalformedRecord, match=r"runnable\.planned"):
+        check_study("s", {"runnable": {"planned": ["tf-default"]}})
+    # Well-formed records pass, and the planned settings read back as stored.
+    record = StoredRunnable(("x taken out",), {"heuristic": "note"}, planned_params={"tf-default": {"intra_op": 0}})
+    check_study("s", {"runnable": record.to_dict()})
+    assert StoredRunnable.from_dict(record.to_dict()).planned_params == {"tf-default": {"intra_op": 0}}
 
 
 def test_study_meta_reads_the_space_and_the_inert_knobs() -> None:

@@ -195,6 +195,33 @@ def test_a_peers_baseline_impostors_and_out_of_space_queue_are_skipped_not_measu
     assert not [t for t in trials if t.user_attrs.get("skip_reason", "").startswith("surplus")]
 
 
+def test_before_a_verdict_show_and_the_report_know_a_baseline_by_the_settings_the_run_planned(
+    storage: optuna.storages.RDBStorage,
+) -> None:
+    config = make_config(trials=4)
+    # A peer wrote a finished tf-default of other settings with a huge value before this run opened the
+    # study, so it is the first trial of that name (show took the first one) ...
+    study = optuna.create_study(storage=storage, study_name=config.name, direction="maximize")
+    forged = dict(config.space.baselines(2)[DEFAULT], intra_op=1, inter_op=1)  # the fast settings
+    space = config.space.distributions(2)
+    study.add_trial(optuna.trial.create_trial(params=forged, distributions=space, value=1e9,
+                                              user_attrs={"baseline": DEFAULT}))  # fmt: skip
+    # ... and this run searched only: no confirmation, so no verdict to say what tf-default is.
+    run = StudyRun(storage, config, ReplayRunner.from_rates(rate))
+    run.search(None)
+    planned = run.baselines.runnable
+    stored = optuna.load_study(study_name=config.name, storage=storage)
+    assert "verdict" not in stored.user_attrs
+    # The study stores the settings the run planned for each baseline: the word show and the report use.
+    assert stored.user_attrs["runnable"]["planned"] == {name: dict(p) for name, p in planned.items()}
+    # `show` reports tf-default's search value from the real one (as planned), never the impostor's 1e9.
+    assert summarize_study(stored)["search_baselines"][DEFAULT] == rate_of(planned[DEFAULT])
+    # The report's figures draw the impostor as a plain trial; the real tf-default keeps its name.
+    drawn = report.plotted(stored)[0].trials
+    assert "baseline" not in drawn[0].user_attrs
+    assert [t.user_attrs.get("baseline") for t in drawn].count(DEFAULT) == 1
+
+
 def test_a_model_files_stand_in_baseline_is_its_own_though_it_sets_a_knob_the_space_lacks(
     storage: optuna.storages.RDBStorage,
 ) -> None:

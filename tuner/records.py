@@ -391,6 +391,9 @@ class StoredRunnable:
     excluded: tuple[str, ...] = ()  # knob values taken out of the space, one line each
     baselines: Mapping[str, str] = field(default_factory=dict)  # baseline name -> why it was set aside
     capabilities: Mapping[str, Any] = field(default_factory=dict)
+    # baseline name -> the settings measured under it here, as the last run planned them (absent before)
+    planned: Mapping[str, Settings] = field(default_factory=dict)
+    planned_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # ``planned`` as stored
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "runnable") -> StoredRunnable:
@@ -409,10 +412,22 @@ class StoredRunnable:
         capabilities = data.get("capabilities") or {}
         if not isinstance(capabilities, Mapping):
             raise MalformedRecord(f"{where}.capabilities: must be an object")
-        return cls(tuple(excluded), baselines, capabilities)
+        planned_params = data.get("planned") or {}
+        if not isinstance(planned_params, Mapping):
+            raise MalformedRecord(f"{where}.planned: must be an object")
+        _names(planned_params, f"{where}.planned")
+        planned = {name: _settings(p, f"{where}.planned.{name[:40]}") for name, p in planned_params.items()}
+        return cls(tuple(excluded), baselines, capabilities, planned, planned_params)
 
     def to_dict(self) -> dict[str, object]:
-        return {"capabilities": self.capabilities, "excluded": list(self.excluded), "baselines": self.baselines}
+        record: dict[str, object] = {
+            "capabilities": self.capabilities,
+            "excluded": list(self.excluded),
+            "baselines": self.baselines,
+        }
+        if self.planned_params:
+            record["planned"] = {name: dict(params) for name, params in self.planned_params.items()}
+        return record
 
 
 class BenchmarkRecord(TypedDict, total=False):
@@ -643,14 +658,23 @@ def baseline_name(attrs: Mapping[str, Any]) -> str | None:
 
 
 def confirmed_baseline(
-    params: Mapping[str, Any], attrs: Mapping[str, Any], verdict: StoredVerdict | None
+    params: Mapping[str, Any],
+    attrs: Mapping[str, Any],
+    verdict: StoredVerdict | None,
+    planned: Mapping[str, Settings] | None = None,
 ) -> str | None:
     """A finished trial's baseline name (``baseline_name``) where its ``params`` are the settings ``verdict``
-    confirmed under that name; with no verdict, or one that did not confirm that name, the name as written.
+    confirmed under that name, or failing that the settings the run planned under it (the study's
+    ``runnable.planned``); with neither, the name as written (a study from before plans were stored).
     For readers without the run's plan (show, report): in a shared study anyone may write a trial with a
-    baseline's name and other settings, and the verdict is the study's word on what that baseline is."""
+    baseline's name and other settings, and the verdict, or before one the plan, is the study's word on what
+    that baseline is."""
     name = baseline_name(attrs)
-    confirmed = None if name is None or verdict is None else verdict.params.get(name)
+    if name is None:
+        return None
+    confirmed = verdict.params.get(name) if verdict is not None else None
+    if confirmed is None and planned is not None:
+        confirmed = planned.get(name)
     if confirmed is None:
         return name
     try:

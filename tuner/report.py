@@ -30,6 +30,7 @@ from tuner.errors import InvalidSettings, TunerError
 from tuner.records import (
     BenchmarkRecord,
     MalformedRecord,
+    StoredRunnable,
     StoredVerdict,
     StudyMeta,
     confirmed_baseline,
@@ -78,12 +79,16 @@ def plotted(study: optuna.Study) -> tuple[optuna.Study, int]:
         verdict = StoredVerdict.from_dict(study.user_attrs["verdict"]) if "verdict" in study.user_attrs else None
     except MalformedRecord:
         verdict = None
+    try:  # before a verdict, the run's plan is that word
+        planned = StoredRunnable.from_dict(study.user_attrs.get("runnable")).planned
+    except MalformedRecord:
+        planned = {}
     for t in study.get_trials(deepcopy=False):
         kept = None
         if t.state == TrialState.COMPLETE and t.value is not None:
             try:
                 Settings.from_params(t.params)
-                name = confirmed_baseline(t.params, t.user_attrs, verdict)
+                name = confirmed_baseline(t.params, t.user_attrs, verdict, planned)
                 kept = optuna.trial.create_trial(
                     params=dict(t.params),
                     distributions=dict(t.distributions),

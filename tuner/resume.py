@@ -66,7 +66,9 @@ def open_study(
         study.set_user_attr("tuner", meta)
     else:
         check_comparable(config.name, study.user_attrs["tuner"], meta)
-    store_runnable(study, StoredRunnable(tuple(excluded), baselines.notes, caps.to_dict()), progress)
+    planned = {name: Settings.from_params(params) for name, params in baselines.runnable.items()}
+    runnable = StoredRunnable(tuple(excluded), baselines.notes, caps.to_dict(), planned, baselines.runnable)
+    store_runnable(study, runnable, progress)
     warn_limits(config.cores, progress)
     fail_orphans(study, progress)
     queue_baselines(study, baselines.runnable)

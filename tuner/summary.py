@@ -150,12 +150,15 @@ def summarize_verdict(verdict: StoredVerdict, confirmation: StoredConfirmation |
     )
 
 
-def _search_baselines(complete: Sequence[FrozenTrial], verdict: StoredVerdict | None) -> dict[str, FrozenTrial]:
+def _search_baselines(
+    complete: Sequence[FrozenTrial], verdict: StoredVerdict | None, planned: Mapping[str, Settings]
+) -> dict[str, FrozenTrial]:
     """Each baseline's search trial as show reports it: the first complete trial of its name (a run queues its
-    baselines before anything else) whose settings the verdict confirmed under it (``confirmed_baseline``)."""
+    baselines before anything else) whose settings the verdict confirmed, or the run planned, under it
+    (``confirmed_baseline``)."""
     found: dict[str, FrozenTrial] = {}
     for t in complete:
-        name = confirmed_baseline(t.params, t.user_attrs, verdict)
+        name = confirmed_baseline(t.params, t.user_attrs, verdict, planned)
         if name is not None and name not in found:
             found[name] = t
     return found
@@ -178,7 +181,7 @@ def summarize_study(study: optuna.Study) -> StudySummary:
     best = max(complete, key=lambda t: t.value or 0.0, default=None)
     measured = [m for t in complete if (m := trial_measurement(t.user_attrs)) is not None]
     framework = next((m.facts.get("framework_version") for m in measured if m.facts.get("framework_version")), None)
-    searched = _search_baselines(complete, verdict)
+    searched = _search_baselines(complete, verdict, runnable.planned)
     return StudySummary(
         name=study.study_name,
         model=meta.model,
