@@ -92,8 +92,9 @@ def test_check_study_refuses_a_malformed_confirmation_or_runnable_record() -> No
     # report compare trials with them.
     with pytest.raises(MalformedRecord, match=r"runnable\.planned\.tf-default"):
         check_study("s", {"runnable": {"planned": {"tf-default": {"intra_op": -3}}}})
-    with pytest.raises(MalformedRecord, match=r"runnable\.planned"):
-        check_study("s", {"runnable": {"planned": ["tf-default"]}})
+    for planned in (["tf-default"], [], ""):  # empty or not, only an object maps names to settings
+        with pytest.raises(MalformedRecord, match=r"runnable\.planned"):
+            check_study("s", {"runnable": {"planned": planned}})
     # Well-formed records pass, and the planned settings read back as stored.
     record = StoredRunnable(("x taken out",), {"heuristic": "note"}, planned_params={"tf-default": {"intra_op": 0}})
     check_study("s", {"runnable": record.to_dict()})

@@ -206,6 +206,9 @@ def test_before_a_verdict_show_and_the_report_know_a_baseline_by_the_settings_th
     space = config.space.distributions(2)
     study.add_trial(optuna.trial.create_trial(params=forged, distributions=space, value=1e9,
                                               user_attrs={"baseline": DEFAULT}))  # fmt: skip
+    # It also wrote one under a baseline name this run does not measure (oneDNN on is tf-default on this CPU).
+    study.add_trial(optuna.trial.create_trial(params=forged, distributions=space, value=1e9,
+                                              user_attrs={"baseline": "onednn-on"}))  # fmt: skip
     # ... and this run searched only: no confirmation, so no verdict to say what tf-default is.
     run = StudyRun(storage, config, ReplayRunner.from_rates(rate))
     run.search(None)
@@ -214,11 +217,13 @@ def test_before_a_verdict_show_and_the_report_know_a_baseline_by_the_settings_th
     assert "verdict" not in stored.user_attrs
     # The study stores the settings the run planned for each baseline: the word show and the report use.
     assert stored.user_attrs["runnable"]["planned"] == {name: dict(p) for name, p in planned.items()}
-    # `show` reports tf-default's search value from the real one (as planned), never the impostor's 1e9.
-    assert summarize_study(stored)["search_baselines"][DEFAULT] == rate_of(planned[DEFAULT])
-    # The report's figures draw the impostor as a plain trial; the real tf-default keeps its name.
+    # `show` reports tf-default's search value from the real one (as planned), never the impostor's 1e9, and
+    # no onednn-on at all: the run does not measure one here.
+    searched = summarize_study(stored)["search_baselines"]
+    assert searched[DEFAULT] == rate_of(planned[DEFAULT]) and "onednn-on" not in searched
+    # The report's figures draw both impostors as plain trials; the real tf-default keeps its name.
     drawn = report.plotted(stored)[0].trials
-    assert "baseline" not in drawn[0].user_attrs
+    assert "baseline" not in drawn[0].user_attrs and "baseline" not in drawn[1].user_attrs
     assert [t.user_attrs.get("baseline") for t in drawn].count(DEFAULT) == 1
 
 
@@ -512,6 +517,13 @@ def test_what_cannot_run_here_is_said_once_and_not_again_on_resume(storage: optu
     # Resumed on the same CPU, the stored note stands: nothing is said again, and it stays stored.
     assert not [line for line in again if line.startswith("baseline ")]
     assert run.study.user_attrs["runnable"]["baselines"] == {"onednn-on": "same as tf-default on this CPU"}
+    # A study stored before the plan was (no "planned"): resumed, it gains the plan and says nothing again.
+    older = {k: v for k, v in run.study.user_attrs["runnable"].items() if k != "planned"}
+    run.study.set_user_attr("runnable", older)
+    third: list[str] = []
+    run = StudyRun(storage, make_config(trials=2), ReplayRunner.from_rates(rate), progress=third.append)
+    assert not [line for line in third if line.startswith("baseline ")]
+    assert set(run.study.user_attrs["runnable"]["planned"]) == set(run.baselines.runnable)
 
 
 def test_stop_rule_names_each_exit_of_the_search(storage: optuna.storages.RDBStorage) -> None:

@@ -412,7 +412,8 @@ class StoredRunnable:
         capabilities = data.get("capabilities") or {}
         if not isinstance(capabilities, Mapping):
             raise MalformedRecord(f"{where}.capabilities: must be an object")
-        planned_params = data.get("planned") or {}
+        planned_params = data.get("planned")
+        planned_params = {} if planned_params is None else planned_params
         if not isinstance(planned_params, Mapping):
             raise MalformedRecord(f"{where}.planned: must be an object")
         _names(planned_params, f"{where}.planned")
@@ -665,7 +666,8 @@ def confirmed_baseline(
 ) -> str | None:
     """A finished trial's baseline name (``baseline_name``) where its ``params`` are the settings ``verdict``
     confirmed under that name, or failing that the settings the run planned under it (the study's
-    ``runnable.planned``); with neither, the name as written (a study from before plans were stored).
+    ``runnable.planned``: a name it does not plan is no baseline, as the run itself reads it); with neither,
+    the name as written (a study from before plans were stored).
     For readers without the run's plan (show, report): in a shared study anyone may write a trial with a
     baseline's name and other settings, and the verdict, or before one the plan, is the study's word on what
     that baseline is."""
@@ -673,8 +675,10 @@ def confirmed_baseline(
     if name is None:
         return None
     confirmed = verdict.params.get(name) if verdict is not None else None
-    if confirmed is None and planned is not None:
+    if confirmed is None and planned:
         confirmed = planned.get(name)
+        if confirmed is None:  # a name the run does not measure as a baseline ("same as" one, or set aside)
+            return None
     if confirmed is None:
         return name
     try:

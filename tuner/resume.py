@@ -97,9 +97,12 @@ def store_runnable(study: optuna.Study, runnable: StoredRunnable, progress: Prog
     """Store what can run here on the study and say each exclusion and baseline note, only when it changed
     (a resumed study on the same CPU says nothing again)."""
     record = runnable.to_dict()
-    if study.user_attrs.get("runnable") == record:
+    stored = study.user_attrs.get("runnable")
+    if stored == record:
         return
     study.set_user_attr("runnable", record)
+    if isinstance(stored, Mapping) and {**stored, "planned": None} == {**record, "planned": None}:
+        return  # only the plan's record is new (a study stored before plans were): nothing new to say
     for line in [*runnable.excluded, *(f"baseline {name}: {note}" for name, note in runnable.baselines.items())]:
         progress(line)
 
