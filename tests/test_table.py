@@ -118,8 +118,10 @@ def test_table_renders_markdown_csv_html_and_json_and_refuses_other_formats() ->
     csv = table.render(frame, notes, "csv")
     html = table.render(frame, notes, "html")
     data = json.loads(table.render(frame, notes, "json"))
-    # Each format carries the header (the model first) and the figures.
-    assert markdown.startswith("| model ") and "64.00 (15.62ms)" in markdown
+    # Each format carries the header and the figures; the markdown view names the model once under the
+    # table where every row has the same one (the data formats keep the column: the model first).
+    assert markdown.startswith("| runtime ") and "64.00 (15.62ms)" in markdown
+    assert "- model: resnet50 (every row)" in markdown
     assert csv.splitlines()[0].startswith("model,runtime,CPU,cores,memory GiB,GPU,batch size,mode,status")
     assert "<table" in html and "<th>tuned settings</th>" in html
     # JSON: the data rows, every column, numbers as numbers, and the notes beside them.
@@ -183,6 +185,35 @@ def test_images_per_sec_is_the_timed_loop_rate_and_the_median_step_speedup_says_
     assert "tuned/tf-default (median step, 95% CI)" in wide and "1.25x [" in wide
     # The plain ratio beside the figures is of the figures themselves: 40 / 64.
     assert "| 0.62x " in table.render(frame, notes, "markdown")
+
+
+RUNTIMES = ("tensorflow", "tensorflow-eigen")
+
+
+def test_narrow_view_keeps_the_runtime_name_that_tells_rows_apart_and_the_model_column_where_models_differ() -> None:
+    # On a CPU where stock TensorFlow leaves oneDNN off (AVX2 only), its rows read "CPU (no optimisation)
+    # [tensorflow]" beside plain Eigen's "CPU (no optimisation)".
+    avx2 = Measurement(32, (0.5,) * 4, (1.0,), {"onednn": False}, 0.0, 0.0)
+    targets = [Target(rt, Workload("resnet50", mode, 32), (0, 1)) for rt in RUNTIMES for mode in ("train", "infer")]
+    records = [
+        make_record(target, name, Settings(), [avx2] * 2, SIGNATURE, "r1")
+        for target in targets
+        for name in ("tf-default", "tuned")
+    ]
+    frame, notes = table.build(records)
+    lines = table.render(frame, notes, "markdown").splitlines()
+    rows = [line for line in lines if line.startswith("| CPU")]
+    # Every line fits the width, and the two runtimes' rows stay apart: the runtime's name is kept whole
+    # where the label is cut (before, both read "CPU (no optimisatio...").
+    assert max(map(len, lines)) <= WIDTH
+    assert len([r for r in rows if "[tensorflow] " in r]) == 2 and len([r for r in rows if "[" not in r]) == 2
+    # One model in every row: a line under the table, not a column.
+    assert lines[0].startswith("| runtime ") and "- model: resnet50 (every row)" in lines
+    # Two models: the column stays, the model first, and no model line.
+    mobilenet = [r | {"model": "mobilenet_v2"} for r in records[:2]]
+    frame, notes = table.build([*records, *mobilenet])
+    both = table.render(frame, notes, "markdown")
+    assert both.startswith("| model ") and "(every row)" not in both
 
 
 def test_csv_has_numeric_columns_and_empty_missing_values() -> None:
@@ -252,7 +283,8 @@ def test_stored_html_is_text_in_a_markdown_table() -> None:
         # Where the markdown is rendered (a README, a PR comment) no tag opens: every "<" is escaped, and
         # the stored backslash is a backslash, not the start of an escape.
         assert not re.search(r"(?<!\\)<", text) and "\\<img" in text
-        assert "| m\\\\\\<script> |" in text
+        # The model, the same in every row, is a cell of the wide view and a line under the narrow one.
+        assert ("| m\\\\\\<script> |" if wide else "- model: m\\\\\\<script> (every row)") in text
 
 
 def test_yardsticks_measured_here_outrank_imported_ones() -> None:
@@ -287,7 +319,7 @@ def test_stored_links_and_images_are_text_in_a_markdown_table() -> None:
         assert not re.search(r"\]\(", text)
         assert wide is False or "![pixel]\\(https://evil.example/t.png?from=you)" in text
         # ... and the stored backslash is a backslash, not the escape of the "(" after it.
-        assert "| m\\\\]\\(x) |" in text
+        assert ("| m\\\\]\\(x) |" if wide else "- model: m\\\\]\\(x) (every row)") in text
     # The tool's own brackets stay as they are: the interval of a ratio is no link.
     plain, plain_notes = table.build([*_group(), *_yardsticks()])
     wide = table.render(plain, plain_notes, "markdown", wide=True)

@@ -375,7 +375,10 @@ def render(frame: pd.DataFrame, notes: Sequence[str], fmt: str, wide: bool = Fal
     # both escaped, as markdown reads them, before the narrow view is cut to width, so that the escapes count.
     view = view.map(lambda value: _markdown(value).replace("|", "\\|") if isinstance(value, str) else value)
     if not wide:
-        view, notes = _narrow(view), [*_cpu_lines(frame), *_imported_lines(frame), *notes]
+        models = _model_lines(frame)
+        if models:  # one model in every row: said once under the table, its width left to the runtime
+            view = view.drop(columns="model")
+        view, notes = _narrow(view), [*models, *_cpu_lines(frame), *_imported_lines(frame), *notes]
     notes = [_markdown(note) for note in notes]
     text = str(view.to_markdown(index=False, disable_numparse=True))
     legend = [LEGEND_WIDE if wide else LEGEND, *(f"- {note}" for note in notes)]
@@ -494,14 +497,36 @@ def _view_row(row: pd.Series, wide: bool) -> dict[str, str]:
 
 def _narrow(view: pd.DataFrame) -> pd.DataFrame:
     """The narrow view cut to ``layout.WIDTH`` as markdown prints it (cells padded to their header plus two,
-    three characters between columns): the longest of model, runtime and recommended give way first."""
+    three characters between columns): the longest of model, runtime and recommended give way first, a
+    runtime keeping its ``[name]`` (``_shorten_runtime``)."""
     rows = [[f"{name}  " for name in view.columns], *view.astype(str).values.tolist()]
-    shrink = [list(view.columns).index(name) for name in ("model", "runtime", "mode", "recommended")]
+    names = list(view.columns)
+    shrink = [names.index(name) for name in ("model", "runtime", "mode", "recommended") if name in names]
     widths = fit(rows, WIDTH, 3 * len(view.columns) + 1, shrink)
     cells = view.astype(str)
     for name, size in zip(view.columns, widths, strict=True):
-        cells[name] = cells[name].map(lambda cell, size=size: shorten(cell, size))
+        cut = _shorten_runtime if name == "runtime" else shorten
+        cells[name] = cells[name].map(lambda cell, size=size, cut=cut: cut(cell, size))
     return cells
+
+
+_RUNTIME_NAME = re.compile(r"(.+)( \[[^\[\]]+\])")  # "CPU (no optimisation) [tensorflow]"
+
+
+def _shorten_runtime(cell: str, size: int) -> str:
+    """A runtime label cut to ``size``, its ``[name]`` kept where the read-back differs from the runtime's
+    label (stock TensorFlow with oneDNN off, beside plain Eigen's 'CPU (no optimisation)'): that name is
+    what tells the two rows apart, so the words before it give way."""
+    found = _RUNTIME_NAME.fullmatch(cell)
+    if len(cell) <= size or found is None or size - len(found[2]) < 8:
+        return shorten(cell, size)
+    return shorten(found[1], size - len(found[2])) + found[2]
+
+
+def _model_lines(frame: pd.DataFrame) -> list[str]:
+    """The model, where every row has the same one: a line under the narrow view instead of a column."""
+    models = list(frame["model"].dropna().unique()) if "model" in frame else []
+    return [f"model: {models[0]} (every row)"] if len(models) == 1 else []
 
 
 def _cpu_lines(frame: pd.DataFrame) -> list[str]:
