@@ -41,9 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     signature = cpu_signature()
     plan = [line for line in log if "benchmark-confirmation:" in line or "verdict:" in line or "study " in line]
     finished = datetime.fromtimestamp(args.log.stat().st_mtime, UTC).isoformat(timespec="seconds")
+    where = ", `.venv/bin/` on PATH" if args.command.startswith("tuner ") else ""  # else the command says its path
     text = f"""# `tuner run` on the development machine ({len(physical_cores())} cores)
 
-- Command: `{args.command}` (from the repository root, `.venv/bin/` on PATH), at commit `{args.commit}`
+- Command: `{args.command}` (from the repository root{where}), at commit `{args.commit}`
 - Started {args.started}, log last written {finished}; the run reported: job done in {done.group(1)} s{done.group(2)}
 - CPU: {signature.model_name} (vendor {signature.vendor}, family {signature.family} model {signature.model}
   stepping {signature.stepping}), {signature.physical_cores} physical cores, {signature.sockets} socket(s),
