@@ -209,11 +209,15 @@ def test_narrow_view_keeps_the_runtime_name_that_tells_rows_apart_and_the_model_
     assert len([r for r in rows if "[tensorflow] " in r]) == 2 and len([r for r in rows if "[" not in r]) == 2
     # One model in every row: a line under the table, not a column.
     assert lines[0].startswith("| runtime ") and "- model: resnet50 (every row)" in lines
-    # Two models: the column stays, the model first, and no model line.
-    mobilenet = [r | {"model": "mobilenet_v2"} for r in records[:2]]
+    # Two models: the column stays, the model first, and no model line; the runtime column is narrower
+    # then, and each cut label still keeps its [tensorflow] (or is Eigen's label whole).
+    mobilenet = [r | {"model": "mobilenet_v2"} for r in records]
     frame, notes = table.build([*records, *mobilenet])
     both = table.render(frame, notes, "markdown")
     assert both.startswith("| model ") and "(every row)" not in both
+    runtimes = [line.split("|")[2].strip() for line in both.splitlines() if line.startswith("| mobilenet")]
+    assert len(runtimes) == 4 and len(set(runtimes)) == 2 and any(r.endswith("[tensorflow]") for r in runtimes)
+    assert max(map(len, both.splitlines())) <= WIDTH
 
 
 def test_csv_has_numeric_columns_and_empty_missing_values() -> None:
@@ -259,7 +263,8 @@ def test_a_pipe_in_stored_text_cannot_break_a_markdown_row() -> None:
     for record in records:
         record["cpu"] = {**record["cpu"], "model_name": "EPYC | forged | cells"}  # type: ignore[dict-item]
         record["model"] = "m|" * 60  # stored text the narrow view shows, long and full of pipes
-    frame, notes = table.build([*records, *_yardsticks()])
+    other = [r | {"model": "n|" * 60} for r in _group()]  # two models: the view keeps (and cuts) the column
+    frame, notes = table.build([*records, *other, *_yardsticks()])
     for wide in (False, True):
         lines = [
             line for line in table.render(frame, notes, "markdown", wide=wide).splitlines() if line.startswith("|")
@@ -285,6 +290,15 @@ def test_stored_html_is_text_in_a_markdown_table() -> None:
         assert not re.search(r"(?<!\\)<", text) and "\\<img" in text
         # The model, the same in every row, is a cell of the wide view and a line under the narrow one.
         assert ("| m\\\\\\<script> |" if wide else "- model: m\\\\\\<script> (every row)") in text
+    # A long model under the table, wrapped at any point: no line ends on the backslash of an escape (a hard
+    # line break, which would leave the "<" after it unescaped).
+    for pad in range(95, 125):
+        for record in records:
+            record["model"] = "x" * pad + "<script>" + " y" * 20
+        frame, notes = table.build([*records, *_yardsticks()])
+        text = table.render(frame, notes, "markdown")
+        assert not re.search(r"(?<!\\)(\\\\)*\\$", text, re.MULTILINE), text
+        assert not re.search(r"(?<!\\)<", text) and "x\\<script>" in text
 
 
 def test_yardsticks_measured_here_outrank_imported_ones() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TextIO
 
 WIDTH = 120
@@ -37,12 +37,18 @@ def shorten(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(0, width - len(CUT))] + CUT
 
 
-def fit(rows: Sequence[Sequence[str]], width: int, overhead: int, shrink: Sequence[int]) -> list[int]:
+def fit(
+    rows: Sequence[Sequence[str]],
+    width: int,
+    overhead: int,
+    shrink: Sequence[int],
+    floors: Mapping[int, int] | None = None,
+) -> list[int]:
     """Column widths for ``rows`` (the header first) within ``width`` characters, ``overhead`` being what the
     separators take. Where the natural widths do not fit, the ``shrink`` columns give way, widest first,
-    down to their header's width (and never below 8)."""
+    down to their header's width (and never below 8, nor below a column's ``floors``)."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    floor = {i: max(8, len(rows[0][i])) for i in shrink}
+    floor = {i: min(widths[i], max(8, len(rows[0][i]), (floors or {}).get(i, 0))) for i in shrink}
     while sum(widths) + overhead > width:
         candidates = [i for i in shrink if widths[i] > floor[i]]
         if not candidates:
@@ -79,10 +85,19 @@ def columns(
     return "\n".join(lines)
 
 
-def wrap(text: str, width: int = WIDTH, indent: str = "", more: str | None = None) -> list[str]:
+def wrap(
+    text: str, width: int = WIDTH, indent: str = "", more: str | None = None, break_words: bool = True
+) -> list[str]:
     """``text`` as lines of at most ``width`` characters: the first indented ``indent``, the rest ``more``
-    (two spaces further by default). Words longer than a line are broken."""
+    (two spaces further by default). Words longer than a line are broken, unless ``break_words`` is off
+    (markdown: a break inside an escaped "<" would end a line on its backslash, a hard line break, and leave the
+    ``<`` unescaped); such a word then has a line of its own, however long."""
     more = indent + "  " if more is None else more
     return textwrap.wrap(
-        text, width, initial_indent=indent, subsequent_indent=more, break_on_hyphens=False, break_long_words=True
+        text,
+        width,
+        initial_indent=indent,
+        subsequent_indent=more,
+        break_on_hyphens=False,
+        break_long_words=break_words,
     ) or [indent.rstrip()]

@@ -26,7 +26,7 @@ import pandas as pd
 from tuner.capability import NOT_RUNNABLE
 from tuner.confirm import DEFAULT, HEURISTIC, TUNED, bootstrap_ratio, pooled_median
 from tuner.errors import InvalidSettings, check_choice
-from tuner.layout import WIDTH, fit, shorten, wrap
+from tuner.layout import CUT, WIDTH, fit, shorten, wrap
 from tuner.records import BenchmarkRecord
 from tuner.runtime import load as load_runtime
 from tuner.runtime import names as runtime_names
@@ -382,7 +382,8 @@ def render(frame: pd.DataFrame, notes: Sequence[str], fmt: str, wide: bool = Fal
     notes = [_markdown(note) for note in notes]
     text = str(view.to_markdown(index=False, disable_numparse=True))
     legend = [LEGEND_WIDE if wide else LEGEND, *(f"- {note}" for note in notes)]
-    return text + "\n\n" + "\n".join(line for part in legend for line in wrap(part, more="  "))
+    # Words are never broken: a break inside an escape ("\\<") would leave the "<" unescaped.
+    return text + "\n\n" + "\n".join(line for part in legend for line in wrap(part, more="  ", break_words=False))
 
 
 LEGEND = (
@@ -502,7 +503,10 @@ def _narrow(view: pd.DataFrame) -> pd.DataFrame:
     rows = [[f"{name}  " for name in view.columns], *view.astype(str).values.tolist()]
     names = list(view.columns)
     shrink = [names.index(name) for name in ("model", "runtime", "mode", "recommended") if name in names]
-    widths = fit(rows, WIDTH, 3 * len(view.columns) + 1, shrink)
+    # The runtime gives way no further than its longest [name] and a letter of the label before it.
+    kept = [len(found[2]) + KEPT_LETTERS for cell in view["runtime"] if (found := _RUNTIME_NAME.fullmatch(cell))]
+    floors = {names.index("runtime"): max(kept, default=0)}
+    widths = fit(rows, WIDTH, 3 * len(view.columns) + 1, shrink, floors)
     cells = view.astype(str)
     for name, size in zip(view.columns, widths, strict=True):
         cut = _shorten_runtime if name == "runtime" else shorten
@@ -511,6 +515,7 @@ def _narrow(view: pd.DataFrame) -> pd.DataFrame:
 
 
 _RUNTIME_NAME = re.compile(r"(.+)( \[[^\[\]]+\])")  # "CPU (no optimisation) [tensorflow]"
+KEPT_LETTERS = len(CUT) + 1  # of a cut runtime label before its [name]: "C... [tensorflow]" at least
 
 
 def _shorten_runtime(cell: str, size: int) -> str:
@@ -518,15 +523,16 @@ def _shorten_runtime(cell: str, size: int) -> str:
     label (stock TensorFlow with oneDNN off, beside plain Eigen's 'CPU (no optimisation)'): that name is
     what tells the two rows apart, so the words before it give way."""
     found = _RUNTIME_NAME.fullmatch(cell)
-    if len(cell) <= size or found is None or size - len(found[2]) < 8:
+    if len(cell) <= size or found is None or size - len(found[2]) < KEPT_LETTERS:
         return shorten(cell, size)
     return shorten(found[1], size - len(found[2])) + found[2]
 
 
 def _model_lines(frame: pd.DataFrame) -> list[str]:
     """The model, where every row has the same one: a line under the narrow view instead of a column."""
-    models = list(frame["model"].dropna().unique()) if "model" in frame else []
-    return [f"model: {models[0]} (every row)"] if len(models) == 1 else []
+    if "model" not in frame or frame.empty or frame["model"].nunique(dropna=False) != 1:
+        return []
+    return [f"model: {frame['model'].iloc[0]} (every row)"]
 
 
 def _cpu_lines(frame: pd.DataFrame) -> list[str]:
