@@ -218,6 +218,11 @@ def test_narrow_view_keeps_the_runtime_name_that_tells_rows_apart_and_the_model_
     runtimes = [line.split("|")[2].strip() for line in both.splitlines() if line.startswith("| mobilenet")]
     assert len(runtimes) == 4 and len(set(runtimes)) == 2 and any(r.endswith("[tensorflow]") for r in runtimes)
     assert max(map(len, both.splitlines())) <= WIDTH
+    # A stored runtime name of any length (an imported file's) does not hold the narrow view past its width.
+    forged = [r | {"runtime": "x" * 300} for r in records]
+    frame, notes = table.build(forged)
+    rows = [line for line in table.render(frame, notes, "markdown").splitlines() if line.startswith("|")]
+    assert max(map(len, rows)) <= WIDTH
 
 
 def test_csv_has_numeric_columns_and_empty_missing_values() -> None:

@@ -503,9 +503,10 @@ def _narrow(view: pd.DataFrame) -> pd.DataFrame:
     rows = [[f"{name}  " for name in view.columns], *view.astype(str).values.tolist()]
     names = list(view.columns)
     shrink = [names.index(name) for name in ("model", "runtime", "mode", "recommended") if name in names]
-    # The runtime gives way no further than its longest [name] and a letter of the label before it.
+    # The runtime gives way no further than its longest [name] and a letter of the label before it (a name
+    # is a runtime's, short; a stored one of any length would not hold the width).
     kept = [len(found[2]) + KEPT_LETTERS for cell in view["runtime"] if (found := _RUNTIME_NAME.fullmatch(cell))]
-    floors = {names.index("runtime"): max(kept, default=0)}
+    floors = {names.index("runtime"): min(max(kept, default=0), WIDTH // 5)}
     widths = fit(rows, WIDTH, 3 * len(view.columns) + 1, shrink, floors)
     cells = view.astype(str)
     for name, size in zip(view.columns, widths, strict=True):
