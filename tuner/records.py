@@ -392,8 +392,12 @@ class StoredRunnable:
     baselines: Mapping[str, str] = field(default_factory=dict)  # baseline name -> why it was set aside
     capabilities: Mapping[str, Any] = field(default_factory=dict)
     # baseline name -> the settings measured under it here, as the last run planned them (absent before)
-    planned: Mapping[str, Settings] = field(default_factory=dict)
-    planned_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # ``planned`` as stored
+    planned_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def planned(self) -> dict[str, Settings]:
+        """``planned_params`` as ``Settings`` (``from_dict`` checked that each one is valid)."""
+        return {name: Settings.from_params(params) for name, params in self.planned_params.items()}
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "runnable") -> StoredRunnable:
@@ -417,8 +421,9 @@ class StoredRunnable:
         if not isinstance(planned_params, Mapping):
             raise MalformedRecord(f"{where}.planned: must be an object")
         _names(planned_params, f"{where}.planned")
-        planned = {name: _settings(p, f"{where}.planned.{name[:40]}") for name, p in planned_params.items()}
-        return cls(tuple(excluded), baselines, capabilities, planned, planned_params)
+        for name, params in planned_params.items():
+            _settings(params, f"{where}.planned.{name[:40]}")
+        return cls(tuple(excluded), baselines, capabilities, planned_params)
 
     def to_dict(self) -> dict[str, object]:
         record: dict[str, object] = {

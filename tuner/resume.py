@@ -66,8 +66,7 @@ def open_study(
         study.set_user_attr("tuner", meta)
     else:
         check_comparable(config.name, study.user_attrs["tuner"], meta)
-    planned = {name: Settings.from_params(params) for name, params in baselines.runnable.items()}
-    runnable = StoredRunnable(tuple(excluded), baselines.notes, caps.to_dict(), planned, baselines.runnable)
+    runnable = StoredRunnable(tuple(excluded), baselines.notes, caps.to_dict(), baselines.runnable)
     store_runnable(study, runnable, progress)
     warn_limits(config.cores, progress)
     fail_orphans(study, progress)
