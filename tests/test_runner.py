@@ -29,8 +29,9 @@ from tuner.errors import (
     WorkerOutOfMemory,
     WorkerTimeout,
 )
+from tuner.lockfile import LockError, open_lock
 from tuner.policy import MeasurementPolicy
-from tuner.runner import WORKER, LockError, SubprocessRunner, TrialSpec, open_lock
+from tuner.runner import WORKER, SubprocessRunner, TrialSpec
 from tuner.settings import ENV_ALLOWLIST, ENV_FIXED, Settings
 from tuner.workload import Workload
 
@@ -450,6 +451,63 @@ def test_waiting_for_the_lock_is_announced_once(tmp_path: Path) -> None:
     # The runner waited for the other measurement, said so once, then measured.
     assert notes == [f"waiting for another measurement on this host (lock {lock})"]
     assert measurement.timed_seconds == tuple(TIMED)
+
+
+def test_a_trial_holds_its_environment_shared_and_waits_for_a_build(tmp_path: Path) -> None:
+    import fcntl
+
+    env_lock = tmp_path / ".intel-tensorflow.lock"
+    builder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(1.5)", str(env_lock)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert builder.stdout is not None and builder.stdout.readline().strip() == "held"
+    build_refused: list[bool] = []
+
+    class Watched(FakeRunner):
+        def _execute(self, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], dict[str, str]]:
+            # Mid-trial, a build (the exclusive lock, as `env create` takes it) is refused.
+            descriptor = os.open(env_lock, os.O_RDONLY)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                build_refused.append(False)
+            except BlockingIOError:
+                build_refused.append(True)
+            finally:
+                os.close(descriptor)
+            return super()._execute(*args, **kwargs)
+
+    notes: list[str] = []
+    runner = Watched("ok")
+    runner.env_lock, runner.note = env_lock, notes.append
+    measurement = runner.run(make_spec())
+    builder.wait()
+    # The trial did not start from an environment being built: it waited for the build, said so once, then
+    # measured, holding the environment's lock shared so that no build could clear it meanwhile.
+    assert notes == [f"waiting for the environment's build to finish (lock {env_lock})"]
+    assert measurement.timed_seconds == tuple(TIMED)
+    assert build_refused == [True]
+    # After the trial the lock is free again: a build can start.
+    descriptor = open_lock(env_lock)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(descriptor)
+
+
+def test_an_environment_lock_that_cannot_be_made_does_not_fail_the_trial(tmp_path: Path) -> None:
+    runner = FakeRunner("ok")
+    # Environments shared read-only, made before they had locks: the lock cannot be created, and the trial
+    # still measures (no user who cannot create the lock can rebuild the environment either).
+    runner.env_lock = tmp_path / "not-here" / ".env.lock"
+    assert runner.run(make_spec()).timed_seconds == tuple(TIMED)
+    # A lock that exists but is unsafe (a link planted in its place) is still refused in one line.
+    runner.env_lock = tmp_path / ".planted.lock"
+    runner.env_lock.symlink_to(tmp_path / "victim")
+    with pytest.raises(LockError, match="cannot use the environment lock"):
+        runner.run(make_spec())
+    assert not (tmp_path / "victim").exists()
 
 
 def test_worker_dies_when_the_tool_is_killed_outright(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,53 @@ def test_env_list_and_create_use_tuner_envs(tmp_path: Path, monkeypatch: pytest.
     assert main(["env", "create", "intel-tensorflow"]) == 1
     assert "is not a folder" in one_error_line(capsys.readouterr().err)
     assert (tmp_path / "file").read_text() == ""
+
+
+def test_two_tuners_creating_one_shared_environment_build_it_once(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import fcntl
+    import threading
+    import time
+
+    import tuner.envs as envs_module
+    from tuner.envs import EnvReport, create
+
+    monkeypatch.setenv("TUNER_ENVS", str(tmp_path / "envs"))
+    runtime = load("intel-tensorflow")
+    assert runtime.env_dir is not None and runtime.env_lock == tmp_path / "envs" / ".intel-tensorflow.lock"
+    built: list[float] = []
+    building = threading.Event()
+
+    def current(runtime: object, path: Path) -> EnvReport | None:
+        return EnvReport("intel-tensorflow", path, False, 0.0, 0, "3.11", "2.14") if built else None
+
+    def build(runtime: object, path: Path, python: str, log: object) -> EnvReport:
+        building.set()
+        time.sleep(0.5)  # pip at work
+        built.append(time.monotonic())
+        return EnvReport("intel-tensorflow", path, True, 0.5, 0, "3.11", "2.14")
+
+    monkeypatch.setattr(envs_module, "_interpreter_version", lambda python: "3.11")
+    monkeypatch.setattr(envs_module, "_current", current)
+    monkeypatch.setattr(envs_module, "_build", build)
+    logs: list[str] = []
+    reports: list[EnvReport] = []
+    first = threading.Thread(target=lambda: reports.append(create(runtime, log=logs.append)))
+    first.start()
+    assert building.wait(10)
+    second = create(runtime, log=logs.append)  # $TUNER_ENVS shared: a second tuner asks for the same one
+    first.join()
+    # The second waited for the first build, said so once, and found the environment made rather than
+    # clearing it (venv --clear) and installing again: one build for two requests.
+    assert len(built) == 1
+    assert reports[0].created and not second.created
+    assert logs == [f"waiting for another tuner using {runtime.env_dir} (lock {runtime.env_lock})"]
+    # An up-to-date environment is confirmed without waiting for the trials running from it (a shared lock).
+    trial = os.open(runtime.env_lock, os.O_RDONLY)
+    try:
+        fcntl.flock(trial, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        logs.clear()
+        assert not create(runtime, log=logs.append).created
+        assert logs == []
+    finally:
+        os.close(trial)

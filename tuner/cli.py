@@ -37,7 +37,7 @@ from tuner.plan import StudyOptions, check_model, prepare
 from tuner.policy import CONFIRM
 from tuner.probe import fixed_knobs
 from tuner.progress import Bar, bar_for
-from tuner.runner import Runner, SubprocessRunner
+from tuner.runner import Runner, SubprocessRunner, runtime_runner
 from tuner.runtime import GPU_RUNTIME, check_knobs, cpu_names, for_device
 from tuner.runtime import load as load_runtime
 from tuner.runtime import names as runtime_names
@@ -147,7 +147,9 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
     space = load_space(args.space or runtime.space, max(counts))
     inert = check_knobs(runtime, space.distributions(max(counts)), args.allow_inert)
     limit = parse_limit(args.max_disturbance)
-    runner = steady(runner or SubprocessRunner(python=args.python or runtime.python()), limit, _log)
+    if runner is None:
+        runner = SubprocessRunner(python=args.python) if args.python else runtime_runner(runtime)
+    runner = steady(runner, limit, _log)
     storage = open_storage(args.storage)
     signature = cpu_signature()
     budget = parse_duration(args.budget) if args.budget != "none" else None
@@ -202,11 +204,11 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
     if args.device == "gpu" and runner is None:  # a runtime that cannot run here skips the GPU rows, with why
         unavailable = runtime.installable()
         try:
-            runner = SubprocessRunner(python=runtime.python())
+            runner = runtime_runner(runtime)
         except UsageError as error:
             unavailable = unavailable or str(error)
             runner = SubprocessRunner()  # never started: every row is skipped with ``unavailable``
-    runner = steady(runner or SubprocessRunner(python=runtime.python()), limit, _log)
+    runner = steady(runner or runtime_runner(runtime), limit, _log)
     if args.device == "gpu":
         if unavailable is None:
             visible = benchmark.visible_gpus(runner, Settings.from_params(fixed_knobs(space)), core_set(1))

@@ -20,6 +20,7 @@ from typing import Any
 
 from tuner import interrupt
 from tuner.errors import TunerError, UsageError
+from tuner.lockfile import held
 from tuner.runtime import MANIFEST, Runtime
 
 VERSION_PROBE = "import sys, tensorflow as tf; print(sys.version.split()[0], tf.__version__)"
@@ -93,11 +94,36 @@ def create(runtime: Runtime, with_python: str = sys.executable, log: Callable[[s
     reason = runtime.installable(version=_interpreter_version(with_python))
     if reason:
         raise UsageError(reason)
+    lock = runtime.env_lock
+    assert lock is not None  # a managed environment has one
+    lock.parent.mkdir(parents=True, exist_ok=True)
+
+    # Another tuner sharing these environments ($TUNER_ENVS) may be building this one, or running trials from
+    # it. Looking needs the lock shared (trials hold it so too); a build needs it alone, and looks again once
+    # it has it, so two builds never clear each other's work or a running trial's interpreter.
+    def waiting() -> None:
+        log(f"waiting for another tuner using {path} (lock {lock})")
+
+    with held(lock, waiting, shared=True, what="the environment lock"):
+        current = _current(runtime, path)
+    if current is not None:
+        return current
+    with held(lock, waiting, what="the environment lock"):
+        return _current(runtime, path) or _build(runtime, path, with_python, log)
+
+
+def _current(runtime: Runtime, path: Path) -> EnvReport | None:
+    """The environment's report if its manifest matches the runtime's packages and its framework imports."""
     manifest = read_manifest(path)
     if manifest and manifest.get("packages") == list(runtime.packages):
         versions = _versions(path / "bin" / "python")
         if versions:
             return EnvReport(runtime.name, path, False, 0.0, folder_size(path), *versions)
+    return None
+
+
+def _build(runtime: Runtime, path: Path, with_python: str, log: Callable[[str], None]) -> EnvReport:
+    """Build the environment at ``path``; the caller holds its lock alone."""
     started = time.monotonic()
     steps = [
         [with_python, "-m", "venv", "--clear", str(path)],

@@ -79,7 +79,7 @@ from tuner.probe import fixed_knobs
 from tuner.progress import Bar
 from tuner.records import BenchmarkRecord, StoredConfirmation, StoredVerdict, baseline_name, imported_from
 from tuner.resume import not_the_baseline
-from tuner.runner import Runner, SubprocessRunner
+from tuner.runner import Runner, runtime_runner
 from tuner.runtime import GPU_RUNTIME, MANIFEST, Runtime
 from tuner.runtime import load as load_runtime
 from tuner.settings import Settings
@@ -271,7 +271,7 @@ class Job:
     # -- preparation ------------------------------------------------------------------------------------
 
     def _runner(self, runtime: Runtime) -> Runner:
-        return steady(self.runner or SubprocessRunner(python=runtime.python()), self.max_disturbance, self.log)
+        return steady(self.runner or runtime_runner(runtime), self.max_disturbance, self.log)
 
     def _env_missing(self, runtime: Runtime) -> bool:
         """The runtime's environment is still to be built (a test's fake runner needs none)."""
@@ -614,7 +614,7 @@ class Job:
         if reason is not None:
             return None, reason
         try:
-            return steady(SubprocessRunner(python=gpu.python()), self.max_disturbance, self.log), None
+            return steady(runtime_runner(gpu), self.max_disturbance, self.log), None
         except TunerError as error:
             return None, str(error)
 

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import json
 import os
 import resource
 import select
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
@@ -30,7 +28,6 @@ from tuner import interrupt
 from tuner.disturbance import Disturbance, Monitor
 from tuner.errors import (
     Pruned,
-    TunerError,
     WorkerBadOutput,
     WorkerCrashed,
     WorkerError,
@@ -39,9 +36,11 @@ from tuner.errors import (
     WorkerOutOfMemory,
     WorkerTimeout,
 )
+from tuner.lockfile import LockError, held
 from tuner.measurement import MAX_LOOP_SECONDS, Measurement, seconds_ok
 from tuner.models import ModelRef, as_ref
 from tuner.policy import MeasurementPolicy
+from tuner.runtime import Runtime
 from tuner.settings import ENV_ALLOWLIST, Settings
 from tuner.workload import Workload
 
@@ -140,41 +139,6 @@ class Runner(Protocol):
         ...
 
 
-def open_lock(path: Path) -> int:
-    """A descriptor of the host lock file, for ``flock``; one line (``LockError``, never a worker failure)
-    if it is unsafe.
-
-    Opened read-only (``flock`` needs no more, so a lock file another user created serves every user),
-    never through a symbolic link (``O_NOFOLLOW``: a link planted in /tmp cannot make the tool create or
-    touch another file), never blocking on open (``O_NONBLOCK``: a FIFO in its place cannot hang the tool),
-    and it must be a regular file. Created, world-readable, only if missing."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    for _ in range(3):
-        try:
-            descriptor = os.open(path, flags)
-        except FileNotFoundError:
-            with contextlib.suppress(FileExistsError):
-                made = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-                os.fchmod(made, 0o644)  # readable by every user whatever this process's umask
-                os.close(made)
-            continue
-        except OSError as error:
-            raise LockError(
-                f"cannot use the measurement lock {path}: {error.strerror} (a link, or not ours?)"
-            ) from None
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            os.close(descriptor)
-            raise LockError(f"the measurement lock {path} is not a regular file: remove it and run again")
-        return descriptor
-    raise LockError(f"cannot create the measurement lock {path}")
-
-
-class LockError(TunerError):
-    """The host's measurement lock cannot be used: a fault of this host, not of the settings measured."""
-
-    reason = "lock"
-
-
 def _prctl() -> Any:
     """libc's ``prctl``, looked up in the parent: the child between fork and exec must not call dlopen."""
     try:
@@ -213,6 +177,7 @@ class SubprocessRunner:
         python: str = sys.executable,
         parent_env: Mapping[str, str] | None = None,
         lock: Path = HOST_LOCK,
+        env_lock: Path | None = None,
         memory_limit: int | None = None,
         note: Callable[[str], None] = lambda line: print(f"tuner: {line}", file=sys.stderr, flush=True),
     ) -> None:
@@ -220,6 +185,7 @@ class SubprocessRunner:
         self.python = python
         self.parent_env = dict(os.environ if parent_env is None else parent_env)
         self.lock = lock  # the host-wide measurement lock; tests of the runner's mechanics use their own
+        self.env_lock = env_lock  # the managed environment's lock (``Runtime.env_lock``), held shared per trial
         self.note = note  # how a wait for the lock is announced (once per wait)
         self.parent_pid = os.getpid()
         self._prctl = _prctl()
@@ -281,25 +247,35 @@ class SubprocessRunner:
     def _holding_lock(
         self, execute: Callable[[str], tuple[list[dict[str, Any]], dict[str, str]]]
     ) -> tuple[list[dict[str, Any]], dict[str, str]]:
-        """Run ``execute(keras_home)`` holding the host lock, with a private, empty Keras folder."""
-        # One measurement at a time on this host: two tuners timing on the same cores would disturb both.
-        descriptor = open_lock(self.lock)
-        try:
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                self.note(f"waiting for another measurement on this host (lock {self.lock})")
-                with interrupt.interruptible():  # Ctrl-C while waiting stops at once
-                    fcntl.flock(descriptor, fcntl.LOCK_EX)
-            held = time.time()
+        """Run ``execute(keras_home)`` holding the host lock, with a private, empty Keras folder.
+
+        Where the interpreter is a managed environment's, that environment's lock is held shared first (always
+        in that order, so no two tuners wait on each other): a build, which holds it exclusive, waits for the
+        trial to end instead of clearing the environment under it."""
+        with contextlib.ExitStack() as locks:
+            if self.env_lock is not None:
+                lock = self.env_lock
+                try:
+                    locks.enter_context(held(
+                        lock, lambda: self.note(f"waiting for the environment's build to finish (lock {lock})"),
+                        shared=True, what="the environment lock",
+                    ))  # fmt: skip
+                except LockError:
+                    if lock.exists() or lock.is_symlink():
+                        raise
+                    # Missing, and this user cannot create it (environments shared read-only): no one without
+                    # write access can rebuild them either, so the trial runs without it.
+            # One measurement at a time on this host: two tuners timing on the same cores would disturb both.
+            locks.enter_context(
+                held(self.lock, lambda: self.note(f"waiting for another measurement on this host (lock {self.lock})"))
+            )
+            held_from = time.time()
             with tempfile.TemporaryDirectory(prefix="tuner-keras-") as keras_home:
                 results, env = execute(keras_home)
             # When this process measured, by the wall clock: shows that no two measurements overlapped.
             for result in results:
-                result["host_lock"] = {"host": socket.gethostname(), "from": held, "to": time.time()}
+                result["host_lock"] = {"host": socket.gethostname(), "from": held_from, "to": time.time()}
             return results, env
-        finally:
-            os.close(descriptor)
 
     def _execute(
         self,
@@ -493,3 +469,8 @@ def _decode(line: bytes) -> dict[str, Any]:
     if not isinstance(event, dict) or "event" not in event:
         raise WorkerBadOutput(f"worker channel carried an unknown message: {line[:80]!r}")
     return event
+
+
+def runtime_runner(runtime: Runtime) -> SubprocessRunner:
+    """A runner for the runtime's interpreter, holding its managed environment's lock (if any) per trial."""
+    return SubprocessRunner(python=runtime.python(), env_lock=runtime.env_lock)

@@ -100,6 +100,12 @@ class Runtime:
     def env_dir(self) -> Path | None:
         return envs_dir() / self.environment if self.environment else None
 
+    @property
+    def env_lock(self) -> Path | None:
+        """The managed environment's lock file, beside it (``.NAME.lock``): a build holds it exclusive, each
+        trial run from the environment holds it shared."""
+        return envs_dir() / f".{self.environment}.lock" if self.environment else None
+
     def python(self) -> str:
         """The interpreter trials run with; a managed environment must have been created first."""
         if self.env_dir is None:
