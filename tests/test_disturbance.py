@@ -212,6 +212,25 @@ class Disturbing:
         return self.inner.compute(spec)
 
 
+def test_the_pruner_is_left_the_kept_attempts_steps_not_the_disturbed_ones(storage: optuna.storages.RDBStorage) -> None:
+    def script(spec: TrialSpec, call: int) -> list[float]:
+        # Call 0, tf-default's first attempt, ran at half speed beside a neighbour; every later call is quiet.
+        rate = 500.0 if call == 0 else 1000.0
+        return [spec.global_batch / rate] * (spec.policy.warmup + spec.policy.timed)
+
+    runner = Steady(Disturbing(ReplayRunner(script), {0: 0.4}), 0.05, wait_quiet=lambda cores: 0.0)
+    run = StudyRun(storage, make_config(trials=1), runner)
+    run.search(None)
+    first = run.study.get_trials()[0]
+    # Ranked on its quiet second attempt, and the per-step values a pruner compares later trials with are
+    # that attempt's too (1000 images/sec each), not the disturbed first attempt's 500 it reported live.
+    assert first.state == TrialState.COMPLETE and first.value == pytest.approx(1000.0)
+    assert [a["other"] for a in first.user_attrs["disturbed_attempts"]] == [0.4]
+    timed = run.config.policy.timed
+    assert sorted(first.intermediate_values) == list(range(timed))
+    assert all(value == pytest.approx(1000.0) for value in first.intermediate_values.values())
+
+
 def test_a_study_never_ranks_a_disturbed_value(storage: optuna.storages.RDBStorage) -> None:
     def rate(spec: TrialSpec) -> float:
         return 1200.0 if spec.settings.intra_op == 1 and spec.settings.data_format == "NHWC" else 1000.0

@@ -382,9 +382,12 @@ class StudyRun:
 
         spec = TrialSpec(settings, self.config.workload, self.config.cores, self.config.policy)
 
+        reported: list[int] = []
+
         def on_step(phase: str, index: int, seconds: float) -> None:
             if phase == "timed":
                 trial.report(spec.global_batch / seconds, index)  # per sample, whatever the trial's batch
+                reported.append(index)
                 if baseline is None and trial.should_prune():  # baselines are always measured in full
                     raise Pruned(f"pruned after timed step {index}")
 
@@ -398,6 +401,11 @@ class StudyRun:
             trial.set_user_attr("disturbance", found.to_dict())
         if measurement.facts.get("disturbed_attempts"):
             trial.set_user_attr("disturbed_attempts", measurement.facts["disturbed_attempts"])
+            if reported:
+                # The steps the pruner saw were the first, disturbed attempt's (Optuna takes one report per
+                # step); the kept attempt's steps take their place, so later trials are judged against them.
+                for index, value in enumerate(measurement.rates):
+                    trial.storage.set_trial_intermediate_value(trial._trial_id, index, value)
         return self.config.workload.goal.score(measurement.rates)
 
     # -- the search -----------------------------------------------------------------------------------
