@@ -48,9 +48,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-# Where `tuner env create` put it ($TUNER_ENVS as tuner/runtime.py reads it; this script also runs inside that
-# environment, which has no Optuna to import tuner.runtime with).
-INTEL_PYTHON = Path(os.environ.get("TUNER_ENVS") or ROOT / ".envs").expanduser() / "intel-tensorflow" / "bin" / "python"
+# The controller-side commands start the intel-tensorflow interpreter where `tuner env create` put it, found
+# as the tuner finds it (``_intel_python``); the commands that run inside it import only TensorFlow.
 TFCNN = Path(os.environ.get("TFCNN_DIR", "/work/tfcnn/scripts/tf_cnn_benchmarks"))
 OUTPUT = ROOT / "bench" / "results" / "reference-gap-infer-2c.json"
 LOCK = "/tmp/tuner-measure.lock"
@@ -402,6 +401,22 @@ def _locked(argv: list[str]) -> list[str]:
     return ["flock", LOCK, "taskset", "-c", CORES, *argv]
 
 
+def _intel_python() -> str:
+    """The intel-tensorflow environment's interpreter ($TUNER_ENVS or .envs/); a missing or half-built
+    environment, or a $TUNER_ENVS that is not a folder, is one line (``UsageError``)."""
+    from tuner.runtime import load
+
+    return load("intel-tensorflow").python()
+
+
+def _check_tfcnn(arms: list[str]) -> None:
+    """Arms that run tf_cnn_benchmarks need its folder: one line naming it and $TFCNN_DIR if it is not one."""
+    if any(arm.startswith("tfcnn") for arm in arms) and not (TFCNN / "tf_cnn_benchmarks.py").is_file():
+        from tuner.errors import UsageError
+
+        raise UsageError(f"no tf_cnn_benchmarks.py in {TFCNN}: set $TFCNN_DIR to its folder (tensorflow/benchmarks)")
+
+
 def _parse_opts(text: str) -> dict[str, str]:
     opts = {"graph": "keras", "bias": "0", "softmax": "0", "loop": "function", "fetch": "sum", "input": "constant"}
     for item in filter(None, text.split(",")):
@@ -414,7 +429,7 @@ def _parse_opts(text: str) -> dict[str, str]:
 
 def _run_tfcnn(arm: str, warmup: int, timed: int, log_dir: Path, index: int) -> dict[str, Any]:
     argv = [
-        str(INTEL_PYTHON),
+        _intel_python(),
         "tf_cnn_benchmarks.py",
         "--model=resnet50",
         f"--batch_size={BATCH}",
@@ -449,14 +464,15 @@ def _run_tfcnn(arm: str, warmup: int, timed: int, log_dir: Path, index: int) -> 
 
 def _run_tuner(warmup: int, timed: int) -> dict[str, Any]:
     from tuner.policy import MeasurementPolicy
-    from tuner.runner import SubprocessRunner, TrialSpec
+    from tuner.runner import TrialSpec, runtime_runner
+    from tuner.runtime import load
     from tuner.settings import Settings
     from tuner.workload import Workload
 
     knobs = ";".join(f"{k}={v}" for k, v in ENV_KNOBS.items())
     settings = Settings.parse(f"intra_op={INTRA};inter_op={INTER};data_format=NHWC;{knobs}")
     policy = MeasurementPolicy("reference-gap", warmup, timed, timeout_s=1200.0)
-    runner = SubprocessRunner(python=str(INTEL_PYTHON))
+    runner = runtime_runner(load("intel-tensorflow"))
     m = runner.run(TrialSpec(settings, Workload("resnet50", "infer", BATCH), (0, 1), policy))
     return {
         "images_per_sec": m.loop_images_per_sec,
@@ -472,7 +488,7 @@ def _run_tuner(warmup: int, timed: int) -> dict[str, Any]:
 
 def _run_step(arm: str, warmup: int, timed: int, log_dir: Path, index: int) -> dict[str, Any]:
     opts = _parse_opts(arm.partition(":")[2])
-    argv = [str(INTEL_PYTHON), "-m", "bench.reference_gap", "step", "--options", json.dumps(opts)]
+    argv = [_intel_python(), "-m", "bench.reference_gap", "step", "--options", json.dumps(opts)]
     argv += ["--warmup", str(warmup), "--timed", str(timed)]
     done = subprocess.run(_locked(argv), cwd=ROOT, env=_clean_env(), capture_output=True, text=True, check=False)
     log = done.stdout + done.stderr
@@ -567,7 +583,7 @@ def interleaved(arms: list[str], rounds: int, name: str, warmup: int, timed: int
     for round_ in range(rounds):
         order = arms[round_ % len(arms) :] + arms[: round_ % len(arms)]
         variants = [_parse_opts(arm.partition(":")[2]) for arm in order]
-        argv = [str(INTEL_PYTHON), "-m", "bench.reference_gap", "alternate", "--variants", json.dumps(variants)]
+        argv = [_intel_python(), "-m", "bench.reference_gap", "alternate", "--variants", json.dumps(variants)]
         argv += ["--warmup", str(warmup), "--timed", str(timed)]
         started, load = time.monotonic(), os.getloadavg()[0]
         done = subprocess.run(_locked(argv), cwd=ROOT, env=_clean_env(), capture_output=True, text=True, check=False)
@@ -603,7 +619,7 @@ def flops(output: Path, graph_file: str | None) -> int:
     for label, text in variants.items():
         opts = _parse_opts(text)
         for task in ("flops", "ops"):
-            argv = [str(INTEL_PYTHON), "-m", "bench.reference_gap", "graph", "--task", task]
+            argv = [_intel_python(), "-m", "bench.reference_gap", "graph", "--task", task]
             argv += ["--options", json.dumps({**opts, "loop": "session"})]
             done = subprocess.run(
                 _locked(argv), cwd=ROOT, env=_clean_env(), capture_output=True, text=True, check=False
@@ -618,7 +634,7 @@ def flops(output: Path, graph_file: str | None) -> int:
                 result.setdefault(label, {}).update(ops_run=value["ops"])
         print(f"{label:22} {result[label]['flops_per_image'] / 1e9:.3f} GFLOPs/image")
     if graph_file:
-        argv = [str(INTEL_PYTHON), "-m", "bench.reference_gap", "graph", "--task", "flops", "--graph-file", graph_file]
+        argv = [_intel_python(), "-m", "bench.reference_gap", "graph", "--task", "flops", "--graph-file", graph_file]
         done = subprocess.run(_locked(argv), cwd=ROOT, env=_clean_env(), capture_output=True, text=True, check=False)
         found = [line for line in done.stdout.splitlines() if line.startswith(RESULT_TAG)]
         if done.returncode != 0 or not found:
@@ -664,6 +680,20 @@ def main(argv: list[str] | None = None) -> int:
     for p in (c, f, i):
         p.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
+    if args.command in ("compare", "interleaved", "flops"):  # the controller: bad input is one line, exit 1
+        from tuner.errors import TunerError
+
+        try:
+            _intel_python()
+            _check_tfcnn(args.arms.split(",") if args.command == "compare" else [])
+            return _command(args)
+        except TunerError as error:
+            print(f"reference_gap: error: {error}", file=sys.stderr)
+            return 1
+    return _command(args)
+
+
+def _command(args: argparse.Namespace) -> int:
     if args.command == "compare":
         # In --arms, a step arm's own options are joined with '+' (the arms themselves with ',').
         arms = [arm.replace("+", ",") for arm in args.arms.split(",")]

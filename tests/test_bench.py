@@ -79,3 +79,31 @@ def test_quality_measures_coinciding_settings_once_and_reports_them_as_the_same(
         1.1 / 0.8
     )
     assert ratios["tf-default"]["low"] <= 1.1 <= ratios["tf-default"]["high"]
+
+
+def test_reference_gap_refuses_a_missing_environment_or_benchmark_folder_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import reference_gap
+
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("TUNER_ENVS", str(tmp_path / "file"))
+    # $TUNER_ENVS read as the tuner reads it: a file where the folder should be is one line and exit 1,
+    # before any process is started or any result merged.
+    assert reference_gap.main(["compare", "--arms", "tuner", "--name", "x", "--output", str(tmp_path / "o.json")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"reference_gap: error: $TUNER_ENVS={str(tmp_path / 'file')!r} is not a folder: it says where "
+                   "managed environments live"]  # fmt: skip
+    # An environment that was never built names the command that builds it.
+    monkeypatch.setenv("TUNER_ENVS", str(tmp_path / "envs"))
+    assert reference_gap.main(["interleaved", "--arms", "step:", "--name", "x"]) == 1
+    assert "run: tuner env create intel-tensorflow" in capsys.readouterr().err
+    # With the environment there, a tf_cnn_benchmarks arm needs its folder: $TFCNN_DIR is named.
+    python = tmp_path / "envs" / "intel-tensorflow" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("")
+    (tmp_path / "envs" / "intel-tensorflow" / "tuner-env.json").write_text("{}")
+    monkeypatch.setattr(reference_gap, "TFCNN", tmp_path / "no-benchmarks")
+    assert reference_gap.main(["compare", "--arms", "tfcnn,tuner", "--name", "x"]) == 1
+    assert "set $TFCNN_DIR to its folder" in capsys.readouterr().err
+    assert not (tmp_path / "o.json").exists()
