@@ -52,7 +52,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # as the tuner finds it (``_intel_python``); the commands that run inside it import only TensorFlow.
 TFCNN = Path(os.environ.get("TFCNN_DIR", "/work/tfcnn/scripts/tf_cnn_benchmarks"))
 OUTPUT = ROOT / "bench" / "results" / "reference-gap-infer-2c.json"
-LOCK = "/tmp/tuner-measure.lock"
 CORES = "0,1"
 BATCH, WARMUP, TIMED = 32, 5, 20
 INTRA, INTER = 2, 1
@@ -398,7 +397,15 @@ def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def _locked(argv: list[str]) -> list[str]:
-    return ["flock", LOCK, "taskset", "-c", CORES, *argv]
+    """``argv`` pinned, under the host's measurement lock and then the intel-tensorflow environment's lock,
+    shared: the order the tuner's own trials take them in (tuner/runner.py), so no build clears the
+    interpreter mid-run."""
+    from tuner.runner import HOST_LOCK
+    from tuner.runtime import load
+
+    environment = load("intel-tensorflow").env_lock
+    shared = ["flock", "-s", str(environment)] if environment is not None else []
+    return ["flock", str(HOST_LOCK), *shared, "taskset", "-c", CORES, *argv]
 
 
 def _intel_python() -> str:

@@ -96,7 +96,8 @@ def test_reference_gap_refuses_a_missing_environment_or_benchmark_folder_in_one_
                    "managed environments live"]  # fmt: skip
     # An environment that was never built names the command that builds it.
     monkeypatch.setenv("TUNER_ENVS", str(tmp_path / "envs"))
-    assert reference_gap.main(["interleaved", "--arms", "step:", "--name", "x"]) == 1
+    output = ["--output", str(tmp_path / "o.json")]
+    assert reference_gap.main(["interleaved", "--arms", "step:", "--name", "x", *output]) == 1
     assert "run: tuner env create intel-tensorflow" in capsys.readouterr().err
     # With the environment there, a tf_cnn_benchmarks arm needs its folder: $TFCNN_DIR is named.
     python = tmp_path / "envs" / "intel-tensorflow" / "bin" / "python"
@@ -104,6 +105,6 @@ def test_reference_gap_refuses_a_missing_environment_or_benchmark_folder_in_one_
     python.write_text("")
     (tmp_path / "envs" / "intel-tensorflow" / "tuner-env.json").write_text("{}")
     monkeypatch.setattr(reference_gap, "TFCNN", tmp_path / "no-benchmarks")
-    assert reference_gap.main(["compare", "--arms", "tfcnn,tuner", "--name", "x"]) == 1
+    assert reference_gap.main(["compare", "--arms", "tfcnn,tuner", "--name", "x", *output]) == 1
     assert "set $TFCNN_DIR to its folder" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()

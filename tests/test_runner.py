@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tuner.errors import (
+    EnvironmentChanged,
     Pruned,
     WorkerBadOutput,
     WorkerCrashed,
@@ -453,58 +454,104 @@ def test_waiting_for_the_lock_is_announced_once(tmp_path: Path) -> None:
     assert measurement.timed_seconds == tuple(TIMED)
 
 
-def test_a_trial_holds_its_environment_shared_and_waits_for_a_build(tmp_path: Path) -> None:
+def managed_environment(folder: Path) -> Path:
+    """A managed environment's folder with its finished build's manifest (the interpreter is not used)."""
+    environment = folder / "intel-tensorflow"
+    environment.mkdir()
+    (environment / "tuner-env.json").write_text('{"packages": ["intel-tensorflow==2.14.0"]}')
+    return environment
+
+
+def test_a_trial_holds_its_environment_shared_after_the_host_lock_and_waits_for_a_build(tmp_path: Path) -> None:
     import fcntl
 
+    environment = managed_environment(tmp_path)
     env_lock = tmp_path / ".intel-tensorflow.lock"
+    host_lock = tmp_path / "host.lock"
     builder = subprocess.Popen(
         [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
          "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(1.5)", str(env_lock)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert builder.stdout is not None and builder.stdout.readline().strip() == "held"
-    build_refused: list[bool] = []
+
+    def free(path: Path) -> bool:
+        """Whether a build (the exclusive lock, as `env create` takes it) could start now."""
+        descriptor = open_lock(path)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(descriptor)
+
+    seen: list[bool] = []
 
     class Watched(FakeRunner):
         def _execute(self, *args: Any, **kwargs: Any) -> tuple[dict[str, Any], dict[str, str]]:
-            # Mid-trial, a build (the exclusive lock, as `env create` takes it) is refused.
-            descriptor = os.open(env_lock, os.O_RDONLY)
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                build_refused.append(False)
-            except BlockingIOError:
-                build_refused.append(True)
-            finally:
-                os.close(descriptor)
+            seen.append(free(env_lock))
             return super()._execute(*args, **kwargs)
 
     notes: list[str] = []
+    host_held_while_waiting: list[bool] = []
+
+    def note(line: str) -> None:
+        notes.append(line)
+        host_held_while_waiting.append(not free(host_lock))
+
     runner = Watched("ok")
-    runner.env_lock, runner.note = env_lock, notes.append
+    runner.lock, runner.environment, runner.note = host_lock, environment, note
     measurement = runner.run(make_spec())
     builder.wait()
     # The trial did not start from an environment being built: it waited for the build, said so once, then
-    # measured, holding the environment's lock shared so that no build could clear it meanwhile.
+    # measured, holding the environment's lock shared so that no build could start meanwhile.
     assert notes == [f"waiting for the environment's build to finish (lock {env_lock})"]
     assert measurement.timed_seconds == tuple(TIMED)
-    assert build_refused == [True]
-    # After the trial the lock is free again: a build can start.
-    descriptor = open_lock(env_lock)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    finally:
-        os.close(descriptor)
+    assert seen == [False]
+    # The host lock is taken first: a tuner waiting for the host lock holds no environment lock, so a build
+    # is never held off by a queue of trials that only wait.
+    assert host_held_while_waiting == [True]
+    # After the trial both are free again.
+    assert free(env_lock) and free(host_lock)
 
 
-def test_an_environment_lock_that_cannot_be_made_does_not_fail_the_trial(tmp_path: Path) -> None:
+def test_an_environment_rebuilt_or_half_built_under_a_run_stops_it_as_a_fault_of_the_host(tmp_path: Path) -> None:
+    environment = managed_environment(tmp_path)
     runner = FakeRunner("ok")
-    # Environments shared read-only, made before they had locks: the lock cannot be created, and the trial
-    # still measures (no user who cannot create the lock can rebuild the environment either).
-    runner.env_lock = tmp_path / "not-here" / ".env.lock"
+    runner.environment = environment
+    assert runner.run(make_spec()).timed_seconds == tuple(TIMED)
+    # Another tuner sharing the folder rebuilt it with other pins: the next trial is refused rather than
+    # measured on another build, and not as a worker failure (which would mark the settings as failing).
+    (environment / "tuner-env.json").write_text('{"packages": ["intel-tensorflow==2.15.0"]}')
+    with pytest.raises(EnvironmentChanged, match="was rebuilt by another tuner during this run") as rebuilt:
+        runner.run(make_spec())
+    assert not isinstance(rebuilt.value, WorkerError)
+    # A build that failed half-way (venv --clear, then pip failed) left no manifest: refused, naming the fix,
+    # from the first trial of a run as from a later one.
+    (environment / "tuner-env.json").unlink()
+    fresh = FakeRunner("ok")
+    fresh.environment = environment
+    for each in (runner, fresh):
+        with pytest.raises(EnvironmentChanged, match=r"is incomplete .* run: tuner env create intel-tensorflow"):
+            each.run(make_spec())
+
+
+def test_an_environment_lock_that_cannot_be_made_does_not_fail_the_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tuner.runner as runner_module
+
+    runner = FakeRunner("ok")
+    runner.environment = managed_environment(tmp_path)
+    # Environments shared read-only, made before they had locks: the lock cannot be created (here, its folder
+    # is missing), and the trial still measures (no user who cannot create it can rebuild them either).
+    monkeypatch.setattr(runner_module, "env_lock", lambda environment: tmp_path / "not-here" / ".lock")
     assert runner.run(make_spec()).timed_seconds == tuple(TIMED)
     # A lock that exists but is unsafe (a link planted in its place) is still refused in one line.
-    runner.env_lock = tmp_path / ".planted.lock"
-    runner.env_lock.symlink_to(tmp_path / "victim")
+    planted = tmp_path / ".planted.lock"
+    planted.symlink_to(tmp_path / "victim")
+    monkeypatch.setattr(runner_module, "env_lock", lambda environment: planted)
     with pytest.raises(LockError, match="cannot use the environment lock"):
         runner.run(make_spec())
     assert not (tmp_path / "victim").exists()

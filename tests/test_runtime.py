@@ -165,6 +165,7 @@ def test_two_tuners_creating_one_shared_environment_build_it_once(tmp_path: Path
         return EnvReport("intel-tensorflow", path, True, 0.5, 0, "3.11", "2.14")
 
     monkeypatch.setattr(envs_module, "_interpreter_version", lambda python: "3.11")
+    monkeypatch.setattr(type(runtime), "installable", lambda self, version=None: None)  # any machine
     monkeypatch.setattr(envs_module, "_current", current)
     monkeypatch.setattr(envs_module, "_build", build)
     logs: list[str] = []
@@ -179,12 +180,19 @@ def test_two_tuners_creating_one_shared_environment_build_it_once(tmp_path: Path
     assert len(built) == 1
     assert reports[0].created and not second.created
     assert logs == [f"waiting for another tuner using {runtime.env_dir} (lock {runtime.env_lock})"]
-    # An up-to-date environment is confirmed without waiting for the trials running from it (a shared lock).
+    # An up-to-date environment is confirmed without waiting for the trial running from it (a shared lock).
     trial = os.open(runtime.env_lock, os.O_RDONLY)
     try:
         fcntl.flock(trial, fcntl.LOCK_SH | fcntl.LOCK_NB)
         logs.clear()
-        assert not create(runtime, log=logs.append).created
-        assert logs == []
+        confirmed: list[EnvReport] = []
+        looking = threading.Thread(target=lambda: confirmed.append(create(runtime, log=logs.append)), daemon=True)
+        looking.start()
+        looking.join(10)
+        assert logs == [] and len(confirmed) == 1 and not confirmed[0].created
     finally:
         os.close(trial)
+    # Shared read-only and made before environments had locks: the lock cannot be created (its folder stands
+    # in here), and an up-to-date environment is still confirmed.
+    monkeypatch.setattr(envs_module, "env_lock", lambda path: tmp_path / "not-here" / ".lock")
+    assert not create(runtime, log=logs.append).created

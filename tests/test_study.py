@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from optuna.trial import TrialState
 from tests.helpers import FAST_CONFIRM, make_config
 from tuner import report
 from tuner.confirm import DEFAULT, HEURISTIC
-from tuner.errors import TunerError, WorkerCrashed, WorkerNotStarted
+from tuner.errors import EnvironmentChanged, TunerError, WorkerCrashed, WorkerNotStarted
 from tuner.models import ModelRef
 from tuner.owner import identity as owner_identity
 from tuner.pipeline import tuned_settings
@@ -267,25 +268,30 @@ def test_a_resume_planned_otherwise_still_confirms_against_tf_default(storage: o
     assert "OMP_NUM_THREADS" in verdict.params[DEFAULT]
 
 
-def test_a_worker_that_cannot_start_ends_the_search_and_holds_nothing_against_the_setting(
-    storage: optuna.storages.RDBStorage,
+@pytest.mark.parametrize(
+    "fault",
+    [
+        # The machine's fault: no memory to fork, say.
+        WorkerNotStarted("cannot start worker python: [Errno 12] Cannot allocate memory"),
+        # Another tuner sharing $TUNER_ENVS rebuilt the environment under the study (tuner/runner.py).
+        EnvironmentChanged("environment /e/intel-tensorflow was rebuilt by another tuner during this run"),
+    ],
+    ids=["not-started", "environment"],
+)
+def test_a_fault_of_the_host_ends_the_search_and_holds_nothing_against_the_setting(
+    storage: optuna.storages.RDBStorage, fault: TunerError
 ) -> None:
     def script(spec: TrialSpec, call: int) -> list[float] | BaseException:
-        # The third worker cannot be started: the machine's fault (no memory to fork, say).
-        return (
-            WorkerNotStarted("cannot start worker python: [Errno 12] Cannot allocate memory")
-            if call == 2
-            else [0.03] * 5
-        )
+        return fault if call == 2 else [0.03] * 5  # the third trial meets it
 
     run = StudyRun(storage, make_config(trials=6), ReplayRunner(script))
     # The search stops at once with the reason: every trial after it would fail alike, whatever its settings.
-    with pytest.raises(TunerError, match="Cannot allocate memory"):
+    with pytest.raises(TunerError, match=re.escape(str(fault))):
         run.search(None)
     assert states(run.study).count(TrialState.COMPLETE) == 2 and states(run.study)[-1] == TrialState.FAIL
     stopped = run.study.get_trials()[-1]
-    # Stored as not started, which is neither "known to fail" nor done: the setting is not held against.
-    assert stopped.user_attrs["fail_reason"] == "not-started" and run.failing() == {}
+    # Stored with its reason, which is neither "known to fail" nor done: the setting is not held against.
+    assert stopped.user_attrs["fail_reason"] == fault.reason and run.failing() == {}
     # Once workers start again, the same command goes on and completes the study.
     again = StudyRun(storage, make_config(trials=6), ReplayRunner.from_rates(rate))
     again.search(None)

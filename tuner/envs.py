@@ -20,8 +20,8 @@ from typing import Any
 
 from tuner import interrupt
 from tuner.errors import TunerError, UsageError
-from tuner.lockfile import held
-from tuner.runtime import MANIFEST, Runtime
+from tuner.lockfile import LockError, held
+from tuner.runtime import MANIFEST, Runtime, env_lock
 
 VERSION_PROBE = "import sys, tensorflow as tf; print(sys.version.split()[0], tf.__version__)"
 
@@ -94,9 +94,11 @@ def create(runtime: Runtime, with_python: str = sys.executable, log: Callable[[s
     reason = runtime.installable(version=_interpreter_version(with_python))
     if reason:
         raise UsageError(reason)
-    lock = runtime.env_lock
-    assert lock is not None  # a managed environment has one
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock = env_lock(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot make the environments folder {path.parent}: {error.strerror}") from None
 
     # Another tuner sharing these environments ($TUNER_ENVS) may be building this one, or running trials from
     # it. Looking needs the lock shared (trials hold it so too); a build needs it alone, and looks again once
@@ -104,8 +106,13 @@ def create(runtime: Runtime, with_python: str = sys.executable, log: Callable[[s
     def waiting() -> None:
         log(f"waiting for another tuner using {path} (lock {lock})")
 
-    with held(lock, waiting, shared=True, what="the environment lock"):
-        current = _current(runtime, path)
+    try:
+        with held(lock, waiting, shared=True, what="the environment lock"):
+            current = _current(runtime, path)
+    except LockError:
+        if lock.exists() or lock.is_symlink():
+            raise
+        current = _current(runtime, path)  # shared read-only, made before it had a lock: looked at without one
     if current is not None:
         return current
     with held(lock, waiting, what="the environment lock"):

@@ -51,6 +51,13 @@ class TopologyError(TunerError):
     reason = "topology"
 
 
+class EnvironmentChanged(TunerError):
+    """A managed environment was rebuilt, or left half-built, by another tuner while this one ran trials from
+    it: a fault of the host (the next trial would meet it too), never of the settings measured."""
+
+    reason = "environment"
+
+
 class WorkerError(TunerError):
     """A trial's worker process failed; carries the tail of its stderr, and says why in one line: the
     message, then the worker's own last meaningful stderr line (see ``cause``)."""

@@ -27,6 +27,7 @@ from typing import IO, Any, Protocol
 from tuner import interrupt
 from tuner.disturbance import Disturbance, Monitor
 from tuner.errors import (
+    EnvironmentChanged,
     Pruned,
     WorkerBadOutput,
     WorkerCrashed,
@@ -40,7 +41,7 @@ from tuner.lockfile import LockError, held
 from tuner.measurement import MAX_LOOP_SECONDS, Measurement, seconds_ok
 from tuner.models import ModelRef, as_ref
 from tuner.policy import MeasurementPolicy
-from tuner.runtime import Runtime
+from tuner.runtime import MANIFEST, Runtime, env_lock
 from tuner.settings import ENV_ALLOWLIST, Settings
 from tuner.workload import Workload
 
@@ -177,7 +178,7 @@ class SubprocessRunner:
         python: str = sys.executable,
         parent_env: Mapping[str, str] | None = None,
         lock: Path = HOST_LOCK,
-        env_lock: Path | None = None,
+        environment: Path | None = None,
         memory_limit: int | None = None,
         note: Callable[[str], None] = lambda line: print(f"tuner: {line}", file=sys.stderr, flush=True),
     ) -> None:
@@ -185,7 +186,9 @@ class SubprocessRunner:
         self.python = python
         self.parent_env = dict(os.environ if parent_env is None else parent_env)
         self.lock = lock  # the host-wide measurement lock; tests of the runner's mechanics use their own
-        self.env_lock = env_lock  # the managed environment's lock (``Runtime.env_lock``), held shared per trial
+        # The managed environment ``python`` belongs to (``Runtime.env_dir``): its lock is held shared per trial.
+        self.environment = environment
+        self._manifest: bytes | None = None  # its build, as the first trial found it
         self.note = note  # how a wait for the lock is announced (once per wait)
         self.parent_pid = os.getpid()
         self._prctl = _prctl()
@@ -249,26 +252,17 @@ class SubprocessRunner:
     ) -> tuple[list[dict[str, Any]], dict[str, str]]:
         """Run ``execute(keras_home)`` holding the host lock, with a private, empty Keras folder.
 
-        Where the interpreter is a managed environment's, that environment's lock is held shared first (always
-        in that order, so no two tuners wait on each other): a build, which holds it exclusive, waits for the
-        trial to end instead of clearing the environment under it."""
+        Where the interpreter is a managed environment's, that environment's lock is then held shared: a build,
+        which holds it alone, waits for the trial to end instead of clearing the environment under it, and
+        a trial waits for a build. Only the tuner holding the host lock holds an environment's lock, so a
+        build gets it between two trials; a build never takes the host lock, so none waits on the other."""
         with contextlib.ExitStack() as locks:
-            if self.env_lock is not None:
-                lock = self.env_lock
-                try:
-                    locks.enter_context(held(
-                        lock, lambda: self.note(f"waiting for the environment's build to finish (lock {lock})"),
-                        shared=True, what="the environment lock",
-                    ))  # fmt: skip
-                except LockError:
-                    if lock.exists() or lock.is_symlink():
-                        raise
-                    # Missing, and this user cannot create it (environments shared read-only): no one without
-                    # write access can rebuild them either, so the trial runs without it.
             # One measurement at a time on this host: two tuners timing on the same cores would disturb both.
             locks.enter_context(
                 held(self.lock, lambda: self.note(f"waiting for another measurement on this host (lock {self.lock})"))
             )
+            if self.environment is not None:
+                self._hold_environment(locks, self.environment)
             held_from = time.time()
             with tempfile.TemporaryDirectory(prefix="tuner-keras-") as keras_home:
                 results, env = execute(keras_home)
@@ -276,6 +270,36 @@ class SubprocessRunner:
             for result in results:
                 result["host_lock"] = {"host": socket.gethostname(), "from": held_from, "to": time.time()}
             return results, env
+
+    def _hold_environment(self, locks: contextlib.ExitStack, environment: Path) -> None:
+        """Hold the environment's lock shared for the trial, then check that its build is the one this runner
+        started with: another tuner sharing the folder may have rebuilt it with other pins, or failed half-way
+        (``EnvironmentChanged``, a fault of the host, never of the settings measured)."""
+        lock = env_lock(environment)
+        try:
+            locks.enter_context(held(
+                lock, lambda: self.note(f"waiting for the environment's build to finish (lock {lock})"),
+                shared=True, what="the environment lock",
+            ))  # fmt: skip
+        except LockError:
+            if lock.exists() or lock.is_symlink():
+                raise
+            # Missing, and this user cannot create it (environments shared read-only): no one without write
+            # access can rebuild them either, so the trial runs without it.
+        try:
+            manifest = (environment / MANIFEST).read_bytes()
+        except OSError:
+            raise EnvironmentChanged(
+                f"environment {environment} is incomplete (another tuner's build failed or was stopped?): "
+                f"run: tuner env create {environment.name}"
+            ) from None
+        if self._manifest is None:
+            self._manifest = manifest  # the build this runner's trials are measured with
+        elif manifest != self._manifest:
+            raise EnvironmentChanged(
+                f"environment {environment} was rebuilt by another tuner during this run: its trials would mix "
+                "two builds; run the command again"
+            )
 
     def _execute(
         self,
@@ -473,4 +497,4 @@ def _decode(line: bytes) -> dict[str, Any]:
 
 def runtime_runner(runtime: Runtime) -> SubprocessRunner:
     """A runner for the runtime's interpreter, holding its managed environment's lock (if any) per trial."""
-    return SubprocessRunner(python=runtime.python(), env_lock=runtime.env_lock)
+    return SubprocessRunner(python=runtime.python(), environment=runtime.env_dir)

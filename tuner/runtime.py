@@ -66,6 +66,12 @@ def envs_dir() -> Path:
     return path
 
 
+def env_lock(env_dir: Path) -> Path:
+    """A managed environment's lock file, beside it (``.NAME.lock``): a build holds it exclusive, each trial
+    run from the environment holds it shared."""
+    return env_dir.parent / f".{env_dir.name}.lock"
+
+
 def gpu_driver(version_file: Path | None = None) -> str | None:
     """The NVIDIA kernel driver's version line (``NVRM version: ...``; default file ``NVIDIA_DRIVER``), or None
     where no driver is loaded: read without any framework, so a GPU runtime is refused before a multi-GiB
@@ -102,9 +108,8 @@ class Runtime:
 
     @property
     def env_lock(self) -> Path | None:
-        """The managed environment's lock file, beside it (``.NAME.lock``): a build holds it exclusive, each
-        trial run from the environment holds it shared."""
-        return envs_dir() / f".{self.environment}.lock" if self.environment else None
+        """The managed environment's lock file (``env_lock``)."""
+        return env_lock(self.env_dir) if self.env_dir is not None else None
 
     def python(self) -> str:
         """The interpreter trials run with; a managed environment must have been created first."""

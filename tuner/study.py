@@ -35,7 +35,7 @@ from tuner.confirm import (
 )
 from tuner.cost import CostModel
 from tuner.disturbance import Disturbed
-from tuner.errors import Interrupted, InvalidSettings, Pruned, TunerError, WorkerNotStarted
+from tuner.errors import EnvironmentChanged, Interrupted, InvalidSettings, Pruned, TunerError, WorkerNotStarted
 from tuner.objective import OBJECTIVES, Objective
 from tuner.owner import fail_orphans
 from tuner.owner import identity as owner_identity
@@ -59,6 +59,7 @@ from tuner.topology import notes as topology_notes
 from tuner.workload import Workload
 
 MAX_FAILURES_IN_A_ROW = 3
+HOST_FAULTS = {WorkerNotStarted.reason, EnvironmentChanged.reason}  # a failed trial of these ends the study at once
 SHARED_POLL_S = 2.0  # how often a worker waiting on other workers' last trials looks again
 MAX_SKIPS_IN_A_ROW = 25  # sampler keeps proposing measured or forbidden settings: the space is exhausted
 
@@ -440,8 +441,9 @@ class StudyRun:
                 streak = []
             skips = skips + 1 if "skip_reason" in last.user_attrs and last.user_attrs["skip_reason"] != "pruner" else 0
             self._report(last, complete + (last.state == TrialState.COMPLETE), deadline)
-            if last.state == TrialState.FAIL and trial_text(last.user_attrs, "fail_reason") == WorkerNotStarted.reason:
-                # The machine could not start a worker: the next trial would fail alike, whatever its settings.
+            if last.state == TrialState.FAIL and trial_text(last.user_attrs, "fail_reason") in HOST_FAULTS:
+                # The machine could not start a worker, or its environment was rebuilt under the study: the next
+                # trial would fail alike, whatever its settings.
                 raise TunerError(f"trial {last.number}: {trial_text(last.user_attrs, 'fail_message')}")
             if len(streak) >= MAX_FAILURES_IN_A_ROW:
                 why = (
