@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.policy import BURST
-from tuner.runner import SubprocessRunner, TrialSpec
+from tuner.runner import TrialSpec, runtime_runner
 from tuner.runtime import load as load_runtime
 from tuner.settings import Settings
 from tuner.signature import cpu_signature
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     done = {Settings.from_params(p["params"]).label() for p in data["points"]}
     todo = [p for p in grid(space, args.cores) if Settings.from_params(p).label() not in done]
     random.Random(args.seed).shuffle(todo)
-    runner = SubprocessRunner(python=runtime.python())
+    runner = runtime_runner(runtime)
     workload = Workload(args.model, args.mode, 32)
     total = len(todo) + len(done)
     for params in todo:

@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 from tuner.confirm import Candidate, bootstrap_ratio, confirm, pooled_median
 from tuner.measurement import Measurement
 from tuner.policy import MeasurementPolicy
-from tuner.runner import SubprocessRunner
+from tuner.runner import runtime_runner
 from tuner.runtime import load as load_runtime
 from tuner.settings import Settings
 from tuner.signature import cpu_signature
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp.replace(output)
         print(f"round {_round + 1}/{args.rounds} {candidate.name}: {statistics.median(measurement.rates):.2f} img/s")
 
-    runner = SubprocessRunner(python=runtime.python())
+    runner = runtime_runner(runtime)
     done = {name: list(runs) for name, runs in data["runs"].items()}
     verdict = confirm(runner, unique, workload, core_set(args.cores), policy, args.rounds, done=done, on_run=save)
 

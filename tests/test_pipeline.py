@@ -461,3 +461,37 @@ def test_a_study_that_cannot_fit_the_budget_left_is_not_started_and_a_later_run_
     # Now every row is measured: the skips gave way to the measurements.
     cpu = cpu_rows()
     assert len(cpu) == 8 and "skipped" not in set(cpu["status"])
+
+
+def test_an_environment_rebuilt_mid_job_ends_that_runtimes_studies_and_no_others(
+    storage: optuna.storages.RDBStorage,
+) -> None:
+    from tuner.errors import EnvironmentChanged
+
+    clock = Clock()
+
+    class RebuiltOnce(ClockedRunner):
+        """Another tuner rebuilds the first runtime's environment under the job's first study."""
+
+        raised = False
+
+        def run(self, spec: TrialSpec, on_step: StepCallback | None = None) -> Measurement:
+            if len(self.calls) >= 12 and not self.raised:
+                self.raised = True
+                raise EnvironmentChanged("environment /e/x was rebuilt by another tuner during this run")
+            return super().run(spec, on_step)
+
+    lines: list[str] = []
+    job = Job(storage=storage, signature=cpu_signature(), runtimes=[load("tensorflow-eigen"), load("tensorflow")],
+              counts=[1], modes=["train", "infer"], budget_s=None, model="tiny", runner=RebuiltOnce(clock),
+              log=lines.append, clock=clock)  # fmt: skip
+    job.run()
+    failed = next(line for line in lines if "was rebuilt by another tuner" in line)
+    runtime = failed.split()[0]
+    # The study that met it fails with the reason; the other study of the same runtime is not started (its
+    # first trial would meet the same environment); the other runtime's two studies run as before.
+    assert len(job.failures) == 2 and "was rebuilt by another tuner" in job.failures[0], job.failures
+    assert job.failures[1].endswith(f"not started: runtime {runtime}'s environment changed during this run")
+    other = "tensorflow" if runtime == "tensorflow-eigen" else "tensorflow-eigen"
+    assert len([line for line in lines if re.match(rf"study \d/4: {other} (train|infer) 1c, ETA", line)]) == 2
+    assert not any("failed" in line for line in lines if line.startswith(f"{other} "))

@@ -393,6 +393,22 @@ def test_changed_search_space_is_refused(storage: optuna.storages.RDBStorage, tm
         StudyRun(storage, make_config(trials=2, space=changed), ReplayRunner.from_rates(rate))
 
 
+def test_a_study_measured_with_another_framework_version_is_refused(storage: optuna.storages.RDBStorage) -> None:
+    probe = {"onednn": True, "framework_version": "2.14.0"}
+    StudyRun(storage, make_config(trials=2, probe=probe), ReplayRunner.from_rates(rate)).search(None)
+    # The same framework (a resumed run, or another worker of a shared study): it goes on.
+    StudyRun(storage, make_config(trials=3, probe=probe), ReplayRunner.from_rates(rate)).search(None)
+    # The environment was rebuilt with another TensorFlow since (or a worker on another machine has one): the
+    # same settings run other code, so its trials are not mixed in; one line, and the study is left as it was.
+    before = len(storage.get_all_trials(storage.get_all_studies()[0]._study_id))
+    newer = make_config(trials=4, probe={**probe, "framework_version": "2.15.0"})
+    with pytest.raises(TunerError, match=re.escape("measured with framework version 2.14.0, and this run has 2.15.0")):
+        StudyRun(storage, newer, ReplayRunner.from_rates(rate))
+    assert len(storage.get_all_trials(storage.get_all_studies()[0]._study_id)) == before == 3
+    # Where either side has no version read back (a study stored by an older tool), nothing is refused.
+    StudyRun(storage, make_config(trials=4, probe={"onednn": True}), ReplayRunner.from_rates(rate)).search(None)
+
+
 def test_budget_ends_the_search_and_leaves_room_for_confirmation(storage: optuna.storages.RDBStorage) -> None:
     now = [0.0]
 

@@ -97,3 +97,34 @@ def test_a_search_alone_uses_its_whole_budget(storage: optuna.storages.RDBStorag
     assert not any("overran" in line for line in lines)
     # Search alone: nothing was confirmed.
     assert "verdict" not in storage.get_all_studies()[0].user_attrs
+
+
+def test_an_environment_rebuilt_mid_job_ends_the_studies_of_that_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuner.errors import EnvironmentChanged
+    from tuner.measurement import Measurement
+    from tuner.runner import StepCallback, TrialSpec
+
+    monkeypatch.setattr("tuner.plan.core_set", lambda count, *a, **k: tuple(range(count)))
+    clock = Clock()
+
+    class Rebuilt(ClockedRunner):
+        """Another tuner rebuilds the environment before the fourth trial of the job."""
+
+        def run(self, spec: TrialSpec, on_step: StepCallback | None = None) -> Measurement:
+            if len(self.calls) >= 3:
+                raise EnvironmentChanged("environment /e/x was rebuilt by another tuner during this run")
+            return super().run(spec, on_step)
+
+    runner = Rebuilt(clock)
+    ready = prepare(load("tensorflow-eigen"), runner, 16)
+    lines: list[str] = []
+    job = TuneJob(optuna.storages.InMemoryStorage(), cpu_signature(), ready, [1, 16], ["train", "infer"], None,
+                  "tiny", 32, StudyOptions(trials=6, candidates=1), probe_s=20.0, log=lines.append,
+                  clock=clock)  # fmt: skip
+    job.run()
+    # The first study fails with the reason, and the three after it are not started: each would meet the
+    # same rebuilt environment at its first trial (before, each failed in turn, one stored FAIL trial each).
+    assert len(job.failures) == 1 and "was rebuilt by another tuner" in job.failures[0]
+    assert any("the 3 studies after it not started" in line for line in lines), lines
+    assert not any(re.search(r"study [234]/4: ", line) for line in lines)
+    assert job.studies == []

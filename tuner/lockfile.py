@@ -57,19 +57,30 @@ def open_lock(path: Path, what: str = "the measurement lock") -> int:
     raise LockError(f"cannot create {what} {path}")
 
 
+class Busy(Exception):
+    """The lock is held by another process, and the caller asked not to wait (``held(..., wait=False)``)."""
+
+
 @contextlib.contextmanager
 def held(
-    path: Path, note: Callable[[], None], *, shared: bool = False, what: str = "the measurement lock"
+    path: Path,
+    note: Callable[[], None],
+    *,
+    shared: bool = False,
+    what: str = "the measurement lock",
+    wait: bool = True,
 ) -> Iterator[None]:
     """Hold the lock at ``path`` (exclusive, or ``shared`` with other holders of a shared lock) for the block.
-    If another process holds it, ``note()`` is called once and the wait blocks until the lock is free; Ctrl-C
-    while waiting stops at once."""
+    If another process holds it, ``note()`` is called once and the wait blocks until the lock is free (Ctrl-C
+    while waiting stops at once); with ``wait`` False, ``Busy`` is raised instead."""
     mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     descriptor = open_lock(path, what)
     try:
         try:
             fcntl.flock(descriptor, mode | fcntl.LOCK_NB)
         except BlockingIOError:
+            if not wait:
+                raise Busy(f"{what} {path} is held by another process") from None
             note()
             with interrupt.interruptible():
                 fcntl.flock(descriptor, mode)

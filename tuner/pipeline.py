@@ -50,7 +50,7 @@ from tuner.confirm import DEFAULT, TUNED
 from tuner.cost import CostModel
 from tuner.disturbance import DEFAULT_LIMIT, steady
 from tuner.envs import create as create_env
-from tuner.errors import TunerError
+from tuner.errors import EnvironmentChanged, TunerError
 from tuner.forecast import (
     BUDGET_SLACK,
     LEAST,
@@ -253,6 +253,7 @@ class Job:
     notes: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     not_started: list[str] = field(default_factory=list)  # studies the budget left no time for
+    changed: set[str] = field(default_factory=set)  # runtimes whose environment another tuner changed mid-run
     not_started_s: float = 0.0  # the least they need together, at the cost measured (``least_s``)
 
     @property
@@ -442,6 +443,11 @@ class Job:
                 "another --storage measures it here"
             )
             return
+        if ready.runtime.name in self.changed:
+            why = f"not started: runtime {ready.runtime.name}'s environment changed during this run"
+            self.failures.append(f"{cell.tag}: {why}")
+            self.log(f"{head}: {why}")
+            return
         begun = self.clock()
         cost = outlook.costs(index)[0]
         started = any(not c.kept for c in cells[:index])  # the first study the job runs always starts
@@ -463,6 +469,10 @@ class Job:
         self.log(head + (f", share {duration(budget)}" if budget else "") + f", {eta(None)}")
         try:
             cost = self._search_and_benchmark(ready, cell, budget, eta)
+        except EnvironmentChanged as error:  # the runtime's other studies would meet it too
+            self.changed.add(ready.runtime.name)
+            self._fail(cell.tag, error)
+            return
         except TunerError as error:
             self._fail(cell.tag, error)
             return

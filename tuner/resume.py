@@ -84,12 +84,27 @@ def check_comparable(name: str, stored: Any, meta: Mapping[str, Any]) -> None:
             f"{meta['space']} (hash {one_line(stored.get('space_hash'), 20)}, now {meta['space_hash']}); "
             "use a new --storage or restore the space file"
         )
+    was, now = _framework_version(stored), _framework_version(meta)
+    if was is not None and now is not None and was != now:
+        # The framework as the probe read it back (a rebuilt environment, an upgraded package, or a shared
+        # study's worker on another machine): the same settings run other code.
+        raise TunerError(
+            f"study {name} was measured with framework version {one_line(was, 40)}, and this run has {now}: "
+            "its trials would not be comparable; use a new --storage (or the framework it was measured with)"
+        )
     for key in COMPARED:
         if stored.get(key) != meta[key]:
             raise TunerError(
                 f"study {name} was measured with {key} {one_line(stored.get(key), 80)}, not "
                 f"{meta[key]}: its trials would not be comparable; use a new --storage"
             )
+
+
+def _framework_version(meta: Mapping[str, Any]) -> str | None:
+    """The framework version the study's probe read back, where it has one."""
+    probe = meta.get("probe")
+    version = probe.get("framework_version") if isinstance(probe, Mapping) else None
+    return version if isinstance(version, str) and version else None
 
 
 def store_runnable(study: optuna.Study, runnable: StoredRunnable, progress: Progress) -> None:

@@ -26,6 +26,7 @@ from typing import IO, Any, Protocol
 
 from tuner import interrupt
 from tuner.disturbance import Disturbance, Monitor
+from tuner.envs import read_manifest
 from tuner.errors import (
     EnvironmentChanged,
     Pruned,
@@ -37,11 +38,11 @@ from tuner.errors import (
     WorkerOutOfMemory,
     WorkerTimeout,
 )
-from tuner.lockfile import LockError, held
+from tuner.lockfile import Busy, LockError, held
 from tuner.measurement import MAX_LOOP_SECONDS, Measurement, seconds_ok
 from tuner.models import ModelRef, as_ref
 from tuner.policy import MeasurementPolicy
-from tuner.runtime import MANIFEST, Runtime, env_lock
+from tuner.runtime import Runtime, env_lock
 from tuner.settings import ENV_ALLOWLIST, Settings
 from tuner.workload import Workload
 
@@ -179,6 +180,7 @@ class SubprocessRunner:
         parent_env: Mapping[str, str] | None = None,
         lock: Path = HOST_LOCK,
         environment: Path | None = None,
+        runtime_name: str = "",
         memory_limit: int | None = None,
         note: Callable[[str], None] = lambda line: print(f"tuner: {line}", file=sys.stderr, flush=True),
     ) -> None:
@@ -188,7 +190,8 @@ class SubprocessRunner:
         self.lock = lock  # the host-wide measurement lock; tests of the runner's mechanics use their own
         # The managed environment ``python`` belongs to (``Runtime.env_dir``): its lock is held shared per trial.
         self.environment = environment
-        self._manifest: bytes | None = None  # its build, as the first trial found it
+        self.runtime_name = runtime_name  # whose environment it is, for the command that rebuilds it
+        self._build: tuple[list[str], str] | None = None  # its pins and framework, as the first trial found them
         self.note = note  # how a wait for the lock is announced (once per wait)
         self.parent_pid = os.getpid()
         self._prctl = _prctl()
@@ -253,53 +256,62 @@ class SubprocessRunner:
         """Run ``execute(keras_home)`` holding the host lock, with a private, empty Keras folder.
 
         Where the interpreter is a managed environment's, that environment's lock is then held shared: a build,
-        which holds it alone, waits for the trial to end instead of clearing the environment under it, and
-        a trial waits for a build. Only the tuner holding the host lock holds an environment's lock, so a
-        build gets it between two trials; a build never takes the host lock, so none waits on the other."""
-        with contextlib.ExitStack() as locks:
-            # One measurement at a time on this host: two tuners timing on the same cores would disturb both.
-            locks.enter_context(
-                held(self.lock, lambda: self.note(f"waiting for another measurement on this host (lock {self.lock})"))
-            )
-            if self.environment is not None:
-                self._hold_environment(locks, self.environment)
-            held_from = time.time()
-            with tempfile.TemporaryDirectory(prefix="tuner-keras-") as keras_home:
-                results, env = execute(keras_home)
-            # When this process measured, by the wall clock: shows that no two measurements overlapped.
-            for result in results:
-                result["host_lock"] = {"host": socket.gethostname(), "from": held_from, "to": time.time()}
-            return results, env
+        which holds it alone, waits for the trial to end instead of clearing the environment under it. A
+        trial that finds a build under way lets the host lock go while it waits for the build, so other
+        measurements go on meanwhile. Only the tuner holding the host lock holds an environment's lock (never
+        one waiting for it), so a build gets the environment between two trials."""
+        while True:
+            with contextlib.ExitStack() as locks:
+                # One measurement at a time on this host: two tuners timing on the same cores would disturb both.
+                locks.enter_context(held(self.lock, self._waiting_for_host))
+                if self.environment is None or self._hold_environment(locks, self.environment):
+                    held_from = time.time()
+                    with tempfile.TemporaryDirectory(prefix="tuner-keras-") as keras_home:
+                        results, env = execute(keras_home)
+                    # When this process measured, by the wall clock: shows that no two measurements overlapped.
+                    for result in results:
+                        result["host_lock"] = {"host": socket.gethostname(), "from": held_from, "to": time.time()}
+                    return results, env
+            # Another tuner is building the environment: wait for it without the host lock, then start again.
+            lock = env_lock(self.environment)
+            self.note(f"waiting for the environment's build to finish (lock {lock})")
+            with held(lock, lambda: None, shared=True, what="the environment lock"):
+                pass
 
-    def _hold_environment(self, locks: contextlib.ExitStack, environment: Path) -> None:
-        """Hold the environment's lock shared for the trial, then check that its build is the one this runner
-        started with: another tuner sharing the folder may have rebuilt it with other pins, or failed half-way
-        (``EnvironmentChanged``, a fault of the host, never of the settings measured)."""
+    def _waiting_for_host(self) -> None:
+        self.note(f"waiting for another measurement on this host (lock {self.lock})")
+
+    def _hold_environment(self, locks: contextlib.ExitStack, environment: Path) -> bool:
+        """Hold the environment's lock shared for the trial (False, holding nothing, while a build holds it),
+        then check that its build is the one this runner started with: another tuner sharing the folder may
+        have rebuilt it with other pins, or failed half-way (``EnvironmentChanged``, a fault of the host,
+        never of the settings measured)."""
         lock = env_lock(environment)
         try:
-            locks.enter_context(held(
-                lock, lambda: self.note(f"waiting for the environment's build to finish (lock {lock})"),
-                shared=True, what="the environment lock",
-            ))  # fmt: skip
+            locks.enter_context(held(lock, lambda: None, shared=True, what="the environment lock", wait=False))
+        except Busy:
+            return False
         except LockError:
             if lock.exists() or lock.is_symlink():
                 raise
             # Missing, and this user cannot create it (environments shared read-only): no one without write
             # access can rebuild them either, so the trial runs without it.
-        try:
-            manifest = (environment / MANIFEST).read_bytes()
-        except OSError:
+        manifest = read_manifest(environment)
+        name = self.runtime_name or environment.name
+        if manifest is None:
             raise EnvironmentChanged(
                 f"environment {environment} is incomplete (another tuner's build failed or was stopped?): "
-                f"run: tuner env create {environment.name}"
-            ) from None
-        if self._manifest is None:
-            self._manifest = manifest  # the build this runner's trials are measured with
-        elif manifest != self._manifest:
-            raise EnvironmentChanged(
-                f"environment {environment} was rebuilt by another tuner during this run: its trials would mix "
-                "two builds; run the command again"
+                f"run: tuner env create {name}"
             )
+        build = (manifest["packages"], manifest["framework_version"])
+        if self._build is None:
+            self._build = build  # the build this runner's trials are measured with
+        elif build != self._build:
+            raise EnvironmentChanged(
+                f"environment {environment} was rebuilt by another tuner during this run ({', '.join(build[0])}; "
+                f"was {', '.join(self._build[0])}): trials of one study must not mix two builds"
+            )
+        return True
 
     def _execute(
         self,
@@ -497,4 +509,4 @@ def _decode(line: bytes) -> dict[str, Any]:
 
 def runtime_runner(runtime: Runtime) -> SubprocessRunner:
     """A runner for the runtime's interpreter, holding its managed environment's lock (if any) per trial."""
-    return SubprocessRunner(python=runtime.python(), environment=runtime.env_dir)
+    return SubprocessRunner(python=runtime.python(), environment=runtime.env_dir, runtime_name=runtime.name)

@@ -441,10 +441,12 @@ class StudyRun:
                 streak = []
             skips = skips + 1 if "skip_reason" in last.user_attrs and last.user_attrs["skip_reason"] != "pruner" else 0
             self._report(last, complete + (last.state == TrialState.COMPLETE), deadline)
-            if last.state == TrialState.FAIL and trial_text(last.user_attrs, "fail_reason") in HOST_FAULTS:
+            reason = trial_text(last.user_attrs, "fail_reason") if last.state == TrialState.FAIL else None
+            if reason in HOST_FAULTS:
                 # The machine could not start a worker, or its environment was rebuilt under the study: the next
-                # trial would fail alike, whatever its settings.
-                raise TunerError(f"trial {last.number}: {trial_text(last.user_attrs, 'fail_message')}")
+                # trial would fail alike, whatever its settings. The second ends every study of the runtime.
+                fault = EnvironmentChanged if reason == EnvironmentChanged.reason else TunerError
+                raise fault(f"trial {last.number}: {trial_text(last.user_attrs, 'fail_message')}")
             if len(streak) >= MAX_FAILURES_IN_A_ROW:
                 why = (
                     f"{len(streak)} trials in a row failed; last: {trial_text(last.user_attrs, 'fail_reason')}: "

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import optuna
 
 from tuner.cost import CostModel
-from tuner.errors import TunerError
+from tuner.errors import EnvironmentChanged, TunerError
 from tuner.models import ModelRef
 from tuner.plan import Prepared, StudyOptions, Yardstick, baseline_count, share, study_config, weight
 from tuner.policy import BURST
@@ -86,6 +86,10 @@ class TuneJob:
                     verdict = run.run()
                     self.log(f"{tag} verdict: {verdict.text()}")
                     self.log(f"{tag} {verdict.against_each()}")
+            except EnvironmentChanged as error:  # every study after it would meet it too
+                self.failures.append(f"{config.name}: {error}")
+                self.log(f"{tag} study failed: {error}; the {len(plan) - index - 1} studies after it not started")
+                break
             except TunerError as error:  # one study failing does not throw away the others
                 self.failures.append(f"{config.name}: {error}")
                 self.log(f"{tag} study failed: {error}")
