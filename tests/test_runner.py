@@ -534,7 +534,8 @@ def test_an_environment_rebuilt_or_half_built_under_a_run_stops_it_as_a_fault_of
     # Another tuner sharing the folder rebuilt it with other pins: the next trial is refused rather than
     # measured on another build, and not as a worker failure (which would mark the settings as failing).
     write_manifest(environment, "2.15.0")
-    with pytest.raises(EnvironmentChanged, match="was rebuilt by another tuner during this run") as rebuilt:
+    rebuilt_text = r"was rebuilt by another tuner during this run \(framework 2.15.0, was 2.14.0\)"
+    with pytest.raises(EnvironmentChanged, match=rebuilt_text) as rebuilt:
         runner.run(make_spec())
     assert not isinstance(rebuilt.value, WorkerError)
     # A build that failed half-way (venv --clear, then pip failed) left no manifest: refused, naming the fix,

@@ -43,6 +43,7 @@ from tuner.measurement import MAX_LOOP_SECONDS, Measurement, seconds_ok
 from tuner.models import ModelRef, as_ref
 from tuner.policy import MeasurementPolicy
 from tuner.runtime import Runtime, env_lock
+from tuner.sanitize import one_line
 from tuner.settings import ENV_ALLOWLIST, Settings
 from tuner.workload import Workload
 
@@ -191,7 +192,7 @@ class SubprocessRunner:
         # The managed environment ``python`` belongs to (``Runtime.env_dir``): its lock is held shared per trial.
         self.environment = environment
         self.runtime_name = runtime_name  # whose environment it is, for the command that rebuilds it
-        self._build: tuple[list[str], str] | None = None  # its pins and framework, as the first trial found them
+        self._build: tuple[list[Any], str] | None = None  # its pins and framework, as the first trial found them
         self.note = note  # how a wait for the lock is announced (once per wait)
         self.parent_pid = os.getpid()
         self._prctl = _prctl()
@@ -303,13 +304,16 @@ class SubprocessRunner:
                 f"environment {environment} is incomplete (another tuner's build failed or was stopped?): "
                 f"run: tuner env create {name}"
             )
+        # Read from a folder other users write: compared, and shown only as one sanitized line.
         build = (manifest["packages"], manifest["framework_version"])
         if self._build is None:
             self._build = build  # the build this runner's trials are measured with
         elif build != self._build:
+            was, now = one_line(self._build[1], 40), one_line(build[1], 40)
+            what = f"framework {now}, was {was}" if now != was else "its pinned packages changed"
             raise EnvironmentChanged(
-                f"environment {environment} was rebuilt by another tuner during this run ({', '.join(build[0])}; "
-                f"was {', '.join(self._build[0])}): trials of one study must not mix two builds"
+                f"environment {environment} was rebuilt by another tuner during this run ({what}): "
+                "trials of one study must not mix two builds"
             )
         return True
 
