@@ -196,3 +196,16 @@ def test_two_tuners_creating_one_shared_environment_build_it_once(tmp_path: Path
     # in here), and an up-to-date environment is still confirmed.
     monkeypatch.setattr(envs_module, "env_lock", lambda path: tmp_path / "not-here" / ".lock")
     assert not create(runtime, log=logs.append).created
+
+
+def test_an_interpreter_inside_a_managed_environment_is_known_as_one(tmp_path: Path) -> None:
+    from tuner.runtime import environment_of
+
+    (tmp_path / "intel-tensorflow" / "bin").mkdir(parents=True)
+    (tmp_path / "intel-tensorflow" / "tuner-env.json").write_text("{}")
+    # `tuner tune --python .envs/intel-tensorflow/bin/python`: its trials take that environment's lock.
+    assert environment_of(str(tmp_path / "intel-tensorflow" / "bin" / "python")) == tmp_path / "intel-tensorflow"
+    # Any other interpreter (a system Python, a venv that `env create` did not make) has none.
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    assert environment_of(str(tmp_path / "venv" / "bin" / "python")) is None
+    assert environment_of("python3") is None

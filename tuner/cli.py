@@ -38,7 +38,7 @@ from tuner.policy import CONFIRM
 from tuner.probe import fixed_knobs
 from tuner.progress import Bar, bar_for
 from tuner.runner import Runner, SubprocessRunner, runtime_runner
-from tuner.runtime import GPU_RUNTIME, check_knobs, cpu_names, for_device
+from tuner.runtime import GPU_RUNTIME, check_knobs, cpu_names, environment_of, for_device
 from tuner.runtime import load as load_runtime
 from tuner.runtime import names as runtime_names
 from tuner.sanitize import one_line, printable
@@ -148,7 +148,12 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
     inert = check_knobs(runtime, space.distributions(max(counts)), args.allow_inert)
     limit = parse_limit(args.max_disturbance)
     if runner is None:
-        runner = SubprocessRunner(python=args.python) if args.python else runtime_runner(runtime)
+        # A --python inside a managed environment holds its lock per trial, as the runtime's own would.
+        runner = (
+            SubprocessRunner(python=args.python, environment=environment_of(args.python))
+            if args.python
+            else runtime_runner(runtime)
+        )
     runner = steady(runner, limit, _log)
     storage = open_storage(args.storage)
     signature = cpu_signature()

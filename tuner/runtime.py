@@ -72,6 +72,13 @@ def env_lock(env_dir: Path) -> Path:
     return env_dir.parent / f".{env_dir.name}.lock"
 
 
+def environment_of(python: str) -> Path | None:
+    """The managed environment an interpreter path (``--python``) lies in, judged by its manifest beside
+    ``bin/``; None for any other interpreter."""
+    folder = Path(python).absolute().parent.parent
+    return folder if (folder / MANIFEST).is_file() else None
+
+
 def gpu_driver(version_file: Path | None = None) -> str | None:
     """The NVIDIA kernel driver's version line (``NVRM version: ...``; default file ``NVIDIA_DRIVER``), or None
     where no driver is loaded: read without any framework, so a GPU runtime is refused before a multi-GiB
