@@ -20,7 +20,7 @@ from typing import Any
 
 from tuner import interrupt
 from tuner.errors import TunerError, UsageError
-from tuner.lockfile import LockError, held
+from tuner.lockfile import held
 from tuner.runtime import MANIFEST, Runtime, env_lock
 
 VERSION_PROBE = "import sys, tensorflow as tf; print(sys.version.split()[0], tf.__version__)"
@@ -106,13 +106,8 @@ def create(runtime: Runtime, with_python: str = sys.executable, log: Callable[[s
     def waiting() -> None:
         log(f"waiting for another tuner using {path} (lock {lock})")
 
-    try:
-        with held(lock, waiting, shared=True, what="the environment lock"):
-            current = _current(runtime, path)
-    except LockError:
-        if lock.exists() or lock.is_symlink():
-            raise
-        current = _current(runtime, path)  # shared read-only, made before it had a lock: looked at without one
+    with held(lock, waiting, shared=True, what="the environment lock", missing_ok=True):
+        current = _current(runtime, path)
     if current is not None:
         return current
     with held(lock, waiting, what="the environment lock"):

@@ -69,12 +69,21 @@ def held(
     shared: bool = False,
     what: str = "the measurement lock",
     wait: bool = True,
+    missing_ok: bool = False,
 ) -> Iterator[None]:
     """Hold the lock at ``path`` (exclusive, or ``shared`` with other holders of a shared lock) for the block.
     If another process holds it, ``note()`` is called once and the wait blocks until the lock is free (Ctrl-C
-    while waiting stops at once); with ``wait`` False, ``Busy`` is raised instead."""
+    while waiting stops at once); with ``wait`` False, ``Busy`` is raised instead. With ``missing_ok``, a
+    lock file that is missing and cannot be made (a folder shared read-only, made before it had locks: no
+    one who cannot make it can write there either) leaves the block unlocked; an unsafe one is still refused."""
     mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-    descriptor = open_lock(path, what)
+    try:
+        descriptor = open_lock(path, what)
+    except LockError:
+        if not missing_ok or path.exists() or path.is_symlink():
+            raise
+        yield
+        return
     try:
         try:
             fcntl.flock(descriptor, mode | fcntl.LOCK_NB)

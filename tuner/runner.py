@@ -38,7 +38,7 @@ from tuner.errors import (
     WorkerOutOfMemory,
     WorkerTimeout,
 )
-from tuner.lockfile import Busy, LockError, held
+from tuner.lockfile import Busy, held
 from tuner.measurement import MAX_LOOP_SECONDS, Measurement, seconds_ok
 from tuner.models import ModelRef, as_ref
 from tuner.policy import MeasurementPolicy
@@ -289,14 +289,11 @@ class SubprocessRunner:
         never of the settings measured)."""
         lock = env_lock(environment)
         try:
-            locks.enter_context(held(lock, lambda: None, shared=True, what="the environment lock", wait=False))
+            locks.enter_context(
+                held(lock, lambda: None, shared=True, what="the environment lock", wait=False, missing_ok=True)
+            )
         except Busy:
             return False
-        except LockError:
-            if lock.exists() or lock.is_symlink():
-                raise
-            # Missing, and this user cannot create it (environments shared read-only): no one without write
-            # access can rebuild them either, so the trial runs without it.
         manifest = read_manifest(environment)
         name = self.runtime_name or environment.name
         if manifest is None:
