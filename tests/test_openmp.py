@@ -43,6 +43,16 @@ def test_stock_tensorflow_runs_on_its_threadpool_with_no_openmp() -> None:
     assert facts["onednn_runtime"] == "threadpool"
     assert facts["openmp"] is None
     assert facts["inert"] == ["OMP_NUM_THREADS", "KMP_BLOCKTIME", "KMP_AFFINITY"]
+    # oneDNN also says which instruction set its kernels are for: every x86 CPU this runs on has at least AVX2.
+    assert "AVX" in facts["onednn_isa"]
+
+
+def test_the_instruction_set_cap_reaches_onednn_on_any_cpu() -> None:
+    # Capped at AVX2, oneDNN makes AVX2 kernels whatever the CPU (AVX-512 or not): the path an AVX2-only CPU runs,
+    # read back from oneDNN itself, so both CPUs this suite runs on take it. (On an AVX2-only CPU the cap is moot.)
+    facts = probe(SubprocessRunner(), load("tensorflow"), CORE, {"onednn": True, "onednn_isa": "avx2"})
+    assert facts["onednn"] is True
+    assert facts["onednn_isa"] == "Intel AVX2"
 
 
 def test_intel_tensorflow_reads_back_omp_and_kmp_values(intel: Runtime) -> None:

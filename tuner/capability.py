@@ -36,6 +36,7 @@ class Capabilities:
     openmp_known: bool = False  # whether the probe read the OpenMP library back (then None means none loaded)
     allocators: tuple[str, ...] | None = None  # the allocators installed here; None: unknown, nothing taken out
     bf16_instructions: bool | None = None  # the CPU has avx512_bf16, amx_bf16 or aarch64's bf16; None: unknown
+    cpu_isa: frozenset[str] | None = None  # the CPU's ISA flags (signature.ISA_FLAGS); None: unknown
     precisions: tuple[str, ...] = ("fp32",)  # precisions the user allowed (--allow-precision)
     force_precision: bool = False  # search an allowed precision even without the CPU's instructions for it
     splits: tuple[int, ...] | None = None  # instance counts the study's cores split into (topology.splits)
@@ -50,12 +51,14 @@ class Capabilities:
         openmp = facts.get("openmp")
         allocators = facts.get("allocators")
         bf16 = facts.get("bf16_instructions")
+        isa = facts.get("cpu_isa")
         return cls(
             onednn_default=onednn if isinstance(onednn, bool) else None,
             openmp=openmp if isinstance(openmp, str) else None,
             openmp_known="openmp" in facts,
             allocators=tuple(a for a in allocators if isinstance(a, str)) if isinstance(allocators, list) else None,
             bf16_instructions=bf16 if isinstance(bf16, bool) else None,
+            cpu_isa=frozenset(f for f in isa if isinstance(f, str)) if isinstance(isa, list) else None,
             precisions=("fp32", *sorted(set(allow_precision) - {"fp32"})),
             force_precision=force_precision,
         )
@@ -90,6 +93,7 @@ class Capabilities:
             "openmp": self.openmp,
             "allocators": None if self.allocators is None else list(self.allocators),
             "bf16_instructions": self.bf16_instructions,
+            "cpu_isa": None if self.cpu_isa is None else sorted(self.cpu_isa),
             "precisions": list(self.precisions),
             "force_precision": self.force_precision,
             "model_file": self.model_file,
@@ -137,6 +141,32 @@ def _bf16_instructions(params: Mapping[str, Any], caps: Capabilities) -> str | N
     return "this CPU has no bf16 instructions (avx512_bf16, amx_bf16, bf16): bf16 would be emulated (--force-precision)"
 
 
+# The CPU flags (/proc/cpuinfo, as signature.ISA_FLAGS keeps them) each ONEDNN_MAX_CPU_ISA value needs; oneDNN's
+# AVX512_CORE also needs avx512dq, which every CPU with avx512bw and avx512vl has. The cap matters with oneDNN off
+# too: stock TensorFlow's Eigen contractions (matmul, and the convolutions Eigen runs as matmuls) call oneDNN's
+# sgemm, which obeys it (measured: a 2048x2048 matmul 2.1x slower capped at AVX2 on an AVX-512 EPYC, oneDNN off).
+ISA_NEEDS: dict[str, tuple[str, ...]] = {
+    "avx2": ("avx2", "fma"),
+    "avx2_vnni": ("avx2", "fma", "avx_vnni"),
+    "avx512_core": ("avx512f", "avx512bw", "avx512vl"),
+    "avx512_core_vnni": ("avx512f", "avx512bw", "avx512vl", "avx512_vnni"),
+    "avx512_core_bf16": ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"),
+    "avx512_core_amx": (
+        "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16",
+    ),
+}  # fmt: skip
+
+
+def _isa_in_cpu(params: Mapping[str, Any], caps: Capabilities) -> str | None:
+    isa = params.get("onednn_isa", ONEDNN_DEFAULT)
+    if isa == ONEDNN_DEFAULT or caps.cpu_isa is None:
+        return None
+    missing = [flag for flag in ISA_NEEDS.get(isa, ()) if flag not in caps.cpu_isa]
+    if not missing:
+        return None
+    return f"this CPU has no {', '.join(missing)}: capping oneDNN at {isa} would run what a lower cap runs"
+
+
 def _layout_of_model_file(params: Mapping[str, Any], caps: Capabilities) -> str | None:
     if not caps.model_file:
         return None
@@ -167,6 +197,7 @@ RULES: dict[str, Rule] = {
     "instances_fit_sockets": _instances_fit,
     "precision_opted_in": _precision_opted_in,
     "bf16_instructions": _bf16_instructions,
+    "isa_in_cpu": _isa_in_cpu,
     "model_file_layout": _layout_of_model_file,
     "one_request_at_a_time": _one_request_at_a_time,
 }

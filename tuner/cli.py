@@ -33,7 +33,7 @@ from tuner.models import MODELS, ModelRef, name_of, resolve
 from tuner.objective import OBJECTIVES
 from tuner.objective import get as get_objective
 from tuner.pipeline import Job
-from tuner.plan import StudyOptions, check_model, prepare
+from tuner.plan import StudyOptions, check_model, isa_space, prepare
 from tuner.policy import CONFIRM
 from tuner.probe import fixed_knobs
 from tuner.progress import Bar, bar_for
@@ -142,9 +142,12 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
         allow_precision=tuple(args.allow_precision),
         force_precision=args.force_precision,
         search_batch=parse_batches(args.search_batch, args.objective),
+        search_isa=args.search_isa,
     )
     runtime = for_device(load_runtime(args.runtime), "cpu")
     space = load_space(args.space or runtime.space, max(counts))
+    if args.search_isa:
+        isa_space(runtime, space)  # a space that has the knob, or a runtime without it, fails now: one line
     inert = check_knobs(runtime, space.distributions(max(counts)), args.allow_inert)
     limit = parse_limit(args.max_disturbance)
     if runner is None:
@@ -283,7 +286,9 @@ def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
     wanted = [name.strip() for name in args.runtimes.split(",")] if args.runtimes else cpu_names()
     runtimes = [for_device(load_runtime(name), "cpu") for name in wanted]
     for runtime in runtimes:
-        load_space(runtime.space, max(counts))  # a broken space fails now, not an hour in
+        space = load_space(runtime.space, max(counts))  # a broken space fails now, not an hour in
+        if args.search_isa:
+            isa_space(runtime, space)
     table.check_format(args.format)
     if args.plan and args.format not in ("markdown", "json"):
         raise UsageError(f"--plan prints text, or JSON with --format json; not {args.format}")
@@ -316,6 +321,7 @@ def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
         allow_precision=tuple(args.allow_precision),
         force_precision=args.force_precision,
         search_batch=search_batch,
+        search_isa=args.search_isa,
         create_envs=not args.no_env_create,
         runner=runner,
         max_disturbance=limit,
@@ -529,6 +535,12 @@ def add_precision_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="B1,B2,...",
         help="also search the batch size over these values (throughput per sample; the baselines keep --batch-size)",
+    )
+    parser.add_argument(
+        "--search-isa",
+        action="store_true",
+        help="also search oneDNN's instruction-set cap (ONEDNN_MAX_CPU_ISA: default, avx2 ... avx512_core_amx); "
+        "caps this CPU lacks are taken out",
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 
 from tuner import interrupt
+from tuner.capability import ISA_NEEDS
 from tuner.disturbance import DEFAULT_LIMIT, sample
 from tuner.errors import UsageError
 from tuner.runtime import NVIDIA_DRIVER, Runtime, gpu_driver, load, names
@@ -98,6 +99,12 @@ def gpu_line(version_file: Path | None = None, dev: Path = Path("/dev")) -> str:
     return f"GPU            NVIDIA driver loaded: {driver}; {seen}; GPU rows run in runtime tensorflow-gpu"
 
 
+def caps_line(isa: tuple[str, ...]) -> str:
+    """The oneDNN instruction-set caps a CPU with these flags can run (each may differ from no cap)."""
+    caps = [name for name, needs in ISA_NEEDS.items() if set(needs) <= set(isa)]
+    return f"oneDNN caps    {', '.join(caps) or 'none'} can run here (ONEDNN_MAX_CPU_ISA, --search-isa)"
+
+
 def report() -> list[str]:
     sig = cpu_signature()
     allowed = physical_cores()
@@ -119,6 +126,7 @@ def report() -> list[str]:
             if onednn
             else "off by default in stock TensorFlow here (no VNNI/BF16/AMX): knob onednn=true turns it on"
         ),
+        caps_line(sig.isa),
         f"load average   {load1:.2f} (1 min), {load5:.2f} (5 min) on {sig.logical_cpus} CPUs",
         gpu_line(),
     ]

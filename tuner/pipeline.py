@@ -244,6 +244,7 @@ class Job:
     allow_precision: tuple[str, ...] = ()  # --allow-precision: bf16 is searched only when asked for
     force_precision: bool = False
     search_batch: tuple[int, ...] = ()  # --search-batch: batch sizes searched beside batch_size (throughput)
+    search_isa: bool = False  # --search-isa: oneDNN's instruction-set cap searched too
     create_envs: bool = True
     runner: Runner | None = None  # tests pass a replaying fake; else one subprocess runner per runtime
     max_disturbance: float | None = DEFAULT_LIMIT  # tuner/disturbance.py: over it, a trial is measured again
@@ -267,6 +268,7 @@ class Job:
             allow_precision=self.allow_precision,
             force_precision=self.force_precision,
             search_batch=self.search_batch,
+            search_isa=self.search_isa,
         )
 
     # -- preparation ------------------------------------------------------------------------------------

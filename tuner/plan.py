@@ -19,7 +19,7 @@ from typing import Any
 from tuner.capability import Capabilities, plan_baselines
 from tuner.confirm import MIN_ROUNDS
 from tuner.cost import CostModel
-from tuner.errors import TunerError, WorkerError
+from tuner.errors import TunerError, UsageError, WorkerError
 from tuner.models import ModelRef, as_ref, source_of
 from tuner.policy import BURST, CONFIRM, MeasurementPolicy, for_mode
 from tuner.probe import fixed_knobs, probe
@@ -27,7 +27,7 @@ from tuner.runner import Runner, TaskSpec
 from tuner.runtime import Runtime
 from tuner.settings import Settings
 from tuner.signature import CpuSignature
-from tuner.space import SearchSpace, with_batches
+from tuner.space import SearchSpace, with_batches, with_isa
 from tuner.space import load as load_space
 from tuner.study import StudyConfig
 from tuner.topology import core_set, sockets_for
@@ -108,9 +108,10 @@ class Prepared:
         f = self.facts
         onednn = "on" if f.get("onednn") is True else "off" if f.get("onednn") is False else "unknown"
         inert = f"; inert knobs searched anyway: {', '.join(self.inert)}" if self.inert else ""
+        isa = f", kernels for {f['onednn_isa']}" if f.get("onednn_isa") else ""
         return (
             f"probe: {self.runtime.name} runs TensorFlow {f.get('framework_version')}, oneDNN {onednn} "
-            f"(runtime {f.get('onednn_runtime')}), OpenMP {f.get('openmp') or 'none'}, "
+            f"(runtime {f.get('onednn_runtime')}{isa}), OpenMP {f.get('openmp') or 'none'}, "
             f"{f.get('gpus') or 0} GPU{inert}"
         )
 
@@ -158,6 +159,7 @@ class StudyOptions:
     allow_precision: tuple[str, ...] = ()  # bf16 changes numerics: searched only when asked for
     force_precision: bool = False
     search_batch: tuple[int, ...] = ()  # batch sizes searched beside the study's own (--search-batch)
+    search_isa: bool = False  # oneDNN's instruction-set cap searched too (--search-isa)
 
     def __post_init__(self) -> None:
         if self.trials < 1 or self.candidates < 1:
@@ -165,11 +167,20 @@ class StudyOptions:
 
     def space(self, ready: Prepared, workload: Workload) -> SearchSpace:
         """The prepared space, with the batch searched where ``search_batch`` asks (throughput only: a latency
-        objective's batch is the request, so it is not the tuner's to change)."""
+        objective's batch is the request, so it is not the tuner's to change), and oneDNN's instruction-set cap
+        where ``search_isa`` asks (only on a runtime that declares the knob)."""
+        space = isa_space(ready.runtime, ready.space) if self.search_isa else ready.space
         if not self.search_batch:
-            return ready.space
+            return space
         check_batch_search(workload.objective)
-        return with_batches(ready.space, self.search_batch, workload.batch_size)
+        return with_batches(space, self.search_batch, workload.batch_size)
+
+
+def isa_space(runtime: Runtime, space: SearchSpace) -> SearchSpace:
+    """``space`` with oneDNN's instruction-set cap searched (--search-isa), on a runtime that declares it."""
+    if "onednn_isa" not in runtime.honours:
+        raise UsageError(f"--search-isa: runtime {runtime.name} does not declare the onednn_isa knob")
+    return with_isa(space)
 
 
 def study_config(

@@ -27,6 +27,7 @@ FACTS = (
     "framework_version",
     "onednn",
     "onednn_runtime",
+    "onednn_isa",
     "openmp",
     "omp_max_threads",
     "kmp_blocktime",
@@ -80,6 +81,9 @@ def probe(
 
 def machine_facts() -> dict[str, Any]:
     """Controller-side facts the space follows: the allocators installed here (their libraries are preloaded
-    from fixed system folders) and whether the CPU has bf16 instructions. (Tests with fake workers fix them, so
-    that their spaces do not depend on the machine the suite runs on.)"""
-    return {"allocators": available_allocators(), "bf16_instructions": bool(BF16_FLAGS & set(cpu_signature().isa))}
+    from fixed system folders), whether the CPU has bf16 instructions, and its ISA flags (which oneDNN caps
+    can differ from a lower one). (Tests with fake workers fix them, so that their spaces do not depend on the
+    machine the suite runs on.)"""
+    isa = cpu_signature().isa
+    bf16 = bool(BF16_FLAGS & set(isa))
+    return {"allocators": available_allocators(), "bf16_instructions": bf16, "cpu_isa": list(isa)}

@@ -61,14 +61,30 @@ def _onednn(value: Any) -> str | None:
     return "1" if value else "0"
 
 
+# ONEDNN_MAX_CPU_ISA: the highest instruction set oneDNN may JIT its kernels for ("default": all the CPU has).
+# The x86 values that oneDNN 2.x and 3.x both accept, in their order; a cap above what the CPU has changes
+# nothing, so the space takes such values out (tuner/capability.py, ``isa_in_cpu``).
+ONEDNN_ISAS = ("avx2", "avx2_vnni", "avx512_core", "avx512_core_vnni", "avx512_core_bf16", "avx512_core_amx")
+
+
+def _onednn_isa(value: Any) -> str | None:
+    if value == ONEDNN_DEFAULT:
+        return None
+    if value not in ONEDNN_ISAS:
+        choices = ", ".join(ONEDNN_ISAS)
+        raise InvalidSettings(f"onednn_isa must be {ONEDNN_DEFAULT!r} or one of {choices}, got {value!r}")
+    return str(value).upper()
+
+
 # Knobs applied as environment variables: name -> validator returning the variable's text (None: left unset).
 ENV_KNOBS: dict[str, Callable[[Any], str | None]] = {
     "OMP_NUM_THREADS": lambda v: str(_int("OMP_NUM_THREADS", v, 1)),
     "KMP_BLOCKTIME": _blocktime,
     "KMP_AFFINITY": _affinity,
     "onednn": _onednn,
+    "onednn_isa": _onednn_isa,
 }
-ENV_NAMES = {"onednn": "TF_ENABLE_ONEDNN_OPTS"}
+ENV_NAMES = {"onednn": "TF_ENABLE_ONEDNN_OPTS", "onednn_isa": "ONEDNN_MAX_CPU_ISA"}
 FRAMEWORK_KNOBS = ("intra_op", "inter_op", "data_format")
 PRECISIONS = ("fp32", "bf16")  # bf16: Keras mixed_bfloat16 (bf16 compute, fp32 variables)
 

@@ -33,7 +33,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, IntD
 
 from tuner.errors import InvalidSettings, SearchSpaceError
 from tuner.records import BASELINE_NAME, NAME_LENGTH, SUFFIX_ROOM
-from tuner.settings import KNOBS, Settings
+from tuner.settings import KNOBS, ONEDNN_DEFAULT, ONEDNN_ISAS, Settings
 
 CHECKOUT = Path(__file__).resolve().parent.parent  # the repository, when tuner runs from a checkout
 
@@ -161,6 +161,17 @@ def with_batches(space: SearchSpace, batches: Sequence[int], batch: int) -> Sear
         raise SearchSpaceError(f"{space.path}: knobs.batch: the space searches it already; leave --search-batch out")
     knobs = {**space.data["knobs"], "batch": {"type": "categorical", "choices": sorted({*batches, batch})}}
     baselines = {name: {**spec, "batch": batch} for name, spec in space.data.get("baselines", {}).items()}
+    return SearchSpace(space.path, {**space.data, "knobs": knobs, "baselines": baselines})
+
+
+def with_isa(space: SearchSpace) -> SearchSpace:
+    """``space`` with oneDNN's instruction-set cap searched (``ONEDNN_MAX_CPU_ISA``: ``default`` and every cap);
+    the caps this CPU lacks the instructions for are taken out before the study (capability.isa_in_cpu), and
+    every baseline keeps the default, as it runs without the tuner."""
+    if "onednn_isa" in space.data["knobs"]:
+        raise SearchSpaceError(f"{space.path}: knobs.onednn_isa: the space searches it already; leave --search-isa out")
+    knobs = {**space.data["knobs"], "onednn_isa": {"type": "categorical", "choices": [ONEDNN_DEFAULT, *ONEDNN_ISAS]}}
+    baselines = {name: {**spec, "onednn_isa": ONEDNN_DEFAULT} for name, spec in space.data.get("baselines", {}).items()}
     return SearchSpace(space.path, {**space.data, "knobs": knobs, "baselines": baselines})
 
 

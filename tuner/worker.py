@@ -433,6 +433,7 @@ def keras_facts() -> dict[str, Any]:
 
 OPENMP_LIBS = ("libiomp5", "libgomp", "libomp")
 VERBOSE_RUNTIME = re.compile(r"^(?:onednn|dnnl)_verbose,.*\bruntime:([^,\s]+)")
+VERBOSE_ISA = re.compile(r"^(?:onednn|dnnl)_verbose,(?:v[0-9]+,)?info,cpu,isa:(.+)$")  # the ISA has commas
 
 
 def openmp_facts() -> dict[str, Any]:
@@ -476,17 +477,20 @@ def thread_cpus() -> dict[str, int]:
     return counts
 
 
-def onednn_runtime(log_path: str) -> str | None:
-    """The threading runtime oneDNN's verbose mode printed (``omp``, ``threadpool``, ...), if any."""
+def onednn_verbose(log_path: str) -> dict[str, str | None]:
+    """What oneDNN's verbose mode printed: its threading runtime (``omp``, ``threadpool``, ...) and the
+    instruction set its kernels were made for (``Intel AVX2``, ...); None for what it did not print."""
+    found: dict[str, str | None] = {"onednn_runtime": None, "onednn_isa": None}
     try:
         with open(log_path, errors="replace") as log:
             for line in log:
-                found = VERBOSE_RUNTIME.search(line)
-                if found:
-                    return found.group(1)
+                for key, pattern in (("onednn_runtime", VERBOSE_RUNTIME), ("onednn_isa", VERBOSE_ISA)):
+                    match = pattern.search(line.rstrip("\n"))
+                    if match and found[key] is None:
+                        found[key] = match.group(1).strip()[:200]
     except OSError:
-        return None
-    return None
+        pass
+    return found
 
 
 # Screening: several thread settings in one process, each in its own tf.compat.v1.Session. With
@@ -638,7 +642,7 @@ def run(spec: dict[str, Any], channel: Channel) -> None:
         return
     probe_log = None
     if spec.get("probe"):
-        # Probe only: oneDNN's verbose mode prints its threading runtime on stdout, which goes to a file here
+        # Probe only: oneDNN's verbose mode prints its threading runtime and ISA on stdout, which goes to a file here
         # (never used for timed trials: verbose output would slow every step).
         import tempfile
 
@@ -708,7 +712,7 @@ def run(spec: dict[str, Any], channel: Channel) -> None:
 
         sys.stdout.flush()
         ctypes.CDLL(None).fflush(None)  # oneDNN prints through C stdio: flush its buffer too
-        facts["onednn_runtime"] = onednn_runtime(probe_log)
+        facts.update(onednn_verbose(probe_log))
     facts.update(
         import_seconds=imported - started,
         build_seconds=built - imported,

@@ -1,0 +1,170 @@
+"""oneDNN's instruction-set cap (ONEDNN_MAX_CPU_ISA) as a knob: validated, taken out where the CPU lacks the
+instructions, searched with --search-isa, applied by recommend and exec, and read back by the real probe."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tests.helpers import one_error_line
+from tuner import doctor, recommend
+from tuner.capability import ISA_NEEDS, Capabilities, narrow, unrunnable
+from tuner.cli import main
+from tuner.errors import InvalidSettings, SearchSpaceError, UsageError
+from tuner.plan import Prepared, StudyOptions, isa_space
+from tuner.replay import ReplayRunner
+from tuner.runner import TrialSpec
+from tuner.runtime import load as load_runtime
+from tuner.settings import ONEDNN_ISAS, Settings
+from tuner.signature import ISA_FLAGS
+from tuner.space import load, with_isa
+from tuner.storage import open_storage
+from tuner.worker import onednn_verbose
+from tuner.workload import Workload
+
+# /proc/cpuinfo flags, as signature.ISA_FLAGS keeps them, of the CPUs this project's machines have and two more.
+AVX2_EPYC = ["avx", "avx2", "fma"]
+SKYLAKE_SP = ["avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl"]  # AVX-512 without VNNI or bf16
+ZEN5 = ["avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx_vnni"]
+GRAVITON = ["asimd", "asimddp", "sve", "bf16", "i8mm"]  # aarch64: no x86 cap applies
+SPACE = """
+runtime = "tensorflow"
+[knobs.intra_op]
+type = "int"
+low = 0
+high = "cores"
+[baselines.tf-default]
+intra_op = 0
+"""
+
+
+def caps_choices(flags: list[str] | None) -> tuple[object, ...]:
+    space = with_isa(load("tensorflow", 2))
+    caps = Capabilities.from_probe({"onednn": True, "cpu_isa": flags} if flags is not None else {"onednn": True})
+    return narrow(space, caps, 2)[0].distributions(2)["onednn_isa"].choices  # type: ignore[attr-defined,no-any-return]
+
+
+def test_the_cap_is_validated_and_becomes_one_variable() -> None:
+    capped = Settings.from_params({"intra_op": 2, "onednn_isa": "avx2"})
+    # A cap is oneDNN's own variable, in its upper-case spelling; "default" leaves it unset, so a launcher unsets it.
+    assert capped.knob_environ() == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert Settings.from_params({"onednn_isa": "default"}).knob_unset() == ["ONEDNN_MAX_CPU_ISA"]
+    # Anything but a known cap is refused before it could reach an environment: a stored or imported value too.
+    for bad in ("AVX2", "avx512", "avx2; rm -rf ~", 2, True):
+        with pytest.raises(InvalidSettings, match="onednn_isa must be"):
+            Settings.from_params({"onednn_isa": bad})
+    # Every cap has the CPU flags it needs, named as the signature keeps them (else no CPU could ever run it).
+    assert set(ISA_NEEDS) == set(ONEDNN_ISAS)
+    assert {flag for needs in ISA_NEEDS.values() for flag in needs} <= set(ISA_FLAGS)
+
+
+def test_caps_the_cpu_lacks_are_taken_out_saying_which_instructions() -> None:
+    # An AVX2-only EPYC can differ from its default only at avx2; the AVX-512 caps are out.
+    assert caps_choices(AVX2_EPYC) == ("default", "avx2")
+    # A Skylake-SP has AVX-512 but no VNNI: capping at avx2 may help where AVX-512 lowers its clock.
+    assert caps_choices(SKYLAKE_SP) == ("default", "avx2", "avx512_core")
+    # This project's AVX-512 EPYC keeps every cap but AMX; an aarch64 server keeps none (oneDNN there is not x86).
+    assert caps_choices(ZEN5) == ("default", *[isa for isa in ONEDNN_ISAS if isa != "avx512_core_amx"])
+    assert caps_choices(GRAVITON) == ("default",)
+    # A probe that did not read the flags takes nothing out.
+    assert caps_choices(None) == ("default", *ONEDNN_ISAS)
+    # The reason names the missing flags, so a user can check them in /proc/cpuinfo.
+    reason = unrunnable({"onednn_isa": "avx512_core_vnni"}, Capabilities.from_probe({"cpu_isa": SKYLAKE_SP}))
+    assert reason == (
+        "isa_in_cpu",
+        "this CPU has no avx512_vnni: capping oneDNN at avx512_core_vnni would run what a lower cap runs",
+    )
+    # The cap matters with oneDNN off too (Eigen's contractions call oneDNN's sgemm): never taken out for that.
+    assert unrunnable({"onednn": False, "onednn_isa": "avx2"}, Capabilities.from_probe({"cpu_isa": ZEN5})) is None
+
+
+def test_doctor_names_the_caps_this_cpu_can_run() -> None:
+    # An AVX2-only CPU has one cap, and doctor says how to search it; an aarch64 server has none of these.
+    assert doctor.caps_line(tuple(AVX2_EPYC)) == "oneDNN caps    avx2 can run here (ONEDNN_MAX_CPU_ISA, --search-isa)"
+    assert doctor.caps_line(tuple(GRAVITON)).startswith("oneDNN caps    none can run here")
+
+
+def test_with_isa_keeps_every_baseline_at_the_default_and_is_added_once() -> None:
+    space = with_isa(load("tensorflow", 2))
+    # A baseline runs as it would without the tuner: no cap. (Left out, the sampler would pick one for it.)
+    assert {params["onednn_isa"] for params in space.baselines(2).values()} == {"default"}
+    with pytest.raises(SearchSpaceError, match="searches it already; leave --search-isa out"):
+        with_isa(space)
+
+
+def test_search_isa_is_refused_on_a_runtime_without_the_knob() -> None:
+    runtime = dataclasses.replace(load_runtime("tensorflow"), name="plain", honours=("intra_op", "inter_op"))
+    ready = Prepared(runtime, load("tensorflow", 2), {}, ReplayRunner.from_rates(lambda s: 1.0))
+    # A runtime that does not declare the knob is not given it: one line naming the flag and the runtime, both
+    # where the command checks its arguments and where a study's space is made.
+    with pytest.raises(UsageError, match="--search-isa: runtime plain does not declare the onednn_isa knob"):
+        isa_space(runtime, ready.space)
+    with pytest.raises(UsageError, match="--search-isa: runtime plain does not declare the onednn_isa knob"):
+        StudyOptions(search_isa=True).space(ready, Workload("tiny", "infer"))
+
+
+def skylake_rate(spec: TrialSpec) -> float:
+    """A CPU whose AVX-512 clock is low enough that oneDNN's AVX2 kernels are 1.2x faster (threads matter little)."""
+    return 1200.0 if dict(spec.settings.env_knobs).get("onednn_isa") == "avx2" else 1000.0
+
+
+def test_tune_finds_a_faster_cap_and_exec_applies_it(
+    tmp_path: Path, storage_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("tuner.probe.machine_facts", lambda: {"allocators": ["system"], "cpu_isa": SKYLAKE_SP})
+    space = tmp_path / "threads.toml"
+    space.write_text(SPACE)
+    runner = ReplayRunner.from_rates(skylake_rate, noise=0.01)
+    argv = ["tune", "--model", "tiny", "--cores", "1", "--mode", "infer", "--space", str(space), "--trials", "8"]
+    assert main([*argv, "--search-isa", "--storage", storage_url], runner=runner) == 0
+    out = capsys.readouterr().out
+    # The caps a Skylake-SP lacks were never measured, and the study says so with the flags they need.
+    # (The probe runs without the knob: None.)
+    measured = {dict(spec.settings.env_knobs).get("onednn_isa") for spec in runner.calls}
+    assert measured == {None, "default", "avx2", "avx512_core"}
+    assert "onednn_isa=avx512_core_vnni taken out: this CPU has no avx512_vnni" in out
+    (summary,) = optuna.get_all_study_summaries(open_storage(storage_url))
+    assert "avx2_vnni" in summary.user_attrs["runnable"]["excluded"][0]
+    assert main(["recommend", "--storage", storage_url, "--model", "tiny", "--format", "json"]) == 0
+    (advice,) = json.loads(capsys.readouterr().out)
+    # The AVX2 cap is 1.2x faster with 1% noise: confirmed and recommended.
+    assert advice["settings"]["onednn_isa"] == "avx2"
+    assert main(["recommend", "--storage", storage_url, "--model", "tiny", "--format", "shell"]) == 0
+    # The shell lines set oneDNN's own variable, as the trials did.
+    assert "export ONEDNN_MAX_CPU_ISA=AVX2" in capsys.readouterr().out
+    # `tuner exec` replaces a cap the user's shell had with the measured one.
+    assert any("ONEDNN_MAX_CPU_ISA".startswith(prefix) for prefix in recommend.DECIDED_PREFIXES)
+
+
+def test_bad_search_isa_use_is_one_line(storage_url: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    space = tmp_path / "capped.toml"
+    space.write_text(SPACE.replace("intra_op = 0\n", 'intra_op = 0\nonednn_isa = "default"\n')
+                     + '[knobs.onednn_isa]\ntype = "categorical"\nchoices = ["default", "avx2"]\n')  # fmt: skip
+    argv = ["tune", "--model", "tiny", "--cores", "1", "--mode", "infer", "--space", str(space), "--search-isa"]
+    assert main([*argv, "--storage", storage_url], runner=ReplayRunner.from_rates(lambda s: 1.0)) == 1
+    # A space that searches the cap already gets one line, and nothing is stored.
+    assert "knobs.onednn_isa: the space searches it already" in one_error_line(capsys.readouterr().err)
+    assert optuna.get_all_study_summaries(open_storage(storage_url)) == []
+
+
+def test_verbose_lines_of_both_onednn_generations_are_read(tmp_path: Path) -> None:
+    log = tmp_path / "onednn.log"
+    log.write_text(
+        "onednn_verbose,info,oneDNN v3.2.0 (commit 12345)\n"
+        "onednn_verbose,info,cpu,runtime:OpenMP,nthr:2\n"
+        "onednn_verbose,info,cpu,isa:Intel AVX-512 with AVX512BW, AVX512VL, and AVX512DQ extensions\n"
+    )
+    # intel-tensorflow 2.14's oneDNN prints no version field; the ISA's own commas stay in it.
+    assert onednn_verbose(str(log)) == {
+        "onednn_runtime": "OpenMP",
+        "onednn_isa": "Intel AVX-512 with AVX512BW, AVX512VL, and AVX512DQ extensions",
+    }
+    log.write_text("onednn_verbose,v1,info,cpu,runtime:threadpool,nthr:1\nonednn_verbose,v1,info,cpu,isa:Intel AVX2\n")
+    # Stock TensorFlow 2.21's oneDNN marks its lines v1.
+    assert onednn_verbose(str(log)) == {"onednn_runtime": "threadpool", "onednn_isa": "Intel AVX2"}
+    # No log: nothing read back, nothing invented.
+    assert onednn_verbose(str(tmp_path / "missing.log")) == {"onednn_runtime": None, "onednn_isa": None}
