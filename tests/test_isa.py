@@ -136,6 +136,11 @@ def test_tune_finds_a_faster_cap_and_exec_applies_it(
     assert main(["recommend", "--storage", storage_url, "--model", "tiny", "--format", "shell"]) == 0
     # The shell lines set oneDNN's own variable, as the trials did.
     assert "export ONEDNN_MAX_CPU_ISA=AVX2" in capsys.readouterr().out
+    assert main(["show", "--storage", storage_url]) == 0
+    # The study has a row of its own, and show says what it searched beside the runtime's own knobs.
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("tiny ")]
+    assert "infer, ISA cap searched" in row
+    assert "+isa-1c-" in summary.study_name
     # `tuner exec` replaces a cap the user's shell had with the measured one.
     assert any("ONEDNN_MAX_CPU_ISA".startswith(prefix) for prefix in recommend.DECIDED_PREFIXES)
 

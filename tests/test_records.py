@@ -110,6 +110,20 @@ def test_study_meta_reads_the_space_and_the_inert_knobs() -> None:
         StudyMeta.from_dict({**META, "inert_knobs": [1]})
 
 
+def test_study_meta_reads_the_searched_knobs_old_and_new() -> None:
+    # A study made before the knobs were stored has none; one of --search-batch had its batches stored already.
+    assert StudyMeta.from_dict(META).searched_knobs == ()
+    assert StudyMeta.from_dict({**META, "searched_batches": [8, 32]}).searched_knobs == ("batch",)
+    assert StudyMeta.from_dict({**META, "searched_knobs": ["onednn_isa", "intra_op"]}).searched_knobs == (
+        "intra_op",
+        "onednn_isa",
+    )
+    # A stored list of anything but short names (an import, a shared study) is refused, not shown.
+    for bad in ("onednn_isa", [1], ["x" * 41]):
+        with pytest.raises(MalformedRecord, match="searched_knobs"):
+            StudyMeta.from_dict({**META, "searched_knobs": bad})
+
+
 def test_stored_verdict_reads_what_show_prints() -> None:
     data = {
         "winner": "trial 4",

@@ -125,6 +125,7 @@ class StudyMeta:
     space: str | None = None  # the search space's name
     inert_knobs: tuple[str, ...] = ()  # knobs searched although the runtime ignores them (--allow-inert)
     objective: str = "throughput"  # what the study optimised (studies before objectives: throughput)
+    searched_knobs: tuple[str, ...] = ()  # the space's knobs (studies before session 34: not stored)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "tuner") -> StudyMeta:
@@ -151,6 +152,11 @@ class StudyMeta:
         inert = data.get("inert_knobs") or []
         if not isinstance(inert, list) or not all(isinstance(knob, str) for knob in inert):
             raise MalformedRecord(f"{where}.inert_knobs: must be a list of strings")
+        searched = data.get("searched_knobs") or []
+        if not isinstance(searched, list) or not all(isinstance(knob, str) and len(knob) <= 40 for knob in searched):
+            raise MalformedRecord(f"{where}.searched_knobs: must be a list of knob names")
+        if data.get("searched_batches"):  # --search-batch studies stored the batches before they stored knobs
+            searched = [*searched, "batch"]
         objective = _get(data, "objective", str, where, optional=True) or "throughput"
         if objective not in OBJECTIVES:
             raise MalformedRecord(f"{where}.objective: unknown objective {one_line(objective, 40)!r}")
@@ -167,6 +173,7 @@ class StudyMeta:
             space=_get(data, "space", str, where, optional=True),
             inert_knobs=tuple(inert),
             objective=objective,
+            searched_knobs=tuple(sorted(set(searched))),
         )
 
 

@@ -91,7 +91,8 @@ class StudyConfig:
         w = self.workload
         goal = "" if w.objective == "throughput" else f"-{w.objective}"  # throughput studies keep their names
         batch = ".".join(map(str, searched_batches(self.space))) or w.batch_size  # -b1.8.32.64: batch searched
-        return f"{w.model}-{w.mode}{goal}-b{batch}-{self.runtime}-{len(self.cores)}c-{self.signature.id}"
+        isa = "+isa" if "onednn_isa" in self.space.data["knobs"] else ""  # --search-isa: a study of its own
+        return f"{w.model}-{w.mode}{goal}-b{batch}-{self.runtime}{isa}-{len(self.cores)}c-{self.signature.id}"
 
     def metadata(self) -> dict[str, Any]:
         """Where and how this study measures; stored on the study when it is created."""
@@ -101,6 +102,7 @@ class StudyConfig:
             "mode": self.workload.mode,
             "batch_size": self.workload.batch_size,
             "searched_batches": searched_batches(self.space),
+            "searched_knobs": sorted(self.space.data["knobs"]),
             "objective": self.workload.objective,
             "model_facts": self.model_facts,
             "runtime": self.runtime,

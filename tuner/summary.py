@@ -98,6 +98,7 @@ class StudySummary(TypedDict):
     search_loop_images_per_sec: dict[str, float | None]  # baseline -> its search trial's timed-loop images/sec
     importances: Importances | None
     inert_knobs: list[str]
+    searched_extra: list[str]  # knobs searched beside the runtime's: batch (--search-batch), onednn_isa (--search-isa)
     baseline_notes: dict[str, str]  # what the probe's read-back ruled out on this CPU (tuner/capability.py)
     excluded: list[str]
     probe: dict[str, object]
@@ -211,6 +212,7 @@ def summarize_study(study: optuna.Study) -> StudySummary:
         search_loop_images_per_sec={name: _trial_loop_rate(t) for name, t in searched.items()},
         importances=attrs.get("importances"),  # checked by tuner_studies: numbers, or {"error": text}
         inert_knobs=list(meta.inert_knobs),
+        searched_extra=[knob for knob in EXTRA_KNOBS if knob in meta.searched_knobs],
         baseline_notes=dict(runnable.baselines),
         excluded=list(runnable.excluded),
         probe=dict(meta.probe),
@@ -305,12 +307,17 @@ def _cells(s: StudySummary, wide: bool) -> list[str]:
     return [cell(DEFAULT), heuristic, ", ".join(rest) or "-", cell(best)]
 
 
+# Knobs a flag adds to a runtime's space, as the mode column names them: such a study has a row of its own.
+EXTRA_KNOBS = {"batch": "batch searched", "onednn_isa": "ISA cap searched"}
+
+
 def _mode(s: StudySummary) -> str:
     """'infer'; 'infer, p50 ms' where the figures are request times; the batch where it is not the
-    objective's own (32 for throughput, 1 for latency)."""
+    objective's own (32 for throughput, 1 for latency); the knobs searched beside the runtime's own."""
     goal = OBJECTIVES[s["objective"]]
     batch = [f"batch {s['batch_size']}"] if s["batch_size"] != goal.default_batch else []
-    return ", ".join([s["mode"], *([goal.unit()] if goal.latency else []), *batch])
+    extra = [EXTRA_KNOBS[knob] for knob in s.get("searched_extra", []) if knob in EXTRA_KNOBS]
+    return ", ".join([s["mode"], *([goal.unit()] if goal.latency else []), *batch, *extra])
 
 
 def _settings(params: Params) -> str:
