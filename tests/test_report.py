@@ -140,7 +140,8 @@ def test_a_study_without_complete_trials_is_a_sentence(filled: tuple[str, Path])
 
 SUMMARY_KEYS = [
     "name", "model", "mode", "batch_size", "objective", "runtime", "cores", "cpu", "framework_version", "trials",
-    "best_trial", "search_baselines", "search_loop_images_per_sec", "importances", "inert_knobs", "baseline_notes",
+    "best_trial", "search_baselines", "search_loop_images_per_sec", "importances", "inert_knobs", "searched_extra",
+    "baseline_notes",
     "excluded", "probe", "verdict", "disturbance",
 ]  # fmt: skip
 VERDICT_KEYS = [
@@ -153,8 +154,8 @@ def test_show_json_keeps_its_keys_from_the_typed_records(filled: tuple[str, Path
     url, _ = filled
     summaries = summarize(open_storage(url, create=False))
     # Every study of the storage is summarised, each with the keys `tuner show --json` has always printed
-    # (the objective's keys, the timed-loop figures and the disturbance were added to them, none removed or
-    # renamed).
+    # (the objective's keys, the timed-loop figures, the disturbance and the knobs searched beside the runtime's
+    # were added to them, none removed or renamed).
     assert len(summaries) == 6 and all(list(s) == SUMMARY_KEYS for s in summaries)
     verdicts = [s["verdict"] for s in summaries if s["verdict"] is not None]
     # A confirmed study's verdict has its keys too, read from the checked record, its settings as stored.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from tuner.models import ModelRef
 from tuner.objective import get as get_objective
 from tuner.pipeline import stored_recommended, stored_sampled, stored_tuned
 from tuner.policy import MeasurementPolicy
+from tuner.records import MalformedRecord, StoredVerdict
 from tuner.runner import Runner
 from tuner.runtime import Runtime
 from tuner.settings import Settings
@@ -97,7 +98,7 @@ class BenchmarkJob:
         workload = workload_for(self.model, mode, host_batch, self.objective)
         host = "tensorflow" if self.runtime.gpu_only else self.runtime.name  # GPU rows: the host's tuned study
         study = StudyConfig(workload, core_set(n), self.space, self.signature, host).name
-        study = _with_searched_batch(study, host_batch, {s.study_name for s in self.storage.get_all_studies()})
+        study = study_of(study, host_batch, host, self.storage.get_all_studies())
         wanted = list(self.wanted or [DEFAULT, HEURISTIC, RECOMMENDED])
         baselines = self.space.baselines(n, sockets_for(core_set(n)))
         extra: dict[str, Any] = {}
@@ -206,15 +207,30 @@ class BenchmarkJob:
                 )
 
 
-def _with_searched_batch(name: str, batch: int, names: set[str]) -> str:
-    """``name``, or where no such study exists, the study of the same target that searched the batch with
-    ``batch`` among its values (``--search-batch``: ``-b8.32.64-`` in place of ``-b32-``)."""
-    if name in names:
-        return name
+def study_of(name: str, batch: int, runtime: str, studies: Sequence[Any]) -> str:
+    """The study of ``name``'s target whose verdict ``--settings recommended`` and ``tuned`` take: of ``name``
+    and the studies that searched more for the same target (``--search-batch`` with ``batch`` among its values,
+    ``-b8.32.64-`` in place of ``-b32-``; ``--search-isa``, ``+isa`` after the runtime), the one confirmed
+    last, as ``tuner recommend`` chooses; where none is confirmed, ``name`` if it exists, else the last named."""
     head, _, tail = name.rpartition(f"-b{batch}-")
-    pattern = re.compile(rf"{re.escape(head)}-b(\d+(?:\.\d+)+)-{re.escape(tail)}")
-    found = sorted(n for n in names if (m := pattern.fullmatch(n)) and str(batch) in m.group(1).split("."))
-    return found[-1] if found else name
+    rest = tail.removeprefix(runtime)
+    pattern = re.compile(rf"{re.escape(head)}-b(\d+(?:\.\d+)*)-{re.escape(runtime)}(?:\+isa)?{re.escape(rest)}")
+    same = [s for s in studies if (m := pattern.fullmatch(s.study_name)) and str(batch) in m.group(1).split(".")]
+    confirmed = sorted((when, s.study_name) for s in same if (when := _confirmed_at(s.user_attrs)) is not None)
+    if confirmed:
+        return str(confirmed[-1][1])
+    names = sorted(s.study_name for s in same)
+    return name if name in names or not names else names[-1]
+
+
+def _confirmed_at(attrs: Mapping[str, Any]) -> str | None:
+    """When the study's verdict was confirmed; None without one (or with one that does not read)."""
+    if "verdict" not in attrs:
+        return None
+    try:
+        return StoredVerdict.from_dict(attrs["verdict"]).measured or ""
+    except MalformedRecord:
+        return None
 
 
 def _named(

@@ -136,25 +136,46 @@ def _precision_opted_in(params: Mapping[str, Any], caps: Capabilities) -> str | 
 
 
 def _bf16_instructions(params: Mapping[str, Any], caps: Capabilities) -> str | None:
-    if params.get("precision") != "bf16" or caps.bf16_instructions is not False or caps.force_precision:
+    if params.get("precision") != "bf16" or caps.force_precision:
         return None
-    return "this CPU has no bf16 instructions (avx512_bf16, amx_bf16, bf16): bf16 would be emulated (--force-precision)"
+    if caps.bf16_instructions is False:
+        flags = "avx512_bf16, amx_bf16, bf16"
+        return f"this CPU has no bf16 instructions ({flags}): bf16 would be emulated (--force-precision)"
+    cap = params.get("onednn_isa", ONEDNN_DEFAULT)
+    if cap != ONEDNN_DEFAULT and "avx512_bf16" not in ISA_NEEDS.get(cap, ()):
+        return f"oneDNN capped at {cap} has no bf16 instructions: bf16 would be emulated (--force-precision)"
+    return None
 
 
-# The CPU flags (/proc/cpuinfo, as signature.ISA_FLAGS keeps them) each ONEDNN_MAX_CPU_ISA value needs; oneDNN's
-# AVX512_CORE also needs avx512dq, which every CPU with avx512bw and avx512vl has. The cap matters with oneDNN off
-# too: stock TensorFlow's Eigen contractions (matmul, and the convolutions Eigen runs as matmuls) call oneDNN's
-# sgemm, which obeys it (measured: a 2048x2048 matmul 2.1x slower capped at AVX2 on an AVX-512 EPYC, oneDNN off).
+# The CPU flags (/proc/cpuinfo, as signature.ISA_FLAGS keeps them) each ONEDNN_MAX_CPU_ISA value needs, each with
+# those of the caps it includes in oneDNN's order. oneDNN's AVX512_CORE also needs avx512dq, which every CPU with
+# avx512bw and avx512vl has; its AMX level (AVX10_1_512_AMX in oneDNN 3.5 on) also fp16 flags the signature does
+# not keep. The cap matters with oneDNN off too: stock TensorFlow's Eigen contractions (matmul, and convolutions
+# Eigen runs as matmuls) call oneDNN's sgemm, which obeys it (studies/isa-cap-matmul-1core.log).
+_AVX2 = ("avx2", "fma")
+_AVX512 = (*_AVX2, "avx512f", "avx512bw", "avx512vl")
 ISA_NEEDS: dict[str, tuple[str, ...]] = {
-    "avx2": ("avx2", "fma"),
-    "avx2_vnni": ("avx2", "fma", "avx_vnni"),
-    "avx512_core": ("avx512f", "avx512bw", "avx512vl"),
-    "avx512_core_vnni": ("avx512f", "avx512bw", "avx512vl", "avx512_vnni"),
-    "avx512_core_bf16": ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"),
-    "avx512_core_amx": (
-        "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16",
-    ),
-}  # fmt: skip
+    "avx2": _AVX2,
+    "avx2_vnni": (*_AVX2, "avx_vnni"),
+    "avx512_core": _AVX512,
+    "avx512_core_vnni": (*_AVX512, "avx512_vnni"),
+    "avx512_core_bf16": (*_AVX512, "avx512_vnni", "avx512_bf16"),
+    "avx512_core_amx": (*_AVX512, "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"),
+}
+
+
+def top_cap(cpu_isa: Collection[str]) -> str | None:
+    """The cap that includes every cap this CPU can run (AVX2 alone: avx2): capped there, oneDNN runs as with no
+    cap. None where two caps the CPU runs do not include each other (avx2_vnni and the AVX-512 ones)."""
+    fitting = [isa for isa, needs in ISA_NEEDS.items() if set(needs) <= set(cpu_isa)]
+    every = {flag for isa in fitting for flag in ISA_NEEDS[isa]}
+    return next((isa for isa in fitting if set(ISA_NEEDS[isa]) >= every), None)
+
+
+def differing_caps(cpu_isa: Collection[str]) -> list[str]:
+    """The caps that can run on this CPU and differ from no cap: each is a setting of its own."""
+    caps = Capabilities(cpu_isa=frozenset(cpu_isa))
+    return [isa for isa in ISA_NEEDS if _isa_in_cpu({"onednn_isa": isa}, caps) is None]
 
 
 def _isa_in_cpu(params: Mapping[str, Any], caps: Capabilities) -> str | None:
@@ -162,9 +183,11 @@ def _isa_in_cpu(params: Mapping[str, Any], caps: Capabilities) -> str | None:
     if isa == ONEDNN_DEFAULT or caps.cpu_isa is None:
         return None
     missing = [flag for flag in ISA_NEEDS.get(isa, ()) if flag not in caps.cpu_isa]
-    if not missing:
-        return None
-    return f"this CPU has no {', '.join(missing)}: capping oneDNN at {isa} would run what a lower cap runs"
+    if missing:
+        return f"this CPU has no {', '.join(missing)}: capping oneDNN at {isa} would run what a lower cap runs"
+    if isa == top_cap(caps.cpu_isa):
+        return f"{isa} is the highest cap this CPU runs: capped there, oneDNN runs as with no cap (default)"
+    return None
 
 
 def _layout_of_model_file(params: Mapping[str, Any], caps: Capabilities) -> str | None:

@@ -18,7 +18,7 @@ from typing import NoReturn
 import optuna
 import sqlalchemy.exc
 
-from tuner import __version__, atomic, benchmark, interrupt, recommend, report, table, transfer
+from tuner import __version__, atomic, benchmark, interrupt, probe, recommend, report, table, transfer
 from tuner.benchjob import BenchmarkJob, check_settings
 from tuner.capability import Capabilities
 from tuner.confirm import MIN_ROUNDS
@@ -146,8 +146,8 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
     )
     runtime = for_device(load_runtime(args.runtime), "cpu")
     space = load_space(args.space or runtime.space, max(counts))
-    if args.search_isa:
-        isa_space(runtime, space)  # a space that has the knob, or a runtime without it, fails now: one line
+    if args.search_isa:  # a space that has the knob, a runtime without it or a CPU with one cap fail now: one line
+        isa_space(runtime, space, probe.machine_facts().get("cpu_isa"))
     inert = check_knobs(runtime, space.distributions(max(counts)), args.allow_inert)
     limit = parse_limit(args.max_disturbance)
     if runner is None:
@@ -288,7 +288,7 @@ def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
     for runtime in runtimes:
         space = load_space(runtime.space, max(counts))  # a broken space fails now, not an hour in
         if args.search_isa:
-            isa_space(runtime, space)
+            isa_space(runtime, space, probe.machine_facts().get("cpu_isa"))
     table.check_format(args.format)
     if args.plan and args.format not in ("markdown", "json"):
         raise UsageError(f"--plan prints text, or JSON with --format json; not {args.format}")

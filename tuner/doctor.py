@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 
 from tuner import interrupt
-from tuner.capability import ISA_NEEDS
+from tuner.capability import differing_caps, top_cap
 from tuner.disturbance import DEFAULT_LIMIT, sample
 from tuner.errors import UsageError
 from tuner.runtime import NVIDIA_DRIVER, Runtime, gpu_driver, load, names
@@ -100,9 +100,11 @@ def gpu_line(version_file: Path | None = None, dev: Path = Path("/dev")) -> str:
 
 
 def caps_line(isa: tuple[str, ...]) -> str:
-    """The oneDNN instruction-set caps a CPU with these flags can run (each may differ from no cap)."""
-    caps = [name for name, needs in ISA_NEEDS.items() if set(needs) <= set(isa)]
-    return f"oneDNN caps    {', '.join(caps) or 'none'} can run here (ONEDNN_MAX_CPU_ISA, --search-isa)"
+    """The oneDNN instruction-set caps a CPU with these flags can run and that differ from no cap."""
+    top = top_cap(isa)
+    caps = ", ".join(differing_caps(isa)) or "none"
+    same = f"; {top} runs as no cap" if top else ""
+    return f"oneDNN caps    to search here: {caps}{same} (ONEDNN_MAX_CPU_ISA, --search-isa)"
 
 
 def report() -> list[str]:

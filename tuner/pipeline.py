@@ -29,6 +29,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from tuner import probe
 from tuner.benchmark import FULL_TIMED as FULL_TIMED  # re-exported, as MIN_TIMED and plan_benchmark below
 from tuner.benchmark import (
     GPU_BATCH,
@@ -344,6 +345,8 @@ class Job:
             facts = stored_probe(self.storage, runtime.name, self.signature.id)
             if not facts:
                 notes.append(f"runtime {runtime.name} has no probe stored for this CPU: settings counted as declared")
+            else:  # the controller's facts as they are now (a probe stored before the CPU's flags were kept)
+                facts = {**facts, **probe.machine_facts()}
             space = load_space(runtime.space, max(self.counts))
             prepared.append(Prepared(runtime, space, facts, Unmeasured()))
         cells = [cell for _, cell in self._cells(prepared)]

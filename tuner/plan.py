@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuner.capability import Capabilities, plan_baselines
+from tuner.capability import Capabilities, differing_caps, plan_baselines, top_cap
 from tuner.confirm import MIN_ROUNDS
 from tuner.cost import CostModel
 from tuner.errors import TunerError, UsageError, WorkerError
@@ -169,17 +169,23 @@ class StudyOptions:
         """The prepared space, with the batch searched where ``search_batch`` asks (throughput only: a latency
         objective's batch is the request, so it is not the tuner's to change), and oneDNN's instruction-set cap
         where ``search_isa`` asks (only on a runtime that declares the knob)."""
-        space = isa_space(ready.runtime, ready.space) if self.search_isa else ready.space
+        space = isa_space(ready.runtime, ready.space, ready.facts.get("cpu_isa")) if self.search_isa else ready.space
         if not self.search_batch:
             return space
         check_batch_search(workload.objective)
         return with_batches(space, self.search_batch, workload.batch_size)
 
 
-def isa_space(runtime: Runtime, space: SearchSpace) -> SearchSpace:
-    """``space`` with oneDNN's instruction-set cap searched (--search-isa), on a runtime that declares it."""
+def isa_space(runtime: Runtime, space: SearchSpace, cpu_isa: Any = None) -> SearchSpace:
+    """``space`` with oneDNN's instruction-set cap searched (--search-isa), on a runtime that declares it and a
+    CPU (its ISA flags, where known: the probe's ``cpu_isa``) where some cap differs from no cap."""
     if "onednn_isa" not in runtime.honours:
         raise UsageError(f"--search-isa: runtime {runtime.name} does not declare the onednn_isa knob")
+    if isinstance(cpu_isa, list) and not differing_caps(cpu_isa):
+        raise UsageError(
+            "--search-isa: no oneDNN cap runs otherwise than no cap on this CPU "
+            f"({top_cap(cpu_isa) or 'none of avx2 and up'} at most): nothing to search"
+        )
     return with_isa(space)
 
 

@@ -26,7 +26,7 @@ from tuner.launch import shell_lines
 from tuner.layout import paint, shorten, wrap
 from tuner.records import BENCH_STUDY, MalformedRecord, StoredVerdict, StudyMeta, imported_from
 from tuner.sanitize import one_line, shell_comment
-from tuner.settings import DATA_FORMATS, ENV_KNOBS, ENV_NAMES, Settings
+from tuner.settings import DATA_FORMATS, ENV_ALIASES, ENV_KNOBS, ENV_NAMES, Settings
 from tuner.signature import CpuSignature
 from tuner.topology import core_set, cores_text, partition
 
@@ -118,8 +118,10 @@ def allocator_note(settings: Settings) -> str | None:
 
 PRECISION_VARIABLE = "TUNER_PRECISION"
 # Variables the measured settings decide: `tuner exec` does not pass a program's own values of them on.
-# Every knob's own variable (TF_ENABLE_ONEDNN_OPTS, ONEDNN_MAX_CPU_ISA, OMP_*/KMP_*) comes from settings.py.
+# Every knob's own variable (TF_ENABLE_ONEDNN_OPTS, ONEDNN_MAX_CPU_ISA, OMP_*/KMP_*) and older names of them
+# (DNNL_MAX_CPU_ISA) come from settings.py.
 DECIDED_PREFIXES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", *(ENV_NAMES.get(k, k) for k in ENV_KNOBS),
+                    *(alias for names in ENV_ALIASES.values() for alias in names),
                     "LD_PRELOAD", "MALLOC_CONF", "TUNER_")  # fmt: skip
 
 

@@ -85,6 +85,9 @@ ENV_KNOBS: dict[str, Callable[[Any], str | None]] = {
     "onednn_isa": _onednn_isa,
 }
 ENV_NAMES = {"onednn": "TF_ENABLE_ONEDNN_OPTS", "onednn_isa": "ONEDNN_MAX_CPU_ISA"}
+# Older names the library still reads where the knob's own is unset: a launcher unsets them, so that a value
+# left in the user's shell cannot cap a program the knob left uncapped.
+ENV_ALIASES = {"onednn_isa": ("DNNL_MAX_CPU_ISA",)}
 FRAMEWORK_KNOBS = ("intra_op", "inter_op", "data_format")
 PRECISIONS = ("fp32", "bf16")  # bf16: Keras mixed_bfloat16 (bf16 compute, fp32 variables)
 
@@ -215,8 +218,10 @@ class Settings:
         return {name: text for name, text in values.items() if text is not None}
 
     def knob_unset(self) -> list[str]:
-        """Variables the knobs leave unset on purpose (a knob at its "default"): a launcher must unset them."""
-        return [ENV_NAMES.get(k, k) for k, v in self.env_knobs if ENV_KNOBS[k](v) is None]
+        """Variables the knobs leave unset on purpose (a knob at its "default", and the older names of every
+        knob's variable): a launcher must unset them."""
+        unset = [ENV_NAMES.get(k, k) for k, v in self.env_knobs if ENV_KNOBS[k](v) is None]
+        return unset + [alias for k, _ in self.env_knobs for alias in ENV_ALIASES.get(k, ())]
 
     def environ(self, parent: Mapping[str, str], gpus: bool = False, keras_home: str = "") -> dict[str, str]:
         """The child's whole environment: allowlisted parent variables, fixed ones, then the knobs. GPUs are
