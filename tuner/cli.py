@@ -285,10 +285,11 @@ def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
     search_batch = parse_batches(args.search_batch, args.objective)
     wanted = [name.strip() for name in args.runtimes.split(",")] if args.runtimes else cpu_names()
     runtimes = [for_device(load_runtime(name), "cpu") for name in wanted]
+    cpu_isa = probe.machine_facts().get("cpu_isa") if args.search_isa else None
     for runtime in runtimes:
         space = load_space(runtime.space, max(counts))  # a broken space fails now, not an hour in
         if args.search_isa:
-            isa_space(runtime, space, probe.machine_facts().get("cpu_isa"))
+            isa_space(runtime, space, cpu_isa)
     table.check_format(args.format)
     if args.plan and args.format not in ("markdown", "json"):
         raise UsageError(f"--plan prints text, or JSON with --format json; not {args.format}")

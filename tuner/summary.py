@@ -316,7 +316,7 @@ def _mode(s: StudySummary) -> str:
     objective's own (32 for throughput, 1 for latency); the knobs searched beside the runtime's own."""
     goal = OBJECTIVES[s["objective"]]
     batch = [f"batch {s['batch_size']}"] if s["batch_size"] != goal.default_batch else []
-    extra = [EXTRA_KNOBS[knob] for knob in s.get("searched_extra", []) if knob in EXTRA_KNOBS]
+    extra = [EXTRA_KNOBS[knob] for knob in s["searched_extra"]]
     return ", ".join([s["mode"], *([goal.unit()] if goal.latency else []), *batch, *extra])
 
 

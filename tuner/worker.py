@@ -488,6 +488,8 @@ def onednn_verbose(log_path: str) -> dict[str, str | None]:
                     match = pattern.search(line.rstrip("\n"))
                     if match and found[key] is None:
                         found[key] = match.group(1).strip()[:200]
+                if None not in found.values():
+                    break  # both are printed once, before any primitive runs
     except OSError:
         pass
     return found
