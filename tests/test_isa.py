@@ -192,6 +192,10 @@ def test_tune_finds_a_faster_cap_and_exec_applies_it(
     assert main([*bench, "--warmup", "1", "--timed", "4", "--storage", storage_url], runner=runner) == 0
     assert "+isa-1c-" in capsys.readouterr().err
     assert [dict(spec.settings.env_knobs).get("onednn_isa") for spec in runner.calls][-1] == "avx2"
+    # Its tuned record says the study searched the cap, and the table says so beside the figure: a +isa study's
+    # tuned figure is not what the plain space reaches.
+    assert main(["table", "--wide", "--storage", storage_url]) == 0
+    assert "ISA cap searched)" in capsys.readouterr().out
 
 
 def test_bad_search_isa_use_is_one_line(storage_url: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -120,6 +120,8 @@ def test_job_tunes_and_benchmarks_every_cell_within_its_budget(
             study = optuna.load_study(study_name=r["study"], storage=storage)
             sampled = [t for t in study.trials if t.state.name == "COMPLETE" and "baseline" not in t.user_attrs]
             assert r["sampled"] == len(sampled) >= 1
+            # A plain run searched no knob beside the runtime's own (no --search-isa, no --search-batch).
+            assert r["searched"] == []
     # Yardsticks: FLOPs counted once, a matmul peak per runtime and core count.
     kinds = Counter(r["kind"] for r in records)
     assert kinds["flops"] == 1 and kinds["matmul"] == 4

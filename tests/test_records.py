@@ -411,6 +411,9 @@ DROP = object()
         (0, "sampled", -1, r"\.sampled"),  # a count of sampled settings, an integer column of the table
         (0, "sampled", True, r"\.sampled"),
         (0, "sampled", "12; rm -rf /", r"\.sampled"),
+        (0, "searched", "onednn_isa", r"\.searched"),  # the knobs a study searched beside its runtime's: a list
+        (0, "searched", ["onednn_isa; rm -rf /"], r"\.searched"),  # only the known extra knobs, never free text
+        (0, "searched", [["batch"]], r"\.searched"),
         (1, "cpu.id", {"a": 1}, r"cpu\.id"),  # a skipped record too
         (1, "measured", 7, r"\.measured"),
         (3, "flops_per_image.train", 10**400, r"flops_per_image\.train"),

@@ -395,3 +395,20 @@ def test_tuned_says_of_how_many_sampled_settings_it_is_the_best() -> None:
     assert pd.isna(frame.iloc[0]["sampled settings"])
     views = table.render(frame, notes, "markdown") + table.render(frame, notes, "markdown", wide=True)
     assert re.search(r"\(best of \d", views) is None
+
+
+def test_a_tuned_figure_from_a_study_that_searched_more_says_so() -> None:
+    records = _group()
+    records[2]["sampled"] = 12
+    records[2]["searched"] = ["onednn_isa"]  # from a --search-isa study: not what the plain space can reach
+    frame, notes = table.build(records)
+    # The data holds the knob names; each view names them beside the count, as show's mode column does.
+    assert frame.iloc[0]["tuned searched"] == "onednn_isa"
+    assert "80.00 (best of 12, ISA cap searched)" in table.render(frame, notes, "markdown", wide=True)
+    assert "(best of 12, ISA cap searched)" in table.render(frame, notes, "html")
+    assert json.loads(table.render(frame, notes, "json"))["rows"][0]["tuned searched"] == "onednn_isa"
+    # A plain study's tuned record (searched empty, or stored before the field existed) says nothing more.
+    records[2]["searched"] = []
+    frame, notes = table.build(records)
+    assert pd.isna(frame.iloc[0]["tuned searched"])
+    assert "searched" not in table.render(frame, notes, "markdown", wide=True).split("\n", 2)[2]

@@ -25,7 +25,7 @@ from tuner.errors import TunerError, UsageError
 from tuner.measurement import Measurement
 from tuner.models import ModelRef
 from tuner.objective import get as get_objective
-from tuner.pipeline import stored_recommended, stored_sampled, stored_tuned
+from tuner.pipeline import stored_recommended, stored_search, stored_tuned
 from tuner.policy import MeasurementPolicy
 from tuner.records import MalformedRecord, StoredVerdict
 from tuner.runner import Runner
@@ -38,6 +38,7 @@ from tuner.topology import core_set, sockets_for
 from tuner.workload import workload_for
 
 Log = Callable[[str], None]
+SEARCH_FACTS = ("sampled", "searched")  # what only the tuned record says of its search (stored_search)
 RECOMMENDED = "recommended"  # --settings: what the study's verdict recommends (tuned, or a baseline)
 Named = list[tuple[str, Settings]]
 
@@ -119,10 +120,8 @@ class BenchmarkJob:
                     del wanted[at]
                 else:
                     wanted[at] = found.label
-        if TUNED in wanted:  # the best of how many sampled settings (the table says so beside its figures)
-            sampled = stored_sampled(self.storage, study)
-            if sampled is not None:
-                extra["sampled"] = sampled
+        if TUNED in wanted:  # the best of how many sampled settings, searching what (the table says so)
+            extra.update(stored_search(self.storage, study))
         plan = plan_baselines(baselines, self.caps)
         not_runnable = {name: note for name, note in plan.not_runnable().items() if name in wanted}
         stand_ins = [plan.stand_ins[name] for name in not_runnable if plan.stand_ins.get(name) in plan.runnable]
@@ -194,7 +193,7 @@ class BenchmarkJob:
                 continue
             rounds = self.policy.rounds
             partial = {"partial": f"{len(measured)} of {rounds} rounds"} if len(measured) < rounds else {}
-            own = {k: v for k, v in (extra or {}).items() if k != "sampled" or label == TUNED}  # tuned's count
+            own = {k: v for k, v in (extra or {}).items() if k not in SEARCH_FACTS or label == TUNED}  # tuned's
             record = benchmark.make_record(
                 target, label, settings, measured, self.signature, run_id, {**own, **partial}
             )

@@ -78,7 +78,15 @@ from tuner.plan import Prepared, StudyOptions, Yardstick, check_model, prepare, 
 from tuner.policy import BURST, CONFIRM, MeasurementPolicy
 from tuner.probe import fixed_knobs
 from tuner.progress import Bar
-from tuner.records import BenchmarkRecord, StoredConfirmation, StoredVerdict, baseline_name, imported_from
+from tuner.records import (
+    BenchmarkRecord,
+    MalformedRecord,
+    StoredConfirmation,
+    StoredVerdict,
+    StudyMeta,
+    baseline_name,
+    imported_from,
+)
 from tuner.resume import not_the_baseline
 from tuner.runner import Runner, runtime_runner
 from tuner.runtime import GPU_RUNTIME, MANIFEST, Runtime
@@ -118,8 +126,8 @@ def study_records(
             "recommended": recommended_label,
             "verdict": verdict.text,
         }
-        if label == TUNED:  # the best of how many: one sampled setting is no search (the table says so)
-            extra["sampled"] = searched
+        if label == TUNED:  # the best of how many, searching what: one sampled setting is no search
+            extra.update(sampled=searched, searched=extra_knobs(study))
         parts.append((label, verdict.params[name], measured, extra))
     return parts
 
@@ -159,11 +167,23 @@ def _searched(study: optuna.Study, verdict: StoredVerdict | None) -> int:
     return verdict.sampled if verdict is not None and verdict.sampled is not None else len(sampled_trials(study))
 
 
-def stored_sampled(storage: optuna.storages.BaseStorage, study_name: str) -> int | None:
-    """``sampled_count`` of the named study in ``storage``; None if it does not exist."""
+def extra_knobs(study: optuna.Study) -> list[str]:
+    """The knobs the study searched beside its runtime's own (``records.EXTRA_KNOBS``: batch, the oneDNN ISA
+    cap); none where its ``tuner`` attribute does not read (tuner_studies reports such a study)."""
+    try:
+        return StudyMeta.from_dict(study.user_attrs.get("tuner")).extra_knobs
+    except MalformedRecord:
+        return []
+
+
+def stored_search(storage: optuna.storages.BaseStorage, study_name: str) -> dict[str, Any]:
+    """What a tuned record from the named study says of its search: ``sampled`` (``sampled_count``: the best
+    of how many) and ``searched`` (``extra_knobs``: a --search-batch or --search-isa study's tuned figure is
+    not the plain study's); empty if the study does not exist."""
     if study_name not in {s.study_name for s in storage.get_all_studies()}:
-        return None
-    return sampled_count(optuna.load_study(study_name=study_name, storage=storage))
+        return {}
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    return {"sampled": sampled_count(study), "searched": extra_knobs(study)}
 
 
 def tuned_settings(study: optuna.Study) -> Settings | None:
@@ -674,6 +694,6 @@ class Job:
                 except TunerError as error:
                     self._fail(target.describe(), error)
                     continue
-                extra = {"sampled": stored_sampled(self.storage, host_study)} if tuned is not None else None
+                extra = stored_search(self.storage, host_study) if tuned is not None else None
                 record = make_record(target, label, settings, runs[label], self.signature, new_run_id(), extra)
                 store(self.storage, record)

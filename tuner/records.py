@@ -34,6 +34,9 @@ def utc_now() -> str:
 
 IMPORTING = "tuner_importing"  # set on a study while it is imported; readers leave such a study alone
 BENCH_STUDY = "tuner-benchmarks"  # the benchmark records' study: never a tuner study, whatever it holds
+# Knobs a flag adds to a runtime's space (--search-batch, --search-isa), as show's mode column and the table
+# name them: such a study has a row of its own, and a tuned record from it says so (``searched``).
+EXTRA_KNOBS = {"batch": "batch searched", "onednn_isa": "ISA cap searched"}
 MAX_DEPTH = 12  # nesting of any stored attribute (a verdict's rates are 4 deep)
 MAX_TEXT = 4096  # characters in any one stored string
 MAX_ITEMS = 200_000  # entries in any one list or mapping
@@ -175,6 +178,11 @@ class StudyMeta:
             objective=objective,
             searched_knobs=tuple(sorted(set(searched))),
         )
+
+    @property
+    def extra_knobs(self) -> list[str]:
+        """The knobs of ``EXTRA_KNOBS`` the study searched: what makes it a variant of its target's plain study."""
+        return [knob for knob in EXTRA_KNOBS if knob in self.searched_knobs]
 
 
 @dataclass(frozen=True)
@@ -466,6 +474,7 @@ class BenchmarkRecord(TypedDict, total=False):
     settings: dict[str, Any]
     settings_text: str
     sampled: int  # on a tuned record: how many sampled settings its study's verdict chose from
+    searched: list[str]  # on a tuned record: the EXTRA_KNOBS its study searched (--search-batch, --search-isa)
     images_per_sec: float
     ms_per_image: float
     step_seconds: float
@@ -613,6 +622,9 @@ def check_record(data: Any, where: str = "record") -> BenchmarkRecord:
         # precision to find the matmul peak of the same precision).
         _get(data, "recommended", str, where, optional=True)
         _typed(data, "sampled", int, where, optional=True)  # how many settings the search sampled (the table)
+        searched = data.get("searched", [])  # the knobs its study searched beside the runtime's (the table)
+        if not isinstance(searched, list) or not all(isinstance(k, str) and k in EXTRA_KNOBS for k in searched):
+            raise MalformedRecord(f"{where}.searched: must be a list of {', '.join(EXTRA_KNOBS)}")
         settings = _get(data, "settings", Mapping, where, optional=True)
         if settings is None and "settings" in data:
             raise MalformedRecord(f"{where}.settings: must be an object")

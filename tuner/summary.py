@@ -23,6 +23,7 @@ from tuner.layout import columns, wrap
 from tuner.measurement import Measurement, pooled_loop_rate
 from tuner.objective import OBJECTIVES
 from tuner.records import (
+    EXTRA_KNOBS,
     MalformedRecord,
     StoredConfirmation,
     StoredRunnable,
@@ -212,7 +213,7 @@ def summarize_study(study: optuna.Study) -> StudySummary:
         search_loop_images_per_sec={name: _trial_loop_rate(t) for name, t in searched.items()},
         importances=attrs.get("importances"),  # checked by tuner_studies: numbers, or {"error": text}
         inert_knobs=list(meta.inert_knobs),
-        searched_extra=[knob for knob in EXTRA_KNOBS if knob in meta.searched_knobs],
+        searched_extra=meta.extra_knobs,
         baseline_notes=dict(runnable.baselines),
         excluded=list(runnable.excluded),
         probe=dict(meta.probe),
@@ -305,10 +306,6 @@ def _cells(s: StudySummary, wide: bool) -> list[str]:
         if not name.startswith("trial ") and name not in (DEFAULT, HEURISTIC, "best")
     ]
     return [cell(DEFAULT), heuristic, ", ".join(rest) or "-", cell(best)]
-
-
-# Knobs a flag adds to a runtime's space, as the mode column names them: such a study has a row of its own.
-EXTRA_KNOBS = {"batch": "batch searched", "onednn_isa": "ISA cap searched"}
 
 
 def _mode(s: StudySummary) -> str:

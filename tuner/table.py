@@ -27,7 +27,7 @@ from tuner.capability import NOT_RUNNABLE
 from tuner.confirm import DEFAULT, HEURISTIC, TUNED, bootstrap_ratio, pooled_median
 from tuner.errors import InvalidSettings, check_choice
 from tuner.layout import CUT, WIDTH, fit, shorten, wrap
-from tuner.records import BenchmarkRecord
+from tuner.records import EXTRA_KNOBS, BenchmarkRecord
 from tuner.runtime import load as load_runtime
 from tuner.runtime import names as runtime_names
 from tuner.sanitize import one_line
@@ -52,7 +52,7 @@ COLUMNS = (
     "model", "runtime", "CPU", "cores", "memory GiB", "GPU", "batch size", "mode", "status",
     "recommended", "images/sec", "ms/image", "p50 ms", "p99 ms",
     "tf-default images/sec", "heuristic images/sec", "heuristic measured as", "onednn-on images/sec",
-    "tuned images/sec", "sampled settings",
+    "tuned images/sec", "sampled settings", "tuned searched",
     *RATIOS["tuned/tf-default"], *RATIOS["tuned/heuristic"],
     "best recipe", "best recipe images/sec", *RATIOS["tuned/best recipe"], *SHARES,
     "tuned settings", "rounds", "warm-up batches", "timed batches", "recommended launch", "note", "imported from",
@@ -267,6 +267,7 @@ def _measured_row(
         "onednn-on images/sec": _rate(group.get(ONEDNN_ON)),
         "tuned images/sec": _rate(tuned),
         "sampled settings": None if tuned is None else tuned.get("sampled"),
+        "tuned searched": None if tuned is None else ", ".join(tuned.get("searched", [])) or None,
         **ratio("tuned/tf-default", tuned, default),
         **ratio("tuned/heuristic", tuned, heuristic),
         "best recipe": None if recipe is None else recipe[0],
@@ -433,10 +434,18 @@ def _times(row: pd.Series, name: str) -> str:
 
 def _best_of(row: pd.Series) -> str:
     """' (best of n)' after a tuned figure: of how many sampled settings it is the best (one or two is hardly
-    a search: a short budget); empty where no tuned figure or no count was stored."""
-    if _missing(row["tuned images/sec"]) or _missing(row["sampled settings"]) or row["sampled settings"] < 1:
+    a search: a short budget), and ', ISA cap searched' where its study searched knobs beside the runtime's
+    (--search-isa, --search-batch: not the plain study's figure); empty where there is nothing to say."""
+    if _missing(row["tuned images/sec"]):
         return ""
-    return f" (best of {row['sampled settings']})"
+    said = (
+        []
+        if _missing(row["sampled settings"]) or row["sampled settings"] < 1
+        else [f"best of {row['sampled settings']}"]
+    )
+    if not _missing(row["tuned searched"]):
+        said += [EXTRA_KNOBS[knob] for knob in row["tuned searched"].split(", ") if knob in EXTRA_KNOBS]
+    return f" ({', '.join(said)})" if said else ""
 
 
 def _interval(name: str) -> str:
