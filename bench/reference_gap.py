@@ -31,12 +31,14 @@ Subcommands (run from the repository root):
 ``compare``, ``interleaved`` and ``flops`` run in the tuner's venv and start every measured process
 themselves (each under the host lock, pinned with taskset); ``step``, ``alternate``, ``overhead`` and
 ``graph`` run in the intel-tensorflow interpreter and import only TensorFlow. Every result is merged into
-bench/results/reference-gap-infer-2c.json under its --name.
+bench/results/reference-gap-infer-2c.json under its --name; each process's output is kept under
+$REFERENCE_GAP_LOGS/NAME (/work/tfcnn/logs by default), and tf_cnn_benchmarks is looked for in $TFCNN_DIR.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -52,6 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # as the tuner finds it (``_intel_python``); the commands that run inside it import only TensorFlow.
 TFCNN = Path(os.environ.get("TFCNN_DIR", "/work/tfcnn/scripts/tf_cnn_benchmarks"))
 OUTPUT = ROOT / "bench" / "results" / "reference-gap-infer-2c.json"
+LOGS = Path(os.environ.get("REFERENCE_GAP_LOGS", "/work/tfcnn/logs"))  # each run's child output, by --name
 CORES = "0,1"
 BATCH, WARMUP, TIMED = 32, 5, 20
 INTRA, INTER = 2, 1
@@ -396,16 +399,27 @@ def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _locked(argv: list[str]) -> list[str]:
-    """``argv`` pinned, under the host's measurement lock and then the intel-tensorflow environment's lock,
-    shared: the order the tuner's own trials take them in (tuner/runner.py), so no build clears the
-    interpreter mid-run."""
+def _run_locked(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``argv`` pinned to ``CORES`` and run to its end under the host's measurement lock and then the
+    intel-tensorflow environment's lock, shared: the order the tuner's own trials take them in
+    (tuner/runner.py), so no build clears the interpreter mid-run. The locks are tuner's own
+    (``tuner.lockfile.held``: never through a link planted in their place, never blocking on a FIFO), held
+    by this driver while the child runs, not flock(1)'s, which opens a lock file through links."""
+    from tuner.lockfile import held
     from tuner.runner import HOST_LOCK
     from tuner.runtime import load
 
     environment = load("intel-tensorflow").env_lock
-    shared = ["flock", "-s", str(environment)] if environment is not None else []
-    return ["flock", str(HOST_LOCK), *shared, "taskset", "-c", CORES, *argv]
+
+    def waiting() -> None:
+        print(f"waiting for {HOST_LOCK}: another measurement holds these cores", flush=True)
+
+    with contextlib.ExitStack() as locks:
+        locks.enter_context(held(HOST_LOCK, waiting))
+        if environment is not None:
+            locks.enter_context(held(environment, lambda: None, shared=True, what="the environment lock"))
+        pinned = ["taskset", "-c", CORES, *argv]
+        return subprocess.run(pinned, cwd=cwd, env=_clean_env(), capture_output=True, text=True, check=False)
 
 
 def _intel_python() -> str:
@@ -453,7 +467,7 @@ def _run_tfcnn(arm: str, warmup: int, timed: int, log_dir: Path, index: int) -> 
         argv += ["--kmp_blocktime=1", f"--kmp_affinity={AFFINITY}"]
     elif arm != "tfcnn-default":
         raise SystemExit(f"unknown arm {arm!r}")
-    done = subprocess.run(_locked(argv), cwd=TFCNN, env=_clean_env(), capture_output=True, text=True, check=False)
+    done = _run_locked(argv, TFCNN)
     log = done.stdout + done.stderr
     (log_dir / f"{index:02d}-{arm}.log").write_text(log)
     total = re.search(r"total images/sec: ([\d.]+)", log)
@@ -497,7 +511,7 @@ def _run_step(arm: str, warmup: int, timed: int, log_dir: Path, index: int) -> d
     opts = _parse_opts(arm.partition(":")[2])
     argv = [_intel_python(), "-m", "bench.reference_gap", "step", "--options", json.dumps(opts)]
     argv += ["--warmup", str(warmup), "--timed", str(timed)]
-    done = subprocess.run(_locked(argv), cwd=ROOT, env=_clean_env(), capture_output=True, text=True, check=False)
+    done = _run_locked(argv, ROOT)
     log = done.stdout + done.stderr
     (log_dir / f"{index:02d}-{re.sub(r'[^A-Za-z0-9=.-]+', '_', arm)}.log").write_text(log)
     found = [line for line in done.stdout.splitlines() if line.startswith(RESULT_TAG)]
@@ -535,7 +549,7 @@ def merge_output(name: str, result: dict[str, Any], output: Path) -> None:
 
 def compare(arms: list[str], pairs: int, name: str, warmup: int, timed: int, output: Path) -> int:
     """Every arm once per round, the order rotated each round (A B C, B C A, ...)."""
-    log_dir = Path("/work/tfcnn/logs") / name
+    log_dir = LOGS / name
     log_dir.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
     order = []
@@ -583,7 +597,7 @@ def summarize(rates: dict[str, list[float]], heading: str) -> dict[str, dict[str
 
 def interleaved(arms: list[str], rounds: int, name: str, warmup: int, timed: int, output: Path) -> int:
     """``rounds`` processes, each alternating every arm's steps; the arms' order rotated between processes."""
-    log_dir = Path("/work/tfcnn/logs") / name
+    log_dir = LOGS / name
     log_dir.mkdir(parents=True, exist_ok=True)
     per_arm: dict[str, list[float]] = {arm: [] for arm in arms}
     processes = []
@@ -593,7 +607,7 @@ def interleaved(arms: list[str], rounds: int, name: str, warmup: int, timed: int
         argv = [_intel_python(), "-m", "bench.reference_gap", "alternate", "--variants", json.dumps(variants)]
         argv += ["--warmup", str(warmup), "--timed", str(timed)]
         started, load = time.monotonic(), os.getloadavg()[0]
-        done = subprocess.run(_locked(argv), cwd=ROOT, env=_clean_env(), capture_output=True, text=True, check=False)
+        done = _run_locked(argv, ROOT)
         (log_dir / f"{round_ + 1:02d}.log").write_text(done.stdout + done.stderr)
         found = [line for line in done.stdout.splitlines() if line.startswith(RESULT_TAG)]
         if done.returncode != 0 or not found:
@@ -628,9 +642,7 @@ def flops(output: Path, graph_file: str | None) -> int:
         for task in ("flops", "ops"):
             argv = [_intel_python(), "-m", "bench.reference_gap", "graph", "--task", task]
             argv += ["--options", json.dumps({**opts, "loop": "session"})]
-            done = subprocess.run(
-                _locked(argv), cwd=ROOT, env=_clean_env(), capture_output=True, text=True, check=False
-            )
+            done = _run_locked(argv, ROOT)
             found = [line for line in done.stdout.splitlines() if line.startswith(RESULT_TAG)]
             if done.returncode != 0 or not found:
                 raise SystemExit(f"graph {label} {task} failed:\n{(done.stdout + done.stderr)[-3000:]}")
@@ -642,7 +654,7 @@ def flops(output: Path, graph_file: str | None) -> int:
         print(f"{label:22} {result[label]['flops_per_image'] / 1e9:.3f} GFLOPs/image")
     if graph_file:
         argv = [_intel_python(), "-m", "bench.reference_gap", "graph", "--task", "flops", "--graph-file", graph_file]
-        done = subprocess.run(_locked(argv), cwd=ROOT, env=_clean_env(), capture_output=True, text=True, check=False)
+        done = _run_locked(argv, ROOT)
         found = [line for line in done.stdout.splitlines() if line.startswith(RESULT_TAG)]
         if done.returncode != 0 or not found:
             raise SystemExit(f"tf_cnn_benchmarks graph failed:\n{(done.stdout + done.stderr)[-3000:]}")

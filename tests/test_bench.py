@@ -108,3 +108,29 @@ def test_reference_gap_refuses_a_missing_environment_or_benchmark_folder_in_one_
     assert reference_gap.main(["compare", "--arms", "tfcnn,tuner", "--name", "x", *output]) == 1
     assert "set $TFCNN_DIR to its folder" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
+
+
+def test_reference_gap_never_takes_its_lock_through_a_planted_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import reference_gap
+
+    python = tmp_path / "envs" / "intel-tensorflow" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("")
+    (tmp_path / "envs" / "intel-tensorflow" / "tuner-env.json").write_text("{}")
+    monkeypatch.setenv("TUNER_ENVS", str(tmp_path / "envs"))
+    victim = tmp_path / "victim"
+    lock = tmp_path / "host.lock"
+    lock.symlink_to(victim)  # another user planted a link where the host lock goes
+    monkeypatch.setattr("tuner.runner.HOST_LOCK", lock)
+    monkeypatch.setattr(reference_gap, "LOGS", tmp_path / "logs")
+    started: list[list[str]] = []
+    monkeypatch.setattr(reference_gap.subprocess, "run", lambda argv, **kw: started.append(argv))
+    output = tmp_path / "o.json"
+    assert reference_gap.main(["interleaved", "--arms", "step:", "--name", "x", "--output", str(output)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    # One line naming the lock, and nothing created through the link, no process started, nothing merged:
+    # flock(1), which it used before, would have created the link's target and run the child.
+    assert len(err) == 1 and f"cannot use the measurement lock {lock}" in err[0]
+    assert not victim.exists() and started == [] and not output.exists()
