@@ -209,15 +209,17 @@ def test_narrow_view_keeps_the_runtime_name_that_tells_rows_apart_and_the_model_
     assert len([r for r in rows if "[tensorflow] " in r]) == 2 and len([r for r in rows if "[" not in r]) == 2
     # One model in every row: a line under the table, not a column.
     assert lines[0].startswith("| runtime ") and "- model: resnet50 (every row)" in lines
-    # Two models: the column stays, the model first, and no model line; the runtime column is narrower
-    # then, and each cut label still keeps its [tensorflow] (or is Eigen's label whole).
+    # Two models: a table for each under a line naming it, whole (a column would cut it, "mobil..."), and
+    # no model column; each runtime label keeps its [tensorflow] (or is Eigen's label whole).
     mobilenet = [r | {"model": "mobilenet_v2"} for r in records]
     frame, notes = table.build([*records, *mobilenet])
-    both = table.render(frame, notes, "markdown")
-    assert both.startswith("| model ") and "(every row)" not in both
-    runtimes = [line.split("|")[2].strip() for line in both.splitlines() if line.startswith("| mobilenet")]
-    assert len(runtimes) == 4 and len(set(runtimes)) == 2 and any(r.endswith("[tensorflow]") for r in runtimes)
-    assert max(map(len, both.splitlines())) <= WIDTH
+    both = table.render(frame, notes, "markdown").splitlines()
+    assert both[0] == "model: mobilenet_v2" and "model: resnet50" in both and "(every row)" not in "".join(both)
+    headers = [line for line in both if line.startswith("| ") and "runtime" in line]
+    assert len(headers) == 2 and all(line.startswith("| runtime ") for line in headers)
+    runtimes = [line.split("|")[1].strip() for line in both if line.startswith("| CPU")]
+    assert len(runtimes) == 8 and len(set(runtimes)) == 2 and any(r.endswith("[tensorflow]") for r in runtimes)
+    assert max(map(len, both)) <= WIDTH
     # A stored runtime name of any length (an imported file's) does not hold the narrow view past its width.
     forged = [r | {"runtime": "x" * 300} for r in records]
     frame, notes = table.build(forged)
@@ -268,7 +270,7 @@ def test_a_pipe_in_stored_text_cannot_break_a_markdown_row() -> None:
     for record in records:
         record["cpu"] = {**record["cpu"], "model_name": "EPYC | forged | cells"}  # type: ignore[dict-item]
         record["model"] = "m|" * 60  # stored text the narrow view shows, long and full of pipes
-    other = [r | {"model": "n|" * 60} for r in _group()]  # two models: the view keeps (and cuts) the column
+    other = [r | {"model": "n|" * 60} for r in _group()]  # two models: the narrow view names each above its table
     frame, notes = table.build([*records, *other, *_yardsticks()])
     for wide in (False, True):
         lines = [
@@ -405,6 +407,10 @@ def test_a_tuned_figure_from_a_study_that_searched_more_says_so() -> None:
     # The data holds the knob names; each view names them beside the count, as show's mode column does.
     assert frame.iloc[0]["tuned searched"] == "onednn_isa"
     assert "80.00 (best of 12, ISA cap searched)" in table.render(frame, notes, "markdown", wide=True)
+    # The narrow view tags it as the study's name does, and says under the table what the tag means.
+    narrow = table.render(frame, notes, "markdown")
+    assert "1.25x (best of 12, +isa)" in narrow
+    assert "- +isa: ISA cap searched, the tuned figure is from a --search-isa study" in narrow.splitlines()
     assert "(best of 12, ISA cap searched)" in table.render(frame, notes, "html")
     assert json.loads(table.render(frame, notes, "json"))["rows"][0]["tuned searched"] == "onednn_isa"
     # A plain study's tuned record (searched empty, or stored before the field existed) says nothing more.
@@ -412,3 +418,4 @@ def test_a_tuned_figure_from_a_study_that_searched_more_says_so() -> None:
     frame, notes = table.build(records)
     assert pd.isna(frame.iloc[0]["tuned searched"])
     assert "searched" not in table.render(frame, notes, "markdown", wide=True).split("\n", 2)[2]
+    assert "+isa" not in table.render(frame, notes, "markdown")

@@ -375,16 +375,27 @@ def render(frame: pd.DataFrame, notes: Sequence[str], fmt: str, wide: bool = Fal
     # A "|" in stored text would end its cell, and a "<" could open raw HTML where the markdown is rendered:
     # both escaped, as markdown reads them, before the narrow view is cut to width, so that the escapes count.
     view = view.map(lambda value: _markdown(value).replace("|", "\\|") if isinstance(value, str) else value)
-    if not wide:
+    if wide:
+        text = _markdown_table(view)
+    else:
+        # One model in every row: said once under the table. Several: a table for each, under a line naming
+        # it. Either way the model's width is left to the runtime, and no model name is cut.
         models = _model_lines(frame)
-        if models:  # one model in every row: said once under the table, its width left to the runtime
-            view = view.drop(columns="model")
-        view, notes = _narrow(view), [*models, *_cpu_lines(frame), *_imported_lines(frame), *notes]
+        notes = [*models, *_cpu_lines(frame), *_imported_lines(frame), *_tag_lines(frame), *notes]
+        sections = []
+        for model in view["model"].unique():
+            part = view[view["model"] == model].drop(columns="model")
+            heading = "" if models else "\n".join(wrap(f"model: {model}", break_words=False)) + "\n\n"
+            sections.append(heading + _markdown_table(_narrow(part)))
+        text = "\n\n".join(sections)
     notes = [_markdown(note) for note in notes]
-    text = str(view.to_markdown(index=False, disable_numparse=True))
     legend = [LEGEND_WIDE if wide else LEGEND, *(f"- {note}" for note in notes)]
     # Words are never broken: a break inside an escape ("\\<") would leave the "<" unescaped.
     return text + "\n\n" + "\n".join(line for part in legend for line in wrap(part, more="  ", break_words=False))
+
+
+def _markdown_table(view: pd.DataFrame) -> str:
+    return str(view.to_markdown(index=False, disable_numparse=True))
 
 
 LEGEND = (
@@ -432,20 +443,40 @@ def _times(row: pd.Series, name: str) -> str:
     return f"{value:.2f}x" + ("" if _missing(low) else f" [{low:.2f}, {high:.2f}]")
 
 
-def _best_of(row: pd.Series) -> str:
+# The narrow view's tags for EXTRA_KNOBS, after "best of n", as the studies' names mark them; a note under the
+# table says what each means.
+TAGS = {"batch": "+batch", "onednn_isa": "+isa"}
+FLAGS = {"batch": "--search-batch", "onednn_isa": "--search-isa"}
+
+
+def _searched(row: pd.Series) -> list[str]:
+    """The EXTRA_KNOBS the study of the row's tuned figure searched (stored text: only the known names)."""
+    if _missing(row["tuned images/sec"]) or _missing(row["tuned searched"]):
+        return []
+    return [knob for knob in row["tuned searched"].split(", ") if knob in EXTRA_KNOBS]
+
+
+def _best_of(row: pd.Series, short: bool = False) -> str:
     """' (best of n)' after a tuned figure: of how many sampled settings it is the best (one or two is hardly
-    a search: a short budget), and ', ISA cap searched' where its study searched knobs beside the runtime's
-    (--search-isa, --search-batch: not the plain study's figure); empty where there is nothing to say."""
+    a search: a short budget), and ', ISA cap searched' (``short``: ', +isa') where its study searched knobs
+    beside the runtime's (--search-isa, --search-batch: not the plain study's figure); empty where there is
+    nothing to say."""
     if _missing(row["tuned images/sec"]):
         return ""
-    said = (
-        []
-        if _missing(row["sampled settings"]) or row["sampled settings"] < 1
-        else [f"best of {row['sampled settings']}"]
-    )
-    if not _missing(row["tuned searched"]):
-        said += [EXTRA_KNOBS[knob] for knob in row["tuned searched"].split(", ") if knob in EXTRA_KNOBS]
+    count = row["sampled settings"]
+    said = [] if _missing(count) or count < 1 else [f"best of {count}"]
+    said += [(TAGS if short else EXTRA_KNOBS)[knob] for knob in _searched(row)]
     return f" ({', '.join(said)})" if said else ""
+
+
+def _tag_lines(frame: pd.DataFrame) -> list[str]:
+    """What the narrow view's tags mean, for those its rows have."""
+    found = {knob for _, row in frame.iterrows() for knob in _searched(row)}
+    return [
+        f"{TAGS[knob]}: {EXTRA_KNOBS[knob]}, the tuned figure is from a {FLAGS[knob]} study"
+        for knob in EXTRA_KNOBS
+        if knob in found
+    ]
 
 
 def _interval(name: str) -> str:
@@ -481,7 +512,8 @@ def _view_row(row: pd.Series, wide: bool) -> dict[str, str]:
         "heuristic": heuristic,
         "onednn-on": _fixed(row["onednn-on images/sec"]),
         "tuned": _fixed(row["tuned images/sec"]) + _best_of(row),
-        "tuned/tf-default": _fixed(loop_ratio, unit="x") + ("" if wide or _missing(loop_ratio) else _best_of(row)),
+        "tuned/tf-default": _fixed(loop_ratio, unit="x")
+        + ("" if wide or _missing(loop_ratio) else _best_of(row, True)),
         **{_interval(name): _times(row, name) for name in ("tuned/tf-default", "tuned/heuristic")},
         "best recipe": "-"
         if _missing(row["best recipe"])
