@@ -224,7 +224,7 @@ def test_malformed_file_is_one_line_naming_file_and_key(tmp_path: Path, text: st
 def test_inverted_bounds_name_the_core_count(tmp_path: Path) -> None:
     path = write(tmp_path, INT + 'low = 2\nhigh = "cores"\n')
     # Valid at 2 cores but not at 1: every core count up to max_cores is checked, and the message says which.
-    assert "at 1 cores" in load_error(path, 2)
+    assert "at 1 core" in load_error(path, 2) and "at 1 cores" not in load_error(path, 2)
 
 
 def test_unknown_constraint_is_named(tmp_path: Path) -> None:

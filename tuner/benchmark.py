@@ -41,6 +41,7 @@ from tuner.runner import Runner, TaskSpec, TrialSpec
 from tuner.sanitize import one_line
 from tuner.settings import Settings
 from tuner.signature import CpuSignature
+from tuner.topology import cores_text
 from tuner.workload import Workload
 
 CPU_BATCH = 32
@@ -62,7 +63,7 @@ class Target:
     replicas: int = 1
 
     def describe(self) -> str:
-        where = f"{len(self.cores)} cores" if self.device == "cpu" else f"{self.replicas} GPU"
+        where = cores_text(len(self.cores)) if self.device == "cpu" else f"{self.replicas} GPU"
         if self.device == "cpu" and self.replicas > 1:
             where += f" as {self.replicas} replicas"
         return f"{self.runtime} {self.workload.model} {self.workload.mode} on {where}"

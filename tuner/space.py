@@ -230,7 +230,7 @@ def _distribution(path: Path, name: str, spec: Mapping[str, Any], cores: int) ->
         if not isinstance(log, bool):
             raise _fail(path, f"{key}.log", f"{log!r} is not true or false")
         if low > high:
-            raise _fail(path, key, f"low {low} is above high {high} at {cores} cores")
+            raise _fail(path, key, f"low {low} is above high {high} at {cores} core{'' if cores == 1 else 's'}")
         if log and (low < 1 or step != 1):
             raise _fail(path, key, "a log scale needs low >= 1 and step 1")
         return IntDistribution(low, high - (high - low) % step, log=log, step=step)
