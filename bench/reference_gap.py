@@ -46,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -411,13 +412,14 @@ def _run_locked(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
     environment = load("intel-tensorflow").env_lock
 
-    def waiting() -> None:
-        print(f"waiting for {HOST_LOCK}: another measurement holds these cores", flush=True)
+    def waiting(lock: Path, why: str) -> Callable[[], None]:
+        return lambda: print(f"waiting for {lock}: {why}", flush=True)
 
     with contextlib.ExitStack() as locks:
-        locks.enter_context(held(HOST_LOCK, waiting))
-        if environment is not None:
-            locks.enter_context(held(environment, lambda: None, shared=True, what="the environment lock"))
+        locks.enter_context(held(HOST_LOCK, waiting(HOST_LOCK, "another measurement holds these cores")))
+        if environment is not None:  # a read-only shared environment without a lock file runs unlocked, as trials do
+            build = waiting(environment, "the environment is being built")
+            locks.enter_context(held(environment, build, shared=True, what="the environment lock", missing_ok=True))
         pinned = ["taskset", "-c", CORES, *argv]
         return subprocess.run(pinned, cwd=cwd, env=_clean_env(), capture_output=True, text=True, check=False)
 

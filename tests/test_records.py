@@ -414,6 +414,7 @@ DROP = object()
         (0, "searched", "onednn_isa", r"\.searched"),  # the knobs a study searched beside its runtime's: a list
         (0, "searched", ["onednn_isa; rm -rf /"], r"\.searched"),  # only the known extra knobs, never free text
         (0, "searched", [["batch"]], r"\.searched"),
+        (0, "searched", ["batch", "batch"], r"\.searched"),  # each knob once: the table tags each it finds
         (1, "cpu.id", {"a": 1}, r"cpu\.id"),  # a skipped record too
         (1, "measured", 7, r"\.measured"),
         (3, "flops_per_image.train", 10**400, r"flops_per_image\.train"),

@@ -411,6 +411,10 @@ def test_a_tuned_figure_from_a_study_that_searched_more_says_so() -> None:
     narrow = table.render(frame, notes, "markdown")
     assert "1.25x (best of 12, +isa)" in narrow
     assert "- +isa: ISA cap searched, the tuned figure is from a --search-isa study" in narrow.splitlines()
+    # Without a tf-default figure there is no ratio, but the tag is still there for the note to explain.
+    frame, notes = table.build(records[1:])
+    narrow = table.render(frame, notes, "markdown")
+    assert "- (best of 12, +isa)" in narrow and "- +isa: ISA cap searched" in narrow
     assert "(best of 12, ISA cap searched)" in table.render(frame, notes, "html")
     assert json.loads(table.render(frame, notes, "json"))["rows"][0]["tuned searched"] == "onednn_isa"
     # A plain study's tuned record (searched empty, or stored before the field existed) says nothing more.

@@ -96,7 +96,7 @@ from tuner.signature import CpuSignature
 from tuner.space import SearchSpace
 from tuner.space import load as load_space
 from tuner.study import StudyConfig, StudyRun, duration, sampled_trials
-from tuner.topology import core_set, sockets_for
+from tuner.topology import core_set, cores_text, sockets_for
 from tuner.workload import workload_for
 
 Log = Callable[[str], None]
@@ -537,7 +537,7 @@ class Job:
                     try:
                         settings = yardstick_settings(n, ready.runtime.honours, precision)
                         peak = matmul_peak(self.storage, ready.runner, name, settings, core_set(n), self.signature)
-                        self.log(f"matmul peak ({precision}), {name} on {n} cores: {peak:.0f} GFLOP/s")
+                        self.log(f"matmul peak ({precision}), {name} on {cores_text(n)}: {peak:.0f} GFLOP/s")
                     except TunerError as error:
                         self._fail(f"matmul peak {precision} {name} {n}c", error)
 

@@ -236,7 +236,7 @@ def recommend(
         f"{model} {runtime}"
         + (f" {mode}" if mode else "")
         + (f" ({objective})" if objective != "throughput" else "")
-        + (f" on {cores} cores" if cores else "")
+        + (f" on {cores_text(cores)}" if cores else "")
     )
     cpu = cpu_name or f"{signature.model_name} ({signature.id})"
     others = sorted({(r.model, r.objective, r.runtime) for r in every} - {(model, objective, runtime)})

@@ -623,7 +623,8 @@ def check_record(data: Any, where: str = "record") -> BenchmarkRecord:
         _get(data, "recommended", str, where, optional=True)
         _typed(data, "sampled", int, where, optional=True)  # how many settings the search sampled (the table)
         searched = data.get("searched", [])  # the knobs its study searched beside the runtime's (the table)
-        if not isinstance(searched, list) or not all(isinstance(k, str) and k in EXTRA_KNOBS for k in searched):
+        known = isinstance(searched, list) and all(isinstance(k, str) and k in EXTRA_KNOBS for k in searched)
+        if not known or len(set(searched)) != len(searched):
             raise MalformedRecord(f"{where}.searched: must be a list of {', '.join(EXTRA_KNOBS)}")
         settings = _get(data, "settings", Mapping, where, optional=True)
         if settings is None and "settings" in data:

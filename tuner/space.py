@@ -34,6 +34,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, IntD
 from tuner.errors import InvalidSettings, SearchSpaceError
 from tuner.records import BASELINE_NAME, NAME_LENGTH, SUFFIX_ROOM
 from tuner.settings import KNOBS, ONEDNN_DEFAULT, ONEDNN_ISAS, Settings
+from tuner.topology import cores_text
 
 CHECKOUT = Path(__file__).resolve().parent.parent  # the repository, when tuner runs from a checkout
 
@@ -230,7 +231,7 @@ def _distribution(path: Path, name: str, spec: Mapping[str, Any], cores: int) ->
         if not isinstance(log, bool):
             raise _fail(path, f"{key}.log", f"{log!r} is not true or false")
         if low > high:
-            raise _fail(path, key, f"low {low} is above high {high} at {cores} core{'' if cores == 1 else 's'}")
+            raise _fail(path, key, f"low {low} is above high {high} at {cores_text(cores)}")
         if log and (low < 1 or step != 1):
             raise _fail(path, key, "a log scale needs low >= 1 and step 1")
         return IntDistribution(low, high - (high - low) % step, log=log, step=step)
@@ -296,7 +297,7 @@ def validate(path: Path, data: dict[str, Any], max_cores: int) -> None:
             _check_baseline(path, base, params, dists)
             broken = space.violated(params, cores)
             if broken:
-                raise _fail(path, f"baselines.{base}", f"breaks constraint {broken} at {cores} cores")
+                raise _fail(path, f"baselines.{base}", f"breaks constraint {broken} at {cores_text(cores)}")
 
 
 def _check_values(path: Path, dists: dict[str, BaseDistribution]) -> None:

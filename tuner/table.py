@@ -215,7 +215,7 @@ def build(records: Sequence[BenchmarkRecord]) -> tuple[pd.DataFrame, list[str]]:
     notes = []
     for (cpu_id, cores, precision), top in sorted(peaks.items(), key=lambda item: (str(item[0][0]), item[0][1] or 0)):
         notes.append(
-            f"matmul peak (4096x4096 {precision}, best runtime, oneDNN on where it runs) on {cores} cores of CPU "
+            f"matmul peak (4096x4096 {precision}, best runtime, oneDNN on where it runs) on {cores_text(cores)} of CPU "
             f"{cpu_id}: {top:.0f} GFLOP/s"
         )
     for model, counted in sorted(flops.items()):
@@ -512,8 +512,7 @@ def _view_row(row: pd.Series, wide: bool) -> dict[str, str]:
         "heuristic": heuristic,
         "onednn-on": _fixed(row["onednn-on images/sec"]),
         "tuned": _fixed(row["tuned images/sec"]) + _best_of(row),
-        "tuned/tf-default": _fixed(loop_ratio, unit="x")
-        + ("" if wide or _missing(loop_ratio) else _best_of(row, True)),
+        "tuned/tf-default": _fixed(loop_ratio, unit="x") + ("" if wide else _best_of(row, True)),
         **{_interval(name): _times(row, name) for name in ("tuned/tf-default", "tuned/heuristic")},
         "best recipe": "-"
         if _missing(row["best recipe"])
