@@ -423,3 +423,23 @@ def test_a_tuned_figure_from_a_study_that_searched_more_says_so() -> None:
     assert pd.isna(frame.iloc[0]["tuned searched"])
     assert "searched" not in table.render(frame, notes, "markdown", wide=True).split("\n", 2)[2]
     assert "+isa" not in table.render(frame, notes, "markdown")
+
+
+def test_rows_of_two_machines_get_a_table_each_in_the_narrow_view() -> None:
+    # An imported study from another machine beside this one's: same model, runtime, cores and mode.
+    other = [r | {"cpu": {**r["cpu"], "id": "other", "model_name": "Xeon <b>"}, "memory_gib": 64.0} for r in _group()]
+    frame, notes = table.build([*_group(), *other])
+    lines = table.render(frame, notes, "markdown").splitlines()
+    # The narrow view has no CPU column: a table for each machine, under a line naming it (stored text,
+    # escaped), so that the two rows cannot be taken for each other. The model, the same for both, stays a
+    # line under them.
+    here = _group()[0]
+    mine = table._markdown(f"CPU: {here['cpu']['model_name']}, memory {here['memory_gib']:.0f}G")
+    heads = [line for line in lines if line.startswith("CPU: ")]
+    assert sorted(heads) == sorted([mine, "CPU: Xeon \\<b>, memory 64G"])
+    assert len([line for line in lines if line.startswith("| runtime ")]) == 2
+    assert "- model: resnet50 (every row)" in lines and not [line for line in lines if line.startswith("- CPU")]
+    # One machine: no heading, the machine a line under the table as before.
+    frame, notes = table.build(_group())
+    lines = table.render(frame, notes, "markdown").splitlines()
+    assert lines[0].startswith("| runtime ") and any(line.startswith("- CPU: ") for line in lines)

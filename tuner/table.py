@@ -378,14 +378,25 @@ def render(frame: pd.DataFrame, notes: Sequence[str], fmt: str, wide: bool = Fal
     if wide:
         text = _markdown_table(view)
     else:
-        # One model in every row: said once under the table. Several: a table for each, under a line naming
-        # it. Either way the model's width is left to the runtime, and no model name is cut.
-        models = _model_lines(frame)
-        notes = [*models, *_cpu_lines(frame), *_imported_lines(frame), *_tag_lines(frame), *notes]
+        # One model and one machine in every row: said once under the table. Several: a table for each, under
+        # a line naming it (the narrow view has no model or CPU column: rows of two machines would read alike).
+        # Either way the model's width is left to the runtime, and no model name is cut.
+        models, machines = _model_lines(frame), _cpu_lines(frame)
+        notes = [
+            *models,
+            *(machines if len(machines) == 1 else []),
+            *_imported_lines(frame),
+            *_tag_lines(frame),
+            *notes,
+        ]
+        heads = [
+            ", ".join(([] if models else [f"model: {model}"]) + ([] if len(machines) == 1 else [_markdown(machine)]))
+            for model, machine in zip(view["model"], _machines(frame), strict=True)
+        ]
         sections = []
-        for model in view["model"].unique():
-            part = view[view["model"] == model].drop(columns="model")
-            heading = "" if models else "\n".join(wrap(f"model: {model}", break_words=False)) + "\n\n"
+        for head in dict.fromkeys(heads):
+            part = view[[h == head for h in heads]].drop(columns="model")
+            heading = "\n".join(wrap(head, break_words=False)) + "\n\n" if head else ""
             sections.append(heading + _markdown_table(_narrow(part)))
         text = "\n\n".join(sections)
     notes = [_markdown(note) for note in notes]
@@ -576,10 +587,15 @@ def _model_lines(frame: pd.DataFrame) -> list[str]:
     return [f"model: {frame['model'].iloc[0]} (every row)"]
 
 
+def _machines(frame: pd.DataFrame) -> list[str]:
+    """Each row's CPU and memory, as the narrow view names a machine: 'CPU: AMD EPYC, memory 24G'."""
+    pairs = frame[["CPU", "memory GiB"]].itertuples(index=False)
+    return [f"CPU: {'?' if _missing(cpu) else cpu}, memory {_fixed(memory, 0, 'G')}" for cpu, memory in pairs]
+
+
 def _cpu_lines(frame: pd.DataFrame) -> list[str]:
     """The CPU and memory the narrow view leaves out, once per machine."""
-    machines = frame[["CPU", "memory GiB"]].drop_duplicates().itertuples(index=False)
-    return [f"CPU: {'?' if _missing(cpu) else cpu}, memory {_fixed(memory, 0, 'G')}" for cpu, memory in machines]
+    return list(dict.fromkeys(_machines(frame)))
 
 
 def _device(row: pd.Series) -> str:
