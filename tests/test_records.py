@@ -151,6 +151,25 @@ def test_stored_verdict_reads_what_show_prints() -> None:
     for bad in (-1, True, "7", 2**40):
         with pytest.raises(MalformedRecord, match=r"verdict\.sampled"):
             StoredVerdict.from_dict({**data, "sampled": bad})
+    # A speedup is an interval, value, low and high, as show prints it: a mapping of other names is refused
+    # (show --wide read ['value'] of it: KeyError), in each place a verdict keeps one.
+    for key, bad in (
+        ("speedup_vs_heuristic", {"x": 1.0}),
+        ("speedup_vs_tf_default", {"value": 1.0, "low": "0.9", "high": 1.1}),
+        ("speedup_vs_each", {"tf-default": {"value": 1.0}}),
+        ("speedup_vs_each", [1.0]),
+    ):
+        with pytest.raises(MalformedRecord, match=rf"verdict\.{key}"):
+            StoredVerdict.from_dict({**data, key: bad})
+    # A number that is no finite number has no JSON form: anywhere in a verdict (a shared study written by
+    # anyone) it is refused, not printed as NaN by show --format json or failing tuner export.
+    for key, bad in (
+        ("images_per_sec", {"tf-default": math.nan}),
+        ("speedup_vs_heuristic", {"value": math.inf, "low": 1.0, "high": 1.0}),
+        ("latency_ms", {"tf-default": {"p50": -math.inf}}),
+    ):
+        with pytest.raises(MalformedRecord, match="not a finite number"):
+            StoredVerdict.from_dict({**data, key: bad})
 
 
 @pytest.mark.parametrize(
@@ -396,6 +415,7 @@ DROP = object()
         (0, "round_rates", [[0]], "round_rates"),  # a zero rate: ZeroDivisionError in the speedups
         (0, "round_rates", [[-1.0, 2.0]], "round_rates"),
         (0, "round_rates", [[10**400]], "round_rates"),  # past float's range
+        (0, "round_rates", [[0.5, 0.5], []], "round_rates"),  # a round with no steps: no pair to bootstrap
         (0, "images_per_sec", 10**400, "images_per_sec"),
         (0, "round_images_per_sec", ["fast"], "round_images_per_sec"),  # the report's bars take float() of each
         (0, "settings", 5, r"\.settings"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import optuna
@@ -99,3 +100,22 @@ def test_a_forged_zero_rate_in_a_latency_study_shows_as_no_time() -> None:
         "negative": None,
         "missing": None,
     }
+
+
+def test_a_forged_trial_of_infinite_value_is_never_the_best(
+    stalled_storage: optuna.storages.RDBStorage, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (before,) = summarize(stalled_storage)
+    (name,) = [s.study_name for s in stalled_storage.get_all_studies()]
+    study = optuna.load_study(study_name=name, storage=stalled_storage)
+    real = next(t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
+    # Another worker of a shared study writes a complete trial whose value is infinite (Optuna stores it).
+    study.add_trial(optuna.trial.create_trial(params=real.params, distributions=real.distributions, value=math.inf))
+    (after,) = summarize(stalled_storage)
+    # It is left out, as every reader leaves an unusable trial out: the best stays the measured one, and
+    # show --format json stays JSON (no bare Infinity).
+    assert after["best_trial"] == before["best_trial"] and after["best_trial"] is not None
+    capsys.readouterr()
+    assert main(["show", "--storage", str(stalled_storage.url), "--format", "json"]) == 0
+    out = capsys.readouterr().out
+    assert "Infinity" not in out and json.loads(out)[0]["best_trial"]["number"] == before["best_trial"]["number"]

@@ -443,3 +443,40 @@ def test_rows_of_two_machines_get_a_table_each_in_the_narrow_view() -> None:
     frame, notes = table.build(_group())
     lines = table.render(frame, notes, "markdown").splitlines()
     assert lines[0].startswith("| runtime ") and any(line.startswith("- CPU: ") for line in lines)
+
+
+FORGED_BLOCKS = ["# FAKE HEADING: all rows verified", "``` z z", "1. a list", "> quoted", "- an item"]
+
+
+@pytest.mark.parametrize("forged", FORGED_BLOCKS)
+def test_stored_text_wrapped_onto_a_new_line_cannot_begin_a_markdown_block(forged: str) -> None:
+    # Stored text long enough that the wrap puts its end at the start of a line: in a machine's heading
+    # (two machines) and in a note under the table.
+    name = "word " * 23 + forged
+    other = [r | {"cpu": {**r["cpu"], "id": "other", "model_name": name}} for r in _group()]
+    noted = make_record(TARGET, "heuristic", Settings(), [run(0.5)], SIGNATURE, "r1") | {"partial": name}
+    frame, notes = table.build([*_group(), *other, noted])
+    text = table.render(frame, notes, "markdown")
+    starts = [line.lstrip(" ") for line in text.splitlines() if not line.startswith("|")]
+    # Where it lands at the start of a line it is escaped: no heading, code fence (which would swallow the
+    # tables after it), list or quote begins there; the text itself is all there, as text.
+    first = forged[:3]
+    assert [line for line in starts if line.startswith(first)] == []
+    assert any(line.startswith("\\" + first[0]) or line.startswith("1\\.") for line in starts)
+    assert len([line for line in text.splitlines() if line.startswith("| runtime ")]) == 2
+
+
+def test_figures_computed_from_extreme_imported_ones_never_overflow_to_infinity() -> None:
+    records = _group()
+    # Each figure finite, as check_record asks, but their ratio and product past float's range.
+    records[0] |= {"images_per_sec": 1e-300, "round_rates": [[1e-300] * 4] * 3}
+    records[2] |= {"images_per_sec": 1e300, "round_rates": [[1e300] * 4] * 3}
+    yardsticks = _yardsticks()
+    yardsticks[0]["flops_per_image"] = {"infer": 1e300, "train": 1e300}
+    yardsticks[1]["peak_gflops"] = 1e-300
+    frame, notes = table.build([*records, *yardsticks])
+    row = json.loads(table.render(frame, notes, "json"))["rows"][0]
+    # What overflowed is missing (null), never Infinity, which JSON has not; every view still renders.
+    assert row["tuned/tf-default (median step)"] is None and row["tuned GFLOP/s"] is None
+    assert "Infinity" not in table.render(frame, notes, "json")
+    assert all(table.render(frame, notes, fmt) for fmt in table.FORMATS)

@@ -464,6 +464,53 @@ def test_nan_or_infinity_in_a_file_is_refused_and_writes_nothing(
     assert not (tmp_path / "target.db").exists()
 
 
+@pytest.mark.parametrize(
+    ("where", "token"),
+    [("intermediate", '"nan"'), ("intermediate", '"inf"'), ("intermediate", "true"), ("value", '"inf"')],
+)
+def test_a_number_written_as_text_is_refused_as_nan_is(
+    tmp_path: Path, where: str, token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = exported(tmp_path, f"sqlite:///{tmp_path / 'source.db'}")
+    trial = next(t for t in data["studies"][0]["trials"] if t["state"] == "COMPLETE")
+    if where == "value":
+        trial["value"] = "PLACEHOLDER"
+    else:
+        trial["intermediate_values"]["0"] = "PLACEHOLDER"
+    path = tmp_path / "crafted.json"
+    path.write_text(json.dumps(data).replace('"PLACEHOLDER"', token))
+    url = f"sqlite:///{tmp_path / 'target.db'}"
+    capsys.readouterr()
+    # float("nan") reads the text "nan": a file could bring NaN in that way, which export could not write
+    # back. Refused with one line, and nothing written.
+    assert main(["import", str(path), "--storage", url]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"tuner: error: {path}: ") and "finite" in err and "\n" not in err
+    assert not (tmp_path / "target.db").exists()
+
+
+def test_a_file_nested_past_the_parser_or_with_unusual_choices_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    url = f"sqlite:///{tmp_path / 'target.db'}"
+    capsys.readouterr()
+    # Deeper than Python's parser goes: one line, not an unexpected RecursionError.
+    assert main(["import", str(deep), "--storage", url]) == 1
+    assert capsys.readouterr().err.strip() == f"tuner: error: {deep}: nested too deep; not a tuner export"
+    # Choices that are no JSON primitives: Optuna's several-line warning becomes the one line's reason.
+    data = exported(tmp_path, f"sqlite:///{tmp_path / 'source.db'}")
+    trial = next(t for t in data["studies"][0]["trials"] if t["state"] == "COMPLETE")
+    name = next(iter(trial["distributions"]))
+    trial["distributions"][name] = {"name": "CategoricalDistribution", "attributes": {"choices": [{"a": 1}]}}
+    path = write(tmp_path, data)
+    assert main(["import", str(path), "--storage", url]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"tuner: error: {path}: ") and "distributions" in err and "\n" not in err
+    assert not (tmp_path / "target.db").exists()
+
+
 def test_a_malformed_record_in_a_file_is_refused_and_the_others_are_merged(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -483,7 +530,8 @@ def test_a_malformed_record_in_a_file_is_refused_and_the_others_are_merged(
     # The good record is merged, once; the bad one is refused with a line naming it, and the command exits 1.
     assert main(["import", str(write(tmp_path, data)), "--storage", own]) == 1
     err = capsys.readouterr().err
-    assert "refused tuner-benchmarks record" in err and "round_rates" in err
+    # Named by its place in the file (every record's unsaved trial number read -1 before).
+    assert "refused tuner-benchmarks trials[1] record" in err and "round_rates" in err
     assert [r["run_id"] for r in benchmark.records(open_storage(own, create=False))] == ["good"]
 
 

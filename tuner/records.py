@@ -77,6 +77,8 @@ def check_shape(value: Any, where: str, depth: int = 0) -> None:
             raise MalformedRecord(f"{where}: {len(value)} entries (at most {MAX_ITEMS})")
         for index, item in enumerate(value):
             check_shape(item, f"{where}[{index}]", depth + 1)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise MalformedRecord(f"{where}: {value} is not a finite number (JSON has none)")
     elif value is not None and not isinstance(value, (bool, int, float)):
         raise MalformedRecord(f"{where}: {type(value).__name__} is not JSON data")
 
@@ -223,13 +225,15 @@ class StoredVerdict:
         if not isinstance(data, Mapping):
             raise MalformedRecord(f"{where}: must be an object")
         check_shape(data, where)
-        speedup = data.get("speedup_vs_tf_default")
-        if speedup is not None:
-            if not isinstance(speedup, Mapping):
-                raise MalformedRecord(f"{where}.speedup_vs_tf_default: must be an object")
-            for key in ("value", "low", "high"):
-                _get(speedup, key, (int, float), f"{where}.speedup_vs_tf_default")
-        for key in ("images_per_sec", "speedup_vs_heuristic", "score"):
+        # Speedups with their 95% interval: value, low and high, each a number (show prints all three).
+        for key in ("speedup_vs_tf_default", "speedup_vs_heuristic"):
+            _speedup_interval(data.get(key), f"{where}.{key}")
+        each = data.get("speedup_vs_each")
+        if each is not None and not isinstance(each, Mapping):
+            raise MalformedRecord(f"{where}.speedup_vs_each: must map names to speedups")
+        for name, interval in (each or {}).items():
+            _speedup_interval(interval, f"{where}.speedup_vs_each.{name[:40]}", optional=False)
+        for key in ("images_per_sec", "score"):
             _numbers(data.get(key), f"{where}.{key}")
         objective = _get(data, "objective", str, where, optional=True) or "throughput"
         if objective not in OBJECTIVES:
@@ -264,7 +268,7 @@ class StoredVerdict:
             clear=_get(data, "clear", bool, where),
             text=_get(data, "text", str, where),
             measured=_date(data, "measured", where),
-            speedup=speedup,
+            speedup=data.get("speedup_vs_tf_default"),
             raw=data,
             params=candidates,
             images_per_sec=dict(data.get("images_per_sec") or {}),
@@ -637,11 +641,12 @@ def check_record(data: Any, where: str = "record") -> BenchmarkRecord:
             for key, expected in _FIGURES.items():
                 _typed(data, key, expected, where)
             # Rates are divided by and into (speedups, ms/image): each finite and above 0.
+            # Each round has steps: a paired bootstrap over the rounds needs both sides of every pair.
             if not _finite_positive(data["images_per_sec"]) or not all(
-                isinstance(run, list) and all(_finite_positive(v) for v in run) for run in data["round_rates"]
+                isinstance(run, list) and run and all(_finite_positive(v) for v in run) for run in data["round_rates"]
             ):
                 raise MalformedRecord(
-                    f"{where}: images_per_sec must be finite and positive, round_rates lists of such rates"
+                    f"{where}: images_per_sec must be finite and positive, round_rates non-empty lists of such rates"
                 )
             per_round = data.get("round_images_per_sec")
             if per_round is not None and (
@@ -756,6 +761,16 @@ def _names(names: Iterable[Any], where: str) -> None:
     bad = next((name for name in names if not is_name(name)), None)
     if bad is not None:
         raise MalformedRecord(f"{where}: {one_line(repr(bad), 60)} is not a candidate name (a baseline or 'trial N')")
+
+
+def _speedup_interval(value: Any, where: str, optional: bool = True) -> None:
+    """None (where ``optional``), or a speedup with its interval: ``value``, ``low`` and ``high`` numbers."""
+    if value is None and optional:
+        return
+    if not isinstance(value, Mapping):
+        raise MalformedRecord(f"{where}: must be an object with value, low and high")
+    for key in ("value", "low", "high"):
+        _get(value, key, (int, float), where)
 
 
 def _numbers(value: Any, where: str) -> None:

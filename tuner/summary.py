@@ -35,6 +35,7 @@ from tuner.records import (
 )
 from tuner.sanitize import one_line
 from tuner.settings import Settings
+from tuner.study import unusable
 from tuner.topology import cores_text
 
 Params = dict[str, object]  # a setting's knobs, as Optuna stores a trial's params
@@ -179,7 +180,8 @@ def summarize_study(study: optuna.Study) -> StudySummary:
         confirmation = StoredConfirmation()  # checked by tuner_studies; a study loaded alone shows no loop rates
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name.lower() for t in trials)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    # A shared study's trial may hold any value: one that is no finite number is never ranked or shown.
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and unusable(t) is None]
     best = max(complete, key=lambda t: t.value or 0.0, default=None)
     measured = [m for t in complete if (m := trial_measurement(t.user_attrs)) is not None]
     framework = next((m.facts.get("framework_version") for m in measured if m.facts.get("framework_version")), None)

@@ -17,10 +17,12 @@ their headers say so.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tuner.capability import NOT_RUNNABLE
@@ -116,10 +118,18 @@ def _ratio(top: BenchmarkRecord | None, bottom: BenchmarkRecord | None) -> tuple
     if top is None or bottom is None or not any(top["round_rates"]) or not any(bottom["round_rates"]):
         return None, None, None
     paired = top.get("run_id") == bottom.get("run_id") and min(top["rounds"], bottom["rounds"]) >= 2
+    value = pooled_median(top["round_rates"]) / pooled_median(bottom["round_rates"])
     if not paired:
-        return pooled_median(top["round_rates"]) / pooled_median(bottom["round_rates"]), None, None
-    interval = bootstrap_ratio(top["round_rates"], bottom["round_rates"])
-    return interval.value, interval.low, interval.high
+        return _finite(value), None, None
+    with np.errstate(over="ignore"):  # extreme imported rates: an overflow is a missing figure, not a warning
+        interval = bootstrap_ratio(top["round_rates"], bottom["round_rates"])  # over the rounds both have
+    return _finite(interval.value), _finite(interval.low), _finite(interval.high)
+
+
+def _finite(value: float | None) -> float | None:
+    """A figure computed from stored records, or None where it overflowed: imported figures are each finite,
+    but a ratio or product of two extreme ones need not be (JSON has no Infinity)."""
+    return value if value is not None and math.isfinite(value) else None
 
 
 def model_text(record: BenchmarkRecord) -> str:
@@ -139,8 +149,8 @@ def _share(
     per = None if record is None or not flops else flops.get(record["mode"])  # a SavedModel's: inference only
     if record is None or not per or not peak or record.get("device") != "cpu":
         return None, None
-    achieved = record["images_per_sec"] * per / 1e9
-    return achieved, 100.0 * achieved / peak
+    achieved = _finite(record["images_per_sec"] * per / 1e9)
+    return achieved, None if achieved is None else _finite(100.0 * achieved / peak)
 
 
 # The launchers' fixed recipes, as the stock space names its baselines (and their stand-ins' suffixes).
@@ -374,7 +384,7 @@ def render(frame: pd.DataFrame, notes: Sequence[str], fmt: str, wide: bool = Fal
         return str(view.to_html(index=False, escape=True)) + (f"\n<ul>{items}</ul>" if notes else "")
     # A "|" in stored text would end its cell, and a "<" could open raw HTML where the markdown is rendered:
     # both escaped, as markdown reads them, before the narrow view is cut to width, so that the escapes count.
-    view = view.map(lambda value: _markdown(value).replace("|", "\\|") if isinstance(value, str) else value)
+    view = view.map(lambda value: _cell(value) if isinstance(value, str) else value)
     if wide:
         text = _markdown_table(view)
     else:
@@ -390,19 +400,18 @@ def render(frame: pd.DataFrame, notes: Sequence[str], fmt: str, wide: bool = Fal
             *notes,
         ]
         heads = [
-            ", ".join(([] if models else [f"model: {model}"]) + ([] if len(machines) == 1 else [_markdown(machine)]))
+            ", ".join(([] if models else [f"model: {model}"]) + ([] if len(machines) == 1 else [_cell(machine)]))
             for model, machine in zip(view["model"], _machines(frame), strict=True)
         ]
         sections = []
         for head in dict.fromkeys(heads):
             part = view[[h == head for h in heads]].drop(columns="model")
-            heading = "\n".join(wrap(head, break_words=False)) + "\n\n" if head else ""
+            heading = "\n".join(_markdown_lines(head)) + "\n\n" if head else ""
             sections.append(heading + _markdown_table(_narrow(part)))
         text = "\n\n".join(sections)
-    notes = [_markdown(note) for note in notes]
+    notes = [_cell(note) for note in notes]
     legend = [LEGEND_WIDE if wide else LEGEND, *(f"- {note}" for note in notes)]
-    # Words are never broken: a break inside an escape ("\\<") would leave the "<" unescaped.
-    return text + "\n\n" + "\n".join(line for part in legend for line in wrap(part, more="  ", break_words=False))
+    return text + "\n\n" + "\n".join(line for part in legend for line in _markdown_lines(part))
 
 
 def _markdown_table(view: pd.DataFrame) -> str:
@@ -612,6 +621,37 @@ def _imported_lines(frame: pd.DataFrame) -> list[str]:
         for _, row in frame.iterrows()
         if not _missing(row["imported from"])
     ]
+
+
+def _cell(text: str) -> str:
+    """Stored text in a markdown table's cell, or a line of text under it: ``_markdown``, and a "|" escaped
+    (in a cell it would end the cell; in a line, with a line of dashes after it, start a table)."""
+    return _markdown(text).replace("|", "\\|")
+
+
+# What can begin a block where a wrapped line begins (after its indent): a heading, quote, code fence, table row
+# or link definition; a list item ("- ", "+ ", "* ", "1. ", "1) "); a line of only "-", "*", "_" or "=" (a
+# thematic break, or a setext underline that makes the line before a heading). "--wide" or "1.25x" begin none.
+_BLOCK_START = re.compile(r"[#>`~|\[]|[-+*](?:\s|$)|(\d{1,9})[.)](?:\s|$)|[-*_=][-*_= ]*$")
+
+
+def _markdown_lines(text: str) -> list[str]:
+    """``text`` (already ``_cell``) wrapped to ``layout.WIDTH`` for a markdown view, each line after the first
+    unable to begin a block: stored text that a wrap puts at the start of a line ("# ...", a code fence, "1. ")
+    would make a heading, swallow the tables after it, or start a list; a backslash before its first
+    character (after an ordered item's digits) keeps it text. Words are never broken: a break inside an
+    escape ("\\<") would end a line on its backslash and leave the "<" unescaped."""
+    lines = wrap(text, more="  ", break_words=False)
+    safe = lines[:1]
+    for line in lines[1:]:
+        body = line.lstrip(" ")
+        pad = line[: len(line) - len(body)]
+        found = _BLOCK_START.match(body)
+        if found is not None:
+            digits = len(found[1] or "")
+            body = f"{body[:digits]}\\{body[digits:]}"
+        safe.append(pad + body)
+    return safe
 
 
 def _markdown(text: str) -> str:

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -258,6 +259,8 @@ def read(path: Path) -> dict[str, Any]:
         raise ImportRefused(f"{path}: holds {one_line(error, 40)}, not a finite number; not a tuner export") from None
     except (UnicodeDecodeError, ValueError) as error:  # ValueError: JSONDecodeError, or an integer too long
         raise ImportRefused(f"{path}: not JSON ({one_line(error, 200)})") from None
+    except RecursionError:  # nested deeper than the parser goes: no export is (records.MAX_DEPTH)
+        raise ImportRefused(f"{path}: nested too deep; not a tuner export") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ImportRefused(f'{path}: not a tuner export (no "format": "{FORMAT}")')
     if data.get("version") != VERSION:
@@ -293,7 +296,7 @@ def _check_study(path: Path, index: int, study: Any) -> None:
         try:
             _frozen(trial)
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
-            raise ImportRefused(f"{where}.trials[{number}] ({name}): {error}") from None
+            raise ImportRefused(f"{where}.trials[{number}] ({name}): {one_line(error, 300)}") from None
 
 
 def _frozen(trial: dict[str, Any]) -> optuna.trial.FrozenTrial:
@@ -304,9 +307,17 @@ def _frozen(trial: dict[str, Any]) -> optuna.trial.FrozenTrial:
     if state not in FINISHED:
         raise ValueError(f"state {trial['state']} is not a finished state")
     value = trial.get("value")
-    if state == TrialState.COMPLETE and not isinstance(value, (int, float)):
-        raise ValueError("a COMPLETE trial needs a numeric value")
-    distributions = {k: json_to_distribution(json.dumps(v)) for k, v in dict(trial["distributions"]).items()}
+    if state == TrialState.COMPLETE and not _a_number(value):
+        raise ValueError("a COMPLETE trial needs a finite numeric value")
+    steps = trial.get("intermediate_values", {})
+    if not isinstance(steps, dict) or not all(_a_number(v) for v in steps.values()):
+        raise ValueError("intermediate_values must map steps to finite numbers")
+    with warnings.catch_warnings():  # Optuna warns (several lines) of choices that are no JSON primitives
+        warnings.simplefilter("error")
+        try:
+            distributions = {k: json_to_distribution(json.dumps(v)) for k, v in dict(trial["distributions"]).items()}
+        except Warning as warning:
+            raise ValueError(f"distributions: {warning}") from None
     params = dict(trial["params"])
     if not isinstance(trial.get("user_attrs", {}), dict):
         raise TypeError("user_attrs must be an object")
@@ -324,6 +335,11 @@ def _frozen(trial: dict[str, Any]) -> optuna.trial.FrozenTrial:
         intermediate_values={int(k): float(v) for k, v in dict(trial.get("intermediate_values", {})).items()},
     )
     return _with_times(created, stamp["start"], stamp["complete"])
+
+
+def _a_number(value: Any) -> bool:
+    """A finite JSON number: not a bool, not a string Python's float() would read ("nan", "inf")."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _with_times(
@@ -402,9 +418,9 @@ def _merge_records(
     ``tuner.benchmark`` stores on it) only where there is a record to add. A record its readers would skip
     as malformed (``check_record``) is not added: one line in ``refused``."""
     trials = []
-    for trial in (_frozen(t) for t in study["trials"]):  # their shape checked when the file was read
-        try:
-            check_record(trial.user_attrs.get("record"), f"{BENCH_STUDY} record {trial.number}")
+    for index, trial in enumerate(_frozen(t) for t in study["trials"]):  # their shape checked when read
+        try:  # named by its place in the file: an unsaved trial's number is -1 for every one
+            check_record(trial.user_attrs.get("record"), f"{BENCH_STUDY} trials[{index}] record")
         except MalformedRecord as error:
             refused.append(one_line(error, 300))
             continue
