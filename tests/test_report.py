@@ -3,6 +3,7 @@ then loaded in headless Chromium (Debian's chromium + chromium-driver; .ci/run i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from tuner.cli import main
 from tuner.errors import WorkerCrashed
 from tuner.replay import ReplayRunner
 from tuner.runner import TrialSpec
+from tuner.signature import cpu_signature
 from tuner.storage import open_storage
 from tuner.summary import summarize
 
@@ -121,6 +123,24 @@ def test_a_setting_that_failed_in_a_benchmark_leaves_the_report_whole(
     assert main(["report", "--storage", url, "--output", str(output)]) == 0
     figure = report.bars(benchmark.records(open_storage(url, create=False)), "tiny")
     assert figure is not None and [trace.name for trace in figure.data] == ["tf-default"]
+
+
+def test_control_characters_in_stored_text_never_reach_the_report_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A CPU name as a shared study or an imported record may bring it: a terminal escape, a bell, a bidi override.
+    forged = dataclasses.replace(cpu_signature(), model_name="EPYC\x1b]0;owned\x07\x1b[2J\u202e")
+    monkeypatch.setattr("tuner.cli.cpu_signature", lambda: forged)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    bench = ["benchmark", "--model", "tiny", "--cores", "1", "--mode", "infer", "--warmup", "1", "--timed", "3"]
+    assert main([*bench, "--settings", "tf-default", "--storage", url], runner=ReplayRunner.from_rates(rate)) == 0
+    output = tmp_path / "report.html"
+    assert main(["report", "--storage", url, "--output", str(output)]) == 0
+    # The page's text outside the scripts (plotly.js, inline, has its own bytes; the figures' data is JSON,
+    # whose strings escape control characters).
+    page = re.sub(r"<script.*?</script>", "", output.read_text(), flags=re.DOTALL)
+    # The name is on the page, its control characters made spaces: `cat report.html` replays nothing.
+    assert "EPYC" in page and not re.search("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u202e]", page)
 
 
 def test_the_report_is_self_contained(filled: tuple[str, Path]) -> None:

@@ -37,6 +37,7 @@ from tuner.records import (
     trial_measurement,
     tuner_studies,
 )
+from tuner.sanitize import printable
 from tuner.settings import Settings
 from tuner.topology import cores_text
 
@@ -277,10 +278,12 @@ class Page:
         self.figures: list[str] = []  # titles, in order (the browser test checks them)
 
     def text(self, markup: str) -> None:
-        self.parts.append(markup)
+        """Markup whose stored text is escaped already; control characters (an escape sequence that `cat`
+        of the file would replay, a bidi override) are made spaces here, for every part at once."""
+        self.parts.append(printable(markup))
 
     def sentence(self, words: str) -> None:
-        self.parts.append(f'<p class="empty">{html.escape(words)}</p>')
+        self.parts.append(f'<p class="empty">{html.escape(printable(words))}</p>')
 
     def figure(self, fig: go.Figure | str | None, missing: str = "") -> None:
         if fig is None:
