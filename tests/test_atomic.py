@@ -46,3 +46,32 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.Mon
         atomic.write_text(target, "new")
     # A full disk leaves the old file whole and no temporary behind.
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["t.txt"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link", "folder"])
+def test_a_target_that_is_no_regular_file_is_refused_and_left_as_it_is(tmp_path: Path, kind: str) -> None:
+    target, other = tmp_path / "out.html", tmp_path / "elsewhere"
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "link":
+        other.write_text("kept")
+        target.symlink_to(other)
+    else:
+        target.mkdir()
+    # A rename over a device (/dev/full, as root), a FIFO, a link or a folder would replace it with a file:
+    # refused, both up front (check_writable) and when writing, and the thing there is untouched.
+    for attempt in (lambda: atomic.check_writable(target), lambda: atomic.write_text(target, "new")):
+        with pytest.raises(OSError, match="not a regular file"):
+            attempt()
+    assert target.is_symlink() if kind == "link" else (target.is_fifo() if kind == "fifo" else target.is_dir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["out.html", *(["elsewhere"] if kind == "link" else [])]
+    )
+
+
+def test_check_writable_names_a_missing_folder_and_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        atomic.check_writable(tmp_path / "no" / "such" / "x.md")
+    # A writable folder passes, and the test file made there is gone.
+    atomic.check_writable(tmp_path / "x.md")
+    assert list(tmp_path.iterdir()) == []

@@ -229,6 +229,19 @@ def test_when_stderr_is_not_a_terminal_the_run_prints_plain_lines(
     assert re.search(r"\| ETA \d+m\d\ds$", captured.err, re.MULTILINE), captured.err[-2000:]
 
 
+def test_run_refuses_an_output_it_could_not_write_before_measuring(
+    storage_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The table is written when the job ends: a path that cannot be written is refused before it starts,
+    # in one line, with nothing measured (Refusing fails the test if a worker is asked to run).
+    for bad in (tmp_path / "no" / "such" / "table.md", tmp_path):
+        runner = Refusing()
+        assert main([*RUN, "--storage", storage_url, "--output", str(bad)], runner=runner) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"tuner: error: --output: cannot write {bad}") and "\n" not in err
+        assert runner.calls == []
+
+
 class Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True

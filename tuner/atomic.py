@@ -9,7 +9,9 @@ none, never half a file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -34,9 +36,32 @@ def _sync_folder(folder: Path) -> None:
             os.close(descriptor)
 
 
+def _regular_or_new(target: Path) -> None:
+    """The target is a regular file or missing: a rename over a device (/dev/full, as root), a FIFO, a link
+    or a folder would replace it with a file, not write to it."""
+    try:
+        found = os.lstat(target)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(found.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file (a device, FIFO, link or folder); name a file")
+
+
+def check_writable(path: Path | str) -> None:
+    """Raise ``OSError`` now if ``write_text(path, ...)`` would fail later for want of a folder, of the right
+    to write there, or of a regular file: a temporary file is made and removed in the folder, which is the
+    only test that holds for root and on a read-only or immutable folder."""
+    target = Path(path)
+    _regular_or_new(target)
+    descriptor, tmp = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".", prefix=f".{target.name}.")
+    os.close(descriptor)
+    os.unlink(tmp)
+
+
 def write_text(path: Path | str, text: str) -> None:
     """Write ``text`` to ``path`` atomically; raises ``OSError`` (the caller names the flag or file)."""
     target = Path(path)
+    _regular_or_new(target)
     descriptor, tmp = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".", prefix=f".{target.name}.")
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as out:

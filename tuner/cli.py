@@ -251,6 +251,16 @@ def _write_table(args: argparse.Namespace, storage: optuna.storages.BaseStorage)
         print(text)
 
 
+def _check_output(path: str | None) -> None:
+    """Refuse an --output that cannot be written (no folder, no right, a device or a folder in its place)
+    before any work: a job's table must not be lost at its end for a typo."""
+    if path:
+        try:
+            atomic.check_writable(path)
+        except OSError as error:
+            raise UsageError(f"--output: cannot write {path}: {error.strerror}") from None
+
+
 def _write_file(path: str, text: str) -> None:
     """Write atomically (tuner/atomic.py): an error or Ctrl-C leaves the old file or none."""
     try:
@@ -261,14 +271,13 @@ def _write_file(path: str, text: str) -> None:
 
 def cmd_table(args: argparse.Namespace, runner: Runner | None = None) -> int:
     table.check_format(args.format)  # a bad --format fails before storage is opened
+    _check_output(args.output)
     _write_table(args, open_storage(args.storage, create=False))
     return 0
 
 
 def cmd_report(args: argparse.Namespace, runner: Runner | None = None) -> int:
-    folder = os.path.dirname(args.output)
-    if folder and not os.path.isdir(folder):  # before any work
-        raise UsageError(f"--output: folder {folder} does not exist")
+    _check_output(args.output)  # before any work
     storage = open_storage(args.storage, create=False)
     _log(f"building the report from {redact(args.storage)} ...")
     document, figures = report.build(storage, redact(args.storage), _warn)
@@ -295,6 +304,7 @@ def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
         raise UsageError(f"--plan prints text, or JSON with --format json; not {args.format}")
     budget = parse_duration(args.budget) if args.budget != "none" else None
     limit = parse_limit(args.max_disturbance)
+    _check_output(args.output)  # the table is written at the end of the job: a bad path is refused now
     if args.plan:  # the storage is only read, and only where it exists: a missing one is an empty one
         missing = sqlite_missing(args.storage) is not None
         storage = optuna.storages.InMemoryStorage() if missing else open_storage(args.storage, create=False)
@@ -436,6 +446,7 @@ def cmd_exec(args: argparse.Namespace, runner: Runner | None = None) -> int:
 
 
 def cmd_export(args: argparse.Namespace, runner: Runner | None = None) -> int:
+    _check_output(args.output)
     data = transfer.export(open_storage(args.storage, create=False))
     redacted = transfer.redact(data) if args.redact else None
     transfer.write(data, Path(args.output))
