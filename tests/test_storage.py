@@ -59,3 +59,13 @@ def test_optunas_commit_error_is_traced_to_its_cause(database_says: str, cause: 
             raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from error
     except optuna.exceptions.StorageInternalError as outer:
         assert storage_cause(outer).startswith(cause) and database_says in storage_cause(outer)
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_a_storage_in_memory_is_refused_before_anything_is_measured(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Nothing measured into it would outlive the command: one line naming a file instead, exit 1.
+    assert main(["tune", "--model", "tiny", "--cores", "1", "--mode", "infer", "--storage", url]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "is in memory and keeps nothing" in err and "\n" not in err

@@ -62,7 +62,12 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
         parsed = make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError):
         raise StorageError(f"the storage URL is not a database URL (e.g. {DEFAULT_STORAGE})") from None
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        # Every study, trial and record would be gone when the command ends, and no other worker sees them.
+        raise StorageError(
+            f"storage {redact(url)} is in memory and keeps nothing: name a file (e.g. {DEFAULT_STORAGE})"
+        )
+    if parsed.get_backend_name() == "sqlite" and parsed.database is not None:
         folder = Path(parsed.database).parent
         if not create and not Path(parsed.database).exists():
             raise StorageError(f"no storage at {redact(url)}: {parsed.database} does not exist")
