@@ -71,7 +71,7 @@ def test_malformed_space_is_one_line_and_nothing_is_written(
         (["tune", "--model", "vgg"], "--model: unknown model 'vgg'; known: resnet50"),
         (["tune", "--mode", "fly"], "unknown mode 'fly'"),
         (["tune", "--budget", "soon"], "'soon' is not a duration"),
-        (["tune", "--trials", "0"], "argument --trials: '0' is not a whole number of at least 1"),
+        (["tune", "--trials", "0"], "argument --trials: '0' is not a whole number from 1 to 100000"),
         (["tune", "--storage", "nosuchdb://x", "--cores", "1"], "cannot open storage nosuchdb://x"),
         (["show", "--storage", "sqlite:////nonexistent/dir/x.db"], "no storage at"),
         (["show", "--storage", "not a url"], "is not a database URL"),
@@ -413,16 +413,30 @@ def test_confirm_rounds_are_not_checked_for_a_search_alone(storage_url: str) -> 
 @pytest.mark.parametrize(
     ("argv", "words"),
     [
-        (["benchmark", "--batch-size", "0"], "argument --batch-size: '0' is not a whole number of at least 1"),
-        (["benchmark", "--timed", "0"], "argument --timed: '0' is not a whole number of at least 1"),
-        (["tune", "--candidates", "0"], "argument --candidates: '0' is not a whole number of at least 1"),
+        (["benchmark", "--batch-size", "0"], "argument --batch-size: '0' is not a whole number from 1 to 1000000"),
+        (["benchmark", "--timed", "0"], "argument --timed: '0' is not a whole number from 1 to 100000"),
+        (["tune", "--candidates", "0"], "argument --candidates: '0' is not a whole number from 1 to 1000"),
         # A negative seed: Optuna's samplers refuse one, so it was an "unexpected ValueError" after the probe.
-        (["tune", "--seed", "-1"], "argument --seed: '-1' is not a whole number of at least 0"),
-        (["run", "--seed", "-1"], "argument --seed: '-1' is not a whole number of at least 0"),
+        (["tune", "--seed", "-1"], "argument --seed: '-1' is not a whole number from 0 to 4294967295"),
+        (["run", "--seed", "-1"], "argument --seed: '-1' is not a whole number from 0 to 4294967295"),
+        # Past what numpy's generators take: the importances failed after the search.
+        (["tune", "--seed", "4294967296"], "argument --seed: '4294967296' is not a whole number from 0 to"),
+        # More timed batches or rounds than a run can hold: refused before the hours they would take.
+        (["benchmark", "--timed", "999999999999"], "argument --timed: '999999999999' is not a whole number"),
+        (["benchmark", "--rounds", "99999999"], "argument --rounds: '99999999' is not a whole number from 1 to 1000"),
         # Fewer confirmation rounds than a clear verdict needs: refused, not silently raised to three.
         (["tune", "--confirm-rounds", "2"], "--confirm-rounds 2: confirmation needs at least 3 interleaved rounds"),
         (["benchmark", "--device", "gpu", "--gpu-counts", "0"], "--gpu-counts: '0' is not a list of GPU counts"),
         (["env", "list", "extra"], "tuner env list takes no runtime name"),
+        (
+            ["run", "--runtimes", "tensorflow,tensorflow", "--plan"],
+            "--runtimes: 'tensorflow,tensorflow' names a runtime twice",
+        ),
+        (["run", "--runtimes", "", "--plan"], "unknown runtime ''"),  # not every runtime, as it was
+        (["run", "--budget", "99999999999999999999h", "--plan"], "is more than 8760h; use none for no limit"),
+        (["exec", "--cores", "0", "--", "true"], "--cores: 0 asked for"),  # not every core, as it was
+        (["benchmark", "--settings", ""], "--settings: '' names no setting"),  # not tf-default as "custom "
+        (["benchmark", "--settings", " ; "], "--settings: ' ; ' names no setting"),
     ],
 )
 def test_bad_counts_are_refused_before_any_work_naming_the_flag(

@@ -48,6 +48,10 @@ def check_settings(wanted: Sequence[str], baselines: Sequence[str]) -> None:
     ``tuned`` or ``recommended`` parses (before any storage)."""
     names = {*baselines, *(f"{b}-{r.suffix}" for b in baselines for r in REPAIRS.values()), TUNED, RECOMMENDED}
     for text in wanted:
+        if not text.strip(" ;"):  # it parsed as every knob at its default: tf-default under another name
+            raise UsageError(
+                f"--settings: {text!r} names no setting (a baseline, tuned, recommended, or knob=value;...)"
+            )
         if text not in names:
             Settings.parse(text)
 

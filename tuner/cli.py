@@ -37,6 +37,7 @@ from tuner.plan import StudyOptions, check_model, isa_space, prepare
 from tuner.policy import CONFIRM
 from tuner.probe import fixed_knobs
 from tuner.progress import Bar, bar_for
+from tuner.records import MAX_STEPS
 from tuner.runner import Runner, SubprocessRunner, runtime_runner
 from tuner.runtime import GPU_RUNTIME, check_knobs, cpu_names, environment_of, for_device
 from tuner.runtime import load as load_runtime
@@ -73,7 +74,12 @@ def parse_duration(text: str) -> float:
     total = hours * 3600 + minutes * 60 + seconds
     if total <= 0:
         raise UsageError("--budget must be positive")
+    if total > MAX_BUDGET_S:  # a typo, not a plan: a year of measurement (use none for no limit)
+        raise UsageError(f"--budget: {text.strip()!r} is more than {MAX_BUDGET_S // 3600}h; use none for no limit")
     return float(total)
+
+
+MAX_BUDGET_S = 365 * 24 * 3600
 
 
 # Log, warning and result lines may quote stored text (a shared study's names, a verdict, a worker's reason):
@@ -292,7 +298,9 @@ def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
     modes = parse_modes(args.mode)
     model, batch = _model_and_batch(args, modes)
     search_batch = parse_batches(args.search_batch, args.objective)
-    wanted = [name.strip() for name in args.runtimes.split(",")] if args.runtimes else cpu_names()
+    wanted = [name.strip() for name in args.runtimes.split(",")] if args.runtimes is not None else cpu_names()
+    if len(set(wanted)) != len(wanted):  # each runtime's studies once: twice would plan and share them twice
+        raise UsageError(f"--runtimes: {args.runtimes!r} names a runtime twice")
     runtimes = [for_device(load_runtime(name), "cpu") for name in wanted]
     cpu_isa = probe.machine_facts().get("cpu_isa") if args.search_isa else None
     for runtime in runtimes:
@@ -403,7 +411,7 @@ def cmd_exec(args: argparse.Namespace, runner: Runner | None = None) -> int:
     if len(modes) != 1:
         raise UsageError("exec: --mode must be train or infer (the recommendation differs by mode)")
     available = len(physical_cores())
-    cores = args.cores or available
+    cores = available if args.cores is None else args.cores
     if not 1 <= cores <= available:
         raise UsageError(f"--cores: {cores} asked for, but only {available} physical cores are available")
     runtime = load_runtime(args.runtime).name
@@ -592,25 +600,27 @@ COMMON_HELP = {
 }
 
 
-def _whole(low: int) -> Callable[[str], int]:
+def _whole(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
-        if not re.fullmatch(r"[0-9]+", text.strip()) or int(text) < low:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least {low}")
+        if not re.fullmatch(r"[0-9]{1,12}", text.strip()) or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from {low} to {high}")
         return int(text)
 
     return parse
 
 
-# Counts checked when the command line is read, naming the flag, before any probe or storage is touched.
+# Counts checked when the command line is read, naming the flag, before any probe or storage is touched:
+# (least, most). The most: what a run can hold (a stored confirmation's steps, records.MAX_STEPS), what
+# numpy's generators take as a seed (2**32 - 1: a larger one failed the importances after the search).
 AT_LEAST = {
-    "batch_size": 1,
-    "trials": 1,
-    "candidates": 1,
-    "rounds": 1,
-    "timed": 1,
-    "replicas": 1,
-    "warmup": 0,
-    "seed": 0,  # the samplers' and the bootstrap's generators take no negative seed
+    "batch_size": (1, 1_000_000),
+    "trials": (1, 100_000),
+    "candidates": (1, 1_000),
+    "rounds": (1, 1_000),
+    "timed": (1, MAX_STEPS),
+    "replicas": (1, 4096),
+    "warmup": (0, MAX_STEPS),
+    "seed": (0, 2**32 - 1),  # the samplers' and the bootstrap's generators take no negative seed
 }
 
 
@@ -624,7 +634,7 @@ def _document(parser: argparse.ArgumentParser) -> None:
         if action.help == argparse.SUPPRESS or not action.option_strings or action.dest in ("help", "version"):
             continue
         if action.dest in AT_LEAST and action.type is int:
-            action.type = _whole(AT_LEAST[action.dest])
+            action.type = _whole(*AT_LEAST[action.dest])
         action.help = action.help or COMMON_HELP.get(action.dest, action.dest.replace("_", " "))
         nothing = action.default is None or action.default is False or action.default in ([], argparse.SUPPRESS)
         shown = not nothing and action.dest != "storage"
