@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import optuna
@@ -69,3 +71,27 @@ def test_a_storage_in_memory_is_refused_before_anything_is_measured(
     assert main(["tune", "--model", "tiny", "--cores", "1", "--mode", "infer", "--storage", url]) == 1
     err = capsys.readouterr().err.strip()
     assert "is in memory and keeps nothing" in err and "\n" not in err
+
+
+def test_a_storage_that_can_be_read_but_not_written_is_refused_before_anything_is_measured(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "s.db"
+    open_storage(f"sqlite:///{db}")  # made, with its tables
+    db.chmod(0o444)  # read-only for a user; root passes permission checks, so an immutable file for root
+    immutable = os.geteuid() == 0 and subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode == 0
+    if os.geteuid() == 0 and not immutable:
+        pytest.skip("root here, and chattr +i does not work on this file system: the file stays writable")
+    try:
+        before = db.read_bytes()
+        # Readers still open it; a command that would store (tune, run, benchmark) is refused in one line,
+        # before any probe: its measurements would be lost at the first write.
+        open_storage(f"sqlite:///{db}", create=False)
+        argv = ["tune", "--model", "tiny", "--cores", "1", "--mode", "infer", "--storage", f"sqlite:///{db}"]
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert "cannot write storage" in err and "readonly" in err and "\n" not in err
+        assert db.read_bytes() == before
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(db)], check=True)

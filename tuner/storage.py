@@ -6,7 +6,9 @@ staying RUNNING forever. URLs are shown with their password hidden.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import time
 import warnings
 from pathlib import Path
@@ -79,12 +81,15 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
         try:
             with warnings.catch_warnings():  # heartbeats are marked experimental; they are what we need here
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
+                storage = optuna.storages.RDBStorage(
                     url,
                     heartbeat_interval=HEARTBEAT_S,
                     grace_period=GRACE_S,
                     engine_kwargs=_engine_kwargs(parsed.get_backend_name()),
                 )
+            if create and parsed.get_backend_name() == "sqlite" and parsed.database is not None:
+                _check_sqlite_writable(parsed.database, url)
+            return storage
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as error:
             # Two processes creating the same fresh database race on its tables ("already exists") or its
             # version row: the loser retries. Any other operational error is a real one.
@@ -98,6 +103,20 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
             reason = storage_cause(error)
             raise StorageError(f"cannot open storage {redact(url)}: {reason}") from None
     raise AssertionError("unreachable")
+
+
+def _check_sqlite_writable(database: str, url: str) -> None:
+    """Refuse a SQLite file this process can read but not write (a read-only or immutable file or folder;
+    root passes every permission check, so only a write tells) before anything is measured into it: a
+    table made and rolled back. Another writer's lock only delays this (30 s), and is no refusal."""
+    try:
+        with contextlib.closing(sqlite3.connect(database, timeout=30, isolation_level=None)) as connection:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("CREATE TABLE tuner_write_check (x)")
+            connection.execute("ROLLBACK")
+    except sqlite3.OperationalError as error:
+        if "locked" not in str(error) and "busy" not in str(error):
+            raise StorageError(f"cannot write storage {redact(url)}: {error} (nothing would be kept)") from None
 
 
 # What the database's own message says, mapped to what the user can do about it.
