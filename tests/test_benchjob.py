@@ -105,3 +105,17 @@ def test_tune_and_benchmark_print_json_data_on_stdout(storage_url: str, capsys: 
     # Every record the benchmark stored, as data: the three default settings, each with its figures.
     assert sorted(r["label"] for r in stored) == ["heuristic", "tf-default", "tuned"]
     assert all(r["images_per_sec"] > 0 for r in stored) and "images/sec" in captured.err
+
+
+def test_instances_that_do_not_divide_the_cores_are_not_runnable_and_the_rest_is_measured(
+    storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runner = ReplayRunner.from_rates(lambda spec: 1000.0)
+    argv = [*BENCH, "--settings", "instances=3", "--settings", "tf-default", "--storage", storage_url]
+    # Three instances on one core cannot be pinned: never run (before, a fake runner measured it and the real
+    # one failed at launch), stored as not runnable with why; tf-default is measured; exit 1 naming it.
+    assert main(argv, runner=runner) == 1
+    assert [spec for spec in runner.calls if spec.settings.instances > 1] == []
+    assert measured_labels(storage_url) == ["tf-default"]
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("tuner: error: ") and "3 instances cannot share 1 core equally" in last

@@ -34,7 +34,7 @@ from tuner.settings import Settings
 from tuner.signature import CpuSignature
 from tuner.space import SearchSpace
 from tuner.study import StudyConfig
-from tuner.topology import core_set, sockets_for
+from tuner.topology import core_set, cores_text, sockets_for
 from tuner.workload import workload_for
 
 Log = Callable[[str], None]
@@ -135,9 +135,12 @@ class BenchmarkJob:
             named = [(label, dataclasses.replace(s, data_format="NCHW")) for label, s in named]
         for label, settings in list(named):
             broken = unrunnable(settings.params(), self.caps)
-            if broken is not None:  # asked for by name, and impossible here: a failure
+            why = None if broken is None else broken[1]
+            if why is None and n % settings.instances:  # the space's instances_divide_cores, for a --settings
+                why = f"{settings.instances} instances cannot share {cores_text(n)} equally: the count must divide it"
+            if why is not None:  # asked for by name, and impossible here: a failure
                 named.remove((label, settings))
-                not_runnable[label] = f"{NOT_RUNNABLE}: {broken[1]}"
+                not_runnable[label] = f"{NOT_RUNNABLE}: {why}"
                 self.failures.append(f"{label} ({mode} {n}c): {not_runnable[label]}")
         return named, not_runnable, extra
 
