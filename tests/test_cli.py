@@ -436,6 +436,10 @@ def test_confirm_rounds_are_not_checked_for_a_search_alone(storage_url: str) -> 
         (["run", "--budget", "99999999999999999999h", "--plan"], "is more than 8760h; use none for no limit"),
         (["exec", "--cores", "0", "--", "true"], "--cores: 0 asked for"),  # not every core, as it was
         (["benchmark", "--settings", ""], "--settings: '' names no setting"),  # not tf-default as "custom "
+        (["tune", "--allow-inert", "KMP_BLOKTIME"], "--allow-inert: unknown knob 'KMP_BLOKTIME'"),  # a typo
+        (["tune", "--force-precision"], "--force-precision searches an allowed precision: add --allow-precision"),
+        (["run", "--force-precision", "--plan"], "--force-precision searches an allowed precision"),
+        (["tune", "--python", "/nonexistent/python"], "--python: /nonexistent/python is not an executable file"),
         (["benchmark", "--settings", " ; "], "--settings: ' ; ' names no setting"),
     ],
 )

@@ -43,7 +43,7 @@ from tuner.runtime import GPU_RUNTIME, check_knobs, cpu_names, environment_of, f
 from tuner.runtime import load as load_runtime
 from tuner.runtime import names as runtime_names
 from tuner.sanitize import one_line, printable
-from tuner.settings import Settings
+from tuner.settings import KNOBS, Settings
 from tuner.signature import cpu_signature
 from tuner.space import load as load_space
 from tuner.storage import DEFAULT_STORAGE, default_storage, open_storage, redact, sqlite_missing, storage_cause
@@ -125,6 +125,12 @@ def _model_and_batch(args: argparse.Namespace, modes: Sequence[str]) -> tuple[Mo
     return model, batch
 
 
+def _check_extras(args: argparse.Namespace) -> None:
+    """Flags that mean nothing without another: refused rather than ignored."""
+    if args.force_precision and not args.allow_precision:
+        raise UsageError("--force-precision searches an allowed precision: add --allow-precision bf16")
+
+
 def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
     counts = _core_counts(args.cores)
     modes = parse_modes(args.mode)
@@ -133,6 +139,12 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
     for flag, value in counted:
         if value < 1:
             raise UsageError(f"{flag} must be at least 1")
+    unknown = [knob for knob in args.allow_inert if knob not in KNOBS]
+    if unknown:  # a typo would allow nothing, silently
+        raise UsageError(f"--allow-inert: unknown knob {unknown[0]!r}; knobs: {', '.join(sorted(KNOBS))}")
+    _check_extras(args)
+    if args.python and not (os.path.isfile(args.python) and os.access(args.python, os.X_OK)):
+        raise UsageError(f"--python: {args.python} is not an executable file")  # before the storage is made
     if args.rounds < MIN_ROUNDS and not args.no_confirm:  # refused, not silently raised: fewer than asked run
         raise UsageError(
             f"--confirm-rounds {args.rounds}: confirmation needs at least {MIN_ROUNDS} interleaved rounds (fewer "
@@ -298,6 +310,7 @@ def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
     modes = parse_modes(args.mode)
     model, batch = _model_and_batch(args, modes)
     search_batch = parse_batches(args.search_batch, args.objective)
+    _check_extras(args)
     wanted = [name.strip() for name in args.runtimes.split(",")] if args.runtimes is not None else cpu_names()
     if len(set(wanted)) != len(wanted):  # each runtime's studies once: twice would plan and share them twice
         raise UsageError(f"--runtimes: {args.runtimes!r} names a runtime twice")
