@@ -16,6 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.helpers import one_error_line
+from tuner import benchmark
 from tuner.cli import build_parser, main, parse_duration
 from tuner.errors import TunerError, UsageError, WorkerCrashed, WorkerExited
 from tuner.replay import ReplayRunner
@@ -61,6 +62,35 @@ def test_malformed_space_is_one_line_and_nothing_is_written(
     assert str(bad) in line and "knobs.intra_op" in line
     # The storage was never opened, so no database was created.
     assert not Path(storage_url.removeprefix("sqlite:///")).exists()
+
+
+def test_a_space_with_a_fraction_is_one_line(
+    tmp_path: Path, storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    space = tmp_path / "space.toml"
+    space.write_text('[knobs.intra_op]\ntype = "int"\nlow = 0.5\nhigh = 2\n')
+    for command in ("tune", "benchmark"):
+        argv = [command, *TINY[1:7], "--space", str(space), "--storage", storage_url]
+        assert main(argv, runner=fake_runner()) == 1
+        # TOML reads 0.5 as a float: one line calls it what it is (it said "not a number"), for tune and
+        # benchmark alike, naming the file and key; nothing stored.
+        line = one_error_line(capsys.readouterr().err)
+        assert f"{space}: knobs.intra_op.low: 0.5 is not a whole number" in line
+        assert not Path(storage_url.removeprefix("sqlite:///")).exists()
+
+
+def test_a_space_without_a_tf_default_baseline_is_refused_before_any_trial(
+    tmp_path: Path, storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    space = tmp_path / "space.toml"
+    space.write_text('[knobs.intra_op]\ntype = "int"\nlow = 1\nhigh = 2\n')
+    calls: list[TrialSpec] = []
+    runner = ReplayRunner(lambda spec, call: calls.append(spec) or [0.01] * 4)
+    assert main([*TINY, "--space", str(space), "--storage", storage_url], runner=runner) == 1
+    # Confirmation compares with tf-default: without it the verdict could never be made, so the space is
+    # refused in one line, before the probe or any trial (it used to fail after the whole search).
+    assert "no [baselines.tf-default] at 1 core" in one_error_line(capsys.readouterr().err)
+    assert calls == [] and not Path(storage_url.removeprefix("sqlite:///")).exists()
 
 
 @pytest.mark.parametrize(
@@ -279,7 +309,10 @@ def test_interrupted_benchmark_keeps_its_finished_rounds_marked_partial(
     argv = ["benchmark", "--model", "tiny", "--cores", "1", "--mode", "infer", "--warmup", "1", "--timed", "3"]
     argv += ["--rounds", "3", "--settings", "tf-default", "--settings", "heuristic", "--storage", storage_url]
     assert main(argv, runner=ReplayRunner(script)) == 130
-    capsys.readouterr()
+    # The line says what a benchmark keeps, not a search's "run the same command to resume" (a rerun is a new
+    # run, and a benchmark has no trials).
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err == "tuner: interrupted; any rounds finished are stored as partial records; run it again for full ones"
     assert main(["table", "--storage", storage_url, "--format", "csv"]) == 0
     out = capsys.readouterr().out
     # The finished runs are stored (one of tf-default, two of heuristic) and the row says it was cut short.
@@ -441,6 +474,10 @@ def test_confirm_rounds_are_not_checked_for_a_search_alone(storage_url: str) -> 
         (["run", "--force-precision", "--plan"], "--force-precision searches an allowed precision"),
         (["tune", "--python", "/nonexistent/python"], "--python: /nonexistent/python is not an executable file"),
         (["benchmark", "--settings", " ; "], "--settings: ' ; ' names no setting"),
+        # Given but empty (an unset shell variable): never the working folder, nor "the model's own shape".
+        (["tune", "--model", ""], "--model is empty; known: resnet50"),
+        (["exec", "--model", "", "--", "true"], "--model is empty"),
+        (["tune", "--input-shape", ""], "--input-shape is empty"),
     ],
 )
 def test_bad_counts_are_refused_before_any_work_naming_the_flag(
@@ -452,3 +489,74 @@ def test_bad_counts_are_refused_before_any_work_naming_the_flag(
     # One line naming the flag and the value; nothing measured, no storage made.
     assert words in one_error_line(capsys.readouterr().err)
     assert not storage.exists()
+
+
+def test_a_bare_budget_is_seconds_and_the_start_line_says_so(
+    storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*TINY, "--budget", "900", "--storage", storage_url], runner=fake_runner()) == 0
+    # A bare number is seconds (as timeout(1) reads it); the start line writes the unit, so 900 meant as
+    # minutes is seen before the study ends early.
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.endswith(", budget 900s"), first
+
+
+def test_a_signal_during_the_interpreters_teardown_keeps_the_commands_status(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    open_storage(url)
+    # An exit hook stands for the half second of teardown after a command with TensorFlow or plotly loaded:
+    # it sends the process a SIGTERM, then a SIGINT, as an impatient user or a job runner would.
+    code = (
+        "import atexit, os, signal, sys, time\n"
+        "def late():\n"
+        "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.5)\n"
+        "    os.kill(os.getpid(), signal.SIGINT); time.sleep(0.5)\n"
+        "atexit.register(late)\n"
+        "from tuner.cli import main\n"
+        "sys.exit(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, "show", "--storage", url], capture_output=True, text=True)
+    # show had finished and said so: the process ends with its status (0), not killed by the signal, and
+    # its output was not lost.
+    assert done.returncode == 0, done.stderr
+    assert "no tuner studies" in done.stdout
+
+
+def test_a_killed_benchmark_keeps_the_rounds_it_measured(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    child = Path(__file__).parent / "children" / "fake_tune.py"
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    bench = ["benchmark", "--model", "tiny", "--cores", "1", "--mode", "infer", "--warmup", "1", "--timed", "3"]
+    bench += ["--settings", "tf-default", "--settings", "heuristic", "--storage", url]
+    process = subprocess.Popen(
+        [sys.executable, str(child), *bench, "--rounds", "50"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+    def pending_rounds() -> list[int]:
+        if not (tmp_path / "b.db").exists():
+            return []
+        storage = open_storage(url, create=False)
+        found = []
+        for study in storage.get_all_studies():
+            for trial in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+                found.append(len(trial.user_attrs[benchmark.PENDING]["round_images_per_sec"]))
+        return found
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (len(pending_rounds()) == 2 and min(pending_rounds()) >= 2):
+        time.sleep(0.1)
+    process.kill()  # SIGKILL: no handler runs, nothing is stored on the way out
+    process.communicate(timeout=30)
+    kept = pending_rounds()
+    assert len(kept) == 2 and min(kept) >= 2
+    # The table reads the rounds the killed benchmark measured at once, each marked cut short.
+    assert main(["table", "--storage", url, "--format", "csv"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("of 50 rounds, its benchmark killed (cut short)") == 2
+    # The next benchmark stores them as records (nothing is left running), then measures its own.
+    assert main([*bench, "--rounds", "3"], runner=fake_runner()) == 0
+    assert "stored 2 records of an earlier benchmark that was killed" in capsys.readouterr().err
+    assert pending_rounds() == []
+    records = benchmark.records(open_storage(url, create=False))
+    killed = [r for r in records if "killed" in str(r.get("partial"))]
+    assert sorted(len(r["round_images_per_sec"]) for r in killed) == sorted(kept)
+    assert len(records) == 4

@@ -147,13 +147,26 @@ def test_recommend_shell_and_exec_launch_the_verdict(storage_url: str, tmp_path:
 def test_exec_without_a_verdict_runs_tensorflows_defaults_and_says_so(tmp_path: Path) -> None:
     app = tmp_path / "app.py"
     app.write_text("import sys; sys.exit(3)")
-    argv = [*CLI, "exec", "--storage", f"sqlite:///{tmp_path}/none.db", "--", sys.executable, str(app)]
-    done = subprocess.run(argv, capture_output=True, text=True)
-    # The program ran once with the defaults; its exit status is passed back.
+    env = {k: v for k, v in os.environ.items() if k != "TUNER_STORAGE"}
+    argv = [*CLI, "exec", "--", sys.executable, str(app)]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, env=env)
+    # Nothing tuned here yet (the built-in storage is missing): the program ran once with the defaults, and
+    # its exit status is passed back.
     assert done.returncode == 3
     assert "1 instance x" in done.stderr and "TensorFlow's defaults" in done.stderr
     # Nothing asked for a storage to be made.
-    assert not (tmp_path / "none.db").exists()
+    assert not (tmp_path / "studies").exists()
+
+
+def test_exec_with_a_named_storage_that_is_missing_is_one_line_and_starts_nothing(tmp_path: Path) -> None:
+    app = tmp_path / "app.py"
+    app.write_text("open(__file__ + '.ran', 'w')")
+    argv = [*CLI, "exec", "--storage", f"sqlite:///{tmp_path}/typo.db", "--", sys.executable, str(app)]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    # A storage named on purpose that is not there is a typo: one line naming it, exit 1, the program never
+    # started (on the defaults it would run untuned, unnoticed) and no database made.
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "typo.db does not exist" in done.stderr
+    assert not (tmp_path / "app.py.ran").exists() and not (tmp_path / "typo.db").exists()
 
 
 def test_exec_without_a_program_is_one_line(tmp_path: Path) -> None:

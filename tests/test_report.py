@@ -104,6 +104,25 @@ def test_the_bars_show_the_tables_images_per_sec(filled: tuple[str, Path]) -> No
     assert "timed loop" in figure.layout.yaxis.title.text
 
 
+def test_a_tuned_bar_from_a_study_that_searched_more_says_so(filled: tuple[str, Path]) -> None:
+    url, _ = filled
+    stored = [r for r in benchmark.records(open_storage(url, create=False)) if "skipped" not in r]
+    tuned = [r for r in stored if r["label"] == "tuned"]
+    assert tuned
+    plain = report.bars(stored, "tiny")
+    assert plain is not None
+    # A plain study's tuned bars carry no tag.
+    assert all(trace.text is None for trace in plain.data)
+    for record in tuned:
+        record["searched"] = ["onednn_isa", "batch"]
+    figure = report.bars(stored, "tiny")
+    assert figure is not None
+    (bar,) = [trace for trace in figure.data if trace.name == "tuned"]
+    # Each tuned bar is tagged as the table's narrow view tags its figure; the other settings' bars are not.
+    assert list(bar.text) == ["+isa +batch"] * len(bar.y)
+    assert all(trace.text is None for trace in figure.data if trace.name != "tuned")
+
+
 def test_a_setting_that_failed_in_a_benchmark_leaves_the_report_whole(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

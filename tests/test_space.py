@@ -424,4 +424,7 @@ def test_the_readmes_example_space_loads_as_written(tmp_path: Path) -> None:
     # The README's example is a space a user can copy: it loads, and its baseline resolves at 2 cores. (Before,
     # its `constraints` fell inside the last knob's table and the baseline set a knob it never declared.)
     assert sorted(space.distributions(2)) == ["data_format", "inter_op", "intra_op"]
-    assert space.baselines(2) == {"heuristic": {"intra_op": 2, "inter_op": 1, "data_format": "NCHW"}}
+    assert space.baselines(2) == {
+        "tf-default": {"intra_op": 0, "inter_op": 0, "data_format": "NHWC"},
+        "heuristic": {"intra_op": 2, "inter_op": 1, "data_format": "NCHW"},
+    }

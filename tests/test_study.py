@@ -350,6 +350,31 @@ def test_keyboard_interrupt_fails_the_running_trial_and_keeps_finished_ones(
     assert TrialState.RUNNING not in states(again.study)
 
 
+def test_an_interrupted_baseline_is_measured_first_on_resume(storage: optuna.storages.RDBStorage) -> None:
+    def script(spec: TrialSpec, call: int) -> list[float] | BaseException:
+        return KeyboardInterrupt() if call == 0 else [0.032] * 5
+
+    run = StudyRun(storage, make_config(trials=6), ReplayRunner(script))
+    order = list(run.baselines.runnable)
+    assert len(order) >= 2  # tf-default and the heuristic (or heuristic-nhwc and onednn-on) on any CPU
+    with pytest.raises(KeyboardInterrupt):
+        run.search(None)
+    # The first baseline was interrupted; the others still wait from the first start.
+    trials = run.study.get_trials()
+    assert trials[0].user_attrs["baseline"] == order[0] and trials[0].user_attrs["fail_reason"] == "interrupted"
+    # Resumed with one trial fewer than the baselines (the case where order decides which are measured): the
+    # plan's order holds, the interrupted one first, as if never interrupted; the last one is left out.
+    again = StudyRun(storage, make_config(trials=len(order) - 1), ReplayRunner.from_rates(rate))
+    again.search(None)
+    done = [t.user_attrs["baseline"] for t in again.study.get_trials() if t.state == TrialState.COMPLETE]
+    assert done == order[:-1]
+    # The waiting trials it overtook were taken out of the queue, skipped with the reason, and queued again.
+    requeued = [t for t in again.study.get_trials() if t.user_attrs.get("skip_reason", "").startswith("requeued")]
+    assert [t.user_attrs["baseline"] for t in requeued] == order[1:]
+    assert all(t.state == TrialState.PRUNED for t in requeued)
+    assert TrialState.RUNNING not in states(again.study)
+
+
 def test_confirmation_finds_the_fast_setting_and_stores_the_verdict(storage: optuna.storages.RDBStorage) -> None:
     config = make_config(cores=1, trials=16)
     runner = ReplayRunner.from_rates(rate, noise=0.01, seed=3)

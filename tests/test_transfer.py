@@ -10,6 +10,7 @@ import ast
 import json
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from tuner.workload import Workload
 
 SIGNATURE = cpu_signature()
 EVIL = "x\nid; touch /tmp/tuner-pwned #\r\x1b[2J\x1b]0;title\x07'\"$(reboot)`ls`\u2028import os; os.system('id')"
+CLI = [sys.executable, "-c", "import sys; from tuner.cli import main; sys.exit(main())"]
 TINY = ["--cores", "2", "--mode", "infer", "--model", "tiny"]
 
 
@@ -125,7 +127,13 @@ def test_a_verdict_recommending_a_crafted_name_is_refused_on_import(
     assert main(["import", str(write(tmp_path, data)), "--storage", target]) == 1
     err = capsys.readouterr().err
     assert "not a candidate name" in err and "\x1b" not in err
-    assert main(["show", "--storage", target]) == 0
+    # Nothing landed, so the database this import made is gone again: no empty storage for show to find.
+    assert not (tmp_path / "target.db").exists()
+    existing = f"sqlite:///{tmp_path / 'kept.db'}"
+    open_storage(existing).get_all_studies()
+    assert main(["import", str(write(tmp_path, data)), "--storage", existing]) == 1
+    # A storage that was there before is never removed, even where nothing was imported into it.
+    assert main(["show", "--storage", existing]) == 0
     assert "no tuner studies" in capsys.readouterr().out
 
 
@@ -238,6 +246,36 @@ def test_poison_already_in_storage_is_skipped_with_one_warning(
     assert main(["report", "--storage", url, "--output", str(tmp_path / "r.html")]) == 0
 
 
+def test_a_shared_verdict_whose_instances_cannot_share_its_cores_is_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    storage = tuned(url)
+    (genuine,) = storage.get_all_studies()
+    # Another worker of a shared study wrote a newer verdict of 3 instances on the study's 2 cores: each
+    # field well-formed, but no launch can split 2 cores 3 ways (and no search samples it).
+    verdict = json.loads(json.dumps(genuine.user_attrs["verdict"]))
+    verdict["measured"] = "2999-01-01T00:00:00+00:00"
+    verdict["recommended_params"]["instances"] = 3
+    verdict["params"][verdict["recommended"]]["instances"] = 3
+    forged = optuna.create_study(storage=storage, study_name="three-on-two")
+    forged.set_user_attr("tuner", genuine.user_attrs["tuner"])
+    forged.set_user_attr("verdict", verdict)
+    assert main(["recommend", *TINY, "--format", "shell", "--storage", url]) == 0
+    out, err = capsys.readouterr()
+    # One warning line names the study and why; the genuine verdict is what is recommended, as one instance.
+    assert err.count("tuner: warning: study three-on-two skipped") == 1 and "3 instances" in err
+    assert "# 1 instance x 2 cores" in out and "3 instances" not in out
+    app = tmp_path / "app.py"
+    app.write_text("print('ran')")
+    done = subprocess.run(
+        [*CLI, "exec", *TINY, "--storage", url, "--", sys.executable, str(app)], capture_output=True, text=True
+    )
+    # exec skips it the same way and starts the program on the genuine verdict, not stopping at the forged one.
+    assert done.returncode == 0 and done.stdout == "ran\n", done.stderr
+    assert "three-on-two skipped" in done.stderr and "1 instance x 2 cores" in done.stderr
+
+
 def test_interrupted_import_resumes_and_never_leaves_half_a_study(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -254,6 +292,7 @@ def test_interrupted_import_resumes_and_never_leaves_half_a_study(
 
     monkeypatch.setattr(optuna.Study, "add_trials", interrupted_add)
     assert main(["import", str(path), "--storage", target]) == 130
+    assert "studies imported so far are kept (one cut short is redone)" in capsys.readouterr().err
     storage = open_storage(target, create=False)
     half = [s for s in storage.get_all_studies() if s.user_attrs.get(transfer.IMPORTING)]
     # The cut study is marked as importing and has no tuner metadata or verdict, so no reader uses it.
@@ -267,6 +306,34 @@ def test_interrupted_import_resumes_and_never_leaves_half_a_study(
     source = next(s for s in data["studies"] if s["name"] == half[0].study_name)
     assert len(again.trials) == len(source["trials"]) and "verdict" in again.user_attrs
     assert again.user_attrs[transfer.IMPORTING] is False
+
+
+def test_an_import_killed_before_its_mark_is_redone_not_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = exported(tmp_path, f"sqlite:///{tmp_path / 'source.db'}")
+    name = data["studies"][0]["name"]
+    target = f"sqlite:///{tmp_path / 'target.db'}"
+    # What a SIGKILL between create_study and the importing mark leaves: the study, with nothing in it.
+    optuna.create_study(storage=open_storage(target), study_name=name, direction="maximize")
+    assert main(["import", str(write(tmp_path, data)), "--storage", target]) == 0
+    # It is taken for the cut-short import it is, and redone whole: not "kept" (that blocked it for good,
+    # while show saw no tuner study and export exported none).
+    assert f"kept {name}" not in capsys.readouterr().out
+    again = optuna.load_study(study_name=name, storage=open_storage(target, create=False))
+    assert len(again.trials) == len(data["studies"][0]["trials"]) and "verdict" in again.user_attrs
+
+
+def test_a_study_with_anything_in_it_is_kept_on_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = exported(tmp_path, f"sqlite:///{tmp_path / 'source.db'}")
+    name = data["studies"][0]["name"]
+    target = f"sqlite:///{tmp_path / 'target.db'}"
+    mine = optuna.create_study(storage=open_storage(target), study_name=name, direction="maximize")
+    mine.add_trial(optuna.trial.create_trial(value=1.0))  # a trial, and no attribute: someone's own study
+    assert main(["import", str(write(tmp_path, data)), "--storage", target]) == 0
+    # Only an empty study is taken for a cut-short import: one holding a trial is never replaced.
+    assert f"kept {name}" in capsys.readouterr().out
+    assert len(optuna.load_study(study_name=name, storage=open_storage(target, create=False)).trials) == 1
 
 
 def test_first_ctrl_c_stops_an_import_between_studies(tmp_path: Path) -> None:
@@ -338,6 +405,9 @@ def test_export_then_import_moves_studies_and_records_and_twice_changes_nothing(
         ('{"format": "tuner-export", "version": 1, "studies": [{"name": "x", "direction": "maximize", '
          '"user_attrs": {"tuner": {}}, "trials": [{"state": "RUNNING", "params": {}, "distributions": {}}]}]}',
          "RUNNING"),
+        # Longer than Optuna's column: the length is named (it was called "not a non-empty string").
+        ('{"format": "tuner-export", "version": 1, "studies": [{"name": "' + "x" * 5000 + '", "direction": '
+         '"maximize", "user_attrs": {"tuner": {}}, "trials": []}]}', "5000 characters long; a study name holds at"),
     ],
 )  # fmt: skip
 def test_malformed_or_foreign_import_is_one_line_and_writes_nothing(

@@ -85,6 +85,9 @@ class BenchmarkJob:
         self.stored.append(record)
 
     def run(self) -> None:
+        recovered = benchmark.recover_pending(self.storage, self.log)
+        if recovered:
+            self.log(f"stored {recovered} records of an earlier benchmark that was killed: the rounds it measured")
         run_id = benchmark.new_run_id()
         for n in self.counts:
             for mode in self.modes:
@@ -169,13 +172,41 @@ class BenchmarkJob:
                  f"{p.rounds} x ({p.warmup} warm-up + {p.timed} timed batches)")  # fmt: skip
         runs: dict[str, list[Measurement]] = {}
         failed: dict[str, str] = {}
+        pending: dict[str, int] = {}  # label -> its pending record (benchmark.PENDING), stored after every run
+        settings_of = dict(named)
+
+        def stored_now(label: str) -> None:
+            record = self._record(target, label, settings_of[label], runs[label], run_id, extra)
+            if label in pending:
+                benchmark.update_pending(self.storage, pending[label], record)
+            else:
+                pending[label] = benchmark.open_pending(self.storage, record)
+
         tag = f"[{target.workload.mode} {len(target.cores)}c]"
+        log = lambda line: self.log(f"{tag} {line}")  # noqa: E731
         try:
-            benchmark.measure(self.runner, target, named, p, lambda line: self.log(f"{tag} {line}"), runs, failed)
+            benchmark.measure(self.runner, target, named, p, log, runs, failed, on_run=stored_now)
         except (KeyboardInterrupt, TunerError):
-            self._store(target, named, runs, failed, run_id, announce=False, extra=extra)  # the finished rounds
+            self._store(target, named, runs, failed, pending, run_id, announce=False, extra=extra)  # finished rounds
             raise
-        self._store(target, named, runs, failed, run_id, announce=True, extra=extra)
+        self._store(target, named, runs, failed, pending, run_id, announce=True, extra=extra)
+
+    def _record(
+        self,
+        target: benchmark.Target,
+        label: str,
+        settings: Settings,
+        measured: Sequence[Measurement],
+        run_id: str,
+        extra: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        """The record of ``label``'s runs so far: partial while rounds are missing."""
+        rounds = self.policy.rounds
+        partial = {"partial": f"{len(measured)} of {rounds} rounds"} if len(measured) < rounds else {}
+        own = {k: v for k, v in (extra or {}).items() if k not in SEARCH_FACTS or label == TUNED}  # tuned's
+        return benchmark.make_record(
+            target, label, settings, list(measured), self.signature, run_id, {**own, **partial}
+        )
 
     def _store(
         self,
@@ -183,13 +214,17 @@ class BenchmarkJob:
         named: Named,
         runs: dict[str, list[Measurement]],
         failed: dict[str, str],
+        pending: dict[str, int],
         run_id: str,
         announce: bool,
         extra: dict[str, Any] | None = None,
     ) -> None:
-        """A record per setting measured (partial when rounds are missing), a failed one per failure."""
+        """A record per setting measured (partial when rounds are missing; its pending record completed), a
+        failed one per failure."""
         for label, settings in named:
             if label in failed:  # stored and counted even when an interrupt cut the benchmark short
+                if label in pending:  # the rounds before the failure are not a record of the setting
+                    benchmark.finish_pending(self.storage, pending[label], None)
                 reason = f"failed: {failed[label]}"
                 self._keep(benchmark.skip_record(target, reason, self.signature, label))
                 self.out(f"{target.describe()} {label}: FAILED: {failed[label]}")
@@ -198,13 +233,12 @@ class BenchmarkJob:
             measured = runs.get(label, [])
             if not measured:
                 continue
-            rounds = self.policy.rounds
-            partial = {"partial": f"{len(measured)} of {rounds} rounds"} if len(measured) < rounds else {}
-            own = {k: v for k, v in (extra or {}).items() if k not in SEARCH_FACTS or label == TUNED}  # tuned's
-            record = benchmark.make_record(
-                target, label, settings, measured, self.signature, run_id, {**own, **partial}
-            )
-            self._keep(record)
+            record = self._record(target, label, settings, measured, run_id, extra)
+            if label in pending:
+                benchmark.finish_pending(self.storage, pending[label], record)
+                self.stored.append(record)
+            else:
+                self._keep(record)
             if announce:
                 self.out(
                     f"{target.describe()} {label}: {record['images_per_sec']:.2f} images/sec "

@@ -34,6 +34,7 @@ from tuner.errors import Interrupted, InvalidSettings, TunerError, WorkerError, 
 from tuner.measurement import Measurement, coefficient_of_variation, median_abs_deviation, pooled_loop_rate
 from tuner.models import ModelRef, as_ref
 from tuner.objective import latency_ms
+from tuner.owner import gone, identity
 from tuner.policy import MeasurementPolicy
 from tuner.records import BENCH_STUDY as BENCH_STUDY  # named here too, where the records are kept
 from tuner.records import BenchmarkRecord, MalformedRecord, check_record, utc_now
@@ -183,13 +184,85 @@ def _study(storage: optuna.storages.BaseStorage) -> optuna.Study:
 def store(storage: optuna.storages.BaseStorage, record: dict[str, Any]) -> None:
     """Add one record as one trial: a single insert, so a crash never leaves half a record."""
     skipped = "skipped" in record
-    value = None if skipped else float(record.get("value", record.get("images_per_sec", 0.0)))
+    value = None if skipped else _value(record)
     trial = optuna.trial.create_trial(
         state=TrialState.FAIL if skipped else TrialState.COMPLETE,
         value=value,
         user_attrs={"record": record},
     )
     _study(storage).add_trial(trial)
+
+
+# A benchmark still measuring keeps, per setting, one RUNNING trial holding the record of its finished rounds
+# (``PENDING``) and who measures it (``owner``), rewritten after each round. It becomes the record when the
+# setting ends (completed in place), or, where its process was killed (SIGKILL, a power cut: no handler ran),
+# when the next benchmark on this host finds its owner gone: the rounds measured are never lost. Readers of
+# records never see it before: they read the ``record`` attribute, which only a finished one has.
+PENDING = "pending_record"
+
+
+def _value(record: dict[str, Any]) -> float:
+    return float(record.get("value", record.get("images_per_sec", 0.0)))
+
+
+def open_pending(storage: optuna.storages.BaseStorage, record: dict[str, Any]) -> int:
+    """Start the pending record of one setting's runs; its trial id, for ``update_pending``/``finish_pending``."""
+    study = _study(storage)
+    trial = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={PENDING: record, "owner": identity()})
+    return storage.create_new_trial(study._study_id, template_trial=trial)
+
+
+def update_pending(storage: optuna.storages.BaseStorage, trial_id: int, record: dict[str, Any]) -> None:
+    storage.set_trial_user_attr(trial_id, PENDING, record)
+
+
+def finish_pending(storage: optuna.storages.BaseStorage, trial_id: int, record: dict[str, Any] | None) -> None:
+    """End a pending record: as ``record`` (stored whole in it, then completed), or with no record (its
+    setting then failed, and the failure is a record of its own)."""
+    if record is None:
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        return
+    storage.set_trial_user_attr(trial_id, "record", record)
+    storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values=[_value(record)])
+
+
+def _killed(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
+    """The record a pending trial holds, where its benchmark was killed (its owner known to be gone:
+    ``owner.gone``; one of a live or unknown process is not), marked so where rounds are missing; else None.
+    Not checked here: the caller checks it, as every record."""
+    owner = trial.user_attrs.get("owner")
+    pending = trial.user_attrs.get(PENDING)
+    if trial.state != TrialState.RUNNING or not isinstance(pending, dict) or not isinstance(owner, dict):
+        return None
+    if not gone(owner):
+        return None
+    record = dict(pending)
+    if isinstance(record.get("partial"), str):  # every round measured, only its storing cut: a whole record
+        record["partial"] = f"{record['partial']}, its benchmark killed"
+    return record
+
+
+def recover_pending(storage: optuna.storages.BaseStorage, warn: Callable[[str], None] = lambda line: None) -> int:
+    """Store the pending records whose benchmark was killed (``_killed``) as the records they hold (readers
+    already see them: ``records``); one left by a live or unknown process stays as it is. A malformed one (a
+    shared storage is untrusted) is closed with no record and one ``warn`` line. Returns how many."""
+    if BENCH_STUDY not in {s.study_name for s in storage.get_all_studies()}:
+        return 0
+    study = optuna.load_study(study_name=BENCH_STUDY, storage=storage)
+    recovered = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        killed = _killed(trial)
+        if killed is None:
+            continue
+        try:
+            record = dict(check_record(killed, f"pending benchmark record {trial.number}"))
+        except MalformedRecord as error:
+            warn(f"skipped: {one_line(error)}")
+            finish_pending(storage, trial._trial_id, None)
+            continue
+        finish_pending(storage, trial._trial_id, record)
+        recovered += 1
+    return recovered
 
 
 def records(
@@ -203,10 +276,12 @@ def records(
     study = optuna.load_study(study_name=BENCH_STUDY, storage=storage)
     found = []  # each record is one trial, stored whole: a cut-short import leaves whole records only
     for trial in study.get_trials(deepcopy=False):
-        if "record" not in trial.user_attrs:
+        # A killed benchmark's rounds are read as its record at once, before the next benchmark stores them.
+        record = trial.user_attrs["record"] if "record" in trial.user_attrs else _killed(trial)
+        if record is None:
             continue
         try:
-            found.append(check_record(trial.user_attrs["record"], f"benchmark record {trial.number}"))
+            found.append(check_record(record, f"benchmark record {trial.number}"))
         except MalformedRecord as error:
             warn(f"skipped: {one_line(error)}")
     return found
@@ -229,12 +304,14 @@ def measure(
     progress: Progress = lambda line: None,
     runs: dict[str, list[Measurement]] | None = None,
     failed: dict[str, str] | None = None,
+    on_run: Callable[[str], None] = lambda label: None,
 ) -> dict[str, list[Measurement]]:
     """Measure every named setting for ``bench.rounds`` interleaved rounds, order rotated each round.
     Runs are added to ``runs`` as they finish, so a caller keeps what was measured if it is interrupted.
     With ``failed``, a setting whose worker fails is noted there with its reason and left out of later
     rounds while the others go on; without it, the first failure is raised. An interrupt, and a worker that
-    could not even start (the machine's fault, not the setting's), are always raised: the runs so far stay."""
+    could not even start (the machine's fault, not the setting's), are always raised: the runs so far stay.
+    ``on_run(label)`` is called after each run is added (the caller stores it at once)."""
     runs = {label: [] for label, _ in named} if runs is None else runs
     for label, _ in named:
         runs.setdefault(label, [])
@@ -250,6 +327,7 @@ def measure(
             progress(f"round {round_ + 1}/{bench.rounds} {label}: FAILED ({error.reason}: {error})")
             continue
         runs[label].append(measurement)
+        on_run(label)
         progress(
             f"round {round_ + 1}/{bench.rounds} {label}: {measurement.loop_images_per_sec:.2f} img/s "
             f"({len(measurement.timed_seconds)} timed batches, cv {measurement.cv:.1%})"

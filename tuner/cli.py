@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import re
+import signal
 import sys
 import time
 import warnings
@@ -21,7 +23,7 @@ import sqlalchemy.exc
 from tuner import __version__, atomic, benchmark, interrupt, probe, recommend, report, table, transfer
 from tuner.benchjob import BenchmarkJob, check_settings
 from tuner.capability import Capabilities
-from tuner.confirm import MIN_ROUNDS
+from tuner.confirm import DEFAULT, MIN_ROUNDS
 from tuner.disturbance import DEFAULT_LIMIT, parse_limit, steady
 from tuner.doctor import report as doctor_report
 from tuner.envs import create as create_env
@@ -45,8 +47,17 @@ from tuner.runtime import names as runtime_names
 from tuner.sanitize import one_line, printable
 from tuner.settings import KNOBS, Settings
 from tuner.signature import cpu_signature
+from tuner.space import SearchSpace
 from tuner.space import load as load_space
-from tuner.storage import DEFAULT_STORAGE, default_storage, open_storage, redact, sqlite_missing, storage_cause
+from tuner.storage import (
+    DEFAULT_STORAGE,
+    default_storage,
+    open_storage,
+    redact,
+    remove_if_empty,
+    sqlite_missing,
+    storage_cause,
+)
 from tuner.summary import format_importance_lines, format_table, summarize, summarize_study
 from tuner.topology import (
     core_set,
@@ -80,6 +91,11 @@ def parse_duration(text: str) -> float:
 
 
 MAX_BUDGET_S = 365 * 24 * 3600
+
+
+def _said(budget: str) -> str:
+    """The budget as the start line says it: a bare number is seconds, and says so (``10`` -> ``10s``)."""
+    return f"{budget.strip()}s" if budget.strip().isdigit() else budget.strip()
 
 
 # Log, warning and result lines may quote stored text (a shared study's names, a verdict, a worker's reason):
@@ -125,6 +141,18 @@ def _model_and_batch(args: argparse.Namespace, modes: Sequence[str]) -> tuple[Mo
     return model, batch
 
 
+def _check_default_baseline(space: SearchSpace, counts: Sequence[int]) -> None:
+    """Confirmation compares every candidate with the space's ``tf-default`` baseline: a space without one at
+    some core count is refused now, in one line, not after a search whose verdict could never be made."""
+    for cores in counts:
+        if DEFAULT not in space.baselines(cores):
+            raise UsageError(
+                f"--space {space.path}: no [baselines.{DEFAULT}] at {cores_text(cores)}: confirmation compares "
+                f"with it; add one setting each knob to TensorFlow's default (intra_op = 0, inter_op = 0, "
+                f'data_format = "NHWC"), inside the knobs\' ranges'
+            )
+
+
 def _check_extras(args: argparse.Namespace) -> None:
     """Flags that mean nothing without another: refused rather than ignored."""
     if args.force_precision and not args.allow_precision:
@@ -145,15 +173,16 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
     _check_extras(args)
     if args.python and not (os.path.isfile(args.python) and os.access(args.python, os.X_OK)):
         raise UsageError(f"--python: {args.python} is not an executable file")  # before the storage is made
-    if args.rounds < MIN_ROUNDS and not args.no_confirm:  # refused, not silently raised: fewer than asked run
+    rounds = CONFIRM.rounds if args.rounds is None else args.rounds
+    if rounds < MIN_ROUNDS and not args.no_confirm:  # refused, not silently raised: fewer than asked run
         raise UsageError(
-            f"--confirm-rounds {args.rounds}: confirmation needs at least {MIN_ROUNDS} interleaved rounds (fewer "
+            f"--confirm-rounds {rounds}: confirmation needs at least {MIN_ROUNDS} interleaved rounds (fewer "
             "cannot make a verdict clear); --no-confirm searches without confirming"
         )
     options = StudyOptions(
         trials=args.trials,
         candidates=args.candidates,
-        confirm_policy=dataclasses.replace(CONFIRM, rounds=args.rounds),
+        confirm_policy=dataclasses.replace(CONFIRM, rounds=rounds),
         sampler=args.sampler,
         pruner=args.pruner,
         seed=args.seed,
@@ -164,6 +193,7 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
     )
     runtime = for_device(load_runtime(args.runtime), "cpu")
     space = load_space(args.space or runtime.space, max(counts))
+    _check_default_baseline(space, counts)
     if args.search_isa:  # a space that has the knob, a runtime without it or a CPU with one cap fail now: one line
         isa_space(runtime, space, probe.machine_facts().get("cpu_isa"))
     inert = check_knobs(runtime, space.distributions(max(counts)), args.allow_inert)
@@ -181,7 +211,7 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
     budget = parse_duration(args.budget) if args.budget != "none" else None
     _log(
         f"tuner {__version__}: {len(counts) * len(modes)} studies on {signature.model_name} ({signature.id}), "
-        f"storage {redact(args.storage)}" + (f", budget {args.budget}" if budget else "")
+        f"storage {redact(args.storage)}" + (f", budget {_said(args.budget)}" if budget else "")
     )
     probed = time.monotonic()
     ready = prepare(runtime, runner, max(counts), space, inert)
@@ -337,7 +367,7 @@ def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
         _log(
             f"tuner {__version__} run: runtimes {', '.join(r.name for r in runtimes)}; cores {counts}; "
             f"{', '.join(modes)}; on {signature.model_name} ({signature.id}); storage {redact(args.storage)}"
-            + (f"; budget {args.budget}" if budget else "")
+            + (f"; budget {_said(args.budget)}" if budget else "")
         )
     job = Job(
         storage=storage,
@@ -430,7 +460,9 @@ def cmd_exec(args: argparse.Namespace, runner: Runner | None = None) -> int:
     runtime = load_runtime(args.runtime).name
     model = _model_name(args)  # a bad --model is an error, not a fallback to the defaults
     settings, source = Settings(), "TensorFlow's defaults: no storage with verdicts yet"
-    if sqlite_missing(args.storage) is None:
+    # The built-in storage missing means nothing tuned here yet: the defaults, said so. One named on purpose
+    # (--storage, $TUNER_STORAGE) that is not there is a typo, which starting on the defaults would hide.
+    if sqlite_missing(args.storage) is None or args.storage != DEFAULT_STORAGE:
         storage = open_storage(args.storage, create=False)  # an unreachable storage is an error, not a default
         try:
             found = recommend.recommend(
@@ -480,7 +512,13 @@ def cmd_export(args: argparse.Namespace, runner: Runner | None = None) -> int:
 
 def cmd_import(args: argparse.Namespace, runner: Runner | None = None) -> int:
     data = transfer.read(Path(args.file))  # validated whole before the storage is touched
-    done = transfer.import_into(open_storage(args.storage), data, args.file)
+    made = sqlite_missing(args.storage)
+    storage = open_storage(args.storage)
+    try:
+        done = transfer.import_into(storage, data, args.file)
+    finally:  # nothing landed (all refused, or a Ctrl-C before the first study): no empty database left behind
+        if made is not None:
+            remove_if_empty(storage, made)
     studies = [name for name in done.imported if name != benchmark.BENCH_STUDY]
     print(f"imported {len(studies)} studies and {done.records} benchmark records into {redact(args.storage)}")
     for name in done.kept:
@@ -701,10 +739,10 @@ def build_parser() -> argparse.ArgumentParser:
         dest="rounds",
         metavar="N",
         type=int,
-        default=CONFIRM.rounds,
-        help=f"interleaved confirmation rounds, at least {MIN_ROUNDS}",
+        default=None,
+        help=f"interleaved confirmation rounds, at least {MIN_ROUNDS} (default {CONFIRM.rounds})",
     )
-    tune.add_argument("--rounds", dest="rounds", type=int, default=CONFIRM.rounds, help=argparse.SUPPRESS)  # old name
+    tune.add_argument("--rounds", dest="rounds", type=int, default=None, help=argparse.SUPPRESS)  # old name
     tune.add_argument(
         "--no-confirm",
         action="store_true",
@@ -903,6 +941,24 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands that write no study, or write only atomically: a signal may stop them anywhere.
 STOP_ANYWHERE = (cmd_table, cmd_report, cmd_recommend, cmd_export, cmd_show, cmd_env, cmd_doctor)
 
+# What an interrupted command kept, in its own words (the search's resume is not everyone's).
+RESUME = "finished trials are kept, run the same command to resume"
+WRITTEN_WHOLE = "--output is as it was, or written whole if the signal came after it"
+INTERRUPTED = {
+    "tune": RESUME,
+    "run": RESUME,
+    "benchmark": "any rounds finished are stored as partial records; run it again for full ones",
+    "import": "the studies imported so far are kept (one cut short is redone); run the same command to finish",
+    "export": WRITTEN_WHOLE,
+    "table": WRITTEN_WHOLE,
+    "report": WRITTEN_WHOLE,
+}
+
+
+def _interrupt_line(command: str) -> str:
+    said = INTERRUPTED.get(command)
+    return "tuner: interrupted" + (f"; {said}" if said else "")
+
 
 def _interrupted(error: BaseException) -> bool:
     """True when a KeyboardInterrupt (Ctrl-C or SIGTERM) is behind ``error``, e.g. Optuna's trial cleanup
@@ -917,6 +973,24 @@ def _interrupted(error: BaseException) -> bool:
 
 def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int:
     """Run the CLI; ``runner`` replaces the subprocess runner (tests pass a replaying fake)."""
+    code = _main(argv, runner)
+    if argv is None:  # the process itself (the console script), not a test calling in
+        _exit_on_signal(code)
+    return code
+
+
+def _exit_on_signal(code: int) -> None:
+    """From here the command is done and has said so: a Ctrl-C or SIGTERM during the interpreter's teardown
+    (half a second with TensorFlow or plotly loaded) ends the process with the command's own status, not as
+    killed by the signal, silently, after the work was done."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda _signum, _frame: os._exit(code))
+
+
+def _main(argv: Sequence[str] | None, runner: Runner | None) -> int:
     try:
         parser = build_parser()
         if not (sys.argv[1:] if argv is None else list(argv)):  # bare `tuner`: what it can do
@@ -957,7 +1031,7 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int
         return 1
     except Exception as error:  # a bug: still one line, and --debug shows where
         if _interrupted(error):  # Ctrl-C landed inside a library's cleanup, which then failed on its own
-            print("tuner: interrupted; finished trials are kept, run the same command to resume", file=sys.stderr)
+            print(_interrupt_line(args.command), file=sys.stderr)
             return 130
         if args.debug:
             raise
@@ -965,7 +1039,7 @@ def main(argv: Sequence[str] | None = None, runner: Runner | None = None) -> int
         print(f"tuner: error: unexpected {type(error).__name__}: {reason} (run with --debug)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("tuner: interrupted; finished trials are kept, run the same command to resume", file=sys.stderr)
+        print(_interrupt_line(args.command), file=sys.stderr)
         return 130
 
 

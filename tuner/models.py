@@ -82,8 +82,10 @@ class ModelRef:
 
 def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
     """``'224,224,3'`` -> (224, 224, 3): one sample's shape, without the batch dimension."""
-    if text is None or text == "":
+    if text is None:
         return None
+    if not text.strip():  # given but empty (an unset shell variable): not "the model's own"
+        raise UsageError("--input-shape is empty: give one sample's sizes (e.g. 224,224,3) or leave the flag out")
     parts = [part.strip() for part in text.split(",")]
     if not 1 <= len(parts) <= MAX_DIMS or not all(re.fullmatch(r"[1-9][0-9]{0,5}", p) for p in parts):
         raise UsageError(
@@ -139,6 +141,8 @@ def resolve(text: str, input_shape: str | None = None) -> ModelRef:
     """The model named by ``--model``: an application name, a ``.keras`` file or a SavedModel folder; one
     ``UsageError`` line for anything else (unknown name, missing or unreadable path, corrupt archive)."""
     shape = parse_input_shape(input_shape)
+    if not text.strip():  # Path("") is the working folder: never taken for a SavedModel
+        raise UsageError(f"--model is empty; known: {KNOWN}")
     if text in MODELS:
         return ModelRef(text, "app", None, shape)
     path = Path(text).expanduser()

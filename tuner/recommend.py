@@ -171,6 +171,12 @@ def verdicts(storage: optuna.storages.BaseStorage, warn: Warn = lambda line: Non
         except MalformedRecord as error:
             warn(f"study {one_line(info.study_name, 80)} skipped: {one_line(error)}")
             continue
+        if meta.cores % verdict.settings.instances:  # only a forged or shared study: no search can sample it
+            warn(
+                f"study {one_line(info.study_name, 80)} skipped: its verdict's {verdict.settings.instances} instances "
+                f"cannot share its {cores_text(meta.cores)} equally"
+            )
+            continue
         found.append(
             Recommendation(
                 model=meta.model,

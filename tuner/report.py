@@ -141,11 +141,16 @@ def bars(records: Sequence[BenchmarkRecord], heading: str) -> go.Figure | None:
     fig = go.Figure()
     rounds = sorted({r["rounds"] for r in latest.values()})
     for label in LABELS:
-        xs, ys, lows, highs = [], [], [], []
+        xs, ys, lows, highs, tags = [], [], [], [], []
         for cores, mode in targets:
             record = latest.get((cores, mode, label))
             if record is None:
                 continue
+            # As the table's narrow view tags it: a tuned figure from a study that searched knobs beside the
+            # runtime's (--search-isa, --search-batch) is not the plain study's figure.
+            searched = record.get("searched")
+            known = [table.TAGS[k] for k in searched if k in table.TAGS] if isinstance(searched, list) else []
+            tags.append(" ".join(known))
             value = float(record["images_per_sec"])
             per_round = [float(r) for r in record.get("round_images_per_sec") or []] or [value]
             low, high = min([*per_round, value]), max([*per_round, value])
@@ -160,6 +165,9 @@ def bars(records: Sequence[BenchmarkRecord], heading: str) -> go.Figure | None:
                     x=xs,
                     y=ys,
                     marker_color=COLOURS[label],
+                    text=tags if any(tags) else None,
+                    textposition="inside",
+                    insidetextanchor="start",
                     error_y={"type": "data", "symmetric": False, "array": highs, "arrayminus": lows},
                 )
             )

@@ -153,18 +153,39 @@ def not_the_baseline(trial: FrozenTrial, runnable: Mapping[str, Mapping[str, Any
     return None if same else f"it is named baseline {name} but its settings are not {name}'s here"
 
 
+REQUEUED = "requeued: a baseline before it in the plan was queued again, and is measured first"
+
+
 def queue_baselines(study: optuna.Study, runnable: Mapping[str, Mapping[str, Any]]) -> None:
-    """Queue each baseline that has no complete, queued or running trial of its own settings yet, in order:
-    measured first."""
-    queued = {
-        baseline_name(t.user_attrs)
-        for t in study.get_trials(deepcopy=False)
+    """Queue each baseline that has no complete, queued or running trial of its own settings yet, in the
+    plan's order: measured first. Optuna runs waiting trials by number, so a baseline queued again (its trial
+    interrupted, or orphaned by a dead process) would run after those still waiting from the first start, and
+    with ``--trials`` at or below the baselines' count a different set of them would be measured. Those
+    behind it in the plan are taken out of the queue (skipped, with the reason) and queued again after it."""
+    trials = study.get_trials(deepcopy=False)
+    held = {
+        baseline_name(t.user_attrs): t
+        for t in trials
         if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
         and not not_the_baseline(t, runnable)
     }
-    for name, params in runnable.items():
-        if name not in queued:
-            study.enqueue_trial(dict(params), user_attrs={"baseline": name}, skip_if_exists=False)
+    order = list(runnable)
+    missing = [name for name in order if name not in held]
+    if not missing:
+        return
+    first = order.index(missing[0])
+    behind = [name for name in order[first + 1 :] if name in held and held[name].state == TrialState.WAITING]
+    storage = study._storage
+    for name in behind:
+        trial_id = held[name]._trial_id
+        # Claimed as any worker claims a waiting trial: where another took it first, it runs now, as it is.
+        if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+            storage.set_trial_user_attr(trial_id, "skip_reason", REQUEUED)
+            storage.set_trial_state_values(trial_id, TrialState.PRUNED)
+            missing.append(name)
+    for name in order:
+        if name in missing:
+            study.enqueue_trial(dict(runnable[name]), user_attrs={"baseline": name}, skip_if_exists=False)
 
 
 def baselines_done(study: optuna.Study, runnable: Mapping[str, Mapping[str, Any]]) -> bool:

@@ -205,6 +205,8 @@ def _value(path: Path, key: str, raw: Any, cores: int, sockets: int = 1) -> Any:
             raise _fail(path, key, f"{raw!r}: divide by a positive number")
         most = max(1, cores // int(match.group(1)))
         return max(d for d in range(1, most + 1) if cores % d == 0)
+    if isinstance(raw, float):  # TOML's 0.5 or 2.0: thread counts and the like are whole numbers
+        raise _fail(path, key, f"{raw!r} is not a whole number; give an integer, 'cores', 'N*cores' or 'cores/N'")
     if isinstance(raw, (bool, int, str)):
         return raw
     raise _fail(path, key, f"{raw!r} is not a number, a string, true/false, 'cores', 'N*cores' or 'cores/N'")

@@ -58,6 +58,20 @@ def sqlite_missing(url: str) -> str | None:
     return None
 
 
+def remove_if_empty(storage: optuna.storages.RDBStorage, database: str) -> bool:
+    """Delete ``database``, the SQLite file this command made for ``storage``, where it holds no study (an
+    import that refused everything, or was stopped before its first study); True if it did."""
+    try:
+        if storage.get_all_studies():
+            return False
+        storage.engine.dispose()
+    except (sqlalchemy.exc.SQLAlchemyError, OSError):
+        return False  # unreadable now: left for the user, never deleted blind
+    for path in (database, database + "-journal", database + "-wal", database + "-shm"):
+        Path(path).unlink(missing_ok=True)
+    return True
+
+
 def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
     """Open the storage at ``url`` (a missing SQLite file is made only if ``create``); errors are one line."""
     try:

@@ -282,8 +282,10 @@ def _check_study(path: Path, index: int, study: Any) -> None:
     if not isinstance(study, dict):
         raise ImportRefused(f"{where}: must be an object")
     name = study.get("name")
-    if not isinstance(name, str) or not name or len(name) > 512:
+    if not isinstance(name, str) or not name:
         raise ImportRefused(f"{where}.name: must be a non-empty string")
+    if len(name) > 512:  # Optuna's column holds 512
+        raise ImportRefused(f"{where}.name: {len(name)} characters long; a study name holds at most 512")
     if study.get("direction") not in ("maximize", "minimize"):
         raise ImportRefused(f"{where}.direction: must be maximize or minimize")
     attrs = study.get("user_attrs")
@@ -367,7 +369,11 @@ class Imported:
 def import_into(storage: optuna.storages.BaseStorage, data: dict[str, Any], source: str = "") -> Imported:
     """Create the studies the target lacks, each atomically, and merge the benchmark records it lacks; return
     what was done (``Imported``). ``source`` (the file) is recorded on every imported study."""
-    existing = {s.study_name: s.user_attrs for s in storage.get_all_studies()}
+    studies = storage.get_all_studies()
+    existing = {s.study_name: s.user_attrs for s in studies}
+    # A study with no attribute and no trial is an import killed between its creation and its mark (SIGKILL,
+    # a power cut): nothing in it to keep, and kept it would block this study's import for good.
+    empty = {s.study_name for s in studies if not s.user_attrs and not storage.get_n_trials(s._study_id)}
     done = Imported()
     imported, kept, refused = done.imported, done.kept, done.refused
     stamp = {"file": one_line(source, 200), "at": datetime.now(UTC).isoformat(timespec="seconds")}
@@ -381,7 +387,7 @@ def import_into(storage: optuna.storages.BaseStorage, data: dict[str, Any], sour
             elif name in existing:  # nothing written: it is left exactly as it was
                 kept.append(name)
             continue
-        if name in existing and not existing[name].get(IMPORTING):
+        if name in existing and not existing[name].get(IMPORTING) and name not in empty:
             kept.append(name)
             continue
         try:
@@ -389,7 +395,7 @@ def import_into(storage: optuna.storages.BaseStorage, data: dict[str, Any], sour
         except MalformedRecord as error:
             refused.append(one_line(error, 300))
             continue
-        if name in existing:  # an import of it was cut short: redo it whole
+        if name in existing:  # an import of it was cut short (marked, or killed before the mark): redo it whole
             optuna.delete_study(study_name=name, storage=storage)
         _import_study(storage, study, stamp)
         imported.append(name)
