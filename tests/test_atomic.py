@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tuner import atomic
+from tuner.owner import start_ticks
 
 
 def test_write_replaces_whole_and_leaves_no_temporary(tmp_path: Path) -> None:
@@ -75,3 +78,28 @@ def test_check_writable_names_a_missing_folder_and_leaves_nothing(tmp_path: Path
     # A writable folder passes, and the test file made there is gone.
     atomic.check_writable(tmp_path / "x.md")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    target = tmp_path / "report.html"
+    host = atomic._host()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # exited: no process has this pid now (it would take ~4 million forks)
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        live_start = start_ticks(live.pid)
+        stale = tmp_path / f".report.html.tmp-{host}-{dead_pid}-12345-abc123"
+        running = tmp_path / f".report.html.tmp-{host}-{live.pid}-{live_start}-def456"
+        elsewhere = tmp_path / f".report.html.tmp-0000beef-{dead_pid}-12345-ghi789"  # another host or container
+        other = tmp_path / f".other.html.tmp-{host}-{dead_pid}-12345-jkl012"  # another target's
+        for path in (stale, running, elsewhere, other):
+            path.write_text("half a file")
+        atomic.write_text(target, "whole")
+        # Only the dead writer's file of this target on this host goes; a live writer's (it is about to rename
+        # it), another machine's (its pids mean nothing here) and another target's stay.
+        assert not stale.exists()
+        assert running.exists() and elsewhere.exists() and other.exists()
+        assert target.read_text() == "whole"
+    finally:
+        live.kill()
+        live.wait()

@@ -3,17 +3,23 @@
 The temporary file is made by ``tempfile.mkstemp`` in the target's own folder (so ``os.replace`` is a rename
 on one file system), opened exclusively with mode 0600 (a symlink planted there cannot redirect the write),
 flushed to disk with ``fsync``, then renamed over the target. An error or Ctrl-C leaves the old file or
-none, never half a file.
+none, never half a file. A writer killed outright (SIGKILL) leaves its temporary file behind: its name says
+which host and process made it, and the next write to the same target removes those whose process is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
+import re
+import socket
 import stat
 import tempfile
 from pathlib import Path
+
+from tuner.owner import gone, identity, start_ticks
 
 
 def _mode(target: Path) -> int:
@@ -47,6 +53,35 @@ def _regular_or_new(target: Path) -> None:
         raise OSError(errno.EINVAL, "not a regular file (a device, FIFO, link or folder); name a file")
 
 
+def _host() -> str:
+    """This host, boot and PID namespace, hashed: where a pid in a temporary file's name means a process."""
+    me = identity()
+    return hashlib.sha256(f"{me['host']}\0{me['boot_id']}\0{me['pid_ns']}".encode()).hexdigest()[:8]
+
+
+def _prefix(target: Path) -> str:
+    """``.NAME.tmp-HOST-PID-START-``: the temporary file's owner, for ``_remove_stale``."""
+    return f".{target.name}.tmp-{_host()}-{os.getpid()}-{start_ticks(os.getpid()) or 0}-"
+
+
+def _remove_stale(target: Path) -> None:
+    """Remove the temporary files of ``target`` that a killed writer left: made by this user, on this host,
+    boot and PID namespace, by a process that no longer runs (``owner.gone``: its pid gone, or taken by a
+    process started at another time). Another machine's, another user's, or a live writer's stay."""
+    folder = target.parent if str(target.parent) else Path(".")
+    pattern = re.compile(re.escape(f".{target.name}.tmp-{_host()}-") + r"([0-9]{1,7})-([0-9]{1,20})-[A-Za-z0-9_]+")
+    host = socket.gethostname()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            match = pattern.fullmatch(entry.name)
+            if match is None or not entry.is_file(follow_symlinks=False) or entry.stat().st_uid != os.getuid():
+                continue
+            pid, started = int(match.group(1)), int(match.group(2))
+            if pid != os.getpid() and gone({"host": host, "pid": pid, "start": started or None}):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
 def check_writable(path: Path | str) -> None:
     """Raise ``OSError`` now if ``write_text(path, ...)`` would fail later for want of a folder, of the right
     to write there, or of a regular file: a temporary file is made and removed in the folder, which is the
@@ -62,7 +97,8 @@ def write_text(path: Path | str, text: str) -> None:
     """Write ``text`` to ``path`` atomically; raises ``OSError`` (the caller names the flag or file)."""
     target = Path(path)
     _regular_or_new(target)
-    descriptor, tmp = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".", prefix=f".{target.name}.")
+    _remove_stale(target)
+    descriptor, tmp = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".", prefix=_prefix(target))
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as out:
             out.write(text)
