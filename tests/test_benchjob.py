@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import optuna
 import pytest
+from optuna.trial import TrialState
 
 from tests.helpers import one_error_line
+from tuner import benchmark
 from tuner.benchmark import records
 from tuner.cli import main
+from tuner.errors import WorkerCrashed
+from tuner.owner import identity
 from tuner.replay import ReplayRunner
+from tuner.runner import TrialSpec
 from tuner.storage import open_storage
 
 TUNE = ["tune", "--model", "tiny", "--cores", "1", "--mode", "infer", "--trials", "6", "--candidates", "1"]
@@ -119,3 +126,69 @@ def test_instances_that_do_not_divide_the_cores_are_not_runnable_and_the_rest_is
     assert measured_labels(storage_url) == ["tf-default"]
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("tuner: error: ") and "3 instances cannot share 1 core equally" in last
+
+
+def _pending_trials(storage_url: str) -> list[optuna.trial.FrozenTrial]:
+    storage = open_storage(storage_url, create=False)
+    study = optuna.load_study(study_name=benchmark.BENCH_STUDY, storage=storage)
+    return [t for t in study.get_trials(deepcopy=False) if benchmark.PENDING in t.user_attrs]
+
+
+def test_a_setting_that_fails_after_a_round_leaves_no_record_of_it_and_exports_cleanly(
+    storage_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def heuristic_dies_in_round_two(spec: TrialSpec, call: int) -> list[float] | BaseException:
+        heuristic = spec.settings.data_format == "NCHW"
+        if heuristic:
+            seen.append(call)
+        if heuristic and len(seen) == 2:
+            return WorkerCrashed("killed by SIGSEGV")
+        return [0.01] * (spec.policy.warmup + spec.policy.timed)
+
+    seen: list[int] = []
+    argv = [*BENCH, "--rounds", "3", "--settings", "tf-default", "--settings", "heuristic", "--storage", storage_url]
+    assert main(argv, runner=ReplayRunner(heuristic_dies_in_round_two)) == 1
+    # The heuristic's first round is no record of it (it fails): only its failure is; tf-default's is whole.
+    # Every pending copy is cleared once its trial is finished, and nothing stays running.
+    kept = records(open_storage(storage_url, create=False))
+    assert sorted((r["label"], "skipped" in r) for r in kept) == [("heuristic", True), ("tf-default", False)]
+    trials = _pending_trials(storage_url)
+    assert all(t.state != TrialState.RUNNING and t.user_attrs[benchmark.PENDING] is None for t in trials)
+    # What is exported is records only, so another storage imports all of it (the closed copy was refused).
+    out = tmp_path / "export.json"
+    assert main(["export", "--output", str(out), "--storage", storage_url]) == 0
+    target = f"sqlite:///{tmp_path / 'other.db'}"
+    assert main(["import", str(out), "--storage", target]) == 0
+    assert len(records(open_storage(target, create=False))) == 2
+
+
+def test_a_pending_record_from_another_boot_is_kept_once_stale_and_a_forged_one_is_refused(
+    storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [*BENCH, "--rounds", "3", "--settings", "tf-default", "--storage", storage_url]
+    runner = ReplayRunner.from_rates(lambda spec: 1000.0)
+    assert main(argv, runner=runner) == 0
+    (whole,) = records(open_storage(storage_url, create=False))
+    storage = open_storage(storage_url, create=False)
+    old = {**whole, "partial": "2 of 3 rounds", "measured": "2026-01-01T00:00:00+00:00"}
+    # A benchmark killed by a power cut: its owner's boot is not this one, so nobody can tell from the process
+    # whether it runs; its record has not been rewritten for months.
+    rebooted = {**identity(), "boot_id": "another-boot", "pid": 1}
+    forged = {**whole, "value": "abc"}  # a shared storage: a value no reader could use
+    live = {**whole, "partial": "1 of 3 rounds"}  # this process's own: measuring now
+    for record, owner in ((old, rebooted), (forged, {**identity(), "pid": 2**22 - 1}), (live, identity())):
+        trial = optuna.trial.create_trial(
+            state=TrialState.RUNNING, user_attrs={benchmark.PENDING: record, "owner": owner}
+        )
+        storage.create_new_trial(storage.get_study_id_from_name(benchmark.BENCH_STUDY), template_trial=trial)
+    capsys.readouterr()
+    assert main(argv, runner=runner) == 0
+    err = capsys.readouterr().err
+    # The stale one is stored as the cut-short record it is; the forged one is one warning line and closed
+    # (it crashed every later benchmark); the live one is left to its process.
+    assert "stored 1 records of an earlier benchmark that was killed" in err
+    assert "value: must be a finite, positive number" in err
+    partial = [r.get("partial") for r in records(open_storage(storage_url, create=False))]
+    assert "2 of 3 rounds, its benchmark killed" in partial and "1 of 3 rounds" not in partial
+    running = [t for t in _pending_trials(storage_url) if t.state == TrialState.RUNNING]
+    assert [t.user_attrs[benchmark.PENDING]["partial"] for t in running] == ["1 of 3 rounds"]

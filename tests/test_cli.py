@@ -91,6 +91,8 @@ def test_a_space_without_a_tf_default_baseline_is_refused_before_any_trial(
     # refused in one line, before the probe or any trial (it used to fail after the whole search).
     assert "no [baselines.tf-default] at 1 core" in one_error_line(capsys.readouterr().err)
     assert calls == [] and not Path(storage_url.removeprefix("sqlite:///")).exists()
+    # A search alone confirms nothing, so it needs no tf-default (the run that confirms it is checked then).
+    assert main([*TINY, "--no-confirm", "--space", str(space), "--storage", storage_url], runner=runner) == 0
 
 
 @pytest.mark.parametrize(
@@ -495,10 +497,14 @@ def test_a_bare_budget_is_seconds_and_the_start_line_says_so(
     storage_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main([*TINY, "--budget", "900", "--storage", storage_url], runner=fake_runner()) == 0
-    # A bare number is seconds (as timeout(1) reads it); the start line writes the unit, so 900 meant as
-    # minutes is seen before the study ends early.
+    # A bare number is seconds (as timeout(1) reads it); the start line says what it was read as, so 900
+    # meant as minutes is seen before the study ends early.
     first = capsys.readouterr().err.splitlines()[0]
-    assert first.endswith(", budget 900s"), first
+    assert first.endswith(", budget 15m"), first
+    # A last number without its unit after hours or minutes is refused, not read as seconds.
+    assert main([*TINY, "--budget", "1h30", "--storage", storage_url], runner=fake_runner()) == 1
+    assert "'1h30' leaves the last number's unit out" in one_error_line(capsys.readouterr().err)
+    assert parse_duration("1h30m") == 5400 and parse_duration("1h30s") == 3630 and parse_duration("90") == 90
 
 
 def test_a_signal_during_the_interpreters_teardown_keeps_the_commands_status(tmp_path: Path) -> None:

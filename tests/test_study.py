@@ -20,6 +20,7 @@ from tuner.owner import identity as owner_identity
 from tuner.pipeline import tuned_settings
 from tuner.policy import MeasurementPolicy
 from tuner.replay import ReplayRunner
+from tuner.resume import queue_baselines
 from tuner.runner import TrialSpec
 from tuner.space import load as load_space
 from tuner.study import WAIT, StopRule, StudyRun
@@ -368,11 +369,38 @@ def test_an_interrupted_baseline_is_measured_first_on_resume(storage: optuna.sto
     again.search(None)
     done = [t.user_attrs["baseline"] for t in again.study.get_trials() if t.state == TrialState.COMPLETE]
     assert done == order[:-1]
-    # The waiting trials it overtook were taken out of the queue, skipped with the reason, and queued again.
-    requeued = [t for t in again.study.get_trials() if t.user_attrs.get("skip_reason", "").startswith("requeued")]
+    # The waiting trials it overtook were taken out of the queue and queued again: failed as "requeued" (no
+    # sampler learns from a failure, as it would from a pruned trial), each saying behind which baseline.
+    requeued = [t for t in again.study.get_trials() if t.user_attrs.get("fail_reason") == "requeued"]
     assert [t.user_attrs["baseline"] for t in requeued] == order[1:]
-    assert all(t.state == TrialState.PRUNED for t in requeued)
+    assert all(t.state == TrialState.FAIL and order[0] in t.user_attrs["fail_message"] for t in requeued)
     assert TrialState.RUNNING not in states(again.study)
+
+
+def test_two_workers_resuming_at_once_requeue_each_waiting_baseline_once(
+    storage: optuna.storages.RDBStorage,
+) -> None:
+    def script(spec: TrialSpec, call: int) -> list[float] | BaseException:
+        return KeyboardInterrupt() if call == 0 else [0.032] * 5
+
+    config = make_config(trials=6)
+    run = StudyRun(storage, config, ReplayRunner(script))
+    order = list(run.baselines.runnable)
+    with pytest.raises(KeyboardInterrupt):
+        run.search(None)
+    # Worker B reads the queue; worker A then resumes and requeues; B acts on what it read.
+    late = optuna.load_study(study_name=config.name, storage=storage)
+    snapshot = late.get_trials(deepcopy=True)
+    StudyRun(storage, config, ReplayRunner.from_rates(rate))
+    late.get_trials = lambda deepcopy=True, states=None: snapshot  # type: ignore[method-assign]
+    queue_baselines(late, run.baselines.runnable)
+    trials = late._storage.get_all_trials(late._study_id)
+    # B's claims find the waiting trials already taken by A: no error (Optuna raises for a finished trial),
+    # each overtaken baseline was requeued once, by A; only the missing one is queued by both, as before.
+    requeued = [t.user_attrs["baseline"] for t in trials if t.user_attrs.get("fail_reason") == "requeued"]
+    assert requeued == order[1:]
+    waiting = [t.user_attrs["baseline"] for t in trials if t.state == TrialState.WAITING]
+    assert sorted(waiting) == sorted([*order, order[0]])
 
 
 def test_confirmation_finds_the_fast_setting_and_stores_the_verdict(storage: optuna.storages.RDBStorage) -> None:

@@ -178,14 +178,18 @@ class BenchmarkJob:
         def stored_now(label: str) -> None:
             record = self._record(target, label, settings_of[label], runs[label], run_id, extra)
             if label in pending:
-                benchmark.update_pending(self.storage, pending[label], record)
+                pending[label] = benchmark.update_pending(self.storage, pending[label], record)
             else:
                 pending[label] = benchmark.open_pending(self.storage, record)
+
+        def failed_now(label: str) -> None:  # its rounds before the failure are no record of it, even if killed
+            if label in pending:
+                benchmark.finish_pending(self.storage, pending.pop(label), None)
 
         tag = f"[{target.workload.mode} {len(target.cores)}c]"
         log = lambda line: self.log(f"{tag} {line}")  # noqa: E731
         try:
-            benchmark.measure(self.runner, target, named, p, log, runs, failed, on_run=stored_now)
+            benchmark.measure(self.runner, target, named, p, log, runs, failed, on_run=stored_now, on_fail=failed_now)
         except (KeyboardInterrupt, TunerError):
             self._store(target, named, runs, failed, pending, run_id, announce=False, extra=extra)  # finished rounds
             raise

@@ -20,8 +20,9 @@ import os
 import socket
 import statistics
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import optuna
@@ -194,14 +195,17 @@ def store(storage: optuna.storages.BaseStorage, record: dict[str, Any]) -> None:
 
 
 # A benchmark still measuring keeps, per setting, one RUNNING trial holding the record of its finished rounds
-# (``PENDING``) and who measures it (``owner``), rewritten after each round. It becomes the record when the
-# setting ends (completed in place), or, where its process was killed (SIGKILL, a power cut: no handler ran),
-# when the next benchmark on this host finds its owner gone: the rounds measured are never lost. Readers of
-# records never see it before: they read the ``record`` attribute, which only a finished one has.
+# (``PENDING``) and who measures it (``owner``), rewritten after each run. It becomes the record when the
+# setting ends (completed in place; the copy cleared), or is closed with none when the setting fails. Where its
+# process was killed outright (SIGKILL: no handler ran), the record it holds is read as a record at once
+# (``records``) and stored for good by the next benchmark (``recover_pending``): once its owner is known to be
+# gone (``owner.gone``: on this host, boot and PID namespace), or, wherever it ran (after a reboot, on another
+# host sharing the storage), once it was not rewritten for ``STALE_PENDING_S``.
 PENDING = "pending_record"
+STALE_PENDING_S = 6 * 3600  # far past any gap between two runs of one setting (the worker's time limit included)
 
 
-def _value(record: dict[str, Any]) -> float:
+def _value(record: Mapping[str, Any]) -> float:
     return float(record.get("value", record.get("images_per_sec", 0.0)))
 
 
@@ -212,29 +216,50 @@ def open_pending(storage: optuna.storages.BaseStorage, record: dict[str, Any]) -
     return storage.create_new_trial(study._study_id, template_trial=trial)
 
 
-def update_pending(storage: optuna.storages.BaseStorage, trial_id: int, record: dict[str, Any]) -> None:
-    storage.set_trial_user_attr(trial_id, PENDING, record)
+def update_pending(storage: optuna.storages.BaseStorage, trial_id: int, record: dict[str, Any]) -> int:
+    """Rewrite the pending record; its trial id, a new one where another benchmark took this one for killed
+    (not rewritten for ``STALE_PENDING_S``) and stored it meanwhile."""
+    try:
+        storage.set_trial_user_attr(trial_id, PENDING, record)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return open_pending(storage, record)
+    return trial_id
 
 
 def finish_pending(storage: optuna.storages.BaseStorage, trial_id: int, record: dict[str, Any] | None) -> None:
     """End a pending record: as ``record`` (stored whole in it, then completed), or with no record (its
-    setting then failed, and the failure is a record of its own)."""
-    if record is None:
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
-        return
-    storage.set_trial_user_attr(trial_id, "record", record)
-    storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values=[_value(record)])
+    setting failed: the rounds before are no record of it, and the failure is a record of its own). Where
+    another benchmark already stored it as killed, ``record`` is stored as a record of its own."""
+    try:
+        storage.set_trial_user_attr(trial_id, PENDING, None)  # the record is kept once
+        if record is None:
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            return
+        storage.set_trial_user_attr(trial_id, "record", record)
+        storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values=[_value(record)])
+    except optuna.exceptions.UpdateFinishedTrialError:
+        if record is not None:
+            store(storage, record)
+
+
+def _stale(pending: Mapping[str, Any]) -> bool:
+    """Not rewritten for ``STALE_PENDING_S`` (by its ``measured`` date); an unreadable date is not stale."""
+    try:
+        written = datetime.fromisoformat(str(pending.get("measured")))
+        return (datetime.now(UTC) - written).total_seconds() > STALE_PENDING_S
+    except (ValueError, TypeError):
+        return False
 
 
 def _killed(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
-    """The record a pending trial holds, where its benchmark was killed (its owner known to be gone:
-    ``owner.gone``; one of a live or unknown process is not), marked so where rounds are missing; else None.
-    Not checked here: the caller checks it, as every record."""
+    """The record a pending trial holds, where its benchmark was killed (its owner known to be gone, or the
+    record stale: see ``PENDING``), marked so where rounds are missing; else None. Not checked here: the
+    caller checks it, as every record."""
     owner = trial.user_attrs.get("owner")
     pending = trial.user_attrs.get(PENDING)
-    if trial.state != TrialState.RUNNING or not isinstance(pending, dict) or not isinstance(owner, dict):
+    if trial.state != TrialState.RUNNING or not isinstance(pending, dict):
         return None
-    if not gone(owner):
+    if not ((isinstance(owner, dict) and gone(owner)) or _stale(pending)):
         return None
     record = dict(pending)
     if isinstance(record.get("partial"), str):  # every round measured, only its storing cut: a whole record
@@ -245,7 +270,8 @@ def _killed(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
 def recover_pending(storage: optuna.storages.BaseStorage, warn: Callable[[str], None] = lambda line: None) -> int:
     """Store the pending records whose benchmark was killed (``_killed``) as the records they hold (readers
     already see them: ``records``); one left by a live or unknown process stays as it is. A malformed one (a
-    shared storage is untrusted) is closed with no record and one ``warn`` line. Returns how many."""
+    shared storage is untrusted) is closed with no record and one ``warn`` line; one another benchmark
+    stores at the same moment is left to it. Returns how many this call stored."""
     if BENCH_STUDY not in {s.study_name for s in storage.get_all_studies()}:
         return 0
     study = optuna.load_study(study_name=BENCH_STUDY, storage=storage)
@@ -255,13 +281,22 @@ def recover_pending(storage: optuna.storages.BaseStorage, warn: Callable[[str], 
         if killed is None:
             continue
         try:
-            record = dict(check_record(killed, f"pending benchmark record {trial.number}"))
+            record: dict[str, Any] | None = dict(check_record(killed, f"pending benchmark record {trial.number}"))
         except MalformedRecord as error:
             warn(f"skipped: {one_line(error)}")
-            finish_pending(storage, trial._trial_id, None)
+            record = None
+        try:  # claimed by its state change: where another benchmark finished it first, it is that one's
+            storage.set_trial_user_attr(trial._trial_id, PENDING, None)
+            if record is not None:
+                storage.set_trial_user_attr(trial._trial_id, "record", record)
+            storage.set_trial_state_values(
+                trial._trial_id,
+                TrialState.FAIL if record is None else TrialState.COMPLETE,
+                values=None if record is None else [_value(record)],
+            )
+        except optuna.exceptions.UpdateFinishedTrialError:
             continue
-        finish_pending(storage, trial._trial_id, record)
-        recovered += 1
+        recovered += record is not None
     return recovered
 
 
@@ -305,13 +340,15 @@ def measure(
     runs: dict[str, list[Measurement]] | None = None,
     failed: dict[str, str] | None = None,
     on_run: Callable[[str], None] = lambda label: None,
+    on_fail: Callable[[str], None] = lambda label: None,
 ) -> dict[str, list[Measurement]]:
     """Measure every named setting for ``bench.rounds`` interleaved rounds, order rotated each round.
     Runs are added to ``runs`` as they finish, so a caller keeps what was measured if it is interrupted.
     With ``failed``, a setting whose worker fails is noted there with its reason and left out of later
     rounds while the others go on; without it, the first failure is raised. An interrupt, and a worker that
     could not even start (the machine's fault, not the setting's), are always raised: the runs so far stay.
-    ``on_run(label)`` is called after each run is added (the caller stores it at once)."""
+    ``on_run(label)`` is called after each run is added, ``on_fail(label)`` after a setting failed (the
+    caller stores both at once)."""
     runs = {label: [] for label, _ in named} if runs is None else runs
     for label, _ in named:
         runs.setdefault(label, [])
@@ -324,6 +361,7 @@ def measure(
             if failed is None or isinstance(error, (Interrupted, WorkerNotStarted)):
                 raise
             failed[label] = str(error)
+            on_fail(label)
             progress(f"round {round_ + 1}/{bench.rounds} {label}: FAILED ({error.reason}: {error})")
             continue
         runs[label].append(measurement)

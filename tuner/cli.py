@@ -81,6 +81,9 @@ def parse_duration(text: str) -> float:
     match = re.fullmatch(r"\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s?)?\s*", text)
     if not text.strip() or not match or not any(match.groups()):
         raise UsageError(f"--budget: {text!r} is not a duration (e.g. 90s, 50m, 1h30m)")
+    if (match.group(1) or match.group(2)) and match.group(3) and not text.strip().endswith("s"):
+        # "1h30" read as 1h and 30 seconds is rarely what was meant: the unit is asked for, not guessed.
+        raise UsageError(f"--budget: {text.strip()!r} leaves the last number's unit out; write e.g. 1h30m or 1h30s")
     hours, minutes, seconds = (int(g or 0) for g in match.groups())
     total = hours * 3600 + minutes * 60 + seconds
     if total <= 0:
@@ -94,8 +97,11 @@ MAX_BUDGET_S = 365 * 24 * 3600
 
 
 def _said(budget: str) -> str:
-    """The budget as the start line says it: a bare number is seconds, and says so (``10`` -> ``10s``)."""
-    return f"{budget.strip()}s" if budget.strip().isdigit() else budget.strip()
+    """The budget as the start line says it, parsed back to units: a bare number is seconds and says so
+    (``900`` -> ``15m``, ``90`` -> ``1m30s``, ``2h0m`` -> ``2h``)."""
+    total = int(parse_duration(budget))
+    hours, minutes, seconds = total // 3600, total // 60 % 60, total % 60
+    return "".join(f"{n}{unit}" for n, unit in ((hours, "h"), (minutes, "m"), (seconds, "s")) if n) or "0s"
 
 
 # Log, warning and result lines may quote stored text (a shared study's names, a verdict, a worker's reason):
@@ -193,7 +199,8 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
     )
     runtime = for_device(load_runtime(args.runtime), "cpu")
     space = load_space(args.space or runtime.space, max(counts))
-    _check_default_baseline(space, counts)
+    if not args.no_confirm:  # a search alone confirms nothing; the run that confirms it is checked then
+        _check_default_baseline(space, counts)
     if args.search_isa:  # a space that has the knob, a runtime without it or a CPU with one cap fail now: one line
         isa_space(runtime, space, probe.machine_facts().get("cpu_isa"))
     inert = check_knobs(runtime, space.distributions(max(counts)), args.allow_inert)
@@ -348,6 +355,7 @@ def cmd_run(args: argparse.Namespace, runner: Runner | None = None) -> int:
     cpu_isa = probe.machine_facts().get("cpu_isa") if args.search_isa else None
     for runtime in runtimes:
         space = load_space(runtime.space, max(counts))  # a broken space fails now, not an hour in
+        _check_default_baseline(space, counts)
         if args.search_isa:
             isa_space(runtime, space, cpu_isa)
     table.check_format(args.format)
@@ -943,7 +951,7 @@ STOP_ANYWHERE = (cmd_table, cmd_report, cmd_recommend, cmd_export, cmd_show, cmd
 
 # What an interrupted command kept, in its own words (the search's resume is not everyone's).
 RESUME = "finished trials are kept, run the same command to resume"
-WRITTEN_WHOLE = "--output is as it was, or written whole if the signal came after it"
+WRITTEN_WHOLE = "an --output file is as it was, or written whole if the signal came after it"
 INTERRUPTED = {
     "tune": RESUME,
     "run": RESUME,

@@ -590,6 +590,8 @@ def check_record(data: Any, where: str = "record") -> BenchmarkRecord:
     if "measured" in data:
         _get(data, "measured", str, where)
         _date(data, "measured", where)
+    if "value" in data and not _finite_positive(data["value"]):  # the stored trial's value (tuner.benchmark)
+        raise MalformedRecord(f"{where}.value: must be a finite, positive number")
     if "imported" in data:  # merged by `tuner import` (tuner/transfer.py): from which file, when
         origin = _get(data, "imported", Mapping, where)
         _get(origin, "file", str, f"{where}.imported")

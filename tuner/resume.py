@@ -26,7 +26,7 @@ from tuner.errors import (
     WorkerOutOfMemory,
     WorkerTimeout,
 )
-from tuner.owner import fail_orphans
+from tuner.owner import fail_orphans, identity
 from tuner.records import StoredRunnable, baseline_name, imported_from, trial_text
 from tuner.sanitize import one_line
 from tuner.settings import Settings
@@ -153,7 +153,7 @@ def not_the_baseline(trial: FrozenTrial, runnable: Mapping[str, Mapping[str, Any
     return None if same else f"it is named baseline {name} but its settings are not {name}'s here"
 
 
-REQUEUED = "requeued: a baseline before it in the plan was queued again, and is measured first"
+REQUEUED = "requeued"  # a waiting baseline taken out of the queue and queued again behind one before it
 
 
 def queue_baselines(study: optuna.Study, runnable: Mapping[str, Mapping[str, Any]]) -> None:
@@ -161,7 +161,8 @@ def queue_baselines(study: optuna.Study, runnable: Mapping[str, Mapping[str, Any
     plan's order: measured first. Optuna runs waiting trials by number, so a baseline queued again (its trial
     interrupted, or orphaned by a dead process) would run after those still waiting from the first start, and
     with ``--trials`` at or below the baselines' count a different set of them would be measured. Those
-    behind it in the plan are taken out of the queue (skipped, with the reason) and queued again after it."""
+    behind it in the plan are taken out of the queue (failed as ``requeued``, which no sampler learns from and
+    no budget counts) and queued again after it."""
     trials = study.get_trials(deepcopy=False)
     held = {
         baseline_name(t.user_attrs): t
@@ -178,11 +179,20 @@ def queue_baselines(study: optuna.Study, runnable: Mapping[str, Mapping[str, Any
     storage = study._storage
     for name in behind:
         trial_id = held[name]._trial_id
-        # Claimed as any worker claims a waiting trial: where another took it first, it runs now, as it is.
-        if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
-            storage.set_trial_user_attr(trial_id, "skip_reason", REQUEUED)
-            storage.set_trial_state_values(trial_id, TrialState.PRUNED)
-            missing.append(name)
+        # Claimed as any worker claims a waiting trial: where another took it first (to measure it, or to
+        # requeue it as this worker would), it is left to that worker.
+        try:
+            if not storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        storage.set_trial_user_attr(trial_id, "owner", identity())  # killed here, it is an orphan, failed as such
+        storage.set_trial_user_attr(trial_id, "fail_reason", REQUEUED)
+        storage.set_trial_user_attr(
+            trial_id, "fail_message", f"queued again behind baseline {missing[0]}, which was queued again first"
+        )
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        missing.append(name)
     for name in order:
         if name in missing:
             study.enqueue_trial(dict(runnable[name]), user_attrs={"baseline": name}, skip_if_exists=False)

@@ -78,6 +78,8 @@ def export(storage: optuna.storages.BaseStorage) -> dict[str, Any]:
         if not _ours(info.user_attrs, info.study_name) or (info.user_attrs.get(IMPORTING) and not records):
             continue  # not tuner's, or half imported: never passed on as if whole
         trials = storage.get_all_trials(info._study_id, deepcopy=False, states=FINISHED)
+        if records:  # a benchmark's pending record closed without one (its setting failed) is no record to share
+            trials = [t for t in trials if "record" in t.user_attrs]
         studies.append(
             {
                 "name": info.study_name,
