@@ -65,8 +65,10 @@ def main() -> int:
         if behaviour == "crash-last" and max(spec["cores"]) >= 1:
             print("fake worker: instance crashing before it is ready", file=sys.stderr, flush=True)
             os.abort()
-        send(json.dumps({"event": "ready"}))
+        # Stamped before it says so: stamped after, an instance descheduled in between could be released, and
+        # its partner stamp that, before its own "ready" stamp (a 20 us inversion failed CI once).
         ready = time.monotonic()
+        send(json.dumps({"event": "ready"}))
         if behaviour == "die-after-ready" and max(spec["cores"]) >= 1:
             print("fake worker: instance dying after it was ready", file=sys.stderr, flush=True)
             return 7
