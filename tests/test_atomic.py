@@ -103,3 +103,11 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path: 
     finally:
         live.kill()
         live.wait()
+
+
+def test_check_writable_refuses_a_name_the_temporary_file_could_not_have(tmp_path: Path) -> None:
+    target = tmp_path / ("r" * 230 + ".html")  # a legal name, but its temporary file's would pass 255 bytes
+    # check_writable makes its test file under the name write_text will use, so it refuses now, not after
+    # an hour's run has been done.
+    with pytest.raises(OSError):
+        atomic.check_writable(target)

@@ -170,7 +170,7 @@ def test_a_pending_record_from_another_boot_is_kept_once_stale_and_a_forged_one_
     assert main(argv, runner=runner) == 0
     (whole,) = records(open_storage(storage_url, create=False))
     storage = open_storage(storage_url, create=False)
-    old = {**whole, "partial": "2 of 3 rounds", "measured": "2026-01-01T00:00:00+00:00"}
+    old = {**whole, "partial": "2 of 3 rounds", "measured": "2026-01-01T00:00:00"}  # no zone: read as UTC
     # A benchmark killed by a power cut: its owner's boot is not this one, so nobody can tell from the process
     # whether it runs; its record has not been rewritten for months.
     rebooted = {**identity(), "boot_id": "another-boot", "pid": 1}
@@ -192,3 +192,36 @@ def test_a_pending_record_from_another_boot_is_kept_once_stale_and_a_forged_one_
     assert "2 of 3 rounds, its benchmark killed" in partial and "1 of 3 rounds" not in partial
     running = [t for t in _pending_trials(storage_url) if t.state == TrialState.RUNNING]
     assert [t.user_attrs[benchmark.PENDING]["partial"] for t in running] == ["1 of 3 rounds"]
+
+
+def test_a_live_benchmark_is_never_taken_for_killed_and_a_record_cut_while_closing_is_kept(
+    storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [*BENCH, "--rounds", "3", "--settings", "tf-default", "--storage", storage_url]
+    runner = ReplayRunner.from_rates(lambda spec: 1000.0)
+    assert main(argv, runner=runner) == 0
+    (whole,) = records(open_storage(storage_url, create=False))
+    storage = open_storage(storage_url, create=False)
+    study_id = storage.get_study_id_from_name(benchmark.BENCH_STUDY)
+    dead = {**identity(), "pid": 2**22 - 1}  # on this host, boot and namespace: known to be gone
+
+    def pending(attrs: dict[str, object]) -> None:
+        trial = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=attrs)
+        storage.create_new_trial(study_id, template_trial=trial)
+
+    # This process, silent for 8 hours by its record's date (one long round): it is known to run, so its
+    # record is neither read nor stored, however old (staleness is only for what cannot be told).
+    pending({benchmark.PENDING: {**whole, "measured": "2000-01-01T00:00:00+00:00"}, "owner": identity()})
+    # Killed while closing: its record written, the pending copy cleared, its state not yet set.
+    pending({"record": {**whole, "partial": "2 of 3 rounds"}, benchmark.PENDING: None, "owner": dead})
+    # Killed while closing with no record (its setting had failed): nothing to keep, closed.
+    pending({benchmark.PENDING: None, "owner": dead})
+    capsys.readouterr()
+    assert main(argv, runner=runner) == 0
+    assert "stored 1 records of an earlier benchmark that was killed" in capsys.readouterr().err
+    trials = optuna.load_study(study_name=benchmark.BENCH_STUDY, storage=storage).get_trials(deepcopy=False)
+    running = [t for t in trials if t.state == TrialState.RUNNING]
+    # Only the live one is left running; the one cut while closing is a record, the empty one is closed.
+    assert len(running) == 1 and running[0].user_attrs["owner"] == identity()
+    assert [r.get("partial") for r in records(storage)].count("2 of 3 rounds") == 1
+    assert len(records(storage)) == 3  # the first run's, the cut one's and the second run's

@@ -375,6 +375,10 @@ def test_an_interrupted_baseline_is_measured_first_on_resume(storage: optuna.sto
     assert [t.user_attrs["baseline"] for t in requeued] == order[1:]
     assert all(t.state == TrialState.FAIL and order[0] in t.user_attrs["fail_message"] for t in requeued)
     assert TrialState.RUNNING not in states(again.study)
+    # A later resume judges each requeued trial by the settings it was queued with: no "left out" warning.
+    said: list[str] = []
+    StudyRun(storage, make_config(trials=len(order) - 1), ReplayRunner.from_rates(rate), progress=said.append)
+    assert not [line for line in said if "left out" in line], said
 
 
 def test_two_workers_resuming_at_once_requeue_each_waiting_baseline_once(

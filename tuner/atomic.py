@@ -88,7 +88,7 @@ def check_writable(path: Path | str) -> None:
     only test that holds for root and on a read-only or immutable folder."""
     target = Path(path)
     _regular_or_new(target)
-    descriptor, tmp = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".", prefix=f".{target.name}.")
+    descriptor, tmp = tempfile.mkstemp(dir=target.parent if str(target.parent) else ".", prefix=_prefix(target))
     os.close(descriptor)
     os.unlink(tmp)
 

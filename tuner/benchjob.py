@@ -174,13 +174,14 @@ class BenchmarkJob:
         failed: dict[str, str] = {}
         pending: dict[str, int] = {}  # label -> its pending record (benchmark.PENDING), stored after every run
         settings_of = dict(named)
+        silent_s = benchmark.stale_after(len(named), p)  # how long a pending record may go unwritten
 
         def stored_now(label: str) -> None:
             record = self._record(target, label, settings_of[label], runs[label], run_id, extra)
             if label in pending:
-                pending[label] = benchmark.update_pending(self.storage, pending[label], record)
+                pending[label] = benchmark.update_pending(self.storage, pending[label], record, silent_s)
             else:
-                pending[label] = benchmark.open_pending(self.storage, record)
+                pending[label] = benchmark.open_pending(self.storage, record, silent_s)
 
         def failed_now(label: str) -> None:  # its rounds before the failure are no record of it, even if killed
             if label in pending:

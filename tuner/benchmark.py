@@ -31,11 +31,12 @@ from optuna.trial import TrialState
 
 from tuner import __version__
 from tuner.confirm import interleave
+from tuner.disturbance import ATTEMPTS
 from tuner.errors import Interrupted, InvalidSettings, TunerError, WorkerError, WorkerNotStarted
 from tuner.measurement import Measurement, coefficient_of_variation, median_abs_deviation, pooled_loop_rate
 from tuner.models import ModelRef, as_ref
 from tuner.objective import latency_ms
-from tuner.owner import gone, identity
+from tuner.owner import decidable, gone, identity
 from tuner.policy import MeasurementPolicy
 from tuner.records import BENCH_STUDY as BENCH_STUDY  # named here too, where the records are kept
 from tuner.records import BenchmarkRecord, MalformedRecord, check_record, utc_now
@@ -195,35 +196,60 @@ def store(storage: optuna.storages.BaseStorage, record: dict[str, Any]) -> None:
 
 
 # A benchmark still measuring keeps, per setting, one RUNNING trial holding the record of its finished rounds
-# (``PENDING``) and who measures it (``owner``), rewritten after each run. It becomes the record when the
-# setting ends (completed in place; the copy cleared), or is closed with none when the setting fails. Where its
-# process was killed outright (SIGKILL: no handler ran), the record it holds is read as a record at once
-# (``records``) and stored for good by the next benchmark (``recover_pending``): once its owner is known to be
-# gone (``owner.gone``: on this host, boot and PID namespace), or, wherever it ran (after a reboot, on another
-# host sharing the storage), once it was not rewritten for ``STALE_PENDING_S``.
+# (``PENDING``), who measures it (``owner``) and how long it may go unwritten (``STALE_AFTER``), rewritten
+# after each run. It becomes the record when the setting ends (completed in place, the copy cleared), or is
+# closed with none when the setting fails. Where its process was killed outright (SIGKILL: no handler ran),
+# the record it holds is read as a record at once (``records``) and stored for good by the next benchmark
+# (``recover_pending``): where this process can tell (same host, boot and PID namespace), once its owner is
+# gone (``owner.gone``); where it cannot (after a reboot, another host or container sharing the storage),
+# once it was not rewritten for longer than a whole round can take.
 PENDING = "pending_record"
-STALE_PENDING_S = 6 * 3600  # far past any gap between two runs of one setting (the worker's time limit included)
+STALE_AFTER = "stale_after_s"
+STALE_MARGIN_S = 3600.0
+STALE_DEFAULT_S = 24 * 3600.0  # where the trial says nothing usable of its own (a forged or older one)
 
 
 def _value(record: Mapping[str, Any]) -> float:
     return float(record.get("value", record.get("images_per_sec", 0.0)))
 
 
-def open_pending(storage: optuna.storages.BaseStorage, record: dict[str, Any]) -> int:
+def stale_after(settings: int, policy: MeasurementPolicy) -> float:
+    """How long a setting's pending record may go unwritten: every setting's run of one round, each at its
+    time limit and in every attempt the disturbance check allows, plus a margin."""
+    return settings * policy.timeout_s * ATTEMPTS + STALE_MARGIN_S
+
+
+def open_pending(storage: optuna.storages.BaseStorage, record: dict[str, Any], stale_after_s: float) -> int:
     """Start the pending record of one setting's runs; its trial id, for ``update_pending``/``finish_pending``."""
     study = _study(storage)
-    trial = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs={PENDING: record, "owner": identity()})
+    attrs = {PENDING: record, "owner": identity(), STALE_AFTER: stale_after_s}
+    trial = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=attrs)
     return storage.create_new_trial(study._study_id, template_trial=trial)
 
 
-def update_pending(storage: optuna.storages.BaseStorage, trial_id: int, record: dict[str, Any]) -> int:
-    """Rewrite the pending record; its trial id, a new one where another benchmark took this one for killed
-    (not rewritten for ``STALE_PENDING_S``) and stored it meanwhile."""
+def update_pending(
+    storage: optuna.storages.BaseStorage, trial_id: int, record: dict[str, Any], stale_after_s: float
+) -> int:
+    """Rewrite the pending record; its trial id, a new one where another benchmark stored this one as killed
+    meanwhile (this process could not be seen from there, and was silent past its limit)."""
     try:
         storage.set_trial_user_attr(trial_id, PENDING, record)
     except optuna.exceptions.UpdateFinishedTrialError:
-        return open_pending(storage, record)
+        return open_pending(storage, record, stale_after_s)
     return trial_id
+
+
+def _close(storage: optuna.storages.BaseStorage, trial_id: int, record: dict[str, Any] | None) -> None:
+    """Finish a pending trial: ``record`` written first, then the pending copy cleared, then the state (a
+    kill between two steps leaves a trial ``records`` still reads and ``recover_pending`` still closes).
+    Raises ``UpdateFinishedTrialError`` where another process finished it first."""
+    if record is not None:
+        storage.set_trial_user_attr(trial_id, "record", record)
+    storage.set_trial_user_attr(trial_id, PENDING, None)  # the record is kept once
+    if record is None:
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    else:
+        storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values=[_value(record)])
 
 
 def finish_pending(storage: optuna.storages.BaseStorage, trial_id: int, record: dict[str, Any] | None) -> None:
@@ -231,35 +257,44 @@ def finish_pending(storage: optuna.storages.BaseStorage, trial_id: int, record: 
     setting failed: the rounds before are no record of it, and the failure is a record of its own). Where
     another benchmark already stored it as killed, ``record`` is stored as a record of its own."""
     try:
-        storage.set_trial_user_attr(trial_id, PENDING, None)  # the record is kept once
-        if record is None:
-            storage.set_trial_state_values(trial_id, TrialState.FAIL)
-            return
-        storage.set_trial_user_attr(trial_id, "record", record)
-        storage.set_trial_state_values(trial_id, TrialState.COMPLETE, values=[_value(record)])
+        _close(storage, trial_id, record)
     except optuna.exceptions.UpdateFinishedTrialError:
         if record is not None:
             store(storage, record)
 
 
-def _stale(pending: Mapping[str, Any]) -> bool:
-    """Not rewritten for ``STALE_PENDING_S`` (by its ``measured`` date); an unreadable date is not stale."""
-    try:
-        written = datetime.fromisoformat(str(pending.get("measured")))
-        return (datetime.now(UTC) - written).total_seconds() > STALE_PENDING_S
-    except (ValueError, TypeError):
-        return False
-
-
-def _killed(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
-    """The record a pending trial holds, where its benchmark was killed (its owner known to be gone, or the
-    record stale: see ``PENDING``), marked so where rounds are missing; else None. Not checked here: the
-    caller checks it, as every record."""
-    owner = trial.user_attrs.get("owner")
+def _stale(trial: optuna.trial.FrozenTrial) -> bool:
+    """Not rewritten (by its record's ``measured`` date, UTC where no zone is given) for longer than its
+    ``STALE_AFTER`` (or ``STALE_DEFAULT_S``); an unreadable date is not stale."""
+    limit = trial.user_attrs.get(STALE_AFTER)
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit < 10 * 365 * 86400:
+        limit = STALE_DEFAULT_S
     pending = trial.user_attrs.get(PENDING)
-    if trial.state != TrialState.RUNNING or not isinstance(pending, dict):
-        return None
-    if not ((isinstance(owner, dict) and gone(owner)) or _stale(pending)):
+    try:
+        written = datetime.fromisoformat(str(pending.get("measured") if isinstance(pending, dict) else None))
+    except ValueError:
+        return False
+    if written.tzinfo is None:
+        written = written.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - written).total_seconds() > limit
+
+
+def _killed(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a RUNNING pending trial's benchmark was killed: its owner known to be gone where this process
+    can tell (``owner.decidable``), else its record stale (``_stale``)."""
+    owner = trial.user_attrs.get("owner")
+    if trial.state != TrialState.RUNNING or (PENDING not in trial.user_attrs and "record" not in trial.user_attrs):
+        return False
+    if isinstance(owner, dict) and decidable(owner):
+        return gone(owner)
+    return _stale(trial)
+
+
+def _killed_record(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
+    """The record a killed benchmark's pending trial holds (``_killed``), marked so where rounds are
+    missing; None where it holds none. Not checked here: the caller checks it, as every record."""
+    pending = trial.user_attrs.get(PENDING)
+    if not isinstance(pending, dict) or not _killed(trial):
         return None
     record = dict(pending)
     if isinstance(record.get("partial"), str):  # every round measured, only its storing cut: a whole record
@@ -268,32 +303,27 @@ def _killed(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
 
 
 def recover_pending(storage: optuna.storages.BaseStorage, warn: Callable[[str], None] = lambda line: None) -> int:
-    """Store the pending records whose benchmark was killed (``_killed``) as the records they hold (readers
-    already see them: ``records``); one left by a live or unknown process stays as it is. A malformed one (a
-    shared storage is untrusted) is closed with no record and one ``warn`` line; one another benchmark
-    stores at the same moment is left to it. Returns how many this call stored."""
+    """Close the pending trials of killed benchmarks (``_killed``): each as the record it holds (readers
+    already see it: ``records``), or, holding none usable (cut while it was closed, or malformed: a shared
+    storage is untrusted, one ``warn`` line), with no record; one left by a live or unknown process stays as
+    it is, and one another benchmark closes at the same moment is left to it. Returns how many records
+    this call stored."""
     if BENCH_STUDY not in {s.study_name for s in storage.get_all_studies()}:
         return 0
     study = optuna.load_study(study_name=BENCH_STUDY, storage=storage)
     recovered = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        killed = _killed(trial)
-        if killed is None:
+        if not _killed(trial):
             continue
+        found = trial.user_attrs["record"] if "record" in trial.user_attrs else _killed_record(trial)
+        record: dict[str, Any] | None = None
+        if found is not None:
+            try:
+                record = dict(check_record(found, f"pending benchmark record {trial.number}"))
+            except MalformedRecord as error:
+                warn(f"skipped: {one_line(error)}")
         try:
-            record: dict[str, Any] | None = dict(check_record(killed, f"pending benchmark record {trial.number}"))
-        except MalformedRecord as error:
-            warn(f"skipped: {one_line(error)}")
-            record = None
-        try:  # claimed by its state change: where another benchmark finished it first, it is that one's
-            storage.set_trial_user_attr(trial._trial_id, PENDING, None)
-            if record is not None:
-                storage.set_trial_user_attr(trial._trial_id, "record", record)
-            storage.set_trial_state_values(
-                trial._trial_id,
-                TrialState.FAIL if record is None else TrialState.COMPLETE,
-                values=None if record is None else [_value(record)],
-            )
+            _close(storage, trial._trial_id, record)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
         recovered += record is not None
@@ -312,7 +342,7 @@ def records(
     found = []  # each record is one trial, stored whole: a cut-short import leaves whole records only
     for trial in study.get_trials(deepcopy=False):
         # A killed benchmark's rounds are read as its record at once, before the next benchmark stores them.
-        record = trial.user_attrs["record"] if "record" in trial.user_attrs else _killed(trial)
+        record = trial.user_attrs["record"] if "record" in trial.user_attrs else _killed_record(trial)
         if record is None:
             continue
         try:

@@ -72,6 +72,16 @@ def identity() -> dict[str, Any]:
     }
 
 
+def decidable(owner: Mapping[str, Any]) -> bool:
+    """Whether ``gone`` can tell of ``owner``: it names this host, boot and PID namespace (an older owner
+    with host and pid only: this host)."""
+    me = identity()
+    if owner.get("host") != me["host"]:
+        return False
+    recorded = "boot_id" in owner or "pid_ns" in owner
+    return not recorded or (owner.get("boot_id") == me["boot_id"] and owner.get("pid_ns") == me["pid_ns"])
+
+
 def gone(owner: Mapping[str, Any]) -> bool:
     """True only when this process can tell that ``owner`` no longer runs: same host, boot and PID
     namespace, and no process with its pid (or one with that pid that started at another time)."""

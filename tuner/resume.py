@@ -26,7 +26,7 @@ from tuner.errors import (
     WorkerOutOfMemory,
     WorkerTimeout,
 )
-from tuner.owner import fail_orphans, identity
+from tuner.owner import fail_orphans
 from tuner.records import StoredRunnable, baseline_name, imported_from, trial_text
 from tuner.sanitize import one_line
 from tuner.settings import Settings
@@ -142,7 +142,9 @@ def not_the_baseline(trial: FrozenTrial, runnable: Mapping[str, Mapping[str, Any
     if planned is None:
         return f"it is named baseline {name}, which is not measured as a baseline here"
     params: Any = trial.params
-    if trial.state in (TrialState.WAITING, TrialState.RUNNING):  # what it will run is what it was queued with
+    # What it will run (or would have: taken out of the queue before it ran, as ``requeued``) is what it was
+    # queued with.
+    if trial.state in (TrialState.WAITING, TrialState.RUNNING) or (trial.state == TrialState.FAIL and not params):
         params = trial.system_attrs.get("fixed_params")
         if not isinstance(params, Mapping):
             return f"it is named baseline {name} but was queued with no settings"
@@ -186,7 +188,8 @@ def queue_baselines(study: optuna.Study, runnable: Mapping[str, Mapping[str, Any
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
-        storage.set_trial_user_attr(trial_id, "owner", identity())  # killed here, it is an orphan, failed as such
+        # No owner: killed right here, it is failed as an orphan by any host after ORPHAN_AGE_S (an owner would
+        # leave that to this host alone, and the trial never had Optuna's heartbeat).
         storage.set_trial_user_attr(trial_id, "fail_reason", REQUEUED)
         storage.set_trial_user_attr(
             trial_id, "fail_message", f"queued again behind baseline {missing[0]}, which was queued again first"
