@@ -76,7 +76,16 @@ def leaving(hogs: list[subprocess.Popen[bytes]]) -> Callable[[Sequence[int]], fl
     return neighbour_leaves
 
 
+def skip_unless_quiet() -> None:
+    """These tests judge real disturbance: their quiet runs need the cores quiet once their own busy loop
+    leaves. Where other work (another job on a shared machine) already holds them, they skip, saying so."""
+    before = sample(CORES, 1.0)
+    if before.share > 0.1:
+        pytest.skip(f"the cores are busy with other work ({before.describe()}): this test needs them quiet")
+
+
 def test_a_busy_neighbour_on_the_trials_core_is_measured_again_and_a_quiet_trial_is_not() -> None:
+    skip_unless_quiet()
     inner = Counting(FakeRunner("spin"))
     hogs: list[subprocess.Popen[bytes]] = []
     neighbour_leaves = leaving(hogs)
@@ -114,9 +123,7 @@ def prune_at_timed_step(last: int) -> StepCallback:
 
 
 def test_a_trial_pruned_on_disturbed_steps_is_measured_again_in_full_a_quiet_one_stays_pruned() -> None:
-    before = sample(CORES, 1.0)
-    if before.share > 0.1:  # the retries must find the cores quiet once the test's own neighbour leaves
-        pytest.skip(f"the cores are busy with other work ({before.describe()}): this test needs them quiet")
+    skip_unless_quiet()
     inner = Counting(FakeRunner("spin"))
     neighbour_leaves = leaving([busy_loop(CORES[0])])
     runner = Steady(inner, limit=0.25, wait_quiet=neighbour_leaves)

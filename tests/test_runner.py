@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tuner import lockfile
 from tuner.errors import (
     EnvironmentChanged,
     Pruned,
@@ -452,6 +453,28 @@ def test_waiting_for_the_lock_is_announced_once(tmp_path: Path) -> None:
     # The runner waited for the other measurement, said so once, then measured.
     assert notes == [f"waiting for another measurement on this host (lock {lock})"]
     assert measurement.timed_seconds == tuple(TIMED)
+
+
+def test_a_long_wait_for_the_lock_says_so_every_while_and_when_it_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lockfile, "STILL_S", 0.3)  # every 30 s in use; the holder below keeps it 1.5 s
+    lock = tmp_path / "lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(1.5)", str(lock)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    notes: list[str] = []
+    runner = FakeRunner("ok")
+    runner.lock, runner.note = lock, notes.append
+    runner.run(make_spec())
+    holder.wait()
+    # Announced once, then "still waiting" lines while it waits (never silent for long), then when it got it.
+    assert notes[0].startswith("waiting for another measurement on this host")
+    assert len(notes) >= 4 and all(n.startswith("still waiting for the host lock, 0m0") for n in notes[1:-1])
+    assert notes[-1].startswith("took the host lock after 0m0")
 
 
 def write_manifest(environment: Path, framework: str) -> None:

@@ -753,3 +753,31 @@ def test_a_seed_offset_past_two_to_the_32_still_makes_a_sampler() -> None:
     # 2**32, which Optuna's generators refuse ("Seed must be between 0 and 2**32 - 1"). It wraps instead.
     for name in ("tpe", "random"):
         make_sampler(name, 2**32 - 1 + 7)
+
+
+def test_waiting_for_other_workers_says_so_on_entering_and_each_minute(storage: optuna.storages.RDBStorage) -> None:
+    now = [100.0]
+    said: list[str] = []
+    run = StudyRun(storage, make_config(cores=1, trials=3), ReplayRunner.from_rates(rate), clock=lambda: now[0])
+    run.search(None)
+    other = run.study.ask()  # another worker's trial, the fourth of four wanted: this worker waits for it
+    other.set_user_attr("owner", owner_identity())
+    polls = [0]
+
+    def sleep(seconds: float) -> None:  # the poll: 20 s of the fake clock; the other worker ends after 7 polls
+        polls[0] += 1
+        now[0] += 20.0
+        if polls[0] == 7:
+            run.study.tell(other, 1000.0)
+
+    waiting = StudyRun(
+        storage, make_config(cores=1, trials=4), ReplayRunner.from_rates(rate), said.append, lambda: now[0], sleep
+    )
+    waiting.search(None)
+    lines = [line for line in said if line.startswith("waiting for other workers")]
+    # 140 s of waiting: one line on entering, then one a minute (at 60 s and 120 s), each naming the trial.
+    assert lines == [
+        f"waiting for other workers' trials {other.number} to finish (0m00s so far)",
+        f"waiting for other workers' trials {other.number} to finish (1m00s so far)",
+        f"waiting for other workers' trials {other.number} to finish (2m00s so far)",
+    ]

@@ -575,6 +575,7 @@ def test_a_file_nested_past_the_parser_or_with_unusual_choices_is_one_line(
     name = next(iter(trial["distributions"]))
     trial["distributions"][name] = {"name": "CategoricalDistribution", "attributes": {"choices": [{"a": 1}]}}
     path = write(tmp_path, data)
+    capsys.readouterr()  # the export's own lines
     assert main(["import", str(path), "--storage", url]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"tuner: error: {path}: ") and "distributions" in err and "\n" not in err
@@ -752,3 +753,18 @@ def test_a_host_named_like_a_value_changes_no_data_only_free_text(
     )
     assert [t["params"] for t in shared["trials"]] == [t["params"] for t in original["trials"]]
     assert shared["user_attrs"]["tuner"]["runtime"] == original["user_attrs"]["tuner"]["runtime"]
+
+
+def test_a_long_import_and_an_export_say_what_they_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = exported(tmp_path, f"sqlite:///{tmp_path / 'source.db'}")
+    # The export said what it was doing before it began (a big storage takes a while).
+    assert "exporting the tuner studies and benchmark records of sqlite:///" in capsys.readouterr().err
+    monkeypatch.setattr(transfer, "PROGRESS_S", 0.0)  # every study says so (10 s apart in use)
+    assert main(["import", str(write(tmp_path, data)), "--storage", f"sqlite:///{tmp_path / 'target.db'}"]) == 0
+    err = capsys.readouterr().err
+    trials = sum(len(study["trials"]) for study in data["studies"])
+    # A start line with the file's size in studies and trials, then how far it is, study by study.
+    assert f"importing {len(data['studies'])} studies ({trials} trials) from" in err
+    assert f"import: study 1/{len(data['studies'])}, 0 imported so far" in err

@@ -38,6 +38,7 @@ from tuner.models import ModelRef, as_ref
 from tuner.objective import latency_ms
 from tuner.owner import decidable, gone, identity
 from tuner.policy import MeasurementPolicy
+from tuner.progress import StepLines
 from tuner.records import BENCH_STUDY as BENCH_STUDY  # named here too, where the records are kept
 from tuner.records import BenchmarkRecord, MalformedRecord, check_record, utc_now
 from tuner.runner import Runner, TaskSpec, TrialSpec
@@ -385,8 +386,9 @@ def measure(
     given_up = failed if failed is not None else {}
     for round_, (label, settings) in interleave(named, bench.rounds, lambda item, _round: item[0] in given_up):
         spec = TrialSpec(settings, target.workload, target.cores, bench, device=target.device, replicas=target.replicas)
+        lines = StepLines(progress, f"round {round_ + 1}/{bench.rounds} {label}", bench.warmup, bench.timed)
         try:
-            measurement = runner.run(spec)
+            measurement = runner.run(spec, lines)  # a full burst takes minutes: said on the way
         except WorkerError as error:
             if failed is None or isinstance(error, (Interrupted, WorkerNotStarted)):
                 raise

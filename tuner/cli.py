@@ -210,7 +210,7 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
         runner = (
             SubprocessRunner(python=args.python, environment=environment_of(args.python))
             if args.python
-            else runtime_runner(runtime)
+            else runtime_runner(runtime, _log)
         )
     runner = steady(runner, limit, _log)
     storage = open_storage(args.storage)
@@ -267,11 +267,11 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
     if args.device == "gpu" and runner is None:  # a runtime that cannot run here skips the GPU rows, with why
         unavailable = runtime.installable()
         try:
-            runner = runtime_runner(runtime)
+            runner = runtime_runner(runtime, _log)
         except UsageError as error:
             unavailable = unavailable or str(error)
             runner = SubprocessRunner()  # never started: every row is skipped with ``unavailable``
-    runner = steady(runner or runtime_runner(runtime), limit, _log)
+    runner = steady(runner or runtime_runner(runtime, _log), limit, _log)
     if args.device == "gpu":
         if unavailable is None:
             visible = benchmark.visible_gpus(runner, Settings.from_params(fixed_knobs(space)), core_set(1))
@@ -508,7 +508,9 @@ def cmd_exec(args: argparse.Namespace, runner: Runner | None = None) -> int:
 
 def cmd_export(args: argparse.Namespace, runner: Runner | None = None) -> int:
     _check_output(args.output)
-    data = transfer.export(open_storage(args.storage, create=False))
+    storage = open_storage(args.storage, create=False)
+    _log(f"exporting the tuner studies and benchmark records of {redact(args.storage)} ...")
+    data = transfer.export(storage)
     redacted = transfer.redact(data) if args.redact else None
     transfer.write(data, Path(args.output))
     trials = sum(len(study["trials"]) for study in data["studies"])
@@ -522,8 +524,10 @@ def cmd_import(args: argparse.Namespace, runner: Runner | None = None) -> int:
     data = transfer.read(Path(args.file))  # validated whole before the storage is touched
     made = sqlite_missing(args.storage)
     storage = open_storage(args.storage)
+    trials = sum(len(study["trials"]) for study in data["studies"])
+    _log(f"importing {len(data['studies'])} studies ({trials} trials) from {args.file}")
     try:
-        done = transfer.import_into(storage, data, args.file)
+        done = transfer.import_into(storage, data, args.file, log=_log)
     finally:  # nothing landed (all refused, or a Ctrl-C before the first study): no empty database left behind
         if made is not None:
             remove_if_empty(storage, made)

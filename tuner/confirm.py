@@ -24,8 +24,9 @@ from tuner.errors import Interrupted, TunerError, WorkerError, WorkerNotStarted
 from tuner.measurement import Measurement
 from tuner.objective import OBJECTIVES, Objective, latency_ms, quantile
 from tuner.policy import MeasurementPolicy
+from tuner.progress import StepLines
 from tuner.records import DROP_REASON_CHARS, ConfirmationRun, StoredConfirmation, baseline_name, utc_now
-from tuner.runner import Runner, TrialSpec
+from tuner.runner import Runner, StepCallback, TrialSpec
 from tuner.sanitize import one_line
 from tuner.settings import Settings
 from tuner.workload import Workload
@@ -368,8 +369,10 @@ def confirm(
     dropped: Mapping[str, str] | None = None,
     on_drop: OnDrop | None = None,
     on_fail: OnFail | None = None,
+    steps: Callable[[str], StepCallback | None] = lambda name: None,
 ) -> Verdict:
     """Measure ``candidates`` interleaved for ``rounds`` rounds; runs already in ``done`` are kept.
+    ``steps(name)`` is a run's step callback (progress on the way; it must not raise).
 
     A candidate whose run fails by what may be its own doing (``own_failure``) is dropped, with why, and the
     others go on: the verdict is decided without it and names it. So are those ``dropped`` before (a resumed
@@ -387,7 +390,7 @@ def confirm(
     def attempt(candidate: Candidate) -> Measurement | TunerError:
         """One run of ``candidate``, or the error where it failed by what may be its own doing."""
         try:
-            return runner.run(TrialSpec(candidate.settings, workload, cores, policy))
+            return runner.run(TrialSpec(candidate.settings, workload, cores, policy), steps(candidate.name))
         except TunerError as error:
             if not own_failure(error):
                 raise
@@ -467,8 +470,24 @@ def confirm_logged(
 
     for name, why in log.dropped.items():
         progress(f"{name}: dropped earlier in this confirmation ({why})")
+
+    def steps(name: str) -> StepLines:
+        return StepLines(progress, f"confirm {name}", policy.warmup, policy.timed)
+
     return confirm(
-        runner, candidates, workload, cores, policy, rounds, log.rates(), on_run, seed, log.dropped, on_drop, on_fail
+        runner,
+        candidates,
+        workload,
+        cores,
+        policy,
+        rounds,
+        log.rates(),
+        on_run,
+        seed,
+        log.dropped,
+        on_drop,
+        on_fail,
+        steps=steps,
     )
 
 

@@ -326,7 +326,10 @@ class Steady:
                 seen.append(found.to_dict())
                 if attempt == self.attempts:
                     break
-            self.note(f"disturbed: {found.describe()}; measuring again ({attempt + 1} of {self.attempts})")
+            self.note(
+                f"disturbed: {found.describe()}; measuring again ({attempt + 1} of {self.attempts}) once its cores "
+                f"are quiet (waiting up to {QUIET_WAIT_S:.0f} s)"
+            )
             waited = self.wait_quiet(spec.cores)
             if waited > 0:
                 self.note(f"waited {waited:.0f} s for its cores to be quiet")

@@ -13,6 +13,8 @@ import contextlib
 import fcntl
 import os
 import stat
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -61,6 +63,9 @@ class Busy(Exception):
     """The lock is held by another process, and the caller asked not to wait (``held(..., wait=False)``)."""
 
 
+STILL_S = 30.0  # how often a long wait says so
+
+
 @contextlib.contextmanager
 def held(
     path: Path,
@@ -70,10 +75,13 @@ def held(
     what: str = "the measurement lock",
     wait: bool = True,
     missing_ok: bool = False,
+    still: Callable[[float, bool], None] = lambda waited_s, got: None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Iterator[None]:
     """Hold the lock at ``path`` (exclusive, or ``shared`` with other holders of a shared lock) for the block.
-    If another process holds it, ``note()`` is called once and the wait blocks until the lock is free (Ctrl-C
-    while waiting stops at once); with ``wait`` False, ``Busy`` is raised instead. With ``missing_ok``, a
+    If another process holds it, ``note()`` is called once and the wait goes on until the lock is free (Ctrl-C
+    while waiting stops at once), ``still(seconds so far, False)`` every ``STILL_S`` and ``still(seconds,
+    True)`` once it is taken after such a line; with ``wait`` False, ``Busy`` is raised instead. With ``missing_ok``, a
     lock file that is missing and cannot be made (a folder shared read-only, made before it had locks: no
     one who cannot make it can write there either) leaves the block unlocked; an unsafe one is still refused."""
     mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
@@ -91,8 +99,24 @@ def held(
             if not wait:
                 raise Busy(f"{what} {path} is held by another process") from None
             note()
-            with interrupt.interruptible():
-                fcntl.flock(descriptor, mode)
+            # Blocked in flock (the kernel wakes waiters as the lock is freed; a poller could lose every race
+            # to a holder taking it again between its trials), while a thread says every STILL_S it waits.
+            began, taken = clock(), threading.Event()
+
+            def say() -> None:
+                while not taken.wait(STILL_S):
+                    still(clock() - began, False)
+
+            reminder = threading.Thread(target=say, name="tuner-lock-wait", daemon=True)
+            reminder.start()
+            try:
+                with interrupt.interruptible():
+                    fcntl.flock(descriptor, mode)
+            finally:
+                taken.set()
+                reminder.join()
+            if clock() - began >= STILL_S:
+                still(clock() - began, True)
         yield
     finally:
         os.close(descriptor)

@@ -295,7 +295,7 @@ class Job:
     # -- preparation ------------------------------------------------------------------------------------
 
     def _runner(self, runtime: Runtime) -> Runner:
-        return steady(self.runner or runtime_runner(runtime), self.max_disturbance, self.log)
+        return steady(self.runner or runtime_runner(runtime, self.log), self.max_disturbance, self.log)
 
     def _env_missing(self, runtime: Runtime) -> bool:
         """The runtime's environment is still to be built (a test's fake runner needs none)."""
@@ -649,7 +649,7 @@ class Job:
         if reason is not None:
             return None, reason
         try:
-            return steady(runtime_runner(gpu), self.max_disturbance, self.log), None
+            return steady(runtime_runner(gpu, self.log), self.max_disturbance, self.log), None
         except TunerError as error:
             return None, str(error)
 

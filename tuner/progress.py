@@ -7,12 +7,46 @@ job's ETA. Anywhere else (a file, a pipe, a CI log) there is no bar: the lines a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
 from tqdm import tqdm
 
 Log = Callable[[str], None]
+
+STEP_LINE_S = 30.0  # a run that takes longer says how far it is, at most this often
+
+
+def duration(seconds: float) -> str:
+    """'12m05s': how progress lines show time left."""
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class StepLines:
+    """A step callback (``runner.StepCallback``) for one long run: every ``STEP_LINE_S`` at most it logs
+    ``WHAT: batch 40/110, 10.4 s/batch, ~12m00s left`` (the steps so far, their mean, what is left at it), so
+    a run of minutes (a full benchmark burst, a training trial on one core) is never a silent stretch. A
+    run shorter than that says nothing more than before."""
+
+    def __init__(
+        self, log: Log, what: str, warmup: int, timed: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.log, self.what, self.warmup, self.total, self.clock = log, what, warmup, warmup + timed, clock
+        self.said = clock()
+        self.seconds, self.steps = 0.0, 0
+
+    def __call__(self, phase: str, index: int, seconds: float) -> None:
+        self.seconds += seconds
+        self.steps += 1
+        done = index + 1 + (self.warmup if phase == "timed" else 0)
+        now = self.clock()
+        if now - self.said >= STEP_LINE_S and done < self.total:
+            self.said = now
+            mean = self.seconds / self.steps
+            left = duration((self.total - done) * mean)
+            self.log(f"{self.what}: batch {done}/{self.total}, {mean:.1f} s/batch, ~{left} left")
 
 
 class Bar:

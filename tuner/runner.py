@@ -264,7 +264,7 @@ class SubprocessRunner:
         while True:
             with contextlib.ExitStack() as locks:
                 # One measurement at a time on this host: two tuners timing on the same cores would disturb both.
-                locks.enter_context(held(self.lock, self._waiting_for_host))
+                locks.enter_context(held(self.lock, self._waiting_for_host, still=self._still_waiting))
                 if self.environment is None or self._hold_environment(locks, self.environment):
                     held_from = time.time()
                     with tempfile.TemporaryDirectory(prefix="tuner-keras-") as keras_home:
@@ -281,6 +281,10 @@ class SubprocessRunner:
 
     def _waiting_for_host(self) -> None:
         self.note(f"waiting for another measurement on this host (lock {self.lock})")
+
+    def _still_waiting(self, waited_s: float, got: bool) -> None:
+        said = f"{int(waited_s) // 60}m{int(waited_s) % 60:02d}s"
+        self.note(f"took the host lock after {said}" if got else f"still waiting for the host lock, {said} so far")
 
     def _hold_environment(self, locks: contextlib.ExitStack, environment: Path) -> bool:
         """Hold the environment's lock shared for the trial (False, holding nothing, while a build holds it),
@@ -508,6 +512,10 @@ def _decode(line: bytes) -> dict[str, Any]:
     return event
 
 
-def runtime_runner(runtime: Runtime) -> SubprocessRunner:
-    """A runner for the runtime's interpreter, holding its managed environment's lock (if any) per trial."""
-    return SubprocessRunner(python=runtime.python(), environment=runtime.env_dir, runtime_name=runtime.name)
+def runtime_runner(runtime: Runtime, note: Callable[[str], None] | None = None) -> SubprocessRunner:
+    """A runner for the runtime's interpreter, holding its managed environment's lock (if any) per trial;
+    ``note`` says what it waits for (default: a ``tuner:`` line on stderr)."""
+    runner = SubprocessRunner(python=runtime.python(), environment=runtime.env_dir, runtime_name=runtime.name)
+    if note is not None:
+        runner.note = note
+    return runner

@@ -40,6 +40,8 @@ from tuner.objective import OBJECTIVES, Objective
 from tuner.owner import fail_orphans
 from tuner.owner import identity as owner_identity
 from tuner.policy import BURST, CONFIRM, MeasurementPolicy
+from tuner.progress import StepLines
+from tuner.progress import duration as duration  # re-exported: the ETA lines' format
 from tuner.records import baseline_name, trial_measurement, trial_text, utc_now
 from tuner.resume import (
     WORKER_FAILURES,
@@ -147,6 +149,7 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
 
 
 WAIT = "wait"  # StopRule: other workers are measuring the study's last trials
+WAIT_LINE_S = 60.0  # while waiting for them, a line this often
 
 
 @dataclass(frozen=True)
@@ -386,8 +389,10 @@ class StudyRun:
         spec = TrialSpec(settings, self.config.workload, self.config.cores, self.config.policy)
 
         reported: list[int] = []
+        lines = StepLines(self.progress, f"trial {trial.number}", spec.policy.warmup, spec.policy.timed)
 
         def on_step(phase: str, index: int, seconds: float) -> None:
+            lines(phase, index, seconds)
             if phase == "timed":
                 trial.report(spec.global_batch / seconds, index)  # per sample, whatever the trial's batch
                 reported.append(index)
@@ -422,12 +427,24 @@ class StudyRun:
         rule = StopRule(self.config.trials, self.distinct_settings(), deadline, stop_at, confirms)
         streak: list[str] = []  # the reasons of the failures since the last complete trial
         skips = 0
+        waiting_since: float | None = None  # other workers hold the last trials: said on entering, then each minute
+        said = 0.0
         while True:
             interrupt.checkpoint()  # between trials: a Ctrl-C received during Optuna's bookkeeping stops here
             why = rule.check(self, skips)
             if why == WAIT:
+                now = self.clock()
+                if waiting_since is None or now - said >= WAIT_LINE_S:
+                    waiting_since = now if waiting_since is None else waiting_since
+                    said = now
+                    running = [t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+                    self.progress(
+                        f"waiting for other workers' trials {', '.join(map(str, running)) or '(none running)'} "
+                        f"to finish ({duration(now - waiting_since)} so far)"
+                    )
                 self._wait_for_others()
                 continue
+            waiting_since = None
             if why is not None:
                 if why:
                     self.progress(why)
@@ -682,9 +699,3 @@ def compute_importances(study: optuna.Study, params: list[str], seed: int = 0) -
         warnings.simplefilter("ignore")
         found = optuna.importance.get_param_importances(study, evaluator=evaluator, params=params)
     return {name: float(value) for name, value in found.items()}
-
-
-def duration(seconds: float) -> str:
-    """'12m05s': how progress lines show time left."""
-    seconds = max(0, int(seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s"

@@ -23,8 +23,9 @@ import json
 import math
 import os
 import re
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -368,9 +369,19 @@ class Imported:
         return iter((self.imported, self.kept, self.refused))
 
 
-def import_into(storage: optuna.storages.BaseStorage, data: dict[str, Any], source: str = "") -> Imported:
+PROGRESS_S = 10.0  # a long import says how far it is, at most this often
+
+
+def import_into(
+    storage: optuna.storages.BaseStorage,
+    data: dict[str, Any],
+    source: str = "",
+    log: Callable[[str], None] = lambda line: None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Imported:
     """Create the studies the target lacks, each atomically, and merge the benchmark records it lacks; return
-    what was done (``Imported``). ``source`` (the file) is recorded on every imported study."""
+    what was done (``Imported``). ``source`` (the file) is recorded on every imported study. A large file
+    says how far it is on ``log``, at most every ``PROGRESS_S``."""
     studies = storage.get_all_studies()
     existing = {s.study_name: s.user_attrs for s in studies}
     # A study with no attribute and no trial is an import killed between its creation and its mark (SIGKILL,
@@ -379,8 +390,12 @@ def import_into(storage: optuna.storages.BaseStorage, data: dict[str, Any], sour
     done = Imported()
     imported, kept, refused = done.imported, done.kept, done.refused
     stamp = {"file": one_line(source, 200), "at": datetime.now(UTC).isoformat(timespec="seconds")}
-    for study in data["studies"]:
+    said = clock()
+    for index, study in enumerate(data["studies"]):
         interrupt.checkpoint()  # a Ctrl-C stops here, between studies
+        if clock() - said >= PROGRESS_S:
+            said = clock()
+            log(f"import: study {index + 1}/{len(data['studies'])}, {len(imported)} imported so far")
         name = study["name"]
         if name == BENCH_STUDY:  # this machine's records stay; the file's are added where missing
             done.records = _merge_records(storage, study, name in existing, refused, stamp)
