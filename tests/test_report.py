@@ -374,3 +374,16 @@ def test_figures_draw_a_shared_studys_numbers_and_valid_settings_only(tmp_path: 
     # So the page (hover text included) holds none of that text, and says what it left out.
     assert "evil.example" not in document and "<b>tf-default" not in document
     assert "1 complete trial(s) left out of the figures" in document
+
+
+def test_a_big_report_says_how_far_it_is(filled: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    url, _ = filled
+    monkeypatch.setattr(report, "PROGRESS_S", 0.0)  # every study says so (10 s apart in use)
+    said: list[str] = []
+    report.build(open_storage(url, create=False), "s.db", log=said.append)
+    studies = len(
+        [s for s in open_storage(url, create=False).get_all_studies() if s.study_name != benchmark.BENCH_STUDY]
+    )
+    # Reading each stored study, then drawing each tuner study: lines that count up to the whole.
+    assert any(line.startswith("report: reading study 1/") for line in said)
+    assert f"report: drawing study {studies}/{studies}" in said

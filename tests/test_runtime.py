@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,27 @@ def test_an_interpreter_inside_a_managed_environment_is_known_as_one(tmp_path: P
     (tmp_path / "venv" / "bin").mkdir(parents=True)
     assert environment_of(str(tmp_path / "venv" / "bin" / "python")) is None
     assert environment_of("python3") is None
+
+
+def test_a_long_build_step_says_it_goes_on_and_keeps_its_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tuner.envs as envs_module
+
+    monkeypatch.setattr(envs_module, "BUILD_LINE_S", 0.2)  # every 30 s in use
+    (tmp_path / "env").mkdir()
+    (tmp_path / "env" / "wheel").write_bytes(b"x" * 3 * 2**20)
+    slow = [sys.executable, "-c", "import time; time.sleep(0.9)", "pip-like"]
+    logs: list[str] = []
+    code, _ = envs_module._run_saying(slow, tmp_path / "env", logs.append)
+    # A step of 0.9 s at one line per 0.2 s: several lines, each naming the step, its time and the
+    # environment's size so far (pip's own bar is off), and then it ends with the step's status.
+    assert code == 0 and len(logs) >= 3
+    assert all(
+        line.startswith(f"import time; time.sleep(0.9) pip-like still running: 0m00s, {tmp_path / 'env'} 3 MiB")
+        for line in logs
+    )
+    failing = [sys.executable, "-c", "import sys; sys.exit('no matching distribution')", "x"]
+    code, stderr = envs_module._run_saying(failing, tmp_path / "env", logs.append)
+    # A failed step's errors are kept for the one-line failure.
+    assert code == 1 and "no matching distribution" in stderr

@@ -335,7 +335,7 @@ def cmd_report(args: argparse.Namespace, runner: Runner | None = None) -> int:
     _check_output(args.output)  # before any work
     storage = open_storage(args.storage, create=False)
     _log(f"building the report from {redact(args.storage)} ...")
-    document, figures = report.build(storage, redact(args.storage), _warn)
+    document, figures = report.build(storage, redact(args.storage), _warn, _log)
     _write_file(args.output, document)
     size = len(document.encode()) / 2**20
     print(f"report written to {args.output}: {len(figures)} figures, {size:.1f} MiB, opens offline in a browser")

@@ -21,6 +21,7 @@ from typing import Any
 from tuner import interrupt
 from tuner.errors import TunerError, UsageError
 from tuner.lockfile import held
+from tuner.progress import duration
 from tuner.runtime import MANIFEST, Runtime, env_lock
 
 VERSION_PROBE = "import sys, tensorflow as tf; print(sys.version.split()[0], tf.__version__)"
@@ -49,8 +50,11 @@ def folder_size(path: Path) -> int:
     for root, _, files in os.walk(path):
         for name in files:
             file = Path(root) / name
-            if not file.is_symlink():
-                total += file.stat().st_size
+            try:  # pip may be writing and removing files as it is counted
+                if not file.is_symlink():
+                    total += file.stat().st_size
+            except OSError:
+                continue
     return total
 
 
@@ -124,6 +128,30 @@ def _current(runtime: Runtime, path: Path) -> EnvReport | None:
     return None
 
 
+BUILD_LINE_S = 30.0  # a build step (pip's download and unpacking of a framework) says it goes on this often
+
+
+def _run_saying(argv: list[str], path: Path, log: Callable[[str], None]) -> tuple[int, str]:
+    """Run one build step (its output on stderr, its errors kept for the failure line); every
+    ``BUILD_LINE_S`` it runs, a line says so with the environment's size so far (pip's own progress bar is
+    off: it would garble a log). Ctrl-C stops it at once, and the step is killed."""
+    started = time.monotonic()
+    with interrupt.interruptible():
+        process = subprocess.Popen(argv, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+        try:
+            while True:
+                try:
+                    _, stderr = process.communicate(timeout=BUILD_LINE_S)  # retried, it loses no output
+                    return process.returncode, stderr
+                except subprocess.TimeoutExpired:
+                    size, ran = folder_size(path) / 2**20, duration(time.monotonic() - started)
+                    log(f"{argv[2]} {argv[3]} still running: {ran}, {path} {size:.0f} MiB")
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+
+
 def _build(runtime: Runtime, path: Path, with_python: str, log: Callable[[str], None]) -> EnvReport:
     """Build the environment at ``path``; the caller holds its lock alone."""
     started = time.monotonic()
@@ -133,11 +161,11 @@ def _build(runtime: Runtime, path: Path, with_python: str, log: Callable[[str], 
     ]
     for argv in steps:
         log(f"$ {' '.join(argv)}")
-        with interrupt.interruptible():  # subprocess.run kills pip if Ctrl-C lands here
-            done = subprocess.run(argv, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
-        if done.returncode != 0:
-            tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+        returncode, stderr = _run_saying(argv, path, log)
+        if returncode != 0:
+            tail = " | ".join(stderr.strip().splitlines()[-3:])
             raise TunerError(f"creating {path} failed at {argv[2]} {argv[3]}: {tail}")
+    log(f"checking that {runtime.name}'s framework imports in {path} ...")
     versions = _versions(path / "bin" / "python")
     if versions is None:
         raise TunerError(f"{path}: installed, but its framework does not import")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import statistics
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -385,17 +386,34 @@ h2 { border-bottom: 2px solid #1f77b4; padding-bottom: 0.2em; margin-top: 2em; }
 """
 
 
+PROGRESS_S = 10.0  # a big storage's report says how far it is, at most this often
+
+
 def build(
-    storage: optuna.storages.BaseStorage, source: str, warn: Callable[[str], None] = lambda line: None
+    storage: optuna.storages.BaseStorage,
+    source: str,
+    warn: Callable[[str], None] = lambda line: None,
+    log: Callable[[str], None] = lambda line: None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> tuple[str, list[str]]:
     """The whole page, and the titles of its figures in order. A study whose stored attributes break the
-    schema (tuner/records.py) is ``warn``ed about and left out."""
+    schema (tuner/records.py) is ``warn``ed about and left out. A big storage says how far it is on ``log``
+    (studies read, then studies drawn), at most every ``PROGRESS_S``."""
+    said = [clock()]
+
+    def progress(line: str) -> None:
+        if clock() - said[0] >= PROGRESS_S:
+            said[0] = clock()
+            log(line)
+
     page = Page()
     records = benchmark.records(storage, warn)
     studies = []
     valid = {info.study_name for info in tuner_studies(storage, warn)}
     foreign: list[str] = []
-    for summary in storage.get_all_studies():
+    every = storage.get_all_studies()
+    for index, summary in enumerate(every):
+        progress(f"report: reading study {index + 1}/{len(every)}")
         if summary.study_name == benchmark.BENCH_STUDY or (
             "tuner" in summary.user_attrs and summary.study_name not in valid
         ):
@@ -431,6 +449,7 @@ def build(
     if not groups:  # as `tuner recommend` without a verdict: an error, not an empty page
         raise TunerError(f"nothing to report: no tuner studies or benchmark records in {source} (run: tuner run)")
     ordered_groups = sorted(groups.items(), key=lambda item: (item[0][0], item[0][2], item[0][3], item[0][1]))
+    drawn = 0
     for (cpu_id, runtime, model, objective), group in ordered_groups:
         goal = "" if objective == "throughput" else f", objective {objective}"
         heading = f"{model}{goal}: {group.name(runtime)}"
@@ -446,6 +465,8 @@ def build(
         page.figure(scaling(group.records, heading), "No CPU benchmark records: no scaling plot.")
         by_target = sorted(group.studies, key=lambda sm: (sm[1].cores, sm[1].mode != "train"))
         for study, meta in by_target:
+            drawn += 1
+            progress(f"report: drawing study {drawn}/{len(studies)}")
             _study_section(page, study, meta)
     body = "\n".join(page.parts)
     script = plotly.offline.get_plotlyjs()
