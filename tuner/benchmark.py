@@ -412,6 +412,7 @@ def flops_per_image(
     settings: Settings,
     cores: tuple[int, ...],
     signature: CpuSignature,
+    log: Callable[[str], None] = lambda line: None,
 ) -> dict[str, float]:
     """FLOPs per image for inference and one training step (inference only for a SavedModel), counted once
     per model and stored."""
@@ -419,6 +420,7 @@ def flops_per_image(
     for record in own_records(storage):  # counted here: an imported count could be anything
         if record.get("kind") == "flops" and record.get("model") == name:
             return {mode: float(v) for mode, v in record["flops_per_image"].items()}
+    log(f"counting the FLOPs of {name} (one graph trace) ...")
     result = runner.compute(TaskSpec("flops", settings, cores, model=model))
     counted = result.get("flops_per_image")
     modes = ("infer", "train") if as_ref(model).trainable else ("infer",)
@@ -458,6 +460,7 @@ def matmul_peak(
     settings: Settings,
     cores: tuple[int, ...],
     signature: CpuSignature,
+    log: Callable[[str], None] = lambda line: None,
 ) -> float:
     """Best GFLOP/s of a 4096x4096 fp32 matmul in ``runtime`` on ``cores`` with ``settings`` (see
     ``yardstick_settings``), measured once and stored with the settings and whether oneDNN really ran."""
@@ -470,6 +473,7 @@ def matmul_peak(
             and _same_settings(record.get("settings_text"), settings)
         ):
             return float(record["peak_gflops"])
+    log(f"measuring the matmul yardstick ({settings.precision}), {runtime} on {cores_text(len(cores))} ...")
     result = runner.compute(TaskSpec("matmul", settings, cores))
     gflops = result.get("gflops")
     if not isinstance(gflops, list) or not gflops or not all(isinstance(g, (int, float)) and g > 0 for g in gflops):

@@ -221,7 +221,7 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
         f"storage {redact(args.storage)}" + (f", budget {_said(args.budget)}" if budget else "")
     )
     probed = time.monotonic()
-    ready = prepare(runtime, runner, max(counts), space, inert)
+    ready = prepare(runtime, runner, max(counts), space, inert, _log)
     _log(ready.describe())
     ready = check_model(ready, model, _log)
     job = TuneJob(storage, signature, ready, counts, modes, budget, model, batch, options, objective=args.objective,
@@ -277,6 +277,8 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
             visible = benchmark.visible_gpus(runner, Settings.from_params(fixed_knobs(space)), core_set(1))
         caps = Capabilities()  # GPU rows run NCHW on the GPU: the CPU's limits do not apply
     else:
+        # The probe is not announced here: benchmark says nothing before its first error line (a setting
+        # asked for that storage lacks), which must stay one line.
         ready = check_model(prepare(runtime, runner, max(counts), space), model, _log)  # one line, before any run
         caps = Capabilities.from_probe(ready.facts)
     job = BenchmarkJob(storage, cpu_signature(), runtime, space, runner, caps, counts, modes, model, batch, policy,

@@ -406,7 +406,7 @@ class Job:
                 if not self._ready(runtime):
                     continue
                 probed = self.clock()
-                ready = prepare(runtime, self._runner(runtime), max(self.counts))
+                ready = prepare(runtime, self._runner(runtime), max(self.counts), log=self.log)
                 prepared.append(check_model(ready, self.model, self.log))
                 probe_s = max(probe_s, self.clock() - probed)
             except TunerError as error:
@@ -525,6 +525,7 @@ class Job:
                 self._baseline(first.space, 1, DEFAULT),
                 core_set(1),
                 self.signature,
+                self.log,
             )
             counted = ", ".join(f"{flops[mode] / 1e9:.2f} GFLOP/sample {mode}" for mode in flops)
             self.log(f"{as_ref(self.model).label}: {counted}")
@@ -536,7 +537,9 @@ class Job:
                 for precision in self._precisions(ready):
                     try:
                         settings = yardstick_settings(n, ready.runtime.honours, precision)
-                        peak = matmul_peak(self.storage, ready.runner, name, settings, core_set(n), self.signature)
+                        peak = matmul_peak(
+                            self.storage, ready.runner, name, settings, core_set(n), self.signature, self.log
+                        )
                         self.log(f"matmul peak ({precision}), {name} on {cores_text(n)}: {peak:.0f} GFLOP/s")
                     except TunerError as error:
                         self._fail(f"matmul peak {precision} {name} {n}c", error)

@@ -117,10 +117,16 @@ class Prepared:
 
 
 def prepare(
-    runtime: Runtime, runner: Runner, most_cores: int, space: SearchSpace | None = None, inert: Sequence[str] = ()
+    runtime: Runtime,
+    runner: Runner,
+    most_cores: int,
+    space: SearchSpace | None = None,
+    inert: Sequence[str] = (),
+    log: Callable[[str], None] = lambda line: None,
 ) -> Prepared:
     """Load the runtime's space (unless given) and run its probe; raises ``TunerError`` on either."""
     space = space or load_space(runtime.space, most_cores)
+    log(f"probing {runtime.name}: one short run, to read back what it really runs with ...")
     facts = probe(runner, runtime, core_set(1), fixed_knobs(space))
     return Prepared(runtime, space, facts, runner, tuple(inert))
 
