@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -134,6 +135,21 @@ def _pending_trials(storage_url: str) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if benchmark.PENDING in t.user_attrs]
 
 
+def benchmarked_once(storage_url: str) -> tuple[list[str], ReplayRunner, dict[str, Any]]:
+    """A 3-round benchmark of tf-default run and stored: its command, runner and record, to run again."""
+    argv = [*BENCH, "--rounds", "3", "--settings", "tf-default", "--storage", storage_url]
+    runner = ReplayRunner.from_rates(lambda spec: 1000.0)
+    assert main(argv, runner=runner) == 0
+    (whole,) = records(open_storage(storage_url, create=False))
+    return argv, runner, dict(whole)
+
+
+def add_pending(storage: optuna.storages.BaseStorage, attrs: dict[str, Any]) -> None:
+    """A RUNNING trial in the benchmark study with ``attrs``: a pending record as a benchmark leaves it."""
+    trial = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=attrs)
+    storage.create_new_trial(storage.get_study_id_from_name(benchmark.BENCH_STUDY), template_trial=trial)
+
+
 def test_a_setting_that_fails_after_a_round_leaves_no_record_of_it_and_exports_cleanly(
     storage_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -165,10 +181,7 @@ def test_a_setting_that_fails_after_a_round_leaves_no_record_of_it_and_exports_c
 def test_a_pending_record_from_another_boot_is_kept_once_stale_and_a_forged_one_is_refused(
     storage_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = [*BENCH, "--rounds", "3", "--settings", "tf-default", "--storage", storage_url]
-    runner = ReplayRunner.from_rates(lambda spec: 1000.0)
-    assert main(argv, runner=runner) == 0
-    (whole,) = records(open_storage(storage_url, create=False))
+    argv, runner, whole = benchmarked_once(storage_url)
     storage = open_storage(storage_url, create=False)
     old = {**whole, "partial": "2 of 3 rounds", "measured": "2026-01-01T00:00:00"}  # no zone: read as UTC
     # A benchmark killed by a power cut: its owner's boot is not this one, so nobody can tell from the process
@@ -177,10 +190,7 @@ def test_a_pending_record_from_another_boot_is_kept_once_stale_and_a_forged_one_
     forged = {**whole, "value": "abc"}  # a shared storage: a value no reader could use
     live = {**whole, "partial": "1 of 3 rounds"}  # this process's own: measuring now
     for record, owner in ((old, rebooted), (forged, {**identity(), "pid": 2**22 - 1}), (live, identity())):
-        trial = optuna.trial.create_trial(
-            state=TrialState.RUNNING, user_attrs={benchmark.PENDING: record, "owner": owner}
-        )
-        storage.create_new_trial(storage.get_study_id_from_name(benchmark.BENCH_STUDY), template_trial=trial)
+        add_pending(storage, {benchmark.PENDING: record, "owner": owner})
     capsys.readouterr()
     assert main(argv, runner=runner) == 0
     err = capsys.readouterr().err
@@ -197,25 +207,16 @@ def test_a_pending_record_from_another_boot_is_kept_once_stale_and_a_forged_one_
 def test_a_live_benchmark_is_never_taken_for_killed_and_a_record_cut_while_closing_is_kept(
     storage_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = [*BENCH, "--rounds", "3", "--settings", "tf-default", "--storage", storage_url]
-    runner = ReplayRunner.from_rates(lambda spec: 1000.0)
-    assert main(argv, runner=runner) == 0
-    (whole,) = records(open_storage(storage_url, create=False))
+    argv, runner, whole = benchmarked_once(storage_url)
     storage = open_storage(storage_url, create=False)
-    study_id = storage.get_study_id_from_name(benchmark.BENCH_STUDY)
     dead = {**identity(), "pid": 2**22 - 1}  # on this host, boot and namespace: known to be gone
-
-    def pending(attrs: dict[str, object]) -> None:
-        trial = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=attrs)
-        storage.create_new_trial(study_id, template_trial=trial)
-
     # This process, silent for 8 hours by its record's date (one long round): it is known to run, so its
     # record is neither read nor stored, however old (staleness is only for what cannot be told).
-    pending({benchmark.PENDING: {**whole, "measured": "2000-01-01T00:00:00+00:00"}, "owner": identity()})
+    add_pending(storage, {benchmark.PENDING: {**whole, "measured": "2000-01-01T00:00:00+00:00"}, "owner": identity()})
     # Killed while closing: its record written, the pending copy cleared, its state not yet set.
-    pending({"record": {**whole, "partial": "2 of 3 rounds"}, benchmark.PENDING: None, "owner": dead})
+    add_pending(storage, {"record": {**whole, "partial": "2 of 3 rounds"}, benchmark.PENDING: None, "owner": dead})
     # Killed while closing with no record (its setting had failed): nothing to keep, closed.
-    pending({benchmark.PENDING: None, "owner": dead})
+    add_pending(storage, {benchmark.PENDING: None, "owner": dead})
     capsys.readouterr()
     assert main(argv, runner=runner) == 0
     assert "stored 1 records of an earlier benchmark that was killed" in capsys.readouterr().err

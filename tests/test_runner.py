@@ -437,14 +437,20 @@ def test_a_lock_made_by_one_user_serves_every_user(tmp_path: Path) -> None:
         os.close(descriptor)
 
 
-def test_waiting_for_the_lock_is_announced_once(tmp_path: Path) -> None:
-    lock = tmp_path / "lock"
+def hold_lock(lock: Path) -> subprocess.Popen[str]:
+    """Another process holding ``lock`` for 1.5 s, returned once it holds it."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
          "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(1.5)", str(lock)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_waiting_for_the_lock_is_announced_once(tmp_path: Path) -> None:
+    lock = tmp_path / "lock"
+    holder = hold_lock(lock)
     notes: list[str] = []
     runner = FakeRunner("ok")
     runner.lock, runner.note = lock, notes.append
@@ -460,12 +466,7 @@ def test_a_long_wait_for_the_lock_says_so_every_while_and_when_it_ends(
 ) -> None:
     monkeypatch.setattr(lockfile, "STILL_S", 0.3)  # every 30 s in use; the holder below keeps it 1.5 s
     lock = tmp_path / "lock"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
-         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(1.5)", str(lock)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    holder = hold_lock(lock)
     notes: list[str] = []
     runner = FakeRunner("ok")
     runner.lock, runner.note = lock, notes.append

@@ -85,15 +85,11 @@ def decidable(owner: Mapping[str, Any]) -> bool:
 def gone(owner: Mapping[str, Any]) -> bool:
     """True only when this process can tell that ``owner`` no longer runs: same host, boot and PID
     namespace, and no process with its pid (or one with that pid that started at another time)."""
-    me = identity()
     pid = owner.get("pid")
-    if owner.get("host") != me["host"] or not isinstance(pid, int) or isinstance(pid, bool):
-        return False
+    if not decidable(owner) or not isinstance(pid, int) or isinstance(pid, bool):
+        return False  # another host, boot or container: its pids mean nothing here
     if not 1 <= pid <= PID_MAX:  # no process here has it (a forged or corrupt owner): nothing to tell by
         return False
-    recorded = "boot_id" in owner or "pid_ns" in owner  # older records had host and pid only
-    if recorded and (owner.get("boot_id") != me["boot_id"] or owner.get("pid_ns") != me["pid_ns"]):
-        return False  # another boot or another container: its pids mean nothing here
     started = start_ticks(pid)
     if started is None:
         return not _alive(pid)  # /proc may hide other users' processes (hidepid): ask the kernel too
