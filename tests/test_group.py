@@ -63,13 +63,14 @@ def test_group_starts_together_pins_each_instance_and_sums_over_the_window(tmp_p
     # The barrier: neither was released before both were ready.
     assert min(s["released"] for s in stamps) >= max(s["ready"] for s in stamps)
     # The trial's batch is both instances' batches; per-instance figures are stored; the steps are the
-    # group's (the policy's timed count, from the padded runs) and each is the sum of two instances' rates,
-    # steps of about 0.05 s (a sleep: a little longer, never shorter).
+    # group's (the policy's timed count, from the padded runs) and each is the sum of two instances' rates.
+    # Each instance's steps are sleeps of 0.05 s: never shorter, and a little longer (on a busy machine a
+    # wake-up can come tens of ms late, so the lower bound leaves room for that: twice as long at most).
     assert m.batch_size == 16 and len(m.facts["instances"]) == 2
     assert len(m.timed_seconds) == POLICY.timed
-    assert 0.8 * 2 * 8 / 0.05 <= m.images_per_sec <= 2 * 8 / 0.05
+    assert all(0.5 * 8 / 0.05 <= i["images_per_sec"] <= 8 / 0.05 for i in m.facts["instances"])
     per = sum(i["images_per_sec"] for i in m.facts["instances"])
-    assert m.images_per_sec == pytest.approx(per, rel=0.1)
+    assert m.images_per_sec == pytest.approx(per, rel=0.1) and m.images_per_sec <= 2 * 8 / 0.05
     assert m.facts["cpus"] == sorted(TWO) and m.facts["window_seconds"] > 0
 
 

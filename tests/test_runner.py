@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -437,23 +438,30 @@ def test_a_lock_made_by_one_user_serves_every_user(tmp_path: Path) -> None:
         os.close(descriptor)
 
 
-def hold_lock(lock: Path) -> subprocess.Popen[str]:
-    """Another process holding ``lock`` for 1.5 s, returned once it holds it."""
+def hold_lock(lock: Path) -> tuple[subprocess.Popen[str], Callable[[], None]]:
+    """Another process holding ``lock``, returned once it holds it, with what releases it. It holds it until
+    released, not for a fixed time, so a slow or busy machine cannot end the wait before the test sees it;
+    after 30 s it lets go anyway, so that a test whose release never comes fails rather than hangs."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
-         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(1.5)", str(lock)],
-        stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-c", "import fcntl, select, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('held', flush=True); select.select([sys.stdin], [], [], 30)", str(lock)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-    return holder
+    assert holder.stdin is not None and holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder, holder.stdin.close  # its end of file wakes the holder, which exits and lets go
 
 
 def test_waiting_for_the_lock_is_announced_once(tmp_path: Path) -> None:
     lock = tmp_path / "lock"
-    holder = hold_lock(lock)
+    holder, release = hold_lock(lock)
     notes: list[str] = []
+
+    def note(line: str) -> None:
+        notes.append(line)
+        release()  # the other measurement ends once this one has said it waits
+
     runner = FakeRunner("ok")
-    runner.lock, runner.note = lock, notes.append
+    runner.lock, runner.note = lock, note
     measurement = runner.run(make_spec())
     holder.wait()
     # The runner waited for the other measurement, said so once, then measured.
@@ -464,12 +472,18 @@ def test_waiting_for_the_lock_is_announced_once(tmp_path: Path) -> None:
 def test_a_long_wait_for_the_lock_says_so_every_while_and_when_it_ends(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(lockfile, "STILL_S", 0.3)  # every 30 s in use; the holder below keeps it 1.5 s
+    monkeypatch.setattr(lockfile, "STILL_S", 0.3)  # every 30 s in use
     lock = tmp_path / "lock"
-    holder = hold_lock(lock)
+    holder, release = hold_lock(lock)
     notes: list[str] = []
+
+    def note(line: str) -> None:
+        notes.append(line)
+        if sum(n.startswith("still waiting") for n in notes) == 2:
+            release()  # the other measurement ends after two reminders
+
     runner = FakeRunner("ok")
-    runner.lock, runner.note = lock, notes.append
+    runner.lock, runner.note = lock, note
     runner.run(make_spec())
     holder.wait()
     # Announced once, then "still waiting" lines while it waits (never silent for long), then when it got it.

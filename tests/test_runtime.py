@@ -162,7 +162,9 @@ def test_two_tuners_creating_one_shared_environment_build_it_once(tmp_path: Path
 
     def build(runtime: object, path: Path, python: str, log: object) -> EnvReport:
         building.set()
-        time.sleep(0.5)  # pip at work
+        # pip at work, until the second tuner says it waits (however slow the machine; 30 s at most, so a
+        # second tuner that never waits fails the test below rather than hanging it)
+        waiting.wait(30)
         built.append(time.monotonic())
         return EnvReport("intel-tensorflow", path, True, 0.5, 0, "3.11", "2.14")
 
@@ -171,11 +173,17 @@ def test_two_tuners_creating_one_shared_environment_build_it_once(tmp_path: Path
     monkeypatch.setattr(envs_module, "_current", current)
     monkeypatch.setattr(envs_module, "_build", build)
     logs: list[str] = []
+    waiting = threading.Event()
+
+    def said(line: str) -> None:
+        logs.append(line)
+        waiting.set()
+
     reports: list[EnvReport] = []
     first = threading.Thread(target=lambda: reports.append(create(runtime, log=logs.append)))
     first.start()
     assert building.wait(10)
-    second = create(runtime, log=logs.append)  # $TUNER_ENVS shared: a second tuner asks for the same one
+    second = create(runtime, log=said)  # $TUNER_ENVS shared: a second tuner asks for the same one
     first.join()
     # The second waited for the first build, said so once, and found the environment made rather than
     # clearing it (venv --clear) and installing again: one build for two requests.
