@@ -78,9 +78,11 @@ def test_recommended_without_a_verdict_is_one_line(storage_url: str, capsys: pyt
     assert main([*BENCH, "--settings", "recommended", "--storage", storage_url], runner=runner) == 1
     # Asked for by name, a recommendation that does not exist is an error naming the flag and the remedy.
     assert "--settings recommended: study tiny-infer-b32-" in one_error_line(capsys.readouterr().err)
-    # Left to the defaults, the same storage benchmarks tf-default and the heuristic and says why no more.
+    # Left to the defaults, the same storage benchmarks tf-default and the heuristic and says why no more,
+    # after saying that it probes the runtime (the storage was checked first: the error above is its only line).
     assert main([*BENCH, "--storage", storage_url], runner=runner) == 0
-    assert "has no confirmed verdict yet" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "has no confirmed verdict yet" in err and "probing tensorflow: one short run" in err
     assert measured_labels(storage_url) == ["heuristic", "tf-default"]
 
 

@@ -25,7 +25,7 @@ from tuner.errors import TunerError, UsageError
 from tuner.measurement import Measurement
 from tuner.models import ModelRef
 from tuner.objective import get as get_objective
-from tuner.pipeline import stored_recommended, stored_search, stored_tuned
+from tuner.pipeline import Recommended, stored_recommended, stored_search, stored_tuned
 from tuner.policy import MeasurementPolicy
 from tuner.records import MalformedRecord, StoredVerdict
 from tuner.runner import Runner
@@ -97,25 +97,43 @@ class BenchmarkJob:
                     target = benchmark.Target(self.runtime.name, workload, core_set(n), self.device, count)
                     self._target(target, named, not_runnable, run_id, extra)
 
-    def _settings(self, n: int, mode: str) -> tuple[Named, dict[str, str], dict[str, Any]]:
-        """The settings to measure at ``n`` cores, those that cannot run here with why, and what the study's
-        verdict recommends (stored on every record, so that tables mark the recommended row) and how many
-        settings it sampled (on the tuned record: the table says of how many it is the best)."""
+    def check(self) -> None:
+        """What the storage must hold for the settings asked for, checked before the probe and any run: a
+        ``--settings recommended`` whose study has no confirmed verdict, or ``tuned`` whose study has no
+        measured sampled setting, is one line (``UsageError``)."""
+        if self.wanted is None or not {RECOMMENDED, TUNED} & set(self.wanted):
+            return
+        for n in self.counts:
+            for mode in self.modes:
+                study, _ = self._recommended(n, mode)
+                if TUNED in self.wanted:
+                    _tuned(self.storage, study)
+
+    def _recommended(self, n: int, mode: str) -> tuple[str, Recommended | None]:
+        """The study whose verdict is recommended at ``n`` cores in ``mode``, and that verdict (None: not
+        confirmed yet, an error where ``--settings recommended`` asked for it)."""
         # GPU rows take the recommendation of the host's study, tuned at the objective's own batch.
         host_batch = self.batch if self.device == "cpu" else get_objective(self.objective).default_batch
         workload = workload_for(self.model, mode, host_batch, self.objective)
         host = "tensorflow" if self.runtime.gpu_only else self.runtime.name  # GPU rows: the host's tuned study
         study = StudyConfig(workload, core_set(n), self.space, self.signature, host).name
         study = study_of(study, host_batch, host, self.storage.get_all_studies())
+        found = stored_recommended(self.storage, study)
+        if found is None and self.wanted is not None and RECOMMENDED in self.wanted:
+            raise UsageError(f"--settings recommended: study {study} has no confirmed verdict in storage; "
+                             "tune it first (tuner tune or tuner run)")  # fmt: skip
+        return study, found
+
+    def _settings(self, n: int, mode: str) -> tuple[Named, dict[str, str], dict[str, Any]]:
+        """The settings to measure at ``n`` cores, those that cannot run here with why, and what the study's
+        verdict recommends (stored on every record, so that tables mark the recommended row) and how many
+        settings it sampled (on the tuned record: the table says of how many it is the best)."""
+        study, found = self._recommended(n, mode)
         wanted = list(self.wanted or [DEFAULT, HEURISTIC, RECOMMENDED])
         baselines = self.space.baselines(n, sockets_for(core_set(n)))
         extra: dict[str, Any] = {}
         if RECOMMENDED in wanted:
-            found = stored_recommended(self.storage, study)
             at = wanted.index(RECOMMENDED)
-            if found is None and self.wanted is not None:
-                raise UsageError(f"--settings recommended: study {study} has no confirmed verdict in storage; "
-                                 "tune it first (tuner tune or tuner run)")  # fmt: skip
             if found is None:
                 del wanted[at]
                 self.log(f"study {study} has no confirmed verdict yet, so no recommended setting is benchmarked")
@@ -278,6 +296,17 @@ def _confirmed_at(attrs: Mapping[str, Any]) -> str | None:
         return None
 
 
+def _tuned(storage: optuna.storages.BaseStorage, study_name: str) -> Settings:
+    """``--settings tuned``: the study's best measured sampled setting; a ``UsageError`` line where none is."""
+    found = stored_tuned(storage, study_name)
+    if found is None:
+        raise UsageError(
+            f"--settings tuned: no study {study_name} with a measured sampled setting in storage; "
+            "tune it first (tuner tune or tuner run)"
+        )
+    return found
+
+
 def _named(
     wanted: list[str],
     baselines: dict[str, dict[str, object]],
@@ -291,13 +320,7 @@ def _named(
         if text in baselines:
             named.append((text, Settings.from_params(baselines[text])))
         elif text == TUNED:
-            found = stored_tuned(storage, study_name)
-            if found is None:
-                raise UsageError(
-                    f"--settings tuned: no study {study_name} with a measured sampled setting in storage; "
-                    "tune it first (tuner tune or tuner run)"
-                )
-            named.append((TUNED, found))
+            named.append((TUNED, _tuned(storage, study_name)))
         else:
             named.append((f"custom {text}", Settings.parse(text)))
     labels = [label for label, _ in named]

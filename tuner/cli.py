@@ -263,7 +263,7 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
     check_settings(args.settings or [], list(space.baselines(max(counts))))  # before the storage is created
     limit = parse_limit(args.max_disturbance)
     storage = open_storage(args.storage)
-    visible, unavailable = None, None
+    unavailable = None
     if args.device == "gpu" and runner is None:  # a runtime that cannot run here skips the GPU rows, with why
         unavailable = runtime.installable()
         try:
@@ -272,19 +272,18 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
             unavailable = unavailable or str(error)
             runner = SubprocessRunner()  # never started: every row is skipped with ``unavailable``
     runner = steady(runner or runtime_runner(runtime, _log), limit, _log)
-    if args.device == "gpu":
-        if unavailable is None:
-            visible = benchmark.visible_gpus(runner, Settings.from_params(fixed_knobs(space)), core_set(1))
-        caps = Capabilities()  # GPU rows run NCHW on the GPU: the CPU's limits do not apply
-    else:
-        # The probe is not announced here: benchmark says nothing before its first error line (a setting
-        # asked for that storage lacks), which must stay one line.
-        ready = check_model(prepare(runtime, runner, max(counts), space), model, _log)  # one line, before any run
-        caps = Capabilities.from_probe(ready.facts)
-    job = BenchmarkJob(storage, cpu_signature(), runtime, space, runner, caps, counts, modes, model, batch, policy,
-                       args.settings, args.device, replicas, visible, log=_log,
+    # GPU rows run NCHW on the GPU: the CPU's limits (the probe's, below) do not apply to them.
+    job = BenchmarkJob(storage, cpu_signature(), runtime, space, runner, Capabilities(), counts, modes, model,
+                       batch, policy, args.settings, args.device, replicas, log=_log,
                        out=_log if args.format == "json" else _out,
                        objective=args.objective, unavailable=unavailable)  # fmt: skip
+    job.check()  # a setting asked for that the storage lacks: one line, before the probe
+    if args.device == "gpu":
+        if unavailable is None:
+            job.visible_gpus = benchmark.visible_gpus(runner, Settings.from_params(fixed_knobs(space)), core_set(1))
+    else:
+        ready = check_model(prepare(runtime, runner, max(counts), space, log=_log), model, _log)  # before any run
+        job.caps = Capabilities.from_probe(ready.facts)
     try:
         job.run()
     finally:
