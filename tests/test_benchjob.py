@@ -86,6 +86,38 @@ def test_recommended_without_a_verdict_is_one_line(storage_url: str, capsys: pyt
     assert measured_labels(storage_url) == ["heuristic", "tf-default"]
 
 
+def test_a_verdict_missing_at_one_count_fails_before_any_run(
+    storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runner = ReplayRunner.from_rates(lambda spec: 900.0 + 300 * spec.settings.inter_op, noise=0.01)
+    assert main([*TUNE, "--storage", storage_url], runner=runner) == 0
+    capsys.readouterr()
+    argv = [*BENCH, "--cores", "1,2", "--settings", "recommended", "--format", "json", "--storage", storage_url]
+    assert main(argv, runner=runner) == 1
+    out, err = capsys.readouterr()
+    # Tuned at 1 core only: the 2-core study has no verdict, which is found before the probe and any run, so
+    # the 1-core setting is not measured first only for the command to fail after it. The data is the empty
+    # list of records stored, and the error is the only line.
+    assert "--settings recommended: study tiny-infer-b32-" in one_error_line(err) and "-2c-" in err
+    assert out.strip() == "[]" and records(open_storage(storage_url)) == []
+
+
+def test_a_malformed_verdict_stops_only_what_needs_it(storage_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    runner = ReplayRunner.from_rates(lambda spec: 900.0 + 300 * spec.settings.inter_op, noise=0.01)
+    assert main([*TUNE, "--storage", storage_url], runner=runner) == 0
+    (name,) = optuna.get_all_study_names(storage_url)
+    optuna.load_study(study_name=name, storage=storage_url).set_user_attr("verdict", {"bogus": 1})
+    capsys.readouterr()
+    # A study's verdict broken (a shared storage is untrusted input): a benchmark of named baselines does not
+    # read it, and measures them ...
+    assert main([*BENCH, "--settings", "tf-default", "--storage", storage_url], runner=runner) == 0
+    assert measured_labels(storage_url) == ["tf-default"]
+    capsys.readouterr()
+    # ... while the recommendation, which needs it, is refused in one line naming the study.
+    assert main([*BENCH, "--settings", "recommended", "--storage", storage_url], runner=runner) == 1
+    assert name in one_error_line(capsys.readouterr().err)
+
+
 def test_recommend_for_another_model_names_the_models_that_have_verdicts(
     storage_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -72,6 +72,8 @@ def leaving(hogs: list[subprocess.Popen[str]]) -> Callable[[Sequence[int]], floa
         for hog in hogs:
             hog.kill()
             hog.wait()
+            if hog.stdout is not None:
+                hog.stdout.close()
         return 0.0
 
     return neighbour_leaves
@@ -86,14 +88,18 @@ def skip_unless_quiet() -> None:
 
 
 @contextlib.contextmanager
-def quiet_around() -> Iterator[None]:
-    """A run that must find the cores quiet: where other work holds them just before or just after it (a job
-    that came meanwhile on a shared machine), the test skips, saying so, rather than judging the run."""
-    skip_unless_quiet()
-    yield
-    after = sample(CORES, 0.5)
-    if after.share > 0.1:
-        pytest.skip(f"other work came onto the cores during a quiet run ({after.describe()})")
+def quiet_around(before: bool = True) -> Iterator[None]:
+    """Runs that must find the cores quiet (once this test's own neighbour has left): where other work holds
+    them just before or just after (a job that came meanwhile on a shared machine), the test skips, saying
+    so, rather than judging the runs. The look after comes whatever the runs raised: a pruned run too."""
+    if before:
+        skip_unless_quiet()
+    try:
+        yield
+    finally:
+        after = sample(CORES, 0.5)
+        if after.share > 0.1:
+            pytest.skip(f"other work came onto the cores during a quiet run ({after.describe()})")
 
 
 def test_a_busy_neighbour_on_the_trials_core_is_measured_again_and_a_quiet_trial_is_not() -> None:
@@ -111,7 +117,8 @@ def test_a_busy_neighbour_on_the_trials_core_is_measured_again_and_a_quiet_trial
 
     hogs.append(busy_loop(CORES[0]))
     try:
-        kept = runner.run(make_spec(SPIN))
+        with quiet_around(before=False):  # measured again once the neighbour left: on quiet cores
+            kept = runner.run(make_spec(SPIN))
     finally:
         neighbour_leaves(CORES)
     # The busy loop took up to half the core during the first attempt (29% to 50% seen, less when the
@@ -140,7 +147,8 @@ def test_a_trial_pruned_on_disturbed_steps_is_measured_again_in_full_a_quiet_one
     neighbour_leaves = leaving([busy_loop(CORES[0])])
     runner = Steady(inner, limit=0.25, wait_quiet=neighbour_leaves)
     try:
-        kept = runner.run(make_spec(SPIN), prune_at_timed_step(2))
+        with quiet_around(before=False):  # measured again once the neighbour left: on quiet cores
+            kept = runner.run(make_spec(SPIN), prune_at_timed_step(2))
     finally:
         neighbour_leaves(CORES)
     # The pruner stopped the first attempt while the busy loop held half its core: those steps say nothing

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -448,6 +449,7 @@ def hold_lock(lock: Path) -> tuple[subprocess.Popen[str], Callable[[], None]]:
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert holder.stdin is not None and holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    holder.stdout.close()
     return holder, holder.stdin.close  # its end of file wakes the holder, which exits and lets go
 
 
@@ -458,12 +460,15 @@ def test_waiting_for_the_lock_is_announced_once(tmp_path: Path) -> None:
 
     def note(line: str) -> None:
         notes.append(line)
-        release()  # the other measurement ends once this one has said it waits
+        threading.Timer(0.5, release).start()  # the other measurement ends a while after this one said it waits
 
     runner = FakeRunner("ok")
     runner.lock, runner.note = lock, note
-    measurement = runner.run(make_spec())
-    holder.wait()
+    try:
+        measurement = runner.run(make_spec())
+    finally:
+        release()
+        holder.wait()
     # The runner waited for the other measurement, said so once, then measured.
     assert notes == [f"waiting for another measurement on this host (lock {lock})"]
     assert measurement.timed_seconds == tuple(TIMED)
@@ -484,8 +489,11 @@ def test_a_long_wait_for_the_lock_says_so_every_while_and_when_it_ends(
 
     runner = FakeRunner("ok")
     runner.lock, runner.note = lock, note
-    runner.run(make_spec())
-    holder.wait()
+    try:
+        runner.run(make_spec())
+    finally:
+        release()
+        holder.wait()
     # Announced once, then "still waiting" lines while it waits (never silent for long), then when it got it.
     assert notes[0].startswith("waiting for another measurement on this host")
     assert len(notes) >= 4 and all(n.startswith("still waiting for the host lock, 0m0") for n in notes[1:-1])

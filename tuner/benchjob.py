@@ -105,34 +105,40 @@ class BenchmarkJob:
             return
         for n in self.counts:
             for mode in self.modes:
-                study, _ = self._recommended(n, mode)
+                study = self._study(n, mode)
+                if RECOMMENDED in self.wanted:
+                    self._recommended(study)
                 if TUNED in self.wanted:
                     _tuned(self.storage, study)
 
-    def _recommended(self, n: int, mode: str) -> tuple[str, Recommended | None]:
-        """The study whose verdict is recommended at ``n`` cores in ``mode``, and that verdict (None: not
-        confirmed yet, an error where ``--settings recommended`` asked for it)."""
+    def _study(self, n: int, mode: str) -> str:
+        """The study whose verdict and best sample are benchmarked at ``n`` cores in ``mode``."""
         # GPU rows take the recommendation of the host's study, tuned at the objective's own batch.
         host_batch = self.batch if self.device == "cpu" else get_objective(self.objective).default_batch
         workload = workload_for(self.model, mode, host_batch, self.objective)
         host = "tensorflow" if self.runtime.gpu_only else self.runtime.name  # GPU rows: the host's tuned study
         study = StudyConfig(workload, core_set(n), self.space, self.signature, host).name
-        study = study_of(study, host_batch, host, self.storage.get_all_studies())
+        return study_of(study, host_batch, host, self.storage.get_all_studies())
+
+    def _recommended(self, study: str) -> Recommended | None:
+        """The study's confirmed verdict (None: not confirmed yet, an error where ``--settings recommended``
+        asked for it)."""
         found = stored_recommended(self.storage, study)
-        if found is None and self.wanted is not None and RECOMMENDED in self.wanted:
+        if found is None and self.wanted is not None:
             raise UsageError(f"--settings recommended: study {study} has no confirmed verdict in storage; "
                              "tune it first (tuner tune or tuner run)")  # fmt: skip
-        return study, found
+        return found
 
     def _settings(self, n: int, mode: str) -> tuple[Named, dict[str, str], dict[str, Any]]:
         """The settings to measure at ``n`` cores, those that cannot run here with why, and what the study's
         verdict recommends (stored on every record, so that tables mark the recommended row) and how many
         settings it sampled (on the tuned record: the table says of how many it is the best)."""
-        study, found = self._recommended(n, mode)
+        study = self._study(n, mode)
         wanted = list(self.wanted or [DEFAULT, HEURISTIC, RECOMMENDED])
         baselines = self.space.baselines(n, sockets_for(core_set(n)))
         extra: dict[str, Any] = {}
         if RECOMMENDED in wanted:
+            found = self._recommended(study)
             at = wanted.index(RECOMMENDED)
             if found is None:
                 del wanted[at]

@@ -277,17 +277,18 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
                        batch, policy, args.settings, args.device, replicas, log=_log,
                        out=_log if args.format == "json" else _out,
                        objective=args.objective, unavailable=unavailable)  # fmt: skip
-    job.check()  # a setting asked for that the storage lacks: one line, before the probe
-    if args.device == "gpu":
-        if unavailable is None:
-            job.visible_gpus = benchmark.visible_gpus(runner, Settings.from_params(fixed_knobs(space)), core_set(1))
-    else:
-        ready = check_model(prepare(runtime, runner, max(counts), space, log=_log), model, _log)  # before any run
-        job.caps = Capabilities.from_probe(ready.facts)
     try:
+        job.check()  # a setting asked for that the storage lacks: one line, before the probe
+        if args.device == "gpu":
+            if unavailable is None:
+                settings = Settings.from_params(fixed_knobs(space))
+                job.visible_gpus = benchmark.visible_gpus(runner, settings, core_set(1))
+        else:
+            ready = check_model(prepare(runtime, runner, max(counts), space, log=_log), model, _log)  # before any run
+            job.caps = Capabilities.from_probe(ready.facts)
         job.run()
     finally:
-        if args.format == "json":  # every record stored, measured or not, as data on stdout
+        if args.format == "json":  # every record stored, measured or not (none where it stopped first), as data
             print(json.dumps(job.stored, indent=2))
     if job.failures:
         raise TunerError(f"{len(job.failures)} setting(s) could not be measured: " + "; ".join(job.failures))

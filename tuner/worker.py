@@ -586,7 +586,7 @@ def screen_point(
     for name in created.values():
         names[name] = names.get(name, 0) + 1
     left = [tid for tid in thread_names() if tid in created]
-    gone_by = time.perf_counter() + 1.0  # a thread just joined can stay listed a moment while the kernel ends it
+    gone_by = time.perf_counter() + 0.2  # a thread just joined can stay listed a moment while the kernel ends it
     while left and time.perf_counter() < gone_by:
         time.sleep(0.01)
         left = [tid for tid in thread_names() if tid in created]
