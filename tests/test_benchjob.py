@@ -27,12 +27,18 @@ def measured_labels(storage_url: str) -> list[str]:
     return sorted(r["label"] for r in records(open_storage(storage_url)) if "skipped" not in r)
 
 
+def tuned_with_a_clear_winner(storage_url: str) -> ReplayRunner:
+    """A study tuned where more inter-op threads run much faster, far beyond the 1% noise, so that a sampled
+    setting clearly wins; the runner, to benchmark with."""
+    runner = ReplayRunner.from_rates(lambda spec: 900.0 + 300 * spec.settings.inter_op, noise=0.01)
+    assert main([*TUNE, "--storage", storage_url], runner=runner) == 0
+    return runner
+
+
 def test_a_clear_winner_is_benchmarked_as_tuned_and_marked_recommended(
     storage_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # More inter-op threads run much faster here, far beyond the 1% noise: a sampled setting clearly wins.
-    runner = ReplayRunner.from_rates(lambda spec: 900.0 + 300 * spec.settings.inter_op, noise=0.01)
-    assert main([*TUNE, "--storage", storage_url], runner=runner) == 0
+    runner = tuned_with_a_clear_winner(storage_url)
     capsys.readouterr()
     (name,) = optuna.get_all_study_names(storage_url)
     study = optuna.load_study(study_name=name, storage=storage_url)
@@ -89,8 +95,7 @@ def test_recommended_without_a_verdict_is_one_line(storage_url: str, capsys: pyt
 def test_a_verdict_missing_at_one_count_fails_before_any_run(
     storage_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    runner = ReplayRunner.from_rates(lambda spec: 900.0 + 300 * spec.settings.inter_op, noise=0.01)
-    assert main([*TUNE, "--storage", storage_url], runner=runner) == 0
+    runner = tuned_with_a_clear_winner(storage_url)
     capsys.readouterr()
     argv = [*BENCH, "--cores", "1,2", "--settings", "recommended", "--format", "json", "--storage", storage_url]
     assert main(argv, runner=runner) == 1
@@ -103,8 +108,7 @@ def test_a_verdict_missing_at_one_count_fails_before_any_run(
 
 
 def test_a_malformed_verdict_stops_only_what_needs_it(storage_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    runner = ReplayRunner.from_rates(lambda spec: 900.0 + 300 * spec.settings.inter_op, noise=0.01)
-    assert main([*TUNE, "--storage", storage_url], runner=runner) == 0
+    runner = tuned_with_a_clear_winner(storage_url)
     (name,) = optuna.get_all_study_names(storage_url)
     optuna.load_study(study_name=name, storage=storage_url).set_user_attr("verdict", {"bogus": 1})
     capsys.readouterr()
