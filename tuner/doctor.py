@@ -20,12 +20,16 @@ from tuner.capability import differing_caps, top_cap
 from tuner.disturbance import DEFAULT_LIMIT, sample
 from tuner.errors import UsageError
 from tuner.runtime import NVIDIA_DRIVER, Runtime, gpu_driver, load, names
-from tuner.signature import cpu_signature
+from tuner.signature import CpuSignature, cpu_signature
 from tuner.topology import cpu_quota, physical_cores, quota_warning
 from tuner.topology import notes as topology_notes
 
-ONEDNN_DEFAULT_ISA = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")  # stock TF turns oneDNN on for these
+# Stock TensorFlow on Linux turns oneDNN on by itself for these x86 flags, or on an Arm Neoverse V1 (implementer
+# 0x41, part 0xd40; TensorFlow's DefaultOneDnnPolicy): a prediction only, which every probe reads back.
+ONEDNN_DEFAULT_ISA = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
+ONEDNN_DEFAULT_ARM = {("ARM", "0xd40"): "Neoverse V1"}
 BUSY_SHARE = 0.10  # a process using more than 10% of one CPU disturbs measurements
+BUSY_LOAD = 0.25  # a 1-minute load average above a quarter of the logical CPUs: the machine was busy
 
 
 @dataclass(frozen=True)
@@ -107,12 +111,32 @@ def caps_line(isa: tuple[str, ...]) -> str:
     return f"oneDNN caps    to search here: {caps}{same} (ONEDNN_MAX_CPU_ISA, --search-isa)"
 
 
+def onednn_line(sig: CpuSignature) -> str:
+    """Whether stock TensorFlow turns oneDNN on by itself on this CPU, and why (ONEDNN_DEFAULT_ISA)."""
+    reasons = [flag for flag in ONEDNN_DEFAULT_ISA if flag in sig.isa]
+    arm = ONEDNN_DEFAULT_ARM.get((sig.vendor, sig.model))
+    if reasons or arm:
+        return f"oneDNN         stock TensorFlow turns it on by default here ({', '.join(reasons) or arm})"
+    # aarch64 lists asimd; an x86 CPU never does
+    lacks = "not a Neoverse V1" if "asimd" in sig.isa else "no VNNI/BF16/AMX"
+    return f"oneDNN         off by default in stock TensorFlow here ({lacks}): knob onednn=true turns it on"
+
+
+def load_line(load1: float, load5: float, cpus: int) -> list[str]:
+    """The load averages, and a warning where the last minute's exceeds BUSY_LOAD of the CPUs."""
+    lines = [f"load average   {load1:.2f} (1 min), {load5:.2f} (5 min) on {cpus} CPUs"]
+    if load1 > BUSY_LOAD * max(cpus, 1):
+        lines.append(
+            "  warning: the machine was busy in the last minute; measurements will be noisy. Interleave and repeat."
+        )
+    return lines
+
+
 def report() -> list[str]:
     sig = cpu_signature()
     allowed = physical_cores()
     load1, load5, _ = os.getloadavg()
     quota = cpu_quota()
-    onednn = [flag for flag in ONEDNN_DEFAULT_ISA if flag in sig.isa]
     lines = [
         f"CPU            {sig.model_name} ({sig.vendor}, family {sig.family} model {sig.model}), signature {sig.id}",
         f"cores          {sig.physical_cores} physical, {sig.logical_cpus} logical, {sig.sockets} socket(s), "
@@ -122,18 +146,11 @@ def report() -> list[str]:
         f"CPU quota      {'none' if quota is None else f'{quota:g} CPUs (cgroup cpu.max or cpu.cfs_quota_us)'}",
         *(f"  warning: {line}" for line in [quota_warning(len(allowed), quota)] if line),
         f"ISA            {' '.join(sig.isa) or 'none of note'}",
-        "oneDNN         "
-        + (
-            f"stock TensorFlow turns it on by default here ({', '.join(onednn)})"
-            if onednn
-            else "off by default in stock TensorFlow here (no VNNI/BF16/AMX): knob onednn=true turns it on"
-        ),
+        onednn_line(sig),
         caps_line(sig.isa),
-        f"load average   {load1:.2f} (1 min), {load5:.2f} (5 min) on {sig.logical_cpus} CPUs",
+        *load_line(load1, load5, sig.logical_cpus),
         gpu_line(),
     ]
-    if load1 > 0.5:
-        lines.append("  warning: the machine is busy; measurements will be noisy. Interleave and repeat.")
     lines.append(f"disturbance    on CPUs {','.join(map(str, allowed))} now: {disturbance_now(list(allowed))}")
     busy = busy_processes()
     lines.append(
