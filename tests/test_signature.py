@@ -165,6 +165,26 @@ def test_aarch64_cpus_are_told_apart_by_their_part_and_features(tmp_path: Path) 
     assert BF16_FLAGS & set(v1.isa) and not BF16_FLAGS & set(n1.isa)
 
 
+def test_aarch64_sockets_and_cores_come_from_sys_where_cpuinfo_has_none(tmp_path: Path) -> None:
+    from tests.test_topology import fake_sys
+
+    (tmp_path / "cpuinfo").write_text(_arm("0xd0c", "fp asimd"))  # four logical CPUs, no physical or core id
+    (tmp_path / "node" / "node0").mkdir(parents=True)
+    (tmp_path / "node" / "node1").mkdir(parents=True)
+    fake_sys(tmp_path / "cpu", {0: (0, 0), 1: (0, 1), 2: (1, 0), 3: (1, 1)})
+    sig = cpu_signature(tmp_path / "cpuinfo", tmp_path / "node")
+    # A 2-socket Arm server (two Neoverse-N1 cores per socket here): /sys beside the NUMA nodes names the
+    # packages, where /proc/cpuinfo names none. Core ids restart per socket, and still count as four cores.
+    assert (sig.sockets, sig.physical_cores, sig.logical_cpus, sig.smt) == (2, 4, 4, False)
+    # SMT siblings (one socket, two cores of two threads) are counted once, and SMT shows as on.
+    smt = tmp_path / "smt"
+    fake_sys(smt / "cpu", {0: (0, 0), 1: (0, 1), 2: (0, 0), 3: (0, 1)})
+    sig = cpu_signature(tmp_path / "cpuinfo", smt / "node")
+    assert (sig.sockets, sig.physical_cores, sig.logical_cpus, sig.smt) == (1, 2, 4, True)
+    # Without /sys topology (a container that hides it), each logical CPU is a core, as before.
+    assert cpu_signature(tmp_path / "cpuinfo", tmp_path / "none" / "node").physical_cores == 4
+
+
 def test_an_empty_vendor_or_model_name_is_kept_as_it_was_stored(tmp_path: Path) -> None:
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nvendor_id\t: \nmodel name\t: \nflags\t\t: avx2\n\n")

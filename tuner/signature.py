@@ -14,6 +14,8 @@ import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tuner.topology import core_key
+
 # ISA features that change which oneDNN/Eigen/ACL kernels run: x86's ``flags``, then aarch64's ``Features``
 # (no x86 flag has those names, so an x86 signature is the same with or without them).
 ISA_FLAGS = (
@@ -58,9 +60,11 @@ class CpuSignature:
         return {**asdict(self), "isa": list(self.isa), "id": self.id}
 
 
-def _cpuinfo(path: Path) -> tuple[dict[str, str], list[tuple[int, int]]]:
+def _cpuinfo(path: Path) -> tuple[dict[str, str], list[tuple[int, int]], list[int]]:
+    """The first CPU's block, (physical id, core id) per logical CPU, and the logical CPUs' numbers."""
     first: dict[str, str] = {}
     cores: list[tuple[int, int]] = []
+    numbers: list[int] = []
     block: dict[str, str] = {}
     try:
         text = path.read_text()
@@ -71,26 +75,41 @@ def _cpuinfo(path: Path) -> tuple[dict[str, str], list[tuple[int, int]]]:
             if "processor" in block:
                 first = first or block
                 cores.append((int(block.get("physical id", 0)), int(block.get("core id", len(cores)))))
+                numbers.append(int(block["processor"]) if block["processor"].isdigit() else len(numbers))
             block = {}
             continue
         key, _, value = line.partition(":")
         block[key.strip()] = value.strip()
-    return first, cores
+    return first, cores, numbers
+
+
+def _sys_cores(numbers: list[int], sys_cpu: Path) -> list[tuple[int, int]] | None:
+    """(package, core) per logical CPU from /sys, where /proc/cpuinfo names neither (aarch64): without it
+    a 2-socket Ampere or an SMT core would count every logical CPU as a core of one socket. None where /sys
+    lacks any of them: each logical CPU then counts as a core, as before."""
+    keys = [core_key(cpu, sys_cpu) for cpu in numbers]
+    if not keys or any(key is None for key in keys):
+        return None
+    found = [key for key in keys if key is not None]
+    ids = {key: n for n, key in enumerate(sorted(set(found)))}
+    return [(key[0], ids[key]) for key in found]
 
 
 def cpu_signature(
     cpuinfo: Path = Path("/proc/cpuinfo"), nodes: Path = Path("/sys/devices/system/node")
 ) -> CpuSignature:
     """Read this machine's signature (the whole machine, not only this process's allowed CPUs)."""
-    info, cores = _cpuinfo(cpuinfo)
+    info, cores, numbers = _cpuinfo(cpuinfo)
     flags = set(info.get("flags", info.get("Features", "")).split())
     numa = len(list(nodes.glob("node[0-9]*"))) if nodes.exists() else 1
-    logical = len(cores) or os.cpu_count() or 1
-    physical = len(set(cores)) or logical
     # x86 names itself; aarch64 has only the implementer and part codes. A key that is there stays as it is,
     # even empty (as some hypervisors print it): the ids of signatures stored before are kept.
     implementer, part = info.get("CPU implementer", "").lower(), info.get("CPU part", "").lower()
     arm = ARM_IMPLEMENTERS.get(implementer, f"implementer {implementer}") if implementer else None
+    if arm:  # /sys beside the NUMA nodes' folder: /sys/devices/system/cpu
+        cores = _sys_cores(numbers, nodes.parent / "cpu") or cores
+    logical = len(cores) or os.cpu_count() or 1
+    physical = len(set(cores)) or logical
     vendor = info.get("vendor_id", arm or platform.machine())
     arm_name = f"{arm} {ARM_PARTS.get((implementer, part), f'part {part}')}" if arm else None
     model_name = info.get("model name", arm_name or platform.processor() or "unknown")

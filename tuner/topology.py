@@ -32,7 +32,7 @@ def _read_int(path: Path, default: int) -> int:
         return default
 
 
-def _core_key(cpu: int, root: Path) -> tuple[int, int, int, int] | None:
+def core_key(cpu: int, root: Path = SYS_CPU) -> tuple[int, int, int, int] | None:
     """(package, NUMA node, die, core) of a logical CPU; None where its topology files are missing."""
     topo = root / f"cpu{cpu}" / "topology"
     core = _read_int(topo / "core_id", -1)
@@ -103,7 +103,7 @@ def physical_cores(allowed: Iterable[int] | None = None, root: Path = SYS_CPU) -
     atom, kind = _atom_cpus(root) or frozenset(), kinds(root)  # cpu_capacity read once (efficiency_cpus would again)
     first: dict[tuple[int, int, int, int], int] = {}
     for cpu in cpus:
-        key = _core_key(cpu, root) or (-1, 0, 0, cpu)  # unknown: its own core, after no known one
+        key = core_key(cpu, root) or (-1, 0, 0, cpu)  # unknown: its own core, after no known one
         first.setdefault(key, cpu)
 
     def order(item: tuple[tuple[int, int, int, int], int]) -> tuple[int, ...]:
@@ -117,7 +117,7 @@ def notes(allowed: Iterable[int] | None = None, root: Path = SYS_CPU) -> list[st
     """What the topology cannot vouch for: logical CPUs without topology files (SMT siblings may then be
     counted as cores)."""
     cpus = sorted(os.sched_getaffinity(0) if allowed is None else allowed)
-    unknown = [cpu for cpu in cpus if _core_key(cpu, root) is None]
+    unknown = [cpu for cpu in cpus if core_key(cpu, root) is None]
     found = []
     if unknown:
         found.append(
