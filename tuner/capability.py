@@ -152,6 +152,7 @@ def _bf16_instructions(params: Mapping[str, Any], caps: Capabilities) -> str | N
 # avx512bw and avx512vl has; its AMX level (AVX10_1_512_AMX in oneDNN 3.5 on) also fp16 flags the signature does
 # not keep. The cap matters with oneDNN off too: stock TensorFlow's Eigen contractions (matmul, and convolutions
 # Eigen runs as matmuls) call oneDNN's sgemm, which obeys it (studies/isa-cap-matmul-1core.log).
+ARM_FLAG = "asimd"  # every aarch64 CPU lists it, no x86 one does: the caps above are x86's only
 _AVX2 = ("avx2", "fma")
 _AVX512 = (*_AVX2, "avx512f", "avx512bw", "avx512vl")
 ISA_NEEDS: dict[str, tuple[str, ...]] = {

@@ -624,8 +624,8 @@ def add_precision_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--search-isa",
         action="store_true",
-        help="also search oneDNN's instruction-set cap (ONEDNN_MAX_CPU_ISA: default, avx2 ... avx512_core_amx); "
-        "caps this CPU lacks are taken out",
+        help="also search oneDNN's instruction-set cap (ONEDNN_MAX_CPU_ISA: default, avx2 ... avx512_core_amx; x86 "
+        "only); caps this CPU lacks are taken out",
     )
 
 

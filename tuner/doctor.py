@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 
 from tuner import interrupt
-from tuner.capability import differing_caps, top_cap
+from tuner.capability import ARM_FLAG, differing_caps, top_cap
 from tuner.disturbance import DEFAULT_LIMIT, sample
 from tuner.errors import UsageError
 from tuner.runtime import NVIDIA_DRIVER, Runtime, gpu_driver, load, names
@@ -105,6 +105,8 @@ def gpu_line(version_file: Path | None = None, dev: Path = Path("/dev")) -> str:
 
 def caps_line(isa: tuple[str, ...]) -> str:
     """The oneDNN instruction-set caps a CPU with these flags can run and that differ from no cap."""
+    if ARM_FLAG in isa:
+        return "oneDNN caps    none searched on aarch64 (--search-isa takes x86 caps only)"
     top = top_cap(isa)
     caps = ", ".join(differing_caps(isa)) or "none"
     same = f"; {top} runs as no cap" if top else ""
@@ -117,8 +119,7 @@ def onednn_line(sig: CpuSignature) -> str:
     arm = ONEDNN_DEFAULT_ARM.get((sig.vendor, sig.model))
     if reasons or arm:
         return f"oneDNN         stock TensorFlow turns it on by default here ({', '.join(reasons) or arm})"
-    # aarch64 lists asimd; an x86 CPU never does
-    lacks = "not a Neoverse V1" if "asimd" in sig.isa else "no VNNI/BF16/AMX"
+    lacks = "not a Neoverse V1" if ARM_FLAG in sig.isa else "no VNNI/BF16/AMX"
     return f"oneDNN         off by default in stock TensorFlow here ({lacks}): knob onednn=true turns it on"
 
 

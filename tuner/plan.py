@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuner.capability import Capabilities, differing_caps, plan_baselines, top_cap
+from tuner.capability import ARM_FLAG, Capabilities, differing_caps, plan_baselines, top_cap
 from tuner.confirm import MIN_ROUNDS
 from tuner.cost import CostModel
 from tuner.errors import TunerError, UsageError, WorkerError
@@ -187,6 +187,11 @@ def isa_space(runtime: Runtime, space: SearchSpace, cpu_isa: Any = None) -> Sear
     CPU (its ISA flags, where known: the probe's ``cpu_isa``) where some cap differs from no cap."""
     if "onednn_isa" not in runtime.honours:
         raise UsageError(f"--search-isa: runtime {runtime.name} does not declare the onednn_isa knob")
+    if isinstance(cpu_isa, list) and ARM_FLAG in cpu_isa:
+        raise UsageError(
+            "--search-isa: oneDNN's instruction-set caps are searched on x86 CPUs only (avx2 to avx512_core_amx); "
+            "aarch64's (asimd, sve_128 to sve_512) are not: nothing to search on this CPU"
+        )
     if isinstance(cpu_isa, list) and not differing_caps(cpu_isa):
         raise UsageError(
             "--search-isa: no oneDNN cap runs otherwise than no cap on this CPU "
