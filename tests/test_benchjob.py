@@ -264,3 +264,21 @@ def test_a_live_benchmark_is_never_taken_for_killed_and_a_record_cut_while_closi
     assert len(running) == 1 and running[0].user_attrs["owner"] == identity()
     assert [r.get("partial") for r in records(storage)].count("2 of 3 rounds") == 1
     assert len(records(storage)) == 3  # the first run's, the cut one's and the second run's
+
+
+def test_a_precision_named_in_settings_is_measured_as_asked(
+    storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runner = ReplayRunner.from_rates(lambda spec: 2000.0 if spec.settings.precision == "bf16" else 1000.0, noise=0.01)
+    argv = [*BENCH, "--settings", "tf-default", "--settings", "precision=bf16", "--storage", storage_url]
+    assert main(argv, runner=runner) == 0
+    # Naming bf16 is the opt-in that tune asks for with --allow-precision (a verdict of a study tuned with it
+    # passes the same check): both settings are measured, and bf16 ran as bf16 (twice the rate here).
+    assert measured_labels(storage_url) == ["custom precision=bf16", "tf-default"]
+    rates = {r["label"]: r["images_per_sec"] for r in records(open_storage(storage_url))}
+    assert rates["custom precision=bf16"] > 1.5 * rates["tf-default"]
+    # Impossible settings are still refused by name: NCHW where oneDNN is forced off cannot run on a CPU.
+    argv = [*BENCH, "--settings", "data_format=NCHW;onednn=false", "--storage", storage_url]
+    assert main(argv, runner=runner) == 1
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("tuner: error: 1 setting(s) could not be measured") and "NCHW needs oneDNN" in last

@@ -66,6 +66,8 @@ def test_installable_says_exactly_why_not() -> None:
     assert runtime.installable("3.11", "x86_64") is None
     assert "CPython 3.9, 3.10, 3.11 only" in (runtime.installable("3.12", "x86_64") or "")
     assert "x86_64 Linux only" in (runtime.installable("3.11", "aarch64") or "")
+    # Both wrong: the machine is named first, since no other interpreter would mend it.
+    assert "x86_64 Linux only" in (runtime.installable("3.12", "aarch64") or "")
 
 
 def test_unknown_runtime_is_one_line() -> None:
@@ -133,7 +135,12 @@ def test_env_list_and_create_use_tuner_envs(tmp_path: Path, monkeypatch: pytest.
     # `env list` shows where each managed environment would be: under $TUNER_ENVS, not yet created.
     assert main(["env", "list"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("intel-tensorflow"))
-    assert f"{tmp_path / 'envs' / 'intel-tensorflow'}: not created" in line
+    assert f"{tmp_path / 'envs' / 'intel-tensorflow'}: not created (tuner env create intel-tensorflow)" in line
+    # Where it cannot be made here (tensorflow-gpu without an NVIDIA driver), the line says why instead.
+    monkeypatch.setattr("tuner.runtime.gpu_driver", lambda: None)
+    assert main(["env", "list"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("tensorflow-gpu"))
+    assert "not created (tensorflow-gpu runs the GPU rows and needs an NVIDIA GPU" in line
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("TUNER_ENVS", str(tmp_path / "file"))
     # A bad $TUNER_ENVS stops `env create` in one line and exit 1, before pip or venv touch anything.

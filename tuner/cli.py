@@ -45,7 +45,7 @@ from tuner.runtime import GPU_RUNTIME, check_knobs, cpu_names, environment_of, f
 from tuner.runtime import load as load_runtime
 from tuner.runtime import names as runtime_names
 from tuner.sanitize import one_line, printable
-from tuner.settings import KNOBS, Settings
+from tuner.settings import KNOBS, PRECISIONS, Settings
 from tuner.signature import cpu_signature
 from tuner.space import SearchSpace
 from tuner.space import load as load_space
@@ -285,7 +285,9 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
                 job.visible_gpus = benchmark.visible_gpus(runner, settings, core_set(1))
         else:
             ready = check_model(prepare(runtime, runner, max(counts), space, log=_log), model, _log)  # before any run
-            job.caps = Capabilities.from_probe(ready.facts)
+            # A precision named in --settings, or recommended by a verdict tuned with it allowed, is the opt-in
+            # (tune's --allow-precision and --force-precision): measured as asked, not refused as unsearched.
+            job.caps = Capabilities.from_probe(ready.facts, allow_precision=PRECISIONS, force_precision=True)
         job.run()
     finally:
         if args.format == "json":  # every record stored, measured or not (none where it stopped first), as data
@@ -575,7 +577,7 @@ def cmd_env(args: argparse.Namespace, runner: Runner | None = None) -> int:
                 f"{path}: {manifest['size_bytes'] / 2**20:.0f} MiB, framework {manifest['framework_version']}, "
                 f"created {manifest['created']} in {manifest['seconds']:.0f} s"
                 if manifest
-                else f"{path}: not created (tuner env create {name})"
+                else f"{path}: not created ({runtime.installable() or f'tuner env create {name}'})"
             )
             print(f"{name:18} {state}")
         return 0

@@ -137,14 +137,14 @@ class Runtime:
         driver = gpu_driver() if driver == "" else driver
         version = version or ".".join(platform.python_version_tuple()[:2])
         machine = machine or platform.machine()
+        if self.machines and machine not in self.machines:  # first: no interpreter can mend it
+            return f"{self.name} has wheels for {', '.join(self.machines)} Linux only, and this machine is {machine}"
         if self.python_versions and version not in self.python_versions:
             return (
                 f"{self.name} has wheels for CPython {', '.join(self.python_versions)} only, and this is "
                 f"CPython {version}: create it from a supported interpreter (tuner env create {self.name} "
                 f"--with-python /path/to/python{self.python_versions[-1]})"
             )
-        if self.machines and machine not in self.machines:
-            return f"{self.name} has wheels for {', '.join(self.machines)} Linux only, and this machine is {machine}"
         if self.gpu_only and driver is None:
             return (
                 f"{self.name} runs the GPU rows and needs an NVIDIA GPU and its driver; none is loaded here "
