@@ -61,3 +61,20 @@ def test_a_longer_confirmation_policy_raises_the_floor() -> None:
     measured = CostModel(wall_s=10.0, step_s=1.0, policy=config.policy)
     # Each confirmation run has 10 more timed steps of 1 s: 3 x (10 + 3 x 20) s.
     assert Yardstick(measured).floor_s(config, baselines=2, weight=1.0) == pytest.approx(210.0)
+
+
+def test_the_probe_line_says_what_it_read_back_and_what_it_could_not() -> None:
+    from tuner.plan import Prepared
+    from tuner.replay import ReplayRunner
+    from tuner.runtime import load as load_runtime
+    from tuner.space import load as load_space
+
+    def line(facts: dict[str, object]) -> str:
+        runner = ReplayRunner.from_rates(lambda spec: 1.0)
+        return Prepared(load_runtime("tensorflow"), load_space("tensorflow", 1), facts, runner).describe()
+
+    seen = {"framework_version": "2.21.0", "onednn": True, "onednn_runtime": "threadpool", "onednn_isa": "Intel AVX2"}
+    # What the probe read back is named as read; oneDNN's threading runtime, where its verbose mode printed none
+    # (a build or CPU whose kernels log nothing), is "not reported", never the word None.
+    assert "oneDNN on (runtime threadpool, kernels for Intel AVX2), OpenMP none, 0 GPU" in line(seen)
+    assert "oneDNN off (runtime not reported), OpenMP none" in line({"framework_version": "2.21.0", "onednn": False})

@@ -111,7 +111,7 @@ class Prepared:
         isa = f", kernels for {f['onednn_isa']}" if f.get("onednn_isa") else ""
         return (
             f"probe: {self.runtime.name} runs TensorFlow {f.get('framework_version')}, oneDNN {onednn} "
-            f"(runtime {f.get('onednn_runtime')}{isa}), OpenMP {f.get('openmp') or 'none'}, "
+            f"(runtime {f.get('onednn_runtime') or 'not reported'}{isa}), OpenMP {f.get('openmp') or 'none'}, "
             f"{f.get('gpus') or 0} GPU{inert}"
         )
 
