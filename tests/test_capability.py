@@ -278,6 +278,23 @@ def test_bf16_is_searched_only_when_opted_into_and_where_the_cpu_has_it() -> Non
     ]
 
 
+def test_bf16_with_onednn_off_is_emulated_even_on_a_cpu_with_bf16() -> None:
+    # A Neoverse V2 (Graviton4, Grace): bf16 instructions, but TensorFlow leaves oneDNN off by default there.
+    caps = Capabilities.from_probe({"onednn": False, "bf16_instructions": True}, ("bf16",))
+    bf16 = {"precision": "bf16", "data_format": "NHWC"}
+    # bf16 on plain Eigen (the default there, or onednn=false anywhere) converts to fp32: measured at 0.70x of
+    # fp32 where oneDNN's bf16 ran at 1.39x (studies/bf16-onednn-off-1core.log). It is taken out as emulated.
+    for onednn in ("default", False):
+        found = unrunnable({**bf16, "onednn": onednn}, caps)
+        assert found is not None and found[0] == "bf16_instructions" and "plain Eigen" in found[1]
+    # With oneDNN forced on it runs on the CPU's bf16 instructions: kept, so bf16 stays in the space.
+    assert unrunnable({**bf16, "onednn": True}, caps) is None
+    assert "bf16" in narrow(load("tensorflow", 2), caps, 2)[0].distributions(2)["precision"].choices  # type: ignore[attr-defined]
+    # --force-precision measures it anyway.
+    forced = Capabilities.from_probe({"onednn": False, "bf16_instructions": True}, ("bf16",), force_precision=True)
+    assert unrunnable({**bf16, "onednn": False}, forced) is None
+
+
 def test_a_missing_allocator_is_taken_out_and_its_recipes_stand_in_with_the_system_one() -> None:
     caps = Capabilities.from_probe({"onednn": True, "allocators": ["system", "jemalloc"]})
     narrowed, lines = narrow(load("tensorflow", 2), caps, 2)

@@ -144,6 +144,11 @@ def _bf16_instructions(params: Mapping[str, Any], caps: Capabilities) -> str | N
     cap = params.get("onednn_isa", ONEDNN_DEFAULT)
     if cap != ONEDNN_DEFAULT and "avx512_bf16" not in ISA_NEEDS.get(cap, ()):
         return f"oneDNN capped at {cap} has no bf16 instructions: bf16 would be emulated (--force-precision)"
+    # Plain Eigen's bf16 converts to fp32 and back: on the AVX-512 BF16 EPYC it ran at 0.70x of fp32, where oneDNN's
+    # ran at 1.39x (ResNet-50 inference, 1 core; studies/bf16-onednn-off-1core.log). Off by default on a
+    # Neoverse V2 with bf16, and wherever onednn=false.
+    if caps.onednn(params) is False:
+        return "with oneDNN off, bf16 runs on plain Eigen, without bf16 instructions: emulated (--force-precision)"
     return None
 
 
