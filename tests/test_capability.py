@@ -276,6 +276,10 @@ def test_bf16_is_searched_only_when_opted_into_and_where_the_cpu_has_it() -> Non
         "precision=bf16 taken out: this CPU has no bf16 instructions (avx512_bf16, amx_bf16, bf16): bf16 would be "
         "emulated (--force-precision)"
     ]
+    # Where the probe read the CPU's flags, the line names its own architecture's: an Arm user is not told of AVX-512.
+    for isa, flags in ((["asimd", "asimddp"], "(bf16)"), (["avx", "avx2", "fma"], "(avx512_bf16, amx_bf16)")):
+        _, lines = narrow(space, Capabilities.from_probe({**without, "cpu_isa": isa}, ("bf16",)), 2)
+        assert f"this CPU has no bf16 instructions {flags}: bf16 would be emulated" in lines[0]
 
 
 def test_bf16_with_onednn_off_is_emulated_even_on_a_cpu_with_bf16() -> None:

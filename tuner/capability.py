@@ -138,8 +138,9 @@ def _precision_opted_in(params: Mapping[str, Any], caps: Capabilities) -> str | 
 def _bf16_instructions(params: Mapping[str, Any], caps: Capabilities) -> str | None:
     if params.get("precision") != "bf16" or caps.force_precision:
         return None
-    if caps.bf16_instructions is False:
-        flags = "avx512_bf16, amx_bf16, bf16"
+    if caps.bf16_instructions is False:  # the flags that would have it, on this CPU's architecture where known
+        isa = caps.cpu_isa
+        flags = "avx512_bf16, amx_bf16, bf16" if isa is None else "bf16" if ARM_FLAG in isa else "avx512_bf16, amx_bf16"
         return f"this CPU has no bf16 instructions ({flags}): bf16 would be emulated (--force-precision)"
     cap = params.get("onednn_isa", ONEDNN_DEFAULT)
     if cap != ONEDNN_DEFAULT and "avx512_bf16" not in ISA_NEEDS.get(cap, ()):
