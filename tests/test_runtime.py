@@ -251,3 +251,30 @@ def test_a_long_build_step_says_it_goes_on_and_keeps_its_errors(
     code, stderr = envs_module._run_saying(failing, tmp_path / "env", logs.append)
     # A failed step's errors are kept for the one-line failure.
     assert code == 1 and "no matching distribution" in stderr
+
+
+def test_an_environment_built_for_another_machine_is_not_run_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, storage_url: str
+) -> None:
+    from tuner.doctor import availability
+    from tuner.envs import MANIFEST
+    from tuner.pipeline import Job
+    from tuner.signature import cpu_signature
+    from tuner.storage import open_storage
+
+    # A $TUNER_ENVS shared with an x86-64 machine holds a complete intel-tensorflow environment; this one is aarch64.
+    monkeypatch.setenv("TUNER_ENVS", str(tmp_path / "envs"))
+    env = tmp_path / "envs" / "intel-tensorflow"
+    (env / "bin").mkdir(parents=True)
+    (env / "bin" / "python").write_text("")
+    (env / MANIFEST).write_text("{}")
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")
+    runtime = load("intel-tensorflow")
+    # Its x86-64 interpreter could not run here: every path to it says why in one line, rather than starting it.
+    with pytest.raises(UsageError, match="x86_64 Linux only, and this machine is aarch64"):
+        runtime.python()
+    assert availability(runtime).startswith("not available: intel-tensorflow has wheels for x86_64 Linux only")
+    job = Job(open_storage(storage_url), cpu_signature(), [runtime], [1], ["infer"], None)
+    assert job._skipped(runtime) == "intel-tensorflow has wheels for x86_64 Linux only, and this machine is aarch64"
+    # The tuner's own interpreter (stock TensorFlow) is this machine's: never refused so.
+    assert job._skipped(load("tensorflow")) is None and load("tensorflow").python()

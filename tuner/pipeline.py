@@ -303,6 +303,9 @@ class Job:
 
     def _skipped(self, runtime: Runtime) -> str | None:
         """Why the runtime is left out here (its environment cannot be, or is not to be, built), or None."""
+        foreign = None if self.runner is not None else runtime.foreign()  # even with an environment from elsewhere
+        if foreign is not None:
+            return foreign
         if not self._env_missing(runtime):
             return None
         if not self.create_envs:

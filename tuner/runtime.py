@@ -122,12 +122,23 @@ class Runtime:
         """The interpreter trials run with; a managed environment must have been created first."""
         if self.env_dir is None:
             return sys.executable
+        foreign = self.foreign()
+        if foreign is not None:  # an environment there was built on another machine (a shared $TUNER_ENVS)
+            raise UsageError(f"runtime {self.name}: {foreign}")
         python = self.env_dir / "bin" / "python"
         if not python.exists():
             raise UsageError(f"runtime {self.name}: its environment is missing; run: tuner env create {self.name}")
         if not (self.env_dir / MANIFEST).exists():  # written last: without it the build did not finish
             raise UsageError(f"runtime {self.name}: its environment is incomplete; run: tuner env create {self.name}")
         return str(python)
+
+    def foreign(self, machine: str | None = None) -> str | None:
+        """Why this runtime cannot run on this machine (``machine``: this one's) at all, whatever environment
+        is there: its wheels are for other machines only. None where it can."""
+        machine = machine or platform.machine()
+        if self.machines and machine not in self.machines:
+            return f"{self.name} has wheels for {', '.join(self.machines)} Linux only, and this machine is {machine}"
+        return None
 
     def installable(
         self, version: str | None = None, machine: str | None = None, driver: str | None = ""
@@ -136,9 +147,9 @@ class Runtime:
         that NVIDIA driver: "" reads this machine's), or None if it can."""
         driver = gpu_driver() if driver == "" else driver
         version = version or ".".join(platform.python_version_tuple()[:2])
-        machine = machine or platform.machine()
-        if self.machines and machine not in self.machines:  # first: no interpreter can mend it
-            return f"{self.name} has wheels for {', '.join(self.machines)} Linux only, and this machine is {machine}"
+        foreign = self.foreign(machine)
+        if foreign is not None:  # first: no interpreter can mend it
+            return foreign
         if self.python_versions and version not in self.python_versions:
             return (
                 f"{self.name} has wheels for CPython {', '.join(self.python_versions)} only, and this is "
