@@ -155,9 +155,10 @@ def test_aarch64_cpus_are_told_apart_by_their_part_and_features(tmp_path: Path) 
     (tmp_path / "v1").write_text(_arm("0xd40", "fp asimd asimddp sve i8mm bf16 svebf16"))
     n1, v1 = (cpu_signature(tmp_path / name, tmp_path / "none") for name in ("n1", "v1"))
     # No vendor_id, model name or flags on aarch64: the implementer, part and Features stand in, so a
-    # Graviton2 (Neoverse-N1) and a Graviton3 (Neoverse-V1) are two CPUs, not one "unknown".
+    # Graviton2 (Neoverse-N1) and a Graviton3 (Neoverse-V1) are two CPUs, not one "unknown". The stepping is
+    # written as Arm writes it (r1p1 for variant 0x1, revision 1).
     assert (n1.vendor, n1.model_name, n1.family, n1.model, n1.stepping) == (
-        "ARM", "ARM Neoverse-N1", "8", "0xd0c", "r0x1p1"
+        "ARM", "ARM Neoverse-N1", "8", "0xd0c", "r1p1"
     )  # fmt: skip
     assert v1.model_name == "ARM Neoverse-V1" and n1.id != v1.id
     assert n1.isa == ("asimd", "asimddp") and v1.isa == ("asimd", "asimddp", "sve", "bf16", "i8mm")

@@ -95,6 +95,14 @@ def _sys_cores(numbers: list[int], sys_cpu: Path) -> list[tuple[int, int]] | Non
     return [(key[0], ids[key]) for key in found]
 
 
+def _number(text: str) -> str:
+    """A variant or revision as Arm writes it (r1p1), from /proc/cpuinfo's 0x1 and 1; else the text as it is."""
+    try:
+        return str(int(text, 0))
+    except ValueError:
+        return text
+
+
 def cpu_signature(
     cpuinfo: Path = Path("/proc/cpuinfo"), nodes: Path = Path("/sys/devices/system/node")
 ) -> CpuSignature:
@@ -113,7 +121,7 @@ def cpu_signature(
     vendor = info.get("vendor_id", arm or platform.machine())
     arm_name = f"{arm} {ARM_PARTS.get((implementer, part), f'part {part}')}" if arm else None
     model_name = info.get("model name", arm_name or platform.processor() or "unknown")
-    arm_stepping = f"r{info.get('CPU variant', '')}p{info.get('CPU revision', '')}" if arm else ""
+    arm_stepping = f"r{_number(info.get('CPU variant', ''))}p{_number(info.get('CPU revision', ''))}" if arm else ""
     return CpuSignature(
         vendor=vendor,
         model_name=model_name,
