@@ -282,3 +282,13 @@ def test_a_precision_named_in_settings_is_measured_as_asked(
     assert main(argv, runner=runner) == 1
     last = capsys.readouterr().err.splitlines()[-1]
     assert last.startswith("tuner: error: 1 setting(s) could not be measured") and "NCHW needs oneDNN" in last
+    # So is what the objective rules out, as tune does: a latency objective times one request at a time.
+    argv = [*BENCH, "--cores", "2", "--objective", "latency", "--settings", "instances=2", "--storage", storage_url]
+    assert main(argv, runner=runner) == 1
+    assert "one request at a time" in capsys.readouterr().err.splitlines()[-1]
+    # GPU rows measure a named precision as asked too.
+    runner.tasks["devices"] = {"gpus": 1}
+    gpu = [*BENCH, "--device", "gpu", "--timed", "3", "--settings", "precision=bf16", "--storage", storage_url]
+    assert main(gpu, runner=runner) == 0, capsys.readouterr().err
+    gpu_rows = [r["label"] for r in records(open_storage(storage_url)) if r.get("device") == "gpu"]
+    assert gpu_rows == ["custom precision=bf16"]

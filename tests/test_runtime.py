@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import sys
@@ -98,6 +99,7 @@ def test_half_built_environment_is_not_used(tmp_path: object, monkeypatch: pytes
     (envs / "intel-tensorflow" / "bin" / "python").write_text("")
     monkeypatch.setattr(runtime_module, "ENVS_DIR", envs)
     monkeypatch.delenv("TUNER_ENVS", raising=False)  # CI keeps its environments elsewhere
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")  # the environment's machine, wherever this runs
     # An interpreter without the manifest that `env create` writes last is an interrupted build.
     with pytest.raises(UsageError, match="environment is incomplete; run: tuner env create intel-tensorflow"):
         load("intel-tensorflow").python()
@@ -132,6 +134,7 @@ def test_env_list_and_create_use_tuner_envs(tmp_path: Path, monkeypatch: pytest.
     from tuner.cli import main
 
     monkeypatch.setenv("TUNER_ENVS", str(tmp_path / "envs"))
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")  # where intel-tensorflow can be made
     # `env list` shows where each managed environment would be: under $TUNER_ENVS, not yet created.
     assert main(["env", "list"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("intel-tensorflow"))
@@ -254,8 +257,9 @@ def test_a_long_build_step_says_it_goes_on_and_keeps_its_errors(
 
 
 def test_an_environment_built_for_another_machine_is_not_run_here(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, storage_url: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, storage_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from tuner.cli import main
     from tuner.doctor import availability
     from tuner.envs import MANIFEST
     from tuner.pipeline import Job
@@ -267,13 +271,18 @@ def test_an_environment_built_for_another_machine_is_not_run_here(
     env = tmp_path / "envs" / "intel-tensorflow"
     (env / "bin").mkdir(parents=True)
     (env / "bin" / "python").write_text("")
-    (env / MANIFEST).write_text("{}")
+    made = {"packages": [], "framework_version": "2.14.0", "size_bytes": 2**30, "seconds": 40,
+            "created": "2026-12-01T00:00:00+00:00"}  # fmt: skip
+    (env / MANIFEST).write_text(json.dumps(made))
     monkeypatch.setattr("platform.machine", lambda: "aarch64")
     runtime = load("intel-tensorflow")
     # Its x86-64 interpreter could not run here: every path to it says why in one line, rather than starting it.
     with pytest.raises(UsageError, match="x86_64 Linux only, and this machine is aarch64"):
         runtime.python()
     assert availability(runtime).startswith("not available: intel-tensorflow has wheels for x86_64 Linux only")
+    assert main(["env", "list"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("intel-tensorflow"))
+    assert "; not run here: intel-tensorflow has wheels for x86_64 Linux only" in line
     job = Job(open_storage(storage_url), cpu_signature(), [runtime], [1], ["infer"], None)
     assert job._skipped(runtime) == "intel-tensorflow has wheels for x86_64 Linux only, and this machine is aarch64"
     # The tuner's own interpreter (stock TensorFlow) is this machine's: never refused so.

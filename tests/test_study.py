@@ -140,6 +140,35 @@ def test_forged_trials_in_a_shared_study_are_left_out_not_fatal(storage: optuna.
     assert tuned is not None
 
 
+def test_a_stored_setting_a_newer_rule_cannot_run_is_left_out_and_other_choices_are_refused(
+    storage: optuna.storages.RDBStorage,
+) -> None:
+    config = make_config(trials=5, space=load_space("tensorflow", 2), allow_precision=("bf16",))
+    first = StudyRun(storage, config, ReplayRunner.from_rates(rate))
+    first.search(None)
+    study = optuna.load_study(study_name=config.name, storage=storage)
+    # An earlier tuner searched bf16 with oneDNN off, which this one takes out as emulated (plain Eigen); it
+    # measured that setting with a value that would rank first.
+    emulated = dict(first.baselines.runnable[DEFAULT], precision="bf16", onednn=False)
+    study.add_trial(optuna.trial.create_trial(params=emulated, distributions=first.space.distributions(2), value=1e9))
+    old = len(study.trials) - 1
+    lines: list[str] = []
+    run = StudyRun(storage, dataclasses.replace(config, trials=6), ReplayRunner.from_rates(rate), progress=lines.append)
+    # Resumed, the study names it once with the rule's reason, and never ranks, confirms or recommends it.
+    assert any(f"trial {old} left out: its settings cannot run here: with oneDNN off, bf16" in line for line in lines)
+    assert f"trial {old}" not in [c.name for c in run.candidates()]
+    assert f"trial {old}" not in run.run().params
+    # Resumed without --allow-precision, the space holds fewer precisions than the study searched: Optuna would
+    # stop at the first trial; the run is refused in one line naming the knob and why, before anything is stored.
+    before = [(t.number, t.state) for t in optuna.load_study(study_name=config.name, storage=storage).trials]
+    refused = (
+        r"searched precision over fp32, bf16, and this run can search fp32 \(precision=bf16 taken out: .*\): resume"
+    )
+    with pytest.raises(TunerError, match=refused):
+        StudyRun(storage, dataclasses.replace(config, allow_precision=()), ReplayRunner.from_rates(rate))
+    assert [(t.number, t.state) for t in optuna.load_study(study_name=config.name, storage=storage).trials] == before
+
+
 def test_a_peers_baseline_impostors_and_out_of_space_queue_are_skipped_not_measured_or_confirmed(
     storage: optuna.storages.RDBStorage,
 ) -> None:

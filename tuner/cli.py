@@ -272,8 +272,11 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
             unavailable = unavailable or str(error)
             runner = SubprocessRunner()  # never started: every row is skipped with ``unavailable``
     runner = steady(runner or runtime_runner(runtime, _log), limit, _log)
-    # GPU rows run NCHW on the GPU: the CPU's limits (the probe's, below) do not apply to them.
-    job = BenchmarkJob(storage, cpu_signature(), runtime, space, runner, Capabilities(), counts, modes, model,
+    # GPU rows run NCHW on the GPU: the CPU's limits (the probe's, below) do not apply to them. A precision named
+    # in --settings, or recommended by a verdict tuned with it allowed, is the opt-in (tune's --allow-precision and
+    # --force-precision): measured as asked, on either device, not refused as unsearched.
+    asked = Capabilities(precisions=PRECISIONS, force_precision=True)
+    job = BenchmarkJob(storage, cpu_signature(), runtime, space, runner, asked, counts, modes, model,
                        batch, policy, args.settings, args.device, replicas, log=_log,
                        out=_log if args.format == "json" else _out,
                        objective=args.objective, unavailable=unavailable)  # fmt: skip
@@ -285,9 +288,12 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
                 job.visible_gpus = benchmark.visible_gpus(runner, settings, core_set(1))
         else:
             ready = check_model(prepare(runtime, runner, max(counts), space, log=_log), model, _log)  # before any run
-            # A precision named in --settings, or recommended by a verdict tuned with it allowed, is the opt-in
-            # (tune's --allow-precision and --force-precision): measured as asked, not refused as unsearched.
-            job.caps = Capabilities.from_probe(ready.facts, allow_precision=PRECISIONS, force_precision=True)
+            workload = workload_for(model, modes[0], batch, args.objective)  # a model file's layout and precision
+            job.caps = dataclasses.replace(
+                Capabilities.from_probe(ready.facts, allow_precision=PRECISIONS, force_precision=True),
+                model_file=workload.ref.kind != "app",
+                latency=workload.goal.latency,
+            )
         job.run()
     finally:
         if args.format == "json":  # every record stored, measured or not (none where it stopped first), as data
@@ -579,7 +585,8 @@ def cmd_env(args: argparse.Namespace, runner: Runner | None = None) -> int:
                 if manifest
                 else f"{path}: not created ({runtime.installable() or f'tuner env create {name}'})"
             )
-            print(f"{name:18} {state}")
+            foreign = runtime.foreign() if manifest else None  # built elsewhere (a shared $TUNER_ENVS)
+            print(f"{name:18} {state}" + (f"; not run here: {foreign}" if foreign else ""))
         return 0
     if args.name is None:
         raise UsageError("tuner env create: name a runtime: " + ", ".join(runtime_names()))

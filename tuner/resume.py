@@ -10,10 +10,11 @@ are measured first. ``baselines_done`` tells the search when its budget may end 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.capability import BaselinePlan, Capabilities
@@ -52,9 +53,11 @@ def open_study(
     baselines: BaselinePlan,
     excluded: list[str],
     progress: Progress,
+    space: Mapping[str, BaseDistribution] | None = None,
 ) -> None:
-    """Make ``study`` ready to search: its metadata stored (new) or checked (resumed), what can run here
-    stored and said, warnings said, orphaned trials failed and the missing baselines queued."""
+    """Make ``study`` ready to search: its metadata stored (new) or checked (resumed, and its knobs' choices
+    against ``space``, the space as narrowed here), what can run here stored and said, warnings said,
+    orphaned trials failed and the missing baselines queued."""
     meta = config.metadata()
     source = imported_from(study.user_attrs)
     if source is not None:
@@ -66,6 +69,7 @@ def open_study(
         study.set_user_attr("tuner", meta)
     else:
         check_comparable(config.name, study.user_attrs["tuner"], meta)
+        check_choices(config.name, study, space or {}, excluded)
     runnable = StoredRunnable(tuple(excluded), baselines.notes, caps.to_dict(), baselines.runnable)
     store_runnable(study, runnable, progress)
     warn_limits(config.cores, progress)
@@ -98,6 +102,37 @@ def check_comparable(name: str, stored: Any, meta: Mapping[str, Any]) -> None:
                 f"study {name} was measured with {key} {one_line(stored.get(key), 80)}, not "
                 f"{meta[key]}: its trials would not be comparable; use a new --storage"
             )
+
+
+def check_choices(
+    name: str, study: optuna.Study, space: Mapping[str, BaseDistribution], excluded: Sequence[str]
+) -> None:
+    """Raise ``TunerError`` where the study searched a knob over other choices than ``space`` (this run's, as
+    narrowed here) holds: other --allow-precision or --allow-inert, an allocator installed or removed since,
+    or a rule of a newer tuner. Optuna searches a knob over one set of choices in a study (the first stored
+    trial's), and would stop at this run's first trial with an error of its own."""
+    seen: set[str] = set()
+    for trial in study.get_trials(deepcopy=False):
+        for knob, stored in trial.distributions.items():
+            now = space.get(knob)
+            if knob in seen or now is None:
+                continue
+            seen.add(knob)  # Optuna compares with the first trial that has the knob, so this does too
+            try:
+                optuna.distributions.check_distribution_compatibility(stored, now)
+            except ValueError:
+                why = next((f" ({line})" for line in excluded if line.startswith(f"{knob}=")), "")
+                raise TunerError(
+                    f"study {name} searched {one_line(knob, 40)} over {_choices(stored)}, and this run can search "
+                    f"{_choices(now)}{why}: resume it with the options it was made with (--allow-precision, "
+                    "--allow-inert, the same allocators installed), or use a new --storage"
+                ) from None
+
+
+def _choices(dist: BaseDistribution) -> str:
+    if isinstance(dist, CategoricalDistribution):
+        return one_line(", ".join(map(str, dist.choices)), 120)
+    return one_line(dist, 120)
 
 
 def _framework_version(meta: Mapping[str, Any]) -> str | None:

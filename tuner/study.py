@@ -243,7 +243,8 @@ class StudyRun:
         named = config.space.baselines(len(config.cores), sockets_for(config.cores))
         baselines = {name: {k: v for k, v in params.items() if k in kept} for name, params in named.items()}
         self.baselines = plan_baselines(baselines, self.caps)
-        open_study(self.study, config, self.caps, self.baselines, excluded, progress)
+        space = self.space.distributions(len(config.cores))
+        open_study(self.study, config, self.caps, self.baselines, excluded, progress, space)
         self._why_unusable: dict[int, str | None] = {}  # by trial number: a finished trial never changes
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
             why = self._unusable(trial)
@@ -256,9 +257,18 @@ class StudyRun:
         """``unusable(trial)``, or a baseline's name on settings that are not that baseline's here
         (``not_the_baseline``); judged once per finished trial: the search asks for its trials many times."""
         if trial.number not in self._why_unusable:
-            why = unusable(trial) or not_the_baseline(trial, self.baselines.runnable)
+            why = unusable(trial) or not_the_baseline(trial, self.baselines.runnable) or self._not_runnable(trial)
             self._why_unusable[trial.number] = why
         return self._why_unusable[trial.number]
+
+    def _not_runnable(self, trial: FrozenTrial) -> str | None:
+        """Why a stored trial's settings cannot run here now (tuner/capability.py's rules: one of a newer tuner,
+        or measured before on another footing), or None: it is not ranked, confirmed or recommended."""
+        try:
+            found = unrunnable(trial.params, self.caps)
+        except (TypeError, ValueError) as error:  # ``unusable`` has found what Settings refuses; this is the rest
+            return f"its params cannot be judged ({one_line(error, 120)})"
+        return None if found is None else f"its settings cannot run here: {found[1]}"
 
     def _foreign(self, trial: FrozenTrial) -> str | None:
         """Why the settings ``trial`` (running now) was queued with are not this study's to measure, or None
