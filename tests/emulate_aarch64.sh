@@ -22,17 +22,19 @@ command -v qemu-aarch64 >/dev/null || { echo "$0: needs qemu-user (apt-get insta
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 
-if [ ! -x "$dir/root/usr/bin/python3.11" ]; then
+case "$dir" in *[\"\\\$\`]*) echo "$0: $dir: a folder without quotes, backslashes or dollars, please" >&2; exit 2 ;; esac
+if [ ! -e "$dir/root/.unpacked" ]; then  # written last: an interrupted unpack is done again
     echo "== Debian's arm64 CPython 3.11, unpacked into $dir/root"
     dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
     apt-get update -qq
-    mkdir -p "$dir/debs" && rm -rf "$dir/root"
+    rm -rf "$dir/debs" "$dir/root" "$dir/venv" && mkdir -p "$dir/debs"
     packages=(python3.11-minimal libpython3.11-minimal libpython3.11-stdlib python3.11 libc6 libexpat1 zlib1g libssl3
         libffi8 libsqlite3-0 libbz2-1.0 liblzma5 libncursesw6 libtinfo6 libreadline8 libuuid1 libgcc-s1 libstdc++6
         libcrypt1 libnsl2 libtirpc3 libdb5.3 libgssapi-krb5-2 libkrb5-3 libk5crypto3 libkrb5support0 libcom-err2
         libkeyutils1 libgomp1)
     (cd "$dir/debs" && apt-get download -qq "${packages[@]/%/:arm64}" media-types)
     for deb in "$dir"/debs/*.deb; do dpkg -x "$deb" "$dir/root"; done
+    touch "$dir/root/.unpacked"
 fi
 
 if [ ! -e "$dir/venv/bin/python" ]; then
