@@ -11,10 +11,11 @@ skipped unmeasured; each is logged once and stored on the study.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optuna.distributions import CategoricalDistribution, IntDistribution
 
@@ -23,6 +24,9 @@ from tuner.errors import SearchSpaceError
 from tuner.runtime import OPENMP_KNOBS
 from tuner.settings import ONEDNN_DEFAULT, Settings
 from tuner.space import SearchSpace
+
+if TYPE_CHECKING:
+    from tuner.workload import Workload
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,11 @@ class Capabilities:
             precisions=("fp32", *sorted(set(allow_precision) - {"fp32"})),
             force_precision=force_precision,
         )
+
+    def for_workload(self, workload: Workload) -> Capabilities:
+        """These capabilities for ``workload``: a model file keeps its own layout and precision, and a latency
+        objective times one request at a time."""
+        return dataclasses.replace(self, model_file=workload.ref.kind != "app", latency=workload.goal.latency)
 
     def without_openmp(self) -> bool:
         """The probe read back that no OpenMP library was loaded: OMP_*/KMP_* then change nothing."""

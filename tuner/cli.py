@@ -288,12 +288,8 @@ def cmd_benchmark(args: argparse.Namespace, runner: Runner | None = None) -> int
                 job.visible_gpus = benchmark.visible_gpus(runner, settings, core_set(1))
         else:
             ready = check_model(prepare(runtime, runner, max(counts), space, log=_log), model, _log)  # before any run
-            workload = workload_for(model, modes[0], batch, args.objective)  # a model file's layout and precision
-            job.caps = dataclasses.replace(
-                Capabilities.from_probe(ready.facts, allow_precision=PRECISIONS, force_precision=True),
-                model_file=workload.ref.kind != "app",
-                latency=workload.goal.latency,
-            )
+            caps = Capabilities.from_probe(ready.facts, allow_precision=PRECISIONS, force_precision=True)
+            job.caps = caps.for_workload(workload_for(model, modes[0], batch, args.objective))
         job.run()
     finally:
         if args.format == "json":  # every record stored, measured or not (none where it stopped first), as data

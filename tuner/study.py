@@ -231,12 +231,7 @@ class StudyRun:
         self._current = -1  # the trial being measured, to tell whether another process finished it
         self._confirms = True  # whether this run's search is followed by a confirmation (``search``)
         caps = Capabilities.from_probe(config.probe, config.allow_precision, config.force_precision)
-        self.caps = dataclasses.replace(
-            caps,
-            splits=splits(config.cores),
-            model_file=config.workload.ref.kind != "app",
-            latency=config.workload.goal.latency,
-        )
+        self.caps = dataclasses.replace(caps.for_workload(config.workload), splits=splits(config.cores))
         # The space and baselines as they can run here (the probe's read-back): see tuner/capability.py.
         self.space, excluded = narrow(config.space, self.caps, len(config.cores), keep=config.inert)
         kept = set(self.space.data["knobs"])  # a knob taken out is not set by the baselines either
