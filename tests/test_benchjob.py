@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -292,3 +293,34 @@ def test_a_precision_named_in_settings_is_measured_as_asked(
     assert main(gpu, runner=runner) == 0, capsys.readouterr().err
     gpu_rows = [r["label"] for r in records(open_storage(storage_url)) if r.get("device") == "gpu"]
     assert gpu_rows == ["custom precision=bf16"]
+
+
+def test_a_named_bf16_that_runs_without_bf16_instructions_is_measured_and_marked_emulated(
+    storage_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An AVX2-like CPU: TensorFlow leaves oneDNN off by default, so bf16 there runs on plain Eigen (converted to
+    # fp32 and back; 0.70x of fp32 where measured), while bf16 with oneDNN forced on has the CPU's instructions.
+    runner = ReplayRunner.from_rates(lambda spec: 700.0 if spec.settings.precision == "bf16" else 1000.0, noise=0.01)
+    runner.onednn_default = False
+    plain, forced = "precision=bf16", "precision=bf16;onednn=true"
+    argv = [*BENCH, "--settings", plain, "--settings", forced, "--storage", storage_url]
+    assert main(argv, runner=runner) == 0
+    out, err = capsys.readouterr()
+    # Named, so both are measured, as tune's --force-precision would; the emulated one is said to be so in the
+    # log before it runs, and in the results beside its figure.
+    assert measured_labels(storage_url) == sorted([f"custom {forced}", f"custom {plain}"])
+    logged = [line for line in err.splitlines() if "bf16 emulated" in line]
+    assert len(logged) == 1 and f"custom {plain} (infer 1c)" in logged[0] and "measured as asked" in logged[0], err
+    shown = [line for line in out.splitlines() if "bf16 emulated" in line]
+    assert len(shown) == 1 and f"custom {plain}: " in shown[0] and "images/sec" in shown[0], out
+    emulated = {r["label"]: r.get("emulated") for r in records(open_storage(storage_url))}
+    # The record keeps why: oneDNN off leaves bf16 to plain Eigen. With oneDNN on nothing is emulated.
+    assert (
+        emulated[f"custom {plain}"]
+        == "bf16 emulated: with oneDNN off, bf16 runs on plain Eigen, without bf16 instructions"
+    )
+    assert emulated[f"custom {forced}"] is None
+    # The table's note says which row's figure is emulated, so that it is not read as what bf16 does here.
+    assert main(["table", "--storage", storage_url, "--format", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    assert f"custom {plain}: bf16 emulated" in row["note"] and f"custom {forced}: bf16" not in row["note"]

@@ -348,6 +348,9 @@ class FakeYardsticks:
         return {"gflops": [400.0, 500.0], "size": 4096, "dtype": "bfloat16", "onednn": True, "framework_version": "2"}
 
 
+TUNED_EXTRA = {"recommended": "tuned", "verdict": "x", "sampled": 4, "emulated": "bf16 emulated: oneDNN capped at avx2"}
+
+
 def genuine_records() -> list[dict[str, Any]]:
     """Every kind of record the tool writes: measured, skipped (a target, a setting), FLOPs of a Keras model and
     of a SavedModel (no training count), the matmul yardstick; read back through a storage, as readers see them."""
@@ -365,9 +368,7 @@ def genuine_records() -> list[dict[str, Any]]:
     runs = [MEASUREMENT, Measurement(32, (0.03, 0.05), (0.1,), {}, 0.2, 0.0)]
     storage = optuna.storages.InMemoryStorage()
     for record in (
-        benchmark.make_record(
-            target, "tuned", tuned, runs, signature, "r1", {"recommended": "tuned", "verdict": "x", "sampled": 4}
-        ),
+        benchmark.make_record(target, "tuned", tuned, runs, signature, "r1", TUNED_EXTRA),
         benchmark.skip_record(target, "no time left", signature),
         benchmark.skip_record(target, "not runnable here", signature, "heuristic"),
     ):
@@ -418,6 +419,7 @@ DROP = object()
         (0, "round_rates", [[0.5, 0.5], []], "round_rates"),  # a round with no steps: no pair to bootstrap
         (0, "images_per_sec", 10**400, "images_per_sec"),
         (0, "round_images_per_sec", ["fast"], "round_images_per_sec"),  # the report's bars take float() of each
+        (0, "emulated", ["bf16"], r"\.emulated"),  # the table's note joins it as text
         (0, "settings", 5, r"\.settings"),
         (0, "settings", {"precision": [1]}, r"settings\.precision"),  # a key of the peaks: unhashable
         (0, "recommended", [1], r"\.recommended"),  # the table looks the label up: unhashable

@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 
 from tuner import benchmark
-from tuner.capability import NOT_RUNNABLE, REPAIRS, Capabilities, plan_baselines, unrunnable
+from tuner.capability import NOT_RUNNABLE, REPAIRS, Capabilities, bf16_emulated, plan_baselines, unrunnable
 from tuner.confirm import DEFAULT, HEURISTIC, TUNED
 from tuner.errors import TunerError, UsageError
 from tuner.measurement import Measurement
@@ -169,7 +169,17 @@ class BenchmarkJob:
                 named.remove((label, settings))
                 not_runnable[label] = f"{NOT_RUNNABLE}: {why}"
                 self.failures.append(f"{label} ({mode} {n}c): {not_runnable[label]}")
+        for label, settings in named:  # asked for by name, so measured; but its figure is not bf16's own
+            emulated = self._emulated(settings)
+            if emulated:
+                self.log(f"{label} ({mode} {n}c): {emulated['emulated']}; measured as asked, usually slower than fp32")
         return named, not_runnable, extra
+
+    def _emulated(self, settings: Settings) -> dict[str, str]:
+        """``{"emulated": why}`` for a CPU row whose precision runs without its instructions here, else empty:
+        stored on the record, so that the table says its figure is not what the precision does on such a CPU."""
+        why = bf16_emulated(settings.params(), self.caps) if self.device == "cpu" else None
+        return {} if why is None else {"emulated": f"bf16 emulated: {why}"}
 
     def _target(
         self,
@@ -233,9 +243,8 @@ class BenchmarkJob:
         rounds = self.policy.rounds
         partial = {"partial": f"{len(measured)} of {rounds} rounds"} if len(measured) < rounds else {}
         own = {k: v for k, v in (extra or {}).items() if k not in SEARCH_FACTS or label == TUNED}  # tuned's
-        return benchmark.make_record(
-            target, label, settings, list(measured), self.signature, run_id, {**own, **partial}
-        )
+        own.update(partial, **self._emulated(settings))
+        return benchmark.make_record(target, label, settings, list(measured), self.signature, run_id, own)
 
     def _store(
         self,
@@ -273,6 +282,7 @@ class BenchmarkJob:
                     f"{target.describe()} {label}: {record['images_per_sec']:.2f} images/sec "
                     f"({record['ms_per_image']:.2f} ms/image, step {record['step_seconds'] * 1000:.0f} ms, "
                     f"per-step rates cv {record['rate_cv']:.1%}) [{settings.label()}]"
+                    + (f" ({record['emulated']})" if "emulated" in record else "")
                 )
 
 

@@ -144,22 +144,29 @@ def _precision_opted_in(params: Mapping[str, Any], caps: Capabilities) -> str | 
     return f"{precision} changes the model's numerics: searched only with --allow-precision {precision}"
 
 
-def _bf16_instructions(params: Mapping[str, Any], caps: Capabilities) -> str | None:
-    if params.get("precision") != "bf16" or caps.force_precision:
+def bf16_emulated(params: Mapping[str, Any], caps: Capabilities) -> str | None:
+    """Why a bf16 setting would run here without bf16 instructions (emulated: converted to fp32 and back, slower
+    than fp32 where measured), or None: fp32, or bf16 on instructions the CPU and oneDNN's cap have."""
+    if params.get("precision") != "bf16":
         return None
     if caps.bf16_instructions is False:  # the flags that would have it, on this CPU's architecture where known
         isa = caps.cpu_isa
         flags = "avx512_bf16, amx_bf16, bf16" if isa is None else "bf16" if ARM_FLAG in isa else "avx512_bf16, amx_bf16"
-        return f"this CPU has no bf16 instructions ({flags}): bf16 would be emulated (--force-precision)"
+        return f"this CPU has no bf16 instructions ({flags})"
     cap = params.get("onednn_isa", ONEDNN_DEFAULT)
     if cap != ONEDNN_DEFAULT and "avx512_bf16" not in ISA_NEEDS.get(cap, ()):
-        return f"oneDNN capped at {cap} has no bf16 instructions: bf16 would be emulated (--force-precision)"
+        return f"oneDNN capped at {cap} has no bf16 instructions"
     # Plain Eigen's bf16 converts to fp32 and back: on the AVX-512 BF16 EPYC it ran at 0.70x of fp32, where oneDNN's
     # ran at 1.39x (ResNet-50 inference, 1 core; studies/bf16-onednn-off-1core.log). Off by default on a
     # Neoverse V2 with bf16, and wherever onednn=false.
     if caps.onednn(params) is False:
-        return "with oneDNN off, bf16 runs on plain Eigen, without bf16 instructions: emulated (--force-precision)"
+        return "with oneDNN off, bf16 runs on plain Eigen, without bf16 instructions"
     return None
+
+
+def _bf16_instructions(params: Mapping[str, Any], caps: Capabilities) -> str | None:
+    why = None if caps.force_precision else bf16_emulated(params, caps)
+    return None if why is None else f"{why}: bf16 would be emulated (--force-precision)"
 
 
 # The CPU flags (/proc/cpuinfo, as signature.ISA_FLAGS keeps them) each ONEDNN_MAX_CPU_ISA value needs, each with

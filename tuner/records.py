@@ -505,6 +505,7 @@ class BenchmarkRecord(TypedDict, total=False):
     imported: dict[str, str]  # merged by `tuner import`: {"file": ..., "at": ISO date}; absent when measured here
     flops_per_image: dict[str, float]
     peak_gflops: float
+    emulated: str  # on a CPU row of bf16 asked for by name where it ran without bf16 instructions: why
 
 
 _Kind = type | tuple[type, ...]
@@ -637,6 +638,7 @@ def check_record(data: Any, where: str = "record") -> BenchmarkRecord:
             raise MalformedRecord(f"{where}.settings: must be an object")
         if settings is not None:
             _get(settings, "precision", str, f"{where}.settings", optional=True)
+        _get(data, "emulated", str, where, optional=True)  # why its precision ran without its instructions
         if "skipped" in data:
             _get(data, "skipped", str, where)
         else:

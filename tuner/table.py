@@ -249,6 +249,7 @@ def _measured_row(
     heuristic = group.get(HEURISTIC) or group.get(HEURISTIC_NHWC)
     notes = [f"{label}: {r['partial']} (cut short)" for label, r in group.items() if "partial" in r]
     notes += [f"{label}: {why}" for label, why in not_run.items()]
+    notes += [f"{label}: {r['emulated']}" for label, r in group.items() if "emulated" in r]
     if heuristic is not None and HEURISTIC not in group:
         notes.append(f"heuristic figures: {HEURISTIC_NHWC} (NHWC), its runnable part")
     per_image = flops.get(any_record["model"])
