@@ -74,6 +74,7 @@ from tuner.workload import parse_batches, parse_modes, workload_for
 
 DEFAULT_BUDGET = "50m"
 RUN_BUDGET = "60m"
+DEFAULT_CANDIDATES = 2  # the top sampled settings tune confirms beside the baselines
 
 
 def parse_duration(text: str) -> float:
@@ -169,10 +170,12 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
     counts = _core_counts(args.cores)
     modes = parse_modes(args.mode)
     model, batch = _model_and_batch(args, modes)
-    counted = (("--trials", args.trials), ("--candidates", args.candidates))
+    counted = (("--trials", args.trials), ("--candidates", args.candidates or 1))
     for flag, value in counted:
         if value < 1:
             raise UsageError(f"{flag} must be at least 1")
+    if (args.candidates or 0) > args.trials:  # asked for: the trials include the baselines, so fewer are sampled
+        raise UsageError(f"--candidates {args.candidates}: more than the {args.trials} trials could sample")
     unknown = [knob for knob in args.allow_inert if knob not in KNOBS]
     if unknown:  # a typo would allow nothing, silently
         raise UsageError(f"--allow-inert: unknown knob {unknown[0]!r}; knobs: {', '.join(sorted(KNOBS))}")
@@ -187,7 +190,7 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
         )
     options = StudyOptions(
         trials=args.trials,
-        candidates=args.candidates,
+        candidates=DEFAULT_CANDIDATES if args.candidates is None else args.candidates,
         confirm_policy=dataclasses.replace(CONFIRM, rounds=rounds),
         sampler=args.sampler,
         pruner=args.pruner,
@@ -752,7 +755,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--sampler", default="tpe", choices=("tpe", "random"))
     tune.add_argument("--pruner", default="none", choices=("none", "median", "wilcoxon"))
     tune.add_argument("--seed", type=int, default=0)
-    tune.add_argument("--candidates", type=int, default=2, help="top sampled settings to confirm")
+    tune.add_argument("--candidates", type=int, help=f"top sampled settings to confirm (default {DEFAULT_CANDIDATES})")
     tune.add_argument(
         "--confirm-rounds",
         dest="rounds",
