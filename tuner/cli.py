@@ -819,7 +819,9 @@ def build_parser() -> argparse.ArgumentParser:
         + ", ".join(runtime_names())
         + " (default: tensorflow; tensorflow-gpu for --device gpu)",
     )
-    bench.add_argument("--space", default=None, help=argparse.SUPPRESS)
+    bench.add_argument(
+        "--space", default=None, help="search-space file whose baselines --settings may name (as tune's --space)"
+    )
     bench.add_argument(
         "--cores",
         default=None,
