@@ -298,8 +298,9 @@ def test_a_precision_named_in_settings_is_measured_as_asked(
 def test_a_named_bf16_that_runs_without_bf16_instructions_is_measured_and_marked_emulated(
     storage_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # An AVX2-like CPU: TensorFlow leaves oneDNN off by default, so bf16 there runs on plain Eigen (converted to
-    # fp32 and back; 0.70x of fp32 where measured), while bf16 with oneDNN forced on has the CPU's instructions.
+    # A CPU with bf16 instructions where TensorFlow leaves oneDNN off by default (a Neoverse V2): bf16 there runs
+    # on plain Eigen (converted to fp32 and back; 0.70x of fp32 where measured), while bf16 with oneDNN forced on
+    # has the CPU's instructions.
     runner = ReplayRunner.from_rates(lambda spec: 700.0 if spec.settings.precision == "bf16" else 1000.0, noise=0.01)
     runner.onednn_default = False
     plain, forced = "precision=bf16", "precision=bf16;onednn=true"
@@ -310,7 +311,7 @@ def test_a_named_bf16_that_runs_without_bf16_instructions_is_measured_and_marked
     # log before it runs, and in the results beside its figure.
     assert measured_labels(storage_url) == sorted([f"custom {forced}", f"custom {plain}"])
     logged = [line for line in err.splitlines() if "bf16 emulated" in line]
-    assert len(logged) == 1 and f"custom {plain} (infer 1c)" in logged[0] and "measured as asked" in logged[0], err
+    assert len(logged) == 1 and f"custom {plain} (infer 1c)" in logged[0] and "measured all the same" in logged[0], err
     shown = [line for line in out.splitlines() if "bf16 emulated" in line]
     assert len(shown) == 1 and f"custom {plain}: " in shown[0] and "images/sec" in shown[0], out
     emulated = {r["label"]: r.get("emulated") for r in records(open_storage(storage_url))}
@@ -324,3 +325,9 @@ def test_a_named_bf16_that_runs_without_bf16_instructions_is_measured_and_marked
     assert main(["table", "--storage", storage_url, "--format", "json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["rows"]
     assert f"custom {plain}: bf16 emulated" in row["note"] and f"custom {forced}: bf16" not in row["note"]
+    # GPU rows run bf16 on the GPU, whatever the host's oneDNN: never marked emulated.
+    runner.tasks["devices"] = {"gpus": 1}
+    gpu = [*BENCH, "--device", "gpu", "--timed", "3", "--settings", "precision=bf16;onednn=false"]
+    assert main([*gpu, "--storage", storage_url], runner=runner) == 0, capsys.readouterr().err
+    (gpu_row,) = [r for r in records(open_storage(storage_url)) if r.get("device") == "gpu"]
+    assert gpu_row["settings"]["precision"] == "bf16" and "emulated" not in gpu_row

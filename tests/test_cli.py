@@ -452,7 +452,7 @@ def test_confirm_rounds_are_not_checked_for_a_search_alone(storage_url: str) -> 
         (["benchmark", "--timed", "0"], "argument --timed: '0' is not a whole number from 1 to 100000"),
         (["tune", "--candidates", "0"], "argument --candidates: '0' is not a whole number from 1 to 1000"),
         # More candidates than trials: the trials include the baselines, so fewer settings are ever sampled.
-        (["tune", "--trials", "3", "--candidates", "4"], "--candidates 4: more than the 3 trials could sample"),
+        (["tune", "--trials", "3", "--candidates", "4"], "--candidates 4: more than --trials 3, which include the"),
         # A negative seed: Optuna's samplers refuse one, so it was an "unexpected ValueError" after the probe.
         (["tune", "--seed", "-1"], "argument --seed: '-1' is not a whole number from 0 to 4294967295"),
         (["run", "--seed", "-1"], "argument --seed: '-1' is not a whole number from 0 to 4294967295"),

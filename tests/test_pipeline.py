@@ -320,6 +320,36 @@ def test_with_bf16_allowed_the_yardstick_is_measured_in_both_precisions(storage:
     assert sorted(t.worker_spec()["precision"] for t in runner.task_calls if t.task == "matmul") == ["bf16", "fp32"]
 
 
+def test_a_tuned_bf16_that_ran_without_bf16_instructions_is_stored_as_emulated(
+    storage: optuna.storages.RDBStorage,
+) -> None:
+    clock = Clock()
+    runner = ClockedRunner(clock)
+    runner.onednn_default = False  # TensorFlow leaves oneDNN off here (a Neoverse V2; bf16 instructions, no oneDNN)
+
+    def rate(spec: TrialSpec) -> float:  # bf16 on plain Eigen made the fastest, so that it is the tuned row
+        plain_bf16 = spec.settings.precision == "bf16" and spec.settings.params().get("onednn") is not True
+        return 30.0 * (3.0 if plain_bf16 else 1.0)
+
+    runner.script = ReplayRunner.from_rates(rate, noise=0.02).script
+    Job(storage=storage, signature=cpu_signature(), runtimes=[load("tensorflow")], counts=[1], modes=["infer"],
+        budget_s=600.0, model="tiny", allow_precision=("bf16",), force_precision=True, runner=runner,
+        log=lambda line: None, clock=clock).run()  # fmt: skip
+    rows = {r["label"]: r for r in benchmark.records(storage) if r["kind"] == "benchmark" and "skipped" not in r}
+    tuned = rows["tuned"]["settings"]
+    # Searched with --force-precision, bf16 on plain Eigen won: its row says it was emulated, as `tuner
+    # benchmark` says of one it was asked for; the fp32 baselines say nothing of the kind.
+    assert tuned["precision"] == "bf16" and tuned.get("onednn") is not True
+    assert (
+        rows["tuned"]["emulated"]
+        == "bf16 emulated: with oneDNN off, bf16 runs on plain Eigen, without bf16 instructions"
+    )
+    assert [label for label, r in rows.items() if "emulated" in r] == ["tuned"]
+    # The table's note carries it.
+    frame, _ = table.build(benchmark.records(storage))
+    assert "tuned: bf16 emulated" in frame.iloc[0]["note"]
+
+
 def test_when_three_rounds_of_every_candidate_do_not_fit_the_few_the_table_needs_get_them() -> None:
     cost = CostModel(wall_s=10.0, step_s=1.0, policy=MeasurementPolicy("search", warmup=2, timed=3, timeout_s=60))
     # A run of 2 warm-up and 3 timed batches takes 10 s: 6 settings x 3 rounds need 180 s, 4 x 3 need 120 s.

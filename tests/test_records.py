@@ -348,7 +348,12 @@ class FakeYardsticks:
         return {"gflops": [400.0, 500.0], "size": 4096, "dtype": "bfloat16", "onednn": True, "framework_version": "2"}
 
 
-TUNED_EXTRA = {"recommended": "tuned", "verdict": "x", "sampled": 4, "emulated": "bf16 emulated: oneDNN capped at avx2"}
+TUNED_EXTRA = {
+    "recommended": "tuned",
+    "verdict": "x",
+    "sampled": 4,
+    "emulated": "bf16 emulated: this CPU has no bf16 instructions (avx512_bf16, amx_bf16)",
+}
 
 
 def genuine_records() -> list[dict[str, Any]]:
@@ -419,7 +424,7 @@ DROP = object()
         (0, "round_rates", [[0.5, 0.5], []], "round_rates"),  # a round with no steps: no pair to bootstrap
         (0, "images_per_sec", 10**400, "images_per_sec"),
         (0, "round_images_per_sec", ["fast"], "round_images_per_sec"),  # the report's bars take float() of each
-        (0, "emulated", ["bf16"], r"\.emulated"),  # the table's note joins it as text
+        (0, "emulated", ["bf16"], r"\.emulated"),  # the table's note is text: a list would be printed as one
         (0, "settings", 5, r"\.settings"),
         (0, "settings", {"precision": [1]}, r"settings\.precision"),  # a key of the peaks: unhashable
         (0, "recommended", [1], r"\.recommended"),  # the table looks the label up: unhashable

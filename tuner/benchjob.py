@@ -169,10 +169,12 @@ class BenchmarkJob:
                 named.remove((label, settings))
                 not_runnable[label] = f"{NOT_RUNNABLE}: {why}"
                 self.failures.append(f"{label} ({mode} {n}c): {not_runnable[label]}")
-        for label, settings in named:  # asked for by name, so measured; but its figure is not bf16's own
+        for label, settings in named:  # named or recommended, so measured; but its figure is not bf16's own
             emulated = self._emulated(settings)
             if emulated:
-                self.log(f"{label} ({mode} {n}c): {emulated['emulated']}; measured as asked, usually slower than fp32")
+                self.log(
+                    f"{label} ({mode} {n}c): {emulated['emulated']}; measured all the same, usually slower than fp32"
+                )
         return named, not_runnable, extra
 
     def _emulated(self, settings: Settings) -> dict[str, str]:

@@ -170,12 +170,16 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
     counts = _core_counts(args.cores)
     modes = parse_modes(args.mode)
     model, batch = _model_and_batch(args, modes)
-    counted = (("--trials", args.trials), ("--candidates", args.candidates or 1))
-    for flag, value in counted:
+    candidates = DEFAULT_CANDIDATES if args.candidates is None else args.candidates
+    for flag, value in (("--trials", args.trials), ("--candidates", candidates)):
         if value < 1:
             raise UsageError(f"{flag} must be at least 1")
-    if (args.candidates or 0) > args.trials:  # asked for: the trials include the baselines, so fewer are sampled
-        raise UsageError(f"--candidates {args.candidates}: more than the {args.trials} trials could sample")
+    # Asked for, and confirmed (a search alone confirms none, as it checks no --confirm-rounds): the trials
+    # include the baselines, so fewer than --trials settings are ever sampled.
+    if args.candidates is not None and args.candidates > args.trials and not args.no_confirm:
+        raise UsageError(
+            f"--candidates {args.candidates}: more than --trials {args.trials}, which include the baselines"
+        )
     unknown = [knob for knob in args.allow_inert if knob not in KNOBS]
     if unknown:  # a typo would allow nothing, silently
         raise UsageError(f"--allow-inert: unknown knob {unknown[0]!r}; knobs: {', '.join(sorted(KNOBS))}")
@@ -190,7 +194,7 @@ def cmd_tune(args: argparse.Namespace, runner: Runner | None = None) -> int:
         )
     options = StudyOptions(
         trials=args.trials,
-        candidates=DEFAULT_CANDIDATES if args.candidates is None else args.candidates,
+        candidates=candidates,
         confirm_policy=dataclasses.replace(CONFIRM, rounds=rounds),
         sampler=args.sampler,
         pruner=args.pruner,
@@ -820,7 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
         + " (default: tensorflow; tensorflow-gpu for --device gpu)",
     )
     bench.add_argument(
-        "--space", default=None, help="search-space file whose baselines --settings may name (as tune's --space)"
+        "--space", default=None, help="the search space a tune --space study used: its baselines and study"
     )
     bench.add_argument(
         "--cores",

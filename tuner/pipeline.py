@@ -47,6 +47,7 @@ from tuner.benchmark import (
     yardstick_settings,
 )
 from tuner.benchmark import flops_per_image as count_flops
+from tuner.capability import Capabilities, bf16_emulated
 from tuner.confirm import DEFAULT, TUNED
 from tuner.cost import CostModel
 from tuner.disturbance import DEFAULT_LIMIT, steady
@@ -629,7 +630,7 @@ class Job:
         run.store_importances()
         self.log(f"[{tag}] verdict: {verdict.text()}")
         self.log(f"[{tag}] {verdict.against_each()}")
-        self._store_records(run.study, Target(ready.runtime.name, config.workload, config.cores))
+        self._store_records(run.study, Target(ready.runtime.name, config.workload, config.cores), run.caps)
         return cost
 
     def _own_benchmarks(self) -> list[BenchmarkRecord]:
@@ -637,10 +638,15 @@ class Job:
         another machine's, whatever run it names, and never stands for a benchmark of this job's."""
         return [r for r in own_records(self.storage) if r.get("kind") == "benchmark"]
 
-    def _store_records(self, study: optuna.Study, target: Target) -> None:
+    def _store_records(self, study: optuna.Study, target: Target, caps: Capabilities) -> None:
+        """The CPU rows of a study's benchmark-confirmation; a bf16 setting searched with --force-precision that
+        ran without bf16 instructions is marked ``emulated``, as `tuner benchmark` marks one."""
         stored = {(r.get("run_id"), r.get("label")) for r in self._own_benchmarks()}
         run_id = confirmation_id(study)  # the same confirmation runs always give the same records
         for label, settings, measured, extra in study_records(study, target, self.signature):
+            emulated = bf16_emulated(settings.params(), caps)
+            if emulated is not None:
+                extra = {**extra, "emulated": f"bf16 emulated: {emulated}"}
             if (run_id, label) not in stored:
                 store(self.storage, make_record(target, label, settings, measured, self.signature, run_id, extra))
 
