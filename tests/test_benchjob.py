@@ -325,7 +325,8 @@ def test_a_named_bf16_that_runs_without_bf16_instructions_is_measured_and_marked
     assert main(["table", "--storage", storage_url, "--format", "json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)["rows"]
     assert f"custom {plain}: bf16 emulated" in row["note"] and f"custom {forced}: bf16" not in row["note"]
-    # GPU rows run bf16 on the GPU, whatever the host's oneDNN: never marked emulated.
+    # GPU rows convolve on the GPU, in NCHW, whatever the host's oneDNN: one with oneDNN off is measured (the CPU's
+    # "NCHW needs oneDNN" does not apply there), and its bf16 is the GPU's, never marked emulated.
     runner.tasks["devices"] = {"gpus": 1}
     gpu = [*BENCH, "--device", "gpu", "--timed", "3", "--settings", "precision=bf16;onednn=false"]
     assert main([*gpu, "--storage", storage_url], runner=runner) == 0, capsys.readouterr().err

@@ -161,7 +161,9 @@ class BenchmarkJob:
         if self.device == "gpu":  # the host's tuned threads, the GPUs' layout
             named = [(label, dataclasses.replace(s, data_format="NCHW")) for label, s in named]
         for label, settings in list(named):
-            broken = unrunnable(settings.params(), self.caps)
+            # A GPU row convolves on the GPU: NCHW needs no oneDNN there, whatever the host's is set to.
+            host = settings if self.device == "cpu" else dataclasses.replace(settings, data_format="NHWC")
+            broken = unrunnable(host.params(), self.caps)
             why = None if broken is None else broken[1]
             if why is None and n % settings.instances:  # the space's instances_divide_cores, for a --settings
                 why = f"{settings.instances} instances cannot share {cores_text(n)} equally: the count must divide it"
