@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 
 from tuner import benchmark
-from tuner.capability import NOT_RUNNABLE, REPAIRS, Capabilities, bf16_emulated, plan_baselines, unrunnable
+from tuner.capability import NOT_RUNNABLE, REPAIRS, Capabilities, emulated_note, plan_baselines, unrunnable
 from tuner.confirm import DEFAULT, HEURISTIC, TUNED
 from tuner.errors import TunerError, UsageError
 from tuner.measurement import Measurement
@@ -182,8 +182,8 @@ class BenchmarkJob:
     def _emulated(self, settings: Settings) -> dict[str, str]:
         """``{"emulated": why}`` for a CPU row whose precision runs without its instructions here, else empty:
         stored on the record, so that the table says its figure is not what the precision does on such a CPU."""
-        why = bf16_emulated(settings.params(), self.caps) if self.device == "cpu" else None
-        return {} if why is None else {"emulated": f"bf16 emulated: {why}"}
+        note = emulated_note(settings.params(), self.caps) if self.device == "cpu" else None
+        return {} if note is None else {"emulated": note}
 
     def _target(
         self,

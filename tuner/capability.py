@@ -164,6 +164,13 @@ def bf16_emulated(params: Mapping[str, Any], caps: Capabilities) -> str | None:
     return None
 
 
+def emulated_note(params: Mapping[str, Any], caps: Capabilities) -> str | None:
+    """What a benchmark record of these settings says of them where their bf16 runs emulated (``bf16_emulated``),
+    or None: benchmark and the main job store it as ``emulated``, and the table shows it in the row's note."""
+    why = bf16_emulated(params, caps)
+    return None if why is None else f"bf16 emulated: {why}"
+
+
 def _bf16_instructions(params: Mapping[str, Any], caps: Capabilities) -> str | None:
     why = None if caps.force_precision else bf16_emulated(params, caps)
     return None if why is None else f"{why}: bf16 would be emulated (--force-precision)"

@@ -47,7 +47,7 @@ from tuner.benchmark import (
     yardstick_settings,
 )
 from tuner.benchmark import flops_per_image as count_flops
-from tuner.capability import Capabilities, bf16_emulated
+from tuner.capability import Capabilities, emulated_note
 from tuner.confirm import DEFAULT, TUNED
 from tuner.cost import CostModel
 from tuner.disturbance import DEFAULT_LIMIT, steady
@@ -644,9 +644,9 @@ class Job:
         stored = {(r.get("run_id"), r.get("label")) for r in self._own_benchmarks()}
         run_id = confirmation_id(study)  # the same confirmation runs always give the same records
         for label, settings, measured, extra in study_records(study, target, self.signature):
-            emulated = bf16_emulated(settings.params(), caps)
-            if emulated is not None:
-                extra = {**extra, "emulated": f"bf16 emulated: {emulated}"}
+            note = emulated_note(settings.params(), caps)
+            if note is not None:
+                extra = {**extra, "emulated": note}
             if (run_id, label) not in stored:
                 store(self.storage, make_record(target, label, settings, measured, self.signature, run_id, extra))
 

@@ -505,7 +505,7 @@ class BenchmarkRecord(TypedDict, total=False):
     imported: dict[str, str]  # merged by `tuner import`: {"file": ..., "at": ISO date}; absent when measured here
     flops_per_image: dict[str, float]
     peak_gflops: float
-    emulated: str  # on a CPU row of bf16 asked for by name where it ran without bf16 instructions: why
+    emulated: str  # on a CPU row whose bf16 ran without bf16 instructions (capability.emulated_note): why
 
 
 _Kind = type | tuple[type, ...]
